@@ -1,0 +1,52 @@
+"""Errors that reprlab raises for bad input.
+
+Every error a user can cause (a missing file, a malformed line, an unknown name) is a
+:class:`ReprlabError` whose message says what is wrong and what to do. The CLI prints the message
+on one line and exits with status 2; library users can catch the base class.
+"""
+
+from __future__ import annotations
+
+
+class ReprlabError(Exception):
+    """Base class: bad input or a bad request, with an actionable message."""
+
+
+class ConfigError(ReprlabError):
+    """An unknown name or an impossible combination of settings."""
+
+
+class ModelLoadError(ReprlabError):
+    """A model folder that is missing, incomplete or not of a supported family."""
+
+
+class DataFormatError(ReprlabError):
+    """A malformed data file. The message names the file and, where there is one, the line."""
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None):
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        super().__init__(where + message)
+        self.path = path
+        self.line = line
+
+
+class MissingDependencyError(ReprlabError):
+    """An optional package is needed; the message gives the install command."""
+
+
+def require(module: str, extra: str, package: str | None = None):
+    """Import an optional dependency lazily, or raise with the command that installs it.
+
+    >>> tl = require("tensorly", extra="cp")  # doctest: +SKIP
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingDependencyError(
+            f"this needs the optional package '{package or module}': "
+            f"pip install 'reprlab[{extra}]' (or pip install {package or module})"
+        ) from exc
