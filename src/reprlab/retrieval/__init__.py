@@ -1,1 +1,1 @@
-
+"""Retrieval: index, BM25, metrics, dense retrievers and their training methods."""

@@ -1,1 +1,1 @@
-
+"""Text: the tokenizer and the readers/writers for retrieval data (BEIR, MS MARCO, TREC, JSONL)."""
