@@ -1,0 +1,411 @@
+"""EncoderConfig and Encoder: the one transformer stack every reprlab method runs on.
+
+A BERT-style post-LayerNorm encoder (Devlin et al., 2019) that reads pretrained BERT-family
+checkpoints (all-MiniLM-L6-v2 by default) and whose attention comes from the registry in
+``reprlab.nn.attention``. The forward pass is split into ``embed`` and a plain loop over
+``layers`` so that methods which act between layers (memory tokens, Block Skim, distillation
+taps) drive the same modules instead of forking them.
+
+>>> enc = Encoder(EncoderConfig.tiny())
+>>> out = enc(torch.tensor([[2, 5, 7, 3]]), torch.tensor([[1, 1, 1, 1]]), output_hidden_states=True)
+>>> out.last_hidden_state.shape, len(out.hidden_states)
+(torch.Size([1, 4, 32]), 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reprlab.errors import ConfigError
+from reprlab.nn.attention import ATTENTION
+
+if TYPE_CHECKING:
+    from reprlab.text.tokenizer import Batch, Tokenizer
+
+ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x),
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+@dataclass
+class EncoderConfig:
+    """Sizes and choices of an :class:`Encoder`. Field names are ours; ``hub`` maps HF's."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 384
+    num_layers: int = 6
+    num_heads: int = 12
+    intermediate_size: int = 1536
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    pad_token_id: int = 0
+    initializer_range: float = 0.02
+    attention: str = "softmax"
+    attention_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Per-layer attention names (length num_layers) overriding ``attention``, e.g. Cluster-Former
+    # layers in the middle and sliding-window layers elsewhere; None = ``attention`` everywhere.
+    layer_attention: list[str] | None = None
+    add_pooler: bool = False
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ConfigError(f"unknown hidden_act {self.hidden_act!r}; choose one of: {', '.join(ACTIVATIONS)}")
+        for name in self.layer_attention or [self.attention]:
+            ATTENTION[name]  # raises ConfigError listing the choices
+        if self.layer_attention is not None and len(self.layer_attention) != self.num_layers:
+            raise ConfigError(
+                f"layer_attention has {len(self.layer_attention)} entries but num_layers is {self.num_layers}"
+            )
+
+    @classmethod
+    def tiny(cls, **overrides) -> "EncoderConfig":
+        """A 2-layer, 32-wide encoder for tests (random init, seconds to train)."""
+        sizes = dict(vocab_size=1000, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                     max_position_embeddings=128)
+        return cls(**{**sizes, **overrides})
+
+    @classmethod
+    def minilm_l6(cls, **overrides) -> "EncoderConfig":
+        """The all-MiniLM-L6-v2 sizes: 6 layers, 384 wide, 12 heads, 1536 FFN, 30,522 word pieces."""
+        return cls(**overrides)
+
+    def attention_for(self, layer: int) -> str:
+        return self.layer_attention[layer] if self.layer_attention else self.attention
+
+    def replace(self, **changes) -> "EncoderConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EncoderConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown EncoderConfig fields: {', '.join(unknown)}")
+        return cls(**d)
+
+
+class EncoderOutput(NamedTuple):
+    last_hidden_state: torch.Tensor  # (B, T, H)
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # num_layers + 1 entries, embeddings first
+    attentions: tuple[torch.Tensor, ...] | None = None  # num_layers entries of (B, nh, T, T)
+
+
+class Embeddings(nn.Module):
+    """Word + position + token-type embeddings, LayerNorm, dropout."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        H = config.hidden_size
+        self.word = nn.Embedding(config.vocab_size, H, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_position_embeddings, H)
+        self.token_type = nn.Embedding(config.type_vocab_size, H)
+        self.norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.max_positions = config.max_position_embeddings
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        B, T = input_ids.shape
+        if T > self.max_positions:
+            raise ConfigError(
+                f"input has {T} tokens but the encoder has {self.max_positions} positions; truncate to max_length"
+            )
+        positions = torch.arange(T, device=input_ids.device)
+        x = self.word(input_ids) + self.position(positions)[None]
+        if token_type_ids is None:
+            x = x + self.token_type.weight[0]
+        else:
+            x = x + self.token_type(token_type_ids)
+        return self.dropout(self.norm(x))  # (B, T, H)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act = ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.up(x)))
+
+
+class Layer(nn.Module):
+    """Post-LN transformer layer: x = LN(x + attn(x)); x = LN(x + ffn(x))."""
+
+    def __init__(self, config: EncoderConfig, index: int):
+        super().__init__()
+        attention_cls = ATTENTION[config.attention_for(index)]
+        kwargs = dict(config.attention_kwargs)
+        self.attn = attention_cls(
+            hidden_size=config.hidden_size,
+            num_heads=config.num_heads,
+            dropout=config.attention_dropout,
+            max_positions=config.max_position_embeddings,
+            **kwargs,
+        )
+        self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn = FeedForward(config)
+        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, output_attentions: bool = False):
+        a, weights = self.attn(x, mask, output_attentions=output_attentions)
+        x = self.attn_norm(x + self.dropout(a))
+        x = self.ffn_norm(x + self.dropout(self.ffn(x)))
+        return x, weights
+
+
+class Pooler(nn.Module):
+    """BERT's pooler (dense + tanh over [CLS]); kept so checkpoints that have one round-trip."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(x[:, 0]))
+
+
+class Encoder(nn.Module):
+    """The transformer stack: ``embed``, then ``layers`` in order.
+
+    ``forward(input_ids, attention_mask, output_hidden_states=False, output_attentions=False)``
+    returns an :class:`EncoderOutput`. ``attention_mask`` is (B, T) with 1 for real tokens.
+    """
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(Layer(config, i) for i in range(config.num_layers))
+        self.pooler = Pooler(config.hidden_size) if config.add_pooler else None
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.embeddings(input_ids, token_type_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> EncoderOutput:
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        x = self.embed(input_ids, token_type_ids)  # (B, T, H)
+        hidden_states = [x] if output_hidden_states else None
+        attentions = [] if output_attentions else None
+        for layer in self.layers:
+            x, weights = layer(x, mask, output_attentions=output_attentions)
+            if output_hidden_states:
+                hidden_states.append(x)
+            if output_attentions:
+                attentions.append(weights)
+        return EncoderOutput(
+            last_hidden_state=x,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, dtype: torch.dtype | None = None, **overrides) -> "Encoder":
+        """Load an HF BERT-family folder (``config.json`` + ``model.safetensors``) or the name ``minilm``.
+
+        Half-precision checkpoints load as float32 unless ``dtype`` is given. ``overrides`` change
+        config fields (e.g. ``attention="synthesizer-dense"``); weights the new layout lacks are
+        initialised fresh and listed in a warning.
+        """
+        from reprlab.hub import load_encoder
+
+        return load_encoder(name_or_path, dtype=dtype, **overrides)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write ``config.json`` + ``model.safetensors`` in the HF BERT layout (atomically)."""
+        from reprlab.hub import save_encoder
+
+        save_encoder(self, path)
+
+
+class SentenceEncoder(nn.Module):
+    """Texts to vectors: tokenizer + :class:`Encoder` + pooling (+ L2 normalisation).
+
+    The sentence-transformers recipe (Reimers & Gurevych, 2019) on our encoder: ``forward`` is the
+    differentiable path used in training, ``encode`` the inference path that sorts texts by length,
+    shows a progress bar, runs under ``torch.inference_mode`` and returns float32 numpy.
+
+    >>> model = SentenceEncoder.from_pretrained("minilm")        # doctest: +SKIP
+    >>> model.encode(["dense retrieval", "sparse retrieval"]).shape  # doctest: +SKIP
+    (2, 384)
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        tokenizer: "Tokenizer",
+        pooling: str | nn.Module = "mean",
+        normalize: bool = True,
+        max_length: int = 256,
+    ):
+        super().__init__()
+        from reprlab.nn.pooling import build_pooling
+
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        if isinstance(pooling, str):
+            pooling = build_pooling(pooling, encoder.config.hidden_size, encoder.config.num_layers)
+        self.pooling = pooling
+        self.normalize = normalize
+        self.max_length = max_length
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.device
+
+    def tokenize(self, texts: list[str], max_length: int | None = None) -> "Batch":
+        return self.tokenizer(texts, max_length=max_length or self.max_length)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids=None) -> torch.Tensor:
+        wants_all = getattr(self.pooling, "needs_hidden_states", False)
+        out = self.encoder(input_ids, attention_mask, output_hidden_states=wants_all, token_type_ids=token_type_ids)
+        vectors = self.pooling(out.last_hidden_state, attention_mask.bool(), out.hidden_states)  # (B, H)
+        return F.normalize(vectors, dim=-1) if self.normalize else vectors
+
+    def embed(self, texts: list[str], max_length: int | None = None) -> torch.Tensor:
+        """Differentiable vectors of ``texts`` (training path)."""
+        batch = self.tokenize(texts, max_length).to(self.device)
+        return self(batch.input_ids, batch.attention_mask)
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        texts: list[str],
+        batch_size: int = 32,
+        max_length: int | None = None,
+        show_progress: bool | None = None,
+        precision: str = "fp32",
+        desc: str = "encode",
+    ):
+        """Vectors of ``texts`` as float32 numpy (N, dim), in the order given.
+
+        Texts are tokenized once, sorted by token length and batched, so each batch is padded only
+        to its own longest text. ``precision="bf16"`` runs the matrix products in bfloat16
+        (autocast; LayerNorm and softmax stay in float32).
+        """
+        import numpy as np
+
+        from reprlab.errors import ReprlabError
+        from reprlab.logs import progress
+
+        if isinstance(texts, str):
+            texts = [texts]
+        if len(texts) == 0:
+            raise ReprlabError("no texts to encode: the list is empty")
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError(f"unknown precision {precision!r}; choose fp32 or bf16")
+        max_length = min(max_length or self.max_length, self.encoder.config.max_position_embeddings)
+        tok = self.tokenizer
+        tok._tok.enable_truncation(max_length)
+        try:
+            encodings = tok.encode_raw(texts)
+        finally:
+            tok._tok.no_truncation()
+        lengths = np.array([len(e.ids) for e in encodings])
+        order = np.argsort(-lengths, kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        was_training = self.training
+        self.eval()
+        device = self.device
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        try:
+            with progress(total=len(texts), show=show_progress, desc=desc, unit="text") as bar, autocast:
+                for start in range(0, len(texts), batch_size):
+                    idx = order[start : start + batch_size]
+                    batch = tok.pad([encodings[i] for i in idx]).to(device)
+                    vectors = self(batch.input_ids, batch.attention_mask)
+                    out[idx] = vectors.float().cpu().numpy()
+                    bar.update(len(idx))
+        finally:
+            self.train(was_training)
+        return out
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        max_length: int | None = None,
+        dtype: torch.dtype | None = None,
+        **overrides,
+    ) -> "SentenceEncoder":
+        """A model folder (HF layout, with or without sentence-transformers files) or ``minilm``.
+
+        Pooling, normalisation and max length come from the sentence-transformers files when the
+        folder has them (mean, normalised, 256 for all-MiniLM-L6-v2); arguments override them.
+        """
+        from reprlab.hub import load_encoder, read_sentence_config, resolve_model_path
+        from reprlab.text.tokenizer import Tokenizer
+
+        folder = resolve_model_path(name_or_path)
+        st = read_sentence_config(folder)
+        encoder = load_encoder(folder, dtype=dtype, **overrides)
+        model = cls(
+            encoder,
+            Tokenizer.from_pretrained(folder),
+            pooling=pooling or st["pooling"],
+            normalize=st["normalize"] if normalize is None else normalize,
+            max_length=max_length or st["max_length"],
+        )
+        if hasattr(model.pooling, "load_extra"):
+            model.pooling.load_extra(folder)
+        return model
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """HF BERT layout + tokenizer + sentence-transformers files, written atomically."""
+        from reprlab.hub import save_sentence_encoder
+
+        save_sentence_encoder(self, path)
