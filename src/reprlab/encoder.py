@@ -201,6 +201,8 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(Layer(config, i) for i in range(config.num_layers))
         self.pooler = Pooler(config.hidden_size) if config.add_pooler else None
         self.apply(self._init_weights)
+        if self.pooler is not None:  # kept for exact round trips; no reprlab method trains it
+            self.pooler.requires_grad_(False)
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range

@@ -1,0 +1,391 @@
+"""The one training loop every reprlab recipe runs on.
+
+Plain PyTorch in the spirit of nanoGPT's ``train.py``: DDP when started by ``torchrun`` (gloo on
+CPU, nccl on GPU), bf16 autocast, gradient accumulation, warmup + linear/cosine decay, gradient
+clipping, a checkpoint every N steps (model, optimizer, scheduler, RNG states and data position,
+written atomically), ``resume=True`` continuing bit-for-bit from the newest checkpoint, metrics as
+JSONL and a progress bar on rank 0.
+
+A recipe supplies a model, a map-style dataset, a ``collate(items, rng)`` that builds a batch (``rng``
+is a ``numpy.random.Generator`` seeded from the step, so random choices such as negative sampling are
+reproduced on resume), and a ``loss_fn(model, batch)`` that returns a loss or ``(loss, metrics)``::
+
+    state = train(model, dataset, collate, loss_fn, TrainConfig(output_dir="runs/x", max_steps=100))
+
+``TrainConfig.batch_size`` is the global batch of one optimizer step; it is split over
+``grad_accum`` micro-steps and then over the ranks, so 2 processes with the same ``batch_size`` see
+the same examples per step as 1 process.
+
+Callbacks are objects with any of ``on_train_start(state, model)``, ``on_step_end(state, model,
+metrics)``, ``on_checkpoint(state, folder)``, ``on_train_end(state, model)``, and ``state_dict()`` /
+``load_state_dict(d)`` for state that must survive a resume (e.g. ANCE's index version).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from reprlab.errors import ConfigError
+from reprlab.io import atomic_dir, atomic_open, atomic_write_json
+from reprlab.logs import progress
+
+logger = logging.getLogger("reprlab")
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str
+    max_steps: int | None = None  # optimizer steps; None = epochs * steps per epoch
+    epochs: float = 1.0
+    batch_size: int = 32  # global: all ranks and accumulation micro-steps together
+    grad_accum: int = 1
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_steps: int | None = None  # None = warmup_ratio * total steps
+    warmup_ratio: float = 0.1
+    schedule: str = "linear"  # linear | cosine | constant
+    max_grad_norm: float | None = 1.0
+    bf16: bool = False
+    checkpoint_every: int = 0  # 0 = only at the end
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    resume: bool = False
+    shuffle: bool = True
+    device: str = "auto"  # auto | cpu | cuda
+    find_unused_parameters: bool = False
+    metrics_file: str = "metrics.jsonl"
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded with the run, not used by the loop
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("batch_size and grad_accum must be at least 1")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
+
+
+def _linear(step, warmup, total):
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _cosine(step, warmup, total):
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress_ = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
+
+
+def _constant(step, warmup, total):
+    return (step + 1) / max(1, warmup) if step < warmup else 1.0
+
+
+SCHEDULES = {"linear": _linear, "cosine": _cosine, "constant": _constant}
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    position: int = 0  # examples of this epoch's order already consumed
+    total_steps: int = 0
+    rank: int = 0
+    world_size: int = 1
+    output_dir: Path = Path(".")
+    last_loss: float = float("nan")
+    started: float = field(default_factory=time.time)
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+def init_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
+    """Join the process group when started by torchrun; returns (rank, world_size, device)."""
+    want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no GPU is available")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if want_cuda else "gloo")
+        rank = dist.get_rank()
+    else:
+        rank = 0
+    if want_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    folder = Path(output_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        m = CHECKPOINT_RE.match(p.name)
+        if m and (p / "trainer_state.pt").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()[1].tolist()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = np.random.get_state()
+    np.random.set_state((np_state[0], np.array(state["numpy"], dtype=np.uint32), *np_state[2:]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(state: TrainState, model: nn.Module, optimizer, scheduler, callbacks, config: TrainConfig) -> Path:
+    folder = state.output_dir / "checkpoints" / f"checkpoint-{state.step:08d}"
+    with atomic_dir(folder) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": _rng_state(),
+                "step": state.step,
+                "epoch": state.epoch,
+                "position": state.position,
+                "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in callbacks],
+            },
+            tmp / "trainer_state.pt",
+        )
+        atomic_write_json(tmp / "trainer_state.json", {
+            "step": state.step, "epoch": state.epoch, "position": state.position,
+            "total_steps": state.total_steps, "config": dataclasses.asdict(config),
+        })
+    for cb in callbacks:
+        if hasattr(cb, "on_checkpoint"):
+            cb.on_checkpoint(state, folder)
+    old = list_checkpoints(state.output_dir)[: -config.keep_checkpoints] if config.keep_checkpoints > 0 else []
+    for _, path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return folder
+
+
+def load_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler, callbacks, state: TrainState) -> None:
+    load_model(model, str(folder / "model.safetensors"), device=str(next(model.parameters()).device))
+    saved = torch.load(folder / "trainer_state.pt", weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    _set_rng_state(saved["rng"])
+    state.step, state.epoch, state.position = saved["step"], saved["epoch"], saved["position"]
+    for cb, cb_state in zip(callbacks, saved["callbacks"]):
+        if cb_state is not None and hasattr(cb, "load_state_dict"):
+            cb.load_state_dict(cb_state)
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """On resume, drop metric lines logged after the checkpoint (they will be logged again)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    with atomic_open(path) as f:
+        f.write("".join(line + "\n" for line in kept))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def default_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with no weight decay on biases and normalisation weights."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
+
+
+def _epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    if not shuffle:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def train(
+    model: nn.Module,
+    dataset: Sequence,
+    collate: Callable[[list, np.random.Generator], Any],
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor | tuple[torch.Tensor, dict[str, float]]],
+    config: TrainConfig,
+    callbacks: Sequence[Any] = (),
+    optimizer: torch.optim.Optimizer | None = None,
+    stop_after: int | None = None,
+) -> TrainState:
+    """Train ``model`` and return the final :class:`TrainState`.
+
+    ``stop_after`` ends the run after that many optimizer steps of this call, as if killed (a
+    checkpoint is written only if ``checkpoint_every`` says so): used to test resumption.
+    """
+    rank, world, device = init_distributed(config.device)
+    output_dir = Path(config.output_dir)
+    local_batch, rem = divmod(config.batch_size // config.grad_accum, world)
+    if rem or local_batch < 1:
+        raise ConfigError(
+            f"batch_size {config.batch_size} / grad_accum {config.grad_accum} must split evenly over {world} processes"
+        )
+    n = len(dataset)
+    steps_per_epoch = n // config.batch_size
+    if steps_per_epoch < 1:
+        raise ConfigError(f"the dataset has {n} examples, fewer than one batch of {config.batch_size}")
+    total = config.max_steps or max(1, int(config.epochs * steps_per_epoch))
+    warmup = config.warmup_steps if config.warmup_steps is not None else int(config.warmup_ratio * total)
+
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    model.to(device)
+    optimizer = optimizer or default_optimizer(model, config)
+    schedule = SCHEDULES[config.schedule]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, warmup, total))
+    state = TrainState(total_steps=total, rank=rank, world_size=world, output_dir=output_dir)
+
+    existing = list_checkpoints(output_dir)
+    if existing and not config.resume:
+        raise ConfigError(f"{output_dir} already has checkpoints; pass resume=True (--resume) to continue that run "
+                          "or choose a new output folder")
+    if config.resume and existing:
+        load_checkpoint(existing[-1][1], model, optimizer, scheduler, callbacks, state)
+        logger.info(f"resumed from {existing[-1][1]} at step {state.step}")
+    metrics_path = output_dir / config.metrics_file
+    if rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if state.step:
+            _trim_metrics(metrics_path, state.step)
+        else:
+            metrics_path.unlink(missing_ok=True)
+        atomic_write_json(output_dir / "train_config.json", dataclasses.asdict(config))
+    barrier()
+
+    ddp = model
+    if world > 1:
+        ddp = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=config.find_unused_parameters,
+        )
+    for cb in callbacks:
+        if hasattr(cb, "on_train_start"):
+            cb.on_train_start(state, model)
+
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)  # noqa: E731
+    micro = config.batch_size // config.grad_accum
+    model.train()
+    done_here = 0
+    bar = progress(total=total, initial=state.step, desc="train", unit="step")
+    order = _epoch_order(n, config.seed, state.epoch, config.shuffle)
+    while state.step < total:
+        if state.position + config.batch_size > n:  # next epoch; the incomplete tail is dropped
+            state.epoch, state.position = state.epoch + 1, 0
+            order = _epoch_order(n, config.seed, state.epoch, config.shuffle)
+        step_metrics: dict[str, float] = {}
+        loss_sum = 0.0
+        for k in range(config.grad_accum):
+            start = state.position + k * micro + rank * local_batch
+            idx = order[start : start + local_batch].tolist()
+            rng = np.random.default_rng([config.seed, state.step, k, rank])
+            batch = collate([dataset[i] for i in idx], rng)
+            batch = _to_device(batch, device)
+            sync = k == config.grad_accum - 1 or world == 1
+            ctx = ddp.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+            with ctx:
+                with autocast():
+                    result = loss_fn(ddp, batch)
+                loss, extra = result if isinstance(result, tuple) else (result, {})
+                (loss / config.grad_accum).backward()
+            loss_sum += loss.detach().float().item() / config.grad_accum
+            for key, value in extra.items():
+                step_metrics[key] = step_metrics.get(key, 0.0) + float(value) / config.grad_accum
+        if config.max_grad_norm:
+            step_metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.position += config.batch_size
+        state.last_loss = loss_sum
+        done_here += 1
+        step_metrics.update(loss=loss_sum, lr=scheduler.get_last_lr()[0])
+        for cb in callbacks:
+            if hasattr(cb, "on_step_end"):
+                cb.on_step_end(state, model, step_metrics)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum:.4f}")
+        if rank == 0 and (state.step % config.log_every == 0 or state.step == total):
+            record = {"step": state.step, "epoch": state.epoch, "elapsed": round(time.time() - state.started, 3)}
+            record.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in step_metrics.items()})
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if config.checkpoint_every and state.step % config.checkpoint_every == 0 and state.step < total:
+            if rank == 0:
+                save_checkpoint(state, model, optimizer, scheduler, callbacks, config)
+            barrier()
+        if stop_after is not None and done_here >= stop_after and state.step < total:
+            bar.close()
+            return state
+    bar.close()
+    if rank == 0:
+        save_checkpoint(state, model, optimizer, scheduler, callbacks, config)
+    barrier()
+    for cb in callbacks:
+        if hasattr(cb, "on_train_end"):
+            cb.on_train_end(state, model)
+    return state
+
+
+def _to_device(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return type(batch)(_to_device(v, device) for v in batch)
+    if hasattr(batch, "to") and not isinstance(batch, (str, bytes)):
+        return batch.to(device)
+    return batch
