@@ -1,0 +1,186 @@
+"""The ``reprlab`` command.
+
+Subcommands and their choices come from the registries (attention variants, retrievers, masking
+schemes, ...), never from lists copied here. Bad input prints one line and exits with status 2.
+
+    reprlab demo [--data BEIR_DIR]
+    reprlab index --corpus DIR --model minilm --out INDEX_DIR [--factory STR]
+    reprlab search --index INDEX_DIR "query text" [-k 10]
+    reprlab evaluate --data BEIR_DIR --split test --retriever minilm|bm25|hybrid|MODEL_DIR [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from reprlab.cli_format import print_table, short
+from reprlab.errors import ReprlabError
+
+logger = logging.getLogger("reprlab")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def load_corpus(path: str):
+    """A corpus from a BEIR folder, a corpus .jsonl file or an MS MARCO collection .tsv."""
+    from reprlab.text import beir, msmarco
+
+    p = Path(path)
+    if p.is_dir():
+        return beir.read_corpus(p / "corpus.jsonl")
+    if p.suffix == ".tsv":
+        return msmarco.read_collection(p)
+    return beir.read_corpus(p)
+
+
+# ----------------------------------------------------------------------------- index / search / evaluate
+
+
+def cmd_index(args) -> None:
+    from reprlab.retrieval.dense import DenseRetriever
+
+    corpus = load_corpus(args.corpus)
+    t0 = time.time()
+    retriever = DenseRetriever.from_model(args.model, batch_size=args.batch_size, precision=args.precision)
+    retriever.index_corpus(corpus, factory=args.factory)
+    retriever.save(args.out)
+    logger.info(f"indexed {len(corpus)} documents with {args.model} ({args.factory}) in {time.time() - t0:.1f}s "
+                f"-> {args.out}")
+
+
+def cmd_search(args) -> None:
+    from reprlab.retrieval.dense import DenseRetriever
+
+    retriever = DenseRetriever.load(args.index)
+    scores, ids = retriever.search(args.query, k=args.k)
+    for qi, query in enumerate(args.query):
+        if len(args.query) > 1:
+            print(f"# {query}")
+        rows = []
+        for rank, (doc_id, score) in enumerate(zip(ids[qi], scores[qi]), 1):
+            if doc_id is None:
+                break
+            doc = retriever.docs.get(doc_id, {})
+            rows.append({"rank": rank, "id": doc_id, "score": f"{score:.4f}",
+                         "title": short(doc.get("title") or doc.get("text", ""), 70)})
+        print_table(rows, ["rank", "id", "score", "title"])
+
+
+def cmd_evaluate(args) -> None:
+    from reprlab.retrieval.metrics import check_metrics, evaluate
+    from reprlab.retrieval.pipeline import build_retriever, retrieve
+    from reprlab.text.beir import load_beir
+    from reprlab.text.trec import write_run
+
+    check_metrics(args.metrics)
+    data = load_beir(args.data, split=args.split)
+    t0 = time.time()
+    retriever = build_retriever(args.retriever, data.corpus, factory=args.factory, batch_size=args.batch_size,
+                                precision=args.precision)
+    queries = {q: data.queries[q] for q in data.judged_queries()}
+    run = retrieve(retriever, queries, k=args.k)
+    metrics = evaluate(data.qrels, run, metrics=args.metrics, ignore_identical_ids=not args.keep_identical_ids)
+    if args.run_out:
+        write_run(args.run_out, run, tag=Path(str(args.retriever)).name)
+    if args.json:
+        print(json.dumps(metrics))
+        return
+    logger.info(f"{args.retriever} on {args.data} ({args.split}, {len(queries)} judged queries) in "
+                f"{time.time() - t0:.1f}s")
+    print_table([{"measure": k, "value": f"{v:.4f}"} for k, v in metrics.items()], ["measure", "value"])
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def cmd_demo(args) -> None:
+    from reprlab.demo import run_demo
+
+    run_demo(data=args.data, show=args.show)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from reprlab.retrieval.metrics import DEFAULT_METRICS
+    from reprlab.retrieval.pipeline import RETRIEVER_NAMES
+
+    parser = ArgumentParser(prog="reprlab", description=__doc__.split("\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+
+    p = sub.add_parser("demo", help="the main job on the embedded corpus (or --data BEIR_DIR)")
+    p.add_argument("--data", help="a BEIR folder to use instead of the embedded corpus")
+    p.add_argument("--show", type=int, default=3, help="questions whose results are printed")
+    p.set_defaults(func=cmd_demo)
+
+    def encoding_options(p):
+        p.add_argument("--batch-size", type=int, default=64)
+        p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+        p.add_argument("--factory", default="Flat", help='FAISS factory string, e.g. "HNSW32" (default: exact)')
+
+    p = sub.add_parser("index", help="encode a corpus into a searchable index folder")
+    p.add_argument("--corpus", required=True, help="BEIR folder, corpus.jsonl or MS MARCO collection.tsv")
+    p.add_argument("--model", default="minilm", help="model folder or 'minilm'")
+    p.add_argument("--out", required=True, help="index folder to write")
+    encoding_options(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="search an index folder")
+    p.add_argument("--index", required=True)
+    p.add_argument("query", nargs="+")
+    p.add_argument("-k", type=int, default=10)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("evaluate", help="evaluate a retriever on a BEIR folder")
+    p.add_argument("--data", required=True, help="BEIR folder")
+    p.add_argument("--split", default="test")
+    p.add_argument("--retriever", default="minilm", help=f"{' | '.join(RETRIEVER_NAMES)} | MODEL_DIR")
+    p.add_argument("-k", type=int, default=100, help="results per query")
+    p.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), help="pytrec_eval measure names")
+    p.add_argument("--keep-identical-ids", action="store_true",
+                   help="score a result whose id equals its query id (BEIR removes them)")
+    p.add_argument("--run-out", help="write the run as a TREC run file")
+    p.add_argument("--json", action="store_true", help="print one JSON object of the measures")
+    encoding_options(p)
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from reprlab.logs import setup_cli_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_cli_logging(logging.WARNING if args.quiet or getattr(args, "json", False) else logging.INFO)
+    try:
+        args.func(args)
+    except ReprlabError as exc:
+        print(f"reprlab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        print(f"reprlab {args.command}: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"reprlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
