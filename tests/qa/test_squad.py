@@ -1,0 +1,147 @@
+"""SQuAD v1.1 metrics (official-script semantics), readers with validation, the split rule."""
+
+import json
+
+import pytest
+
+from reprlab.errors import ConfigError, DataFormatError
+from reprlab.qa.squad import (
+    QAExample,
+    evaluate_examples,
+    exact_match_score,
+    f1_score,
+    hash_fraction,
+    hash_split,
+    load_hotpotqa_answers,
+    load_qa_file,
+    load_squad,
+    max_over_ground_truths,
+    normalize_answer,
+    split_examples,
+    squad_metrics,
+)
+
+# (prediction, gold answers, EM, F1) worked out by hand with the rules of the official v1.1 script:
+# lower-case -> drop string.punctuation -> replace \b(a|an|the)\b by a space -> collapse whitespace.
+CASES = [
+    ("The Denver Broncos", ["Denver Broncos"], 1.0, 1.0),  # article dropped
+    ("Denver Broncos.", ["denver broncos"], 1.0, 1.0),  # case and punctuation
+    ("  Denver \t  Broncos\n", ["Denver Broncos"], 1.0, 1.0),  # whitespace collapsed
+    ("Broncos", ["Denver Broncos"], 0.0, 2 * 1.0 * 0.5 / 1.5),  # P=1, R=1/2
+    ("Carolina Panthers", ["Denver Broncos", "the Carolina Panthers team"], 0.0, 0.8),  # max over golds: P=1, R=2/3
+    ("Denver", ["Denver", "Denver Broncos"], 1.0, 1.0),  # the best gold wins for each metric
+    ("new york new", ["New York"], 0.0, 0.8),  # token bags: P=2/3, R=1
+    ("U.S.", ["US"], 1.0, 1.0),  # punctuation inside a token is removed, tokens join
+    ("the", ["a"], 1.0, 0.0),  # both normalise to '': EM 1 but F1 0 in v1.1 (v2.0 would give 1)
+    ("Broncos\u2013", ["Broncos"], 0.0, 0.0),  # non-ASCII punctuation is kept
+    ("Anne", ["Ann"], 0.0, 0.0),  # 'an' inside a word is not an article
+    ("the-end", ["end"], 0.0, 0.0),  # punctuation goes before articles: 'theend'
+    ("An apple", ["apple, the"], 1.0, 1.0),
+]
+
+
+@pytest.mark.parametrize("prediction,golds,em,f1", CASES)
+def test_metrics_equal_the_official_definition(prediction, golds, em, f1):
+    assert max_over_ground_truths(exact_match_score, prediction, golds) == em
+    assert max_over_ground_truths(f1_score, prediction, golds) == pytest.approx(f1)
+
+
+def test_normalize_answer():
+    assert normalize_answer("The  Quick, brown FOX!") == "quick brown fox"
+    assert normalize_answer("a an the") == ""
+
+
+def test_totals_are_percentages_and_missing_predictions_count_zero():
+    gold = {"q1": ["Denver Broncos"], "q2": ["Broncos"], "q3": ["1998"], "q4": ["x"]}
+    predictions = {"q1": "the Denver Broncos", "q2": "Denver Broncos", "q3": "in 1998"}  # q4 unanswered
+    m = squad_metrics(gold, predictions)
+    assert m["exact_match"] == pytest.approx(100 * 1 / 4)
+    assert m["f1"] == pytest.approx(100 * (1 + 2 / 3 + 2 / 3 + 0) / 4)
+    examples = [QAExample(q, "?", "ctx", a, [(0, 1)], group="g") for q, a in gold.items()]
+    assert evaluate_examples(examples, predictions) == m
+    with pytest.raises(ConfigError):
+        squad_metrics({}, {})
+
+
+def _squad_file(tmp_path, qas, context="Denver Broncos won Super Bowl 50."):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"version": "1.1", "data": [
+        {"title": "T", "paragraphs": [{"context": context, "qas": qas}]}]}))
+    return path
+
+
+def test_load_squad_and_bad_inputs(tmp_path):
+    ok = [{"id": "a", "question": "Who won?", "answers": [{"text": "Denver Broncos", "answer_start": 0},
+                                                           {"text": "Broncos", "answer_start": 7}]}]
+    (ex,) = load_squad(_squad_file(tmp_path, ok))
+    assert ex.answers == ["Denver Broncos", "Broncos"] and ex.spans == [(0, 14), (7, 14)] and ex.group == "T"
+    assert load_qa_file(tmp_path / "s.json")[0].id == "a"
+
+    bad_start = [{"id": "b", "question": "Who?", "answers": [{"text": "Broncos", "answer_start": 3}]}]
+    with pytest.raises(DataFormatError, match=r"s.json.*qas\[0\].*question b.*answer_start 3"):
+        load_squad(_squad_file(tmp_path, bad_start))
+    no_question = [{"id": "c", "answers": []}]
+    with pytest.raises(DataFormatError, match=r"qas\[0\].*missing field 'question'"):
+        load_squad(_squad_file(tmp_path, no_question))
+    dup = ok + ok
+    with pytest.raises(DataFormatError, match="duplicate question id 'a'"):
+        load_squad(_squad_file(tmp_path, dup))
+    (tmp_path / "broken.json").write_text("{\n  \"data\": [\n")
+    with pytest.raises(DataFormatError, match="broken.json"):
+        load_squad(tmp_path / "broken.json")
+    with pytest.raises(DataFormatError, match="unknown QA file type"):
+        load_qa_file(tmp_path / "x.txt")
+
+
+def test_hotpotqa_answers_are_found_in_supporting_paragraphs(tmp_path):
+    def record(qid, answer, paragraphs):
+        return json.dumps({"question_id": qid, "question_text": f"q {qid}?",
+                           "answers_objects": [{"spans": [answer]}],
+                           "contexts": [{"id": str(i), "title": f"t{i}", "paragraph_text": t, "is_supporting": s}
+                                        for i, (t, s) in enumerate(paragraphs)]})
+
+    lines = [
+        record("1", "Paris", [("Paris is big.", False), ("He moved to paris in 1900.", True),
+                              ("Paris, again.", True)]),
+        record("2", "no", [("There is no answer here.", True)]),  # yes/no: skipped
+        record("3", "Rome", [("Romeo lived in Verona.", True)]),  # only inside a word: not found
+    ]
+    path = tmp_path / "h.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    found = load_hotpotqa_answers(path)
+    assert [e.id for e in found] == ["1:1", "1:2"]
+    assert found[0].spans == [(12, 17)] and found[0].context[12:17] == "paris"  # case-insensitive fallback
+    assert found[1].spans == [(0, 5)] and {e.group for e in found} == {"1"}
+    path.write_text(lines[0] + "\n{not json\n")
+    with pytest.raises(DataFormatError, match=r"h.jsonl:2"):
+        load_hotpotqa_answers(path)
+    path.write_text(json.dumps({"question_id": "x"}) + "\n")
+    with pytest.raises(DataFormatError, match=r"h.jsonl:1: expected question_id"):
+        load_hotpotqa_answers(path)
+
+
+def test_split_rule_is_the_documented_hash():
+    # sha256("abc") starts with ba7816bf; 0xba7816bf / 2**32 = 0.72839...
+    assert hash_fraction("abc") == pytest.approx(0xBA7816BF / 2**32)
+    assert hash_split("abc", 0.7) == "train" and hash_split("abc", 0.75) == "eval"
+    assert hash_split("abc", 0.0) == "train" and hash_split("abc", 1.0) == "eval"
+    with pytest.raises(ConfigError):
+        hash_split("abc", 1.5)
+
+
+def test_real_squad_split_keeps_articles_apart(shared_data):
+    examples = load_squad(shared_data("squad_v1.1_dev_xquad_en", "xquad.en.json"))
+    assert len(examples) == 1190 and len({e.group for e in examples}) == 48
+    train, held = split_examples(examples, 0.25)
+    assert len(train) + len(held) == 1190 and 150 < len(held) < 450
+    assert not {e.group for e in train} & {e.group for e in held}
+    assert not {e.context for e in train} & {e.context for e in held}
+    assert split_examples(examples, 0.25)[1] == held  # no seed: the same split every time
+
+
+def test_real_hotpotqa_answers(shared_data):
+    examples = load_hotpotqa_answers(shared_data("hotpotqa_dev500_ircot", "dev_subsampled.jsonl"))
+    assert 400 < len(examples) < 600
+    for ex in examples:
+        a, b = ex.spans[0]
+        assert normalize_answer(ex.context[a:b]) in {normalize_answer(x) for x in ex.answers}
