@@ -374,6 +374,19 @@ class SentenceEncoder(nn.Module):
             self.train(was_training)
         return out
 
+    def quantized(self) -> "SentenceEncoder":
+        """A copy for CPU inference whose Linear layers run int8 dynamic quantization.
+
+        Weights are quantized per output channel once, activations per batch at run time
+        (``torch.ao.quantization.quantize_dynamic``); embeddings, LayerNorm and softmax stay float32.
+        """
+        import copy
+
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        model = copy.deepcopy(self).cpu().eval()
+        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+
     @classmethod
     def from_pretrained(
         cls,
