@@ -68,6 +68,11 @@ class DenseRetriever:
 
     @classmethod
     def from_model(cls, name_or_path: str | Path, **kwargs) -> "DenseRetriever":
+        """A model folder (shared towers), a folder with ``query/`` and ``passage/`` towers, or ``minilm``."""
+        path = Path(str(name_or_path))
+        if (path / "query").is_dir() and (path / "passage").is_dir():
+            return cls(SentenceEncoder.from_pretrained(path / "query"), model_name=str(name_or_path),
+                       doc_model=SentenceEncoder.from_pretrained(path / "passage"), **kwargs)
         return cls(SentenceEncoder.from_pretrained(name_or_path), model_name=str(name_or_path), **kwargs)
 
     def encode_queries(self, texts: Sequence[str], show_progress: bool | None = False) -> np.ndarray:
@@ -125,9 +130,13 @@ class DenseRetriever:
         except json.JSONDecodeError as exc:
             raise DataFormatError(f"not valid JSON ({exc.msg})", path=str(cfg_path), line=exc.lineno) from exc
         index = Index.load(path)
-        retriever = cls(model or SentenceEncoder.from_pretrained(cfg["model"]), index=index, model_name=cfg["model"],
-                        batch_size=cfg.get("batch_size", 64), precision=cfg.get("precision", "fp32"),
-                        query_prefix=cfg.get("query_prefix", ""), doc_prefix=cfg.get("doc_prefix", ""))
+        options = dict(batch_size=cfg.get("batch_size", 64), precision=cfg.get("precision", "fp32"),
+                       query_prefix=cfg.get("query_prefix", ""), doc_prefix=cfg.get("doc_prefix", ""))
+        if model is not None:
+            retriever = cls(model, model_name=cfg["model"], **options)
+        else:
+            retriever = cls.from_model(cfg["model"], **options)
+        retriever.index = index
         docs_path = path / "docs.jsonl"
         if docs_path.is_file():
             with open(docs_path, encoding="utf-8") as f:
