@@ -103,6 +103,7 @@ class ReaderOutput(NamedTuple):
     loss: torch.Tensor | None = None
     metrics: dict[str, float] | None = None
     layer_lengths: list[int] | None = None  # sequence length entering each layer (Block Skim)
+    keep_probs: list[torch.Tensor] | None = None  # (B, blocks) P(keep) at each skim layer (Block Skim)
 
 
 def span_loss(start_logits, end_logits, attention_mask, start_positions, end_positions) -> torch.Tensor:
