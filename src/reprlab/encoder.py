@@ -61,6 +61,11 @@ class EncoderConfig:
     # Per-layer attention names (length num_layers) overriding ``attention``, e.g. Cluster-Former
     # layers in the middle and sliding-window layers elsewhere; None = ``attention`` everywhere.
     layer_attention: list[str] | None = None
+    # Per-layer sizes after structured pruning (``reprlab.distill.approx``); None = the uniform sizes.
+    # layer_heads[i] heads of hidden_size // num_heads each (0 = layer i has no attention block);
+    # layer_intermediate[i] FFN width (0 = layer i has no FFN block). LayerNorms are always kept.
+    layer_heads: list[int] | None = None
+    layer_intermediate: list[int] | None = None
     add_pooler: bool = False
 
     def __post_init__(self):
@@ -74,6 +79,14 @@ class EncoderConfig:
             raise ConfigError(
                 f"layer_attention has {len(self.layer_attention)} entries but num_layers is {self.num_layers}"
             )
+        for name in ("layer_heads", "layer_intermediate"):
+            sizes = getattr(self, name)
+            if sizes is not None and (len(sizes) != self.num_layers or any(int(n) < 0 for n in sizes)):
+                raise ConfigError(f"{name} must hold {self.num_layers} non-negative sizes (one per layer), got {sizes}")
+        for i, n in enumerate(self.layer_heads or []):
+            if n not in (0, self.num_heads) and self.attention_for(i) != "softmax":
+                raise ConfigError(f"layer_heads[{i}] = {n}: a partial head count needs attention 'softmax', "
+                                  f"not {self.attention_for(i)!r}")
 
     @classmethod
     def tiny(cls, **overrides) -> "EncoderConfig":
@@ -89,6 +102,12 @@ class EncoderConfig:
 
     def attention_for(self, layer: int) -> str:
         return self.layer_attention[layer] if self.layer_attention else self.attention
+
+    def heads_for(self, layer: int) -> int:
+        return self.num_heads if self.layer_heads is None else int(self.layer_heads[layer])
+
+    def intermediate_for(self, layer: int) -> int:
+        return self.intermediate_size if self.layer_intermediate is None else int(self.layer_intermediate[layer])
 
     def replace(self, **changes) -> "EncoderConfig":
         return dataclasses.replace(self, **changes)
@@ -140,10 +159,11 @@ class Embeddings(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, config: EncoderConfig):
+    def __init__(self, config: EncoderConfig, width: int | None = None):
         super().__init__()
-        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+        width = config.intermediate_size if width is None else width
+        self.up = nn.Linear(config.hidden_size, width)
+        self.down = nn.Linear(width, config.hidden_size)
         self.act = ACTIVATIONS[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,28 +171,46 @@ class FeedForward(nn.Module):
 
 
 class Layer(nn.Module):
-    """Post-LN transformer layer: x = LN(x + attn(x)); x = LN(x + ffn(x))."""
+    """Post-LN transformer layer: x = LN(x + attn(x)); x = LN(x + ffn(x)).
+
+    A pruned layer (``config.layer_heads`` / ``layer_intermediate``) may have fewer heads, a narrower
+    FFN, or no attention / FFN block at all (``attn`` / ``ffn`` is None): an absent block adds
+    nothing, so x = LN(x), as in AxFormer's pruned BERT layers.
+    """
 
     def __init__(self, config: EncoderConfig, index: int):
         super().__init__()
-        attention_cls = ATTENTION[config.attention_for(index)]
-        kwargs = dict(config.attention_kwargs)
-        self.attn = attention_cls(
-            hidden_size=config.hidden_size,
-            num_heads=config.num_heads,
-            dropout=config.attention_dropout,
-            max_positions=config.max_position_embeddings,
-            **kwargs,
-        )
+        heads = config.heads_for(index)
+        self.attn = None
+        if heads:
+            attention_cls = ATTENTION[config.attention_for(index)]
+            kwargs = dict(config.attention_kwargs)
+            if heads != config.num_heads:  # fewer heads of the full head size
+                kwargs["head_size"] = config.hidden_size // config.num_heads
+            self.attn = attention_cls(
+                hidden_size=config.hidden_size,
+                num_heads=heads,
+                dropout=config.attention_dropout,
+                max_positions=config.max_position_embeddings,
+                **kwargs,
+            )
         self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.ffn = FeedForward(config)
+        width = config.intermediate_for(index)
+        self.ffn = FeedForward(config, width) if width else None
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, output_attentions: bool = False):
-        a, weights = self.attn(x, mask, output_attentions=output_attentions)
-        x = self.attn_norm(x + self.dropout(a))
-        x = self.ffn_norm(x + self.dropout(self.ffn(x)))
+        weights = None
+        if self.attn is None:
+            x = self.attn_norm(x)
+        else:
+            a, weights = self.attn(x, mask, output_attentions=output_attentions)
+            x = self.attn_norm(x + self.dropout(a))
+        if self.ffn is None:
+            x = self.ffn_norm(x)
+        else:
+            x = self.ffn_norm(x + self.dropout(self.ffn(x)))
         return x, weights
 
 

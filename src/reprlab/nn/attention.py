@@ -96,20 +96,26 @@ class SoftmaxAttention(nn.Module):
     ``output_attentions=True``) and ``torch.nn.functional.scaled_dot_product_attention``, which
     picks a fused kernel and is used otherwise. Weight names follow BERT (query, key, value,
     out = ``attention.output.dense``) so that pretrained checkpoints load by a fixed renaming.
+    ``head_size`` (default hidden_size // num_heads) lets a head-pruned layer keep fewer heads of
+    the original size: q/k/v then map hidden_size -> num_heads * head_size and ``out`` maps back.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, dropout: float = 0.0, max_positions: int = 512, **kwargs):
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float = 0.0, max_positions: int = 512,
+                 head_size: int | None = None, **kwargs):
         super().__init__()
         if kwargs:
-            raise ConfigError(f"softmax attention takes no options, got {sorted(kwargs)}")
-        if hidden_size % num_heads:
-            raise ConfigError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+            raise ConfigError(f"softmax attention takes only the option head_size, got {sorted(kwargs)}")
+        if head_size is None:  # the usual layout: the heads split hidden_size
+            if hidden_size % num_heads:
+                raise ConfigError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+            head_size = hidden_size // num_heads
+        inner = num_heads * head_size  # < hidden_size after head pruning (reprlab.distill.approx)
         self.num_heads = num_heads
         self.dropout = dropout
-        self.query = nn.Linear(hidden_size, hidden_size)
-        self.key = nn.Linear(hidden_size, hidden_size)
-        self.value = nn.Linear(hidden_size, hidden_size)
-        self.out = nn.Linear(hidden_size, hidden_size)
+        self.query = nn.Linear(hidden_size, inner)
+        self.key = nn.Linear(hidden_size, inner)
+        self.value = nn.Linear(hidden_size, inner)
+        self.out = nn.Linear(inner, hidden_size)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, output_attentions: bool = False):
         q = split_heads(self.query(x), self.num_heads)  # (B, nh, T, hs)
