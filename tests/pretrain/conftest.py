@@ -36,3 +36,12 @@ def toy_texts():
     rng = random.Random(0)
     sentences = [s.strip() + "." for s in TEXT.split(".") if s.strip()]
     return [" ".join(rng.sample(sentences, k=rng.randint(1, 4))) for _ in range(40)]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and the CI machine's two cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
