@@ -121,3 +121,16 @@ def test_bad_settings(tmp_path):
         MLMConfig(corpus=["x"], output_dir=str(tmp_path), masking="nope")
     with pytest.raises(ConfigError, match="decoupled"):
         MLMConfig(corpus=["x"], output_dir=str(tmp_path), output_embedding_size=64)
+
+
+def test_head_warmup_keeps_the_encoder_frozen_then_trains_it(tmp_path, tiny_model_dir, toy_texts):
+    start = Encoder.from_pretrained(tiny_model_dir).state_dict()
+    common = dict(corpus=[str(corpus_file(tmp_path, toy_texts))], model=str(tiny_model_dir), max_length=32,
+                  batch_size=4, lr=1e-2, head_warmup_steps=3, device="cpu")
+    warm = run_mlm(MLMConfig(output_dir=str(tmp_path / "warm"), max_steps=3, **common))
+    after = run_mlm(MLMConfig(output_dir=str(tmp_path / "after"), max_steps=4, **common))
+    frozen = load_mlm_model(warm.model_dir)
+    assert all(torch.equal(start[k], v) for k, v in frozen.encoder.state_dict().items())
+    assert frozen.head.bias.abs().sum() > 0, "the head trains during the warm-up (its bias starts at zero)"
+    trained = load_mlm_model(after.model_dir).encoder.state_dict()
+    assert not torch.equal(start["layers.0.attn.query.weight"], trained["layers.0.attn.query.weight"])

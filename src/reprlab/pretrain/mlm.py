@@ -167,6 +167,7 @@ class MLMConfig:
     max_texts: int | None = None
     tie_head: bool = True  # tied to the input embeddings, or decoupled
     output_embedding_size: int | None = None  # decoupled head only: its width (RemBERT)
+    head_warmup_steps: int = 0  # train only the head (encoder and tied embeddings frozen) for the first steps
     # training (the shared loop's TrainConfig); batch_size counts texts: fully-explored makes K rows each
     max_steps: int | None = None
     epochs: float = 1.0
@@ -201,7 +202,8 @@ class MLMConfig:
             output_dir=self.output_dir, max_steps=self.max_steps, epochs=self.epochs, batch_size=self.batch_size,
             grad_accum=self.grad_accum, lr=self.lr, weight_decay=self.weight_decay, warmup_ratio=self.warmup_ratio,
             schedule=self.schedule, bf16=self.bf16, checkpoint_every=self.checkpoint_every, resume=self.resume,
-            seed=self.seed, device=self.device, log_every=self.log_every, extra={"recipe": "mlm", **dataclasses.asdict(self)},
+            seed=self.seed, device=self.device, log_every=self.log_every,
+            find_unused_parameters=self.head_warmup_steps > 0, extra={"recipe": "mlm", **dataclasses.asdict(self)},
         )
 
 
@@ -214,6 +216,26 @@ class MLMResult:
     chunks: int
     pmi_vocab: Path | None = None
     metrics: list[dict] = field(default_factory=list)
+
+
+class HeadWarmup:
+    """Freezes the encoder (and so tied output embeddings) while ``state.step < steps``: a fresh head
+    first learns to read the pretrained encoder, whose representations its random gradients would
+    otherwise disturb. Restored correctly on resume (it only looks at the step)."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def _apply(self, state, model) -> None:
+        model.encoder.requires_grad_(state.step >= self.steps)
+        if model.encoder.pooler is not None:  # never trained
+            model.encoder.pooler.requires_grad_(False)
+
+    def on_train_start(self, state, model) -> None:
+        self._apply(state, model)
+
+    def on_step_end(self, state, model, metrics) -> None:
+        self._apply(state, model)
 
 
 class MLMCollate:
@@ -279,8 +301,9 @@ def run_mlm(config: MLMConfig, stop_after: int | None = None) -> MLMResult:
                 f"masking {config.masking!r}")
     torch.manual_seed(config.seed)  # a fresh head is initialised the same way in every run of a config
     model = load_mlm_model(folder, tie=config.tie_head, output_embedding_size=config.output_embedding_size)
+    callbacks = [HeadWarmup(config.head_warmup_steps)] if config.head_warmup_steps else []
     state = train(model, chunks, MLMCollate(masking, SpecialTokens.from_tokenizer(tokenizer)), mlm_loss,
-                  config.train_config(), stop_after=stop_after)
+                  config.train_config(), callbacks=callbacks, stop_after=stop_after)
     out = Path(config.output_dir)
     st = read_sentence_config(folder)
     model.to("cpu")
