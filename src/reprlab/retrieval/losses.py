@@ -44,23 +44,52 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x.contiguous()), dim=0)
 
 
+def gather_ids(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate an integer tensor from all ranks along dim 0 (no gradient)."""
+    if not _distributed():
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
 def contrastive_loss(
     q: torch.Tensor,
     positives: torch.Tensor,
     negatives: torch.Tensor | None = None,
     scale: float = 20.0,
     gather: bool = True,
+    candidate_ids: torch.Tensor | None = None,
+    query_positive_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Softmax NLL of each query's positive among all (gathered) positives and hard negatives."""
+    """Softmax NLL of each query's positive among all (gathered) positives and hard negatives.
+
+    False negatives: with ``candidate_ids`` (the document id of each local positive and negative,
+    (B + B*n,) int64, in the order positives then negatives) and ``query_positive_ids`` ((B, P)
+    int64, every relevant document of each query, -1 padded), a candidate that is relevant to a
+    query, other than its target, is removed from that query's softmax (e.g. two queries of the
+    batch sharing a positive, or a negative that is in fact relevant).
+    """
     B = q.size(0)
-    rank = dist.get_rank() if (gather and _distributed()) else 0
-    pos = gather_with_grad(positives) if gather else positives  # (W*B, H)
+    distributed = gather and _distributed()
+    rank = dist.get_rank() if distributed else 0
+    pos = gather_with_grad(positives) if distributed else positives  # (W*B, H)
     candidates = [pos]
-    if negatives is not None and negatives.numel():
-        candidates.append(gather_with_grad(negatives) if gather else negatives)  # (W*B*n, H)
+    has_negatives = negatives is not None and negatives.numel() > 0
+    if has_negatives:
+        candidates.append(gather_with_grad(negatives) if distributed else negatives)  # (W*B*n, H)
     docs = torch.cat(candidates, dim=0)
     scores = scale * q @ docs.T  # (B, W*B + W*B*n)
     labels = torch.arange(B, device=q.device) + rank * B
+    if candidate_ids is not None and query_positive_ids is not None:
+        ids_pos, ids_neg = candidate_ids[:B], candidate_ids[B:]
+        all_ids = [gather_ids(ids_pos) if distributed else ids_pos]
+        if has_negatives:
+            all_ids.append(gather_ids(ids_neg) if distributed else ids_neg)
+        all_ids = torch.cat(all_ids)  # (N,)
+        relevant = (all_ids[None, :, None] == query_positive_ids[:, None, :]).any(-1)  # (B, N)
+        relevant[torch.arange(B), labels] = False
+        scores = scores.masked_fill(relevant, torch.finfo(scores.dtype).min)
     return F.cross_entropy(scores.float(), labels)
 
 

@@ -256,3 +256,23 @@ def write_examples(
             f.write(json.dumps(obj, ensure_ascii=False) + "\n")
             count += 1
     return count
+
+
+def resolve_example(example: TrainingExample, corpus: Mapping) -> TrainingExample:
+    """The example with every passage given by id looked up in ``corpus`` (``{id: {"title", "text"}}``).
+
+    Raises ``KeyError``-free :class:`ReprlabError` for an id the corpus lacks.
+    """
+    from reprlab.errors import ReprlabError
+
+    def one(p: Passage | str) -> Passage:
+        if isinstance(p, Passage) and p.text is not None:
+            return p
+        doc_id = p if isinstance(p, str) else p.id
+        doc = corpus.get(doc_id)
+        if doc is None:
+            raise ReprlabError(f"document '{doc_id}' of query {example.query[:60]!r} is not in the corpus")
+        return Passage(id=doc_id, text=doc.get("text", ""), title=doc.get("title", ""))
+
+    return TrainingExample(example.query, [one(p) for p in example.positives], [one(n) for n in example.negatives],
+                           example.scores, example.query_id)

@@ -1,0 +1,91 @@
+"""Contrastive losses: reference values, false-negative masking, cross-rank gathering = one process."""
+
+import os
+import socket
+
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from reprlab.retrieval.losses import contrastive_loss, pairwise_loss
+
+
+def reference_nll(q, docs, labels, scale):
+    """Written out: -log softmax(scale * q.d)[label], averaged."""
+    total = 0.0
+    for i in range(q.size(0)):
+        logits = [scale * float(q[i] @ d) for d in docs]
+        m = max(logits)
+        log_z = m + torch.log(torch.tensor([sum(torch.exp(torch.tensor(x - m)) for x in logits)])).item()
+        total += log_z - logits[labels[i]]
+    return total / q.size(0)
+
+
+def test_contrastive_loss_equals_written_out_softmax():
+    g = torch.Generator().manual_seed(0)
+    q, p, n = (F.normalize(torch.randn(s, 8, generator=g), dim=-1) for s in (3, 3, 6))
+    got = contrastive_loss(q, p, n, scale=20.0)
+    want = reference_nll(q, torch.cat([p, n]), [0, 1, 2], 20.0)
+    assert abs(got.item() - want) < 1e-4
+
+
+def test_relevant_candidates_are_masked_out():
+    g = torch.Generator().manual_seed(1)
+    q, p, n = (torch.randn(s, 8, generator=g) for s in (2, 2, 2))
+    ids = torch.tensor([10, 11, 12, 13])  # positives 10, 11; negatives 12, 13
+    # query 0 also finds 12 relevant: it must leave query 0's softmax but stay in query 1's
+    relevant = torch.tensor([[10, 12], [11, -1]])
+    got = contrastive_loss(q, p, n, scale=1.0, candidate_ids=ids, query_positive_ids=relevant)
+    docs = torch.cat([p, n])
+    l0 = reference_nll(q[:1], docs[[0, 1, 3]], [0], 1.0)
+    l1 = reference_nll(q[1:], docs, [1], 1.0)
+    assert abs(got.item() - (l0 + l1) / 2) < 1e-5
+    assert got.item() != contrastive_loss(q, p, n, scale=1.0).item()
+
+
+def test_pairwise_loss_is_softplus_of_score_gap():
+    q, p, n = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.5, 0.0]]), torch.tensor([[0.0, 1.0], [2.0, 0.0]])
+    want = (F.softplus(torch.tensor(0.0 - 0.5)) + F.softplus(torch.tensor(2.0 - 0.5))) / 2
+    assert torch.allclose(pairwise_loss(q, p, n), want)
+
+
+def _batch():
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g), torch.randn(16, 6, generator=g)
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Linear(6, 4)
+
+
+def _one_rank(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    xq, xp, xn = _batch()
+    model = torch.nn.parallel.DistributedDataParallel(_model())
+    b = 8 // world
+    sl = slice(rank * b, (rank + 1) * b)
+    q, p, n = model(xq[sl]), model(xp[sl]), model(xn[2 * rank * b: 2 * (rank + 1) * b])
+    loss = contrastive_loss(q, p, n, scale=5.0)
+    loss.backward()  # DDP averages the gradients over ranks
+    losses = [torch.zeros(1) for _ in range(world)]
+    torch.distributed.all_gather(losses, loss.detach().reshape(1))
+    if rank == 0:
+        torch.save({"loss": torch.cat(losses).mean(), "grad": model.module.weight.grad}, out)
+    torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_ranks_equal_one_process_with_the_whole_batch(tmp_path):
+    xq, xp, xn = _batch()
+    model = _model()
+    loss = contrastive_loss(model(xq), model(xp), model(xn), scale=5.0)
+    loss.backward()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_one_rank, args=(2, port, str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    # the negatives are query-major per rank, and rank r's negatives are rows [2rb, 2(r+1)b): same global set
+    torch.testing.assert_close(ddp["loss"], loss.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ddp["grad"], model.weight.grad, atol=1e-5, rtol=1e-5)
