@@ -1,0 +1,75 @@
+"""run_distillation: kd / ckd / seed on unlabelled text, saved students, exact resume, bad input."""
+
+import json
+
+import pytest
+import torch
+
+from reprlab.distill.ckd import CKDConfig
+from reprlab.distill.recipe import DistillConfig, read_distill_texts, run_distillation
+from reprlab.distill.seed import SEEDConfig
+from reprlab.encoder import SentenceEncoder
+from reprlab.errors import ConfigError, DataFormatError, ReprlabError
+
+
+@pytest.fixture
+def corpus(tmp_path, texts):
+    folder = tmp_path / "beir"
+    folder.mkdir()
+    with open(folder / "corpus.jsonl", "w") as f:
+        for i, t in enumerate(texts[:40]):
+            f.write(json.dumps({"_id": f"d{i}", "title": "", "text": t}) + "\n")
+    with open(folder / "queries.jsonl", "w") as f:
+        for i, t in enumerate(texts[40:]):
+            f.write(json.dumps({"_id": f"q{i}", "text": t.split(".")[0]}) + "\n")
+    return folder
+
+
+def config(method, corpus, teacher, out, **kw):
+    base = dict(method=method, corpus=[str(corpus)], output_dir=str(out), teacher=str(teacher), student="layers:0,2",
+                max_length=24, max_steps=4, batch_size=8, lr=1e-3, device="cpu", log_every=1,
+                ckd=CKDConfig(window=5), seed_method=SEEDConfig(queue_size=16))
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+@pytest.mark.parametrize("method", ["kd", "ckd", "seed"])
+def test_each_method_trains_and_saves_a_student(method, corpus, tiny_teacher_dir, tmp_path):
+    result = run_distillation(config(method, corpus, tiny_teacher_dir, tmp_path / method))
+    assert result.steps == 4 and result.texts == 48
+    student = SentenceEncoder.from_pretrained(result.model_dir)
+    assert student.encoder.config.num_layers == 2
+    teacher = SentenceEncoder.from_pretrained(tiny_teacher_dir)
+    changed = not torch.equal(student.encoder.layers[1].ffn.up.weight, teacher.encoder.layers[2].ffn.up.weight)
+    assert changed, "the student was trained"
+    keys = set(result.metrics[-1])
+    expected = {"kd": {"kd_embedding", "kd_score"}, "ckd": {"kd_embedding", "wr_pair", "wr_triplet", "ltr_pair",
+                "ltr_triplet"}, "seed": {"seed_ce"}}[method]
+    assert expected <= keys
+
+
+def test_killed_and_resumed_ckd_run_equals_uninterrupted(corpus, tiny_teacher_dir, tmp_path):
+    common = dict(max_steps=5, checkpoint_every=2)
+    full = run_distillation(config("ckd", corpus, tiny_teacher_dir, tmp_path / "full", **common))
+    run_distillation(config("ckd", corpus, tiny_teacher_dir, tmp_path / "cut", **common), stop_after=3)
+    assert not (tmp_path / "cut" / "model").exists()
+    resumed = run_distillation(config("ckd", corpus, tiny_teacher_dir, tmp_path / "cut", resume=True, **common))
+    a = SentenceEncoder.from_pretrained(full.model_dir).encoder.state_dict()
+    b = SentenceEncoder.from_pretrained(resumed.model_dir).encoder.state_dict()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_text_readers(tmp_path, corpus):
+    assert len(read_distill_texts(corpus)) == 48
+    assert len(read_distill_texts(corpus, include_queries=False)) == 40
+    (tmp_path / "a.txt").write_text("first line\n\nsecond line\n")
+    (tmp_path / "b.jsonl").write_text('{"title": "T", "text": "body"}\n')
+    assert read_distill_texts([tmp_path / "a.txt", tmp_path / "b.jsonl"]) == ["first line", "second line", "T body"]
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"body": 1}\n')
+    with pytest.raises(DataFormatError, match="bad.jsonl:2"):
+        read_distill_texts(tmp_path / "bad.jsonl")
+    with pytest.raises(ReprlabError, match="does not exist"):
+        read_distill_texts(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="method"):
+        DistillConfig(method="tinybert", corpus=["x"], output_dir="o")

@@ -1,0 +1,65 @@
+"""Students by layer selection equal the teacher's layers; students from configs; spec parsing."""
+
+import pytest
+import torch
+
+from reprlab.distill.students import build_student, student_from_config, student_from_layers
+from reprlab.encoder import Encoder, EncoderConfig
+from reprlab.errors import ConfigError
+
+from .conftest import tiny_sentence_encoder
+
+
+def test_layer_selection_copies_the_teachers_layers(tokenizer):
+    teacher = tiny_sentence_encoder(tokenizer, num_layers=6).eval()
+    student = student_from_layers(teacher, [0, 2, 4]).eval()
+    assert student.encoder.config.num_layers == 3
+    t_state, s_state = teacher.encoder.state_dict(), student.encoder.state_dict()
+    for j, i in enumerate([0, 2, 4]):
+        for name, value in teacher.encoder.layers[i].state_dict().items():
+            assert torch.equal(s_state[f"layers.{j}.{name}"], value)
+    for name in t_state:
+        if name.startswith("embeddings."):
+            assert torch.equal(s_state[name], t_state[name])
+    # the student's forward is the teacher's layers 0, 2, 4 applied in turn
+    batch = tokenizer(["a short text", "dense retrieval of scientific claims"], max_length=16)
+    ids, mask = batch.input_ids, batch.attention_mask
+    x = teacher.encoder.embed(ids)
+    for i in [0, 2, 4]:
+        x, _ = teacher.encoder.layers[i](x, mask.bool())
+    torch.testing.assert_close(student.encoder(ids, mask).last_hidden_state, x)
+    # independent copies: training the student leaves the teacher alone
+    before = teacher.encoder.layers[0].ffn.up.weight.clone()
+    with torch.no_grad():
+        student.encoder.layers[0].ffn.up.weight.add_(1.0)
+    assert torch.equal(teacher.encoder.layers[0].ffn.up.weight, before)
+
+
+def test_all_layers_in_order_is_the_teacher(tokenizer):
+    teacher = tiny_sentence_encoder(tokenizer).eval()
+    student = build_student(teacher, "every:1").eval()
+    batch = tokenizer(["the same text"], max_length=16)
+    torch.testing.assert_close(student(batch.input_ids, batch.attention_mask),
+                               teacher(batch.input_ids, batch.attention_mask))
+
+
+def test_student_from_a_smaller_config(tokenizer):
+    teacher = tiny_sentence_encoder(tokenizer, num_layers=4)
+    student = build_student(teacher, "config:num_layers=1,intermediate_size=32")
+    assert student.encoder.config.num_layers == 1 and student.encoder.config.intermediate_size == 32
+    assert torch.equal(student.encoder.embeddings.word.weight, teacher.encoder.embeddings.word.weight)
+    narrow = build_student(teacher, "config:hidden_size=16,num_heads=2,num_layers=2")
+    assert narrow.dim == 16 and narrow.tokenizer is teacher.tokenizer
+    enc = student_from_config(Encoder(EncoderConfig.tiny()), EncoderConfig.tiny(num_layers=1))
+    assert isinstance(enc, Encoder)
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("layers:0,9", "do not exist"), ("layers:", "at least one"), ("layers:a", "integers"),
+    ("every:0", "integers"), ("config:huge", "neither"), ("config:no_such_field=1", "bad student spec"),
+    ("pick:1", "bad student spec"),
+])
+def test_bad_specs(tokenizer, spec, match):
+    teacher = tiny_sentence_encoder(tokenizer)
+    with pytest.raises(ConfigError, match=match):
+        build_student(teacher, spec)
