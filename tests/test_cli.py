@@ -50,3 +50,30 @@ def test_bad_input_is_one_line_and_exit_2(argv, message):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_mine_writes_negatives_that_are_never_positives(tmp_path):
+    from reprlab.text.beir import load_beir
+    from reprlab.text.examples import read_examples, read_provenance
+
+    out = tmp_path / "mined.jsonl"
+    assert main(["-q", "mine", "--data", str(demo_data_path()), "--split", "test", "--retriever", "bm25",
+                 "--out", str(out), "--depth", "20", "--range", "2-20", "--num-negatives", "5"]) == 0
+    data = load_beir(demo_data_path(), split="test")
+    examples = read_examples(out, corpus=data.corpus)
+    assert len(examples) == 18
+    for ex in examples:
+        positives = {d for d, r in data.qrels[ex.query_id].items() if r > 0}
+        negatives = [n.id for n in ex.negatives]
+        assert negatives and len(negatives) <= 5 and not positives & set(negatives)
+    meta = read_provenance(out)
+    assert meta["model"] == "bm25" and meta["parameters"]["rank_range"] == [2, 20] and meta["date"]
+
+
+def test_train_dpr_from_the_command_line(tmp_path, tiny_model_dir):
+    out = tmp_path / "dpr"
+    assert main(["-q", "train", "dpr", "--data", str(demo_data_path()), "--split", "test", "--model",
+                 str(tiny_model_dir), "--out", str(out), "--max-steps", "2", "--batch-size", "4",
+                 "--passage-max-length", "32"]) == 0
+    assert (out / "model" / "modules.json").is_file()
+    assert main(["-q", "evaluate", "--data", str(demo_data_path()), "--retriever", str(out / "model"), "--json"]) == 0

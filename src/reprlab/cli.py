@@ -46,6 +46,67 @@ def load_corpus(path: str):
     return beir.read_corpus(p)
 
 
+# ----------------------------------------------------------------------------- config dataclasses as options
+
+
+def _simple_type(hint):
+    """int/float/str/bool for ``X`` or ``X | None``; None for anything else (lists, configs, ...)."""
+    import types
+    import typing
+
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        hint = args[0]
+    return hint if hint in (int, float, str, bool) else None
+
+
+def add_config_options(parser, cls, skip=(), defaults=None) -> None:
+    """One ``--field-name`` option per simple field of a config dataclass (help and choices from metadata)."""
+    import dataclasses
+
+    import typing
+
+    defaults = defaults or {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = _simple_type(hints[f.name])
+        if f.name in skip or kind is None:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else None)
+        help_ = f.metadata.get("help", "")
+        if kind is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_)
+        else:
+            parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=f.metadata.get("choices"),
+                                help=f"{help_} (default: {default})".strip())
+
+
+def config_from_args(cls, args, **extra):
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values.update(extra)
+    return cls(**values)
+
+
+TRAIN_SKIP = ("output_dir", "extra", "metrics_file", "find_unused_parameters")
+
+
+def add_train_options(parser, **defaults) -> None:
+    from reprlab.train.loop import TrainConfig
+
+    group = parser.add_argument_group("training loop")
+    add_config_options(group, TrainConfig, skip=TRAIN_SKIP, defaults=defaults)
+
+
+def train_config(args):
+    from reprlab.train.loop import TrainConfig
+
+    return config_from_args(TrainConfig, args, output_dir=args.output_dir)
+
+
 # ----------------------------------------------------------------------------- index / search / evaluate
 
 
@@ -101,6 +162,59 @@ def cmd_evaluate(args) -> None:
     logger.info(f"{args.retriever} on {args.data} ({args.split}, {len(queries)} judged queries) in "
                 f"{time.time() - t0:.1f}s")
     print_table([{"measure": k, "value": f"{v:.4f}"} for k, v in metrics.items()], ["measure", "value"])
+
+
+# ----------------------------------------------------------------------------- dense training
+
+
+def cmd_mine(args) -> None:
+    from reprlab.retrieval.mining import MiningConfig, mine_hard_negatives, provenance
+    from reprlab.retrieval.pipeline import build_retriever
+    from reprlab.text.beir import load_beir
+    from reprlab.text.examples import write_examples
+
+    lo, _, hi = args.range.partition("-")
+    try:
+        rank_range = (int(lo), int(hi or args.depth))
+    except ValueError:
+        raise ReprlabError(f"--range must look like 10-100, got {args.range!r}") from None
+    config = MiningConfig(depth=args.depth, rank_range=rank_range, num_negatives=args.num_negatives,
+                          duplicate_jaccard=args.duplicate_jaccard, relative_margin=args.relative_margin)
+    data = load_beir(args.data, split=args.split)
+    retriever = build_retriever(args.retriever, data.corpus, factory=args.factory, batch_size=args.batch_size,
+                                precision=args.precision)
+    examples = mine_hard_negatives(retriever, data.judged_queries(), data.qrels, data.corpus, config)
+    meta = provenance(args.retriever, "bm25s" if args.retriever == "bm25" else args.factory, config,
+                      data=str(args.data), split=args.split)
+    n = write_examples(args.out, examples, provenance=meta)
+    logger.info(f"wrote {n} training examples with up to {config.num_negatives} negatives each -> {args.out}")
+
+
+def _dev_ids(args):
+    from reprlab.retrieval.pipeline import holdout
+    from reprlab.text.beir import load_beir
+
+    if not args.dev_fraction:
+        return []
+    return holdout(list(load_beir(args.data, split=args.split).judged_queries()), args.dev_fraction)
+
+
+def cmd_train_dpr(args) -> None:
+    from reprlab.retrieval.dpr import DprConfig, run_dpr
+
+    config = config_from_args(DprConfig, args, exclude_queries=_dev_ids(args) if args.data else (),
+                              train=train_config(args))
+    result = run_dpr(config)
+    logger.info(f"DPR: {result.steps} steps on {result.examples} queries; model -> {result.model_dir}")
+
+
+def cmd_train_ance(args) -> None:
+    from reprlab.retrieval.ance import AnceConfig, run_ance
+
+    config = config_from_args(AnceConfig, args, dev_queries=_dev_ids(args), train=train_config(args))
+    result = run_ance(config)
+    logger.info(f"ANCE: {result.steps} steps, {result.versions} index versions ({result.refresh_log}); "
+                f"model -> {result.model_dir}")
 
 
 # ----------------------------------------------------------------------------- demo
@@ -159,7 +273,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object of the measures")
     encoding_options(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("mine", help="mine hard negatives once with any retriever -> training JSONL")
+    p.add_argument("--data", required=True, help="BEIR folder")
+    p.add_argument("--split", default="train")
+    p.add_argument("--retriever", default="bm25", help=f"{' | '.join(RETRIEVER_NAMES)} | MODEL_DIR")
+    p.add_argument("--out", required=True, help="training JSONL to write")
+    p.add_argument("--depth", type=int, default=100)
+    p.add_argument("--range", default="1-100", help="ranks that may become negatives, e.g. 10-100")
+    p.add_argument("--num-negatives", type=int, default=30)
+    p.add_argument("--duplicate-jaccard", type=float, default=0.9, help="word-set Jaccard marking a near-duplicate")
+    p.add_argument("--relative-margin", type=float, default=None)
+    encoding_options(p)
+    p.set_defaults(func=cmd_mine)
+
+    train_parser = sub.add_parser("train", help="training recipes")
+    recipes = train_parser.add_subparsers(dest="recipe", required=True, parser_class=ArgumentParser)
+    from reprlab.retrieval.ance import AnceConfig
+    from reprlab.retrieval.dpr import DprConfig
+
+    p = recipes.add_parser("dpr", help="dual encoder with in-batch + BM25 hard negatives")
+    p.add_argument("--out", dest="output_dir", required=True)
+    p.add_argument("--dev-fraction", type=float, default=0.0, help="train queries held out (not trained on)")
+    add_config_options(p, DprConfig, skip=("output_dir",))
+    add_train_options(p, epochs=3.0, batch_size=32, lr=2e-5)
+    p.set_defaults(func=cmd_train_dpr)
+
+    p = recipes.add_parser("ance", help="ANCE: negatives from an asynchronously refreshed ANN index")
+    p.add_argument("--out", dest="output_dir", required=True)
+    p.add_argument("--dev-fraction", type=float, default=0.1, help="train queries held out and scored per refresh")
+    add_config_options(p, AnceConfig, skip=("output_dir",))
+    add_train_options(p, epochs=3.0, batch_size=32, lr=2e-5)
+    p.set_defaults(func=cmd_train_ance)
     return parser
+
+
+def _command(args) -> str:
+    return " ".join(x for x in (args.command, getattr(args, "recipe", None)) if x)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,10 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except ReprlabError as exc:
-        print(f"reprlab {args.command}: error: {exc}", file=sys.stderr)
+        print(f"reprlab {_command(args)}: error: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
-        print(f"reprlab {args.command}: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        print(f"reprlab {_command(args)}: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"reprlab {args.command}: interrupted", file=sys.stderr)

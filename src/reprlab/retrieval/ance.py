@@ -63,7 +63,8 @@ class AnceConfig:
     top_k: int = 200  # ANN depth negatives are sampled from
     skip_top: int = 0  # top ranks never used as negatives (unjudged positives hide there)
     num_negatives: int = 1  # ANCE negatives per query per step
-    loss: str = "softmax"  # softmax (in-batch + ANCE negatives) | pairwise (the paper's)
+    loss: str = field(default="softmax", metadata={
+        "choices": LOSSES, "help": "softmax: in-batch + ANCE negatives; pairwise: the paper's"})
     scale: float = 20.0
     query_max_length: int = 64
     passage_max_length: int = 256

@@ -89,3 +89,13 @@ def evaluate_retriever(retriever: Retriever, dataset, k: int = 100, metrics: Seq
     queries = {q: dataset.queries[q] for q in dataset.judged_queries()}
     run = retrieve(retriever, queries, k)
     return evaluate(dataset.qrels, run, metrics=metrics, ignore_identical_ids=ignore_identical_ids)
+
+
+def holdout(ids: Sequence[str], fraction: float, salt: str = "reprlab-dev") -> list[str]:
+    """A deterministic held-out slice of ``ids`` (by hash of salt + id), e.g. a dev set cut from a train split."""
+    import hashlib
+
+    if not 0 <= fraction < 1:
+        raise ConfigError(f"a held-out fraction must be in [0, 1), got {fraction}")
+    keyed = sorted(ids, key=lambda i: hashlib.sha256(f"{salt}:{i}".encode()).hexdigest())
+    return sorted(keyed[: round(fraction * len(keyed))])

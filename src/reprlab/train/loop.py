@@ -52,40 +52,6 @@ logger = logging.getLogger("reprlab")
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
-@dataclass
-class TrainConfig:
-    output_dir: str
-    max_steps: int | None = None  # optimizer steps; None = epochs * steps per epoch
-    epochs: float = 1.0
-    batch_size: int = 32  # global: all ranks and accumulation micro-steps together
-    grad_accum: int = 1
-    lr: float = 2e-5
-    weight_decay: float = 0.01
-    warmup_steps: int | None = None  # None = warmup_ratio * total steps
-    warmup_ratio: float = 0.1
-    schedule: str = "linear"  # linear | cosine | constant
-    max_grad_norm: float | None = 1.0
-    bf16: bool = False
-    checkpoint_every: int = 0  # 0 = only at the end
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    seed: int = 0
-    resume: bool = False
-    shuffle: bool = True
-    device: str = "auto"  # auto | cpu | cuda
-    find_unused_parameters: bool = False
-    metrics_file: str = "metrics.jsonl"
-    extra: dict[str, Any] = field(default_factory=dict)  # recorded with the run, not used by the loop
-
-    def __post_init__(self):
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError("batch_size and grad_accum must be at least 1")
-        if self.batch_size % self.grad_accum:
-            raise ConfigError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
-
-
 def _linear(step, warmup, total):
     if step < warmup:
         return (step + 1) / max(1, warmup)
@@ -104,6 +70,42 @@ def _constant(step, warmup, total):
 
 
 SCHEDULES = {"linear": _linear, "cosine": _cosine, "constant": _constant}
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str
+    max_steps: int | None = None  # optimizer steps; None = epochs * steps per epoch
+    epochs: float = 1.0
+    batch_size: int = field(default=32, metadata={"help": "global batch: all ranks and accumulation steps"})
+    grad_accum: int = 1
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_steps: int | None = None  # None = warmup_ratio * total steps
+    warmup_ratio: float = 0.1
+    schedule: str = field(default="linear", metadata={"choices": tuple(SCHEDULES), "help": "learning-rate decay"})
+    max_grad_norm: float | None = 1.0
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast"})
+    checkpoint_every: int = field(default=0, metadata={"help": "steps between checkpoints; 0 = only at the end"})
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in the output folder"})
+    shuffle: bool = True
+    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
+    find_unused_parameters: bool = False
+    metrics_file: str = "metrics.jsonl"
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded with the run, not used by the loop
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("batch_size and grad_accum must be at least 1")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
+
+
 
 
 @dataclass
