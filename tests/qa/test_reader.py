@@ -13,6 +13,7 @@ from reprlab.qa.reader import (
     ReaderTrainingConfig,
     best_spans,
     collate_features,
+    length_grouped_order,
     run_reader_training,
 )
 from reprlab.qa.squad import load_squad, normalize_answer
@@ -190,7 +191,24 @@ def test_a_tiny_reader_overfits_a_few_examples(tiny_encoder_dir, tmp_path):
     assert losses[-1] < 0.1 * losses[0]
 
 
-def test_training_recipe_resumes_exactly(tiny_encoder_dir, tmp_path):
+def test_length_grouped_order():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(10, 300, (1000,), generator=g).tolist()
+    order = length_grouped_order(lengths, batch_size=16, steps=100, seed=3)
+    assert len(order) == 1600 and order == length_grouped_order(lengths, 16, 100, 3)
+    per_pass = 1000 // 16 * 16
+    assert len(set(order[:per_pass])) == per_pass, "a pass uses each window at most once"
+    spread = lambda o: sum(max(lengths[i] for i in o[k:k + 16]) - min(lengths[i] for i in o[k:k + 16])  # noqa: E731
+                           for k in range(0, len(o), 16))
+    shuffled = torch.randperm(1000, generator=g).tolist()[:per_pass]
+    assert spread(order[:per_pass]) < 0.2 * spread(shuffled), "batches hold windows of similar lengths"
+    first_batches = {tuple(sorted(order[k:k + 16])) for k in range(0, per_pass, 16)}
+    second_batches = {tuple(sorted(order[per_pass + k:per_pass + k + 16])) for k in range(0, 1600 - per_pass - 15, 16)}
+    assert len(first_batches & second_batches) < 5, "each pass regroups the windows"
+
+
+@pytest.mark.parametrize("group_by_length", [True, False])
+def test_training_recipe_resumes_exactly(tiny_encoder_dir, tmp_path, group_by_length):
     data = write_squad(tmp_path / "train.json")
     other = write_squad(tmp_path / "more.json", title="U")
 
@@ -198,7 +216,8 @@ def test_training_recipe_resumes_exactly(tiny_encoder_dir, tmp_path):
         return ReaderTrainingConfig(
             output_dir=str(tmp_path / name), data=[str(data), str(other)], model=str(tiny_encoder_dir),
             eval_fraction=0.0, reader=ReaderConfig(max_length=64, stride=16, max_question_length=16),
-            max_steps=7, batch_size=2, lr=1e-3, checkpoint_every=3, device="cpu", **kw)
+            max_steps=7, batch_size=2, lr=1e-3, checkpoint_every=3, device="cpu", group_by_length=group_by_length,
+            **kw)
 
     full = run_reader_training(config("full"))
     cut = run_reader_training(config("cut"), stop_after=5)

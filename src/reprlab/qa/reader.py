@@ -403,7 +403,8 @@ class Reader(nn.Module):
             try:
                 reader.qa_outputs.load_state_dict(head)
             except RuntimeError as exc:
-                raise ModelLoadError(f"{folder}/model.safetensors: qa_outputs does not fit this encoder ({exc})") from exc
+                raise ModelLoadError(
+                    f"{folder}/model.safetensors: qa_outputs does not fit this encoder ({exc})") from exc
         else:
             logger.info(f"{folder} has no qa_outputs head: initialised fresh")
         reader._load_extra(folder)
@@ -514,6 +515,7 @@ class ReaderTrainingConfig:
     bf16: bool = False
     device: str = "auto"
     evaluate: bool = True
+    group_by_length: bool = True  # batches of windows of similar length (less padding), in a random order
 
     def __post_init__(self):
         if isinstance(self.reader, dict):
@@ -542,6 +544,30 @@ def load_split(files: Sequence[str], eval_fraction: float) -> tuple[list[QAExamp
     return train_all, held
 
 
+def length_grouped_order(lengths: Sequence[int], batch_size: int, steps: int, seed: int) -> list[int]:
+    """Indices for ``steps`` batches of ``batch_size`` whose members have similar lengths.
+
+    Each pass over the data draws a random permutation, sorts it by length inside mega-batches of
+    32 batches, cuts batches (dropping the remainder) and shuffles the batches' order, so that
+    padding is small while the order still changes from pass to pass.
+    """
+    lengths = np.asarray(lengths)
+    n = len(lengths)
+    per_pass = n // batch_size
+    if per_pass < 1:
+        raise ConfigError(f"{n} training windows are fewer than one batch of {batch_size}")
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    mega = 32 * batch_size
+    while len(order) < steps * batch_size:
+        perm = rng.permutation(n)
+        chunks = np.split(perm, range(mega, n, mega))
+        grouped = np.concatenate([c[np.argsort(-lengths[c], kind="stable")] for c in chunks])
+        batches = grouped[: per_pass * batch_size].reshape(per_pass, batch_size)
+        order.extend(batches[rng.permutation(per_pass)].reshape(-1).tolist())
+    return order[: steps * batch_size]
+
+
 def run_reader_training(
     config: ReaderTrainingConfig, model: Reader | None = None, stop_after: int | None = None
 ) -> ReaderTrainingResult:
@@ -562,15 +588,22 @@ def run_reader_training(
     features = model.training_features(train_ex)
     logger.info(f"reader training: {len(train_ex)} examples, {len(features)} windows")
     out = Path(config.output_dir)
+    dataset: Sequence = features
+    steps, epochs, shuffle = config.max_steps, config.epochs, True
+    if config.group_by_length:  # the loop then reads this pre-arranged sequence in order, once
+        steps = config.max_steps or max(1, int(config.epochs * (len(features) // config.batch_size)))
+        order = length_grouped_order([len(f["input_ids"]) for f in features], config.batch_size, steps, config.seed)
+        dataset, epochs, shuffle = [features[i] for i in order], 1.0, False
     train_cfg = TrainConfig(
-        output_dir=str(out), max_steps=config.max_steps, epochs=config.epochs, batch_size=config.batch_size,
+        output_dir=str(out), max_steps=steps, epochs=epochs, batch_size=config.batch_size,
         grad_accum=config.grad_accum, lr=config.lr, warmup_ratio=config.warmup_ratio,
         weight_decay=config.weight_decay, seed=config.seed, checkpoint_every=config.checkpoint_every,
-        resume=config.resume, bf16=config.bf16, device=config.device,
-        extra={"recipe": "reader", "data": list(config.data), "eval_fraction": config.eval_fraction},
+        resume=config.resume, bf16=config.bf16, device=config.device, shuffle=shuffle,
+        extra={"recipe": "reader", "data": list(config.data), "eval_fraction": config.eval_fraction,
+               "epochs": config.epochs, "group_by_length": config.group_by_length},
     )
     pad_id = model.tokenizer.pad_id
-    state = train(model, features, lambda items, rng: collate_features(items, rng, pad_id), reader_loss, train_cfg,
+    state = train(model, dataset, lambda items, rng: collate_features(items, rng, pad_id), reader_loss, train_cfg,
                   stop_after=stop_after)
     model_dir = out / "model"
     metrics = None

@@ -1,0 +1,329 @@
+"""Block Skim benchmark: the plain MiniLM reader vs Block Skim at several thresholds, in one run.
+
+Data: ../shared/data/squad_v1.1_dev_xquad_en (XQuAD English = 1,190 SQuAD v1.1 dev questions over 48
+articles) split by article with ``reprlab.qa.squad.hash_split`` (eval fraction 0.3: 876 train / 314
+eval questions, 13 eval articles); the train side of HotpotQA answers found in their supporting
+paragraphs (../shared/data/hotpotqa_dev500_ircot, same rule by question id) is added to training.
+That is about 1,200 training questions, ~1% of SQuAD's 88k: absolute scores are far below a
+SQuAD-trained reader's, and the comparison between the two readers is what this measures.
+
+Both readers start from all-MiniLM-L6-v2 and train with the same recipe (``run_reader_training``,
+same steps, seed and order); the Block Skim reader adds skim predictors after ``--train-layers`` and
+the joint loss. Evaluation: the eval split, one question at a time (all its windows in one batch;
+max_length 384, stride 128), EM/F1 as the official SQuAD v1.1 script, wall time per question
+(tokenization + model + decoding), fastest of ``--repeats`` interleaved passes. Block Skim is timed
+for every (skim layers, threshold) pair; threshold 0 keeps every block. "slots" is the fraction of
+(token x layer) slots the model ran, relative to the full sequence.
+
+    flock /tmp/reprlab-heavy.lock python bench/blockskim.py             # full run (~30-40 min on 2 cores)
+    python bench/blockskim.py --quick                                    # smoke run (~2 min)
+    python bench/blockskim.py --reuse --append                           # re-evaluate saved models, record
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from reprlab.io import atomic_write_json
+from reprlab.qa.block_skim import BlockSkimConfig, BlockSkimReader, run_block_skim_training
+from reprlab.qa.reader import Reader, ReaderConfig, ReaderTrainingConfig, run_reader_training
+from reprlab.qa.squad import evaluate_examples, load_hotpotqa_answers, load_squad, split_examples
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+SQUAD = DATA / "squad_v1.1_dev_xquad_en" / "xquad.en.json"
+HOTPOT = DATA / "hotpotqa_dev500_ircot" / "dev_subsampled.jsonl"
+
+
+def machine() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        model = platform.processor() or "unknown CPU"
+    return f"{os.cpu_count()} CPU cores, {model}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def _train_one(name: str, cfg: ReaderTrainingConfig, skim: BlockSkimConfig, threads: int) -> float:
+    torch.set_num_threads(threads)
+    logging.getLogger("reprlab").setLevel(logging.WARNING)
+    t0 = time.perf_counter()
+    if name == "plain":
+        run_reader_training(cfg)
+    else:
+        run_block_skim_training(cfg, skim)
+    seconds = time.perf_counter() - t0
+    atomic_write_json(Path(cfg.output_dir) / "train_time.json", {"seconds": seconds})
+    return seconds
+
+
+def train_models(args, work: Path, reader_cfg: ReaderConfig) -> dict[str, float]:
+    """Train (or reuse) the plain and the Block Skim reader, side by side in two processes (one
+    thread each) unless ``--sequential``; returns the training wall times."""
+    data = [str(SQUAD)] + ([str(HOTPOT)] if args.hotpotqa else [])
+    common = dict(data=data, model="minilm", eval_fraction=args.eval_fraction, reader=reader_cfg,
+                  epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+                  seed=args.seed, device=args.device, evaluate=False, checkpoint_every=args.checkpoint_every)
+    skim = BlockSkimConfig(block_size=args.block_size, skim_layers=args.train_layers, keep_weight=args.keep_weight,
+                           skim_weight=args.skim_weight)
+    times, jobs = {}, {}
+    for name in ("plain", "blockskim"):
+        out = work / name
+        if args.reuse and (out / "model" / "model.safetensors").is_file():
+            saved = out / "train_time.json"
+            times[name] = json.loads(saved.read_text())["seconds"] if saved.is_file() else float("nan")
+            continue
+        cfg = ReaderTrainingConfig(output_dir=str(out), resume=(out / "checkpoints").is_dir(), **common)
+        jobs[name] = cfg
+    if args.sequential or len(jobs) < 2:
+        for name, cfg in jobs.items():
+            times[name] = _train_one(name, cfg, skim, args.threads or torch.get_num_threads())
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
+            futures = {name: pool.submit(_train_one, name, cfg, skim, 1) for name, cfg in jobs.items()}
+            times.update({name: f.result() for name, f in futures.items()})
+    for name in jobs:
+        print(f"trained {name} in {times[name] / 60:.1f} min", flush=True)
+    return times
+
+
+def timed_pass(reader, examples) -> tuple[dict[str, str], float, float, dict]:
+    """Predictions, wall seconds, CPU seconds of this process and the layer statistics of one pass."""
+    stats: dict = {}
+    t0, c0 = time.perf_counter(), time.process_time()
+    predictions = reader.predict(examples, stats=stats)
+    return predictions, time.perf_counter() - t0, time.process_time() - c0, stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--quick", action="store_true", help="smoke run: few steps, few eval questions")
+    parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "blockskim")
+    parser.add_argument("--reuse", action="store_true", help="reuse trained models found in --work-dir")
+    parser.add_argument("--hotpotqa", action=argparse.BooleanOptionalAction, default=True,
+                        help="add the train side of the HotpotQA answers to training")
+    parser.add_argument("--eval-fraction", type=float, default=0.3)
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-every", type=int, default=50)
+    parser.add_argument("--max-length", type=int, default=384)
+    parser.add_argument("--stride", type=int, default=128)
+    parser.add_argument("--block-size", type=int, default=32)
+    parser.add_argument("--train-layers", type=int, nargs="+", default=[0, 1, 2],
+                        help="layers that get a skim predictor in training")
+    parser.add_argument("--skim-layers", nargs="+", default=["0", "1", "2"],
+                        help="skim-layer sets to evaluate, e.g. 1 0,2 (each a subset of --train-layers)")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7])
+    parser.add_argument("--keep-weight", type=float, default=5.0)
+    parser.add_argument("--skim-weight", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved timing passes (fastest is kept)")
+    parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N eval questions")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for timing (default 1: on a shared 2-core machine two OpenMP threads "
+                             "stall each other; 0 = torch's default)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="train the two readers one after the other (default: two processes, one thread each)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "blockskim.json")
+    parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.max_steps, args.eval_limit, args.repeats = 6, 12, 1
+        args.thresholds = [0.0, 0.5]
+        args.work_dir = args.work_dir.with_name(args.work_dir.name + "-quick")
+        args.out = args.out.with_name("blockskim-quick.json")
+    logging.getLogger("reprlab").setLevel(logging.WARNING)
+    skim_sets = [[int(x) for x in s.split(",")] for s in args.skim_layers]
+    for s in skim_sets:
+        if not set(s) <= set(args.train_layers):
+            parser.error(f"skim layers {s} are not all in --train-layers {args.train_layers}")
+
+    reader_cfg = ReaderConfig(max_length=args.max_length, stride=args.stride)
+    t_start = time.perf_counter()
+    train_times = train_models(args, args.work_dir, reader_cfg)
+
+    squad_train, squad_eval = split_examples(load_squad(SQUAD), args.eval_fraction)
+    hotpot_train = split_examples(load_hotpotqa_answers(HOTPOT), args.eval_fraction)[0] if args.hotpotqa else []
+    examples = squad_eval[: args.eval_limit] if args.eval_limit else squad_eval
+    assert not {e.group for e in examples} & {e.group for e in squad_train}
+
+    device = torch.device(args.device)
+    plain = Reader.from_pretrained(args.work_dir / "plain" / "model").to(device).eval()
+    skimmers = {}
+    for layers in skim_sets:
+        skim = BlockSkimConfig(block_size=args.block_size, skim_layers=layers, threshold=0.0)
+        skimmers[tuple(layers)] = BlockSkimReader.from_pretrained(args.work_dir / "blockskim" / "model",
+                                                                  skim=skim).to(device).eval()
+    configs = [("plain", None, None)]
+    for k, layers in enumerate(skimmers):  # threshold 0 runs no skipping: once is enough
+        configs += [("blockskim", layers, t) for t in args.thresholds if t > 0 or k == 0]
+    best = {c: float("inf") for c in configs}
+    best_cpu = {c: float("inf") for c in configs}
+    results = {}
+    with torch.inference_mode():
+        plain.predict(examples[:3]), next(iter(skimmers.values())).predict(examples[:3])  # warm-up
+        for rep in range(args.repeats):
+            for c in configs if rep % 2 == 0 else configs[::-1]:
+                name, layers, threshold = c
+                model = plain if name == "plain" else skimmers[layers]
+                if name != "plain":
+                    model.skim_config.threshold = threshold
+                predictions, seconds, cpu, stats = timed_pass(model, examples)
+                best[c] = min(best[c], seconds)
+                best_cpu[c] = min(best_cpu[c], cpu)
+                if c not in results:
+                    m = evaluate_examples(examples, predictions)
+                    full = stats.get("windows", 0)
+                    slots = stats.get("layer_slots")
+                    results[c] = {
+                        "reader": name, "skim_layers": list(layers) if layers else None, "threshold": threshold,
+                        "exact_match": round(m["exact_match"], 2), "f1": round(m["f1"], 2),
+                        "slots": round(sum(slots) / (len(slots) * slots[0]), 3) if slots else 1.0,
+                        "windows": full,
+                    }
+                print(f"  pass {rep}: {name} {layers or ''} t={threshold} wall {seconds:.1f}s cpu {cpu:.1f}s "
+                      f"F1 {results[c]['f1']:.2f} slots {results[c]['slots']:.2f}", flush=True)
+    rows = []
+    base, base_cpu = best[configs[0]], best_cpu[configs[0]]
+    for c in configs:
+        row = results[c]
+        row["ms_per_question"] = round(1000 * best[c] / len(examples), 2)
+        row["speedup"] = round(base / best[c], 3)
+        row["cpu_ms_per_question"] = round(1000 * best_cpu[c] / len(examples), 2)
+        row["cpu_speedup"] = round(base_cpu / best_cpu[c], 3)
+        rows.append(row)
+    plain_f1 = rows[0]["f1"]
+    ok = [r for r in rows[1:] if r["speedup"] >= 1.5 and r["f1"] >= plain_f1 - 1.0]
+    result = {
+        "command": "python bench/blockskim.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine(), "date": datetime.date.today().isoformat(), "device": args.device,
+        "train_questions": {"squad": len(squad_train), "hotpotqa": len(hotpot_train)},
+        "eval_questions": len(examples), "eval_articles": len({e.group for e in examples}),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "train_minutes": {k: round(v / 60, 2) for k, v in train_times.items()},
+        "total_minutes": round((time.perf_counter() - t_start) / 60, 2),
+        "rows": rows, "goal_met_by": ok,
+    }
+    atomic_write_json(args.out, result)
+    print(table(result))
+    print(f"wrote {args.out}")
+    plot(result, args.out.with_suffix(".png"))
+    if args.append:
+        append_section(result)
+
+
+HEADER = ("| reader | skim layers | threshold | EM | F1 | wall ms / q | speedup (wall) | CPU ms / q | speedup (CPU) "
+          "| slots run |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def table(result: dict) -> str:
+    lines = [HEADER]
+    for r in result["rows"]:
+        layers = ",".join(map(str, r["skim_layers"])) if r["skim_layers"] else "-"
+        threshold = "-" if r["threshold"] is None else f"{r['threshold']:g}"
+        lines.append(f"| {r['reader']} | {layers} | {threshold} | {r['exact_match']:.2f} | {r['f1']:.2f} | "
+                     f"{r['ms_per_question']:.1f} | {r['speedup']:.2f}x | {r['cpu_ms_per_question']:.1f} | "
+                     f"{r['cpu_speedup']:.2f}x | {r['slots']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        print("matplotlib is not installed: no plot (pip install 'reprlab[plot]')")
+        return
+    rows = result["rows"]
+    plain = rows[0]
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    groups: dict[str, list] = {}
+    no_skip = [r for r in rows[1:] if r["threshold"] == 0]
+    for r in rows[1:]:
+        if r["threshold"] > 0:
+            groups.setdefault(",".join(map(str, r["skim_layers"])), list(no_skip)).append(r)
+    for layers, rs in groups.items():
+        ax.plot([r["speedup"] for r in rs], [r["f1"] for r in rs], "o-", label=f"Block Skim after layer {layers}")
+        for r in rs:
+            ax.annotate(f"{r['threshold']:g}", (r["speedup"], r["f1"]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=8)
+    ax.plot([1.0], [plain["f1"]], "k*", markersize=12, label="plain reader")
+    ax.axhline(plain["f1"] - 1.0, color="grey", linestyle=":", label="plain F1 - 1")
+    ax.axvline(1.5, color="grey", linestyle="--", label="1.5x")
+    ax.set_xlabel("speedup over the plain reader (wall time per question)")
+    ax.set_ylabel("F1 (XQuAD-en eval split)")
+    ax.set_title(f"MiniLM-L6 reader, {result['eval_questions']} questions, "
+                 f"{sum(result['train_questions'].values())} training questions")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def append_section(result: dict) -> None:
+    path = REPO / "BENCHMARKS.md"
+    s = result["settings"]
+    tq = result["train_questions"]
+    lines = [
+        "",
+        "## Block Skim: plain MiniLM reader vs Block Skim (XQuAD-en = SQuAD v1.1 dev subset)",
+        "",
+        f"Command: `flock /tmp/reprlab-heavy.lock {result['command']}` (from the repo root). "
+        f"Machine: {result['machine']}, no GPU. Date: {result['date']}. Total {result['total_minutes']:.0f} min "
+        f"(training: plain {result['train_minutes'].get('plain', 'n/a')} min, Block Skim "
+        f"{result['train_minutes'].get('blockskim', 'n/a')} min).",
+        "",
+        f"**Little training data**: {tq['squad']} SQuAD questions (train side of the article split) + "
+        f"{tq['hotpotqa']} HotpotQA answers in supporting paragraphs, about 1% of SQuAD's training set, so "
+        "the absolute EM/F1 are far below a SQuAD-trained MiniLM's; the comparison is between two readers "
+        "trained alike from all-MiniLM-L6-v2 "
+        f"({s['epochs']:g} epochs, batch {s['batch_size']}, lr {s['lr']:g}). Eval: "
+        f"{result['eval_questions']} questions of {result['eval_articles']} held-out articles "
+        f"(sha256 article-title rule, eval fraction {s['eval_fraction']}), one question at a time, max_length "
+        f"{s['max_length']}, stride {s['stride']}; wall time = tokenization + model + decoding, fastest of "
+        f"{s['repeats']} interleaved passes. Block Skim: blocks of {s['block_size']} context tokens, predictors "
+        f"trained after layers {s['train_layers']} (keep weight {s['keep_weight']:g}), skipping after the "
+        "layers shown; threshold = skip a block when P(keep) < threshold (0 keeps all). slots run = "
+        "token x layer slots computed / those of the full sequence.",
+        "",
+        table(result),
+        "",
+        "Goal (>= 1.5x at <= 1 F1 below the plain reader): " + (
+            "met by " + ", ".join(f"layers {r['skim_layers']} t={r['threshold']:g} ({r['speedup']:.2f}x, "
+                                  f"F1 {r['f1']:.2f})" for r in result["goal_met_by"])
+            if result["goal_met_by"] else "not met in this run."),
+        "",
+        "![speed vs F1](bench/results/blockskim.png)",
+        "",
+    ]
+    if not path.exists():
+        path.write_text("# reprlab benchmarks\n\nEach section gives the command, the machine and the date.\n",
+                        encoding="utf-8")
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    print(f"appended to {path}")
+
+
+if __name__ == "__main__":
+    main()
