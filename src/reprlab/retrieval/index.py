@@ -168,6 +168,10 @@ class Index:
         path = Path(path)
         meta = _read_meta(path)
         kind = meta.get("kind")
+        if kind not in INDEX_KINDS and kind in LAZY_INDEX_KINDS:
+            import importlib
+
+            importlib.import_module(LAZY_INDEX_KINDS[kind])  # the module registers its kind on import
         if kind not in INDEX_KINDS:
             raise DataFormatError(f"unknown index kind {kind!r}; known: {sorted(INDEX_KINDS)}", path=str(path))
         klass = INDEX_KINDS[kind]
@@ -545,6 +549,9 @@ class ShardedIndex(Index):
 
 INDEX_KINDS: dict[str, type[Index]] = {"faiss": FaissIndex, "sharded": ShardedIndex}
 """Index kinds by the ``kind`` written in meta.json; ``Index.load`` dispatches on it."""
+
+LAZY_INDEX_KINDS: dict[str, str] = {"binary": "reprlab.retrieval.hashing"}
+"""Kinds registered by modules that ``Index.load`` imports on demand (``binary``: semantic hashing)."""
 
 
 def build_index(
