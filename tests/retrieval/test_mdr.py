@@ -19,13 +19,16 @@ from reprlab.retrieval.mdr import (
     MDRConfig,
     MDRExample,
     MemoryBank,
+    MultiHopEvalConfig,
     PassageTable,
     chain_metrics,
     chains_from_ranking,
     evaluate_mdr,
+    evaluate_multihop,
     hop2_query,
     index_corpus,
     mdr_scores,
+    multihop_demo,
     multihop_search,
     rank_chains,
     run_mdr_training,
@@ -323,3 +326,24 @@ def test_training_learns_the_toy_chains_and_searches_an_index_folder(tmp_path, t
     retriever.save(tmp_path / "index")
     chains, docs = search_index_folder(tmp_path / "index", [data.questions[0].question], beam_size=4, top_k=3)
     assert len(chains[0]) == 3 and all(p in docs for c in chains[0] for p in c.passages)
+
+
+def test_demo_prints_chains_with_gold_marks():
+    enc, corpus = HashEncoder(), toy_corpus(10)
+    lines = []
+    chains = multihop_demo(enc, index_corpus(enc, corpus), corpus, {"which two?": ("p1", "p2")}, beam_size=3,
+                           top_k=2, out=lines.append)
+    text = "\n".join(lines).splitlines()
+    assert len(chains[0]) == 2 and text[0] == "Q: which two?" and text[-1].startswith("  single-hop top 2: ")
+    assert text[1].startswith("  1. [") and text[2].startswith("  2. [")
+
+
+def test_evaluate_multihop_single_hop_and_beam(tmp_path, tiny_model_dir):
+    data = write_toy_hotpot(tmp_path / "toy.jsonl")
+    bm25 = evaluate_multihop(MultiHopEvalConfig(data=str(data), retriever="bm25", split="all", ks=(2, 10)))
+    assert bm25["all"]["n"] == 12 and 0 <= bm25["all"]["exact_pair"] <= 1 and "pair_recall@10" in bm25["all"]
+    beam = evaluate_multihop(MultiHopEvalConfig(data=str(data), retriever=str(tiny_model_dir), split="all",
+                                                beam_size=3, ks=(2,)))
+    assert beam["bridge"]["n"] == 12 and "passage_recall@2" in beam["all"]
+    with pytest.raises(ConfigError, match="split"):
+        evaluate_multihop(MultiHopEvalConfig(data=str(data), retriever="bm25", split="dev"))

@@ -648,12 +648,15 @@ def load_mdr(path: str | Path) -> tuple[SentenceEncoder, SentenceEncoder, dict]:
     return model, model, settings
 
 
-def run_mdr_training(config: MDRConfig, callbacks: Sequence = (), stop_after: int | None = None) -> MDRResult:
+def run_mdr_training(config: MDRConfig, callbacks: Sequence = (), stop_after: int | None = None,
+                     frozen_vectors: tuple[Sequence[str], np.ndarray] | None = None) -> MDRResult:
     """Train MDR on the train side of ``config.data``; save to ``<output_dir>/model``; evaluate.
 
     The training corpus (in-batch passages, hard negatives, memory bank) holds only the paragraphs of
     the training questions; evaluation searches the whole corpus (every question's paragraphs) for
-    the held-out questions.
+    the held-out questions. ``stop_after`` ends the run after that many steps as if killed (for resume
+    tests). ``frozen_vectors`` = (ids, (N, d) vectors) of the passages by ``config.model``, e.g. the
+    first stage's index, saves the second stage from encoding the training passages again.
     """
     data = load_hotpotqa(config.data)
     train_q, hold_q, eval_q = train_side(data.questions, config.eval_fraction, config.holdout_fraction)
@@ -675,9 +678,16 @@ def run_mdr_training(config: MDRConfig, callbacks: Sequence = (), stop_after: in
         frozen.eval()
         for p in frozen.parameters():
             p.requires_grad_(False)
-        logger.info(f"MDR: encoding {len(table)} training passages with the frozen passage encoder")
-        table.vectors = torch.from_numpy(frozen.encode(table.texts, batch_size=config.eval_batch_size,
-                                                       max_length=config.max_passage_length))
+        if frozen_vectors is not None:
+            row = {d: i for i, d in enumerate(frozen_vectors[0])}
+            missing = [d for d in table.ids if d not in row]
+            if missing:
+                raise ConfigError(f"frozen_vectors lack training passage {missing[0]!r}")
+            table.vectors = torch.from_numpy(np.asarray(frozen_vectors[1])[[row[d] for d in table.ids]])
+        else:
+            logger.info(f"MDR: encoding {len(table)} training passages with the frozen passage encoder")
+            table.vectors = torch.from_numpy(frozen.encode(table.texts, batch_size=config.eval_batch_size,
+                                                           max_length=config.max_passage_length))
     negatives = mine_negatives(train_q, data.corpus, pool_ids, config.negative_sources if config.num_negatives else (),
                                config.negative_depth, frozen or encoder, config.eval_batch_size,
                                config.max_passage_length)
@@ -829,3 +839,39 @@ def format_chains(question: str, chains: Sequence[Chain], docs: Corpus, gold: Se
         lines.append(f"  {rank}. [{c.score:.3f}] {name(c.passages[0])} ({c.scores[0]:.3f})  ->  "
                      f"{name(c.passages[1])} ({c.scores[1]:.3f})")
     return "\n".join(lines)
+
+
+DEMO_PASSAGES = {
+    "bm25s": {"title": "bm25s", "text": "bm25s is a Python library written by Xing Han Lù that computes BM25 scores "
+              "for the whole vocabulary at indexing time and stores them in a sparse matrix, so that a query is "
+              "answered by summing a few rows."},
+    "pytrec-eval": {"title": "pytrec_eval", "text": "pytrec_eval was written by Christophe Van Gysel and Maarten de "
+                    "Rijke. It calls the C code of trec_eval directly from Python, so measures are computed without "
+                    "writing run files to disk."},
+}
+"""Passages proposed for the embedded demo corpus; each completes a chain with an existing passage."""
+
+DEMO_QUESTIONS = {
+    "Who wrote the Python binding that reprlab evaluates retrieval with?": ("metrics", "pytrec-eval"),
+    "Who wrote the library that reprlab uses for BM25?": ("bm25", "bm25s"),
+}
+"""Two-hop questions over the demo corpus plus :data:`DEMO_PASSAGES`, with their gold chains."""
+
+
+def multihop_demo(encoder, index: Index, corpus: Corpus, questions: Mapping[str, Sequence[str]] | Sequence[str],
+                  beam_size: int = 5, top_k: int = 3, out=print) -> list[list[Chain]]:
+    """``reprlab demo``'s multi-hop step: beam-search each question and print its top chains next to
+    the single-hop top 2 (``*`` marks gold passages when ``questions`` maps each question to its gold ids).
+
+    ``encoder``/``index`` are the demo's dense retriever's (``retriever.model``, ``retriever.index``), so
+    nothing is encoded twice.
+    """
+    gold = dict(questions) if isinstance(questions, Mapping) else {q: () for q in questions}
+    texts = list(gold)
+    chains = multihop_search(encoder, texts, index, corpus, beam_size, top_k)
+    _, single = index.search(encoder.encode(texts), 2)  # (Q, 2)
+    for q, found, top2 in zip(texts, chains, single):
+        out(format_chains(q, found, corpus, gold[q]))
+        names = ", ".join(("*" if p in gold[q] else "") + (corpus.get(p) or {}).get("title", str(p)) for p in top2)
+        out(f"  single-hop top 2: {names}")
+    return chains

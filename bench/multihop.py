@@ -1,0 +1,217 @@
+"""Multi-hop retrieval on HotpotQA (IRCoT's 500 dev questions): single-hop baselines vs MDR beam search.
+
+One run, on the eval side of the documented split (reprlab.text.hotpotqa: SHA-256 of the question
+id < 0.3 -> eval, 156 questions; the other 344 train MDR). Every retriever searches the open corpus
+of all 500 questions' paragraphs (4,858). Rows:
+
+1. BM25 single-hop: chains are pairs of its top passages (ranked by the sum of their scores);
+2. MiniLM single-hop (all-MiniLM-L6-v2, the same pairs);
+3. MiniLM with MDR's beam search, no training (hop 2 = "question [SEP] title text" of each hop-1 passage);
+4. MDR trained from MiniLM on the train side (shared encoder, in-batch + hard negatives), beam search;
+5. MDR second stage: the query encoder trained further against a memory bank of frozen passage
+   vectors (the passage side, and so the index, stay the first stage's).
+
+Metrics (reprlab.retrieval.mdr): exact pair = the top chain is the gold pair; pair recall@k = both
+gold passages among the top-k chains; passage-pair recall@k = both gold among the first k distinct
+passages (a single retrieval's top k, comparable with the issue's reference numbers, which the run
+also re-measures over all 500 questions).
+
+    flock /tmp/reprlab-heavy.lock python bench/multihop.py --append
+    python bench/multihop.py --quick        # 40 questions, 1 epoch: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "hotpotqa_dev500_ircot" / "dev_subsampled.jsonl"
+REFERENCE = {"minilm": (0.346, 0.752, 0.820), "bm25": (0.260, 0.798, 0.894)}  # the issue, all 500 questions
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def main() -> None:
+    from reprlab.encoder import SentenceEncoder
+    from reprlab.retrieval.dense import DenseRetriever, doc_text
+    from reprlab.retrieval.index import FaissIndex
+    from reprlab.retrieval.mdr import MDRConfig, evaluate_mdr, evaluate_single_hop, run_mdr_training, train_side
+    from reprlab.retrieval.pipeline import bm25_for_corpus
+    from reprlab.text.hotpotqa import EVAL_FRACTION, HotpotData, load_hotpotqa
+    from reprlab.train import TrainConfig
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--quick", action="store_true", help="40 questions and their paragraphs, 1 epoch")
+    parser.add_argument("--beam", type=int, default=10)
+    parser.add_argument("--epochs", type=float, default=4.0)
+    parser.add_argument("--lr", type=float, default=3e-5)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--negatives", type=int, default=2)
+    parser.add_argument("--stage2-epochs", type=float, default=3.0, help="0 skips the memory-bank stage")
+    parser.add_argument("--stage2-lr", type=float, default=2e-5)
+    parser.add_argument("--memory-bank", type=int, default=256)
+    parser.add_argument("--max-length", type=int, default=256, help="passages at indexing time")
+    parser.add_argument("--holdout", type=float, default=0.0,
+                        help="tuning: train on the train side minus this hash slice and report on the slice")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument("--output", default=None, help="folder for the trained models (default: a temp folder)")
+    parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.getLogger("reprlab").setLevel(logging.WARNING)
+    device = torch.device(args.device)
+    t_start = time.time()
+
+    data = load_hotpotqa(args.data)
+    train_q, hold_q, eval_q = train_side(data.questions, EVAL_FRACTION, args.holdout)
+    data_file = args.data
+    work = Path(args.output or tempfile.mkdtemp(prefix="reprlab-multihop-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.quick:  # a smoke run: 30 train + 10 eval questions and only their paragraphs
+        train_q, eval_q = train_q[:30], eval_q[:10]
+        keep = [q for q in data.questions if q in train_q or q in eval_q]
+        corpus = {p: data.corpus[p] for q in keep for p in q.paragraphs}
+        data = HotpotData(keep, corpus, data.path)
+        data_file = str(work / "quick.jsonl")
+        with open(data_file, "w") as f:
+            for q in keep:
+                f.write(json.dumps({"question_id": q.id, "question_text": q.question,
+                                    "answers_objects": [{"spans": q.answers}],
+                                    "contexts": [{"id": str(i), "title": corpus[p]["title"],
+                                                  "paragraph_text": corpus[p]["text"], "is_supporting": p in q.gold}
+                                                 for i, p in enumerate(q.paragraphs)]}) + "\n")
+        args.epochs, args.stage2_epochs, args.beam = 1.0, min(args.stage2_epochs, 1.0), min(args.beam, 5)
+    targets = hold_q if args.holdout else eval_q
+    side = "holdout slice of the train side" if args.holdout else "eval side"
+    print(f"{len(data.questions)} questions ({len(train_q)} train, {len(hold_q)} holdout, {len(eval_q)} eval), "
+          f"{len(data.corpus)} passages; reporting on the {side} ({len(targets)})", file=sys.stderr)
+    ids = list(data.corpus)
+    texts = [doc_text(data.corpus[d]) for d in ids]
+    rows, sanity = [], {}
+
+    def add(name, metrics, seconds, note=""):
+        rows.append({"retriever": name, "seconds": round(seconds, 1), "note": note, **metrics})
+        m = metrics["all"]
+        print(f"{name}: exact pair {m['exact_pair']:.3f}, pair recall@10 {m['pair_recall@10']:.3f} "
+              f"({seconds:.0f}s)", file=sys.stderr)
+
+    def encode_corpus(model):
+        t = time.time()
+        vectors = model.encode(texts, batch_size=64, max_length=args.max_length)
+        index = FaissIndex(vectors.shape[1])
+        index.add(ids, vectors)
+        return index, vectors, time.time() - t
+
+    # 1. BM25 single-hop
+    t = time.time()
+    bm25 = bm25_for_corpus(data.corpus)
+    add("BM25 single-hop (pairs of its top passages)", evaluate_single_hop(bm25, targets), time.time() - t)
+    sanity["bm25"] = evaluate_single_hop(bm25, data.questions)["all"]
+
+    # 2, 3. MiniLM single-hop and MiniLM + beam search
+    minilm = SentenceEncoder.from_pretrained("minilm").to(device)
+    index, _, t_index = encode_corpus(minilm)
+    t = time.time()
+    add("MiniLM single-hop", evaluate_single_hop(DenseRetriever(minilm, index), targets), t_index + time.time() - t,
+        f"corpus encoding {t_index:.0f}s")
+    sanity["minilm"] = evaluate_single_hop(DenseRetriever(minilm, index), data.questions)["all"]
+    t = time.time()
+    add(f"MiniLM + MDR beam search (B={args.beam}), no training", evaluate_mdr(minilm, index, data, targets, args.beam),
+        time.time() - t, "corpus index reused")
+
+    # 4. MDR, first stage
+    loop = dict(batch_size=args.batch_size, warmup_ratio=0.1, log_every=5, device=args.device, seed=0)
+    cfg = MDRConfig(output_dir=str(work / "stage1"), data=data_file, model="minilm",
+                    holdout_fraction=args.holdout, num_negatives=args.negatives, evaluate=False,
+                    train=TrainConfig(output_dir="", epochs=args.epochs, lr=args.lr, **loop))
+    t = time.time()
+    stage1 = run_mdr_training(cfg)
+    t_train1 = time.time() - t
+    mdr = SentenceEncoder.from_pretrained(stage1.model_dir).to(device)
+    index1, vectors1, t_index1 = encode_corpus(mdr)
+    t = time.time()
+    add(f"MDR trained (stage 1: {stage1.train_questions} questions, {args.epochs:g} epochs), beam B={args.beam}",
+        evaluate_mdr(mdr, index1, data, targets, args.beam), t_index1 + time.time() - t,
+        f"training {t_train1:.0f}s ({stage1.steps} steps), corpus encoding {t_index1:.0f}s")
+    t = time.time()
+    add("MDR trained (stage 1), single-hop", evaluate_single_hop(DenseRetriever(mdr, index1), targets),
+        time.time() - t, "stage-1 index reused")
+
+    # 5. MDR, second stage: memory bank of frozen passage vectors
+    if args.stage2_epochs > 0:
+        cfg2 = MDRConfig(output_dir=str(work / "stage2"), data=data_file, model=stage1.model_dir,
+                         holdout_fraction=args.holdout, num_negatives=args.negatives, evaluate=False,
+                         freeze_passages=True, memory_bank=args.memory_bank,
+                         train=TrainConfig(output_dir="", epochs=args.stage2_epochs, lr=args.stage2_lr, **loop))
+        t = time.time()
+        stage2 = run_mdr_training(cfg2, frozen_vectors=(ids, vectors1))
+        t_train2 = time.time() - t
+        query2 = SentenceEncoder.from_pretrained(Path(stage2.model_dir) / "query").to(device)
+        t = time.time()
+        add(f"MDR + memory bank (stage 2: K={args.memory_bank}, {args.stage2_epochs:g} epochs), beam B={args.beam}",
+            evaluate_mdr(query2, index1, data, targets, args.beam), time.time() - t,
+            f"training {t_train2:.0f}s ({stage2.steps} steps), stage-1 index reused")
+
+    total = time.time() - t_start
+    date = datetime.date.today().isoformat()
+    command = "python bench/multihop.py " + " ".join(sys.argv[1:])
+    lines = [
+        f"### Multi-hop retrieval (MDR), HotpotQA IRCoT dev-500, {side} ({len(targets)} questions: "
+        f"{rows[0]['bridge']['n'] if 'bridge' in rows[0] else 0} bridge, "
+        f"{rows[0]['comparison']['n'] if 'comparison' in rows[0] else 0} comparison), "
+        f"corpus {len(data.corpus)} passages, {args.device}",
+        "",
+        f"`flock /tmp/reprlab-heavy.lock {command}` on {machine()}, {date}; whole run {total / 60:.1f} min. "
+        "Chains: pairs of passages; exact pair = top chain is the gold pair; pair R@k = both gold passages in "
+        "the top-k chains; passage-pair R@k = both gold among the first k distinct passages (for a single-hop "
+        "retriever: its top k). Seconds = corpus encoding (where new) + search + scoring; training apart.",
+        "",
+        "| retriever | exact pair | pair R@2 | pair R@10 | pair R@20 | passage-pair R@2 | R@10 | R@20 | "
+        "exact pair bridge / comparison | seconds | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        m = r["all"]
+        per_type = " / ".join(f"{r[t]['exact_pair']:.3f}" if t in r else "-" for t in ("bridge", "comparison"))
+        lines.append(
+            f"| {r['retriever']} | {m['exact_pair']:.3f} | {m['pair_recall@2']:.3f} | {m['pair_recall@10']:.3f} | "
+            f"{m['pair_recall@20']:.3f} | {m['passage_pair_recall@2']:.3f} | {m['passage_pair_recall@10']:.3f} | "
+            f"{m['passage_pair_recall@20']:.3f} | {per_type} | {r['seconds']:.0f} | {r['note']} |")
+    lines += ["", f"Sanity, all {len(data.questions)} questions, single retrieval's top 2 / 10 / 20 holding both gold "
+              "paragraphs (issue's reference in brackets): " + "; ".join(
+                  f"{name} {s['passage_pair_recall@2']:.3f} / {s['passage_pair_recall@10']:.3f} / "
+                  f"{s['passage_pair_recall@20']:.3f} ({' / '.join(f'{x:.3f}' for x in REFERENCE[name])})"
+                  for name, s in sanity.items())]
+    table = "\n".join(lines)
+    print(table)
+    name = "multihop-quick" if args.quick else ("multihop-holdout" if args.holdout else f"multihop-{args.device}")
+    out = REPO / "bench" / "results" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": command, "machine": machine(), "date": date, "minutes": total / 60,
+                               "args": vars(args), "rows": rows, "sanity_all_questions": sanity}, indent=2))
+    if args.append:
+        with open(REPO / "BENCHMARKS.md", "a") as f:
+            f.write("\n" + table + "\n")
+
+
+if __name__ == "__main__":
+    main()
