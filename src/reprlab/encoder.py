@@ -25,6 +25,7 @@ from torch import nn
 
 from reprlab.errors import ConfigError
 from reprlab.nn.attention import ATTENTION
+from reprlab.nn.memory import MEMORY_MODES, MemoryTokens
 
 if TYPE_CHECKING:
     from reprlab.text.tokenizer import Batch, Tokenizer
@@ -67,6 +68,13 @@ class EncoderConfig:
     layer_heads: list[int] | None = None
     layer_intermediate: list[int] | None = None
     add_pooler: bool = False
+    # Memory Transformer (``reprlab.nn.memory``): learned slots prepended to the tokens; mode
+    # "tokens" (MemTransformer), "bottleneck" (MemBottleneck) or "ctrl" (MemCtrl). 0 = no memory.
+    num_memory_tokens: int = 0
+    memory_mode: str = "tokens"
+    # Decoupled input embeddings (RemBERT, ``reprlab.nn.embeddings``): word/position/type tables of
+    # this width, projected to hidden_size after the LayerNorm; None = hidden_size (no projection).
+    embedding_size: int | None = None
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -83,6 +91,11 @@ class EncoderConfig:
             sizes = getattr(self, name)
             if sizes is not None and (len(sizes) != self.num_layers or any(int(n) < 0 for n in sizes)):
                 raise ConfigError(f"{name} must hold {self.num_layers} non-negative sizes (one per layer), got {sizes}")
+        if self.num_memory_tokens < 0 or self.memory_mode not in MEMORY_MODES:
+            raise ConfigError(f"num_memory_tokens must be >= 0 and memory_mode one of {', '.join(MEMORY_MODES)}; "
+                              f"got {self.num_memory_tokens}, {self.memory_mode!r}")
+        if self.embedding_size is not None and self.embedding_size < 1:
+            raise ConfigError(f"embedding_size must be a positive width or None, got {self.embedding_size}")
         for i, n in enumerate(self.layer_heads or []):
             if n not in (0, self.num_heads) and self.attention_for(i) != "softmax":
                 raise ConfigError(f"layer_heads[{i}] = {n}: a partial head count needs attention 'softmax', "
@@ -128,18 +141,24 @@ class EncoderOutput(NamedTuple):
     last_hidden_state: torch.Tensor  # (B, T, H)
     hidden_states: tuple[torch.Tensor, ...] | None = None  # num_layers + 1 entries, embeddings first
     attentions: tuple[torch.Tensor, ...] | None = None  # num_layers entries of (B, nh, T, T)
+    # With memory tokens: the final memory slots (B, m, H). last_hidden_state and hidden_states
+    # then hold the text tokens only; attentions cover [mem; seq], (B, nh, m+T, m+T).
+    memory_states: torch.Tensor | None = None
 
 
 class Embeddings(nn.Module):
-    """Word + position + token-type embeddings, LayerNorm, dropout."""
+    """Word + position + token-type embeddings, LayerNorm, dropout (+ a projection to the hidden
+    size when ``config.embedding_size`` decouples the input embedding width, as in RemBERT)."""
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
         H = config.hidden_size
-        self.word = nn.Embedding(config.vocab_size, H, padding_idx=config.pad_token_id)
-        self.position = nn.Embedding(config.max_position_embeddings, H)
-        self.token_type = nn.Embedding(config.type_vocab_size, H)
-        self.norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+        E = config.embedding_size or H
+        self.word = nn.Embedding(config.vocab_size, E, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_position_embeddings, E)
+        self.token_type = nn.Embedding(config.type_vocab_size, E)
+        self.norm = nn.LayerNorm(E, eps=config.layer_norm_eps)
+        self.project = nn.Linear(E, H) if E != H else None
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.max_positions = config.max_position_embeddings
 
@@ -155,7 +174,8 @@ class Embeddings(nn.Module):
             x = x + self.token_type.weight[0]
         else:
             x = x + self.token_type(token_type_ids)
-        return self.dropout(self.norm(x))  # (B, T, H)
+        x = self.dropout(self.norm(x))  # (B, T, E)
+        return x if self.project is None else self.project(x)  # (B, T, H)
 
 
 class FeedForward(nn.Module):
@@ -191,7 +211,7 @@ class Layer(nn.Module):
                 hidden_size=config.hidden_size,
                 num_heads=heads,
                 dropout=config.attention_dropout,
-                max_positions=config.max_position_embeddings,
+                max_positions=config.max_position_embeddings + config.num_memory_tokens,
                 **kwargs,
             )
         self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -237,6 +257,13 @@ class Encoder(nn.Module):
         self.config = config
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(Layer(config, i) for i in range(config.num_layers))
+        self.memory = None
+        if config.num_memory_tokens:
+            self.memory = MemoryTokens(
+                config.num_memory_tokens, config.memory_mode, config.hidden_size, config.num_heads,
+                config.intermediate_size, config.num_layers, ACTIVATIONS[config.hidden_act], config.layer_norm_eps,
+                config.hidden_dropout, config.attention_dropout,
+            )
         self.pooler = Pooler(config.hidden_size) if config.add_pooler else None
         self.apply(self._init_weights)
         if self.pooler is not None:  # kept for exact round trips; no reprlab method trains it
@@ -271,16 +298,24 @@ class Encoder(nn.Module):
         x = self.embed(input_ids, token_type_ids)  # (B, T, H)
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
-        for layer in self.layers:
-            x, weights = layer(x, mask, output_attentions=output_attentions)
+        m = 0
+        if self.memory is not None:
+            x, mask = self.memory.prepend(x, mask)  # (B, m+T, H): memory slots first
+            m = self.memory.num_tokens
+        for i, layer in enumerate(self.layers):
+            if self.memory is None:
+                x, weights = layer(x, mask, output_attentions=output_attentions)
+            else:
+                x, weights = self.memory.run_layer(i, layer, x, mask, output_attentions=output_attentions)
             if output_hidden_states:
-                hidden_states.append(x)
+                hidden_states.append(x[:, m:])
             if output_attentions:
                 attentions.append(weights)
         return EncoderOutput(
-            last_hidden_state=x,
+            last_hidden_state=x[:, m:],
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
             attentions=tuple(attentions) if output_attentions else None,
+            memory_states=x[:, :m] if self.memory is not None else None,
         )
 
     @property

@@ -1,1 +1,9 @@
+"""Building blocks, one paper per file. Importing the package registers every attention variant
+in ``ATTENTION`` and every pooling in ``POOLING``, so the registries are complete whenever
+``reprlab.encoder`` is imported."""
 
+from reprlab.nn import attention, collaborative, hire, memory, pooling, synthesizer  # noqa: F401  (registration)
+from reprlab.nn.attention import ATTENTION, register_attention
+from reprlab.nn.pooling import POOLING, build_pooling
+
+__all__ = ["ATTENTION", "POOLING", "build_pooling", "register_attention"]

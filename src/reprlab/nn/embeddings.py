@@ -63,3 +63,41 @@ class MLMHead(nn.Module):
 
     def extra_repr(self) -> str:
         return f"tied={self.tied}, output_embedding_size={self.dense.out_features}"
+
+
+def embedding_parameters(
+    vocab_size: int,
+    hidden_size: int,
+    embedding_size: int | None = None,
+    max_positions: int = 512,
+    type_vocab_size: int = 2,
+    mlm_head: str | None = "tied",
+    output_embedding_size: int | None = None,
+) -> dict[str, int]:
+    """Closed-form parameter counts of the input and output embeddings (RemBERT's accounting).
+
+    Input side (the encoder's ``Embeddings``): word, position and token-type tables of width
+    ``embedding_size`` (default ``hidden_size``), their LayerNorm, and the ``embedding_size ->
+    hidden_size`` projection when the widths differ. Output side (:class:`MLMHead`): the transform
+    (dense + LayerNorm), the vocabulary bias and, when ``decoupled``, the output embedding matrix.
+    Chung et al.'s point in numbers: shrinking ``embedding_size`` moves parameters out of the
+    input embeddings, and a large decoupled output embedding costs nothing after pre-training
+    (``output`` is dropped with the head).
+
+    >>> embedding_parameters(30522, 384)["input"]        # all-MiniLM-L6-v2
+    11918592
+    """
+    if mlm_head not in (None, "tied", "decoupled"):
+        raise ConfigError(f"unknown mlm_head {mlm_head!r}; choose tied, decoupled or None")
+    E = embedding_size or hidden_size
+    tables = (vocab_size + max_positions + type_vocab_size) * E
+    projection = (E * hidden_size + hidden_size) if E != hidden_size else 0
+    counts = {"input_tables": tables, "input_norm": 2 * E, "projection": projection}
+    counts["input"] = tables + 2 * E + projection
+    if mlm_head is None:
+        counts["output"] = 0
+    else:
+        O = E if mlm_head == "tied" else (output_embedding_size or hidden_size)
+        transform = hidden_size * O + O + 2 * O
+        counts["output"] = transform + vocab_size + (vocab_size * O if mlm_head == "decoupled" else 0)
+    return counts
