@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from reprlab.errors import ConfigError, DataFormatError, ReprlabError
-from reprlab.pretrain.pmi import PMIConfig, PMIEntry, PMIVocab, build_pmi_vocab, pmi_score, segmentations
+from reprlab.pretrain.pmi import (
+    PMIConfig, PMIEntry, PMIVocab, build_pmi_vocab, pmi_score, pmi_vocab_from_corpus, segmentations,
+)
 
 
 def toy_corpus(seed=0, borrowed=True):
@@ -115,3 +117,12 @@ def test_bad_files_and_settings(tmp_path):
 def test_coverage_counts_words_inside_matches():
     vocab = PMIVocab([PMIEntry(("new", "york"), 10, 1.0)])
     assert vocab.coverage([["in", "new", "york", "city"]]) == 0.5
+
+
+def test_vocabulary_from_a_corpus_file(tmp_path):
+    lines = [" ".join(words) for words in toy_corpus(borrowed=False)]
+    (tmp_path / "c.txt").write_text("\n\n".join(lines))
+    vocab = pmi_vocab_from_corpus(tmp_path / "c.txt", tmp_path / "v.json", PMIConfig(min_count=10, size=10), model=None)
+    assert PMIVocab.load(tmp_path / "v.json").top(1)[0].ngram == ("quantum", "chromodynamics") == vocab.top(1)[0].ngram
+    with pytest.raises(ReprlabError, match="min_count"):
+        pmi_vocab_from_corpus(tmp_path / "c.txt", None, PMIConfig(min_count=10_000), model=None)

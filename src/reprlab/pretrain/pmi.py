@@ -17,9 +17,12 @@ In masking (:class:`reprlab.pretrain.masking.PMIMasking`) each vocabulary n-gram
 one unit: where one match contains another, the longer wins; where matches overlap otherwise, one
 is chosen at random; the remaining words are whole-word units.
 
->>> vocab = build_pmi_vocab([["new", "york", "is", "big"]] * 20, PMIConfig(min_count=5, size=10))
->>> vocab.top(1)[0].ngram
+>>> texts = [["i", "love", "new", "york"], ["i", "love", "it"], ["it", "is", "i"]] * 10
+>>> vocab = build_pmi_vocab(texts, PMIConfig(min_count=5, size=10))
+>>> vocab.top(1, n=2)[0].ngram
 ('new', 'york')
+>>> vocab.find_spans(["so", "i", "love", "new", "york"], np.random.default_rng(0))  # longest match
+[(1, 5)]
 """
 
 from __future__ import annotations
@@ -263,3 +266,33 @@ def build_pmi_vocab(
     stats = {"words": total, "texts": len(docs), "distinct_words": len(id_to_word),
              "candidates": {str(n): len(v) for n, v in by_length.items()}}
     return PMIVocab(entries, config, stats)
+
+
+def pmi_vocab_from_corpus(
+    corpus: str | Path | Sequence[str | Path],
+    out: str | Path | None = None,
+    config: PMIConfig | None = None,
+    model: str | None = "minilm",
+    max_texts: int | None = None,
+    show_progress: bool | None = None,
+) -> PMIVocab:
+    """Read a corpus (text files, JSONL, BEIR folders), build its vocabulary and save it to ``out``.
+
+    Words are those of ``model``'s tokenizer (so that the vocabulary matches its word pieces at
+    masking time); ``model=None`` uses the plain lower-cased word splitter.
+    """
+    from reprlab.pretrain.corpus import read_texts
+
+    tokenizer = None
+    if model is not None:
+        from reprlab.text.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.from_pretrained(model)
+    vocab = build_pmi_vocab(read_texts(corpus, max_texts=max_texts), config, tokenizer=tokenizer,
+                            show_progress=show_progress)
+    if not len(vocab):
+        raise ReprlabError(f"no n-gram of the corpus occurs {vocab.config.min_count} times or more; "
+                           "lower min_count or give a larger corpus")
+    if out is not None:
+        vocab.save(out)
+    return vocab
