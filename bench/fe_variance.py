@@ -116,13 +116,13 @@ def main() -> None:
     warm_s = time.time() - t0
 
     K = int(round(1 / args.budget))
+    random_masks = build_masking("random", MaskingConfig(budget=1.0 / K))  # each copy: n / K tokens
+    fe_random = build_masking("fully-explored", MaskingConfig(budget=args.budget, fe_layout="random"))
+    fe_contiguous = build_masking("fully-explored", MaskingConfig(budget=args.budget, fe_layout="contiguous"))
     schemes = {
-        "random (K independent masks)": lambda r: random_copies(
-            batch_chunks, build_masking("random", MaskingConfig(budget=1.0 / K)), special, r, K),
-        "fully-explored, random partition": lambda r: build_masking(
-            "fully-explored", MaskingConfig(budget=args.budget, fe_layout="random")).collate(batch_chunks, special, r),
-        "fully-explored, contiguous segments": lambda r: build_masking(
-            "fully-explored", MaskingConfig(budget=args.budget, fe_layout="contiguous")).collate(batch_chunks, special, r),
+        "random (K independent masks)": lambda r: random_copies(batch_chunks, random_masks, special, r, K),
+        "fully-explored, random partition": lambda r: fe_random.collate(batch_chunks, special, r),
+        "fully-explored, contiguous segments": lambda r: fe_contiguous.collate(batch_chunks, special, r),
     }
     results = {}
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)

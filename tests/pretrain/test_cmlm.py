@@ -93,7 +93,8 @@ def test_sentence_pairs_are_adjacent_sentences(tokenizer):
     sentences, pairs = sentence_pairs(groups, tokenizer, max_length=16)
     assert len(sentences) == 5
     assert pairs == [(0, 1), (1, 2), (3, 4)]
-    assert sentence_pairs(groups, tokenizer, 16, both_directions=True)[1] == [(0, 1), (1, 0), (1, 2), (2, 1), (3, 4), (4, 3)]
+    both = sentence_pairs(groups, tokenizer, 16, both_directions=True)[1]
+    assert both == [(0, 1), (1, 0), (1, 2), (2, 1), (3, 4), (4, 3)]
     assert sentences[3].words == ["g", "h", "."]
 
 

@@ -66,7 +66,8 @@ def test_head_save_load_round_trip(tmp_path, tie):
 
 def corpus_file(tmp_path, toy_texts):
     path = tmp_path / "corpus.jsonl"
-    path.write_text("".join(json.dumps({"_id": str(i), "title": "", "text": t}) + "\n" for i, t in enumerate(toy_texts)))
+    lines = [json.dumps({"_id": str(i), "title": "", "text": t}) for i, t in enumerate(toy_texts)]
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 

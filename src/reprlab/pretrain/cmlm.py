@@ -21,7 +21,6 @@ abstract (:func:`reprlab.pretrain.corpus.read_sentence_groups`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from reprlab.io import atomic_open
 from reprlab.nn.embeddings import MLMHead
 from reprlab.pretrain.corpus import TokenizedText, read_sentence_groups, tokenize_chunks
 from reprlab.pretrain.masking import IGNORE_INDEX, MASKING, MaskingConfig, SpecialTokens, build_masking
-from reprlab.pretrain.mlm import HEAD_FOLDER, load_mlm_head, save_mlm_head
+from reprlab.pretrain.mlm import HEAD_FOLDER, load_mlm_head, read_metrics, save_mlm_head
 from reprlab.train import TrainConfig, train
 
 logger = logging.getLogger("reprlab")
@@ -274,7 +273,5 @@ def run_cmlm(config: CMLMConfig, stop_after: int | None = None) -> CMLMResult:
         save_mlm_head(model.head, out / "model" / HEAD_FOLDER)
         with atomic_open(out / "model" / "cmlm_projection.safetensors", "wb") as f:
             f.write(save({k: v.contiguous() for k, v in model.projection.state_dict().items()}))
-    metrics_path = out / "metrics.jsonl"
-    metrics = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()] if metrics_path.is_file() else []
     return CMLMResult(model_dir=out / "model", steps=state.step, final_loss=state.last_loss, pairs=len(pairs),
-                      metrics=metrics)
+                      metrics=read_metrics(out / "metrics.jsonl"))

@@ -251,6 +251,13 @@ class MLMCollate:
         return batch
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The training loop's metric records (one JSON object per logged step)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def mlm_loss(model, batch):
     loss, accuracy = model(batch["input_ids"], batch["attention_mask"], batch["labels"])
     return loss, {"mlm_acc": float(accuracy)}
@@ -312,7 +319,6 @@ def run_mlm(config: MLMConfig, stop_after: int | None = None) -> MLMResult:
     if state.rank == 0 and state.step >= state.total_steps:
         sentence.save_pretrained(out / "model")
         save_mlm_head(model.head, out / "model" / HEAD_FOLDER)
-    metrics_path = out / "metrics.jsonl"
-    metrics = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()] if metrics_path.is_file() else []
     return MLMResult(model_dir=out / "model", head_dir=out / "model" / HEAD_FOLDER, steps=state.step,
-                     final_loss=state.last_loss, chunks=len(chunks), pmi_vocab=vocab_path, metrics=metrics)
+                     final_loss=state.last_loss, chunks=len(chunks), pmi_vocab=vocab_path,
+                     metrics=read_metrics(out / "metrics.jsonl"))
