@@ -247,16 +247,24 @@ def read_sentence_config(folder: Path) -> dict[str, Any]:
         sub = folder / module.get("path", "")
         if kind == "Pooling" and (sub / "config.json").is_file():
             cfg = _read_json(sub / "config.json")
-            modes = [m for m, key in (("cls", "pooling_mode_cls_token"), ("mean", "pooling_mode_mean_tokens"),
-                                      ("max", "pooling_mode_max_tokens")) if cfg.get(key)]
+            if isinstance(cfg.get("pooling_mode"), str):  # sentence-transformers >= 6 writes one field
+                modes = [cfg["pooling_mode"]] if cfg["pooling_mode"] in ("cls", "mean", "max") else []
+            else:
+                modes = [m for m, key in (("cls", "pooling_mode_cls_token"), ("mean", "pooling_mode_mean_tokens"),
+                                          ("max", "pooling_mode_max_tokens")) if cfg.get(key)]
             if len(modes) != 1 or cfg.get("pooling_mode_mean_sqrt_len_tokens"):
                 raise ModelLoadError(f"{sub / 'config.json'}: only one of cls/mean/max pooling is supported")
             st["pooling"] = modes[0]
         elif kind == "Normalize":
             st["normalize"] = True
     sbert = folder / "sentence_bert_config.json"
-    if sbert.is_file():
-        st["max_length"] = int(_read_json(sbert).get("max_seq_length") or st["max_length"])
+    tok_cfg = folder / "tokenizer_config.json"
+    if sbert.is_file() and _read_json(sbert).get("max_seq_length"):
+        st["max_length"] = int(_read_json(sbert)["max_seq_length"])
+    elif tok_cfg.is_file():  # sentence-transformers >= 6 keeps it as the tokenizer's model_max_length
+        limit = _read_json(tok_cfg).get("model_max_length")
+        if isinstance(limit, int) and limit < 100_000:
+            st["max_length"] = limit
     reprlab_cfg = folder / "reprlab_sentence.json"
     if reprlab_cfg.is_file():  # poolings sentence-transformers has no module for (e.g. HIRE)
         st.update({k: v for k, v in _read_json(reprlab_cfg).items() if k in st})

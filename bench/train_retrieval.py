@@ -1,0 +1,219 @@
+"""Dense-retrieval training on SciFact: zero-shot MiniLM, BM25, the sentence-transformers peer, our DPR and ANCE.
+
+One run, one budget: every trained row starts from all-MiniLM-L6-v2 and gets the same epochs, batch
+size, learning rate, max length and number of hard negatives per query. Training uses SciFact's
+``qrels/train.tsv`` minus a held-out dev slice (``--dev-fraction``, by hash of the query id; ANCE
+scores it at each refresh); every row is evaluated on ``qrels/test.tsv``, and zero-shot on Cranfield
+and CISI. The peer is sentence-transformers' MultipleNegativesRankingLoss with one hard negative mined
+by its own ``mine_hard_negatives`` (dense, with the model being trained), run inside this script.
+
+    python bench/train_retrieval.py --epochs 3 --batch-size 32 --lr 5e-5
+    python bench/train_retrieval.py --quick          # 60 training queries, 400 documents: smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+ROWS = ("minilm", "bm25", "st-mnrl", "dpr", "ance")
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def quick_subset(folder: Path, out: Path, n_train: int = 60, n_docs: int = 400) -> Path:
+    """A small BEIR folder: n_train train queries, their positives and the test judgements, padded with other docs."""
+    from reprlab.text.beir import BeirDataset, load_beir, write_beir
+
+    train = load_beir(folder, split="train")
+    test = load_beir(folder, split="test")
+    train_q = list(train.judged_queries())[:n_train]
+    test_q = list(test.judged_queries())[:60]
+    keep = {d for q in train_q for d in train.qrels[q]} | {d for q in test_q for d in test.qrels[q]}
+    keep |= set(list(train.corpus)[: max(0, n_docs - len(keep))])
+    corpus = {d: train.corpus[d] for d in train.corpus if d in keep}
+    queries = {q: train.queries[q] for q in train_q + test_q}
+    write_beir(out, BeirDataset(corpus, queries, {q: train.qrels[q] for q in train_q}), split="train")
+    write_beir(out, BeirDataset(corpus, queries, {q: test.qrels[q] for q in test_q}), split="test")
+    return out
+
+
+def train_pairs(data, exclude):
+    from reprlab.retrieval.dense import doc_text
+
+    pairs = []
+    for q, text in data.judged_queries().items():
+        if q in exclude:
+            continue
+        for d, r in data.qrels[q].items():
+            if r > 0 and d in data.corpus:
+                pairs.append((text, doc_text(data.corpus[d])))
+    return pairs
+
+
+def run_peer(data, exclude, args, out: Path) -> tuple[str, float]:
+    """sentence-transformers MNRL with mined hard negatives (its own miner and trainer)."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.training_args import BatchSamplers
+    from sentence_transformers.util import mine_hard_negatives
+
+    from reprlab.hub import resolve_model_path
+    from reprlab.retrieval.dense import doc_text
+
+    t0 = time.time()
+    model = SentenceTransformer(str(resolve_model_path("minilm")), device=args.device)
+    model.max_seq_length = args.max_length
+    pairs = train_pairs(data, exclude)
+    dataset = Dataset.from_dict({"anchor": [q for q, _ in pairs], "positive": [p for _, p in pairs]})
+    if args.num_negatives:
+        dataset = mine_hard_negatives(dataset, model, corpus=[doc_text(d) for d in data.corpus.values()],
+                                      num_negatives=args.num_negatives, range_min=10, range_max=50,
+                                      relative_margin=0.05, sampling_strategy="random", batch_size=64,
+                                      use_faiss=True, verbose=False)
+    training_args = SentenceTransformerTrainingArguments(
+        output_dir=str(out / "st-checkpoints"), num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size, learning_rate=args.lr, warmup_ratio=0.1, seed=args.seed,
+        batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no", logging_steps=10, report_to="none",
+        use_cpu=args.device == "cpu", disable_tqdm=True,
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=dataset,
+                                         loss=MultipleNegativesRankingLoss(model))
+    trainer.train()
+    model.save(str(out / "model"))
+    return str(out / "model"), time.time() - t0
+
+
+def evaluate_model(spec: str, datasets: dict, args) -> dict:
+    from reprlab.retrieval.pipeline import build_retriever, evaluate_retriever
+
+    scores = {}
+    for name, data in datasets.items():
+        retriever = build_retriever(spec, data.corpus, batch_size=64)
+        if hasattr(retriever, "model"):
+            retriever.model.max_length = args.max_length
+        scores[name] = evaluate_retriever(retriever, data, metrics=("ndcg_cut_10", "recall_100"))
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=str(DATA / "scifact" / "beir"))
+    parser.add_argument("--zero-shot", nargs="*", default=[str(DATA / "cranfield" / "beir"), str(DATA / "cisi" / "beir")])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    parser.add_argument("--epochs", type=float, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--num-negatives", type=int, default=1)
+    parser.add_argument("--refresh-every", type=int, default=20, help="ANCE: steps between index refreshes")
+    parser.add_argument("--skip-top", type=int, default=0, help="ANCE: top ranks never used as negatives")
+    parser.add_argument("--ance-loss", default="softmax", choices=("softmax", "pairwise"))
+    parser.add_argument("--dev-fraction", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--out", default=str(REPO / "runs" / "bench-train-retrieval"))
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
+    args = parser.parse_args()
+
+    import logging
+
+    import torch
+
+    from reprlab.logs import setup_cli_logging
+    from reprlab.retrieval.ance import AnceConfig, run_ance
+    from reprlab.retrieval.dpr import DprConfig, run_dpr
+    from reprlab.retrieval.pipeline import holdout
+    from reprlab.text.beir import load_beir
+    from reprlab.train import TrainConfig
+
+    setup_cli_logging(logging.INFO)
+    torch.manual_seed(args.seed)
+    out = Path(args.out + ("-quick" if args.quick else ""))
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = quick_subset(Path(args.data), out / "data") if args.quick else Path(args.data)
+    train_data = load_beir(data_dir, split="train")
+    dev = holdout(list(train_data.judged_queries()), args.dev_fraction)
+    eval_sets = {"scifact": load_beir(data_dir, split="test")}
+    if not args.quick:
+        eval_sets.update({Path(p).parent.name: load_beir(p, split="test") for p in args.zero_shot})
+
+    def loop(name):
+        return TrainConfig(output_dir=str(out / name), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                           warmup_ratio=0.1, seed=args.seed, device=args.device, log_every=5)
+
+    results = []
+    for row in args.rows:
+        t0 = time.time()
+        info: dict = {"row": row}
+        if row in ("minilm", "bm25"):
+            spec = row
+        elif row == "st-mnrl":
+            spec, info["train_seconds"] = run_peer(train_data, set(dev), args, out / row)
+        elif row == "dpr":
+            result = run_dpr(DprConfig(output_dir=str(out / row), data=str(data_dir), split="train", model="minilm",
+                                       num_negatives=args.num_negatives, passage_max_length=args.max_length,
+                                       exclude_queries=dev, train=loop(row)))
+            spec, info["train_seconds"] = result.model_dir, time.time() - t0
+        else:
+            result = run_ance(AnceConfig(output_dir=str(out / row), data=str(data_dir), split="train", model="minilm",
+                                         refresh_every=args.refresh_every, num_negatives=args.num_negatives,
+                                         skip_top=args.skip_top, loss=args.ance_loss,
+                                         passage_max_length=args.max_length, dev_queries=dev, train=loop(row)))
+            spec, info["train_seconds"] = result.model_dir, time.time() - t0
+            info["refreshes"] = [json.loads(line) for line in open(result.refresh_log)]
+        t1 = time.time()
+        info["scores"] = evaluate_model(spec, eval_sets, args)
+        info["eval_seconds"] = time.time() - t1
+        results.append(info)
+        print(f"{row}: {json.dumps(info['scores'])}", file=sys.stderr, flush=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+
+    date = datetime.date.today().isoformat()
+    command = "python bench/train_retrieval.py " + " ".join(sys.argv[1:])
+    sets = list(eval_sets)
+    lines = [
+        f"### Dense-retrieval training on SciFact ({'quick subset' if args.quick else 'full'}; "
+        f"{args.epochs:g} epochs, batch {args.batch_size}, lr {args.lr:g}, max length {args.max_length}, "
+        f"{args.num_negatives} hard negative(s), {args.device})",
+        "",
+        f"`{command}` on {machine()}, {date}. Trained on SciFact train minus a {args.dev_fraction:.0%} dev slice; "
+        "nDCG@10 / recall@100 on each test split; Cranfield and CISI are zero-shot.",
+        "",
+        "| row | " + " | ".join(f"{s} nDCG@10 | {s} R@100" for s in sets) + " | train time (s) |",
+        "|---|" + "---|---|" * len(sets) + "---|",
+    ]
+    for r in results:
+        cells = " | ".join(f"{r['scores'][s]['ndcg_cut_10']:.4f} | {r['scores'][s]['recall_100']:.4f}" for s in sets)
+        lines.append(f"| {r['row']} | {cells} | {r.get('train_seconds', 0):.0f} |")
+    ance = next((r for r in results if r["row"] == "ance"), None)
+    if ance:
+        lines += ["", "ANCE refreshes (version: weights of step -> used from step, encode seconds, dev nDCG@10): " + "; ".join(
+            f"v{x['version']}: {x['checkpoint_step']}->{x['switched_at_step']}, {x['encode_seconds']:.0f}s, "
+            f"{x.get('dev_ndcg_cut_10', float('nan')):.4f}" for x in ance["refreshes"])]
+    table = "\n".join(lines)
+    print(table)
+    (REPO / "bench" / "results").mkdir(exist_ok=True)
+    (REPO / "bench" / "results" / f"train_retrieval{'-quick' if args.quick else ''}.json").write_text(json.dumps(
+        {"command": command, "machine": machine(), "date": date, "args": vars(args), "results": results}, indent=2))
+    if args.append:
+        with open(REPO / "BENCHMARKS.md", "a") as f:
+            f.write("\n" + table + "\n")
+
+
+if __name__ == "__main__":
+    main()
