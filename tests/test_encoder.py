@@ -162,3 +162,13 @@ def test_bad_inputs_raise_clear_errors(tmp_path, ours):
         ours.encode([])
     with pytest.raises(ConfigError, match="positions"):
         Encoder(EncoderConfig.tiny())(torch.ones(1, 200, dtype=torch.long))
+
+
+def test_loads_a_folder_saved_by_sentence_transformers(ours, minilm_path, tmp_path):
+    st = pytest.importorskip("sentence_transformers")
+    model = st.SentenceTransformer(str(minilm_path), device="cpu")
+    model.max_seq_length = 128
+    model.save(str(tmp_path / "st"))
+    back = SentenceEncoder.from_pretrained(tmp_path / "st")
+    assert (back.pooling.mode, back.normalize, back.max_length) == ("mean", True, 128)
+    np.testing.assert_allclose(back.encode(TEXTS), model.encode(TEXTS), atol=1e-5, rtol=0)
