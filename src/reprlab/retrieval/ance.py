@@ -136,7 +136,8 @@ def _refresher_main(job: RefreshJob, requests: mp.Queue, results: mp.Queue) -> N
             dev_metrics = {}
             if dev:
                 scores, ids = retriever.search(dev, k=100)
-                dev_metrics = evaluate(data.qrels, to_run(job.dev_ids, scores, ids),
+                dev_qrels = {q: data.qrels[q] for q in job.dev_ids}
+                dev_metrics = evaluate(dev_qrels, to_run(job.dev_ids, scores, ids),
                                        metrics=("ndcg_cut_10", "recall_100"))
             folder = Path(job.publish_dir) / f"index-v{request['version']:04d}"
             with atomic_dir(folder) as tmp:
