@@ -49,7 +49,7 @@ def test_kd_loss_projects_a_narrower_student_and_trains_it():
 def test_bad_config():
     with pytest.raises(ConfigError, match="embedding"):
         KDConfig(embedding="l3")
-    with pytest.raises(ConfigError, match="temperature"):
-        KDConfig(temperature=0)
+    with pytest.raises(ConfigError, match="scale"):
+        KDConfig(scale=0)
     with pytest.raises(ConfigError, match="shape"):
         score_distillation(torch.zeros(2, 3), torch.zeros(2, 4))

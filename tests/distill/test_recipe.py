@@ -73,3 +73,19 @@ def test_text_readers(tmp_path, corpus):
         read_distill_texts(tmp_path / "missing")
     with pytest.raises(ConfigError, match="method"):
         DistillConfig(method="tinybert", corpus=["x"], output_dir="o")
+
+
+def test_auto_student_picks_layers_on_the_training_texts(corpus, tiny_teacher_dir, tmp_path):
+    from reprlab.distill.recipe import load_student
+    from reprlab.distill.students import select_layers
+
+    result = run_distillation(config("kd", corpus, tiny_teacher_dir, tmp_path / "auto", student="auto:2", max_steps=1))
+    assert SentenceEncoder.from_pretrained(result.model_dir).encoder.config.num_layers == 2
+    teacher = SentenceEncoder.from_pretrained(tiny_teacher_dir)
+    texts = read_distill_texts(corpus)
+    best = select_layers(teacher, texts, 2, max_length=24)[0][0]
+    student = load_student(teacher, "auto:2", texts, max_length=24, sample=len(texts))
+    for j, i in enumerate(best):
+        assert torch.equal(student.encoder.layers[j].ffn.up.weight, teacher.encoder.layers[i].ffn.up.weight)
+    with pytest.raises(ConfigError, match="auto"):
+        load_student(teacher, "auto:x", texts)

@@ -63,3 +63,19 @@ def test_bad_specs(tokenizer, spec, match):
     teacher = tiny_sentence_encoder(tokenizer)
     with pytest.raises(ConfigError, match=match):
         build_student(teacher, spec)
+
+
+def test_select_layers_ranks_every_subset_by_agreement(tokenizer, texts):
+    from reprlab.distill.students import select_layers
+
+    teacher = tiny_sentence_encoder(tokenizer, num_layers=4)
+    ranked = select_layers(teacher, texts[:12], 2, max_length=24, batch_size=5)
+    assert len(ranked) == 6 and [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
+    teacher.eval()
+    for layers, score in ranked[:3]:  # the cached prefixes give what a built student gives
+        student = student_from_layers(teacher, layers).eval()
+        a = torch.from_numpy(student.encode(texts[:12], max_length=24))
+        b = torch.from_numpy(teacher.encode(texts[:12], max_length=24))
+        assert score == pytest.approx(float((a * b).sum(-1).mean()), abs=1e-5)
+    full = select_layers(teacher, texts[:4], 4)
+    assert full[0][0] == (0, 1, 2, 3) and full[0][1] == pytest.approx(1.0, abs=1e-5)

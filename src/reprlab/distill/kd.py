@@ -33,7 +33,7 @@ from torch import nn
 
 from reprlab.errors import ConfigError
 
-EMBEDDING_LOSSES = ("mse", "cosine", "none")
+EMBEDDING_LOSSES = ("cosine", "mse", "none")
 
 
 def embedding_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -87,20 +87,22 @@ def in_batch_scores(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class KDConfig:
     """Weights of the plain distillation terms.
 
-    ``embedding``: "mse" (default), "cosine" or "none"; ``score_weight``: the in-batch score KL,
-    at ``temperature`` (0.05 suits cosine scores, like the scale 20 of contrastive training).
+    ``embedding``: "cosine" (default; for L2-normalised encoders it is MSE up to a factor), "mse" or
+    "none". ``score_weight``: the in-batch score KL, computed on ``scale`` x the dot products
+    (20 for cosine scores, the scale of contrastive training) at temperature 1, so its magnitude is
+    that of a contrastive loss.
     """
 
-    embedding: str = "mse"
+    embedding: str = "cosine"
     embedding_weight: float = 1.0
     score_weight: float = 1.0
-    temperature: float = 0.05
+    scale: float = 20.0
 
     def __post_init__(self):
         if self.embedding not in EMBEDDING_LOSSES:
             raise ConfigError(f"unknown embedding loss {self.embedding!r}; choose one of: {', '.join(EMBEDDING_LOSSES)}")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be positive, got {self.temperature}")
+        if self.scale <= 0:
+            raise ConfigError(f"scale must be positive, got {self.scale}")
 
 
 class KDLoss(nn.Module):
@@ -132,7 +134,7 @@ class KDLoss(nn.Module):
         if c.score_weight:
             s_scores, mask = in_batch_scores(student)
             t_scores, _ = in_batch_scores(teacher)
-            term = score_distillation(s_scores, t_scores, c.temperature, mask)
+            term = score_distillation(c.scale * s_scores, c.scale * t_scores, 1.0, mask)
             total = total + c.score_weight * term
             metrics["kd_score"] = term.detach()
         return total, metrics

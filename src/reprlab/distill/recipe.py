@@ -34,7 +34,7 @@ from torch import nn
 from reprlab.distill.ckd import CKDConfig, ckd_loss
 from reprlab.distill.kd import KDConfig, KDLoss
 from reprlab.distill.seed import SEED, SEEDConfig
-from reprlab.distill.students import build_student
+from reprlab.distill.students import build_student, select_layers
 from reprlab.encoder import SentenceEncoder
 from reprlab.errors import ConfigError, DataFormatError, ReprlabError
 from reprlab.train import TrainConfig, train
@@ -150,7 +150,7 @@ class DistillConfig:
     corpus: list[str]  # BEIR folders, JSONL or text files
     output_dir: str
     teacher: str = "minilm"
-    student: str = "layers:0,2,4"  # a spec (students.build_student) or a model folder
+    student: str = "layers:0,2,4"  # a spec (students.build_student; or auto:N) or a model folder
     max_length: int = 128
     max_texts: int | None = None
     include_queries: bool = True
@@ -202,9 +202,27 @@ class DistillResult:
     metrics: list[dict] = field(default_factory=list)
 
 
-def load_student(teacher: SentenceEncoder, spec: str) -> SentenceEncoder:
-    """A student from a spec (``layers:...``, ``every:...``, ``config:...``) or a model folder."""
-    if spec.split(":", 1)[0] in ("layers", "every", "config"):
+def load_student(teacher: SentenceEncoder, spec: str, texts: Sequence[str] = (), max_length: int = 128,
+                 sample: int = 256, seed: int = 0) -> SentenceEncoder:
+    """A student from a spec (``layers:...``, ``every:...``, ``config:...``, ``auto:N``) or a model folder.
+
+    ``auto:N`` picks the N layers that agree best with the teacher on ``sample`` of ``texts``.
+    """
+    kind, _, rest = spec.partition(":")
+    if kind == "auto":
+        if not texts:
+            raise ConfigError("student 'auto:N' chooses layers on the training texts; none were given")
+        try:
+            n = int(rest)
+        except ValueError as exc:
+            raise ConfigError(f"bad student spec {spec!r}: give auto:N, e.g. auto:3") from exc
+        rng = np.random.default_rng(seed)
+        chosen = [texts[i] for i in sorted(rng.choice(len(texts), size=min(sample, len(texts)), replace=False))]
+        ranked = select_layers(teacher, chosen, n, max_length=max_length)
+        logger.info("student layers by agreement with the teacher: "
+                    + ", ".join(f"{list(layers)} {score:.3f}" for layers, score in ranked[:5]))
+        return build_student(teacher, "layers:" + ",".join(map(str, ranked[0][0])))
+    if kind in ("layers", "every", "config"):
         return build_student(teacher, spec)
     student = SentenceEncoder.from_pretrained(spec)
     if student.tokenizer.vocab_size != teacher.tokenizer.vocab_size:
@@ -227,7 +245,7 @@ def run_distillation(config: DistillConfig, stop_after: int | None = None, callb
     texts = read_distill_texts(config.corpus, config.max_texts, config.include_queries)
     torch.manual_seed(config.seed)  # fresh student weights / heads are the same in every run of a config
     teacher = SentenceEncoder.from_pretrained(config.teacher)
-    student = load_student(teacher, config.student)
+    student = load_student(teacher, config.student, texts, config.max_length, seed=config.seed)
     model = build_distillation_model(config, teacher, student)
     logger.info(f"distill {config.method}: {len(texts)} texts, teacher {config.teacher} "
                 f"({teacher.encoder.config.num_layers} layers) -> student {config.student} "

@@ -14,7 +14,10 @@ A student spec string (what ``--student`` takes) names either:
 * ``every:2``: every second layer starting at 0 (``layers:0,2,4`` for a 6-layer teacher);
 * ``config:hidden_size=256,num_layers=3,num_heads=4,intermediate_size=1024``: a fresh student
   from the teacher's config with these fields changed (``tiny`` and ``minilm_l6`` name sizes too,
-  e.g. ``config:tiny``).
+  e.g. ``config:tiny``);
+* ``auto:3`` (``run_distillation`` only, it needs texts): the 3 layers, kept in order, whose student
+  agrees best with the teacher on a sample of the unlabelled training texts (:func:`select_layers`:
+  mean cosine between student and teacher embeddings), no labels involved.
 
 >>> teacher = SentenceEncoder.from_pretrained("minilm")          # doctest: +SKIP
 >>> student = build_student(teacher, "layers:0,2,4")              # doctest: +SKIP
@@ -25,8 +28,11 @@ A student spec string (what ``--student`` takes) names either:
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import Sequence, TypeVar
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from reprlab.encoder import Encoder, EncoderConfig, SentenceEncoder
@@ -148,3 +154,46 @@ def build_student(teacher: M, spec: str) -> M:
             raise ConfigError(f"bad student spec {spec!r}: {exc}") from exc
         return student_from_config(teacher, config)
     raise ConfigError(f"bad student spec {spec!r}: give layers:0,2,4, every:2 or config:hidden_size=256,...")
+
+
+@torch.no_grad()
+def select_layers(teacher: SentenceEncoder, texts: Sequence[str], num_layers: int, max_length: int = 128,
+                  batch_size: int = 32) -> list[tuple[tuple[int, ...], float]]:
+    """Every choice of ``num_layers`` teacher layers (in order), ranked by agreement with the teacher.
+
+    Agreement is the mean cosine between the student's and the teacher's (pooled) embeddings of
+    ``texts``; returns ``[(layers, score), ...]`` best first. Students sharing a prefix of layers
+    share its computation.
+    """
+    n = teacher.encoder.config.num_layers
+    if not 1 <= num_layers <= n:
+        raise ConfigError(f"num_layers must be in 1..{n}, got {num_layers}")
+    if getattr(teacher.pooling, "needs_hidden_states", False):
+        raise ConfigError("select_layers supports the parameter-free poolings (mean, cls, max)")
+    was_training = teacher.training
+    teacher.eval()
+    enc = teacher.encoder
+    batches = [teacher.tokenize(list(texts[i:i + batch_size]), max_length).to(enc.device)
+               for i in range(0, len(texts), batch_size)]
+    masks = [b.attention_mask.bool() for b in batches]
+
+    def pooled(states):
+        out = [teacher.pooling(x, m, None) for x, m in zip(states, masks)]
+        return F.normalize(torch.cat(out).float(), dim=-1)
+
+    cache: dict[tuple[int, ...], list[torch.Tensor]] = {(): [enc.embed(b.input_ids) for b in batches]}
+
+    def states(prefix: tuple[int, ...]) -> list[torch.Tensor]:
+        if prefix not in cache:
+            cache[prefix] = [enc.layers[prefix[-1]](x, m)[0] for x, m in zip(states(prefix[:-1]), masks)]
+        return cache[prefix]
+
+    target = pooled(states(tuple(range(n))))
+    ranked = []
+    for layers in itertools.combinations(range(n), num_layers):  # lexicographic order
+        for key in list(cache):  # a prefix that is not this subset's is never needed again
+            if key != layers[: len(key)]:
+                del cache[key]
+        ranked.append((layers, float((pooled(states(layers)) * target).sum(-1).mean())))
+    teacher.train(was_training)
+    return sorted(ranked, key=lambda item: -item[1])
