@@ -223,7 +223,7 @@ def cmd_train_ance(args) -> None:
 def cmd_demo(args) -> None:
     from reprlab.demo import run_demo
 
-    run_demo(data=args.data, show=args.show)
+    run_demo(data=args.data, show=args.show, ance_steps=args.ance_steps)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -241,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job on the embedded corpus (or --data BEIR_DIR)")
     p.add_argument("--data", help="a BEIR folder to use instead of the embedded corpus")
     p.add_argument("--show", type=int, default=3, help="questions whose results are printed")
+    p.add_argument("--ance-steps", type=int, default=12, help="steps of the ANCE fine-tune (0 = skip it)")
     p.set_defaults(func=cmd_demo)
 
     def encoding_options(p):
