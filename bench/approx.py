@@ -78,7 +78,7 @@ def main(argv=None) -> dict:
     p.add_argument("--heldout-fraction", type=float, default=0.2)
     p.add_argument("--negatives", type=int, default=1, help="BM25 negatives per held-out query in the search")
     p.add_argument("--train-max-length", type=int, default=128, help="passage length for fine-tuning")
-    p.add_argument("--search-max-length", type=int, default=128, help="passage length for the held-out loss")
+    p.add_argument("--search-max-length", type=int, default=96, help="passage length for the held-out loss")
     p.add_argument("--eval-max-length", type=int, default=256)
     p.add_argument("--tolerances", default="0,0.05", help="0 = the paper's criterion; t > 0 = loss budget 1 + t")
     p.add_argument("--min-improved-fraction", type=float, default=0.5,
