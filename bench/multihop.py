@@ -73,6 +73,7 @@ def main() -> None:
                         help="tuning: train on the train side minus this hash slice and report on the slice")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--output", default=None, help="folder for the trained models (default: a temp folder)")
+    parser.add_argument("--cache", default=None, help="development: keep MiniLM's corpus vectors in this folder")
     parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     args = parser.parse_args()
     if args.threads:
@@ -114,9 +115,18 @@ def main() -> None:
         print(f"{name}: exact pair {m['exact_pair']:.3f}, pair recall@10 {m['pair_recall@10']:.3f} "
               f"({seconds:.0f}s)", file=sys.stderr)
 
-    def encode_corpus(model):
+    def encode_corpus(model, cache_name=None):
         t = time.time()
-        vectors = model.encode(texts, batch_size=64, max_length=args.max_length)
+        cached = None
+        if args.cache and cache_name:
+            cached = Path(args.cache) / f"{cache_name}-{len(texts)}-{args.max_length}.npy"
+        if cached is not None and cached.is_file():
+            vectors = np.load(cached)
+        else:
+            vectors = model.encode(texts, batch_size=64, max_length=args.max_length)
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                np.save(cached, vectors)
         index = FaissIndex(vectors.shape[1])
         index.add(ids, vectors)
         return index, vectors, time.time() - t
@@ -129,7 +139,7 @@ def main() -> None:
 
     # 2, 3. MiniLM single-hop and MiniLM + beam search
     minilm = SentenceEncoder.from_pretrained("minilm").to(device)
-    index, _, t_index = encode_corpus(minilm)
+    index, _, t_index = encode_corpus(minilm, "minilm")
     t = time.time()
     add("MiniLM single-hop", evaluate_single_hop(DenseRetriever(minilm, index), targets), t_index + time.time() - t,
         f"corpus encoding {t_index:.0f}s")

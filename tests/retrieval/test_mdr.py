@@ -237,7 +237,8 @@ def write_toy_hotpot(path, n=12):
 
 def _config(tmp_path, data, model, **kw):
     loop = kw.pop("loop", {})
-    return MDRConfig(output_dir=str(tmp_path), data=str(data), model=str(model), eval_fraction=kw.pop("eval_fraction", 0.0),
+    return MDRConfig(output_dir=str(tmp_path), data=str(data), model=str(model),
+                     eval_fraction=kw.pop("eval_fraction", 0.0),
                      num_negatives=1, negative_sources=("distractors",), max_question_length=32, max_query_length=64,
                      max_passage_length=32, evaluate=kw.pop("evaluate", False), beam_size=4,
                      train=TrainConfig(output_dir="", batch_size=4, lr=1e-3, warmup_steps=2, log_every=1, device="cpu",
@@ -257,8 +258,8 @@ def test_collate_orders_hops_and_draws_negatives(tiny_model_dir, tmp_path):
     film = tok.decode(batch["hop2_queries"]["input_ids"][0].tolist())
     assert film.startswith("where was the star of the") and "is a drama film starring" in film
     unordered = [MDRExample(it.question, it.hop1, it.hop2, False, it.negatives) for it in items]
-    orders = {tuple(map(tuple, MDRCollate(tok, table, 0, 32, 64, 32)(unordered, np.random.default_rng(s))["gold"].tolist()))
-              for s in range(6)}
+    collate = MDRCollate(tok, table, 0, 32, 64, 32)
+    orders = {tuple(map(tuple, collate(unordered, np.random.default_rng(s))["gold"].tolist())) for s in range(6)}
     assert len(orders) > 1  # comparison questions draw their hop order
 
 

@@ -55,7 +55,7 @@ import copy
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -596,6 +596,7 @@ class MDRConfig:
     evaluate: bool = True  # beam-search the held-out questions over the whole corpus at the end
     beam_size: int = 10
     eval_batch_size: int = 64
+    index_max_length: int = 256  # passages when indexing the corpus for evaluation
     train: TrainConfig | None = None  # loop settings; output_dir is filled in
 
     def __post_init__(self):
@@ -634,13 +635,23 @@ def _save(model: MDRModel, frozen: SentenceEncoder | None, config: MDRConfig, mo
     })
 
 
+def mdr_settings(path: str | Path | None) -> dict:
+    """Query settings saved with an MDR model (``mdr.json``), or the defaults for any other model."""
+    settings = {"hop2_title": True, "max_question_length": 64, "max_query_length": 256, "max_passage_length": 256}
+    file = Path(str(path)) / SETTINGS_FILE if path else None
+    if file is not None and file.is_file():
+        try:
+            settings.update(json.loads(file.read_text()))
+        except json.JSONDecodeError as exc:
+            raise ModelLoadError(f"{file}: not valid JSON ({exc.msg})") from exc
+    return settings
+
+
 def load_mdr(path: str | Path) -> tuple[SentenceEncoder, SentenceEncoder, dict]:
     """(query encoder, passage encoder, settings) of a folder written by :func:`run_mdr_training`,
     or of any sentence encoder (``minilm``: shared towers, default settings)."""
     folder = Path(str(path))
-    settings = {"hop2_title": True, "max_question_length": 64, "max_query_length": 256, "max_passage_length": 256}
-    if (folder / SETTINGS_FILE).is_file():
-        settings.update(json.loads((folder / SETTINGS_FILE).read_text()))
+    settings = mdr_settings(path)
     if (folder / "query").is_dir() and (folder / "passage").is_dir():
         return (SentenceEncoder.from_pretrained(folder / "query"), SentenceEncoder.from_pretrained(folder / "passage"),
                 settings)
@@ -716,7 +727,7 @@ def run_mdr_training(config: MDRConfig, callbacks: Sequence = (), stop_after: in
         })
         if config.evaluate and eval_q:
             passage_model = frozen or model.query_encoder
-            index = index_corpus(passage_model, data.corpus, config.eval_batch_size, config.max_passage_length)
+            index = index_corpus(passage_model, data.corpus, config.eval_batch_size, config.index_max_length)
             metrics = evaluate_mdr(model.query_encoder, index, data, eval_q, config.beam_size,
                                    hop2_title=config.hop2_title, max_query_length=config.max_query_length,
                                    batch_size=config.eval_batch_size)
@@ -754,7 +765,8 @@ def evaluate_mdr(encoder, index: Index, data: HotpotData, questions: Sequence[Ho
 
 
 def evaluate_single_hop(retriever, questions: Sequence[HotpotQuestion], ks: Sequence[int] = DEFAULT_KS) -> dict:
-    """Chains of a single-hop retriever (``search(texts, k)``): pairs of its top passages (:func:`chains_from_ranking`)."""
+    """Chains of a single-hop retriever (``search(texts, k)``): pairs of its top passages
+    (:func:`chains_from_ranking`)."""
     depth = max(ks) + 1
     scores, ids = retriever.search([q.question for q in questions], depth)
     chains = {q.id: chains_from_ranking(scores[n], ids[n]) for n, q in enumerate(questions)}
@@ -773,6 +785,7 @@ class MultiHopEvalConfig:
     beam_size: int = 10
     ks: tuple[int, ...] = DEFAULT_KS
     batch_size: int = 64
+    max_length: int = 256  # passages when indexing the corpus
     factory: str = "Flat"
 
 
@@ -790,7 +803,7 @@ def evaluate_multihop(config: MultiHopEvalConfig) -> dict:
         metrics = evaluate_single_hop(bm25_for_corpus(data.corpus), questions, config.ks)
     else:
         query, passage, settings = load_mdr(config.retriever)
-        index = index_corpus(passage, data.corpus, config.batch_size, settings["max_passage_length"], config.factory)
+        index = index_corpus(passage, data.corpus, config.batch_size, config.max_length, config.factory)
         if config.single_hop:
             from reprlab.retrieval.dense import DenseRetriever
 
@@ -815,13 +828,12 @@ def search_index_folder(path: str | Path, questions: Sequence[str], beam_size: i
 
     retriever = DenseRetriever.load(path)
     source = model or retriever.model_name
-    settings = load_mdr(source)[2] if source and Path(str(source)).is_dir() else {}
+    settings = mdr_settings(source)
     query_model = SentenceEncoder.from_pretrained(model) if model else retriever.model
     if not retriever.docs:
         raise ModelLoadError(f"{path} has no docs.jsonl: rebuild it with `reprlab index` to search it multi-hop")
     chains = multihop_search(query_model, list(questions), retriever.index, retriever.docs, beam_size, top_k,
-                             settings.get("hop2_title", True), settings.get("max_question_length", 64),
-                             settings.get("max_query_length", 256))
+                             settings["hop2_title"], settings["max_question_length"], settings["max_query_length"])
     return chains, retriever.docs
 
 
