@@ -300,7 +300,7 @@ def append_section(result: dict) -> None:
         "## Search: reprlab Index vs raw FAISS, BM25 (bm25s) vs rank_bm25",
         "",
         f"Command: `{result['command']}` (from the repo root). Machine: {result['machine']}. "
-        f"Date: {result['date']}. FAISS {result['faiss']}, {result['faiss_threads']} threads.",
+        f"Date: {result['date']}. FAISS {result['faiss']}, OpenMP threads: {result['faiss_threads']}.",
         "",
     ]
     if result["dense"]:
