@@ -151,3 +151,9 @@ def evaluate(
     if per_query:
         return values
     return {name: float(np.mean([values[q][name] for q in judged])) for name in metrics}
+
+
+def check_metrics(metrics: Sequence[str]) -> None:
+    """Raise ``ConfigError`` for an unknown measure name now, before any expensive retrieval."""
+    for name in [metrics] if isinstance(metrics, str) else metrics:
+        _parse(name)
