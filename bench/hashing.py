@@ -1,0 +1,303 @@
+"""Semantic hashing on SciFact: SimHash codes of MiniLM vs of MiniLM fine-tuned with the angular loss.
+
+Rows, all from one run: the float index (exact inner product, the peer / paper baseline; MiniLM
+zero-shot is 0.645 nDCG@10) and 128/256/512-bit random-hyperplane codes searched by exact Hamming
+distance (``faiss.IndexBinaryFlat``) and through multi-index hash tables
+(``faiss.IndexBinaryMultiHash``), for (a) all-MiniLM-L6-v2 as is and (b) MiniLM fine-tuned for one
+epoch on ``qrels/train.tsv`` with the angular-similarity loss (:func:`reprlab.retrieval.hashing.
+run_hashing`, in-batch + one BM25 hard negative). ``--dpr-control`` adds (c) the same fine-tuning
+with DPR's cosine loss, to separate "fine-tuned" from "fine-tuned for angular similarity".
+
+Evaluated on ``qrels/test.tsv`` (300 queries): nDCG@10, Recall@100, bytes per document (the code,
+and the whole FAISS index as serialised: hash tables store ids per table), codes compared per query
+and search time per query (single FAISS thread, 300 queries at k=100, fastest of repeats; query
+encoding excluded, query hashing included). The hash-table parameters (key bits, Hamming radius
+``nflip``) are chosen per model and code length on the *train* queries: the fewest candidates whose
+train Recall@100 is within 0.02 of exact Hamming search's.
+
+    flock /tmp/reprlab-heavy.lock python bench/hashing.py              # ~30 min on 2 CPU cores
+    python bench/hashing.py --quick                                    # smoke run, a few minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from reprlab.io import atomic_write_json
+from reprlab.retrieval.hashing import BinaryIndex, HashingConfig, run_hashing
+from reprlab.retrieval.index import FaissIndex
+from reprlab.retrieval.metrics import evaluate, to_run
+from reprlab.text.beir import load_beir
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact" / "beir"
+HEADER = ("| model | index | bits | hash tables (key bits x tables, nflip) | nDCG@10 | R@100 | code B/doc "
+          "| index B/doc | codes compared / query | ms / query |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def machine() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        model = platform.processor() or "unknown CPU"
+    return f"{os.cpu_count()} CPU cores, {model}"
+
+
+def doc_text(doc: dict) -> str:
+    return (doc.get("title", "") + " " + doc.get("text", "")).strip()
+
+
+def encode(model: str, corpus: dict, queries: dict, args, cache: Path) -> dict:
+    """Corpus and query vectors of ``model`` (cached as .npy under ``cache``)."""
+    import torch
+
+    from reprlab.encoder import SentenceEncoder
+
+    cache.mkdir(parents=True, exist_ok=True)
+    doc_ids, qids = list(corpus), list(queries)
+    files = {"docs": cache / "docs.npy", "queries": cache / "queries.npy"}
+    if all(f.is_file() for f in files.values()):
+        docs, qs = np.load(files["docs"]), np.load(files["queries"])
+        if docs.shape[0] == len(doc_ids) and qs.shape[0] == len(qids):
+            return {"doc_ids": doc_ids, "docs": docs, "qids": qids, "queries": qs, "encode_s": None}
+    torch.manual_seed(0)
+    encoder = SentenceEncoder.from_pretrained(model, max_length=args.max_length).to(args.device)
+    t0 = time.perf_counter()
+    docs = encoder.encode([doc_text(corpus[i]) for i in doc_ids], batch_size=args.batch_size, show_progress=True,
+                          desc=f"corpus ({Path(model).name})")
+    qs = encoder.encode([queries[q] for q in qids], batch_size=args.batch_size, show_progress=False)
+    seconds = time.perf_counter() - t0
+    np.save(files["docs"], docs)
+    np.save(files["queries"], qs)
+    return {"doc_ids": doc_ids, "docs": docs, "qids": qids, "queries": qs, "encode_s": round(seconds, 1)}
+
+
+def best_time(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def metrics(index, queries: np.ndarray, qids: list[str], qrels: dict, k: int = 100) -> dict:
+    scores, ids = index.search(queries, k)
+    m = evaluate(qrels, to_run(qids, scores, ids), metrics=("ndcg_cut_10", "recall_100"))
+    return {"ndcg@10": round(m["ndcg_cut_10"], 4), "recall@100": round(m["recall_100"], 4)}
+
+
+def tune_hash(vec: dict, train_q: dict, bits: int, args) -> tuple[dict, list[dict]]:
+    """Hash-table parameters for ``bits``-bit codes chosen on the train queries (see the module docstring)."""
+    exact = BinaryIndex(vec["docs"].shape[1], bits, seed=args.seed)
+    exact.add(vec["doc_ids"], vec["docs"])
+    target = metrics(exact, train_q["queries"], train_q["qids"], train_q["qrels"])["recall@100"]
+    grid = []
+    for hash_bits in args.key_bits:
+        tables = bits // hash_bits
+        index = BinaryIndex(vec["docs"].shape[1], bits, "multihash", hash_bits, tables, 0, args.seed)
+        index.add(vec["doc_ids"], vec["docs"])
+        for nflip in args.nflips:
+            index.set_search_params(nflip=nflip)
+            recall = metrics(index, train_q["queries"], train_q["qids"], train_q["qrels"])["recall@100"]
+            work = index.search_stats(train_q["queries"])["candidates"]
+            grid.append({"hash_bits": hash_bits, "tables": tables, "nflip": nflip, "train_recall@100": recall,
+                         "train_candidates": round(work, 1), "exact_train_recall@100": target})
+    ok = [g for g in grid if g["train_recall@100"] >= target - args.recall_slack]
+    best = min(ok, key=lambda g: g["train_candidates"]) if ok else max(grid, key=lambda g: g["train_recall@100"])
+    return best, grid
+
+
+def rows_for(name: str, vec: dict, test: dict, train_q: dict, args) -> list[dict]:
+    """Float, exact-Hamming and hash-table rows for one model's vectors."""
+    n, dim = vec["docs"].shape
+    rows = []
+    flat = FaissIndex(dim)
+    flat.add(vec["doc_ids"], vec["docs"])
+    seconds = best_time(lambda: flat.search(test["queries"], 100), args.repeats)
+    rows.append({"model": name, "index": "float (Flat, inner product)", "bits": 32 * dim, "params": "",
+                 **metrics(flat, test["queries"], test["qids"], test["qrels"]),
+                 "code_bytes": 4 * dim, "index_bytes": round(faiss.serialize_index(flat.index).size / n, 1),
+                 "candidates": n, "ms_per_query": round(1000 * seconds / len(test["qids"]), 3)})
+    print(row_md(rows[-1]), flush=True)
+    for bits in args.bits:
+        exact = BinaryIndex(dim, bits, seed=args.seed)
+        exact.add(vec["doc_ids"], vec["docs"])
+        seconds = best_time(lambda: exact.search(test["queries"], 100), args.repeats)
+        rows.append({"model": name, "index": "binary, exact Hamming", "bits": bits, "params": "",
+                     **metrics(exact, test["queries"], test["qids"], test["qrels"]),
+                     "code_bytes": bits // 8, "index_bytes": round(exact.memory_bytes() / n, 1),
+                     "candidates": n, "ms_per_query": round(1000 * seconds / len(test["qids"]), 3)})
+        print(row_md(rows[-1]), flush=True)
+        chosen, grid = tune_hash(vec, train_q, bits, args)
+        hashed = BinaryIndex(dim, bits, "multihash", chosen["hash_bits"], chosen["tables"], chosen["nflip"], args.seed)
+        hashed.add(vec["doc_ids"], vec["docs"])
+        seconds = best_time(lambda: hashed.search(test["queries"], 100), args.repeats)
+        rows.append({"model": name, "index": "binary, hash tables", "bits": bits,
+                     "params": f"{chosen['hash_bits']} x {chosen['tables']}, nflip {chosen['nflip']}",
+                     **metrics(hashed, test["queries"], test["qids"], test["qrels"]),
+                     "code_bytes": bits // 8, "index_bytes": round(hashed.memory_bytes() / n, 1),
+                     "candidates": round(hashed.search_stats(test["queries"])["candidates"], 1),
+                     "ms_per_query": round(1000 * seconds / len(test["qids"]), 3), "tuning": grid})
+        print(row_md(rows[-1]), flush=True)
+    return rows
+
+
+def row_md(r: dict) -> str:
+    return (f"| {r['model']} | {r['index']} | {r['bits']} | {r['params'] or '-'} | {r['ndcg@10']:.3f} | "
+            f"{r['recall@100']:.3f} | {r['code_bytes']} | {r['index_bytes']:.0f} | {r['candidates']:.0f} | "
+            f"{r['ms_per_query']:.3f} |")
+
+
+def fine_tune(recipe: str, args, out: Path) -> tuple[str, float]:
+    """Fine-tune MiniLM on the train qrels with the angular (``hashing``) or cosine (``dpr``) loss."""
+    from reprlab.retrieval.dpr import DprConfig, run_dpr
+    from reprlab.train.loop import TrainConfig
+
+    model_dir = out / "model"
+    if (model_dir / "model.safetensors").is_file():
+        return str(model_dir), float("nan")
+    loop = TrainConfig(output_dir="", epochs=args.epochs, batch_size=args.train_batch_size, lr=args.lr,
+                       device=args.device, seed=args.seed, max_steps=args.max_steps)
+    common = dict(output_dir=str(out), data=str(args.data), split="train", model="minilm",
+                  num_negatives=args.num_negatives, query_max_length=64, passage_max_length=args.max_length,
+                  train=loop)
+    t0 = time.perf_counter()
+    if recipe == "hashing":
+        result = run_hashing(HashingConfig(**common, scale=args.scale, similarity=args.similarity))
+    else:
+        result = run_dpr(DprConfig(**common))
+    return result.model_dir, round(time.perf_counter() - t0, 1)
+
+
+def subsample(data, train, n_queries: int, n_docs: int, seed: int):
+    """--quick: a few test queries, their relevant documents, and random others."""
+    rng = np.random.default_rng(seed)
+    qids = sorted(data.judged_queries())[:n_queries]
+    keep = {d for q in qids for d in data.qrels[q]}
+    keep |= {d for q in list(train.judged_queries())[:n_queries] for d in train.qrels[q]}
+    others = [d for d in data.corpus if d not in keep]
+    keep |= set(rng.choice(others, size=max(0, n_docs - len(keep)), replace=False).tolist())
+    corpus = {d: data.corpus[d] for d in data.corpus if d in keep}
+    return corpus, qids
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR SciFact folder")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 40 queries, 600 documents, 3 steps")
+    parser.add_argument("--bits", type=int, nargs="+", default=[128, 256, 512])
+    parser.add_argument("--max-length", type=int, default=256, help="document tokens (encoding and training)")
+    parser.add_argument("--batch-size", type=int, default=64, help="encoding batch")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--train-batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--num-negatives", type=int, default=1)
+    parser.add_argument("--scale", type=float, default=50.0)
+    parser.add_argument("--similarity", default="angular", choices=("angular", "log-angular"))
+    parser.add_argument("--dpr-control", action="store_true", help="also fine-tune with DPR's cosine loss")
+    parser.add_argument("--key-bits", type=int, nargs="+", default=[8, 12, 16], help="hash key bits to tune over")
+    parser.add_argument("--nflips", type=int, nargs="+", default=[0, 1, 2], help="bucket radii to tune over")
+    parser.add_argument("--recall-slack", type=float, default=0.02)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/reprlab-bench-hashing"),
+                        help="fine-tuned models and cached vectors (outside the repo)")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.max_length, args.max_steps, args.repeats = 64, 3, 2
+        args.workdir = args.workdir / "quick"
+    args.out = args.out or REPO / "bench" / "results" / ("hashing-quick.json" if args.quick else "hashing.json")
+    faiss.omp_set_num_threads(1)  # single-threaded search timings on a shared machine
+    command = "python bench/hashing.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    data, train = load_beir(args.data, split="test"), load_beir(args.data, split="train")
+    corpus, test_qids = data.corpus, sorted(data.judged_queries())
+    train_qids = sorted(train.judged_queries())
+    if args.quick:
+        corpus, test_qids = subsample(data, train, 40, 600, args.seed)
+        train_qids = train_qids[:40]
+    tag = f"L{args.max_length}-n{len(corpus)}"
+    queries = {q: data.queries[q] for q in test_qids} | {q: train.queries[q] for q in train_qids}
+
+    models = {"MiniLM": ("minilm", None)}
+    timings = {}
+    for recipe, name in [("hashing", "MiniLM + angular loss")] + ([("dpr", "MiniLM + DPR cosine loss")]
+                                                                 if args.dpr_control else []):
+        out = args.workdir / f"{recipe}-e{args.epochs}-s{args.max_steps}-lr{args.lr}-L{args.max_length}" \
+                             f"{f'-x{args.scale}-{args.similarity}' if recipe == 'hashing' else ''}"
+        model_dir, seconds = fine_tune(recipe, args, out)
+        models[name] = (model_dir, out)
+        timings[f"train {recipe} s"] = seconds
+    rows = []
+    print(HEADER, flush=True)
+    for name, (model, out) in models.items():
+        cache = (args.workdir / "minilm" if out is None else out) / f"vectors-{tag}"
+        vec = encode(model, corpus, queries, args, cache)
+        timings[f"encode {name} s"] = vec["encode_s"]
+        pos = {q: i for i, q in enumerate(vec["qids"])}
+        take = lambda ids: vec["queries"][[pos[q] for q in ids]]  # noqa: E731
+        test = {"qids": test_qids, "queries": take(test_qids), "qrels": {q: data.qrels[q] for q in test_qids}}
+        train_q = {"qids": train_qids, "queries": take(train_qids), "qrels": {q: train.qrels[q] for q in train_qids}}
+        rows += rows_for(name, vec, test, train_q, args)
+
+    result = {"command": command.strip(), "machine": machine(), "date": datetime.date.today().isoformat(),
+              "faiss": faiss.__version__, "faiss_threads": 1, "docs": len(corpus), "test_queries": len(test_qids),
+              "train_queries": len(train_qids), "settings": {k: (str(v) if isinstance(v, Path) else v)
+                                                             for k, v in vars(args).items()},
+              "timings": timings, "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out, result)
+    print(f"timings: {json.dumps(timings)}\nwrote {args.out}")
+    if args.append:
+        append_section(result)
+
+
+def append_section(result: dict) -> None:
+    s = result["settings"]
+    lines = [
+        "",
+        "## Semantic hashing on SciFact (SimHash codes, exact Hamming and hash tables)",
+        "",
+        f"Command: `flock /tmp/reprlab-heavy.lock {result['command']}` (from the repo root). "
+        f"Machine: {result['machine']}, no GPU. Date: {result['date']}. FAISS {result['faiss']}, 1 search thread.",
+        "",
+        f"{result['docs']} documents, {result['test_queries']} test queries (`qrels/test.tsv`); fine-tuning on "
+        f"`qrels/train.tsv` ({s['epochs']} epoch, batch {s['train_batch_size']}, lr {s['lr']}, "
+        f"{s['num_negatives']} BM25 hard negative, max length {s['max_length']}; angular loss "
+        f"{s['similarity']} x {s['scale']}); codes from {s['bits']}-bit random hyperplanes (seed {s['seed']}). "
+        "Hash tables: `IndexBinaryMultiHash`, parameters chosen on the train queries (fewest codes compared "
+        f"with train Recall@100 within {s['recall_slack']} of exact Hamming). ms/query: 300 queries at k=100, "
+        "fastest of repeats, query hashing included, query encoding excluded. Timings (s): "
+        + ", ".join(f"{k} {v}" for k, v in result["timings"].items()) + ".",
+        "",
+        HEADER,
+        *map(row_md, result["rows"]),
+        "",
+    ]
+    path = REPO / "BENCHMARKS.md"
+    if not path.exists():
+        path.write_text("# reprlab benchmarks\n\nEach section gives the command, the machine and the date.\n",
+                        encoding="utf-8")
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
