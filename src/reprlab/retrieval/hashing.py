@@ -488,8 +488,9 @@ class BinaryIndex(Index):
         if self.method == "flat":
             return {"buckets": 0.0, "candidates": float(len(self))}
         stats = faiss.cvar.indexBinaryHash_stats
-        stats.reset()
-        self.search_labels(codes, 1, **params)
+        with self._params(params) if params else contextlib.nullcontext():
+            stats.reset()
+            self.index.search(codes, 1)  # one pass: the candidate set does not depend on k
         return {"buckets": stats.nlist / len(codes), "candidates": stats.ndis / len(codes)}
 
     # -- saving
