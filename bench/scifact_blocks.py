@@ -1,0 +1,205 @@
+"""Collaborative heads and HIRE on a pretrained retriever (all-MiniLM-L6-v2), on BEIR SciFact.
+
+(a) Collaborative heads (Cordonnier et al.): every attention layer of MiniLM is converted by CP
+    decomposition to shared query/key projections of width D~ (384 = exact, 192 = 1/2, 96 = 1/4).
+    Zero-shot nDCG@10 / Recall@100 on SciFact test, parameters, and corpus-encoding speed against
+    the original. The paper's claim: the key/query width can be cut 4x with no loss *after
+    re-tuning*.
+(b) Re-tuning with the same short DPR recipe (``reprlab.retrieval.dpr``: in-batch negatives,
+    SciFact ``qrels/train.tsv``, fixed hyper-parameters, nothing tuned on test) for the original
+    and the converted models, then the same evaluation.
+(c) HIRE (Yang & Zhao) vs last-layer mean pooling: the same DPR fine-tune of MiniLM with HIRE
+    pooling (fresh extractor + fusion, residual start) against the mean-pooling run of (b).
+
+Every number comes from one run of this script, on the same machine, with the same settings.
+
+    python bench/scifact_blocks.py --quick                                # smoke: 200 docs, 2 steps
+    python bench/scifact_blocks.py --threads 1 --parts zero-shot          # (a): ~20 min on 2 cores
+    python bench/scifact_blocks.py --threads 1 --parts tuned --tune minilm,hire   # (b) baseline + (c)
+    python bench/scifact_blocks.py --threads 1 --parts tuned --tune 192,96        # (b) converted models
+
+Each invocation updates its own rows of ``bench/results/scifact_blocks.json`` (keyed by model), so
+the long benchmark can run as several heavy jobs of under ~30 minutes each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from reprlab.analysis.model_info import model_info
+from reprlab.encoder import SentenceEncoder
+from reprlab.io import atomic_write_json
+from reprlab.nn.collaborative import cp_relative_error, to_collaborative
+from reprlab.retrieval.dense import DenseRetriever
+from reprlab.retrieval.dpr import DprConfig, run_dpr
+from reprlab.retrieval.pipeline import evaluate_retriever
+from reprlab.text.beir import BeirDataset, load_beir
+from reprlab.train import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("REPRLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
+METRICS = ("ndcg_cut_10", "recall_100")
+
+
+def machine() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        model = platform.processor() or "unknown CPU"
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    return f"{os.cpu_count()} CPU cores, {model}{gpu}"
+
+
+def evaluate(model: SentenceEncoder, data: BeirDataset, max_length: int, batch_size: int) -> dict:
+    model.max_length = max_length
+    retriever = DenseRetriever(model, batch_size=batch_size)
+    start = time.perf_counter()
+    retriever.index_corpus(data.corpus, show_progress=False)
+    seconds = time.perf_counter() - start
+    scores = evaluate_retriever(retriever, data, k=100, metrics=METRICS)
+    return {**{k: round(v, 4) for k, v in scores.items()}, "encode_seconds": round(seconds, 1),
+            "docs_per_s": round(len(data.corpus) / seconds, 1)}
+
+
+def sizes(model: SentenceEncoder) -> dict:
+    info = model_info(model, seq_len=256)
+    return {"params": info.total_params, "attention_params": info.by_block()["attention"]["params"],
+            "gflops_256": round(info.total_flops / 1e9, 3)}
+
+
+def fine_tune(folder: Path, out: Path, data_dir: Path, args, device: str) -> tuple[SentenceEncoder, dict]:
+    """The one DPR recipe for every model; returns the tuned query/passage encoder (shared)."""
+    train = TrainConfig(output_dir=str(out), epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
+                        lr=args.lr, warmup_ratio=0.1, seed=0, device=device, log_every=5)
+    start = time.perf_counter()
+    result = run_dpr(DprConfig(output_dir=str(out), data=str(data_dir), model=str(folder), num_negatives=args.negatives,
+                               query_max_length=64, passage_max_length=args.train_max_length, train=train))
+    seconds = time.perf_counter() - start
+    model = SentenceEncoder.from_pretrained(result.model_dir)
+    return model, {"steps": result.steps, "train_seconds": round(seconds, 1)}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--quick", action="store_true", help="a 200-document slice and 2 fine-tuning steps")
+    p.add_argument("--data", default=str(DATA / "scifact" / "beir"))
+    p.add_argument("--dims", default="192,96", help="collaborative widths D~ to convert to")
+    p.add_argument("--cp-iters", type=int, default=100, help="ALS sweeps of the CP decomposition")
+    p.add_argument("--max-length", type=int, default=256, help="tokens per document at evaluation")
+    p.add_argument("--batch-size", type=int, default=32, help="training batch (queries); encoding uses 32 too")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--negatives", type=int, default=0, help="BM25 hard negatives per query (0 = in-batch only)")
+    p.add_argument("--train-max-length", type=int, default=128, help="passage tokens during fine-tuning")
+    p.add_argument("--parts", default="zero-shot,tuned", help="zero-shot and/or tuned")
+    p.add_argument("--tune", default="minilm,hire,dims", help="models to fine-tune: minilm, hire, dims or widths")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a contended machine)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dims = [int(d) for d in args.dims.split(",") if d]
+    data_dir = Path(args.data)
+    if not (data_dir / "corpus.jsonl").is_file():
+        sys.exit(f"no BEIR folder at {data_dir} (set --data or REPRLAB_SHARED_DATA)")
+    data = load_beir(data_dir, split="test")
+    if args.quick:
+        keep = {d for q in list(data.qrels)[:30] for d in data.qrels[q]}
+        keep |= set(list(data.corpus)[:200])
+        data.corpus = {k: v for k, v in data.corpus.items() if k in keep}
+        data.qrels = {q: data.qrels[q] for q in list(data.qrels)[:30]}
+        dims, args.max_steps, args.max_length, args.cp_iters = dims[-1:], 2, 128, 10
+
+    parts = {x.strip() for x in args.parts.split(",")}
+    tune = [x.strip() for x in args.tune.split(",")]
+    if "dims" in tune:
+        tune = [t for t in tune if t != "dims"] + [str(d) for d in dims]
+    needed = set(dims) if "zero-shot" in parts else {int(t) for t in tune if t.isdigit()}
+
+    rows, tuned_rows = [], []
+    base = SentenceEncoder.from_pretrained("minilm").eval()
+    models = {"minilm": ("MiniLM (softmax, D~=384)", base)}
+    conversion = {}
+    for D in sorted(needed, reverse=True):
+        start = time.perf_counter()
+        enc = to_collaborative(base.encoder, D, n_iter_max=args.cp_iters, dtype=torch.float32).eval()
+        conversion[D] = {"seconds": round(time.perf_counter() - start, 1),
+                         "cp_error_per_layer": [round(cp_relative_error(a.attn, b.attn), 4)
+                                                for a, b in zip(base.encoder.layers, enc.layers)]}
+        models[str(D)] = (f"collaborative D~={D}", SentenceEncoder(enc, base.tokenizer, pooling="mean", normalize=True,
+                                                                  max_length=args.max_length))
+        print(f"converted to D~={D} in {conversion[D]['seconds']}s; CP error per layer "
+              f"{conversion[D]['cp_error_per_layer']}", flush=True)
+    if "zero-shot" in parts:
+        for key in ["minilm"] + [str(D) for D in dims]:
+            name, model = models[key]
+            D = model.encoder.config.attention_kwargs.get("shared_dim", 384)
+            scores = evaluate(model, data, args.max_length, 32)
+            rows.append({"model": name, "shared_dim": D, **sizes(model), **scores,
+                         **({"conversion": conversion[D]} if D in conversion else {})})
+            print(rows[-1], flush=True)
+
+    if "tuned" in parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            for i, key in enumerate(tune):
+                if key == "hire":
+                    name, model = "MiniLM + HIRE pooling", SentenceEncoder.from_pretrained("minilm", pooling="hire")
+                else:
+                    name, model = models[key]
+                folder = tmp / f"start-{i}"
+                model.save_pretrained(folder)
+                tuned, info = fine_tune(folder, tmp / f"tuned-{i}", data_dir, args, args.device)
+                scores = evaluate(tuned, data, args.max_length, 32)
+                tuned_rows.append({"model": name, **info, **sizes(tuned), **scores})
+                print(tuned_rows[-1], flush=True)
+
+    path = REPO / "bench" / "results" / f"scifact_blocks{'-quick' if args.quick else ''}.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    command = "python bench/scifact_blocks.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    stamp = {"date": datetime.date.today().isoformat(), "command": command}
+
+    def merged(key, new_rows):
+        keep = {r["model"]: r for r in old.get(key, [])}
+        keep.update({r["model"]: {**r, **stamp} for r in new_rows})
+        return list(keep.values())
+
+    out = {
+        "benchmark": "scifact_blocks", "machine": machine(), "torch_threads": torch.get_num_threads(),
+        "settings": {k: v for k, v in vars(args).items()}, "docs": len(data.corpus), "queries": len(data.qrels),
+        "zero_shot": merged("zero_shot", rows), "tuned": merged("tuned", tuned_rows),
+    }
+    atomic_write_json(path, out)
+    print(markdown(out))
+    print(f"wrote {path}")
+
+
+def markdown(out: dict) -> str:
+    lines = ["| model | params | attention params | GFLOPs @256 | zero-shot nDCG@10 | R@100 | docs/s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in out["zero_shot"]:
+        lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['attention_params'] / 1e6:.2f}M | "
+                     f"{r['gflops_256']:.2f} | {r['ndcg_cut_10']:.4f} | {r['recall_100']:.4f} | {r['docs_per_s']:.1f} |")
+    if out["tuned"]:
+        lines += ["", "| model, after the same DPR fine-tune | steps | train s | nDCG@10 | R@100 |", "|---|---:|---:|---:|---:|"]
+        for r in out["tuned"]:
+            lines.append(f"| {r['model']} | {r['steps']} | {r['train_seconds']:.0f} | {r['ndcg_cut_10']:.4f} | "
+                         f"{r['recall_100']:.4f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
