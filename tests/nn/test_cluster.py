@@ -23,7 +23,8 @@ def layer(name, **kw):
 
 def softmax_twin(attn):
     ref = ATTENTION["softmax"](H, NH).eval()
-    ref.load_state_dict({k: v for k, v in attn.state_dict().items() if k.split(".")[0] in ("query", "key", "value", "out")})
+    names = ("query", "key", "value", "out")
+    ref.load_state_dict({k: v for k, v in attn.state_dict().items() if k.split(".")[0] in names})
     return ref
 
 

@@ -90,7 +90,8 @@ def test_a_long_context_is_read_in_one_window(tiny_encoder_dir, tmp_path):
     found = reader.answer("Where was the treaty signed?", context, top_k=3, stats=stats)
     assert stats["windows"] == 1 and len(reader.tokenizer.encode_raw([context])[0].ids) > 512
     assert found and all(context[a.start:a.end] == a.text for a in found)
-    windows = build_long_reader(tiny_encoder_dir, small_config(attention="windows", window_length=128, window_stride=32))
+    windows = build_long_reader(tiny_encoder_dir,
+                                small_config(attention="windows", window_length=128, window_stride=32))
     stats = {}
     windows.answer("Where was the treaty signed?", context, stats=stats)
     assert stats["windows"] > 5 and windows.encoder.config.max_position_embeddings == 512

@@ -141,7 +141,7 @@ def windowed_attention(
     if need_weights:
         share = (live[:, :, None] / count[flat].view(B, nW, M))  # (B, nW, M): 1/c_i for live windows
         w = weights.view(B, nW, nh, M, M) * share[:, :, None, :, None]
-        rows = (torch.arange(B, device=dev)[:, None, None, None] * nh + torch.arange(nh, device=dev)[None, None, :, None])
+        rows = torch.arange(B, device=dev)[:, None, None, None] * nh + torch.arange(nh, device=dev)[None, None, :, None]
         qi = idx[:, :, None, :].expand(B, nW, nh, M)  # (B, nW, nh, M) query positions
         dense = w.new_zeros(B * nh * (T + 1), T + 1)
         dense.index_put_((((rows * (T + 1)) + qi)[..., None].expand(B, nW, nh, M, M).reshape(-1),
@@ -168,7 +168,10 @@ def kmeans(
         closest = ((x - x[chosen[0]]) ** 2).sum(1)
         for _ in range(1, k):
             p = closest.cpu() / closest.sum().clamp_min(1e-12).cpu()
-            nxt = int(torch.multinomial(p, 1, generator=g)) if float(p.sum()) > 0 else int(torch.randint(N, (1,), generator=g))
+            if float(p.sum()) > 0:
+                nxt = int(torch.multinomial(p, 1, generator=g))
+            else:  # every point is a chosen one already
+                nxt = int(torch.randint(N, (1,), generator=g))
             chosen.append(nxt)
             closest = torch.minimum(closest, ((x - x[nxt]) ** 2).sum(1))
         c = x[chosen].clone()
@@ -203,7 +206,8 @@ class WindowedAttention(nn.Module):
         super().__init__()
         unknown = sorted(set(options) - set(OPTIONS))
         if unknown:
-            raise ConfigError(f"{self.registry_name} attention got unknown options {unknown}; it takes {', '.join(OPTIONS)}")
+            raise ConfigError(f"{self.registry_name} attention got unknown options {unknown}; "
+                              f"it takes {', '.join(OPTIONS)}")
         if hidden_size % num_heads:
             raise ConfigError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
         stride = max(1, window // 2) if stride is None else stride
@@ -263,7 +267,8 @@ class ClusterFormerAttention(WindowedAttention):
         if not 1 <= self.cluster_stride <= self.cluster_window:
             raise ConfigError(f"need 1 <= cluster_stride <= cluster_window, got {self.cluster_stride}, "
                               f"{self.cluster_window}")
-        if num_clusters < 1 or memory_size < num_clusters or memory_per_step < 1 or refresh_every < 1 or kmeans_iters < 0:
+        if (num_clusters < 1 or memory_size < num_clusters or memory_per_step < 1 or refresh_every < 1
+                or kmeans_iters < 0):
             raise ConfigError(f"need num_clusters >= 1, memory_size >= num_clusters, memory_per_step >= 1, "
                               f"refresh_every >= 1, kmeans_iters >= 0; got {num_clusters}, {memory_size}, "
                               f"{memory_per_step}, {refresh_every}, {kmeans_iters}")

@@ -1,0 +1,365 @@
+"""Cluster-Former benchmark: cost of long inputs, and QA over all HotpotQA paragraphs without windows.
+
+Part ``timing``: one forward pass (batch 1, MiniLM-L6 sizes, random weights, 1 thread) of four
+encoders at 512 / 1k / 2k / 4k / 8k tokens, each setting in a fresh subprocess: wall time (fastest
+of ``--repeats``, one pass above 2k tokens) and peak memory (VmHWM, reset through
+/proc/self/clear_refs after the model is built, minus the resident size then; on CUDA
+``max_memory_allocated``).
+
+* ``full (SDPA)``: softmax attention in every layer through ``scaled_dot_product_attention``;
+  on CPU PyTorch picks its fused flash kernel, which tiles the scores: time grows as T^2, memory not;
+* ``full (math)``: the same with the math kernel, which builds the (nh, T, T) scores as BERT does
+  (run up to 4k tokens: at 8k one copy of the scores is 3.2 GB);
+* ``sliding-window``: every layer a sliding-window layer (window 256, stride 128, 66-token prefix);
+* ``cluster-former``: sliding-window layers with Cluster-Former layers at 2 and 4 (16 clusters,
+  chunks of 256; centroids fitted on the input first, outside the timing).
+
+Part ``qa``: answer EM/F1 on long HotpotQA inputs (../shared/data/hotpotqa_dev500_ircot: a question
+and all ~10 of its paragraphs as one sequence, ~1,200 word pieces on average, up to ~3,000; split
+by question id as the multi-hop issue: 291 train / 129 eval questions with extractive answers,
+yes/no questions left out). Little training data exists, so every reader first learns extractive
+QA on the train side of XQuAD-en (876 SQuAD v1.1 questions, 1 epoch, windows of 384), then each is
+fine-tuned on the first ``--train-questions`` HotpotQA train questions (1 epoch) and evaluated on all
+129 eval questions:
+
+* ``windows``: the plain reader, 384-token windows with stride 128 (and, for reference, the same
+  SQuAD reader without the HotpotQA step);
+* ``softmax``: full attention over the whole input (positions tiled from 512 to 4,096);
+* ``cluster-former``: as in the timing part, centroids calibrated on 16 training inputs, refitted
+  every 50 training forwards;
+* ``sliding-window`` (``--encoders``, not run by default): the paper's local-only ablation.
+
+    flock /tmp/reprlab-heavy.lock python bench/clusterformer.py --part timing   # ~5 min
+    flock /tmp/reprlab-heavy.lock python bench/clusterformer.py --part qa --encoders windows softmax   # ~27 min
+    flock /tmp/reprlab-heavy.lock python bench/clusterformer.py --part qa --reuse   # + cluster-former, ~10 min
+    python bench/clusterformer.py --quick                                       # smoke run (~2 min)
+    python bench/clusterformer.py --part report --append                        # table + plot from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+SQUAD = DATA / "squad_v1.1_dev_xquad_en" / "xquad.en.json"
+HOTPOT = DATA / "hotpotqa_dev500_ircot" / "dev_subsampled.jsonl"
+KINDS = ("full (SDPA)", "full (math)", "sliding-window", "cluster-former")
+LENGTHS = (512, 1024, 2048, 4096, 8192)
+MATH_LIMIT = 4096
+WINDOW, STRIDE, PREFIX, CLUSTERS, CLUSTER_LAYERS = 256, 128, 66, 16, (2, 4)
+
+
+def machine() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        model = platform.processor() or "unknown CPU"
+    return f"{os.cpu_count()} CPU cores, {model}, torch {torch.__version__}"
+
+
+# ------------------------------------------------------------------------------------------------
+# timing: one setting per subprocess
+
+
+def _status(key: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
+def encoder_for(kind: str, length: int):
+    from reprlab.encoder import Encoder, EncoderConfig
+
+    names = None
+    if kind in ("sliding-window", "cluster-former"):
+        names = ["sliding-window"] * 6
+        if kind == "cluster-former":
+            for i in CLUSTER_LAYERS:
+                names[i] = "cluster-former"
+    kwargs = dict(window=WINDOW, stride=STRIDE, global_prefix=PREFIX, num_clusters=CLUSTERS) if names else {}
+    config = EncoderConfig.minilm_l6(max_position_embeddings=max(512, length), layer_attention=names,
+                                     attention_kwargs=kwargs, hidden_dropout=0.0, attention_dropout=0.0)
+    torch.manual_seed(0)
+    return Encoder(config).eval()
+
+
+def measure(kind: str, length: int, device: str, repeats: int) -> dict:
+    """Time and peak memory of one forward pass of ``kind`` at ``length`` tokens (run in a subprocess)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from reprlab.nn.cluster import calibrate_centroids
+
+    warnings.filterwarnings("ignore")
+    dev = torch.device(device)
+    enc = encoder_for(kind, length).to(dev)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1000, 29000, (1, length), generator=g).to(dev)
+    mask = torch.ones_like(ids)
+    kernel = sdpa_kernel(SDPBackend.MATH) if kind == "full (math)" else contextlib.nullcontext()
+    with torch.inference_mode(), kernel:
+        calibrate_centroids(enc, [(ids, mask)], lambda m, b: m(*b))  # no-op without cluster layers
+        enc(ids[:, :256], mask[:, :256])  # warm-up (kernels, allocator)
+        times, peaks = [], []
+        for _ in range(repeats):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            else:
+                open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
+                base = _status("VmRSS")
+            t0 = time.perf_counter()
+            out = enc(ids, mask).last_hidden_state
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+            peaks.append((torch.cuda.max_memory_allocated() if dev.type == "cuda" else _status("VmHWM")) - base)
+            del out
+    return {"kind": kind, "tokens": length, "seconds": min(times), "peak_mb": max(peaks) / 2**20}
+
+
+def run_timing(args) -> list[dict]:
+    rows = []
+    for length in args.lengths:
+        for kind in KINDS:
+            if kind == "full (math)" and length > MATH_LIMIT:
+                rows.append({"kind": kind, "tokens": length, "seconds": None, "peak_mb": None,
+                             "note": f"not run: one copy of the scores is {12 * length * length * 4 / 2**30:.1f} GB"})
+                continue
+            repeats = args.repeats if length <= 2048 else 1
+            cmd = [sys.executable, __file__, "--measure", kind, str(length), "--device", args.device,
+                   "--repeats", str(repeats), "--threads", str(args.threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+            if proc.returncode != 0:
+                why = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+                rows.append({"kind": kind, "tokens": length, "seconds": None, "peak_mb": None,
+                             "note": f"failed: {why}"})
+            else:
+                rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            r = rows[-1]
+            print(f"  {kind:16s} {length:5d} tokens: "
+                  + (f"{r['seconds']:.3f} s, {r['peak_mb']:.0f} MB" if r["seconds"] is not None else r["note"]),
+                  flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# QA
+
+
+def run_qa(args) -> dict:
+    from reprlab.qa.long_reader import (
+        LongReaderConfig, LongReaderTrainingConfig, build_long_reader, evaluate_long_reader, load_long_hotpotqa,
+        run_long_reader_training,
+    )
+    from reprlab.qa.reader import ReaderConfig, ReaderTrainingConfig, run_reader_training
+
+    work = args.work_dir
+    results: dict = {"stages": {}}
+    t0 = time.perf_counter()
+    squad_dir = work / "squad" / "model"
+    if args.reuse and squad_dir.is_dir():
+        saved = work / "squad" / "eval.json"
+        squad_metrics = json.loads(saved.read_text()) if saved.is_file() else None
+    else:
+        cfg = ReaderTrainingConfig(
+            output_dir=str(work / "squad"), data=[str(SQUAD)], eval_fraction=0.3,
+            reader=ReaderConfig(max_length=384, stride=128), epochs=args.squad_epochs, max_steps=args.squad_steps,
+            batch_size=16, lr=1e-4, seed=args.seed, device=args.device, evaluate=not args.quick)
+        squad_metrics = run_reader_training(cfg).eval_metrics
+    results["stages"]["squad"] = {"seconds": time.perf_counter() - t0,
+                                  "eval": next(iter(squad_metrics.values())) if squad_metrics else None}
+    print(f"stage 1 (XQuAD train side): {results['stages']['squad']}", flush=True)
+
+    data = load_long_hotpotqa(HOTPOT)
+    eval_ex = data.eval[: args.eval_questions] if args.eval_questions else data.eval
+    results["data"] = {"train_questions": len(data.train), "eval_questions": len(data.eval),
+                       "used_train": min(args.train_questions or len(data.train), len(data.train)),
+                       "used_eval": len(eval_ex), "skipped": data.skipped}
+    rows = []
+    # the SQuAD reader as it is, with windows: how much the HotpotQA step adds
+    cached = work / "squad" / "long_eval.json"
+    if args.reuse and cached.is_file():
+        m = json.loads(cached.read_text())
+    else:
+        base = build_long_reader(squad_dir, LongReaderConfig(attention="windows")).to(args.device)
+        m = evaluate_long_reader(base, eval_ex)
+        cached.write_text(json.dumps(m, indent=2) + "\n")
+    rows.append({"reader": "windows (SQuAD only)", "train_seconds": 0.0, **m})
+    print(f"  {rows[-1]['reader']}: F1 {m['f1']:.2f} EM {m['exact_match']:.2f}", flush=True)
+    for name in args.encoders:
+        out = work / name
+        if args.reuse and (out / "eval.json").is_file():
+            metrics = json.loads((out / "eval.json").read_text())
+        else:
+            cfg = LongReaderTrainingConfig(
+                output_dir=str(out), data=str(HOTPOT), model=str(squad_dir),
+                reader=LongReaderConfig(attention=name, window=WINDOW, stride=STRIDE, num_clusters=CLUSTERS,
+                                        cluster_layers=list(CLUSTER_LAYERS)),
+                max_train_examples=args.train_questions, max_eval_examples=args.eval_questions,
+                epochs=1.0, max_steps=args.qa_steps, batch_size=4, grad_accum=4, lr=args.lr, seed=args.seed,
+                device=args.device)
+            metrics = run_long_reader_training(cfg).eval_metrics
+        train_seconds = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["elapsed"]
+        rows.append({"reader": name, "train_seconds": train_seconds, **metrics})
+        print(f"  {name}: F1 {metrics['f1']:.2f} EM {metrics['exact_match']:.2f} "
+              f"({metrics['seconds_per_question']:.2f} s/question)", flush=True)
+    results["rows"] = rows
+    results["seconds"] = time.perf_counter() - t0
+    return results
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+
+
+def timing_table(rows: list[dict]) -> str:
+    lengths = sorted({r["tokens"] for r in rows})
+    out = ["| encoder | " + " | ".join(f"{n} tok" for n in lengths) + " |", "|---|" + "---|" * len(lengths)]
+    for kind in KINDS:
+        cells = []
+        for n in lengths:
+            r = next((r for r in rows if r["kind"] == kind and r["tokens"] == n), None)
+            ok = r is not None and r["seconds"] is not None
+            cells.append(f"{r['seconds']:.2f} s / {r['peak_mb']:.0f} MB" if ok else "n/a")
+        out.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def qa_table(qa: dict) -> str:
+    out = ["| reader | windows / question | EM | F1 | s / question | train time |", "|---|---|---|---|---|---|"]
+    for r in qa["rows"]:
+        train = "-" if not r.get("train_seconds") else f"{r['train_seconds'] / 60:.1f} min"
+        out.append(f"| {r['reader']} | {r['windows_per_question']:.2f} | {r['exact_match']:.2f} | {r['f1']:.2f} "
+                   f"| {r['seconds_per_question']:.2f} | {train} |")
+    return "\n".join(out)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for kind, style in zip(KINDS, ("o-", "s--", "^-", "D-")):
+        pts = sorted((r["tokens"], r["seconds"], r["peak_mb"]) for r in rows if r["kind"] == kind and r["seconds"])
+        if not pts:
+            continue
+        n, s, m = zip(*pts)
+        axes[0].plot(n, s, style, label=kind)
+        axes[1].plot(n, [max(x, 1.0) for x in m], style, label=kind)
+    for ax, title in zip(axes, ("forward time (s)", "peak memory above the model (MB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("tokens (batch 1)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("MiniLM-L6 sizes, one forward pass")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def section(result: dict, png: Path) -> str:
+    lines = [f"## Cluster-Former: long inputs (`bench/clusterformer.py`)", "",
+             f"Machine: {result['machine']} ({result.get('threads')} threads); device {result['device']}; "
+             f"date {result['date']}.", ""]
+    if result.get("timing"):
+        lines += ["One forward pass, batch 1, MiniLM-L6 sizes, time / peak memory above the built model "
+                  "(fresh process per cell):", "", timing_table(result["timing"]), "",
+                  f"![time and memory]({png.relative_to(REPO)})", ""]
+    if result.get("qa"):
+        qa = result["qa"]
+        d = qa["data"]
+        lines += [f"HotpotQA, all paragraphs of a question as one input; eval side: {d['used_eval']} questions "
+                  f"(yes/no questions left out: {d['skipped']['yes/no']} of 500); every reader learned on "
+                  f"XQuAD-en's train side first, then on {d['used_train']} of the {d['train_questions']} HotpotQA "
+                  "train questions (little data: absolute scores are low and differences of a few points are "
+                  "within noise):", "", qa_table(qa), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=["timing", "qa", "all", "report"], default="all")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--quick", action="store_true", help="smoke run: short inputs, a few steps and questions")
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on the shared 2-core machine two OpenMP threads stall each "
+                             "other when another process runs)")
+    parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "clusterformer")
+    parser.add_argument("--reuse", action="store_true", help="reuse trained models / eval.json in --work-dir")
+    parser.add_argument("--encoders", nargs="+", default=["windows", "softmax", "cluster-former"],
+                        choices=["windows", "softmax", "sliding-window", "cluster-former"])
+    parser.add_argument("--squad-epochs", type=float, default=1.0)
+    parser.add_argument("--squad-steps", type=int, default=None)
+    parser.add_argument("--train-questions", type=int, default=120, help="HotpotQA train questions used (0 = all)")
+    parser.add_argument("--eval-questions", type=int, default=None, help="first N eval questions (default all)")
+    parser.add_argument("--qa-steps", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "clusterformer.json")
+    parser.add_argument("--append", action="store_true", help="append the section to BENCHMARKS.md")
+    parser.add_argument("--measure", nargs=2, metavar=("KIND", "TOKENS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.measure:
+        print(json.dumps(measure(args.measure[0], int(args.measure[1]), args.device, args.repeats)))
+        return
+    if args.quick:
+        args.lengths = [256, 512, 1024]
+        args.repeats = 1
+        args.squad_steps, args.qa_steps, args.train_questions, args.eval_questions = 4, 2, 8, 6
+        args.work_dir = args.work_dir.with_name(args.work_dir.name + "-quick")
+        args.out = args.out.with_name("clusterformer-quick.json")
+    args.train_questions = args.train_questions or None
+    logging.getLogger("reprlab").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="initialised fresh")
+
+    result = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    result.update(benchmark="clusterformer", machine=machine(), device=args.device, threads=args.threads,
+                  date=datetime.date.today().isoformat())
+    if args.part in ("timing", "all"):
+        print("timing:", flush=True)
+        result["timing"] = run_timing(args)
+        result["timing_command"] = " ".join(["python", "bench/clusterformer.py"] + (argv or sys.argv[1:]))
+    if args.part in ("qa", "all"):
+        print("qa:", flush=True)
+        result["qa"] = run_qa(args)
+        result["qa_command"] = " ".join(["python", "bench/clusterformer.py"] + (argv or sys.argv[1:]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    png = args.out.with_suffix(".png")
+    if result.get("timing"):
+        plot(result["timing"], png)
+        print("\n" + timing_table(result["timing"]))
+    if result.get("qa"):
+        print("\n" + qa_table(result["qa"]))
+    if args.append:
+        with open(REPO / "BENCHMARKS.md", "a") as f:
+            f.write("\n" + section(result, png) + "\n")
+
+
+if __name__ == "__main__":
+    main()
