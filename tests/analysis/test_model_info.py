@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from reprlab.analysis.model_info import config_from_name, model_info
 from reprlab.encoder import Encoder, EncoderConfig, SentenceEncoder

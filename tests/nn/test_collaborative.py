@@ -11,7 +11,6 @@ from reprlab.nn.collaborative import (
     collaborative_from_softmax,
     cp_factors,
     cp_relative_error,
-    query_key_tensor,
     svd_init,
     to_collaborative,
 )
@@ -121,3 +120,11 @@ def test_conversion_refuses_what_it_cannot_convert():
         collaborative_from_softmax(ATTENTION["softmax"](32, 4), 8, method="concatenate")
     with pytest.raises(ConfigError, match="shared_dim"):
         CollaborativeAttention(32, 4, shared_dim=0)
+
+
+def test_pruned_encoders_are_refused():
+    pruned = Encoder(EncoderConfig.tiny(layer_heads=[2, 4]))
+    with pytest.raises(ConfigError, match="pruned"):
+        to_collaborative(pruned, 8)
+    with pytest.raises(ConfigError, match="pruned"):
+        collaborative_from_softmax(pruned.layers[0].attn, 8)

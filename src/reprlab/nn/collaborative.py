@@ -11,9 +11,10 @@ and one key projection of width ``D~`` (``shared_dim``) and give each head ``h``
 
 ``c_h`` is the *key content bias* (what remains of the query bias once the terms that are constant
 along a softmax row are dropped). Values and the output projection are unchanged. A trained layer
-converts exactly: stack ``Wq_h Wk_h^T`` of all heads into a (d, heads, d) tensor and take its CP
-decomposition of rank ``D~`` (tensorly's PARAFAC; the ``cp`` extra); the three factors are
-``Wq~``, the mixing matrix and ``Wk~``. At ``D~ = heads * d_head`` the concatenated heads are
+converts: stack ``Wq_h^T Wk_h`` of all heads into a (d, heads, d) tensor and take its CP
+decomposition of rank ``D~`` (alternating least squares: our torch implementation, tested against
+tensorly's ``parafac``, which the ``cp`` extra installs); the three factors are ``Wq~``, the mixing
+matrix and ``Wk~``. At ``D~ = heads * d_head`` the concatenated heads are
 themselves such a decomposition and are copied as they are (exact); below it the CP fit is an
 approximation that the paper re-tunes. The key bias drops out of the softmax; the query bias
 folds into ``c_h = Wk_h^T bq_h``, as in the paper.
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reprlab.errors import ConfigError, require
-from reprlab.nn.attention import ATTENTION, eager_attention, key_mask, merge_heads, register_attention, split_heads
+from reprlab.nn.attention import ATTENTION, key_mask, merge_heads, register_attention, split_heads
 
 MIXING_INITS = ("uniform", "concatenate", "ones")
 
@@ -152,8 +153,9 @@ def collaborative_from_softmax(
     nh = attn.num_heads
     d_in = attn.query.in_features
     full = attn.query.out_features
-    hidden = attn.value.out_features
-    new = CollaborativeAttention(hidden, nh, dropout=attn.dropout, shared_dim=shared_dim, mixing_init="concatenate")
+    if full != d_in or attn.value.out_features != d_in:
+        raise ConfigError(f"cannot convert a head-pruned layer ({nh} heads, query width {full} != hidden {d_in})")
+    new = CollaborativeAttention(d_in, nh, dropout=attn.dropout, shared_dim=shared_dim, mixing_init="concatenate")
     new.to(attn.query.weight.device, attn.query.weight.dtype)
     if method == "concatenate" and shared_dim != full:
         raise ConfigError(f"method 'concatenate' needs shared_dim == {full} (the layer's query width)")
@@ -291,6 +293,8 @@ def to_collaborative(encoder: nn.Module, shared_dim: int, method: str = "auto", 
     """
     config = encoder.config
     names = list(config.layer_attention or [config.attention] * config.num_layers)
+    if config.layer_heads is not None:
+        raise ConfigError("to_collaborative cannot convert a head-pruned encoder (layer_heads is set)")
     if any(name != "softmax" for name in names):
         raise ConfigError(f"to_collaborative converts softmax layers only; this encoder has {sorted(set(names))}")
     from reprlab.logs import progress
@@ -305,5 +309,5 @@ def to_collaborative(encoder: nn.Module, shared_dim: int, method: str = "auto", 
 
 __all__ = [
     "CollaborativeAttention", "collaborative_from_softmax", "cp_factors", "cp_relative_error", "query_key_tensor",
-    "to_collaborative", "ATTENTION",
+    "to_collaborative",
 ]
