@@ -124,3 +124,13 @@ def test_bad_memory_settings_are_config_errors():
         EncoderConfig.tiny(num_memory_tokens=2, memory_mode="both")
     with pytest.raises(ConfigError, match="num_memory_tokens"):
         EncoderConfig.tiny(num_memory_tokens=-1)
+
+
+def test_importing_the_encoder_completes_the_registries():
+    import subprocess
+    import sys
+
+    code = ("import reprlab.encoder\nfrom reprlab.nn.attention import ATTENTION\nfrom reprlab.nn.pooling import POOLING\n"
+            "print(len(ATTENTION), 'synthesizer-random+dot' in ATTENTION, 'collaborative' in ATTENTION, 'hire' in POOLING)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(len(ATTENTION)), "True", "True", "True"]
