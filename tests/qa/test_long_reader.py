@@ -13,7 +13,6 @@ from reprlab.qa.long_reader import (
     LongReaderConfig, LongReaderTrainingConfig, build_long_reader, extend_position_embeddings, load_long_hotpotqa,
     load_long_reader, run_long_reader_training,
 )
-from tests.conftest import shared_path
 
 FILLER = ("The committee met again in the spring and discussed the budget, the roads and the old library at "
           "length before adjourning. ")
@@ -135,8 +134,8 @@ def test_recipe_evaluates_on_the_eval_side(tiny_encoder_dir, tmp_path):
     assert result.eval_metrics["windows_per_question"] == 1.0 and 0 <= result.eval_metrics["f1"] <= 100
 
 
-def test_real_hotpotqa_long_examples():
-    path = shared_path("hotpotqa_dev500_ircot", "dev_subsampled.jsonl")
+def test_real_hotpotqa_long_examples(shared_data):
+    path = shared_data("hotpotqa_dev500_ircot", "dev_subsampled.jsonl")
     data = load_long_hotpotqa(path)
     assert (len(data.train), len(data.eval)) == (291, 129)
     assert data.skipped == {"yes/no": 80, "not found": 0}  # 344 train / 156 eval questions before
