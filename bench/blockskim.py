@@ -5,19 +5,21 @@ articles) split by article with ``reprlab.qa.squad.hash_split`` (eval fraction 0
 eval questions, 13 eval articles); the train side of HotpotQA answers found in their supporting
 paragraphs (../shared/data/hotpotqa_dev500_ircot, same rule by question id) is added to training.
 That is about 1,200 training questions, ~1% of SQuAD's 88k: absolute scores are far below a
-SQuAD-trained reader's, and the comparison between the two readers is what this measures.
+SQuAD-trained reader's, and the comparison between the readers is what this measures.
 
-Both readers start from all-MiniLM-L6-v2 and train with the same recipe (``run_reader_training``,
-same steps, seed and order); the Block Skim reader adds skim predictors after ``--train-layers`` and
-the joint loss. Evaluation: the eval split, one question at a time (all its windows in one batch;
-max_length 384, stride 128), EM/F1 as the official SQuAD v1.1 script, wall time per question
-(tokenization + model + decoding), fastest of ``--repeats`` interleaved passes. Block Skim is timed
-for every (skim layers, threshold) pair; threshold 0 keeps every block. "slots" is the fraction of
-(token x layer) slots the model ran, relative to the full sequence.
+All readers start from all-MiniLM-L6-v2 and train with the same recipe (``run_reader_training``,
+same steps, seed and batches); each Block Skim reader (one per ``--variants`` predictor input: the
+paper's diagonal blocks, and diagonal blocks + question attention) adds skim predictors after
+``--train-layers`` and the joint loss. Evaluation: the eval split, one question at a time (all its
+windows in one batch; max_length 384, stride 128), EM/F1 as the official SQuAD v1.1 script, wall
+and CPU time per question (tokenization + model + decoding, one torch thread), fastest of
+``--repeats`` interleaved passes. Block Skim is timed for every (skim layers, threshold) pair;
+threshold 0 keeps every block. "slots" is the fraction of (token x layer) slots the model ran,
+relative to the full sequence.
 
-    flock /tmp/reprlab-heavy.lock python bench/blockskim.py             # full run (~30-40 min on 2 cores)
-    python bench/blockskim.py --quick                                    # smoke run (~2 min)
-    python bench/blockskim.py --reuse --append                           # re-evaluate saved models, record
+    flock /tmp/reprlab-heavy.lock python bench/blockskim.py        # full run: 3 trainings, 2 at a time
+    python bench/blockskim.py --quick                               # smoke run (~3 min)
+    python bench/blockskim.py --reuse --append                      # re-evaluate saved models, record
 """
 
 from __future__ import annotations
@@ -57,11 +59,14 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores, {model}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
-def _train_one(name: str, cfg: ReaderTrainingConfig, skim: BlockSkimConfig, threads: int) -> float:
+VARIANT_DIRS = {"diagonal": "blockskim-diagonal", "diagonal+question": "blockskim-question"}
+
+
+def _train_one(name: str, cfg: ReaderTrainingConfig, skim: BlockSkimConfig | None, threads: int) -> float:
     torch.set_num_threads(threads)
     logging.getLogger("reprlab").setLevel(logging.WARNING)
     t0 = time.perf_counter()
-    if name == "plain":
+    if skim is None:
         run_reader_training(cfg)
     else:
         run_block_skim_training(cfg, skim)
@@ -71,30 +76,33 @@ def _train_one(name: str, cfg: ReaderTrainingConfig, skim: BlockSkimConfig, thre
 
 
 def train_models(args, work: Path, reader_cfg: ReaderConfig) -> dict[str, float]:
-    """Train (or reuse) the plain and the Block Skim reader, side by side in two processes (one
-    thread each) unless ``--sequential``; returns the training wall times."""
+    """Train (or reuse) the plain reader and one Block Skim reader per ``--variants`` entry, two at a
+    time in separate processes (one thread each) unless ``--sequential``; returns training wall times."""
     data = [str(SQUAD)] + ([str(HOTPOT)] if args.hotpotqa else [])
     common = dict(data=data, model="minilm", eval_fraction=args.eval_fraction, reader=reader_cfg,
                   epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                   seed=args.seed, device=args.device, evaluate=False, checkpoint_every=args.checkpoint_every)
-    skim = BlockSkimConfig(block_size=args.block_size, skim_layers=args.train_layers, keep_weight=args.keep_weight,
-                           skim_weight=args.skim_weight)
+    todo = {"plain": None}
+    for features in args.variants:
+        todo[VARIANT_DIRS[features]] = BlockSkimConfig(
+            block_size=args.block_size, skim_layers=args.train_layers, keep_weight=args.keep_weight,
+            skim_weight=args.skim_weight, features=features, predictor_lr_scale=args.predictor_lr_scale)
     times, jobs = {}, {}
-    for name in ("plain", "blockskim"):
+    for name, skim in todo.items():
         out = work / name
         if args.reuse and (out / "model" / "model.safetensors").is_file():
             saved = out / "train_time.json"
             times[name] = json.loads(saved.read_text())["seconds"] if saved.is_file() else float("nan")
             continue
         cfg = ReaderTrainingConfig(output_dir=str(out), resume=(out / "checkpoints").is_dir(), **common)
-        jobs[name] = cfg
+        jobs[name] = (cfg, skim)
     if args.sequential or len(jobs) < 2:
-        for name, cfg in jobs.items():
+        for name, (cfg, skim) in jobs.items():
             times[name] = _train_one(name, cfg, skim, args.threads or torch.get_num_threads())
     else:
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
-            futures = {name: pool.submit(_train_one, name, cfg, skim, 1) for name, cfg in jobs.items()}
+            futures = {name: pool.submit(_train_one, name, cfg, skim, 1) for name, (cfg, skim) in jobs.items()}
             times.update({name: f.result() for name, f in futures.items()})
     for name in jobs:
         print(f"trained {name} in {times[name] / 60:.1f} min", flush=True)
@@ -127,13 +135,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-length", type=int, default=384)
     parser.add_argument("--stride", type=int, default=128)
     parser.add_argument("--block-size", type=int, default=32)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANT_DIRS), default=list(VARIANT_DIRS),
+                        help="Block Skim predictor inputs to train and compare")
     parser.add_argument("--train-layers", type=int, nargs="+", default=[0, 1, 2],
                         help="layers that get a skim predictor in training")
-    parser.add_argument("--skim-layers", nargs="+", default=["0", "1", "2"],
+    parser.add_argument("--skim-layers", nargs="+", default=["1", "2", "1,2"],
                         help="skim-layer sets to evaluate, e.g. 1 0,2 (each a subset of --train-layers)")
-    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7])
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7, 0.9])
     parser.add_argument("--keep-weight", type=float, default=5.0)
     parser.add_argument("--skim-weight", type=float, default=1.0)
+    parser.add_argument("--predictor-lr-scale", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=1, help="interleaved timing passes (fastest is kept)")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N eval questions")
     parser.add_argument("--threads", type=int, default=1,
@@ -169,13 +180,14 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     plain = Reader.from_pretrained(args.work_dir / "plain" / "model").to(device).eval()
     skimmers = {}
-    for layers in skim_sets:
-        skim = BlockSkimConfig(block_size=args.block_size, skim_layers=layers, threshold=0.0)
-        skimmers[tuple(layers)] = BlockSkimReader.from_pretrained(args.work_dir / "blockskim" / "model",
-                                                                  skim=skim).to(device).eval()
     configs = [("plain", None, None)]
-    for k, layers in enumerate(skimmers):  # threshold 0 runs no skipping: once is enough
-        configs += [("blockskim", layers, t) for t in args.thresholds if t > 0 or k == 0]
+    for features in args.variants:
+        folder = args.work_dir / VARIANT_DIRS[features] / "model"
+        for k, layers in enumerate(skim_sets):
+            skim = BlockSkimConfig(block_size=args.block_size, skim_layers=layers, threshold=0.0, features=features)
+            skimmers[(features, tuple(layers))] = BlockSkimReader.from_pretrained(folder, skim=skim).to(device).eval()
+            # threshold 0 skips nothing: once per variant is enough
+            configs += [(features, tuple(layers), t) for t in args.thresholds if t > 0 or k == 0]
     best = {c: float("inf") for c in configs}
     best_cpu = {c: float("inf") for c in configs}
     results = {}
@@ -184,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         for rep in range(args.repeats):
             for c in configs if rep % 2 == 0 else configs[::-1]:
                 name, layers, threshold = c
-                model = plain if name == "plain" else skimmers[layers]
+                model = plain if name == "plain" else skimmers[(name, layers)]
                 if name != "plain":
                     model.skim_config.threshold = threshold
                 predictions, seconds, cpu, stats = timed_pass(model, examples)
@@ -195,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
                     full = stats.get("windows", 0)
                     slots = stats.get("layer_slots")
                     results[c] = {
-                        "reader": name, "skim_layers": list(layers) if layers else None, "threshold": threshold,
+                        "reader": "plain" if name == "plain" else f"Block Skim ({name})", "skim_layers": list(layers) if layers else None, "threshold": threshold,
                         "exact_match": round(m["exact_match"], 2), "f1": round(m["f1"], 2),
                         "slots": round(sum(slots) / (len(slots) * slots[0]), 3) if slots else 1.0,
                         "windows": full,
@@ -213,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
     plain_f1 = rows[0]["f1"]
     ok = [r for r in rows[1:] if r["speedup"] >= 1.5 and r["f1"] >= plain_f1 - 1.0]
+    ok_cpu = [r for r in rows[1:] if r["cpu_speedup"] >= 1.5 and r["f1"] >= plain_f1 - 1.0]
     result = {
         "command": "python bench/blockskim.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(), "date": datetime.date.today().isoformat(), "device": args.device,
@@ -221,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "train_minutes": {k: round(v / 60, 2) for k, v in train_times.items()},
         "total_minutes": round((time.perf_counter() - t_start) / 60, 2),
-        "rows": rows, "goal_met_by": ok,
+        "rows": rows, "goal_met_by": ok, "goal_met_by_cpu_time": ok_cpu,
     }
     atomic_write_json(args.out, result)
     print(table(result))
@@ -259,19 +272,20 @@ def plot(result: dict, path: Path) -> None:
     plain = rows[0]
     fig, ax = plt.subplots(figsize=(6, 4.2))
     groups: dict[str, list] = {}
-    no_skip = [r for r in rows[1:] if r["threshold"] == 0]
     for r in rows[1:]:
         if r["threshold"] > 0:
-            groups.setdefault(",".join(map(str, r["skim_layers"])), list(no_skip)).append(r)
-    for layers, rs in groups.items():
-        ax.plot([r["speedup"] for r in rs], [r["f1"] for r in rs], "o-", label=f"Block Skim after layer {layers}")
+            no_skip = [x for x in rows[1:] if x["threshold"] == 0 and x["reader"] == r["reader"]]
+            key = f"{r['reader']}, skim after layer {','.join(map(str, r['skim_layers']))}"
+            groups.setdefault(key, list(no_skip)).append(r)
+    for label, rs in groups.items():
+        ax.plot([r["cpu_speedup"] for r in rs], [r["f1"] for r in rs], "o-", label=label)
         for r in rs:
-            ax.annotate(f"{r['threshold']:g}", (r["speedup"], r["f1"]), textcoords="offset points", xytext=(4, 4),
-                        fontsize=8)
+            ax.annotate(f"{r['threshold']:g}", (r["cpu_speedup"], r["f1"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7)
     ax.plot([1.0], [plain["f1"]], "k*", markersize=12, label="plain reader")
     ax.axhline(plain["f1"] - 1.0, color="grey", linestyle=":", label="plain F1 - 1")
     ax.axvline(1.5, color="grey", linestyle="--", label="1.5x")
-    ax.set_xlabel("speedup over the plain reader (wall time per question)")
+    ax.set_xlabel("speedup over the plain reader (CPU time per question, 1 thread)")
     ax.set_ylabel("F1 (XQuAD-en eval split)")
     ax.set_title(f"MiniLM-L6 reader, {result['eval_questions']} questions, "
                  f"{sum(result['train_questions'].values())} training questions")
@@ -279,6 +293,13 @@ def plot(result: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"wrote {path}")
+
+
+def goal(rows: list[dict], key: str) -> str:
+    if not rows:
+        return "not met in this run"
+    return "met by " + ", ".join(f"{r['reader']} after layer {','.join(map(str, r['skim_layers']))} "
+                                 f"t={r['threshold']:g} ({r[key]:.2f}x, F1 {r['f1']:.2f})" for r in rows)
 
 
 def append_section(result: dict) -> None:
@@ -291,28 +312,27 @@ def append_section(result: dict) -> None:
         "",
         f"Command: `flock /tmp/reprlab-heavy.lock {result['command']}` (from the repo root). "
         f"Machine: {result['machine']}, no GPU. Date: {result['date']}. Total {result['total_minutes']:.0f} min "
-        f"(training: plain {result['train_minutes'].get('plain', 'n/a')} min, Block Skim "
-        f"{result['train_minutes'].get('blockskim', 'n/a')} min).",
+        "(training wall minutes, two at a time: " + ", ".join(f"{k} {v}" for k, v in result["train_minutes"].items())
+        + ").",
         "",
         f"**Little training data**: {tq['squad']} SQuAD questions (train side of the article split) + "
         f"{tq['hotpotqa']} HotpotQA answers in supporting paragraphs, about 1% of SQuAD's training set, so "
-        "the absolute EM/F1 are far below a SQuAD-trained MiniLM's; the comparison is between two readers "
+        "the absolute EM/F1 are far below a SQuAD-trained MiniLM's; the comparison is between readers "
         "trained alike from all-MiniLM-L6-v2 "
         f"({s['epochs']:g} epochs, batch {s['batch_size']}, lr {s['lr']:g}). Eval: "
         f"{result['eval_questions']} questions of {result['eval_articles']} held-out articles "
         f"(sha256 article-title rule, eval fraction {s['eval_fraction']}), one question at a time, max_length "
         f"{s['max_length']}, stride {s['stride']}; wall time = tokenization + model + decoding, fastest of "
         f"{s['repeats']} interleaved passes. Block Skim: blocks of {s['block_size']} context tokens, predictors "
-        f"trained after layers {s['train_layers']} (keep weight {s['keep_weight']:g}), skipping after the "
+        f"trained after layers {s['train_layers']} (keep weight {s['keep_weight']:g}, predictor lr x"
+        f"{s['predictor_lr_scale']:g}), skipping after the "
         "layers shown; threshold = skip a block when P(keep) < threshold (0 keeps all). slots run = "
         "token x layer slots computed / those of the full sequence.",
         "",
         table(result),
         "",
-        "Goal (>= 1.5x at <= 1 F1 below the plain reader): " + (
-            "met by " + ", ".join(f"layers {r['skim_layers']} t={r['threshold']:g} ({r['speedup']:.2f}x, "
-                                  f"F1 {r['f1']:.2f})" for r in result["goal_met_by"])
-            if result["goal_met_by"] else "not met in this run."),
+        "Goal (>= 1.5x at <= 1 F1 below the plain reader), by wall time: " + goal(result["goal_met_by"], "speedup")
+        + "; by CPU time: " + goal(result["goal_met_by_cpu_time"], "cpu_speedup") + ".",
         "",
         "![speed vs F1](bench/results/blockskim.png)",
         "",

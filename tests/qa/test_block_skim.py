@@ -32,11 +32,14 @@ def tokenizer():
     return Tokenizer.from_pretrained("minilm")
 
 
-def make_reader(tokenizer, skim_layers=(0, 1), threshold=0.5, num_layers=3, seed=0):
+FEATURES = ["diagonal", "diagonal+question"]
+
+
+def make_reader(tokenizer, skim_layers=(0, 1), threshold=0.5, num_layers=3, seed=0, features="diagonal"):
     torch.manual_seed(seed)
     enc = Encoder(EncoderConfig.tiny(vocab_size=30522, max_position_embeddings=512, num_layers=num_layers,
                                      hidden_dropout=0.0, attention_dropout=0.0))
-    skim = BlockSkimConfig(block_size=8, skim_layers=list(skim_layers), threshold=threshold)
+    skim = BlockSkimConfig(block_size=8, skim_layers=list(skim_layers), threshold=threshold, features=features)
     return BlockSkimReader(enc, tokenizer, READER, skim).eval()
 
 
@@ -88,8 +91,9 @@ def test_diagonal_blocks_equal_a_loop():
                     assert torch.equal(got[b, j, :, r, c], want)
 
 
-def test_threshold_zero_equals_the_plain_reader(tokenizer, tmp_path):
-    reader = make_reader(tokenizer, threshold=0.0)
+@pytest.mark.parametrize("features", FEATURES)
+def test_threshold_zero_equals_the_plain_reader(tokenizer, tmp_path, features):
+    reader = make_reader(tokenizer, threshold=0.0, features=features)
     batch = windows(reader)
     real = batch.attention_mask.bool()
     skim = run(reader, batch)
@@ -110,8 +114,9 @@ def test_threshold_zero_equals_the_plain_reader(tokenizer, tmp_path):
                                    atol=1e-5, rtol=0)
 
 
-def test_skipping_really_shortens_the_sequence(tokenizer):
-    reader = make_reader(tokenizer, skim_layers=(0,))
+@pytest.mark.parametrize("features", FEATURES)
+def test_skipping_really_shortens_the_sequence(tokenizer, features):
+    reader = make_reader(tokenizer, skim_layers=(0,), features=features)
     batch = reader.featurize(["How many marbles are in box5?"], [LONG])
     one = type(batch)(**{k: (v[:1] if isinstance(v, torch.Tensor) else v) for k, v in batch.__dict__.items()})
     reader.skim_config.threshold = median_threshold(reader, one)
@@ -141,14 +146,15 @@ class TablePredictor(torch.nn.Module):
         self.table = table
         self.seen = []
 
-    def forward(self, blocks):
-        self.seen.append(blocks.clone())
+    def forward(self, blocks, question=None):
+        self.seen.append((blocks.clone(), None if question is None else question.clone()))
         keep = self.table.flatten()
         return torch.stack([torch.zeros_like(keep), keep], dim=-1)
 
 
-def test_physical_removal_equals_the_masked_reference(tokenizer):
-    reader = make_reader(tokenizer, skim_layers=(0, 1), threshold=0.5)
+@pytest.mark.parametrize("features", FEATURES)
+def test_physical_removal_equals_the_masked_reference(tokenizer, features):
+    reader = make_reader(tokenizer, skim_layers=(0, 1), threshold=0.5, features=features)
     batch = windows(reader)
     context = batch.sequence_ids == 1
     nb = context_blocks(context, 8)[1].shape[1]
@@ -167,9 +173,13 @@ def test_physical_removal_equals_the_masked_reference(tokenizer):
     reader.predictors["1"].table = table
     count = lambda out: int(torch.isfinite(out.start_logits).sum())  # noqa: E731
     assert count(fast) < count(only_first) < int(batch.attention_mask.sum()), "both skim layers removed tokens"
-    for a, b in zip(fast_blocks, ref_blocks):  # the predictors saw the same blocks after the removal
+    for (a, qa), (b, qb) in zip(fast_blocks, ref_blocks):  # the predictors saw the same inputs after the removal
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-    assert fast_blocks[1].abs().sum() > 0
+        assert (qa is None) == (qb is None) == (features == "diagonal")
+        if qa is not None:
+            torch.testing.assert_close(qa, qb, atol=1e-5, rtol=0)
+            assert qa.shape == (a.shape[0], a.shape[1], 2, a.shape[-1]) and qa.abs().sum() > 0
+    assert fast_blocks[1][0].abs().sum() > 0
     finite = torch.isfinite(ref.start_logits)
     assert torch.equal(finite, torch.isfinite(fast.start_logits))
     assert (~finite & context).any() and (finite & context).any()
@@ -178,8 +188,9 @@ def test_physical_removal_equals_the_masked_reference(tokenizer):
     torch.testing.assert_close(fast.end_logits[finite], ref.end_logits[finite], atol=1e-5, rtol=0)
 
 
-def test_joint_loss_and_errors(tokenizer, tmp_path):
-    reader = make_reader(tokenizer).train()
+@pytest.mark.parametrize("features", FEATURES)
+def test_joint_loss_and_errors(tokenizer, tmp_path, features):
+    reader = make_reader(tokenizer, features=features).train()
     examples = load_squad(write_squad(tmp_path / "s.json"))
     batch = collate_features(reader.training_features(examples))
     out = reader(**batch)
@@ -196,6 +207,8 @@ def test_joint_loss_and_errors(tokenizer, tmp_path):
         BlockSkimReader(reader.encoder, tokenizer, READER, BlockSkimConfig(skim_layers=[3]))
     with pytest.raises(ConfigError, match="multiple of 4"):
         BlockSkimConfig(block_size=6)
+    with pytest.raises(ConfigError, match="features"):
+        BlockSkimConfig(features="everything")
 
 
 def test_training_recipe_learns_saves_and_resumes(tiny_encoder_dir, tmp_path):

@@ -46,6 +46,7 @@ from reprlab.qa.reader import (
 )
 from reprlab.text.tokenizer import Tokenizer
 
+FEATURES = ("diagonal", "diagonal+question")
 SKIM_CONFIG_FILE = "block_skim.json"
 SKIM_WEIGHTS_FILE = "block_skim.safetensors"
 
@@ -58,7 +59,13 @@ class BlockSkimConfig:
     blocks from that layer's output, before the next layer. ``threshold``: a block is skipped when
     its predicted P(keep) is below it (0 keeps everything). ``keep_weight``: class weight of the
     "keep" (answer) blocks in the skim loss; ``skim_weight``: the skim loss's weight next to the
-    span loss.
+    span loss; ``predictor_lr_scale``: the predictors' learning rate over the reader's (they start
+    from random weights while the encoder is pretrained).
+
+    ``features``: ``"diagonal"`` is the paper's predictor input (each block's diagonal attention
+    sub-matrix). ``"diagonal+question"`` (our extension) adds, per block token and head, the
+    attention it receives from the question side and the attention mass it sends there: with little
+    training data the diagonal blocks alone separate answer blocks poorly (BENCHMARKS.md).
     """
 
     block_size: int = 32
@@ -67,8 +74,14 @@ class BlockSkimConfig:
     skim_weight: float = 1.0
     keep_weight: float = 5.0
     channels: int | None = None  # CNN width; None = the number of heads
+    features: str = "diagonal"
+    predictor_lr_scale: float = 10.0
 
     def __post_init__(self):
+        if self.features not in FEATURES:
+            raise ConfigError(f"unknown Block Skim features {self.features!r}; choose one of: {', '.join(FEATURES)}")
+        if self.predictor_lr_scale <= 0:
+            raise ConfigError("predictor_lr_scale must be > 0")
         if self.block_size < 4 or self.block_size % 4:
             raise ConfigError(f"block_size must be a positive multiple of 4 (two 2x2 poolings), got {self.block_size}")
         if not self.skim_layers:
@@ -92,22 +105,38 @@ class SkimPredictor(nn.Module):
     """CNN over one diagonal attention block: (N, heads, bs, bs) -> (N, 2) logits [skip, keep].
 
     Two 3x3 convolutions (heads in, ``channels`` wide), each followed by GELU and 2x2 average
-    pooling, then a linear layer. The input is scaled by the number of keys of its row, so that
-    uniform attention reads 1 whatever the sequence length.
+    pooling, then a linear layer. Inputs are ``log1p`` of attention scaled by the number of keys
+    (uniform attention reads log 2 whatever the sequence length). With ``question_features`` a 1-D
+    convolution over the block's (N, heads, 2, bs) question-attention features adds its mean and max
+    over the block to the linear layer's input.
     """
 
-    def __init__(self, num_heads: int, block_size: int, channels: int | None = None):
+    def __init__(self, num_heads: int, block_size: int, channels: int | None = None, question_features: bool = False):
         super().__init__()
         c = channels or num_heads
         self.conv1 = nn.Conv2d(num_heads, c, kernel_size=3, padding=1)
         self.conv2 = nn.Conv2d(c, c, kernel_size=3, padding=1)
         self.pool = nn.AvgPool2d(2)
-        self.out = nn.Linear(c * (block_size // 4) ** 2, 2)
+        self.question = nn.Conv1d(2 * num_heads, c, kernel_size=3, padding=1) if question_features else None
+        self.out = nn.Linear(c * (block_size // 4) ** 2 + (2 * c if question_features else 0), 2)
 
-    def forward(self, blocks: torch.Tensor) -> torch.Tensor:
-        x = self.pool(F.gelu(self.conv1(blocks)))  # (N, c, bs/2, bs/2)
+    def forward(self, blocks: torch.Tensor, question: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.pool(F.gelu(self.conv1(torch.log1p(blocks))))  # (N, c, bs/2, bs/2)
         x = self.pool(F.gelu(self.conv2(x)))  # (N, c, bs/4, bs/4)
-        return self.out(x.flatten(1))  # (N, 2)
+        x = x.flatten(1)
+        if self.question is not None:
+            q = F.gelu(self.question(torch.log1p(question).flatten(1, 2)))  # (N, c, bs)
+            x = torch.cat([x, q.mean(-1), q.amax(-1)], dim=1)
+        return self.out(x)  # (N, 2)
+
+
+def question_attention(weights: torch.Tensor, question: torch.Tensor, n_keys: torch.Tensor) -> torch.Tensor:
+    """Per token and head: attention received from the question rows (mean, x n_keys) and attention
+    mass sent to the question columns. (B, nh, T, T) -> (B, nh, 2, T)."""
+    q = question.to(weights.dtype)
+    received = (weights * q[:, None, :, None]).sum(2) / q.sum(1).clamp(min=1)[:, None, None]  # (B, nh, T)
+    sent = (weights * q[:, None, None, :]).sum(3)  # (B, nh, T)
+    return torch.stack([received * n_keys[:, None, None], sent], dim=2)
 
 
 def context_blocks(context_mask: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,12 +223,17 @@ class BlockSkimReader(Reader):
         bad = [i for i in self.skim_config.skim_layers if not 0 <= i < n]
         if bad:
             raise ConfigError(f"skim_layers {bad} out of range: the encoder has layers 0..{n - 1}")
+        with_question = self.skim_config.features == "diagonal+question"
         self.predictors = nn.ModuleDict({
-            str(i): SkimPredictor(encoder.config.num_heads, self.skim_config.block_size, self.skim_config.channels)
+            str(i): SkimPredictor(encoder.config.num_heads, self.skim_config.block_size, self.skim_config.channels,
+                                  question_features=with_question)
             for i in self.skim_config.skim_layers
         })
 
-    def _block_logits(self, layer: int, weights, pos, mask, block_pos, T) -> torch.Tensor:
+    def lr_scale(self, name: str) -> float:
+        return self.skim_config.predictor_lr_scale if name.startswith("predictors.") else 1.0
+
+    def _block_logits(self, layer: int, weights, pos, mask, block_of, block_pos, T) -> torch.Tensor:
         """Skim logits (B, nb, 2) from one layer's attention over the current columns."""
         B, Tc = pos.shape
         where_now = torch.full((B, T + 1), -1, dtype=torch.long, device=pos.device)
@@ -208,9 +242,17 @@ class BlockSkimReader(Reader):
         where_now = where_now[:, :T]
         nb, bs = block_pos.shape[1:]
         index = torch.where(block_pos >= 0, where_now.gather(1, block_pos.clamp(min=0).view(B, -1)).view(B, nb, bs), -1)
-        blocks = diagonal_blocks(weights, index)  # (B, nb, nh, bs, bs)
-        blocks = blocks * mask.sum(1).to(blocks.dtype)[:, None, None, None, None]  # uniform attention -> 1
-        return self.predictors[str(layer)](blocks.flatten(0, 1)).view(B, nb, 2)
+        n_keys = mask.sum(1).to(weights.dtype)
+        blocks = diagonal_blocks(weights, index) * n_keys[:, None, None, None, None]  # (B, nb, nh, bs, bs)
+        question = None
+        if self.skim_config.features == "diagonal+question":
+            is_question = mask & (block_of.gather(1, pos) < 0)  # real tokens outside the context
+            feats = question_attention(weights, is_question, n_keys)  # (B, nh, 2, Tc)
+            nh = feats.shape[1]
+            idx = index.clamp(min=0).view(B, 1, 1, nb * bs).expand(B, nh, 2, nb * bs)
+            question = feats.gather(3, idx).view(B, nh, 2, nb, bs) * (index >= 0)[:, None, None].to(feats.dtype)
+            question = question.permute(0, 3, 1, 2, 4).flatten(0, 1)  # (B*nb, nh, 2, bs)
+        return self.predictors[str(layer)](blocks.flatten(0, 1), question).view(B, nb, 2)
 
     def skim_forward(
         self,
@@ -238,7 +280,7 @@ class BlockSkimReader(Reader):
             x, weights = layer(x, mask, output_attentions=skim_here)
             if not skim_here:
                 continue
-            keep_prob = self._block_logits(i, weights, pos, mask, block_pos, T).softmax(-1)[..., 1]  # (B, nb)
+            keep_prob = self._block_logits(i, weights, pos, mask, block_of, block_pos, T).softmax(-1)[..., 1]  # (B, nb)
             probs.append(keep_prob)
             keep_block = keep_prob >= threshold
             col_block = block_of.gather(1, pos)  # (B, Tc) block of each current column, -1 = not context
@@ -272,7 +314,7 @@ class BlockSkimReader(Reader):
                 raise ConfigError("Block Skim in training mode needs start/end positions (call .eval() to infer)")
             return self.skim_forward(input_ids, attention_mask, token_type_ids, context_mask)
         mask = attention_mask.bool()
-        _, block_pos = context_blocks(context_mask.bool() & mask, self.skim_config.block_size)
+        block_of, block_pos = context_blocks(context_mask.bool() & mask, self.skim_config.block_size)
         labels = block_labels(block_pos, start_positions, end_positions)  # (B, nb)
         B, T = input_ids.shape
         pos = torch.arange(T, device=input_ids.device).expand(B, T)
@@ -283,7 +325,7 @@ class BlockSkimReader(Reader):
             skim_here = str(i) in self.predictors and block_pos.shape[1] > 0
             x, weights = layer(x, mask, output_attentions=skim_here)
             if skim_here:
-                logits = self._block_logits(i, weights, pos, mask, block_pos, T).float()  # (B, nb, 2)
+                logits = self._block_logits(i, weights, pos, mask, block_of, block_pos, T).float()  # (B, nb, 2)
                 if (labels >= 0).any():
                     skim_losses.append(F.cross_entropy(logits.view(-1, 2), labels.view(-1), weight=weight,
                                                        ignore_index=-100))

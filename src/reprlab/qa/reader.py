@@ -175,6 +175,10 @@ class Reader(nn.Module):
     def max_length(self) -> int:
         return self.config.max_length or self.encoder.config.max_position_embeddings
 
+    def lr_scale(self, name: str) -> float:
+        """Learning-rate multiplier of parameter ``name`` in :func:`run_reader_training` (1 here)."""
+        return 1.0
+
     def span_logits(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         start, end = self.qa_outputs(hidden).unbind(-1)  # (B, T) each
         return start, end
@@ -568,6 +572,19 @@ def length_grouped_order(lengths: Sequence[int], batch_size: int, steps: int, se
     return order[: steps * batch_size]
 
 
+def reader_optimizer(model: Reader, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW with one group per (learning-rate scale, decay or not): no decay on biases and norms, and
+    ``model.lr_scale(name)`` x ``lr`` per parameter (e.g. Block Skim's fresh predictors learn faster)."""
+    groups: dict[tuple[float, bool], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            decay = p.ndim >= 2 and "norm" not in name.lower()
+            groups.setdefault((model.lr_scale(name), decay), []).append(p)
+    return torch.optim.AdamW(
+        [{"params": ps, "lr": lr * scale, "weight_decay": weight_decay if decay else 0.0}
+         for (scale, decay), ps in sorted(groups.items())], lr=lr)
+
+
 def run_reader_training(
     config: ReaderTrainingConfig, model: Reader | None = None, stop_after: int | None = None
 ) -> ReaderTrainingResult:
@@ -603,8 +620,9 @@ def run_reader_training(
                "epochs": config.epochs, "group_by_length": config.group_by_length},
     )
     pad_id = model.tokenizer.pad_id
+    optimizer = reader_optimizer(model, config.lr, config.weight_decay)  # the loop's .to(device) keeps the params
     state = train(model, dataset, lambda items, rng: collate_features(items, rng, pad_id), reader_loss, train_cfg,
-                  stop_after=stop_after)
+                  optimizer=optimizer, stop_after=stop_after)
     model_dir = out / "model"
     metrics = None
     if state.step < state.total_steps:  # stopped early (stop_after)
