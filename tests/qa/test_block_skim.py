@@ -17,7 +17,7 @@ from reprlab.qa.block_skim import (
     diagonal_blocks,
     run_block_skim_training,
 )
-from reprlab.qa.reader import Reader, ReaderConfig, ReaderTrainingConfig, collate_features
+from reprlab.qa.reader import Reader, ReaderConfig, ReaderTrainingConfig, collate_features, reader_optimizer
 from reprlab.qa.squad import load_squad
 from reprlab.text.tokenizer import Tokenizer
 
@@ -209,6 +209,18 @@ def test_joint_loss_and_errors(tokenizer, tmp_path, features):
         BlockSkimConfig(block_size=6)
     with pytest.raises(ConfigError, match="features"):
         BlockSkimConfig(features="everything")
+
+
+def test_predictors_learn_faster_than_the_pretrained_reader(tokenizer):
+    reader = make_reader(tokenizer)
+    reader.skim_config.predictor_lr_scale = 10.0
+    optimizer = reader_optimizer(reader, lr=1e-4, weight_decay=0.01)
+    lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    for name, p in reader.named_parameters():
+        want_lr = 1e-3 if name.startswith("predictors.") else 1e-4
+        want_decay = 0.0 if p.ndim < 2 or "norm" in name else 0.01
+        assert lr_of[id(p)] == pytest.approx((want_lr, want_decay)), name
+    assert len(lr_of) == len(list(reader.parameters()))
 
 
 def test_training_recipe_learns_saves_and_resumes(tiny_encoder_dir, tmp_path):
