@@ -280,9 +280,11 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def section(result: dict, png: Path) -> str:
-    lines = [f"## Cluster-Former: long inputs (`bench/clusterformer.py`)", "",
-             f"Machine: {result['machine']} ({result.get('threads')} threads); device {result['device']}; "
-             f"date {result['date']}.", ""]
+    commands = [result[k] for k in ("timing_command", "qa_command") if result.get(k)]
+    lines = ["## Cluster-Former: long inputs (`bench/clusterformer.py`)", "",
+             f"Machine: {result['machine']} ({result.get('threads')} torch thread(s)); device {result['device']}; "
+             f"date {result['date']}. Commands (each under `flock /tmp/reprlab-heavy.lock`):", "",
+             *[f"    {c}" for c in commands], ""]
     if result.get("timing"):
         lines += ["One forward pass, batch 1, MiniLM-L6 sizes, time / peak memory above the built model "
                   "(fresh process per cell):", "", timing_table(result["timing"]), "",
