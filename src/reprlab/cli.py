@@ -226,6 +226,20 @@ def cmd_demo(args) -> None:
     run_demo(data=args.data, show=args.show, ance_steps=args.ance_steps)
 
 
+# ----------------------------------------------------------------------------- hashing, multi-hop, QA
+
+
+def add_retrieval_qa_commands(sub, recipes) -> None:
+    """``index --binary``, ``train hashing|mdr|reader``, ``search/evaluate --multihop``, ``answer``."""
+
+
+# ----------------------------------------------------------------------------- model info, pre-training, compression
+
+
+def add_model_commands(sub, recipes) -> None:
+    """``model-info``, ``pmi-vocab``, ``pretrain mlm|cmlm``, ``distill kd|ckd|seed``, ``compress approx``."""
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -306,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, AnceConfig, skip=("output_dir",))
     add_train_options(p, epochs=3.0, batch_size=32, lr=2e-5)
     p.set_defaults(func=cmd_train_ance)
+
+    add_retrieval_qa_commands(sub, recipes)
+    add_model_commands(sub, recipes)
     return parser
 
 
