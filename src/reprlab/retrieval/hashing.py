@@ -63,7 +63,7 @@ from reprlab.retrieval.index import (
     _read_ids,
     _write_ids,
 )
-from reprlab.retrieval.losses import _distributed, gather_ids, gather_with_grad
+from reprlab.retrieval.losses import contrastive_loss
 
 logger = logging.getLogger("reprlab")
 
@@ -143,27 +143,12 @@ def angular_contrastive_loss(
     """
     if similarity not in SIMILARITIES:
         raise ConfigError(f"unknown similarity {similarity!r}; choose one of {', '.join(SIMILARITIES)}")
-    B = q.size(0)
-    distributed = gather and _distributed()
-    rank = torch.distributed.get_rank() if distributed else 0
-    candidates = [gather_with_grad(positives) if distributed else positives]  # (W*B, H)
-    has_negatives = negatives is not None and negatives.numel() > 0
-    if has_negatives:
-        candidates.append(gather_with_grad(negatives) if distributed else negatives)  # (W*B*n, H)
-    docs = torch.cat(candidates, dim=0)  # (N, H)
-    s = angular_similarity(q, docs)  # (B, N) float32
-    logits = scale * (s if similarity == "angular" else torch.log(s.clamp_min(1e-6)))
-    labels = torch.arange(B, device=q.device) + rank * B
-    if candidate_ids is not None and query_positive_ids is not None:
-        ids_pos, ids_neg = candidate_ids[:B], candidate_ids[B:]
-        all_ids = [gather_ids(ids_pos) if distributed else ids_pos]
-        if has_negatives:
-            all_ids.append(gather_ids(ids_neg) if distributed else ids_neg)
-        all_ids = torch.cat(all_ids)  # (N,)
-        relevant = (all_ids[None, :, None] == query_positive_ids[:, None, :]).any(-1)  # (B, N)
-        relevant[torch.arange(B), labels] = False
-        logits = logits.masked_fill(relevant, torch.finfo(logits.dtype).min)
-    return F.cross_entropy(logits, labels)
+    def score(a: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
+        s = angular_similarity(a, docs)  # (B, N) float32
+        return scale * (s if similarity == "angular" else torch.log(s.clamp_min(1e-6)))
+
+    return contrastive_loss(q, positives, negatives, gather=gather, candidate_ids=candidate_ids,
+                            query_positive_ids=query_positive_ids, score=score)
 
 
 # --------------------------------------------------------------------------------------------

@@ -61,8 +61,12 @@ def contrastive_loss(
     gather: bool = True,
     candidate_ids: torch.Tensor | None = None,
     query_positive_ids: torch.Tensor | None = None,
+    score=None,
 ) -> torch.Tensor:
     """Softmax NLL of each query's positive among all (gathered) positives and hard negatives.
+
+    Logits are ``scale * q @ docs.T``, or ``score(q, docs)`` (already scaled, (B, N)) when given,
+    e.g. the angular similarity of semantic hashing.
 
     False negatives: with ``candidate_ids`` (the document id of each local positive and negative,
     (B + B*n,) int64, in the order positives then negatives) and ``query_positive_ids`` ((B, P)
@@ -79,7 +83,7 @@ def contrastive_loss(
     if has_negatives:
         candidates.append(gather_with_grad(negatives) if distributed else negatives)  # (W*B*n, H)
     docs = torch.cat(candidates, dim=0)
-    scores = scale * q @ docs.T  # (B, W*B + W*B*n)
+    scores = scale * q @ docs.T if score is None else score(q, docs)  # (B, W*B + W*B*n)
     labels = torch.arange(B, device=q.device) + rank * B
     if candidate_ids is not None and query_positive_ids is not None:
         ids_pos, ids_neg = candidate_ids[:B], candidate_ids[B:]
