@@ -39,7 +39,7 @@ import Stemmer
 
 from reprlab.errors import ConfigError, DataFormatError, ReprlabError
 from reprlab.io import atomic_dir, atomic_write_json
-from reprlab.retrieval.index import _as_ids, _check_k, _order_ties, _read_ids, _write_ids
+from reprlab.retrieval.index import as_ids, check_k, _order_ties, read_ids, write_ids
 
 FORMAT = "reprlab-bm25"
 FORMAT_VERSION = 1
@@ -142,7 +142,7 @@ class BM25Index:
             )
         if isinstance(texts, str):
             raise ReprlabError("texts must be a sequence of strings, not one string")
-        new = _as_ids(ids, len(texts), set(self._ids.tolist()))
+        new = as_ids(ids, len(texts), set(self._ids.tolist()))
         tokens = self._tokens + self.tokenize(texts)
         retriever = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
         retriever.index(tokens, show_progress=False)
@@ -164,7 +164,7 @@ class BM25Index:
         """
         if isinstance(query_texts, str):
             raise ReprlabError("query_texts must be a list of strings, not one string")
-        k = _check_k(k)
+        k = check_k(k)
         q = len(query_texts)
         scores = np.full((q, k), -np.inf, dtype=np.float32)  # (Q, k)
         labels = np.full((q, k), -1, dtype=np.int64)  # (Q, k)
@@ -195,7 +195,7 @@ class BM25Index:
             raise ReprlabError("nothing to save: add documents first")
         with atomic_dir(path) as tmp:
             self.retriever.save(str(tmp), show_progress=False)
-            _write_ids(tmp / "ids.json", self._ids)
+            write_ids(tmp / "ids.json", self._ids)
             atomic_write_json(
                 tmp / "meta.json",
                 {
@@ -230,7 +230,7 @@ class BM25Index:
             )
         self = cls(meta["k1"], meta["b"], meta["method"], meta["stemmer"], meta["stopwords"])
         self.retriever = bm25s.BM25.load(str(path), mmap=mmap, show_progress=False)
-        self._ids = _read_ids(path, meta["count"])
+        self._ids = read_ids(path, meta["count"])
         self._table = np.append(self._ids, None)
         self._tokens = None
         return self

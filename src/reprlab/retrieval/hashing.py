@@ -56,12 +56,12 @@ from reprlab.retrieval.index import (
     FORMAT_VERSION,
     INDEX_KINDS,
     Index,
-    _as_ids,
-    _as_matrix,
-    _check_k,
-    _faiss_reason,
-    _read_ids,
-    _write_ids,
+    as_ids,
+    as_matrix,
+    check_k,
+    faiss_reason,
+    read_ids,
+    write_ids,
 )
 from reprlab.retrieval.losses import contrastive_loss
 
@@ -253,7 +253,7 @@ class RandomHyperplanes:
 
     def signs(self, x: np.ndarray) -> np.ndarray:
         """(N, bits) bool: which side of each hyperplane every row of ``x`` (N, dim) lies on."""
-        x = _as_matrix(x, self.dim, "vectors")
+        x = as_matrix(x, self.dim, "vectors")
         return x @ self.planes.T > 0  # (N, bits)
 
     def encode(self, x: np.ndarray) -> np.ndarray:
@@ -379,8 +379,8 @@ class BinaryIndex(Index):
 
     def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Hash N float vectors (N, dim) and add their codes with their N unique string ids."""
-        x = _as_matrix(vectors, self.dim, "vectors")
-        new = _as_ids(ids, len(x), self._known)
+        x = as_matrix(vectors, self.dim, "vectors")
+        new = as_ids(ids, len(x), self._known)
         self.index.add(self.encode(x))
         self._ids = np.concatenate([self._ids, new])
         self._table = np.append(self._ids, None)
@@ -415,7 +415,7 @@ class BinaryIndex(Index):
         Returns (scores (Q, k) float32, ids (Q, k) object); see the class docstring for the scores.
         ``**params``: ``nflip`` for this call only (hash methods).
         """
-        return self.search_codes(self.encode(_as_matrix(queries, self.dim, "queries")), k, **params)
+        return self.search_codes(self.encode(as_matrix(queries, self.dim, "queries")), k, **params)
 
     def search_codes(self, codes: np.ndarray, k: int, **params: int) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`search` for already hashed queries, (Q, bits // 8) uint8."""
@@ -437,7 +437,7 @@ class BinaryIndex(Index):
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
         if codes.ndim != 2 or codes.shape[1] != self.hyperplanes.code_size:
             raise ReprlabError(f"codes must have shape (n, {self.hyperplanes.code_size}), got {codes.shape}")
-        k = _check_k(k)
+        k = check_k(k)
         if params:
             with self._params(params):
                 return self.search_labels(codes, k)
@@ -469,7 +469,7 @@ class BinaryIndex(Index):
 
         A flat index compares every code. Read from FAISS's global counters (not thread-safe).
         """
-        codes = self.encode(_as_matrix(queries, self.dim, "queries"))
+        codes = self.encode(as_matrix(queries, self.dim, "queries"))
         if self.method == "flat":
             return {"buckets": 0.0, "candidates": float(len(self))}
         stats = faiss.cvar.indexBinaryHash_stats
@@ -500,7 +500,7 @@ class BinaryIndex(Index):
     def _write(self, tmp: Path) -> None:
         faiss.write_index_binary(self.index, str(tmp / "index.faissbin"))
         self.hyperplanes.save(tmp / "hyperplanes.npy")
-        _write_ids(tmp / "ids.json", self._ids)
+        write_ids(tmp / "ids.json", self._ids)
         atomic_write_json(tmp / "meta.json", self._meta())
 
     @classmethod
@@ -512,13 +512,13 @@ class BinaryIndex(Index):
         try:
             index = faiss.read_index_binary(str(path / "index.faissbin"))
         except RuntimeError as exc:
-            raise DataFormatError(f"cannot read index.faissbin: {_faiss_reason(exc)}", path=str(path)) from exc
+            raise DataFormatError(f"cannot read index.faissbin: {faiss_reason(exc)}", path=str(path)) from exc
         if index.ntotal != meta["count"] or index.d != meta["bits"]:
             raise DataFormatError(f"index.faissbin holds {index.ntotal} codes of {index.d} bits, meta.json says "
                                   f"{meta['count']} of {meta['bits']}", path=str(path))
         self = cls.__new__(cls)
         self._init(planes, meta["method"], meta["hash_bits"], meta["tables"], meta["score"],
-                   _read_ids(path, meta["count"]))
+                   read_ids(path, meta["count"]))
         self.index = index
         self.set_search_params(**meta.get("search_params", {}))
         return self

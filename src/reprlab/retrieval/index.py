@@ -60,7 +60,7 @@ _LAST = np.iinfo(np.int64).max  # sort key that puts padding after every real po
 # helpers shared by every kind
 
 
-def _as_matrix(x: Any, dim: int, name: str) -> np.ndarray:
+def as_matrix(x: Any, dim: int, name: str) -> np.ndarray:
     """``x`` as a C-contiguous float32 array (n, dim), or a ReprlabError that gives the shape."""
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[1] != dim:
@@ -68,7 +68,7 @@ def _as_matrix(x: Any, dim: int, name: str) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _as_ids(ids: Sequence[str], n: int, known: set[str]) -> np.ndarray:
+def as_ids(ids: Sequence[str], n: int, known: set[str]) -> np.ndarray:
     """Check ``ids`` (n unique strings, none already in ``known``) and return them as an (n,) object array."""
     table = np.empty(len(ids), dtype=object)
     table[:] = [str(i) for i in ids]
@@ -84,7 +84,8 @@ def _as_ids(ids: Sequence[str], n: int, known: set[str]) -> np.ndarray:
     return table
 
 
-def _check_k(k: int) -> int:
+def check_k(k: int) -> int:
+    """``k`` as an int, or a ReprlabError unless it is a positive integer."""
     if int(k) != k or k < 1:
         raise ReprlabError(f"k must be a positive integer, got {k!r}")
     return int(k)
@@ -124,7 +125,7 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
-def _read_ids(path: Path, count: int) -> np.ndarray:
+def read_ids(path: Path, count: int) -> np.ndarray:
     ids_path = path / "ids.json"
     try:
         ids = json.loads(ids_path.read_text(encoding="utf-8"))
@@ -137,7 +138,7 @@ def _read_ids(path: Path, count: int) -> np.ndarray:
     return table
 
 
-def _write_ids(path: Path, ids: np.ndarray) -> None:
+def write_ids(path: Path, ids: np.ndarray) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(ids.tolist(), f, ensure_ascii=False)
 
@@ -228,7 +229,7 @@ class FaissIndex(Index):
             index = faiss.index_factory(int(dim), factory, METRICS[metric])
         except RuntimeError as exc:
             raise ConfigError(
-                f"FAISS cannot build index factory string {factory!r} (dim {dim}): {_faiss_reason(exc)}; "
+                f"FAISS cannot build index factory string {factory!r} (dim {dim}): {faiss_reason(exc)}; "
                 f"examples of valid strings: {FACTORY_EXAMPLES}"
             ) from exc
         self._init(index, factory, metric, np.empty(0, dtype=object))
@@ -261,14 +262,14 @@ class FaissIndex(Index):
 
     def train(self, vectors: np.ndarray) -> None:
         """Train the index (IVF centroids, PQ codebooks...) on ``vectors`` (n, d); a no-op for Flat/HNSW."""
-        x = _as_matrix(vectors, self.dim, "training vectors")
+        x = as_matrix(vectors, self.dim, "training vectors")
         if self.index.is_trained:
             return
         try:
             self.index.train(x)
         except RuntimeError as exc:
             raise ConfigError(
-                f"cannot train index {self.factory!r} on {len(x)} vectors: {_faiss_reason(exc)}. "
+                f"cannot train index {self.factory!r} on {len(x)} vectors: {faiss_reason(exc)}. "
                 "An IVF<n> index needs at least n training vectors (FAISS advises 39*n), a PQ index "
                 "at least 256 (2^nbits); call train() with more vectors first, or choose a smaller factory "
                 '(e.g. "IVF16,Flat" or "Flat")'
@@ -276,8 +277,8 @@ class FaissIndex(Index):
 
     def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Add N vectors (N, d) with their N unique string ids; trains first if the index needs it."""
-        x = _as_matrix(vectors, self.dim, "vectors")
-        new = _as_ids(ids, len(x), self._known)
+        x = as_matrix(vectors, self.dim, "vectors")
+        new = as_ids(ids, len(x), self._known)
         if not self.index.is_trained:
             self.train(x)
         self.index.add(x)
@@ -317,8 +318,8 @@ class FaissIndex(Index):
 
     def search_labels(self, queries: np.ndarray, k: int, **params: float) -> tuple[np.ndarray, np.ndarray]:
         """Like ``search`` but returns the internal int64 labels (insertion positions, -1 = padding)."""
-        q = _as_matrix(queries, self.dim, "queries")
-        k = _check_k(k)
+        q = as_matrix(queries, self.dim, "queries")
+        k = check_k(k)
         if params:
             return self._search_with(q, k, params)
         n = len(self)
@@ -404,7 +405,7 @@ class FaissIndex(Index):
 
     def _write(self, tmp: Path) -> None:
         faiss.write_index(self.index, str(tmp / "index.faiss"))
-        _write_ids(tmp / "ids.json", self._ids)
+        write_ids(tmp / "ids.json", self._ids)
         atomic_write_json(tmp / "meta.json", self._meta())
 
     @classmethod
@@ -412,7 +413,7 @@ class FaissIndex(Index):
         try:
             index = faiss.read_index(str(path / "index.faiss"))
         except RuntimeError as exc:
-            raise DataFormatError(f"cannot read index.faiss: {_faiss_reason(exc)}", path=str(path)) from exc
+            raise DataFormatError(f"cannot read index.faiss: {faiss_reason(exc)}", path=str(path)) from exc
         if index.ntotal != meta["count"] or index.d != meta["dim"]:
             raise DataFormatError(
                 f"index.faiss holds {index.ntotal} vectors of dim {index.d}, meta.json says "
@@ -420,12 +421,12 @@ class FaissIndex(Index):
                 path=str(path),
             )
         self = cls.__new__(cls)
-        self._init(index, meta["factory"], meta["metric"], _read_ids(path, meta["count"]))
+        self._init(index, meta["factory"], meta["metric"], read_ids(path, meta["count"]))
         self.set_search_params(**meta.get("search_params", {}))
         return self
 
 
-def _faiss_reason(exc: RuntimeError) -> str:
+def faiss_reason(exc: RuntimeError) -> str:
     """The human part of a FAISS C++ error ("Error in <function> at <file>.cpp:<line>: <reason>")."""
     text = str(exc).strip()
     match = re.search(r"\.cpp:\d+: (.*)", text, flags=re.S)
@@ -490,8 +491,8 @@ class ShardedIndex(Index):
 
     def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Add N vectors (N, d) with unique string ids, dealt round-robin over the shards."""
-        x = _as_matrix(vectors, self.dim, "vectors")
-        new = _as_ids(ids, len(x), self._known)
+        x = as_matrix(vectors, self.dim, "vectors")
+        new = as_ids(ids, len(x), self._known)
         n = len(self.shards)
         start = (-len(self)) % n  # first row of this batch that goes to shard 0
         for s, shard in enumerate(self.shards):
@@ -509,7 +510,7 @@ class ShardedIndex(Index):
 
     def search(self, queries: np.ndarray, k: int, **params: float) -> tuple[np.ndarray, np.ndarray]:
         """Top-k over all shards; same inputs, outputs and padding as :meth:`FaissIndex.search`."""
-        k = _check_k(k)
+        k = check_k(k)
         n = len(self.shards)
         all_scores, all_pos = [], []
         for s, shard in enumerate(self.shards):
@@ -528,7 +529,7 @@ class ShardedIndex(Index):
         for s, shard in enumerate(self.shards):
             (tmp / f"shard-{s:03d}").mkdir()
             shard._write(tmp / f"shard-{s:03d}")
-        _write_ids(tmp / "ids.json", self._ids)
+        write_ids(tmp / "ids.json", self._ids)
         meta = self.shards[0]._meta() | {"kind": self.kind, "count": len(self), "n_shards": len(self.shards)}
         atomic_write_json(tmp / "meta.json", meta)
 
@@ -539,7 +540,7 @@ class ShardedIndex(Index):
         for s in range(meta["n_shards"]):
             shard_path = path / f"shard-{s:03d}"
             self.shards.append(FaissIndex._read(shard_path, _read_meta(shard_path)))
-        self._ids = _read_ids(path, meta["count"])
+        self._ids = read_ids(path, meta["count"])
         self._table = np.append(self._ids, None)
         self._known = set(self._ids.tolist())
         if sum(len(shard) for shard in self.shards) != len(self._ids):
