@@ -8,6 +8,12 @@ BM25, the dense retriever and their fusion, then fine-tunes the encoder with a s
 training questions (negatives from an index refreshed while it trains) and evaluates it again on the
 test questions. With ``--data BEIR_DIR`` it does the same on any BEIR folder (ANCE only if the folder
 has a ``train`` split).
+
+On the embedded corpus it also answers two two-hop questions with MDR's beam search
+(:func:`reprlab.retrieval.mdr.multihop_demo`): the answer to each lies in a passage that only the
+first hop's passage leads to (two short passages, :data:`~reprlab.retrieval.mdr.DEMO_PASSAGES`, are
+added to the index for this step, after the evaluation), and the chain found is printed next to the
+single-hop top 2.
 """
 
 from __future__ import annotations
@@ -65,6 +71,8 @@ def run_demo(data: str | None = None, show: int = 3, split: str = "test", ance_s
         results[name] = evaluate(dataset.qrels, run, metrics=DEMO_METRICS, ignore_identical_ids=True)
     print_table([{"retriever": n, **{m: f"{v:.3f}" for m, v in r.items()}} for n, r in results.items()],
                 ["retriever", *DEMO_METRICS])
+    if not data:
+        _two_hop_step(dense, dataset.corpus)
     if ance_steps and (folder / "qrels" / "train.tsv").is_file():
         results["minilm + ANCE"] = _ance_step(folder, dataset, queries, ance_steps, workdir)
         before, after = results["minilm"], results["minilm + ANCE"]
@@ -72,6 +80,23 @@ def run_demo(data: str | None = None, show: int = 3, split: str = "test", ance_s
                      (("minilm (before)", before), ("minilm + ANCE (after)", after))], ["retriever", *DEMO_METRICS])
     print(f"\ndone in {time.time() - t0:.1f}s")
     return results
+
+
+def _two_hop_step(dense: DenseRetriever, corpus) -> None:
+    """MDR's beam search with the untrained encoder on two two-hop questions over the embedded corpus.
+
+    The two passages that complete the chains are encoded and added to ``dense``'s index (the
+    evaluation above has already run on the judged corpus alone); nothing else is encoded again.
+    """
+    from reprlab.retrieval.mdr import DEMO_PASSAGES, DEMO_QUESTIONS, multihop_demo
+
+    extra = {i: d for i, d in DEMO_PASSAGES.items() if i not in corpus}
+    print(f"\n== multi-hop search (MDR beam search with all-MiniLM-L6-v2): {len(DEMO_QUESTIONS)} two-hop "
+          f"questions, {len(extra)} passages added")
+    ids, vectors = dense.encode_corpus(extra, show_progress=False)
+    dense.index.add(ids, vectors)
+    multihop_demo(dense.model, dense.index, {**corpus, **extra}, DEMO_QUESTIONS)
+    print("  (hop 1 -> hop 2 [chain score = sum of the hops' scores]; * = gold passage)")
 
 
 def _ance_step(folder: Path, dataset, queries, steps: int, workdir: str | None) -> dict[str, float]:
