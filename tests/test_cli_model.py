@@ -11,6 +11,7 @@ import torch
 
 from reprlab.cli import main
 from reprlab.encoder import Encoder, EncoderConfig, SentenceEncoder
+from reprlab.pretrain.masking import MASKING
 
 FILLER = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
           "quebec romeo sierra tango uniform victor whiskey xray yankee zulu red green blue yellow orange purple "
@@ -79,13 +80,18 @@ def num_params(module):
 # ----------------------------------------------------------------------------- model-info
 
 
-def test_model_info_counts_the_params_of_the_built_encoder(capsys, tiny_model_dir):
+def test_model_info_counts_the_params_of_the_built_encoder(capsys, tiny_model_dir, tmp_path):
     code, out, _ = run(["model-info", "tiny", "--json", "--seq-len", "32"], capsys)
     assert code == 0
     info = json.loads(out)
     assert info["total_params"] == num_params(Encoder(EncoderConfig.tiny()))
     assert info["seq_len"] == 32 and info["total_flops"] > 0
     assert info["by_block"]["attention"]["params"] + info["by_block"]["ffn"]["params"] < info["total_params"]
+
+    config = tmp_path / "three_layers.json"
+    config.write_text(json.dumps(EncoderConfig.tiny(num_layers=3).to_dict()))
+    code, out, _ = run(["model-info", str(config), "--json"], capsys)
+    assert json.loads(out)["total_params"] == num_params(Encoder(EncoderConfig.tiny(num_layers=3)))
 
     code, out, _ = run(["model-info", str(tiny_model_dir), "--json"], capsys)
     assert json.loads(out)["total_params"] == num_params(Encoder.from_pretrained(tiny_model_dir))
@@ -173,6 +179,16 @@ def test_pretrain_mlm_with_a_pmi_vocabulary_from_pmi_vocab(corpus, tiny_model_di
     assert run(argv, capsys)[0] == 0
     assert (out / "model" / "config.json").is_file()
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
+
+
+@pytest.mark.parametrize("masking", list(MASKING))
+def test_pretrain_mlm_runs_with_every_masking_of_the_registry(masking, corpus, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / masking
+    argv = mlm_argv(corpus, tiny_model_dir, out, "--masking", masking, "--pmi-min-count", "5")
+    argv[argv.index("--max-steps") + 1] = "1"
+    assert run(argv, capsys)[0] == 0
+    assert (out / "model" / "model.safetensors").is_file()
+    assert (out / "pmi_vocab.json").is_file() == (masking == "pmi")  # built from the corpus when not given
 
 
 def test_pretrain_cmlm(tiny_model_dir, corpus, tmp_path, capsys):
