@@ -262,6 +262,12 @@ def _index_variant(args) -> bool:
         raise ReprlabError("--data (a HotpotQA file) is read with --multihop; give a BEIR corpus with --corpus")
     if not multihop and not args.corpus:
         raise ReprlabError("the following arguments are required: --corpus (or --multihop --data HOTPOT.jsonl)")
+    hashing = {"--hash-method": (args.hash_method, "flat"), "--hash-bits": (args.hash_bits, 16),
+               "--tables": (args.tables, 1), "--nflip": (args.nflip, 1), "--hash-seed": (args.hash_seed, 0),
+               "--hash-score": (args.hash_score, "angular")}
+    stray = [flag for flag, (value, default) in hashing.items() if value != default]
+    if stray and not binary:
+        raise ReprlabError(f"{stray[0]} is an option of binary indexes: add --binary BITS")
     if not multihop and not binary:
         return False
     cmd_index_variant(args)
@@ -359,6 +365,11 @@ def cmd_train_reader(args) -> None:
 
     reader = config_from_args(ReaderConfig, args, batch_size=args.reader_batch_size)
     config = config_from_args(ReaderTrainingConfig, args, reader=reader)
+    if not args.block_skim:
+        from reprlab.qa.block_skim import BlockSkimConfig
+
+        if config_from_args(BlockSkimConfig, args) != BlockSkimConfig():
+            raise ReprlabError("Block Skim options (--block-size, --threshold, --skim-layers, ...) need --block-skim")
     if args.block_skim:
         from reprlab.qa.block_skim import BlockSkimConfig, run_block_skim_training
 
@@ -910,6 +921,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"reprlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `reprlab model-info minilm | head`
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 
