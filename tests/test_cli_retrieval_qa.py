@@ -128,6 +128,8 @@ def test_binary_index_with_hash_tables_and_bad_options(tmp_path, tiny_model_dir,
                    str(tmp_path / "x"), "--binary", "12"], "multiple of 8")
     fails(capsys, ["index", "--corpus", str(demo_data_path()), "--out", str(tmp_path / "x"), "--binary", "64",
                    "--factory", "HNSW32"], "--binary")
+    fails(capsys, ["index", "--corpus", str(demo_data_path()), "--out", str(tmp_path / "x"), "--tables", "4"],
+          "--tables is an option of binary indexes")
     assert not (tmp_path / "x").exists()
     usage_error(capsys, ["index", "--corpus", str(demo_data_path()), "--out", "x", "--binary", "64",
                          "--hash-method", "lsh"], "invalid choice")  # choices from hashing.METHODS
@@ -303,4 +305,6 @@ def test_qa_bad_input(reader_dirs, tmp_path, tiny_model_dir, capsys):
     fails(capsys, ["train", "reader", "--data", str(broken), "--out", str(tmp_path / "r")], "broken.json")
     fails(capsys, ["train", "reader", "--data", str(write_squad(tmp_path / "ok.json")), "--out", str(tmp_path / "r"),
                    "--block-skim", "--block-size", "6"], "block_size")
+    fails(capsys, ["train", "reader", "--data", str(tmp_path / "ok.json"), "--out", str(tmp_path / "r"),
+                   "--threshold", "0.2"], "need --block-skim")
     usage_error(capsys, ["answer", "--model", "m", "--question", "q"], "--context")  # or --index: one is required
