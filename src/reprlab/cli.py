@@ -406,7 +406,10 @@ def cmd_answer(args) -> None:
         raise ReprlabError("--question is empty")
     if args.k < 1 or args.top < 1:
         raise ReprlabError("-k and --top must be at least 1")
-    ids, docs = None, {}
+    if args.context is not None and not args.context.strip():
+        raise ReprlabError("--context is empty")
+    reader = load_reader(args.model)
+    ids, docs, contexts = None, {}, [args.context]
     if args.index is not None:
         from reprlab.retrieval.dense import DenseRetriever
 
@@ -417,11 +420,6 @@ def cmd_answer(args) -> None:
         ids = [d for d in found[0] if d is not None]
         docs = retriever.docs
         contexts = [docs[d].get("text", "") for d in ids]
-    elif args.context.strip():
-        contexts = [args.context]
-    else:
-        raise ReprlabError("--context is empty")
-    reader = load_reader(args.model)
     answers = reader.answer(args.question, contexts, top_k=args.top, context_ids=ids)
     rows = []
     for rank, a in enumerate(answers, 1):
