@@ -221,7 +221,7 @@ def test_multihop_bad_input(tmp_path, capsys, tiny_model_dir):
 
 
 def test_demo_shows_the_two_hop_chains(capsys):
-    run_demo(show=1, ance_steps=0)
+    run_demo(show=0, ance_steps=0)  # show=0: no search printout, still evaluates
     out = capsys.readouterr().out
     part = out[out.index("== multi-hop search"):]
     first = [line for line in part.splitlines() if line.startswith("  1. [")]

@@ -54,15 +54,15 @@ def run_demo(data: str | None = None, show: int = 3, split: str = "test", ance_s
     shown = list(queries)[:show]
     if shown:
         print("\n== search with all-MiniLM-L6-v2 (dense, exact inner product)")
-    scores, ids = dense.search([queries[q] for q in shown], k=3)
-    for row, qid in enumerate(shown):
-        relevant = dataset.qrels.get(qid, {})
-        print(f"\nQ: {queries[qid]}")
-        for rank, (doc_id, score) in enumerate(zip(ids[row], scores[row]), 1):
-            doc = dataset.corpus[doc_id]
-            mark = "*" if relevant.get(doc_id, 0) > 0 else " "
-            print(f"  {rank}. {mark} [{score:.3f}] {doc_id}: {short(doc.get('title') or doc['text'], 80)}")
-    print("  (* = judged relevant)")
+        scores, ids = dense.search([queries[q] for q in shown], k=3)
+        for row, qid in enumerate(shown):
+            relevant = dataset.qrels.get(qid, {})
+            print(f"\nQ: {queries[qid]}")
+            for rank, (doc_id, score) in enumerate(zip(ids[row], scores[row]), 1):
+                doc = dataset.corpus[doc_id]
+                mark = "*" if relevant.get(doc_id, 0) > 0 else " "
+                print(f"  {rank}. {mark} [{score:.3f}] {doc_id}: {short(doc.get('title') or doc['text'], 80)}")
+        print("  (* = judged relevant)")
 
     print(f"\n== evaluation on {len(queries)} questions (pytrec_eval)")
     results = {}
