@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reprlab.errors import ConfigError
+from reprlab.errors import ConfigError, config_from_dict
 from reprlab.nn.attention import ATTENTION
 from reprlab.nn.memory import MEMORY_MODES, MemoryTokens
 
@@ -130,11 +130,7 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EncoderConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown EncoderConfig fields: {', '.join(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 class EncoderOutput(NamedTuple):

@@ -50,3 +50,13 @@ def require(module: str, extra: str, package: str | None = None):
             f"this needs the optional package '{package or module}': "
             f"pip install 'reprlab[{extra}]' (or pip install {package or module})"
         ) from exc
+
+
+def config_from_dict(cls, d: dict):
+    """``cls(**d)`` for a config dataclass, or a ConfigError that names the fields ``cls`` does not have."""
+    import dataclasses
+
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+    return cls(**d)

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from reprlab.encoder import Encoder
-from reprlab.errors import ConfigError, ModelLoadError
+from reprlab.errors import ConfigError, ModelLoadError, config_from_dict
 from reprlab.qa.reader import (
     Reader,
     ReaderConfig,
@@ -94,11 +94,7 @@ class BlockSkimConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BlockSkimConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown BlockSkimConfig fields: {', '.join(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 class SkimPredictor(nn.Module):

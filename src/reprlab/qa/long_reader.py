@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from reprlab.encoder import Encoder
-from reprlab.errors import ConfigError, ReprlabError
+from reprlab.errors import ConfigError, ReprlabError, config_from_dict
 from reprlab.io import atomic_write_json
 from reprlab.qa.reader import Reader, ReaderConfig, collate_features, evaluate_reader, reader_loss
 from reprlab.qa.squad import QAExample
@@ -165,11 +165,7 @@ class LongReaderConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LongReaderConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown LongReaderConfig fields: {', '.join(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 def build_long_reader(model: str | Path, config: LongReaderConfig) -> Reader:

@@ -40,7 +40,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from reprlab.encoder import Encoder
-from reprlab.errors import ConfigError, ModelLoadError, ReprlabError
+from reprlab.errors import ConfigError, ModelLoadError, ReprlabError, config_from_dict
 from reprlab.io import atomic_dir, atomic_write_json
 from reprlab.qa.squad import QAExample, evaluate_examples, load_qa_file, split_examples
 from reprlab.text.tokenizer import Batch, Tokenizer
@@ -78,11 +78,7 @@ class ReaderConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ReaderConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown ReaderConfig fields: {', '.join(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 @dataclass
