@@ -108,7 +108,7 @@ def main() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        warm_losses.append(float(loss))
+        warm_losses.append(float(loss.detach()))
     model.encoder.requires_grad_(True)
     if model.encoder.pooler is not None:
         model.encoder.pooler.requires_grad_(False)
