@@ -117,6 +117,17 @@ def add_train_options(parser, **defaults) -> None:
     add_config_options(group, TrainConfig, skip=TRAIN_SKIP, defaults=defaults)
 
 
+def add_retrieval_recipe(recipes, name: str, help: str, config_cls, func, dev_default: float, dev_help: str,
+                         **train_defaults) -> None:
+    """``reprlab train NAME --data BEIR --out DIR``: the config's fields, --dev-fraction and the loop's options."""
+    p = recipes.add_parser(name, help=help)
+    p.add_argument("--out", dest="output_dir", required=True)
+    p.add_argument("--dev-fraction", type=float, default=dev_default, help=dev_help)
+    add_config_options(p, config_cls, skip=("output_dir",))
+    add_train_options(p, **train_defaults)
+    p.set_defaults(func=func)
+
+
 def train_config(args):
     from reprlab.train.loop import TrainConfig
 
@@ -480,12 +491,9 @@ def add_retrieval_qa_commands(sub, recipes) -> None:
     g.add_argument("--single-hop", action="store_true", help="rank pairs of one retrieval instead of the beam search")
     g.add_argument("--max-length", type=int, default=256, help="passage tokens when indexing the corpus")
 
-    p = recipes.add_parser("hashing", help="semantic hashing: DPR with the angular-similarity loss (for SimHash codes)")
-    p.add_argument("--out", dest="output_dir", required=True)
-    p.add_argument("--dev-fraction", type=float, default=0.0, help="train queries held out (not trained on)")
-    add_config_options(p, HashingConfig, skip=("output_dir",))
-    add_train_options(p, epochs=1.0, batch_size=32, lr=5e-5)
-    p.set_defaults(func=cmd_train_hashing)
+    add_retrieval_recipe(recipes, "hashing", "semantic hashing: DPR with the angular-similarity loss (for SimHash codes)",
+                         HashingConfig, cmd_train_hashing, 0.0, "train queries held out (not trained on)",
+                         epochs=1.0, batch_size=32, lr=5e-5)
 
     p = recipes.add_parser("mdr", help="multi-hop dense retrieval on a HotpotQA file (evaluated on its eval side)")
     p.add_argument("--out", dest="output_dir", required=True)
@@ -879,19 +887,11 @@ def build_parser() -> argparse.ArgumentParser:
     from reprlab.retrieval.ance import AnceConfig
     from reprlab.retrieval.dpr import DprConfig
 
-    p = recipes.add_parser("dpr", help="dual encoder with in-batch + BM25 hard negatives")
-    p.add_argument("--out", dest="output_dir", required=True)
-    p.add_argument("--dev-fraction", type=float, default=0.0, help="train queries held out (not trained on)")
-    add_config_options(p, DprConfig, skip=("output_dir",))
-    add_train_options(p, epochs=3.0, batch_size=32, lr=2e-5)
-    p.set_defaults(func=cmd_train_dpr)
-
-    p = recipes.add_parser("ance", help="ANCE: negatives from an asynchronously refreshed ANN index")
-    p.add_argument("--out", dest="output_dir", required=True)
-    p.add_argument("--dev-fraction", type=float, default=0.1, help="train queries held out and scored per refresh")
-    add_config_options(p, AnceConfig, skip=("output_dir",))
-    add_train_options(p, epochs=3.0, batch_size=32, lr=2e-5)
-    p.set_defaults(func=cmd_train_ance)
+    add_retrieval_recipe(recipes, "dpr", "dual encoder with in-batch + BM25 hard negatives", DprConfig, cmd_train_dpr,
+                         0.0, "train queries held out (not trained on)", epochs=3.0, batch_size=32, lr=2e-5)
+    add_retrieval_recipe(recipes, "ance", "ANCE: negatives from an asynchronously refreshed ANN index", AnceConfig,
+                         cmd_train_ance, 0.1, "train queries held out and scored per refresh",
+                         epochs=3.0, batch_size=32, lr=2e-5)
 
     add_retrieval_qa_commands(sub, recipes)
     add_model_commands(sub, recipes)
