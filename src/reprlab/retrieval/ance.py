@@ -283,11 +283,17 @@ class IndexRefresher:
         metrics["ance_version"] = self.negatives.version
 
     def close(self) -> None:
-        if self.process is not None and self.process.is_alive():
-            self.requests.put(None)
-            self.process.join(timeout=60)
-            if self.process.is_alive():
+        if self.process is not None:
+            if self.process.is_alive() and not self.busy:  # idle: let it finish cleanly
+                self.requests.put(None)
+                self.process.join(timeout=60)
+            if self.process.is_alive():  # mid-encode: an index published after training would never be used
                 self.process.terminate()
+                self.process.join()
+            for queue in (self.requests, self.results):
+                queue.close()
+                queue.cancel_join_thread()
+            self.requests = self.results = None
         self.process = None
 
     def on_train_end(self, state, model) -> None:
