@@ -457,8 +457,6 @@ def add_retrieval_qa_commands(sub, recipes) -> None:
 
     # index --binary BITS (semantic hashing) / --multihop --data HOTPOT (the open corpus of a HotpotQA file)
     p = sub.choices["index"]
-    # --corpus is not needed with --multihop --data; _index_variant checks that one of them is given
-    p._option_string_actions["--corpus"].required = False
     g = p.add_argument_group("binary codes (semantic hashing)")
     g.add_argument("--binary", type=int, metavar="BITS",
                    help="index SimHash codes of BITS bits (a multiple of 8), searched by Hamming distance")
@@ -844,7 +842,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--factory", default="Flat", help='FAISS factory string, e.g. "HNSW32" (default: exact)')
 
     p = sub.add_parser("index", help="encode a corpus into a searchable index folder")
-    p.add_argument("--corpus", required=True, help="BEIR folder, corpus.jsonl or MS MARCO collection.tsv")
+    # required unless --multihop --data (checked in _index_variant, where those options are added)
+    p.add_argument("--corpus", help="BEIR folder, corpus.jsonl or MS MARCO collection.tsv (required)")
     p.add_argument("--model", default="minilm", help="model folder or 'minilm'")
     p.add_argument("--out", required=True, help="index folder to write")
     encoding_options(p)
