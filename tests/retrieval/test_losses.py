@@ -73,7 +73,11 @@ def _one_rank(rank, world, port, out):
     torch.distributed.all_gather(losses, loss.detach().reshape(1))
     if rank == 0:
         torch.save({"loss": torch.cat(losses).mean(), "grad": model.module.weight.grad}, out)
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+    # torch 2.13 + gloo: interpreter teardown after DDP with autograd all_gather sometimes aborts
+    # ("terminate called without an active exception") although the work is done; skip the teardown
+    os._exit(0)
 
 
 def test_two_gloo_ranks_equal_one_process_with_the_whole_batch(tmp_path):

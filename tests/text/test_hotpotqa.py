@@ -98,7 +98,7 @@ def test_malformed_jsonl_records_name_the_line(tmp_path, breakage, message):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataFormatError, match=message) as err:
         load_hotpotqa(path)
-    assert err.value.line == 4 and f"bad.jsonl:4:" in str(err.value)
+    assert err.value.line == 4 and "bad.jsonl:4:" in str(err.value)
 
 
 def test_malformed_record_in_a_json_list_names_its_first_line(tmp_path):

@@ -290,9 +290,9 @@ class IndexRefresher:
             if self.process.is_alive():  # mid-encode: an index published after training would never be used
                 self.process.terminate()
                 self.process.join()
-            for queue in (self.requests, self.results):
-                queue.close()
-                queue.cancel_join_thread()
+            for channel in (self.requests, self.results):
+                channel.close()
+                channel.cancel_join_thread()
             self.requests = self.results = None
         self.process = None
 

@@ -39,7 +39,7 @@ import Stemmer
 
 from reprlab.errors import ConfigError, DataFormatError, ReprlabError
 from reprlab.io import atomic_dir, atomic_write_json
-from reprlab.retrieval.index import as_ids, check_k, _order_ties, read_ids, write_ids
+from reprlab.retrieval.index import as_ids, check_k, order_ties, read_ids, write_ids
 
 FORMAT = "reprlab-bm25"
 FORMAT_VERSION = 1
@@ -186,7 +186,7 @@ class BM25Index:
                 found[row, :kk], docs[row, :kk] = full[order], order
         scores[:, :kk] = found[:, :kk]
         labels[:, :kk] = docs[:, :kk]
-        _order_ties(scores, labels)
+        order_ties(scores, labels)
         return scores, self._table[labels]
 
     def save(self, path: str | Path) -> None:

@@ -91,7 +91,7 @@ def check_k(k: int) -> int:
     return int(k)
 
 
-def _order_ties(scores: np.ndarray, labels: np.ndarray) -> None:
+def order_ties(scores: np.ndarray, labels: np.ndarray) -> None:
     """In place: within each row, order equal scores by label (insertion position), padding last.
 
     FAISS breaks ties differently per metric (IP lists tied ids in descending order, L2 ascending).
@@ -335,7 +335,7 @@ class FaissIndex(Index):
             scores, labels = scores[:, :k].copy(), labels[:, :k].copy()  # (Q, k)
             for row in crossing:
                 scores[row], labels[row] = self._search_tie(q[row : row + 1], k)
-        _order_ties(scores, labels)
+        order_ties(scores, labels)
         return scores, labels
 
     def _search_raw(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -356,7 +356,7 @@ class FaissIndex(Index):
             if depth == len(self) or scores[0, -1] < scores[0, k - 1]:
                 break
             depth *= 2
-        _order_ties(scores, labels)
+        order_ties(scores, labels)
         return scores[0, :k], labels[0, :k]
 
     def _search_with(self, q: np.ndarray, k: int, params: dict) -> tuple[np.ndarray, np.ndarray]:
