@@ -37,6 +37,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from reprlab.io import atomic_write_json
@@ -117,6 +118,44 @@ def timed_pass(reader, examples) -> tuple[dict[str, str], float, float, dict]:
     return predictions, time.perf_counter() - t0, time.process_time() - c0, stats
 
 
+def predictor_diagnostics(folder: Path, features: str, layers: list[int], examples, block_size: int,
+                          batch: int = 32) -> list[dict]:
+    """How well each trained skim predictor separates answer blocks from the others on ``examples``.
+
+    Per layer: ROC AUC of P(keep) (answer blocks vs the rest; 0.5 = no better than chance), the mean
+    P(keep) of each class, and the share of answer blocks. Threshold 0, so every layer sees the full
+    sequence, as in training.
+    """
+    from reprlab.qa.block_skim import block_labels, context_blocks
+    from reprlab.qa.reader import collate_features
+
+    skim = BlockSkimConfig(block_size=block_size, skim_layers=layers, threshold=0.0, features=features)
+    model = BlockSkimReader.from_pretrained(folder, skim=skim).eval()
+    feats = model.training_features(examples)
+    probs: list[list[torch.Tensor]] = [[] for _ in layers]
+    labels = []
+    with torch.inference_mode():
+        for i in range(0, len(feats), batch):
+            b = collate_features(feats[i: i + batch], None, model.tokenizer.pad_id)
+            out = model.skim_forward(b["input_ids"], b["attention_mask"], b.get("token_type_ids"), b["context_mask"])
+            _, block_pos = context_blocks(b["context_mask"].bool() & b["attention_mask"].bool(), block_size)
+            lab = block_labels(block_pos, b["start_positions"], b["end_positions"])  # (B, nb)
+            labels.append(lab[lab >= 0])
+            for k, p in enumerate(out.keep_probs):
+                probs[k].append(p[lab >= 0])
+    y = torch.cat(labels).numpy()
+    rows = []
+    for layer, ps in zip(layers, probs):
+        p = torch.cat(ps).numpy()
+        pos, neg = p[y == 1], p[y == 0]
+        ranks = np.argsort(np.argsort(np.concatenate([pos, neg]), kind="stable"), kind="stable") + 1
+        auc = (ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / max(len(pos) * len(neg), 1)
+        rows.append({"reader": f"Block Skim ({features})", "layer": layer, "auc": round(float(auc), 3),
+                     "p_keep_answer": round(float(pos.mean()), 4), "p_keep_other": round(float(neg.mean()), 4),
+                     "answer_share": round(len(pos) / len(p), 3), "blocks": int(len(p))})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -152,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
                              "stall each other; 0 = torch's default)")
     parser.add_argument("--sequential", action="store_true",
                         help="train the two readers one after the other (default: two processes, one thread each)")
+    parser.add_argument("--diagnose-only", action="store_true",
+                        help="only measure the trained predictors' AUC on the eval split and add it to --out")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "blockskim.json")
     parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     args = parser.parse_args(argv)
@@ -162,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
         args.thresholds = [0.0, 0.5]
         args.work_dir = args.work_dir.with_name(args.work_dir.name + "-quick")
         args.out = args.out.with_name("blockskim-quick.json")
+    if args.diagnose_only:
+        args.reuse = True  # never train here
     logging.getLogger("reprlab").setLevel(logging.WARNING)
     skim_sets = [[int(x) for x in s.split(",")] for s in args.skim_layers]
     for s in skim_sets:
@@ -176,6 +219,22 @@ def main(argv: list[str] | None = None) -> None:
     hotpot_train = split_examples(load_hotpotqa_answers(HOTPOT), args.eval_fraction)[0] if args.hotpotqa else []
     examples = squad_eval[: args.eval_limit] if args.eval_limit else squad_eval
     assert not {e.group for e in examples} & {e.group for e in squad_train}
+
+    def diagnostics() -> list[dict]:
+        rows = []
+        for features in args.variants:
+            rows += predictor_diagnostics(args.work_dir / VARIANT_DIRS[features] / "model", features,
+                                          args.train_layers, examples, args.block_size)
+        return rows
+
+    if args.diagnose_only:
+        result = json.loads(args.out.read_text())
+        result["predictors"] = diagnostics()
+        atomic_write_json(args.out, result)
+        print(predictor_table(result))
+        if args.append:
+            append_section(result)
+        return
 
     device = torch.device(args.device)
     plain = Reader.from_pretrained(args.work_dir / "plain" / "model").to(device).eval()
@@ -235,9 +294,11 @@ def main(argv: list[str] | None = None) -> None:
         "train_minutes": {k: round(v / 60, 2) for k, v in train_times.items()},
         "total_minutes": round((time.perf_counter() - t_start) / 60, 2),
         "rows": rows, "goal_met_by": ok, "goal_met_by_cpu_time": ok_cpu,
+        "predictors": diagnostics(),
     }
     atomic_write_json(args.out, result)
     print(table(result))
+    print(predictor_table(result))
     print(f"wrote {args.out}")
     plot(result, args.out.with_suffix(".png"))
     if args.append:
@@ -256,6 +317,15 @@ def table(result: dict) -> str:
         lines.append(f"| {r['reader']} | {layers} | {threshold} | {r['exact_match']:.2f} | {r['f1']:.2f} | "
                      f"{r['ms_per_question']:.1f} | {r['speedup']:.2f}x | {r['cpu_ms_per_question']:.1f} | "
                      f"{r['cpu_speedup']:.2f}x | {r['slots']:.2f} |")
+    return "\n".join(lines)
+
+
+def predictor_table(result: dict) -> str:
+    lines = ["| predictor | after layer | AUC (answer blocks vs others) | mean P(keep): answer / other | "
+             "answer blocks |", "|---|---|---|---|---|"]
+    for r in result.get("predictors", []):
+        lines.append(f"| {r['reader']} | {r['layer']} | {r['auc']:.3f} | {r['p_keep_answer']:.3f} / "
+                     f"{r['p_keep_other']:.3f} | {r['answer_share']:.0%} of {r['blocks']} |")
     return "\n".join(lines)
 
 
@@ -337,6 +407,9 @@ def append_section(result: dict) -> None:
         "![speed vs F1](bench/results/blockskim.png)",
         "",
     ]
+    if result.get("predictors"):
+        lines += ["How well the trained predictors separate the blocks that hold the answer from the others, "
+                  "on the same eval questions (every block seen, threshold 0):", "", predictor_table(result), ""]
     if not path.exists():
         path.write_text("# reprlab benchmarks\n\nEach section gives the command, the machine and the date.\n",
                         encoding="utf-8")

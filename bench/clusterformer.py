@@ -17,13 +17,16 @@ of ``--repeats``, one pass above 2k tokens) and peak memory (VmHWM, reset throug
 Part ``qa``: answer EM/F1 on long HotpotQA inputs (../shared/data/hotpotqa_dev500_ircot: a question
 and all ~10 of its paragraphs as one sequence, ~1,200 word pieces on average, up to ~3,000; split
 by question id as the multi-hop issue: 291 train / 129 eval questions with extractive answers,
-yes/no questions left out). Little training data exists, so every reader first learns extractive
-QA on the train side of XQuAD-en (876 SQuAD v1.1 questions, 1 epoch, windows of 384), then each is
-fine-tuned on the first ``--train-questions`` HotpotQA train questions (1 epoch) and evaluated on all
-129 eval questions:
+yes/no questions left out). Little training data exists, so every reader starts from one stage-1
+reader: MiniLM trained for extractive QA on the train sides of XQuAD-en (876 SQuAD v1.1 questions) and
+of HotpotQA's answers in their supporting paragraphs (same question-id rule, so no eval question is
+seen), 2 epochs, windows of 384: the recipe of the plain reader of ``bench/blockskim.py``, whose model
+``--stage1-model runs/blockskim/plain/model`` reuses. Each encoder is then fine-tuned on the first
+``--train-questions`` HotpotQA train questions as long inputs (1 epoch) and evaluated on all 129 eval
+questions:
 
-* ``windows``: the plain reader, 384-token windows with stride 128 (and, for reference, the same
-  SQuAD reader without the HotpotQA step);
+* ``windows``: the plain reader, 384-token windows with stride 128 (and, for reference, the
+  stage-1 reader without the long-input step);
 * ``softmax``: full attention over the whole input (positions tiled from 512 to 4,096);
 * ``cluster-former``: as in the timing part, centroids calibrated on 16 training inputs, refitted
   every 50 training forwards;
@@ -52,6 +55,8 @@ import warnings
 from pathlib import Path
 
 import torch
+
+from reprlab.io import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -163,6 +168,20 @@ def run_timing(args) -> list[dict]:
 # QA
 
 
+def check_stage1(model: Path) -> Path:
+    """A stage-1 reader given on the command line must come from the stage-1 recipe: the same data and split."""
+    config = model.parent / "train_config.json"
+    if not config.is_file():
+        raise SystemExit(f"--stage1-model {model}: no {config.name} next to it, cannot check its recipe")
+    extra = json.loads(config.read_text()).get("extra", {})
+    data = sorted(Path(d).name for d in extra.get("data", []))
+    want = sorted([SQUAD.name, HOTPOT.name])
+    if data != want or extra.get("eval_fraction") != 0.3:
+        raise SystemExit(f"--stage1-model {model}: trained on {data} with eval_fraction "
+                         f"{extra.get('eval_fraction')}; stage 1 needs {want} with eval_fraction 0.3")
+    return model
+
+
 def run_qa(args) -> dict:
     from reprlab.qa.long_reader import (
         LongReaderConfig, LongReaderTrainingConfig, build_long_reader, evaluate_long_reader, load_long_hotpotqa,
@@ -174,19 +193,23 @@ def run_qa(args) -> dict:
     results: dict = {"stages": {}}
     t0 = time.perf_counter()
     squad_dir = work / "squad" / "model"
-    if args.reuse and squad_dir.is_dir():
+    if args.stage1_model:  # a reader trained with the same stage-1 recipe (e.g. bench/blockskim.py's plain reader)
+        squad_dir = check_stage1(args.stage1_model)
+        saved = squad_dir.parent / "eval.json"
+        squad_metrics = json.loads(saved.read_text()) if saved.is_file() else None
+    elif args.reuse and squad_dir.is_dir():
         saved = work / "squad" / "eval.json"
         squad_metrics = json.loads(saved.read_text()) if saved.is_file() else None
     else:
         cfg = ReaderTrainingConfig(
-            output_dir=str(work / "squad"), data=[str(SQUAD)], eval_fraction=0.3,
+            output_dir=str(work / "squad"), data=[str(SQUAD), str(HOTPOT)], eval_fraction=0.3,
             reader=ReaderConfig(max_length=384, stride=128), epochs=args.squad_epochs, max_steps=args.squad_steps,
-            batch_size=16, lr=1e-4, seed=args.seed, device=args.device, evaluate=not args.quick)
-        squad_metrics = run_reader_training(cfg).eval_metrics
-    results["stages"]["squad"] = {"seconds": time.perf_counter() - t0,
+            batch_size=16, lr=1e-4, seed=args.seed, device=args.device, evaluate=False)
+        run_reader_training(cfg)
+        squad_metrics = None
+    results["stages"]["squad"] = {"seconds": time.perf_counter() - t0, "model": str(squad_dir),
                                   "eval": next(iter(squad_metrics.values())) if squad_metrics else None}
-    print(f"stage 1 (XQuAD train side): {results['stages']['squad']}", flush=True)
-
+    print(f"stage 1 (XQuAD + HotpotQA answers, train side): {results['stages']['squad']}", flush=True)
     data = load_long_hotpotqa(HOTPOT)
     eval_ex = data.eval[: args.eval_questions] if args.eval_questions else data.eval
     results["data"] = {"train_questions": len(data.train), "eval_questions": len(data.eval),
@@ -194,14 +217,13 @@ def run_qa(args) -> dict:
                        "used_eval": len(eval_ex), "skipped": data.skipped}
     rows = []
     # the SQuAD reader as it is, with windows: how much the HotpotQA step adds
-    cached = work / "squad" / "long_eval.json"
-    if args.reuse and cached.is_file():
-        m = json.loads(cached.read_text())
-    else:
+    cached = work / "stage1_long_eval.json"
+    m = json.loads(cached.read_text()) if args.reuse and cached.is_file() else None
+    if m is None or m.get("model") != str(squad_dir):
         base = build_long_reader(squad_dir, LongReaderConfig(attention="windows")).to(args.device)
-        m = evaluate_long_reader(base, eval_ex)
-        cached.write_text(json.dumps(m, indent=2) + "\n")
-    rows.append({"reader": "windows (SQuAD only)", "train_seconds": 0.0, **m})
+        m = {**evaluate_long_reader(base, eval_ex), "model": str(squad_dir)}
+        atomic_write_json(cached, m)
+    rows.append({"reader": "windows (stage 1 only)", "train_seconds": 0.0, **m})
     print(f"  {rows[-1]['reader']}: F1 {m['f1']:.2f} EM {m['exact_match']:.2f}", flush=True)
     for name in args.encoders:
         out = work / name
@@ -293,9 +315,9 @@ def section(result: dict, png: Path) -> str:
         qa = result["qa"]
         d = qa["data"]
         lines += [f"HotpotQA, all paragraphs of a question as one input; eval side: {d['used_eval']} questions "
-                  f"(yes/no questions left out: {d['skipped']['yes/no']} of 500); every reader learned on "
-                  f"XQuAD-en's train side first, then on {d['used_train']} of the {d['train_questions']} HotpotQA "
-                  "train questions (little data: absolute scores are low and differences of a few points are "
+                  f"(yes/no questions left out: {d['skipped']['yes/no']} of 500); every reader started from the same "
+                  "stage-1 reader (XQuAD-en + HotpotQA answers, train sides), then learned on "
+                  f"{d['used_train']} of the {d['train_questions']} HotpotQA train questions (little data: absolute scores are low and differences of a few points are "
                   "within noise):", "", qa_table(qa), ""]
     return "\n".join(lines)
 
@@ -314,7 +336,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse", action="store_true", help="reuse trained models / eval.json in --work-dir")
     parser.add_argument("--encoders", nargs="+", default=["windows", "softmax", "cluster-former"],
                         choices=["windows", "softmax", "sliding-window", "cluster-former"])
-    parser.add_argument("--squad-epochs", type=float, default=1.0)
+    parser.add_argument("--squad-epochs", type=float, default=2.0)
+    parser.add_argument("--stage1-model", type=Path, default=None,
+                        help="skip stage 1: a reader folder trained with the same recipe (bench/blockskim.py's "
+                             "plain reader, runs/blockskim/plain/model)")
     parser.add_argument("--squad-steps", type=int, default=None)
     parser.add_argument("--train-questions", type=int, default=120, help="HotpotQA train questions used (0 = all)")
     parser.add_argument("--eval-questions", type=int, default=None, help="first N eval questions (default all)")

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from reprlab.io import atomic_write_json
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "scifact"
 SCHEMES = ("random", "wwm", "span", "pmi", "fully-explored")
@@ -260,10 +262,12 @@ def main() -> None:
             print(f"=== {part}", flush=True)
             record = run_part(part, data, args)
             record.update(date=datetime.date.today().isoformat(), machine=machine(), device=args.device)
+            # re-read before merging: another run may have recorded other parts meanwhile
+            saved = json.loads(out.read_text()) if out.is_file() else {"results": {}}
             saved["results"][part] = record
             saved["args"] = {k: v for k, v in vars(args).items() if k not in ("parts", "table")}
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(saved, indent=2) + "\n")
+            atomic_write_json(out, saved)
             print(json.dumps({k: v for k, v in record.items() if k != "pmi_vocab"}), flush=True)
     print()
     print(table(saved["results"], argparse.Namespace(**{**vars(args), **saved.get("args", {})})))
