@@ -67,53 +67,17 @@ def evaluate_model(model_dir: str, data, args) -> dict:
 
 def finetune(model_dir: str, out: Path, args) -> tuple[str, dict]:
     """The same retrieval fine-tuning for every starting point; returns (model folder, info)."""
+    from reprlab.retrieval.dpr import DprConfig, run_dpr
     from reprlab.train import TrainConfig
 
     loop = TrainConfig(output_dir=str(out), epochs=args.ft_epochs, max_steps=args.ft_steps, batch_size=args.ft_batch,
                        lr=args.ft_lr, warmup_ratio=0.1, seed=args.seed, device=args.device, log_every=5)
     t = time.time()
-    try:
-        from reprlab.retrieval.dpr import DprConfig, run_dpr
-    except ImportError:  # the DPR recipe is not there: a plain in-batch contrastive fine-tune on the loop
-        return inbatch_finetune(model_dir, out, loop, args)
     cfg = DprConfig(output_dir=str(out), data=str(args.data), split="train", model=model_dir, num_negatives=0,
                     query_max_length=64, passage_max_length=args.ft_max_length, train=loop)
     result = run_dpr(cfg)
-    return result.model_dir, {"recipe": "reprlab.retrieval.dpr (in-batch negatives)", "steps": result.steps,
+    return result.model_dir, {"recipe": "reprlab.retrieval.dpr (in-batch negatives)", "ft_steps": result.steps,
                               "ft_seconds": round(time.time() - t)}
-
-
-def inbatch_finetune(model_dir: str, out: Path, loop, args) -> tuple[str, dict]:
-    """Fallback: MultipleNegativesRanking-style loss (scale 20, cosine) over (query, positive) pairs."""
-    import torch
-    import torch.nn.functional as F
-
-    from reprlab.encoder import SentenceEncoder
-    from reprlab.text.beir import load_beir
-    from reprlab.train import train
-
-    t = time.time()
-    train_data = load_beir(args.data, split="train")
-    pairs = [(train_data.queries[q], (d.get("title", "") + " " + d.get("text", "")).strip())
-             for q, docs in train_data.qrels.items() for doc_id, rel in docs.items() if rel > 0
-             for d in [train_data.corpus.get(doc_id)] if d]
-    model = SentenceEncoder.from_pretrained(model_dir)
-    tok = model.tokenizer
-
-    def collate(items, rng):
-        q = tok([a for a, _ in items], max_length=64)
-        p = tok([b for _, b in items], max_length=args.ft_max_length)
-        return {"q": q.model_inputs(), "p": p.model_inputs()}
-
-    def loss_fn(m, batch):
-        q = m(batch["q"]["input_ids"], batch["q"]["attention_mask"])
-        p = m(batch["p"]["input_ids"], batch["p"]["attention_mask"])
-        return F.cross_entropy(20.0 * q @ p.T, torch.arange(len(q), device=q.device))
-
-    state = train(model, pairs, collate, loss_fn, loop)
-    model.save_pretrained(out / "model")
-    return str(out / "model"), {"recipe": "in-batch contrastive (bench fallback: no reprlab.retrieval.dpr)",
-                                "steps": state.step, "ft_seconds": round(time.time() - t)}
 
 
 # ----------------------------------------------------------------------------- parts
