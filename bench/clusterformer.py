@@ -204,7 +204,8 @@ def run_qa(args) -> dict:
         cfg = ReaderTrainingConfig(
             output_dir=str(work / "squad"), data=[str(SQUAD), str(HOTPOT)], eval_fraction=0.3,
             reader=ReaderConfig(max_length=384, stride=128), epochs=args.squad_epochs, max_steps=args.squad_steps,
-            batch_size=16, lr=1e-4, seed=args.seed, device=args.device, evaluate=False)
+            batch_size=16, lr=1e-4, seed=args.seed, device=args.device, evaluate=False,
+            resume=(work / "squad" / "checkpoints").is_dir())  # an interrupted stage 1 continues
         run_reader_training(cfg)
         squad_metrics = None
     results["stages"]["squad"] = {"seconds": time.perf_counter() - t0, "model": str(squad_dir),
