@@ -17,6 +17,7 @@ Every number comes from one run of this script, on the same machine, with the sa
     python bench/scifact_blocks.py --threads 1 --parts zero-shot          # (a): ~20 min on 2 cores
     python bench/scifact_blocks.py --threads 1 --parts tuned --tune minilm,hire   # (b) baseline + (c)
     python bench/scifact_blocks.py --threads 1 --parts tuned --tune 192,96        # (b) converted models
+    python bench/scifact_blocks.py --threads 1 --parts speed --speed-docs 300     # encode speed, quiet machine
 
 Each invocation updates its own rows of ``bench/results/scifact_blocks.json`` (keyed by model), so
 the long benchmark can run as several heavy jobs of under ~30 minutes each.
@@ -105,7 +106,8 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--negatives", type=int, default=0, help="BM25 hard negatives per query (0 = in-batch only)")
     p.add_argument("--train-max-length", type=int, default=128, help="passage tokens during fine-tuning")
-    p.add_argument("--parts", default="zero-shot,tuned", help="zero-shot and/or tuned")
+    p.add_argument("--parts", default="zero-shot,tuned", help="zero-shot, tuned and/or speed")
+    p.add_argument("--speed-docs", type=int, default=500, help="documents encoded by the speed part (3 passes)")
     p.add_argument("--tune", default="minilm,hire,dims", help="models to fine-tune: minilm, hire, dims or widths")
     p.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a contended machine)")
     args = p.parse_args(argv)
@@ -127,7 +129,7 @@ def main(argv=None) -> None:
     tune = [x.strip() for x in args.tune.split(",")]
     if "dims" in tune:
         tune = [t for t in tune if t != "dims"] + [str(d) for d in dims]
-    needed = set(dims) if "zero-shot" in parts else {int(t) for t in tune if t.isdigit()}
+    needed = set(dims) if parts & {"zero-shot", "speed"} else {int(t) for t in tune if t.isdigit()}
 
     rows, tuned_rows = [], []
     base = SentenceEncoder.from_pretrained("minilm").eval()
@@ -151,6 +153,26 @@ def main(argv=None) -> None:
             rows.append({"model": name, "shared_dim": D, **sizes(model), **scores,
                          **({"conversion": conversion[D]} if D in conversion else {})})
             print(rows[-1], flush=True)
+
+    speed_rows = []
+    if "speed" in parts:  # encode speed alone, interleaved repeats on the same documents (a quiet machine)
+        docs = list(data.corpus.values())[: args.speed_docs]
+        texts = [(d.get("title", "") + " " + d.get("text", "")).strip() for d in docs]
+        keys = ["minilm"] + [str(D) for D in dims]
+        best = {k: float("inf") for k in keys}
+        for rep in range(3):
+            for key in keys if rep % 2 == 0 else keys[::-1]:
+                model = models[key][1]
+                model.max_length = args.max_length
+                start = time.perf_counter()
+                with torch.inference_mode():
+                    model.encode(texts, batch_size=32, show_progress=False)
+                best[key] = min(best[key], time.perf_counter() - start)
+        for key in keys:
+            speed_rows.append({"model": models[key][0], "docs": len(texts),
+                               "docs_per_s": round(len(texts) / best[key], 1),
+                               "speed_vs_minilm": round(best["minilm"] / best[key], 3)})
+            print(speed_rows[-1], flush=True)
 
     if "tuned" in parts:
         with tempfile.TemporaryDirectory() as tmp:
@@ -181,6 +203,7 @@ def main(argv=None) -> None:
         "benchmark": "scifact_blocks", "machine": machine(), "torch_threads": torch.get_num_threads(),
         "settings": {k: v for k, v in vars(args).items()}, "docs": len(data.corpus), "queries": len(data.qrels),
         "zero_shot": merged("zero_shot", rows), "tuned": merged("tuned", tuned_rows),
+        "speed": merged("speed", speed_rows),
     }
     atomic_write_json(path, out)
     print(markdown(out))
@@ -198,6 +221,10 @@ def markdown(out: dict) -> str:
         for r in out["tuned"]:
             lines.append(f"| {r['model']} | {r['steps']} | {r['train_seconds']:.0f} | {r['ndcg_cut_10']:.4f} | "
                          f"{r['recall_100']:.4f} |")
+    if out.get("speed"):
+        lines += ["", "| model | encode docs/s (quiet machine) | speed vs MiniLM |", "|---|---:|---:|"]
+        for r in out["speed"]:
+            lines.append(f"| {r['model']} | {r['docs_per_s']:.1f} | {r['speed_vs_minilm']:.2f}x |")
     return "\n".join(lines)
 
 
