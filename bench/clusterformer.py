@@ -33,8 +33,8 @@ questions:
 * ``sliding-window`` (``--encoders``, not run by default): the paper's local-only ablation.
 
     flock /tmp/reprlab-heavy.lock python bench/clusterformer.py --part timing   # ~5 min
-    flock /tmp/reprlab-heavy.lock python bench/clusterformer.py --part qa --encoders windows softmax   # ~27 min
-    flock /tmp/reprlab-heavy.lock python bench/clusterformer.py --part qa --reuse   # + cluster-former, ~10 min
+    flock /tmp/reprlab-heavy.lock python bench/clusterformer.py --part qa   # stage 1 (~25 min) + 3 encoders (~40 min)
+    python bench/clusterformer.py --part qa --stage1-model runs/blockskim/plain/model   # reuse stage 1 (~45 min)
     python bench/clusterformer.py --quick                                       # smoke run (~2 min)
     python bench/clusterformer.py --part report --append                        # table + plot from the JSON
 """
