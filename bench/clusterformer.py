@@ -198,6 +198,7 @@ def run_qa(args) -> dict:
         saved = squad_dir.parent / "eval.json"
         squad_metrics = json.loads(saved.read_text()) if saved.is_file() else None
     elif args.reuse and squad_dir.is_dir():
+        check_stage1(squad_dir)  # an older run of this script may have used another stage-1 recipe
         saved = work / "squad" / "eval.json"
         squad_metrics = json.loads(saved.read_text()) if saved.is_file() else None
     else:
@@ -217,7 +218,7 @@ def run_qa(args) -> dict:
                        "used_train": min(args.train_questions or len(data.train), len(data.train)),
                        "used_eval": len(eval_ex), "skipped": data.skipped}
     rows = []
-    # the SQuAD reader as it is, with windows: how much the HotpotQA step adds
+    # the stage-1 reader as it is, with windows: how much the long-input step adds
     cached = work / "stage1_long_eval.json"
     m = json.loads(cached.read_text()) if args.reuse and cached.is_file() else None
     if m is None or m.get("model") != str(squad_dir):
@@ -318,8 +319,9 @@ def section(result: dict, png: Path) -> str:
         lines += [f"HotpotQA, all paragraphs of a question as one input; eval side: {d['used_eval']} questions "
                   f"(yes/no questions left out: {d['skipped']['yes/no']} of 500); every reader started from the same "
                   "stage-1 reader (XQuAD-en + HotpotQA answers, train sides), then learned on "
-                  f"{d['used_train']} of the {d['train_questions']} HotpotQA train questions (little data: absolute scores are low and differences of a few points are "
-                  "within noise):", "", qa_table(qa), ""]
+                  f"{d['used_train']} of the {d['train_questions']} HotpotQA train questions (little data: "
+                  "absolute scores are low and differences of a few points are within noise):", "",
+                  qa_table(qa), ""]
     return "\n".join(lines)
 
 
