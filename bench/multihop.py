@@ -18,6 +18,11 @@ also re-measures over all 500 questions).
 
     flock /tmp/reprlab-heavy.lock python bench/multihop.py --append
     python bench/multihop.py --quick        # 40 questions, 1 epoch: a smoke run
+
+Tuning happens on a hash slice of the train side, never on the eval side: ``--holdout 0.25`` trains on
+the rest of the train side and reports on the slice. ``--stage1-model RUN/stage1`` reuses a first stage
+trained by an earlier run of this script with the same split and recipe (checked), so second-stage
+settings can be compared without retraining the first stage.
 """
 
 from __future__ import annotations
@@ -47,6 +52,40 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores"
 
 
+def last_metric(run: Path, key: str):
+    """The last logged value of ``key`` in a training run's metrics.jsonl (None if never logged)."""
+    value = None
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        value = json.loads(line).get(key, value)
+    return value
+
+
+def reused_stage1(run: Path, cfg):
+    """A first-stage MDR run folder as a :class:`MDRResult`, after checking it used ``cfg``'s recipe."""
+    from reprlab.retrieval.mdr import MDRResult
+
+    try:
+        saved = json.loads((run / "train_config.json").read_text())
+        split = json.loads((run / "split.json").read_text())
+    except (OSError, ValueError) as e:
+        sys.exit(f"--stage1-model {run}: not a finished MDR run folder ({e})")
+    want = {k: getattr(cfg, k) for k in ("model", "eval_fraction", "holdout_fraction", "num_negatives",
+                                         "negative_sources", "max_query_length", "max_passage_length", "scale")}
+    want["negative_sources"] = list(want["negative_sources"])
+    want |= {f"train.{k}": getattr(cfg.train, k) for k in ("epochs", "lr", "batch_size", "warmup_ratio", "seed")}
+    have = {k: saved.get("extra", {}).get("config", {}).get(k) for k in want if not k.startswith("train.")}
+    have |= {k: saved.get(k[len("train."):]) for k in want if k.startswith("train.")}
+    wrong = {k: (have[k], v) for k, v in want.items() if have[k] != v}
+    if wrong:
+        sys.exit(f"--stage1-model {run} was trained with another recipe: "
+                 + ", ".join(f"{k} = {a!r}, this run {b!r}" for k, (a, b) in wrong.items()))
+    if not (run / "model" / "mdr.json").is_file():
+        sys.exit(f"--stage1-model {run}: no finished model in {run / 'model'}")
+    return MDRResult(model_dir=str(run / "model"), steps=int(last_metric(run, "step") or 0),
+                     train_questions=split["train"], holdout_questions=split["holdout"],
+                     eval_questions=split["eval"], eval_metrics=None)
+
+
 def main() -> None:
     from reprlab.encoder import SentenceEncoder
     from reprlab.retrieval.dense import DenseRetriever, doc_text
@@ -65,12 +104,19 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-5)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--negatives", type=int, default=2)
+    parser.add_argument("--negative-sources", default="distractors,bm25", help="first stage (reprlab.retrieval.mdr)")
+    parser.add_argument("--stage2-negative-sources", default="distractors,bm25",
+                        help="second stage; dense-hop2 mines with the first-stage model's hop-2 queries")
+    parser.add_argument("--stage2-negatives", type=int, default=None, help="default: --negatives")
     parser.add_argument("--stage2-epochs", type=float, default=3.0, help="0 skips the memory-bank stage")
     parser.add_argument("--stage2-lr", type=float, default=2e-5)
     parser.add_argument("--memory-bank", type=int, default=256)
     parser.add_argument("--max-length", type=int, default=256, help="passages at indexing time")
     parser.add_argument("--holdout", type=float, default=0.0,
                         help="tuning: train on the train side minus this hash slice and report on the slice")
+    parser.add_argument("--stage1-model", default=None,
+                        help="reuse this first-stage run folder (an earlier run's OUTPUT/stage1; recipe checked)")
+    parser.add_argument("--results", default=None, help="JSON path (default bench/results/multihop-<kind>.json)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--output", default=None, help="folder for the trained models (default: a temp folder)")
     parser.add_argument("--cache", default=None, help="development: keep MiniLM's corpus vectors in this folder")
@@ -152,16 +198,22 @@ def main() -> None:
     loop = dict(batch_size=args.batch_size, warmup_ratio=0.1, log_every=5, device=args.device, seed=0)
     cfg = MDRConfig(output_dir=str(work / "stage1"), data=data_file, model="minilm",
                     holdout_fraction=args.holdout, num_negatives=args.negatives, evaluate=False,
+                    negative_sources=args.negative_sources,
                     train=TrainConfig(output_dir="", epochs=args.epochs, lr=args.lr, **loop))
     t = time.time()
-    stage1 = run_mdr_training(cfg)
-    t_train1 = time.time() - t
+    if args.stage1_model:
+        stage1 = reused_stage1(Path(args.stage1_model), cfg)
+        t_train1 = last_metric(Path(args.stage1_model), "elapsed") or 0.0
+    else:
+        stage1 = run_mdr_training(cfg)
+        t_train1 = time.time() - t
     mdr = SentenceEncoder.from_pretrained(stage1.model_dir).to(device)
     index1, vectors1, t_index1 = encode_corpus(mdr)
     t = time.time()
+    reused = f", reused from {args.stage1_model}" if args.stage1_model else ""
     add(f"MDR trained (stage 1: {stage1.train_questions} questions, {args.epochs:g} epochs), beam B={args.beam}",
         evaluate_mdr(mdr, index1, data, targets, args.beam), t_index1 + time.time() - t,
-        f"training {t_train1:.0f}s ({stage1.steps} steps), corpus encoding {t_index1:.0f}s")
+        f"training {t_train1:.0f}s ({stage1.steps} steps{reused}), corpus encoding {t_index1:.0f}s")
     t = time.time()
     add("MDR trained (stage 1), single-hop", evaluate_single_hop(DenseRetriever(mdr, index1), targets),
         time.time() - t, "stage-1 index reused")
@@ -169,15 +221,19 @@ def main() -> None:
     # 5. MDR, second stage: memory bank of frozen passage vectors
     if args.stage2_epochs > 0:
         cfg2 = MDRConfig(output_dir=str(work / "stage2"), data=data_file, model=stage1.model_dir,
-                         holdout_fraction=args.holdout, num_negatives=args.negatives, evaluate=False,
-                         freeze_passages=True, memory_bank=args.memory_bank,
+                         holdout_fraction=args.holdout, evaluate=False,
+                         num_negatives=args.negatives if args.stage2_negatives is None else args.stage2_negatives,
+                         negative_sources=args.stage2_negative_sources, freeze_passages=True,
+                         memory_bank=args.memory_bank,
                          train=TrainConfig(output_dir="", epochs=args.stage2_epochs, lr=args.stage2_lr, **loop))
         t = time.time()
         stage2 = run_mdr_training(cfg2, frozen_vectors=(ids, vectors1))
         t_train2 = time.time() - t
         query2 = SentenceEncoder.from_pretrained(Path(stage2.model_dir) / "query").to(device)
         t = time.time()
-        add(f"MDR + memory bank (stage 2: K={args.memory_bank}, {args.stage2_epochs:g} epochs), beam B={args.beam}",
+        negs = f"{cfg2.num_negatives} negatives from {'+'.join(cfg2.negative_sources)}"
+        add(f"MDR + memory bank (stage 2: K={args.memory_bank}, {args.stage2_epochs:g} epochs, {negs}), "
+            f"beam B={args.beam}",
             evaluate_mdr(query2, index1, data, targets, args.beam), time.time() - t,
             f"training {t_train2:.0f}s ({stage2.steps} steps), stage-1 index reused")
 
@@ -214,7 +270,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     name = "multihop-quick" if args.quick else ("multihop-holdout" if args.holdout else f"multihop-{args.device}")
-    out = REPO / "bench" / "results" / f"{name}.json"
+    out = Path(args.results) if args.results else REPO / "bench" / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": command, "machine": machine(), "date": date, "minutes": total / 60,
                                "args": vars(args), "rows": rows, "sanity_all_questions": sanity}, indent=2))

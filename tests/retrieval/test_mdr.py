@@ -348,3 +348,40 @@ def test_evaluate_multihop_single_hop_and_beam(tmp_path, tiny_model_dir):
     assert beam["bridge"]["n"] == 12 and "passage_recall@2" in beam["all"]
     with pytest.raises(ConfigError, match="split"):
         evaluate_multihop(MultiHopEvalConfig(data=str(data), retriever="bm25", split="dev"))
+
+
+def _hop2_corpus():
+    from reprlab.text.hotpotqa import HotpotQuestion
+
+    corpus = {
+        "g1": {"title": "Kiss and Tell", "text": "Kiss and Tell is a comedy film starring Shirley Temple."},
+        "g2": {"title": "Shirley Temple", "text": "Shirley Temple held a government position as ambassador."},
+        "near2": {"title": "Shirley Temple Black", "text": "As a child, Shirley Temple was the star of a comedy film."},
+        "near1": {"title": "Government", "text": "A government position to hold."},
+        "far": {"title": "Volcano", "text": "A volcano erupts lava near an island."},
+    }
+    q = HotpotQuestion(id="q", question="Which government position did the star of Kiss and Tell hold?",
+                       answers=["ambassador"], gold=("g1", "g2"), type="bridge", ordered=True,
+                       paragraphs=["g1", "g2"])
+    return corpus, q
+
+
+def test_hop2_negatives_come_from_the_hop2_query_and_exclude_gold(tiny_model_dir):
+    from reprlab.retrieval.mdr import mine_negatives
+
+    corpus, q = _hop2_corpus()
+    pool = list(corpus)
+    hop1 = mine_negatives([q], corpus, pool, ("bm25",), depth=3)[0]
+    hop2 = mine_negatives([q], corpus, pool, ("bm25-hop2",), depth=3)[0]
+    assert hop1[0] == "near1"  # the question's own words
+    assert hop2[0] == "near2"  # what the hop-1 passage points to (Shirley Temple), not the second gold passage
+    model = SentenceEncoder.from_pretrained(tiny_model_dir).eval()
+    for sources in (("bm25-hop2",), ("dense-hop2",), ("distractors", "bm25", "bm25-hop2", "dense", "dense-hop2")):
+        negs = mine_negatives([q], corpus, pool, sources, depth=4, encoder=model)[0]
+        assert negs and not {"g1", "g2"} & set(negs) and len(negs) == len(set(negs))
+    # precomputed passage vectors give the same dense mining as encoding the pool again
+    vectors = model.encode([doc_text(corpus[d]) for d in pool], batch_size=8, max_length=256)
+    assert (mine_negatives([q], corpus, pool, ("dense-hop2",), 4, encoder=model, pool_vectors=vectors)
+            == mine_negatives([q], corpus, pool, ("dense-hop2",), 4, encoder=model))
+    with pytest.raises(ConfigError, match="need an encoder"):
+        mine_negatives([q], corpus, pool, ("dense-hop2",), 4)

@@ -21,6 +21,11 @@ What this module implements, and where it follows or departs from the paper's co
   Scores are ``scale`` times cosine similarities (the paper: raw inner products of RoBERTa vectors).
   Any other candidate with the id of a gold passage (a passage shared by two questions of the
   batch) is removed from that question's softmax.
+* **Hard negatives** (:func:`mine_negatives`). The paper draws them from a TF-IDF search with the
+  question, i.e. passages that are hard for hop 1; ``distractors`` / ``bm25`` / ``dense`` do the same.
+  Our extension, ``bm25-hop2`` / ``dense-hop2``, searches with the hop-2 query of the gold hop-1
+  passage instead, so the negatives are what hop 2 confuses with the second gold passage (on our
+  HotpotQA train side, most failed bridge chains had the right hop-1 passage and a wrong hop-2 one).
 * **Hop order.** Bridge questions train hop 1 on the passage that names the bridge entity and hop 2
   on the entity's own passage; comparison (and unordered) questions draw an order per step from the
   loop's seeded generator, so a resumed run draws the same orders (:mod:`reprlab.text.hotpotqa`).
@@ -76,7 +81,7 @@ from reprlab.train.loop import TrainConfig, train
 
 logger = logging.getLogger("reprlab")
 
-NEGATIVE_SOURCES = ("distractors", "bm25", "dense")
+NEGATIVE_SOURCES = ("distractors", "bm25", "dense", "bm25-hop2", "dense-hop2")
 DEFAULT_KS = (2, 10, 20)
 SETTINGS_FILE = "mdr.json"
 
@@ -528,41 +533,73 @@ def train_side(questions: Sequence[HotpotQuestion], eval_fraction: float, holdou
 
 def mine_negatives(questions: Sequence[HotpotQuestion], corpus: Corpus, pool_ids: Sequence[str],
                    sources: Sequence[str], depth: int, encoder: SentenceEncoder | None = None,
-                   batch_size: int = 64, max_length: int = 256) -> list[list[str]]:
+                   batch_size: int = 64, max_length: int = 256, max_query_length: int = 256,
+                   hop2_title: bool = True, pool_vectors: np.ndarray | None = None) -> list[list[str]]:
     """Hard-negative candidates per question (gold passages excluded), from ``pool_ids`` only.
 
-    ``distractors``: the question's own non-gold paragraphs; ``bm25``: BM25's top ``depth`` for the
-    question; ``dense``: ``encoder``'s top ``depth``. Sources are merged in that order, deduplicated.
+    Question-side sources (hard for hop 1): ``distractors``, the question's own non-gold paragraphs;
+    ``bm25``: BM25's top ``depth`` for the question; ``dense``: ``encoder``'s top ``depth``.
+    Hop-2 sources (our extension; the paper mines from the question only): the same two retrievers
+    queried with the hop-2 query of the gold hop-1 passage (both gold passages for an unordered
+    question), so the negatives are passages that resemble "what the first passage points to" but
+    are not the second gold passage: ``bm25-hop2`` and ``dense-hop2`` (with ``encoder`` as the hop-2
+    query encoder). Sources are merged in the order given, deduplicated. ``pool_vectors``: ``encoder``'s
+    (len(pool_ids), d) passage vectors, when already computed.
     """
     bad = [s for s in sources if s not in NEGATIVE_SOURCES]
     if bad:
         raise ConfigError(f"unknown negative source {bad[0]!r}; choose from {', '.join(NEGATIVE_SOURCES)}")
     allowed = set(pool_ids)
-    found: list[list[str]] = [[] for _ in questions]
     texts = [q.question for q in questions]
-    ranked: list[np.ndarray] = []
-    if "bm25" in sources:
+    # hop-2 queries: (question row, text) for the gold hop-1 passage, or both golds when unordered
+    hop2_rows = [(n, g) for n, q in enumerate(questions) for g in (q.gold[:1] if q.ordered else q.gold)]
+    sep = separator_of(encoder) if encoder is not None else "[SEP]"
+    hop2_texts = [hop2_query(questions[n].question, corpus[g], sep, hop2_title) for n, g in hop2_rows]
+    ranked: dict[str, list[list[str]]] = {}  # source -> per question, ranked ids
+    bm25 = dense = None
+    if {"bm25", "bm25-hop2"} & set(sources):
         from reprlab.retrieval.pipeline import bm25_for_corpus
 
-        _, ids = bm25_for_corpus({d: corpus[d] for d in pool_ids}).search(texts, depth + 2)
-        ranked.append(ids)
-    if "dense" in sources:
+        bm25 = bm25_for_corpus({d: corpus[d] for d in pool_ids})
+    if {"dense", "dense-hop2"} & set(sources):
         if encoder is None:
-            raise ConfigError("the 'dense' negative source needs an encoder")
-        vectors = encoder.encode([doc_text(corpus[d]) for d in pool_ids], batch_size=batch_size, max_length=max_length)
-        index = FaissIndex(vectors.shape[1])
-        index.add(list(pool_ids), vectors)
-        _, ids = index.search(encoder.encode(texts, batch_size=batch_size), depth + 2)
-        ranked.append(ids)
+            raise ConfigError("the 'dense' and 'dense-hop2' negative sources need an encoder")
+        vectors = pool_vectors
+        if vectors is None:
+            vectors = encoder.encode([doc_text(corpus[d]) for d in pool_ids], batch_size=batch_size,
+                                     max_length=max_length)
+        dense = FaissIndex(vectors.shape[1])
+        dense.add(list(pool_ids), vectors)
+
+    def per_question(ids: np.ndarray, rows: Sequence[int]) -> list[list[str]]:
+        out: list[list[str]] = [[] for _ in questions]
+        for r, n in enumerate(rows):
+            out[n] += [d for d in ids[r] if d is not None]
+        return out
+
+    every = range(len(questions))
+    hop2_of = [n for n, _ in hop2_rows]
+    for source in sources:
+        if source == "bm25":
+            ranked[source] = per_question(bm25.search(texts, depth + 2)[1], every)
+        elif source == "bm25-hop2":
+            ranked[source] = per_question(bm25.search(hop2_texts, depth + 3)[1], hop2_of)  # +1: the query's own
+        elif source == "dense":
+            ranked[source] = per_question(dense.search(encoder.encode(texts, batch_size=batch_size), depth + 2)[1],
+                                          every)
+        elif source == "dense-hop2":
+            v2 = encoder.encode(hop2_texts, batch_size=batch_size, max_length=max_query_length)  # (rows, d)
+            ranked[source] = per_question(dense.search(v2, depth + 3)[1], hop2_of)
+    found: list[list[str]] = []
     for n, q in enumerate(questions):
+        candidates: list[str] = []
+        for source in sources:
+            candidates += list(q.paragraphs) if source == "distractors" else ranked[source][n]
         out: list[str] = []
-        candidates = list(q.paragraphs) if "distractors" in sources else []
-        for ids in ranked:
-            candidates += [d for d in ids[n][: depth + 2] if d is not None]
         for d in candidates:
             if d in allowed and d not in q.gold and d not in out:
                 out.append(d)
-        found[n] = out
+        found.append(out)
     return found
 
 
@@ -701,7 +738,8 @@ def run_mdr_training(config: MDRConfig, callbacks: Sequence = (), stop_after: in
                                                            max_length=config.max_passage_length))
     negatives = mine_negatives(train_q, data.corpus, pool_ids, config.negative_sources if config.num_negatives else (),
                                config.negative_depth, frozen or encoder, config.eval_batch_size,
-                               config.max_passage_length)
+                               config.max_passage_length, config.max_query_length, config.hop2_title,
+                               None if table.vectors is None else table.vectors.numpy())
     examples = [MDRExample(q.question, table.index[q.gold[0]], table.index[q.gold[1]], q.ordered,
                            [table.index[d] for d in negs]) for q, negs in zip(train_q, negatives)]
     model = MDRModel(encoder, None, config.memory_bank)
