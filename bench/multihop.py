@@ -17,6 +17,7 @@ passages (a single retrieval's top k, comparable with the issue's reference numb
 also re-measures over all 500 questions).
 
     flock /tmp/reprlab-heavy.lock python bench/multihop.py --append
+    python bench/multihop.py --stage2-negative-sources dense-hop2 --stage2-negatives 4   # hop-2 negatives
     python bench/multihop.py --quick        # 40 questions, 1 epoch: a smoke run
 
 Tuning happens on a hash slice of the train side, never on the eval side: ``--holdout 0.25`` trains on
