@@ -71,11 +71,14 @@ def reused_stage1(run: Path, cfg):
     except (OSError, ValueError) as e:
         sys.exit(f"--stage1-model {run}: not a finished MDR run folder ({e})")
     want = {k: getattr(cfg, k) for k in ("model", "eval_fraction", "holdout_fraction", "num_negatives",
-                                         "negative_sources", "max_query_length", "max_passage_length", "scale")}
+                                         "negative_sources", "negative_depth", "max_question_length",
+                                         "max_query_length", "max_passage_length", "hop2_title", "scale")}
     want["negative_sources"] = list(want["negative_sources"])
     want |= {f"train.{k}": getattr(cfg.train, k) for k in ("epochs", "lr", "batch_size", "warmup_ratio", "seed")}
     have = {k: saved.get("extra", {}).get("config", {}).get(k) for k in want if not k.startswith("train.")}
     have |= {k: saved.get(k[len("train."):]) for k in want if k.startswith("train.")}
+    want["data"], have["data"] = str(Path(cfg.data).resolve()), str(Path(saved.get("extra", {}).get("config", {})
+                                                                         .get("data", "")).resolve())
     wrong = {k: (have[k], v) for k, v in want.items() if have[k] != v}
     if wrong:
         sys.exit(f"--stage1-model {run} was trained with another recipe: "
