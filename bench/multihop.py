@@ -9,7 +9,10 @@ of all 500 questions' paragraphs (4,858). Rows:
 3. MiniLM with MDR's beam search, no training (hop 2 = "question [SEP] title text" of each hop-1 passage);
 4. MDR trained from MiniLM on the train side (shared encoder, in-batch + hard negatives), beam search;
 5. MDR second stage: the query encoder trained further against a memory bank of frozen passage
-   vectors (the passage side, and so the index, stay the first stage's).
+   vectors (the passage side, and so the index, stay the first stage's);
+6. with ``--bm25-weights W1,W2``: the last MDR model's beam search with BM25 fused into each hop
+   (reprlab.retrieval.mdr.SparseFusion, our extension; weights chosen with ``--fusion-grid`` on the
+   train-side holdout).
 
 Metrics (reprlab.retrieval.mdr): exact pair = the top chain is the gold pair; pair recall@k = both
 gold passages among the top-k chains; passage-pair recall@k = both gold among the first k distinct
@@ -18,12 +21,15 @@ also re-measures over all 500 questions).
 
     flock /tmp/reprlab-heavy.lock python bench/multihop.py --append
     python bench/multihop.py --stage2-negative-sources dense-hop2 --stage2-negatives 4   # hop-2 negatives
+    python bench/multihop.py --stage2-negative-sources dense-hop2 --stage2-negatives 4 --bm25-weights 0.2,0.3
     python bench/multihop.py --quick        # 40 questions, 1 epoch: a smoke run
 
 Tuning happens on a hash slice of the train side, never on the eval side: ``--holdout 0.25`` trains on
 the rest of the train side and reports on the slice. ``--stage1-model RUN/stage1`` reuses a first stage
 trained by an earlier run of this script with the same split and recipe (checked), so second-stage
-settings can be compared without retraining the first stage.
+settings can be compared without retraining the first stage. ``--fusion-grid 0,0.1,0.2/0,0.1,0.3``
+evaluates the last MDR model with BM25 fusion at every (hop-1, hop-2) weight pair of the grid (hop-2
+queries are encoded once and reused across the grid) and records the grid in the JSON.
 """
 
 from __future__ import annotations
@@ -61,6 +67,26 @@ def last_metric(run: Path, key: str):
     return value
 
 
+class MemoEncoder:
+    """An encoder that encodes each distinct (text, max_length) once: a weight grid re-runs the same
+    beam searches, whose hop-2 queries repeat."""
+
+    def __init__(self, model):
+        self.model, self.tokenizer, self.memo = model, model.tokenizer, {}
+
+    def encode(self, texts, batch_size=64, max_length=None, show_progress=None):
+        new = [t for t in dict.fromkeys(texts) if (t, max_length) not in self.memo]
+        if new:
+            vectors = self.model.encode(new, batch_size=batch_size, max_length=max_length, show_progress=show_progress)
+            self.memo.update({(t, max_length): v for t, v in zip(new, vectors)})
+        return np.stack([self.memo[(t, max_length)] for t in texts])  # (N, d)
+
+
+def weight_pair(text: str) -> tuple[float, float]:
+    w1, w2 = (float(x) for x in text.split(","))
+    return w1, w2
+
+
 def reused_stage1(run: Path, cfg):
     """A first-stage MDR run folder as a :class:`MDRResult`, after checking it used ``cfg``'s recipe."""
     from reprlab.retrieval.mdr import MDRResult
@@ -94,7 +120,8 @@ def main() -> None:
     from reprlab.encoder import SentenceEncoder
     from reprlab.retrieval.dense import DenseRetriever, doc_text
     from reprlab.retrieval.index import FaissIndex
-    from reprlab.retrieval.mdr import MDRConfig, evaluate_mdr, evaluate_single_hop, run_mdr_training, train_side
+    from reprlab.retrieval.mdr import (MDRConfig, SparseFusion, evaluate_mdr, evaluate_single_hop, run_mdr_training,
+                                       train_side)
     from reprlab.retrieval.pipeline import bm25_for_corpus
     from reprlab.text.hotpotqa import EVAL_FRACTION, HotpotData, load_hotpotqa
     from reprlab.train import TrainConfig
@@ -120,6 +147,10 @@ def main() -> None:
                         help="tuning: train on the train side minus this hash slice and report on the slice")
     parser.add_argument("--stage1-model", default=None,
                         help="reuse this first-stage run folder (an earlier run's OUTPUT/stage1; recipe checked)")
+    parser.add_argument("--bm25-weights", type=weight_pair, default=None, metavar="W1,W2",
+                        help="add a row: the last MDR model with BM25 fused into hop 1 / hop 2 at these weights")
+    parser.add_argument("--fusion-grid", default=None, metavar="W1,../W2,..",
+                        help="tuning (with --holdout): BM25 fusion at every pair of these hop-1 / hop-2 weights")
     parser.add_argument("--results", default=None, help="JSON path (default bench/results/multihop-<kind>.json)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--output", default=None, help="folder for the trained models (default: a temp folder)")
@@ -241,6 +272,26 @@ def main() -> None:
             evaluate_mdr(query2, index1, data, targets, args.beam), time.time() - t,
             f"training {t_train2:.0f}s ({stage2.steps} steps), stage-1 index reused")
 
+    # 6. BM25 fused into both hops of the last MDR model's beam search
+    last = query2 if args.stage2_epochs > 0 else mdr
+    last_name = "MDR + memory bank" if args.stage2_epochs > 0 else "MDR (stage 1)"
+    if args.bm25_weights:
+        t = time.time()
+        w1, w2 = args.bm25_weights
+        add(f"{last_name} + BM25 fusion (hop-1 weight {w1:g}, hop-2 weight {w2:g}), beam B={args.beam}",
+            evaluate_mdr(last, index1, data, targets, args.beam, sparse=SparseFusion(bm25, w1, w2)),
+            time.time() - t, "weights chosen on the train-side holdout; BM25 index of row 1 reused")
+    grid = []
+    if args.fusion_grid:
+        memo = MemoEncoder(last)
+        w1s, w2s = ([float(x) for x in part.split(",")] for part in args.fusion_grid.split("/"))
+        for w1 in w1s:
+            for w2 in w2s:
+                m = evaluate_mdr(memo, index1, data, targets, args.beam, sparse=SparseFusion(bm25, w1, w2))
+                grid.append({"hop1_weight": w1, "hop2_weight": w2, **m})
+                print(f"BM25 fusion {w1:g} / {w2:g}: exact pair {m['all']['exact_pair']:.3f}, pair recall@10 "
+                      f"{m['all']['pair_recall@10']:.3f}", file=sys.stderr)
+
     total = time.time() - t_start
     date = datetime.date.today().isoformat()
     command = "python bench/multihop.py " + " ".join(sys.argv[1:])
@@ -271,13 +322,22 @@ def main() -> None:
                   f"{name} {s['passage_pair_recall@2']:.3f} / {s['passage_pair_recall@10']:.3f} / "
                   f"{s['passage_pair_recall@20']:.3f} ({' / '.join(f'{x:.3f}' for x in REFERENCE[name])})"
                   for name, s in sanity.items())]
+    if grid:
+        lines += ["", f"BM25 fusion grid ({last_name}, beam B={args.beam}; rows: hop-1 weight, columns: hop-2 weight; "
+                  "cells: exact pair / pair R@10):", "",
+                  "| hop-1 \\ hop-2 | " + " | ".join(f"{w:g}" for w in w2s) + " |", "|---|" + "---|" * len(w2s)]
+        for w1 in w1s:
+            cells = [f"{g['all']['exact_pair']:.3f} / {g['all']['pair_recall@10']:.3f}" for g in grid
+                     if g["hop1_weight"] == w1]
+            lines.append(f"| {w1:g} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
     name = "multihop-quick" if args.quick else ("multihop-holdout" if args.holdout else f"multihop-{args.device}")
     out = Path(args.results) if args.results else REPO / "bench" / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": command, "machine": machine(), "date": date, "minutes": total / 60,
-                               "args": vars(args), "rows": rows, "sanity_all_questions": sanity}, indent=2))
+                               "args": vars(args), "rows": rows, "sanity_all_questions": sanity,
+                               "fusion_grid": grid}, indent=2))
     if args.append:
         with open(REPO / "BENCHMARKS.md", "a") as f:
             f.write("\n" + table + "\n")

@@ -11,7 +11,7 @@ schemes, ...), never from lists copied here. Bad input prints one line and exits
     reprlab train hashing --data BEIR_DIR --out RUN_DIR [--scale 50] [--similarity angular]
     reprlab train mdr --data HOTPOT.jsonl --out RUN_DIR [--freeze-passages --memory-bank K]
     reprlab index --multihop --data HOTPOT.jsonl --model M --out INDEX_DIR
-    reprlab search --multihop --index INDEX_DIR "question" [-k 5] [--beam 10] [--query-model DIR]
+    reprlab search --multihop --index INDEX_DIR "question" [-k 5] [--beam 10] [--query-model DIR] [--bm25-weights W1,W2]
     reprlab evaluate --multihop --data HOTPOT.jsonl --retriever bm25|minilm|MODEL_DIR [--split eval] [--json]
     reprlab train reader --data SQUAD.json|HOTPOT.jsonl --out RUN_DIR [--block-skim --skim-layers 1]
     reprlab answer --model READER_DIR --question "..." (--context TEXT | --index INDEX_DIR [-k 5])
@@ -315,11 +315,22 @@ def cmd_index_variant(args) -> None:
                 f"-> {args.out}")
 
 
+def _weight_pair(text: str) -> tuple[float, float]:
+    """``--bm25-weights W1,W2``: two non-negative numbers."""
+    try:
+        w1, w2 = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two comma-separated weights (hop 1, hop 2), got {text!r}")
+    if w1 < 0 or w2 < 0:
+        raise argparse.ArgumentTypeError(f"weights must be >= 0, got {text!r}")
+    return w1, w2
+
+
 def cmd_search_multihop(args) -> None:
     from reprlab.retrieval.mdr import format_chains, search_index_folder
 
     chains, docs = search_index_folder(args.index, args.query, beam_size=args.beam, top_k=args.k,
-                                       model=args.query_model)
+                                       model=args.query_model, bm25_weights=args.bm25_weights)
     for question, found in zip(args.query, chains):
         print(format_chains(question, found, docs))
 
@@ -330,7 +341,7 @@ def cmd_evaluate_multihop(args) -> None:
     config = MultiHopEvalConfig(
         data=args.data, retriever=args.retriever, split="eval" if args.split == "test" else args.split,
         eval_fraction=args.eval_fraction, single_hop=args.single_hop, beam_size=args.beam, ks=tuple(args.ks),
-        batch_size=args.batch_size, max_length=args.max_length, factory=args.factory)
+        batch_size=args.batch_size, max_length=args.max_length, factory=args.factory, bm25_weights=args.bm25_weights)
     metrics = evaluate_multihop(config)
     if args.json:
         print(json.dumps(metrics))
@@ -477,6 +488,8 @@ def add_retrieval_qa_commands(sub, recipes) -> None:
     g.add_argument("--multihop", action="store_true", help="search two-hop chains: question, then question + passage")
     g.add_argument("--beam", type=int, default=10, help="hop-1 passages kept and hop-2 passages searched for each")
     g.add_argument("--query-model", help="query model instead of the index's (the query/ tower of a 2-stage MDR model)")
+    g.add_argument("--bm25-weights", type=_weight_pair, default=None, metavar="W1,W2",
+                   help="fuse BM25 into hop 1 and hop 2 with these weights (e.g. 0.2,0.3; default: dense only)")
 
     p = sub.choices["evaluate"]
     g = p.add_argument_group("multi-hop (MDR): --data is a HotpotQA file, --retriever bm25 | minilm | MODEL_DIR")
@@ -488,6 +501,8 @@ def add_retrieval_qa_commands(sub, recipes) -> None:
     g.add_argument("--eval-fraction", type=float, default=EVAL_FRACTION, help="share of questions on the eval side")
     g.add_argument("--single-hop", action="store_true", help="rank pairs of one retrieval instead of the beam search")
     g.add_argument("--max-length", type=int, default=256, help="passage tokens when indexing the corpus")
+    g.add_argument("--bm25-weights", type=_weight_pair, default=None, metavar="W1,W2",
+                   help="beam search with BM25 fused into hop 1 and hop 2 (e.g. 0.2,0.3; default: dense only)")
 
     add_retrieval_recipe(recipes, "hashing", "semantic hashing: DPR with the angular-similarity loss (for SimHash codes)",
                          HashingConfig, cmd_train_hashing, 0.0, "train queries held out (not trained on)",

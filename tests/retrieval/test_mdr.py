@@ -21,6 +21,7 @@ from reprlab.retrieval.mdr import (
     MemoryBank,
     MultiHopEvalConfig,
     PassageTable,
+    SparseFusion,
     chain_metrics,
     chains_from_ranking,
     evaluate_mdr,
@@ -34,6 +35,7 @@ from reprlab.retrieval.mdr import (
     run_mdr_training,
     search_index_folder,
 )
+from reprlab.retrieval.pipeline import bm25_for_corpus
 from reprlab.text.hotpotqa import load_hotpotqa
 from reprlab.train import TrainConfig
 
@@ -385,3 +387,48 @@ def test_hop2_negatives_come_from_the_hop2_query_and_exclude_gold(tiny_model_dir
             == mine_negatives([q], corpus, pool, ("dense-hop2",), 4, encoder=model))
     with pytest.raises(ConfigError, match="need an encoder"):
         mine_negatives([q], corpus, pool, ("dense-hop2",), 4)
+
+
+def _fused(dense: np.ndarray, sparse: np.ndarray, weight: float) -> np.ndarray:
+    """Plain reference: dense + weight * sparse / max sparse, over the whole corpus (no candidate lists)."""
+    return dense + weight * sparse / sparse.max() if sparse.max() > 0 else dense
+
+
+@pytest.mark.parametrize("weights", [(0.3, 0.5), (0.0, 2.0), (1.5, 0.0)])
+def test_bm25_fused_beam_equals_brute_force_over_all_pairs(weights):
+    enc, corpus = HashEncoder(), toy_corpus()
+    ids = list(corpus)
+    bm25 = bm25_for_corpus(corpus)
+    question = "which passage about topic 3 leads to title 7?"
+    P = enc.encode([doc_text(corpus[d]) for d in ids])  # (N, d)
+
+    def bm_all(text):  # BM25 score of every passage for one query (0 where no term matches)
+        found_s, found_i = bm25.search([text], len(ids))
+        by_id = {d: float(x) for x, d in zip(found_s[0], found_i[0]) if d is not None}
+        return np.array([by_id.get(d, 0.0) for d in ids])
+
+    s1 = _fused(P @ enc.encode([question])[0], bm_all(question), weights[0])  # (N,)
+    brute = []
+    for i, a in enumerate(ids):
+        s2 = _fused(P @ enc.encode([hop2_query(question, corpus[a])])[0],
+                    bm_all(question + " " + doc_text(corpus[a])), weights[1])
+        brute += [(float(s1[i] + s2[j]), a, b) for j, b in enumerate(ids) if b != a]
+    brute.sort(key=lambda c: -c[0])
+    index = index_corpus(enc, corpus)
+    sparse = SparseFusion(bm25, *weights, depth=len(ids))  # lists cover the corpus: nothing approximated
+    (chains,) = multihop_search(enc, [question], index, corpus, beam_size=len(ids), top_k=None, dedup=False,
+                                sparse=sparse)
+    assert chains[0].passages == brute[0][1:]
+    np.testing.assert_allclose([c.score for c in chains], [b[0] for b in brute], atol=1e-5)
+
+
+def test_bm25_fusion_with_zero_weights_is_the_dense_search():
+    enc, corpus = HashEncoder(), toy_corpus()
+    index = index_corpus(enc, corpus)
+    questions = ["what connects passage 11 and passage 4?", "topic 2 and title 9"]
+    dense = multihop_search(enc, questions, index, corpus, beam_size=4, top_k=8)
+    fused = multihop_search(enc, questions, index, corpus, beam_size=4, top_k=8,
+                            sparse=SparseFusion(bm25_for_corpus(corpus), 0.0, 0.0, depth=6))
+    assert [[c.passages for c in q] for q in fused] == [[c.passages for c in q] for q in dense]
+    with pytest.raises(ConfigError, match="weights"):
+        SparseFusion(None, -1.0, 0.0)
