@@ -192,6 +192,20 @@ def test_mdr_train_index_search_evaluate(tmp_path, tiny_model_dir, capsys):
     assert all(0.0 <= v <= 1.0 for k, v in metrics["all"].items() if k != "n")
     assert metrics["all"]["pair_recall@5"] >= metrics["all"]["pair_recall@2"] >= metrics["all"]["exact_pair"]
 
+    # BM25 fused into both hops: same output shapes; weights 0 reproduce the dense search exactly
+    assert main(["search", "--multihop", "--index", str(idx), question, "-k", "2", "--beam", "3",
+                 "--bm25-weights", "0.2,0.3"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    dense_args = ["evaluate", "--multihop", "--data", str(data), "--retriever", str(model), "--beam", "3", "--json"]
+    assert main(dense_args) == 0
+    dense = json.loads(capsys.readouterr().out)
+    assert main([*dense_args, "--bm25-weights", "0,0"]) == 0
+    zero = json.loads(capsys.readouterr().out)
+    assert {k: v for k, v in zero["all"].items()} == {k: v for k, v in dense["all"].items()}
+    assert main([*dense_args, "--bm25-weights", "0.5,0.5"]) == 0
+    fused = json.loads(capsys.readouterr().out)
+    assert fused["all"]["n"] == n_eval and all(0.0 <= v <= 1.0 for k, v in fused["all"].items() if k != "n")
+
 
 def test_evaluate_multihop_bm25_finds_the_bridge_chains(tmp_path, capsys):
     data = write_hotpot(tmp_path / "toy.jsonl")
@@ -218,6 +232,10 @@ def test_multihop_bad_input(tmp_path, capsys, tiny_model_dir):
     fails(capsys, ["index", "--data", str(data), "--out", str(tmp_path / "i")], "--multihop")
     fails(capsys, ["index", "--out", str(tmp_path / "i")], "--corpus")
     fails(capsys, ["search", "--multihop", "--index", str(tmp_path / "nowhere"), "q"], "nowhere")
+    usage_error(capsys, ["evaluate", "--multihop", "--data", str(data), "--retriever", "bm25", "--bm25-weights", "0.2"],
+                "two comma-separated weights")
+    usage_error(capsys, ["evaluate", "--multihop", "--data", str(data), "--retriever", "bm25", "--bm25-weights",
+                         "0.2,-1"], "weights must be >= 0")
 
 
 def test_demo_shows_the_two_hop_chains(capsys):
