@@ -7,6 +7,7 @@ of all 500 questions' paragraphs (4,858). Rows:
 1. BM25 single-hop: chains are pairs of its top passages (ranked by the sum of their scores);
 2. MiniLM single-hop (all-MiniLM-L6-v2, the same pairs);
 3. MiniLM with MDR's beam search, no training (hop 2 = "question [SEP] title text" of each hop-1 passage);
+   with ``--bm25-weights``, also with BM25 fused into each hop (the control for row 6);
 4. MDR trained from MiniLM on the train side (shared encoder, in-batch + hard negatives), beam search;
 5. MDR second stage: the query encoder trained further against a memory bank of frozen passage
    vectors (the passage side, and so the index, stay the first stage's);
@@ -228,6 +229,12 @@ def main() -> None:
     t = time.time()
     add(f"MiniLM + MDR beam search (B={args.beam}), no training", evaluate_mdr(minilm, index, data, targets, args.beam),
         time.time() - t, "corpus index reused")
+    if args.bm25_weights:  # what the fusion gives without any MDR training (the control for row 6)
+        t = time.time()
+        w1, w2 = args.bm25_weights
+        add(f"MiniLM + MDR beam search + BM25 fusion ({w1:g}, {w2:g}), no training",
+            evaluate_mdr(minilm, index, data, targets, args.beam, sparse=SparseFusion(bm25, w1, w2)),
+            time.time() - t, "corpus index reused; the control for the fused MDR row")
 
     # 4. MDR, first stage
     loop = dict(batch_size=args.batch_size, warmup_ratio=0.1, log_every=5, device=args.device, seed=0)
