@@ -158,6 +158,8 @@ def main() -> None:
     parser.add_argument("--cache", default=None, help="development: keep MiniLM's corpus vectors in this folder")
     parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     args = parser.parse_args()
+    if args.fusion_grid and not args.holdout:
+        parser.error("--fusion-grid chooses weights: run it with --holdout, never on the eval side")
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.getLogger("reprlab").setLevel(logging.WARNING)
