@@ -12,11 +12,13 @@ speed and size are reported as ratios to the teacher.
     flock /tmp/reprlab-heavy.lock python bench/distill.py            # the recorded run (CPU)
     python bench/distill.py --device cuda --steps 600 --batch-size 64
     python bench/distill.py --quick                                  # smoke run: minutes, subsampled
+    python bench/distill.py --steps 400 --ckd-layer-map taken --ckd-weights 1000,100,1000,100  # dev-chosen CKD
 
 Loss weights (same for KD inside CKD): embedding cosine 1, in-batch score KL (scale 20) 1. CKD
 weights were set so that each term starts at a magnitude of 0.1-0.6 next to the KD terms (pair
 terms 100, triplet terms 10, within the 1-1000 range of the official per-task configs), the window
-is the official 21; SEED uses the paper's temperatures (0.2 student, 0.01 teacher) and a
+is the official 21 (``--ckd-weights`` / ``--ckd-layer-map`` change them; ``bench/distill_dev.py`` compares
+settings on the SciFact train qrels); SEED uses the paper's temperatures (0.2 student, 0.01 teacher) and a
 2048-entry queue. Nothing was tuned on a test split.
 """
 
@@ -105,6 +107,10 @@ def main(argv=None) -> dict:
     p.add_argument("--eval-max-length", type=int, default=256)
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--speed-texts", type=int, default=256, help="SciFact documents timed per model")
+    p.add_argument("--ckd-weights", default="100,10,100,10", help="wr_pair,wr_triplet,ltr_pair,ltr_triplet")
+    p.add_argument("--ckd-layer-map", default=None,
+                   help="student:teacher hidden-state pairs, e.g. 0:0,1:1,2:5,3:6; 'taken' pairs each taken layer "
+                        "with the teacher state it came from (default: student state i with round(i * 6 / 3))")
     p.add_argument("--work-dir", default="/tmp/reprlab-bench-distill")
     p.add_argument("--output", default=None, help="JSON path (default bench/results/distill[-quick].json)")
     args = p.parse_args(argv)
@@ -142,6 +148,15 @@ def main(argv=None) -> dict:
         args.student = "layers:" + ",".join(map(str, ranked[0][0]))
         print(f"[distill] student {args.student}; agreement with the teacher: {layer_ranking[:6]}", file=sys.stderr)
     models = {"teacher (MiniLM-L6)": teacher, "none (layers taken)": build_student(teacher, args.student)}
+    ckd_weights = [float(x) for x in args.ckd_weights.split(",")]
+    layer_map = None
+    if args.ckd_layer_map == "taken":  # state 0 (embeddings) with 0; taken layer l's output with teacher state l + 1
+        if not args.student.startswith("layers:"):
+            sys.exit(f"--ckd-layer-map taken needs a student of taken layers (layers:... or auto:N), not {args.student}")
+        taken = [int(x) for x in args.student.split(":", 1)[1].split(",")]
+        layer_map = [[0, 0]] + [[i + 1, layer + 1] for i, layer in enumerate(taken)]
+    elif args.ckd_layer_map:
+        layer_map = [[int(x) for x in pair.split(":")] for pair in args.ckd_layer_map.split(",")]
     train_seconds = {}
     for method in [m for m in args.methods.split(",") if m]:
         t0 = time.time()
@@ -151,7 +166,8 @@ def main(argv=None) -> dict:
             batch_size=args.batch_size, lr=args.lr, warmup_ratio=0.1, device=args.device, seed=0,
             max_texts=400 if args.quick else None,
             kd=KDConfig(embedding="cosine", embedding_weight=1.0, score_weight=1.0, scale=20.0),
-            ckd=CKDConfig(wr_pair=100.0, wr_triplet=10.0, ltr_pair=100.0, ltr_triplet=10.0, window=21),
+            ckd=CKDConfig(wr_pair=ckd_weights[0], wr_triplet=ckd_weights[1], ltr_pair=ckd_weights[2],
+                          ltr_triplet=ckd_weights[3], window=21, layer_map=layer_map),
             seed_method=SEEDConfig(queue_size=2048, student_temperature=0.2, teacher_temperature=0.01),
         )
         result = run_distillation(config)
