@@ -13,6 +13,7 @@ schemes, ...), never from lists copied here. Bad input prints one line and exits
     reprlab index --multihop --data HOTPOT.jsonl --model M --out INDEX_DIR
     reprlab search --multihop --index INDEX_DIR "question" [-k 5] [--beam 10] [--query-model DIR] [--bm25-weights W1,W2]
     reprlab evaluate --multihop --data HOTPOT.jsonl --retriever bm25|minilm|MODEL_DIR [--split eval] [--json]
+        [--bm25-weights W1,W2]
     reprlab train reader --data SQUAD.json|HOTPOT.jsonl --out RUN_DIR [--block-skim --skim-layers 1]
     reprlab answer --model READER_DIR --question "..." (--context TEXT | --index INDEX_DIR [-k 5])
     reprlab model-info tiny|minilm_l6|CONFIG.json|MODEL_DIR|minilm [--seq-len 512] [--attention NAME] [--json]
