@@ -8,16 +8,18 @@ That is about 1,200 training questions, ~1% of SQuAD's 88k: absolute scores are 
 SQuAD-trained reader's, and the comparison between the readers is what this measures.
 
 All readers start from all-MiniLM-L6-v2 and train with the same recipe (``run_reader_training``,
-same steps, seed and batches); each Block Skim reader (one per ``--variants`` predictor input: the
-paper's diagonal blocks, and diagonal blocks + question attention) adds skim predictors after
-``--train-layers`` and the joint loss. Evaluation: the eval split, one question at a time (all its
+same steps, seed and batches); each joint Block Skim reader (one per predictor input: the paper's
+diagonal blocks, and diagonal blocks + question attention) adds skim predictors after
+``--train-layers`` and the joint loss. The ``frozen-*`` variants (our extension) then train only the
+predictors, for ``--frozen-epochs``, on the saved plain reader, whose weights stay as they are.
+Evaluation: the eval split, one question at a time (all its
 windows in one batch; max_length 384, stride 128), EM/F1 as the official SQuAD v1.1 script, wall
 and CPU time per question (tokenization + model + decoding, one torch thread), fastest of
 ``--repeats`` interleaved passes. Block Skim is timed for every (skim layers, threshold) pair;
 threshold 0 keeps every block. "slots" is the fraction of (token x layer) slots the model ran,
 relative to the full sequence.
 
-    flock /tmp/reprlab-heavy.lock python bench/blockskim.py        # full run: 3 trainings, 2 at a time
+    flock /tmp/reprlab-heavy.lock python bench/blockskim.py        # full run: 3 + 2 trainings, 2 at a time
     python bench/blockskim.py --quick                               # smoke run (~3 min)
     python bench/blockskim.py --reuse --append                      # re-evaluate saved models, record
 """
@@ -60,7 +62,18 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores, {model}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
-VARIANT_DIRS = {"diagonal": "blockskim-diagonal", "diagonal+question": "blockskim-question"}
+# variant -> (predictor input, reader frozen while the predictors train, run folder)
+VARIANTS = {
+    "diagonal": ("diagonal", False, "blockskim-diagonal"),
+    "diagonal+question": ("diagonal+question", False, "blockskim-question"),
+    "frozen-diagonal": ("diagonal", True, "blockskim-diagonal-frozen"),
+    "frozen-diagonal+question": ("diagonal+question", True, "blockskim-question-frozen"),
+}
+
+
+def variant_label(variant: str) -> str:
+    features, frozen, _ = VARIANTS[variant]
+    return f"Block Skim ({features}{', reader frozen' if frozen else ''})"
 
 
 def _train_one(name: str, cfg: ReaderTrainingConfig, skim: BlockSkimConfig | None, threads: int) -> float:
@@ -78,25 +91,41 @@ def _train_one(name: str, cfg: ReaderTrainingConfig, skim: BlockSkimConfig | Non
 
 def train_models(args, work: Path, reader_cfg: ReaderConfig) -> dict[str, float]:
     """Train (or reuse) the plain reader and one Block Skim reader per ``--variants`` entry, two at a
-    time in separate processes (one thread each) unless ``--sequential``; returns training wall times."""
+    time in separate processes (one thread each) unless ``--sequential``; returns training wall times.
+
+    Joint variants train from MiniLM alongside the plain reader; "frozen" variants then train only
+    their predictors on the saved plain reader, for ``--frozen-epochs``."""
     data = [str(SQUAD)] + ([str(HOTPOT)] if args.hotpotqa else [])
-    common = dict(data=data, model="minilm", eval_fraction=args.eval_fraction, reader=reader_cfg,
-                  epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
-                  seed=args.seed, device=args.device, evaluate=False, checkpoint_every=args.checkpoint_every)
-    todo = {"plain": None}
-    for features in args.variants:
-        todo[VARIANT_DIRS[features]] = BlockSkimConfig(
+    common = dict(data=data, eval_fraction=args.eval_fraction, reader=reader_cfg, max_steps=args.max_steps,
+                  batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, evaluate=False,
+                  checkpoint_every=args.checkpoint_every)
+    phases: list[dict] = [{"plain": (None, dict(model="minilm", epochs=args.epochs))}, {}]
+    for variant in args.variants:
+        features, frozen, folder = VARIANTS[variant]
+        skim = BlockSkimConfig(
             block_size=args.block_size, skim_layers=args.train_layers, keep_weight=args.keep_weight,
-            skim_weight=args.skim_weight, features=features, predictor_lr_scale=args.predictor_lr_scale)
-    times, jobs = {}, {}
-    for name, skim in todo.items():
-        out = work / name
-        if args.reuse and (out / "model" / "model.safetensors").is_file():
-            saved = out / "train_time.json"
-            times[name] = json.loads(saved.read_text())["seconds"] if saved.is_file() else float("nan")
-            continue
-        cfg = ReaderTrainingConfig(output_dir=str(out), resume=(out / "checkpoints").is_dir(), **common)
-        jobs[name] = (cfg, skim)
+            skim_weight=args.skim_weight, features=features, predictor_lr_scale=args.predictor_lr_scale,
+            freeze_reader=frozen)
+        where = dict(model=str(work / "plain" / "model"), epochs=args.frozen_epochs) if frozen else \
+            dict(model="minilm", epochs=args.epochs)
+        phases[int(frozen)][folder] = (skim, where)
+    times = {}
+    for todo in phases:
+        jobs = {}
+        for name, (skim, where) in todo.items():
+            out = work / name
+            if args.reuse and (out / "model" / "model.safetensors").is_file():
+                saved = out / "train_time.json"
+                times[name] = json.loads(saved.read_text())["seconds"] if saved.is_file() else float("nan")
+                continue
+            cfg = ReaderTrainingConfig(output_dir=str(out), resume=(out / "checkpoints").is_dir(), **common, **where)
+            jobs[name] = (cfg, skim)
+        times.update(_train_jobs(args, jobs))
+    return times
+
+
+def _train_jobs(args, jobs: dict) -> dict[str, float]:
+    times = {}
     if args.sequential or len(jobs) < 2:
         for name, (cfg, skim) in jobs.items():
             times[name] = _train_one(name, cfg, skim, args.threads or torch.get_num_threads())
@@ -118,7 +147,7 @@ def timed_pass(reader, examples) -> tuple[dict[str, str], float, float, dict]:
     return predictions, time.perf_counter() - t0, time.process_time() - c0, stats
 
 
-def predictor_diagnostics(folder: Path, features: str, layers: list[int], examples, block_size: int,
+def predictor_diagnostics(folder: Path, variant: str, layers: list[int], examples, block_size: int,
                           batch: int = 32) -> list[dict]:
     """How well each trained skim predictor separates answer blocks from the others on ``examples``.
 
@@ -129,7 +158,7 @@ def predictor_diagnostics(folder: Path, features: str, layers: list[int], exampl
     from reprlab.qa.block_skim import block_labels, context_blocks
     from reprlab.qa.reader import collate_features
 
-    skim = BlockSkimConfig(block_size=block_size, skim_layers=layers, threshold=0.0, features=features)
+    skim = BlockSkimConfig(block_size=block_size, skim_layers=layers, threshold=0.0, features=VARIANTS[variant][0])
     model = BlockSkimReader.from_pretrained(folder, skim=skim).eval()
     feats = model.training_features(examples)
     probs: list[list[torch.Tensor]] = [[] for _ in layers]
@@ -150,7 +179,7 @@ def predictor_diagnostics(folder: Path, features: str, layers: list[int], exampl
         pos, neg = p[y == 1], p[y == 0]
         ranks = np.argsort(np.argsort(np.concatenate([pos, neg]), kind="stable"), kind="stable") + 1
         auc = (ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / max(len(pos) * len(neg), 1)
-        rows.append({"reader": f"Block Skim ({features})", "layer": layer, "auc": round(float(auc), 3),
+        rows.append({"reader": variant_label(variant), "layer": layer, "auc": round(float(auc), 3),
                      "p_keep_answer": round(float(pos.mean()), 4), "p_keep_other": round(float(neg.mean()), 4),
                      "answer_share": round(len(pos) / len(p), 3), "blocks": int(len(p))})
     return rows
@@ -174,8 +203,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-length", type=int, default=384)
     parser.add_argument("--stride", type=int, default=128)
     parser.add_argument("--block-size", type=int, default=32)
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANT_DIRS), default=list(VARIANT_DIRS),
-                        help="Block Skim predictor inputs to train and compare")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="Block Skim readers to train and compare: the predictor input, trained jointly with "
+                             "the reader from MiniLM, or (frozen-*) alone on the trained plain reader")
+    parser.add_argument("--frozen-epochs", type=float, default=10.0,
+                        help="epochs of predictor-only training for the frozen-* variants")
     parser.add_argument("--train-layers", type=int, nargs="+", default=[0, 1, 2],
                         help="layers that get a skim predictor in training")
     parser.add_argument("--skim-layers", nargs="+", default=["1", "2", "1,2"],
@@ -222,8 +254,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def diagnostics() -> list[dict]:
         rows = []
-        for features in args.variants:
-            rows += predictor_diagnostics(args.work_dir / VARIANT_DIRS[features] / "model", features,
+        for variant in args.variants:
+            rows += predictor_diagnostics(args.work_dir / VARIANTS[variant][2] / "model", variant,
                                           args.train_layers, examples, args.block_size)
         return rows
 
@@ -240,13 +272,14 @@ def main(argv: list[str] | None = None) -> None:
     plain = Reader.from_pretrained(args.work_dir / "plain" / "model").to(device).eval()
     skimmers = {}
     configs = [("plain", None, None)]
-    for features in args.variants:
-        folder = args.work_dir / VARIANT_DIRS[features] / "model"
+    for variant in args.variants:
+        features, _, name = VARIANTS[variant]
+        folder = args.work_dir / name / "model"
         for k, layers in enumerate(skim_sets):
             skim = BlockSkimConfig(block_size=args.block_size, skim_layers=layers, threshold=0.0, features=features)
-            skimmers[(features, tuple(layers))] = BlockSkimReader.from_pretrained(folder, skim=skim).to(device).eval()
+            skimmers[(variant, tuple(layers))] = BlockSkimReader.from_pretrained(folder, skim=skim).to(device).eval()
             # threshold 0 skips nothing: once per variant is enough
-            configs += [(features, tuple(layers), t) for t in args.thresholds if t > 0 or k == 0]
+            configs += [(variant, tuple(layers), t) for t in args.thresholds if t > 0 or k == 0]
     best = {c: float("inf") for c in configs}
     best_cpu = {c: float("inf") for c in configs}
     results = {}
@@ -266,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
                     full = stats.get("windows", 0)
                     slots = stats.get("layer_slots")
                     results[c] = {
-                        "reader": "plain" if name == "plain" else f"Block Skim ({name})", "skim_layers": list(layers) if layers else None, "threshold": threshold,
+                        "reader": "plain" if name == "plain" else variant_label(name), "skim_layers": list(layers) if layers else None, "threshold": threshold,
                         "exact_match": round(m["exact_match"], 2), "f1": round(m["f1"], 2),
                         "slots": round(sum(slots) / (len(slots) * slots[0]), 3) if slots else 1.0,
                         "windows": full,
@@ -397,7 +430,10 @@ def append_section(result: dict) -> None:
         f"trained after layers {s['train_layers']} (keep weight {s['keep_weight']:g}, predictor lr x"
         f"{s['predictor_lr_scale']:g}), skipping after the "
         "layers shown; threshold = skip a block when P(keep) < threshold (0 keeps all). slots run = "
-        "token x layer slots computed / those of the full sequence.",
+        "token x layer slots computed / those of the full sequence."
+        + (f" \"Reader frozen\": the predictors alone trained for {s['frozen_epochs']:g} epochs on the plain reader "
+           "(same data, batch and lr x scale; the reader's weights unchanged)."
+           if any(VARIANTS[v][1] for v in s["variants"]) else ""),
         "",
         table(result),
         "",

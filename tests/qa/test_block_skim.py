@@ -253,3 +253,52 @@ def test_training_recipe_learns_saves_and_resumes(tiny_encoder_dir, tmp_path):
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), k
+
+
+def test_frozen_reader_trains_only_the_predictors(tokenizer, tmp_path):
+    reader = make_reader(tokenizer, skim_layers=(0,), num_layers=3, features="diagonal+question")
+    reader.skim_config.freeze_reader = True
+    reader.train()
+    assert not reader.encoder.training and not reader.qa_outputs.training, "frozen parts run without dropout"
+    assert all(not p.requires_grad for p in [*reader.encoder.parameters(), *reader.qa_outputs.parameters()])
+    calls = []
+    for i, layer in enumerate(reader.encoder.layers):
+        layer.register_forward_hook(lambda *_, i=i: calls.append(i))
+    batch = collate_features(reader.training_features(load_squad(write_squad(tmp_path / "s.json"))))
+    out = reader(**batch)
+    assert calls == [0], "layers after the last skim layer are not run"
+    assert set(out.metrics) == {"skim_loss", "keep_recall"} and out.loss.item() == out.metrics["skim_loss"]
+    out.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in reader.predictors.parameters())
+    assert all(p.grad is None for p in reader.encoder.parameters())
+    optimizer = reader_optimizer(reader, lr=1e-4, weight_decay=0.0)
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in reader.predictors.parameters()}
+
+
+def test_frozen_reader_recipe_keeps_the_plain_reader(tiny_encoder_dir, tmp_path):
+    """Predictors trained on a saved reader: its weights are unchanged, the skim loss falls, and with
+    threshold 0 the Block Skim reader's logits are the plain reader's."""
+    torch.manual_seed(0)
+    plain = Reader.from_pretrained(tiny_encoder_dir, READER)
+    plain.save_pretrained(tmp_path / "plain")
+    data = write_squad(tmp_path / "train.json")
+    skim = BlockSkimConfig(block_size=8, skim_layers=[0, 1], threshold=0.5, features="diagonal+question",
+                           freeze_reader=True)
+    cfg = ReaderTrainingConfig(output_dir=str(tmp_path / "skim"), data=[str(data)], model=str(tmp_path / "plain"),
+                               eval_fraction=0.0, reader=READER, max_steps=30, batch_size=2, lr=3e-3,
+                               warmup_ratio=0.0, device="cpu")
+    result = run_block_skim_training(cfg, skim)
+    lines = [json.loads(x) for x in (tmp_path / "skim" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["skim_loss"] < lines[0]["skim_loss"]
+    before, after = load_file(tmp_path / "plain" / "model.safetensors"), load_file(result.model_dir / "model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    loaded = BlockSkimReader.from_pretrained(result.model_dir, skim=BlockSkimConfig(
+        block_size=8, skim_layers=[0, 1], threshold=0.0, features="diagonal+question")).eval()
+    plain = Reader.from_pretrained(tmp_path / "plain", READER).eval()
+    batch = windows(plain)
+    with torch.no_grad():
+        ref = plain(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+    out = run(loaded, batch)
+    live = batch.attention_mask.bool()
+    torch.testing.assert_close(out.start_logits[live], ref.start_logits[live], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.end_logits[live], ref.end_logits[live], atol=1e-5, rtol=0)

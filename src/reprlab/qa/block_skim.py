@@ -66,6 +66,14 @@ class BlockSkimConfig:
     sub-matrix). ``"diagonal+question"`` (our extension) adds, per block token and head, the
     attention it receives from the question side and the attention mass it sends there: with little
     training data the diagonal blocks alone separate answer blocks poorly (BENCHMARKS.md).
+
+    ``freeze_reader`` (our extension): train only the predictors, on a reader that is already
+    trained (``model`` = a reader folder) and stays fixed: the encoder and span head get no gradient
+    and run in eval mode, the loss is the skim loss alone, and layers after the last skim layer are
+    not run. The paper trains predictors jointly with the span loss over SQuAD's 88k questions; with
+    ~1,200 questions a joint run ends with predictors near the class prior, while the same predictors
+    trained longer on a fixed reader separate answer blocks far better (BENCHMARKS.md). A fixed
+    reader also means a threshold of 0 answers exactly as the plain reader does.
     """
 
     block_size: int = 32
@@ -76,6 +84,7 @@ class BlockSkimConfig:
     channels: int | None = None  # CNN width; None = the number of heads
     features: str = "diagonal"
     predictor_lr_scale: float = 10.0
+    freeze_reader: bool = False
 
     def __post_init__(self):
         if self.features not in FEATURES:
@@ -202,8 +211,9 @@ class BlockSkimReader(Reader):
     """A :class:`Reader` with skim predictors after ``skim_config.skim_layers``.
 
     ``forward`` with span positions (training): the full sequence, span loss + ``skim_weight`` x
-    the class-weighted skim loss (averaged over skim layers). Without positions in eval mode: the
-    skimming inference path (:meth:`skim_forward`) at ``skim_config.threshold``.
+    the class-weighted skim loss (averaged over skim layers); with ``freeze_reader``, the skim loss
+    alone (empty span logits). Without positions in eval mode: the skimming inference path
+    (:meth:`skim_forward`) at ``skim_config.threshold``.
     """
 
     def __init__(
@@ -225,9 +235,20 @@ class BlockSkimReader(Reader):
                                   question_features=with_question)
             for i in self.skim_config.skim_layers
         })
+        if self.skim_config.freeze_reader:
+            self.train(self.training)
 
     def lr_scale(self, name: str) -> float:
         return self.skim_config.predictor_lr_scale if name.startswith("predictors.") else 1.0
+
+    def train(self, mode: bool = True) -> "BlockSkimReader":
+        """With ``freeze_reader`` the encoder and span head stay in eval mode (no dropout) and get no gradient."""
+        super().train(mode)
+        if self.skim_config.freeze_reader:
+            for part in (self.encoder, self.qa_outputs):
+                part.eval()
+                part.requires_grad_(False)
+        return self
 
     def _block_logits(self, layer: int, weights, pos, mask, block_of, block_pos, T) -> torch.Tensor:
         """Skim logits (B, nb, 2) from one layer's attention over the current columns."""
@@ -316,10 +337,15 @@ class BlockSkimReader(Reader):
         pos = torch.arange(T, device=input_ids.device).expand(B, T)
         x = self.encoder.embed(input_ids, token_type_ids)
         weight = torch.tensor([1.0, self.skim_config.keep_weight], device=x.device)
+        frozen = self.skim_config.freeze_reader
+        last = max(int(k) for k in self.predictors)
         skim_losses, hits, answers = [], 0, 0
         for i, layer in enumerate(self.encoder.layers):
+            if frozen and i > last:
+                break  # nothing after the last predictor is trained
             skim_here = str(i) in self.predictors and block_pos.shape[1] > 0
-            x, weights = layer(x, mask, output_attentions=skim_here)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+                x, weights = layer(x, mask, output_attentions=skim_here)
             if skim_here:
                 logits = self._block_logits(i, weights, pos, mask, block_of, block_pos, T).float()  # (B, nb, 2)
                 if (labels >= 0).any():
@@ -328,11 +354,16 @@ class BlockSkimReader(Reader):
                 keep = labels == 1
                 hits += int((logits.argmax(-1)[keep] == 1).sum())
                 answers += int(keep.sum())
-        start, end = self.span_logits(x)
-        qa = span_loss(start, end, attention_mask, start_positions, end_positions)
-        skim = torch.stack(skim_losses).mean() if skim_losses else qa.new_zeros(())
-        loss = qa + self.skim_config.skim_weight * skim
-        metrics = {"qa_loss": qa.item(), "skim_loss": skim.item()}
+        if frozen:  # the skim loss alone; no span logits (the reader is not run to the end)
+            start = end = x.new_zeros((B, 0))
+            skim = torch.stack(skim_losses).mean() if skim_losses else x.new_zeros((), requires_grad=True)
+            loss, metrics = skim, {"skim_loss": skim.item()}
+        else:
+            start, end = self.span_logits(x)
+            qa = span_loss(start, end, attention_mask, start_positions, end_positions)
+            skim = torch.stack(skim_losses).mean() if skim_losses else qa.new_zeros(())
+            loss = qa + self.skim_config.skim_weight * skim
+            metrics = {"qa_loss": qa.item(), "skim_loss": skim.item()}
         if answers:
             metrics["keep_recall"] = hits / answers
         return ReaderOutput(start, end, loss, metrics)
