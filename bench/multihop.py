@@ -28,7 +28,8 @@ also re-measures over all 500 questions).
 Tuning happens on a hash slice of the train side, never on the eval side: ``--holdout 0.25`` trains on
 the rest of the train side and reports on the slice. ``--stage1-model RUN/stage1`` reuses a first stage
 trained by an earlier run of this script with the same split and recipe (checked), so second-stage
-settings can be compared without retraining the first stage. ``--fusion-grid 0,0.1,0.2/0,0.1,0.3``
+settings can be compared without retraining the first stage; ``--stage2-model RUN/stage2`` does the
+same for the second stage, so an eval-side rerun (e.g. with ``--bm25-weights``) trains nothing. ``--fusion-grid 0,0.1,0.2/0,0.1,0.3``
 evaluates the last MDR model with BM25 fusion at every (hop-1, hop-2) weight pair of the grid (hop-2
 queries are encoded once and reused across the grid) and records the grid in the JSON.
 """
@@ -88,30 +89,34 @@ def weight_pair(text: str) -> tuple[float, float]:
     return w1, w2
 
 
-def reused_stage1(run: Path, cfg):
-    """A first-stage MDR run folder as a :class:`MDRResult`, after checking it used ``cfg``'s recipe."""
+def reused_stage(run: Path, cfg, option: str = "--stage1-model"):
+    """A finished MDR run folder (first or second stage) as a :class:`MDRResult`, after checking that it
+    used ``cfg``'s recipe; ``option`` names the command-line option in the errors."""
     from reprlab.retrieval.mdr import MDRResult
 
     try:
         saved = json.loads((run / "train_config.json").read_text())
         split = json.loads((run / "split.json").read_text())
     except (OSError, ValueError) as e:
-        sys.exit(f"--stage1-model {run}: not a finished MDR run folder ({e})")
-    want = {k: getattr(cfg, k) for k in ("model", "eval_fraction", "holdout_fraction", "num_negatives",
+        sys.exit(f"{option} {run}: not a finished MDR run folder ({e})")
+    want = {k: getattr(cfg, k) for k in ("eval_fraction", "holdout_fraction", "num_negatives",
                                          "negative_sources", "negative_depth", "max_question_length",
-                                         "max_query_length", "max_passage_length", "hop2_title", "scale")}
+                                         "max_query_length", "max_passage_length", "hop2_title", "scale",
+                                         "freeze_passages", "memory_bank")}
     want["negative_sources"] = list(want["negative_sources"])
     want |= {f"train.{k}": getattr(cfg.train, k) for k in ("epochs", "lr", "batch_size", "warmup_ratio", "seed")}
-    have = {k: saved.get("extra", {}).get("config", {}).get(k) for k in want if not k.startswith("train.")}
+    config = saved.get("extra", {}).get("config", {})
+    have = {k: config.get(k) for k in want if not k.startswith("train.")}
     have |= {k: saved.get(k[len("train."):]) for k in want if k.startswith("train.")}
-    want["data"], have["data"] = str(Path(cfg.data).resolve()), str(Path(saved.get("extra", {}).get("config", {})
-                                                                         .get("data", "")).resolve())
+    for key in ("data", "model"):  # paths compare resolved; "minilm" stays a name
+        want[key], have[key] = (str(Path(x).resolve()) if x != "minilm" else x
+                                for x in (str(getattr(cfg, key)), str(config.get(key, ""))))
     wrong = {k: (have[k], v) for k, v in want.items() if have[k] != v}
     if wrong:
-        sys.exit(f"--stage1-model {run} was trained with another recipe: "
+        sys.exit(f"{option} {run} was trained with another recipe: "
                  + ", ".join(f"{k} = {a!r}, this run {b!r}" for k, (a, b) in wrong.items()))
     if not (run / "model" / "mdr.json").is_file():
-        sys.exit(f"--stage1-model {run}: no finished model in {run / 'model'}")
+        sys.exit(f"{option} {run}: no finished model in {run / 'model'}")
     return MDRResult(model_dir=str(run / "model"), steps=int(last_metric(run, "step") or 0),
                      train_questions=split["train"], holdout_questions=split["holdout"],
                      eval_questions=split["eval"], eval_metrics=None)
@@ -148,6 +153,9 @@ def main() -> None:
                         help="tuning: train on the train side minus this hash slice and report on the slice")
     parser.add_argument("--stage1-model", default=None,
                         help="reuse this first-stage run folder (an earlier run's OUTPUT/stage1; recipe checked)")
+    parser.add_argument("--stage2-model", default=None,
+                        help="reuse this second-stage run folder (an earlier run's OUTPUT/stage2, trained on the "
+                             "same first stage; recipe checked)")
     parser.add_argument("--bm25-weights", type=weight_pair, default=None, metavar="W1,W2",
                         help="add a row: the last MDR model with BM25 fused into hop 1 / hop 2 at these weights")
     parser.add_argument("--fusion-grid", default=None, metavar="W1,../W2,..",
@@ -246,7 +254,7 @@ def main() -> None:
                     train=TrainConfig(output_dir="", epochs=args.epochs, lr=args.lr, **loop))
     t = time.time()
     if args.stage1_model:
-        stage1 = reused_stage1(Path(args.stage1_model), cfg)
+        stage1 = reused_stage(Path(args.stage1_model), cfg)
         t_train1 = last_metric(Path(args.stage1_model), "elapsed") or 0.0
     else:
         stage1 = run_mdr_training(cfg)
@@ -271,15 +279,20 @@ def main() -> None:
                          memory_bank=args.memory_bank,
                          train=TrainConfig(output_dir="", epochs=args.stage2_epochs, lr=args.stage2_lr, **loop))
         t = time.time()
-        stage2 = run_mdr_training(cfg2, frozen_vectors=(ids, vectors1))
-        t_train2 = time.time() - t
+        if args.stage2_model:
+            stage2 = reused_stage(Path(args.stage2_model), cfg2, "--stage2-model")
+            t_train2 = last_metric(Path(args.stage2_model), "elapsed") or 0.0
+        else:
+            stage2 = run_mdr_training(cfg2, frozen_vectors=(ids, vectors1))
+            t_train2 = time.time() - t
         query2 = SentenceEncoder.from_pretrained(Path(stage2.model_dir) / "query").to(device)
         t = time.time()
         negs = f"{cfg2.num_negatives} negatives from {'+'.join(cfg2.negative_sources)}"
         add(f"MDR + memory bank (stage 2: K={args.memory_bank}, {args.stage2_epochs:g} epochs, {negs}), "
             f"beam B={args.beam}",
             evaluate_mdr(query2, index1, data, targets, args.beam), time.time() - t,
-            f"training {t_train2:.0f}s ({stage2.steps} steps), stage-1 index reused")
+            f"training {t_train2:.0f}s ({stage2.steps} steps"
+            + (f", reused from {args.stage2_model}" if args.stage2_model else "") + "), stage-1 index reused")
 
     # 6. BM25 fused into both hops of the last MDR model's beam search
     last = query2 if args.stage2_epochs > 0 else mdr
