@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from reprlab.cli import main
 from reprlab.demo import demo_data_path, run_demo
@@ -262,6 +263,20 @@ def reader_dirs(tmp_path_factory, tiny_model_dir):
     assert main(["-q", "train", "reader", "--out", str(root / "skim"), *common, "--block-skim", "--skim-layers", "0",
                  "--block-size", "8", "--threshold", "0.1"]) == 0
     return root / "plain" / "model", root / "skim" / "model"
+
+
+def test_train_reader_freeze_reader_keeps_the_trained_reader(reader_dirs, tmp_path):
+    from safetensors.torch import load_file
+
+    plain, _ = reader_dirs
+    out = tmp_path / "frozen"
+    assert main(["-q", "train", "reader", "--data", str(write_squad(tmp_path / "toy.json")), "--model", str(plain),
+                 "--out", str(out), "--max-steps", "3", "--batch-size", "2", "--max-length", "64", "--stride", "16",
+                 "--max-question-length", "16", "--eval-fraction", "0", "--block-skim", "--freeze-reader",
+                 "--skim-layers", "0", "--block-size", "8", "--features", "diagonal+question"]) == 0
+    assert json.loads((out / "model" / "block_skim.json").read_text())["freeze_reader"] is True
+    before, after = load_file(plain / "model.safetensors"), load_file(out / "model" / "model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_train_reader_and_answer_from_a_context(reader_dirs, capsys):
