@@ -373,7 +373,7 @@ def plot(result: dict, path: Path) -> None:
         return
     rows = result["rows"]
     plain = rows[0]
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, ax = plt.subplots(figsize=(7, 6))
     groups: dict[str, list] = {}
     for r in rows[1:]:
         if r["threshold"] > 0:
@@ -392,9 +392,9 @@ def plot(result: dict, path: Path) -> None:
     ax.set_ylabel("F1 (XQuAD-en eval split)")
     ax.set_title(f"MiniLM-L6 reader, {result['eval_questions']} questions, "
                  f"{sum(result['train_questions'].values())} training questions")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1)  # below: the points stay visible
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     print(f"wrote {path}")
 
 
@@ -403,6 +403,12 @@ def goal(rows: list[dict], key: str) -> str:
         return "not met in this run"
     return "met by " + ", ".join(f"{r['reader']} after layer {','.join(map(str, r['skim_layers']))} "
                                  f"t={r['threshold']:g} ({r[key]:.2f}x, F1 {r['f1']:.2f})" for r in rows)
+
+
+def plot_path(out: str) -> str:
+    """The plot next to the result JSON, as a path from the repository root (for BENCHMARKS.md)."""
+    png = (REPO / out).resolve().with_suffix(".png")  # REPO / an absolute path is that path
+    return str(png.relative_to(REPO)) if png.is_relative_to(REPO) else str(png)
 
 
 def append_section(result: dict) -> None:
@@ -440,7 +446,7 @@ def append_section(result: dict) -> None:
         "Goal (>= 1.5x at <= 1 F1 below the plain reader), by wall time: " + goal(result["goal_met_by"], "speedup")
         + "; by CPU time: " + goal(result["goal_met_by_cpu_time"], "cpu_speedup") + ".",
         "",
-        "![speed vs F1](bench/results/blockskim.png)",
+        f"![speed vs F1]({plot_path(s['out'])})",
         "",
     ]
     if result.get("predictors"):
