@@ -77,22 +77,31 @@ def run_peer(data, exclude, args, out: Path) -> tuple[str, float]:
     t0 = time.time()
     model = SentenceTransformer(str(resolve_model_path("minilm")), device=args.device)
     model.max_seq_length = args.max_length
-    pairs = train_pairs(data, exclude)
-    dataset = Dataset.from_dict({"anchor": [q for q, _ in pairs], "positive": [p for _, p in pairs]})
-    if args.num_negatives:
-        dataset = mine_hard_negatives(dataset, model, corpus=[doc_text(d) for d in data.corpus.values()],
-                                      num_negatives=args.num_negatives, range_min=10, range_max=50,
-                                      relative_margin=0.05, sampling_strategy="random", batch_size=64,
-                                      use_faiss=True, verbose=False)
+    mined = out / "train-mined.jsonl"  # kept, so that a resumed run trains on the same triples
+    if mined.is_file():
+        dataset = Dataset.from_json(str(mined))
+    else:
+        pairs = train_pairs(data, exclude)
+        dataset = Dataset.from_dict({"anchor": [q for q, _ in pairs], "positive": [p for _, p in pairs]})
+        if args.num_negatives:
+            dataset = mine_hard_negatives(dataset, model, corpus=[doc_text(d) for d in data.corpus.values()],
+                                          num_negatives=args.num_negatives, range_min=10, range_max=50,
+                                          relative_margin=0.05, sampling_strategy="random", batch_size=64,
+                                          use_faiss=True, verbose=False)
+        out.mkdir(parents=True, exist_ok=True)
+        dataset.to_json(str(mined.with_suffix(".tmp")))
+        mined.with_suffix(".tmp").replace(mined)
+    checkpoints = out / "st-checkpoints"
+    resume = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
     training_args = SentenceTransformerTrainingArguments(
-        output_dir=str(out / "st-checkpoints"), num_train_epochs=args.epochs,
+        output_dir=str(checkpoints), num_train_epochs=args.epochs,
         per_device_train_batch_size=args.batch_size, learning_rate=args.lr, warmup_ratio=0.1, seed=args.seed,
-        batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no", logging_steps=10, report_to="none",
-        use_cpu=args.device == "cpu", disable_tqdm=True,
+        batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="steps", save_steps=25, save_total_limit=1,
+        logging_steps=10, report_to="none", use_cpu=args.device == "cpu", disable_tqdm=True,
     )
     trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=dataset,
                                          loss=MultipleNegativesRankingLoss(model))
-    trainer.train()
+    trainer.train(resume_from_checkpoint=True if resume else None)  # a cut run goes on from its last save
     model.save(str(out / "model"))
     return str(out / "model"), time.time() - t0
 
@@ -169,6 +178,8 @@ def main() -> None:
             continue
         t0 = time.time()
         info: dict = {"row": row}
+        if (out / row / "checkpoints").is_dir() or any((out / row / "st-checkpoints").glob("checkpoint-*")):
+            info["resumed"] = True  # its train time covers this invocation only
         if row in ("minilm", "bm25"):
             spec = row
         elif row == "st-mnrl":
@@ -209,7 +220,11 @@ def main() -> None:
     ]
     for r in results:
         cells = " | ".join(f"{r['scores'][s]['ndcg_cut_10']:.4f} | {r['scores'][s]['recall_100']:.4f}" for s in sets)
-        lines.append(f"| {r['row']} | {cells} | {r.get('train_seconds', 0):.0f} |")
+        resumed = " (resumed)" if r.get("resumed") else ""
+        lines.append(f"| {r['row']} | {cells} | {r.get('train_seconds', 0):.0f}{resumed} |")
+    if any(r.get("resumed") for r in results):
+        lines += ["", "(resumed): the row went on from a cut run's checkpoint; its train time covers the last "
+                  "invocation only."]
     for ance in (r for r in results if r["row"].startswith("ance")):
         lines += ["", f"{ance['row']} refreshes (version: weights of step -> used from step, encode seconds, "
                   "dev nDCG@10): " + "; ".join(
