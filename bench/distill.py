@@ -111,6 +111,7 @@ def main(argv=None) -> dict:
     p.add_argument("--ckd-layer-map", default=None,
                    help="student:teacher hidden-state pairs, e.g. 0:0,1:1,2:5,3:6; 'taken' pairs each taken layer "
                         "with the teacher state it came from (default: student state i with round(i * 6 / 3))")
+    p.add_argument("--seed", type=int, default=0, help="training seed of every method (data order, fresh weights)")
     p.add_argument("--work-dir", default="/tmp/reprlab-bench-distill")
     p.add_argument("--output", default=None, help="JSON path (default bench/results/distill[-quick].json)")
     args = p.parse_args(argv)
@@ -126,7 +127,7 @@ def main(argv=None) -> dict:
     from reprlab.retrieval.dense import doc_text
     from reprlab.text.beir import load_beir
 
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     started = time.time()
     work = Path(args.work_dir)
     if work.exists():
@@ -163,7 +164,7 @@ def main(argv=None) -> dict:
         config = DistillConfig(
             method=method, corpus=[str(scifact_dir)], output_dir=str(work / method), teacher="minilm",
             student=args.student, max_length=args.train_max_length, max_steps=args.steps,
-            batch_size=args.batch_size, lr=args.lr, warmup_ratio=0.1, device=args.device, seed=0,
+            batch_size=args.batch_size, lr=args.lr, warmup_ratio=0.1, device=args.device, seed=args.seed,
             max_texts=400 if args.quick else None,
             kd=KDConfig(embedding="cosine", embedding_weight=1.0, score_weight=1.0, scale=20.0),
             ckd=CKDConfig(wr_pair=ckd_weights[0], wr_triplet=ckd_weights[1], ltr_pair=ckd_weights[2],

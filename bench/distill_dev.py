@@ -36,6 +36,7 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0, help="training seed (data order, fresh weights)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--work-dir", default="/tmp/reprlab-distill-dev")
     args = p.parse_args(argv)
@@ -61,7 +62,7 @@ def main(argv=None) -> dict:
         config = DistillConfig(  # the budget and KD / SEED settings of bench/distill.py
             method=args.method, corpus=[str(scifact)], output_dir=str(Path(args.work_dir) / args.name),
             teacher="minilm", student=args.student, max_length=128, max_steps=args.steps, batch_size=args.batch_size,
-            lr=args.lr, warmup_ratio=0.1, device="cpu", seed=0,
+            lr=args.lr, warmup_ratio=0.1, device="cpu", seed=args.seed,
             kd=KDConfig(embedding="cosine", embedding_weight=1.0, score_weight=1.0, scale=20.0), ckd=ckd,
             seed_method=SEEDConfig(queue_size=2048, student_temperature=0.2, teacher_temperature=0.01))
         model_dir = run_distillation(config).model_dir
