@@ -162,8 +162,9 @@ def main(argv=None) -> dict:
         total = count_parameters(enc)
         body = total - count_parameters(enc.embeddings)
         rows.append({
-            "model": name, "ndcg@10": round(ndcg, 4), "params_m": round(total / 1e6, 2), "non_embedding_m": round(body / 1e6, 2),
-            "encode_s": round(seconds, 2), "layer_heads": enc.config.layer_heads, "layer_intermediate": enc.config.layer_intermediate,
+            "model": name, "ndcg@10": round(ndcg, 4), "params_m": round(total / 1e6, 2),
+            "non_embedding_m": round(body / 1e6, 2), "encode_s": round(seconds, 2),
+            "layer_heads": enc.config.layer_heads, "layer_intermediate": enc.config.layer_intermediate,
             "plan": plan.summary() if plan else None, "base_loss": plan.base_loss if plan else None,
             "final_loss": plan.final_loss if plan else None, "candidates_tried": len(plan.history) if plan else None,
             "search_s": search_s, "eval_s": round(eval_s, 1),

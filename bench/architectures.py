@@ -1,7 +1,8 @@
 """Encoder building blocks trained from scratch on the same masked-LM budget.
 
 The same small encoder (default 4 layers, hidden 128, 4 heads, FFN 512, MiniLM's 30,522 word
-pieces, tied MLM head; hidden 256 with ``--hidden 256`` where the CPU budget allows) is pre-trained from random initialisation with each attention variant:
+pieces, tied MLM head; hidden 256 with ``--hidden 256`` where the CPU budget allows) is pre-trained
+from random initialisation with each attention variant:
 softmax (the baseline), every Synthesizer variant (Tay et al.), collaborative heads at D~ = 1/2 and
 1/4 of the hidden size (Cordonnier et al.) and memory tokens (Burtsev et al.: MemTransformer,
 MemCtrl, MemBottleneck). Same data order, masks, optimiser, steps and seed for all.
@@ -58,8 +59,8 @@ def variants(hidden: int) -> dict[str, dict]:
         "synthesizer-factorized-random": dict(attention="synthesizer-factorized-random"),
         "synthesizer-dense+dot": dict(attention="synthesizer-dense+dot"),
         "synthesizer-random+dot": dict(attention="synthesizer-random+dot"),
-        f"collaborative D~={hidden // 2}": dict(attention="collaborative", attention_kwargs={"shared_dim": hidden // 2}),
-        f"collaborative D~={hidden // 4}": dict(attention="collaborative", attention_kwargs={"shared_dim": hidden // 4}),
+        **{f"collaborative D~={d}": dict(attention="collaborative", attention_kwargs={"shared_dim": d})
+           for d in (hidden // 2, hidden // 4)},
         "memory tokens (8)": dict(num_memory_tokens=8, memory_mode="tokens"),
         "MemCtrl (8)": dict(num_memory_tokens=8, memory_mode="ctrl"),
         "MemBottleneck (8)": dict(num_memory_tokens=8, memory_mode="bottleneck"),
@@ -269,8 +270,9 @@ def main(argv=None) -> None:
         "benchmark": "architectures", "date": datetime.date.today().isoformat(), "machine": machine(),
         "command": "python bench/architectures.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "torch_threads": torch.get_num_threads(),
-        "setup": {**base, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "masking": "random 15% 80/10/10",
-                  "train_chunks": len(train_chunks), "eval_chunks": len(eval_chunks), "quick": args.quick},
+        "setup": {**base, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                  "masking": "random 15% 80/10/10", "train_chunks": len(train_chunks),
+                  "eval_chunks": len(eval_chunks), "quick": args.quick},
         "results": results,
     }
     suffix = "-quick" if args.quick else ""

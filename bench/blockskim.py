@@ -299,7 +299,8 @@ def main(argv: list[str] | None = None) -> None:
                     full = stats.get("windows", 0)
                     slots = stats.get("layer_slots")
                     results[c] = {
-                        "reader": "plain" if name == "plain" else variant_label(name), "skim_layers": list(layers) if layers else None, "threshold": threshold,
+                        "reader": "plain" if name == "plain" else variant_label(name),
+                        "skim_layers": list(layers) if layers else None, "threshold": threshold,
                         "exact_match": round(m["exact_match"], 2), "f1": round(m["f1"], 2),
                         "slots": round(sum(slots) / (len(slots) * slots[0]), 3) if slots else 1.0,
                         "windows": full,

@@ -153,7 +153,8 @@ def main(argv=None) -> dict:
     layer_map = None
     if args.ckd_layer_map == "taken":  # state 0 (embeddings) with 0; taken layer l's output with teacher state l + 1
         if not args.student.startswith("layers:"):
-            sys.exit(f"--ckd-layer-map taken needs a student of taken layers (layers:... or auto:N), not {args.student}")
+            sys.exit("--ckd-layer-map taken needs a student of taken layers (layers:... or auto:N), "
+                     f"not {args.student}")
         taken = [int(x) for x in args.student.split(":", 1)[1].split(",")]
         layer_map = [[0, 0]] + [[i + 1, layer + 1] for i, layer in enumerate(taken)]
     elif args.ckd_layer_map:
@@ -173,9 +174,10 @@ def main(argv=None) -> dict:
         )
         result = run_distillation(config)
         train_seconds[method] = round(time.time() - t0, 1)
-        print(f"[distill] {method}: {result.steps} steps in {train_seconds[method]} s, final loss {result.final_loss:.4f}",
-              file=sys.stderr)
-        models[method] = SentenceEncoder.from_pretrained(result.model_dir, max_length=args.eval_max_length).to(args.device)
+        print(f"[distill] {method}: {result.steps} steps in {train_seconds[method]} s, "
+              f"final loss {result.final_loss:.4f}", file=sys.stderr)
+        student = SentenceEncoder.from_pretrained(result.model_dir, max_length=args.eval_max_length)
+        models[method] = student.to(args.device)
 
     # students share one architecture: time the teacher and the layers-taken student on the same texts
     timing = encode_seconds({"teacher": teacher, "student": models["none (layers taken)"]}, speed_texts,

@@ -57,7 +57,9 @@ def main(argv=None) -> dict:
     ckd = None
     if args.model is None:
         w = [float(x) for x in args.ckd_weights.split(",")]
-        layer_map = [[int(x) for x in pair.split(":")] for pair in args.layer_map.split(",")] if args.layer_map else None
+        layer_map = None
+        if args.layer_map:
+            layer_map = [[int(x) for x in pair.split(":")] for pair in args.layer_map.split(",")]
         ckd = CKDConfig(wr_pair=w[0], wr_triplet=w[1], ltr_pair=w[2], ltr_triplet=w[3], window=21, layer_map=layer_map)
         config = DistillConfig(  # the budget and KD / SEED settings of bench/distill.py
             method=args.method, corpus=[str(scifact)], output_dir=str(Path(args.work_dir) / args.name),

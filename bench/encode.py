@@ -130,7 +130,8 @@ def main() -> None:
     queries = data.judged_queries()
     qmodel = SentenceEncoder.from_pretrained("minilm", max_length=args.max_length)
     q_vectors = qmodel.encode(list(queries.values()), batch_size=64)
-    base = next(r for r in results if r["setting"] == "sentence-transformers") if "sentence-transformers" in args.settings else results[0]
+    peer = [r for r in results if r["setting"] == "sentence-transformers"]
+    base = peer[0] if peer else results[0]
     for r in results:
         vectors = np.load(r["vectors"])
         index = FaissIndex(vectors.shape[1])

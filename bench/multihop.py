@@ -29,9 +29,10 @@ Tuning happens on a hash slice of the train side, never on the eval side: ``--ho
 the rest of the train side and reports on the slice. ``--stage1-model RUN/stage1`` reuses a first stage
 trained by an earlier run of this script with the same split and recipe (checked), so second-stage
 settings can be compared without retraining the first stage; ``--stage2-model RUN/stage2`` does the
-same for the second stage, so an eval-side rerun (e.g. with ``--bm25-weights``) trains nothing. ``--fusion-grid 0,0.1,0.2/0,0.1,0.3``
-evaluates the last MDR model with BM25 fusion at every (hop-1, hop-2) weight pair of the grid (hop-2
-queries are encoded once and reused across the grid) and records the grid in the JSON.
+same for the second stage, so an eval-side rerun (e.g. with ``--bm25-weights``) trains nothing.
+``--fusion-grid 0,0.1,0.2/0,0.1,0.3`` evaluates the last MDR model with BM25 fusion at every (hop-1,
+hop-2) weight pair of the grid (hop-2 queries are encoded once and reused across the grid) and records
+the grid in the JSON.
 """
 
 from __future__ import annotations

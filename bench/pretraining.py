@@ -59,7 +59,8 @@ def evaluate_model(model_dir: str, data, args) -> dict:
     retriever.model.max_length = args.eval_max_length
     retriever.index_corpus(data.corpus)
     scores = evaluate_retriever(retriever, data, k=100, metrics=("ndcg_cut_10", "recall_100"))
-    return {"ndcg@10": scores["ndcg_cut_10"], "recall@100": scores["recall_100"], "eval_seconds": round(time.time() - t)}
+    return {"ndcg@10": scores["ndcg_cut_10"], "recall@100": scores["recall_100"],
+            "eval_seconds": round(time.time() - t)}
 
 
 # ----------------------------------------------------------------------------- fine-tuning
@@ -150,10 +151,12 @@ def table(results: dict, args) -> str:
         if not r:
             continue
         if part == "none":
-            lines.append(f"| none (fine-tune MiniLM directly) | - | - | - | {r['ndcg@10']:.4f} | {r['recall@100']:.4f} |")
+            lines.append(f"| none (fine-tune MiniLM directly) | - | - | - | {r['ndcg@10']:.4f} | "
+                         f"{r['recall@100']:.4f} |")
         else:
-            lines.append(f"| {part} | {r['rows_per_step']} ({r['texts_per_step']} texts) | {r['mlm_loss_first']:.2f} -> "
-                         f"{r['mlm_loss_last']:.2f} | {r['pretrain_seconds']} | {r['ndcg@10']:.4f} | {r['recall@100']:.4f} |")
+            lines.append(f"| {part} | {r['rows_per_step']} ({r['texts_per_step']} texts) | "
+                         f"{r['mlm_loss_first']:.2f} -> {r['mlm_loss_last']:.2f} | {r['pretrain_seconds']} | "
+                         f"{r['ndcg@10']:.4f} | {r['recall@100']:.4f} |")
     recipes = {r.get("recipe") for r in results.values() if r.get("recipe")}
     lines += ["", f"fine-tuning recipe: {', '.join(sorted(recipes)) or '-'}", "",
               "| zero-shot | CMLM loss first -> last | nDCG@10 | R@100 |", "|---|---|---|---|"]
@@ -166,7 +169,8 @@ def table(results: dict, args) -> str:
                      f"{r['loss_first']:.2f} -> {r['loss_last']:.2f} | {r['ndcg@10']:.4f} | {r['recall@100']:.4f} |")
     pmi = results.get("pmi", {}).get("pmi_vocab")
     if pmi:
-        lines += ["", f"PMI vocabulary: {pmi['size']} n-grams, covering {pmi['coverage']:.0%} of the words of 500 abstracts",
+        lines += ["", f"PMI vocabulary: {pmi['size']} n-grams, covering {pmi['coverage']:.0%} of the words of "
+                  "500 abstracts",
                   "", "| n | top n-grams by PMI_n (count) |", "|---|---|"]
         for n, top in pmi["top"].items():
             lines.append(f"| {n} | " + "; ".join(f"{t} ({c})" for t, c, _ in top[:8]) + " |")
@@ -203,7 +207,8 @@ def main() -> None:
     if args.quick:
         args.steps, args.ft_steps, args.max_texts, args.eval_max_length, args.head_warmup = 3, 3, 200, 64, 1
         args.work = args.work + "-quick"
-    out = Path(args.out or REPO / "bench" / "results" / ("pretraining_quick.json" if args.quick else "pretraining.json"))
+    name = "pretraining_quick.json" if args.quick else "pretraining.json"
+    out = Path(args.out or REPO / "bench" / "results" / name)
     saved = json.loads(out.read_text()) if out.is_file() else {"results": {}}
     if not args.table:
         import logging

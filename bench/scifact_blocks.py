@@ -215,9 +215,11 @@ def markdown(out: dict) -> str:
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in out["zero_shot"]:
         lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['attention_params'] / 1e6:.2f}M | "
-                     f"{r['gflops_256']:.2f} | {r['ndcg_cut_10']:.4f} | {r['recall_100']:.4f} | {r['docs_per_s']:.1f} |")
+                     f"{r['gflops_256']:.2f} | {r['ndcg_cut_10']:.4f} | {r['recall_100']:.4f} | "
+                     f"{r['docs_per_s']:.1f} |")
     if out["tuned"]:
-        lines += ["", "| model, after the same DPR fine-tune | steps | train s | nDCG@10 | R@100 |", "|---|---:|---:|---:|---:|"]
+        lines += ["", "| model, after the same DPR fine-tune | steps | train s | nDCG@10 | R@100 |",
+                  "|---|---:|---:|---:|---:|"]
         for r in out["tuned"]:
             lines.append(f"| {r['model']} | {r['steps']} | {r['train_seconds']:.0f} | {r['ndcg_cut_10']:.4f} | "
                          f"{r['recall_100']:.4f} |")

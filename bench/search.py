@@ -259,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--bm25-repeats", type=int, default=3)
     parser.add_argument(
-        "--threads", type=int, default=0, help="FAISS OpenMP threads (0 = FAISS default; 1 = stable timings on a busy machine)"
+        "--threads", type=int, default=0,
+        help="FAISS OpenMP threads (0 = FAISS default; 1 = stable timings on a busy machine)",
     )
     parser.add_argument("--skip-dense", action="store_true")
     parser.add_argument("--skip-bm25", action="store_true")

@@ -66,7 +66,11 @@ def train_pairs(data, exclude):
 def run_peer(data, exclude, args, out: Path) -> tuple[str, float]:
     """sentence-transformers MNRL with mined hard negatives (its own miner and trainer)."""
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.losses import MultipleNegativesRankingLoss
     from sentence_transformers.training_args import BatchSamplers
     from sentence_transformers.util import mine_hard_negatives
@@ -121,7 +125,8 @@ def evaluate_model(spec: str, datasets: dict, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(DATA / "scifact" / "beir"))
-    parser.add_argument("--zero-shot", nargs="*", default=[str(DATA / "cranfield" / "beir"), str(DATA / "cisi" / "beir")])
+    parser.add_argument("--zero-shot", nargs="*",
+                        default=[str(DATA / "cranfield" / "beir"), str(DATA / "cisi" / "beir")])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     parser.add_argument("--epochs", type=float, default=3)
     parser.add_argument("--batch-size", type=int, default=32)

@@ -22,7 +22,8 @@ def test_demo_runs_and_dense_beats_chance(capsys):
 def test_index_search_evaluate(tmp_path, capsys):
     data = demo_data_path()
     assert main(["-q", "index", "--corpus", str(data), "--out", str(tmp_path / "idx")]) == 0
-    assert main(["search", "--index", str(tmp_path / "idx"), "How do I install reprlab without downloading a CUDA build of PyTorch?", "-k", "2"]) == 0
+    question = "How do I install reprlab without downloading a CUDA build of PyTorch?"
+    assert main(["search", "--index", str(tmp_path / "idx"), question, "-k", "2"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[1].split()[:2] == ["1", "install"]
     assert main(["evaluate", "--data", str(data), "--retriever", "bm25", "--json",

@@ -38,7 +38,8 @@ def write_hotpot(path, n=8):
             {"id": "2", "title": author, "paragraph_text": f"{author} is a writer who was born in {city}.",
              "is_supporting": True},
         ]
-        lines.append(json.dumps({"question_id": f"q{i}", "question_text": f"In which city was the author of {book} born?",
+        question = f"In which city was the author of {book} born?"
+        lines.append(json.dumps({"question_id": f"q{i}", "question_text": question,
                                  "answers_objects": [{"spans": [city]}], "contexts": contexts}))
     path.write_text("\n".join(lines) + "\n")
     return path

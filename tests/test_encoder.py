@@ -131,7 +131,8 @@ def test_half_precision_checkpoint_loads_as_float32(minilm_path, tmp_path):
     folder = tmp_path / "fp16"
     shutil.copytree(minilm_path, folder)
     state = load_file(str(folder / "model.safetensors"))
-    save_file({k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}, str(folder / "model.safetensors"))
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+    save_file(half, str(folder / "model.safetensors"))
     model = Encoder.from_pretrained(folder)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     asked = Encoder.from_pretrained(folder, dtype=torch.bfloat16)

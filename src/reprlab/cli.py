@@ -505,7 +505,8 @@ def add_retrieval_qa_commands(sub, recipes) -> None:
     g.add_argument("--bm25-weights", type=_weight_pair, default=None, metavar="W1,W2",
                    help="beam search with BM25 fused into hop 1 and hop 2 (e.g. 0.2,0.3; default: dense only)")
 
-    add_retrieval_recipe(recipes, "hashing", "semantic hashing: DPR with the angular-similarity loss (for SimHash codes)",
+    add_retrieval_recipe(recipes, "hashing",
+                         "semantic hashing: DPR with the angular-similarity loss (for SimHash codes)",
                          HashingConfig, cmd_train_hashing, 0.0, "train queries held out (not trained on)",
                          epochs=1.0, batch_size=32, lr=5e-5)
 

@@ -130,7 +130,10 @@ def test_importing_the_encoder_completes_the_registries():
     import subprocess
     import sys
 
-    code = ("import reprlab.encoder\nfrom reprlab.nn.attention import ATTENTION\nfrom reprlab.nn.pooling import POOLING\n"
-            "print(len(ATTENTION), 'synthesizer-random+dot' in ATTENTION, 'collaborative' in ATTENTION, 'hire' in POOLING)")
+    code = ("import reprlab.encoder\n"
+            "from reprlab.nn.attention import ATTENTION\n"
+            "from reprlab.nn.pooling import POOLING\n"
+            "print(len(ATTENTION), 'synthesizer-random+dot' in ATTENTION, 'collaborative' in ATTENTION, "
+            "'hire' in POOLING)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == [str(len(ATTENTION)), "True", "True", "True"]

@@ -93,7 +93,8 @@ def test_fast_als_equals_tensorly_parafac_from_the_same_start():
 def test_lower_rank_is_an_approximation_that_improves_with_rank():
     torch.manual_seed(0)
     attn = ATTENTION["softmax"](16, 2)
-    errors = [cp_relative_error(attn, collaborative_from_softmax(attn, d, method="cp", n_iter_max=60)) for d in (2, 6, 12)]
+    errors = [cp_relative_error(attn, collaborative_from_softmax(attn, d, method="cp", n_iter_max=60))
+              for d in (2, 6, 12)]
     assert 0 < errors[2] < errors[1] < errors[0] < 1
     assert cp_relative_error(attn, collaborative_from_softmax(attn, 16)) < 1e-6  # full width: copied exactly
 

@@ -39,7 +39,8 @@ class BlockInfo:
     """One row: a block of one layer (``layer`` None for embeddings, memory slots, heads)."""
 
     name: str  # module path, e.g. "layers.3.attn"
-    block: str  # embeddings | attention | attn_norm | ffn | ffn_norm | memory | memory_update | pooler | pooling | mlm_head
+    # embeddings | attention | attn_norm | ffn | ffn_norm | memory | memory_update | pooler | pooling | mlm_head
+    block: str
     layer: int | None
     params: int
     flops: int

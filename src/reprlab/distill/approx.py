@@ -516,4 +516,5 @@ def run_approx(config: ApproxRecipeConfig, show_progress: bool | None = None) ->
     small.save_pretrained(out / "model")
     plan.save(out / "plan.json")
     atomic_write_json(out / "heldout_queries.json", list(held))
-    return ApproxResult(out / "model", plan, count_parameters(model.encoder), count_parameters(small.encoder), list(held))
+    return ApproxResult(out / "model", plan, count_parameters(model.encoder), count_parameters(small.encoder),
+                        list(held))

@@ -199,7 +199,8 @@ class CKDConfig:
             raise ConfigError(f"pair_temperature must be positive, got {self.pair_temperature}")
         if self.layer_map is not None:
             if any(len(p) != 2 for p in self.layer_map) or not self.layer_map:
-                raise ConfigError(f"layer_map must be a list of [student_state, teacher_state] pairs, got {self.layer_map}")
+                raise ConfigError("layer_map must be a list of [student_state, teacher_state] pairs, "
+                                  f"got {self.layer_map}")
             self.layer_map = [[int(a), int(b)] for a, b in self.layer_map]
 
     def pairs(self, student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
@@ -230,7 +231,8 @@ def ckd_loss(
     terms: dict[str, torch.Tensor] = {}
     zero = s_sel[0].float().sum() * 0.0
     if c.wr_pair:
-        terms["wr_pair"] = sum(word_pair_loss(s, t, mask, c.pair_temperature) for s, t in zip(s_sel, t_sel)) / len(pairs)
+        pair_terms = [word_pair_loss(s, t, mask, c.pair_temperature) for s, t in zip(s_sel, t_sel)]
+        terms["wr_pair"] = sum(pair_terms) / len(pairs)
     if c.wr_triplet:
         terms["wr_triplet"] = sum(word_triplet_loss(s, t, mask, c.window) for s, t in zip(s_sel, t_sel)) / len(pairs)
     if len(pairs) >= 2 and (c.ltr_pair or c.ltr_triplet):

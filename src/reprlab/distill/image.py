@@ -104,7 +104,8 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None, pad: int 
     dx = torch.randint(0, 2 * pad + 1, (B,), generator=generator)
     rows = (dy[:, None] + torch.arange(H)[None]).to(x.device)  # (B, H)
     cols = (dx[:, None] + torch.arange(W)[None]).to(x.device)  # (B, W)
-    out = padded[torch.arange(B, device=x.device)[:, None, None, None], torch.arange(C, device=x.device)[None, :, None, None],
-                 rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
+    batch_idx = torch.arange(B, device=x.device)[:, None, None, None]
+    channel_idx = torch.arange(C, device=x.device)[None, :, None, None]
+    out = padded[batch_idx, channel_idx, rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
     flip = (torch.rand(B, generator=generator) < 0.5).to(x.device)
     return torch.where(flip[:, None, None, None], out.flip(-1), out)

@@ -100,7 +100,8 @@ class KDConfig:
 
     def __post_init__(self):
         if self.embedding not in EMBEDDING_LOSSES:
-            raise ConfigError(f"unknown embedding loss {self.embedding!r}; choose one of: {', '.join(EMBEDDING_LOSSES)}")
+            raise ConfigError(f"unknown embedding loss {self.embedding!r}; "
+                              f"choose one of: {', '.join(EMBEDDING_LOSSES)}")
         if self.scale <= 0:
             raise ConfigError(f"scale must be positive, got {self.scale}")
 

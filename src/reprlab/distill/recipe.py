@@ -257,5 +257,6 @@ def run_distillation(config: DistillConfig, stop_after: int | None = None, callb
     if state.rank == 0 and state.step >= state.total_steps:
         student.save_pretrained(out / "model")
     metrics_path = out / "metrics.jsonl"
-    metrics = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()] if metrics_path.is_file() else []
+    lines = metrics_path.read_text().splitlines() if metrics_path.is_file() else []
+    metrics = [json.loads(x) for x in lines if x.strip()]
     return DistillResult(out / "model", state.step, state.last_loss, len(texts), metrics)

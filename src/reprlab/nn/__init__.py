@@ -2,7 +2,8 @@
 in ``ATTENTION`` and every pooling in ``POOLING``, so the registries are complete whenever
 ``reprlab.encoder`` is imported."""
 
-from reprlab.nn import attention, cluster, collaborative, hire, memory, pooling, synthesizer  # noqa: F401  (registration)
+# imported for their registrations
+from reprlab.nn import attention, cluster, collaborative, hire, memory, pooling, synthesizer  # noqa: F401
 from reprlab.nn.attention import ATTENTION, register_attention
 from reprlab.nn.pooling import POOLING, build_pooling
 

@@ -143,7 +143,8 @@ def _refresher_main(job: RefreshJob, requests: mp.Queue, results: mp.Queue) -> N
             with atomic_dir(folder) as tmp:
                 retriever.index.save(tmp / "index")
                 with open(tmp / "negatives.json", "w") as f:
-                    json.dump({q: [d for d in row if d is not None] for q, row in zip(job.query_ids, ranked.tolist())}, f)
+                    top = {q: [d for d in row if d is not None] for q, row in zip(job.query_ids, ranked.tolist())}
+                    json.dump(top, f)
                 atomic_write_json(tmp / "meta.json", {
                     "version": request["version"], "checkpoint_step": request["step"],
                     "encode_seconds": round(encode_seconds, 2), "total_seconds": round(time.time() - t0, 2),

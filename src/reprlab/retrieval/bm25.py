@@ -58,7 +58,9 @@ def _stemmer(name: str | None):
         ) from exc
 
 
-def tokenize(texts: Sequence[str], stemmer: str | None = "english", stopwords: str | list[str] | None = "en") -> list[list[str]]:
+def tokenize(
+    texts: Sequence[str], stemmer: str | None = "english", stopwords: str | list[str] | None = "en"
+) -> list[list[str]]:
     """Lower-case, split into ``\\w\\w+`` tokens, drop stopwords, stem: one token list per text.
 
     Args:

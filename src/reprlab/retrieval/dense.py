@@ -107,7 +107,8 @@ class DenseRetriever:
         if self.index is None:
             raise ModelLoadError("nothing to save: the retriever has no index")
         if self.model_name is None:
-            raise ModelLoadError("save needs model_name (the folder or name of the encoder) to record in retriever.json")
+            raise ModelLoadError("save needs model_name (the folder or name of the encoder) to record in "
+                                 "retriever.json")
         with atomic_dir(path) as tmp:
             self.index._write(tmp)
             with open(tmp / "docs.jsonl", "w", encoding="utf-8") as f:

@@ -97,7 +97,9 @@ def contrastive_loss(
     return F.cross_entropy(scores.float(), labels)
 
 
-def pairwise_loss(q: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+def pairwise_loss(
+    q: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, scale: float = 1.0
+) -> torch.Tensor:
     """ANCE's pairwise NLL: mean over (query, negative) of softplus(s(q, d-) - s(q, d+))."""
     B = q.size(0)
     n = negatives.size(0) // B
