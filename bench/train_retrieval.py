@@ -143,6 +143,8 @@ def main() -> None:
     parser.add_argument("--ance-top-k", type=int, default=200, help="ANCE: ANN depth negatives are sampled from")
     parser.add_argument("--reuse", action="store_true", help="keep rows already in <out>/results.json (same settings)")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--results", default=None,
+                        help="JSON path (default bench/results/train_retrieval[-quick].json)")
     parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     args = parser.parse_args()
 
@@ -237,8 +239,9 @@ def main() -> None:
                       f"{x.get('dev_ndcg_cut_10', float('nan')):.4f}" for x in ance["refreshes"])]
     table = "\n".join(lines)
     print(table)
-    (REPO / "bench" / "results").mkdir(exist_ok=True)
-    (REPO / "bench" / "results" / f"train_retrieval{'-quick' if args.quick else ''}.json").write_text(json.dumps(
+    path = Path(args.results or REPO / "bench" / "results" / f"train_retrieval{'-quick' if args.quick else ''}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(
         {"command": command, "machine": machine(), "date": date, "args": vars(args), "results": results}, indent=2))
     if args.append:
         with open(REPO / "BENCHMARKS.md", "a") as f:
