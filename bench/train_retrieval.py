@@ -122,6 +122,21 @@ def evaluate_model(spec: str, datasets: dict, args) -> dict:
     return scores
 
 
+# The arguments a row's numbers depend on; --reuse keeps a row only if they match.
+SETTINGS = ("epochs", "batch_size", "lr", "max_length", "num_negatives", "refresh_every", "skip_top", "ance_loss",
+            "dev_fraction", "seed", "ance_top_k", "quick", "zero_shot")
+
+
+def save_rows(path: Path, rows: list[dict]) -> None:
+    """Merge ``rows`` into the results file at ``path``, replacing rows of the same name and keeping the others
+    (so runs of different rows into one folder, even at the same time, do not drop each other's rows)."""
+    kept = json.loads(path.read_text()) if path.is_file() else []
+    names = {r["row"] for r in rows}
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps([r for r in kept if r["row"] not in names] + rows, indent=2))
+    os.replace(tmp, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(DATA / "scifact" / "beir"))
@@ -175,16 +190,21 @@ def main() -> None:
                            warmup_ratio=0.1, seed=args.seed, device=args.device, log_every=5,
                            checkpoint_every=25, resume=True)  # a cut run resumes
 
+    settings = {k: getattr(args, k) for k in SETTINGS}
+    settings["data"] = str(Path(args.data).resolve())
     results = []
     done = {}
     if args.reuse and (out / "results.json").is_file():
         done = {r["row"]: r for r in json.loads((out / "results.json").read_text())}
     for row in args.rows:
         if row in done:
+            if done[row].get("settings") != settings:
+                raise SystemExit(f"{out / 'results.json'}: row {row!r} was made with settings "
+                                 f"{done[row].get('settings')}, not {settings}; use another --out or drop --reuse")
             results.append(done[row])
             continue
         t0 = time.time()
-        info: dict = {"row": row}
+        info: dict = {"row": row, "settings": settings}
         if (out / row / "checkpoints").is_dir() or any((out / row / "st-checkpoints").glob("checkpoint-*")):
             info["resumed"] = True  # its train time covers this invocation only
         if row in ("minilm", "bm25"):
@@ -209,7 +229,7 @@ def main() -> None:
         info["eval_seconds"] = time.time() - t1
         results.append(info)
         print(f"{row}: {json.dumps(info['scores'])}", file=sys.stderr, flush=True)
-        (out / "results.json").write_text(json.dumps(results, indent=2))
+        save_rows(out / "results.json", [info])
 
     date = datetime.date.today().isoformat()
     command = "python bench/train_retrieval.py " + " ".join(sys.argv[1:])
