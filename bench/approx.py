@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -31,14 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reprlab.logs import machine_summary
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("REPRLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def subsample(data, n_queries: int, n_extra_docs: int, seed: int = 0):
@@ -185,7 +180,7 @@ def main(argv=None) -> dict:
     table = "\n".join(lines)
     print(table)
     out = {
-        "benchmark": "approx", "date": datetime.date.today().isoformat(), "machine": machine(), "device": args.device,
+        "benchmark": "approx", "date": datetime.date.today().isoformat(), "machine": machine_summary(), "device": args.device,
         "torch_threads": torch.get_num_threads(), "args": vars(args), "heldout_queries": len(held),
         "finetune_s": finetune_s, "rows": rows, "table": table, "wall_s": round(time.time() - started, 1),
         "command": "python bench/approx.py " + " ".join(argv if argv is not None else sys.argv[1:]),

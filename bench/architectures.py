@@ -26,8 +26,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +37,7 @@ import torch
 from reprlab.analysis.model_info import model_info
 from reprlab.encoder import Encoder, EncoderConfig
 from reprlab.io import atomic_write_json
+from reprlab.logs import machine_summary
 from reprlab.pretrain.corpus import tokenize_chunks
 from reprlab.pretrain.masking import IGNORE_INDEX, MaskingConfig, SpecialTokens, build_masking
 from reprlab.pretrain.mlm import MLMCollate, MLMModel, mlm_loss
@@ -68,16 +67,6 @@ def variants(hidden: int) -> dict[str, dict]:
 
 
 QUICK = ("softmax", "collaborative D~={q}")
-
-
-def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return f"{os.cpu_count()} CPU cores, {model}{gpu}"
 
 
 # ----------------------------------------------------------------------------- data
@@ -267,7 +256,7 @@ def main(argv=None) -> None:
                   f"tok/s {row['tokens_per_s']}, act MiB {row['activation_MiB']}", flush=True)
 
     out = {
-        "benchmark": "architectures", "date": datetime.date.today().isoformat(), "machine": machine(),
+        "benchmark": "architectures", "date": datetime.date.today().isoformat(), "machine": machine_summary(),
         "command": "python bench/architectures.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "torch_threads": torch.get_num_threads(),
         "setup": {**base, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,

@@ -32,9 +32,6 @@ import datetime
 import json
 import logging
 import multiprocessing
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,6 +40,7 @@ import numpy as np
 import torch
 
 from reprlab.io import atomic_write_json
+from reprlab.logs import machine_summary
 from reprlab.qa.block_skim import BlockSkimConfig, BlockSkimReader, run_block_skim_training
 from reprlab.qa.reader import Reader, ReaderConfig, ReaderTrainingConfig, run_reader_training
 from reprlab.qa.squad import evaluate_examples, load_hotpotqa_answers, load_squad, split_examples
@@ -51,15 +49,6 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 SQUAD = DATA / "squad_v1.1_dev_xquad_en" / "xquad.en.json"
 HOTPOT = DATA / "hotpotqa_dev500_ircot" / "dev_subsampled.jsonl"
-
-
-def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{os.cpu_count()} CPU cores, {model}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 # variant -> (predictor input, reader frozen while the predictors train, run folder)
@@ -321,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     ok_cpu = [r for r in rows[1:] if r["cpu_speedup"] >= 1.5 and r["f1"] >= plain_f1 - 1.0]
     result = {
         "command": "python bench/blockskim.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine(), "date": datetime.date.today().isoformat(), "device": args.device,
+        "machine": machine_summary(), "date": datetime.date.today().isoformat(), "device": args.device,
         "train_questions": {"squad": len(squad_train), "hotpotqa": len(hotpot_train)},
         "eval_questions": len(examples), "eval_articles": len({e.group for e in examples}),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

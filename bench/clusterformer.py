@@ -46,8 +46,6 @@ import contextlib
 import datetime
 import json
 import logging
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -57,6 +55,7 @@ from pathlib import Path
 import torch
 
 from reprlab.io import atomic_write_json
+from reprlab.logs import machine_summary
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -66,15 +65,6 @@ KINDS = ("full (SDPA)", "full (math)", "sliding-window", "cluster-former")
 LENGTHS = (512, 1024, 2048, 4096, 8192)
 MATH_LIMIT = 4096
 WINDOW, STRIDE, PREFIX, CLUSTERS, CLUSTER_LAYERS = 256, 128, 66, 16, (2, 4)
-
-
-def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{os.cpu_count()} CPU cores, {model}, torch {torch.__version__}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -368,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message="initialised fresh")
 
     result = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    result.update(benchmark="clusterformer", machine=machine(), device=args.device, threads=args.threads,
+    result.update(benchmark="clusterformer", machine=machine_summary(), device=args.device, threads=args.threads,
                   date=datetime.date.today().isoformat())
     if args.part in ("timing", "all"):
         print("timing:", flush=True)

@@ -28,7 +28,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -37,15 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reprlab.logs import machine_summary
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("REPRLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 COLLECTIONS = ("scifact", "cranfield", "cisi")
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def subsample(data, n_queries: int, n_extra_docs: int, seed: int = 0):
@@ -226,7 +221,7 @@ def main(argv=None) -> dict:
                 > np.mean([r[f"ndcg@10_{c}"] for r in rows if r["model"] == "kd" for c in COLLECTIONS]))
         print(f"goal: {goal}")
     out = {
-        "benchmark": "distill", "date": datetime.date.today().isoformat(), "machine": machine(),
+        "benchmark": "distill", "date": datetime.date.today().isoformat(), "machine": machine_summary(),
         "device": args.device, "torch_threads": torch.get_num_threads(), "args": vars(args), "rows": rows,
         "goal": goal, "layer_ranking": layer_ranking, "table": table, "wall_s": round(time.time() - started, 1),
         "command": "python bench/distill.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,15 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from reprlab.logs import machine_summary
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact" / "beir"
 SETTINGS = ("sentence-transformers", "reprlab-fp32", "reprlab-bf16", "reprlab-int8")
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def peak_rss_mb() -> float:
@@ -148,7 +142,7 @@ def main() -> None:
         f"### Encoding throughput, SciFact corpus ({len(texts)} docs, max length {args.max_length}, "
         f"batch {args.batch_size}, {args.device})",
         "",
-        f"`{command}` on {machine()}, {date}. Ratio = docs/s relative to sentence-transformers in the same run.",
+        f"`{command}` on {machine_summary()}, {date}. Ratio = docs/s relative to sentence-transformers in the same run.",
         "",
         "| setting | docs/s | ratio | GFLOP/s | peak memory (MB) | nDCG@10 | max abs diff vs ST |",
         "|---|---|---|---|---|---|---|",
@@ -159,7 +153,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     out = REPO / "bench" / "results" / ("encode-quick.json" if args.quick else f"encode-{args.device}.json")
-    out.write_text(json.dumps({"command": command, "machine": machine(), "date": date, "docs": len(texts),
+    out.write_text(json.dumps({"command": command, "machine": machine_summary(), "date": date, "docs": len(texts),
                                "results": results}, indent=2))
     if args.append:
         with open(REPO / "BENCHMARKS.md", "a") as f:

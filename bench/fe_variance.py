@@ -18,22 +18,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from reprlab.logs import machine_summary
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact" / "beir"
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def flat_grad(model) -> torch.Tensor:
@@ -158,7 +152,7 @@ def main() -> None:
         print(f"| {name} | {r['masked_tokens_per_batch']:.0f} | {r['grad_variance_trace']:.4g} | "
               f"{r['variance_ratio_random_over_this']:.2f} |")
     out = {
-        "benchmark": "fe_variance", "date": datetime.date.today().isoformat(), "machine": machine(),
+        "benchmark": "fe_variance", "date": datetime.date.today().isoformat(), "machine": machine_summary(),
         "device": args.device, "args": vars(args), "copies": K, "trainable_parameters": n_params,
         "head_warmup_seconds": round(warm_s, 1), "head_warmup_loss_first_last": [warm_losses[:1], warm_losses[-1:]],
         "results": results,

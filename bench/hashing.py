@@ -24,9 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +32,7 @@ import faiss
 import numpy as np
 
 from reprlab.io import atomic_write_json
+from reprlab.logs import machine_summary
 from reprlab.retrieval.hashing import BinaryIndex, HashingConfig, run_hashing
 from reprlab.retrieval.index import FaissIndex
 from reprlab.retrieval.metrics import evaluate, to_run
@@ -44,15 +42,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact" / "beir"
 HEADER = ("| model | index | bits | hash tables (key bits x tables, nflip) | nDCG@10 | R@100 | code B/doc "
           "| index B/doc | codes compared / query | ms / query |\n|---|---|---|---|---|---|---|---|---|---|")
-
-
-def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{os.cpu_count()} CPU cores, {model}"
 
 
 def doc_text(doc: dict) -> str:
@@ -257,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         train_q = {"qids": train_qids, "queries": take(train_qids), "qrels": {q: train.qrels[q] for q in train_qids}}
         rows += rows_for(name, vec, test, train_q, args)
 
-    result = {"command": command.strip(), "machine": machine(), "date": datetime.date.today().isoformat(),
+    result = {"command": command.strip(), "machine": machine_summary(), "date": datetime.date.today().isoformat(),
               "faiss": faiss.__version__, "faiss_threads": 1, "docs": len(corpus), "test_queries": len(test_qids),
               "train_queries": len(train_qids), "settings": {k: (str(v) if isinstance(v, Path) else v)
                                                              for k, v in vars(args).items()},

@@ -41,8 +41,6 @@ import argparse
 import datetime
 import json
 import logging
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -51,15 +49,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reprlab.logs import machine_summary
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "hotpotqa_dev500_ircot" / "dev_subsampled.jsonl"
 REFERENCE = {"minilm": (0.346, 0.752, 0.820), "bm25": (0.260, 0.798, 0.894)}  # the issue, all 500 questions
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def last_metric(run: Path, key: str):
@@ -324,7 +318,7 @@ def main() -> None:
         f"{rows[0]['comparison']['n'] if 'comparison' in rows[0] else 0} comparison), "
         f"corpus {len(data.corpus)} passages, {args.device}",
         "",
-        f"`flock /tmp/reprlab-heavy.lock {command}` on {machine()}, {date}; whole run {total / 60:.1f} min. "
+        f"`flock /tmp/reprlab-heavy.lock {command}` on {machine_summary()}, {date}; whole run {total / 60:.1f} min. "
         "Chains: pairs of passages; exact pair = top chain is the gold pair; pair R@k = both gold passages in "
         "the top-k chains; passage-pair R@k = both gold among the first k distinct passages (for a single-hop "
         "retriever: its top k). Seconds = corpus encoding (where new) + search + scoring; training apart.",
@@ -358,7 +352,7 @@ def main() -> None:
     name = "multihop-quick" if args.quick else ("multihop-holdout" if args.holdout else f"multihop-{args.device}")
     out = Path(args.results) if args.results else REPO / "bench" / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": command, "machine": machine(), "date": date, "minutes": total / 60,
+    out.write_text(json.dumps({"command": command, "machine": machine_summary(), "date": date, "minutes": total / 60,
                                "args": vars(args), "rows": rows, "sanity_all_questions": sanity,
                                "fusion_grid": grid}, indent=2))
     if args.append:

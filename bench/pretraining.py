@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -33,17 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from reprlab.io import atomic_write_json
+from reprlab.logs import machine_summary
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "scifact"
 SCHEMES = ("random", "wwm", "span", "pmi", "fully-explored")
 PARTS = ("zero-shot", "none", *SCHEMES, "cmlm")
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -230,7 +223,7 @@ def main() -> None:
                 raise SystemExit(f"unknown part {part!r}; choose from {', '.join(PARTS)}")
             print(f"=== {part}", flush=True)
             record = run_part(part, data, args)
-            record.update(date=datetime.date.today().isoformat(), machine=machine(), device=args.device)
+            record.update(date=datetime.date.today().isoformat(), machine=machine_summary(), device=args.device)
             # re-read before merging: another run may have recorded other parts meanwhile
             saved = json.loads(out.read_text()) if out.is_file() else {"results": {}}
             saved["results"][part] = record

@@ -29,8 +29,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +39,7 @@ import torch
 from reprlab.analysis.model_info import model_info
 from reprlab.encoder import SentenceEncoder
 from reprlab.io import atomic_write_json
+from reprlab.logs import machine_summary
 from reprlab.nn.collaborative import cp_relative_error, to_collaborative
 from reprlab.retrieval.dense import DenseRetriever
 from reprlab.retrieval.dpr import DprConfig, run_dpr
@@ -51,16 +50,6 @@ from reprlab.train import TrainConfig
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("REPRLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 METRICS = ("ndcg_cut_10", "recall_100")
-
-
-def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return f"{os.cpu_count()} CPU cores, {model}{gpu}"
 
 
 def evaluate(model: SentenceEncoder, data: BeirDataset, max_length: int, batch_size: int) -> dict:
@@ -200,7 +189,7 @@ def main(argv=None) -> None:
         return list(keep.values())
 
     out = {
-        "benchmark": "scifact_blocks", "machine": machine(), "torch_threads": torch.get_num_threads(),
+        "benchmark": "scifact_blocks", "machine": machine_summary(), "torch_threads": torch.get_num_threads(),
         "settings": {k: v for k, v in vars(args).items()}, "docs": len(data.corpus), "queries": len(data.qrels),
         "zero_shot": merged("zero_shot", rows), "tuned": merged("tuned", tuned_rows),
         "speed": merged("speed", speed_rows),

@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,20 +26,12 @@ import faiss
 import numpy as np
 
 from reprlab.io import atomic_write_json
+from reprlab.logs import machine_summary
 from reprlab.retrieval.bm25 import BM25Index, tokenize
 from reprlab.retrieval.index import FaissIndex, ShardedIndex
 from reprlab.retrieval.metrics import evaluate, to_run
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{os.cpu_count()} CPU cores, {model}"
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -273,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "python bench/search.py " + " ".join(argv if argv is not None else sys.argv[1:])
     result = {
         "command": command.strip(),
-        "machine": machine(),
+        "machine": machine_summary(),
         "date": datetime.date.today().isoformat(),
         "faiss": faiss.__version__,
         "faiss_threads": faiss.omp_get_max_threads(),

@@ -24,7 +24,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,15 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reprlab.logs import machine_summary
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("REPRLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 TRAIN_DIR = Path("/usr/share/datasets/fashion-mnist")
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 class Classifier(nn.Module):
@@ -223,7 +218,7 @@ def main(argv=None) -> dict:
     table = "\n".join(lines)
     print(table)
     out = {
-        "benchmark": "seed_images", "date": datetime.date.today().isoformat(), "machine": machine(),
+        "benchmark": "seed_images", "date": datetime.date.today().isoformat(), "machine": machine_summary(),
         "device": args.device, "torch_threads": torch.get_num_threads(), "args": vars(args), "rows": rows,
         "train_seconds": timings, "table": table, "wall_s": round(time.time() - started, 1),
         "train_images": n, "test_images": len(test_x),

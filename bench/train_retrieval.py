@@ -17,20 +17,15 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
+from reprlab.logs import machine_summary
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 ROWS = ("minilm", "bm25", "st-mnrl", "dpr", "ance", "ance-top50")
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def quick_subset(folder: Path, out: Path, n_train: int = 60, n_docs: int = 400) -> Path:
@@ -239,7 +234,7 @@ def main() -> None:
         f"{args.epochs:g} epochs, batch {args.batch_size}, lr {args.lr:g}, max length {args.max_length}, "
         f"{args.num_negatives} hard negative(s), {args.device})",
         "",
-        f"`{command}` on {machine()}, {date}. Trained on SciFact train minus a {args.dev_fraction:.0%} dev slice; "
+        f"`{command}` on {machine_summary()}, {date}. Trained on SciFact train minus a {args.dev_fraction:.0%} dev slice; "
         "nDCG@10 / recall@100 on each test split; Cranfield and CISI are zero-shot.",
         "",
         "| row | " + " | ".join(f"{s} nDCG@10 | {s} R@100" for s in sets) + " | train time (s) |",
@@ -262,7 +257,7 @@ def main() -> None:
     path = Path(args.results or REPO / "bench" / "results" / f"train_retrieval{'-quick' if args.quick else ''}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(
-        {"command": command, "machine": machine(), "date": date, "args": vars(args), "results": results}, indent=2))
+        {"command": command, "machine": machine_summary(), "date": date, "args": vars(args), "results": results}, indent=2))
     if args.append:
         with open(REPO / "BENCHMARKS.md", "a") as f:
             f.write("\n" + table + "\n")

@@ -40,3 +40,20 @@ def setup_cli_logging(level: int = logging.INFO) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(level if is_main_process() else logging.WARNING)
     logger.propagate = False
+
+
+def machine_summary() -> str:
+    """One line naming the hardware and software a measurement ran on, for benchmark records:
+    CPU model and core count, the GPU (or "no GPU"), and the torch version with its thread count."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
