@@ -22,6 +22,11 @@ relative to the full sequence.
     flock /tmp/reprlab-heavy.lock python bench/blockskim.py        # full run: 3 + 2 trainings, 2 at a time
     python bench/blockskim.py --quick                               # smoke run (~3 min)
     python bench/blockskim.py --reuse --append                      # re-evaluate saved models, record
+
+``--eval-set hotpotqa-all`` evaluates instead on the eval side of HotpotQA in the distractor setting:
+each question over all of its ~10 paragraphs (~1,100 word pieces, about 5 windows), the input a reader
+gets after retrieval, where most blocks cannot hold the answer. ``--hotpotqa-contexts all`` trains on
+such inputs too (windows without the answer point at [CLS]); give such a run its own ``--work-dir``.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 SQUAD = DATA / "squad_v1.1_dev_xquad_en" / "xquad.en.json"
 HOTPOT = DATA / "hotpotqa_dev500_ircot" / "dev_subsampled.jsonl"
+EVAL_SETS = {"xquad": "XQuAD-en eval split (SQuAD v1.1 dev subset)",
+             "hotpotqa-all": "HotpotQA eval split, all ~10 paragraphs per question"}
 
 
 # variant -> (predictor input, reader frozen while the predictors train, run folder)
@@ -85,7 +92,8 @@ def train_models(args, work: Path, reader_cfg: ReaderConfig) -> dict[str, float]
     Joint variants train from MiniLM alongside the plain reader; "frozen" variants then train only
     their predictors on the saved plain reader, for ``--frozen-epochs``."""
     data = [str(SQUAD)] + ([str(HOTPOT)] if args.hotpotqa else [])
-    common = dict(data=data, eval_fraction=args.eval_fraction, reader=reader_cfg, max_steps=args.max_steps,
+    common = dict(data=data, eval_fraction=args.eval_fraction, hotpotqa_contexts=args.hotpotqa_contexts,
+                  reader=reader_cfg, max_steps=args.max_steps,
                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, evaluate=False,
                   checkpoint_every=args.checkpoint_every)
     phases: list[dict] = [{"plain": (None, dict(model="minilm", epochs=args.epochs))}, {}]
@@ -182,6 +190,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse", action="store_true", help="reuse trained models found in --work-dir")
     parser.add_argument("--hotpotqa", action=argparse.BooleanOptionalAction, default=True,
                         help="add the train side of the HotpotQA answers to training")
+    parser.add_argument("--hotpotqa-contexts", choices=("supporting", "all"), default="supporting",
+                        help="train on HotpotQA supporting paragraphs, or on each question over all its paragraphs")
+    parser.add_argument("--eval-set", choices=tuple(EVAL_SETS), default="xquad",
+                        help="xquad: the XQuAD-en article split; hotpotqa-all: HotpotQA eval questions over all "
+                             "their paragraphs")
     parser.add_argument("--eval-fraction", type=float, default=0.3)
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--max-steps", type=int, default=None)
@@ -237,9 +250,14 @@ def main(argv: list[str] | None = None) -> None:
     train_times = train_models(args, args.work_dir, reader_cfg)
 
     squad_train, squad_eval = split_examples(load_squad(SQUAD), args.eval_fraction)
-    hotpot_train = split_examples(load_hotpotqa_answers(HOTPOT), args.eval_fraction)[0] if args.hotpotqa else []
-    examples = squad_eval[: args.eval_limit] if args.eval_limit else squad_eval
-    assert not {e.group for e in examples} & {e.group for e in squad_train}
+    hotpot_train = split_examples(load_hotpotqa_answers(HOTPOT, args.hotpotqa_contexts),
+                                  args.eval_fraction)[0] if args.hotpotqa else []
+    if args.eval_set == "xquad":
+        examples = squad_eval
+    else:
+        examples = split_examples(load_hotpotqa_answers(HOTPOT, contexts="all"), args.eval_fraction)[1]
+    examples = examples[: args.eval_limit] if args.eval_limit else examples
+    assert not {e.group for e in examples} & {e.group for e in squad_train + hotpot_train}  # never trained on
 
     def diagnostics() -> list[dict]:
         rows = []
@@ -312,7 +330,9 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python bench/blockskim.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine_summary(), "date": datetime.date.today().isoformat(), "device": args.device,
         "train_questions": {"squad": len(squad_train), "hotpotqa": len(hotpot_train)},
-        "eval_questions": len(examples), "eval_articles": len({e.group for e in examples}),
+        "eval_set": args.eval_set, "eval_questions": len(examples), "eval_articles": len({e.group for e in examples}),
+        "eval_tokens_per_question": round(sum(len(x.ids) for x in plain.tokenizer.encode_raw(
+            [e.context for e in examples])) / len(examples), 1),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "train_minutes": {k: round(v / 60, 2) for k, v in train_times.items()},
         "total_minutes": round((time.perf_counter() - t_start) / 60, 2),
@@ -379,7 +399,7 @@ def plot(result: dict, path: Path) -> None:
     ax.axhline(plain["f1"] - 1.0, color="grey", linestyle=":", label="plain F1 - 1")
     ax.axvline(1.5, color="grey", linestyle="--", label="1.5x")
     ax.set_xlabel("speedup over the plain reader (CPU time per question, 1 thread)")
-    ax.set_ylabel("F1 (XQuAD-en eval split)")
+    ax.set_ylabel(f"F1 ({EVAL_SETS[result.get('eval_set', 'xquad')]})")
     ax.set_title(f"MiniLM-L6 reader, {result['eval_questions']} questions, "
                  f"{sum(result['train_questions'].values())} training questions")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1)  # below: the points stay visible
@@ -405,22 +425,30 @@ def append_section(result: dict) -> None:
     path = REPO / "BENCHMARKS.md"
     s = result["settings"]
     tq = result["train_questions"]
+    eval_set = result.get("eval_set", "xquad")
+    if eval_set == "xquad":
+        held_out = (f"{result['eval_questions']} questions of {result['eval_articles']} held-out articles "
+                    "(sha256 article-title rule")
+    else:
+        held_out = (f"{result['eval_questions']} held-out HotpotQA questions, each over all its paragraphs "
+                    f"({result['eval_tokens_per_question']:.0f} context tokens on average; sha256 question-id rule")
+    hotpot = ("HotpotQA questions over all their paragraphs" if s.get("hotpotqa_contexts") == "all"
+              else "HotpotQA answers in supporting paragraphs")
     lines = [
         "",
-        "## Block Skim: plain MiniLM reader vs Block Skim (XQuAD-en = SQuAD v1.1 dev subset)",
+        f"## Block Skim: plain MiniLM reader vs Block Skim ({EVAL_SETS[eval_set]})",
         "",
         f"Command: `flock /tmp/reprlab-heavy.lock {result['command']}` (from the repo root). "
-        f"Machine: {result['machine']}, no GPU. Date: {result['date']}. Total {result['total_minutes']:.0f} min "
+        f"Machine: {result['machine']}. Date: {result['date']}. Total {result['total_minutes']:.0f} min "
         "(training wall minutes, two at a time: " + ", ".join(f"{k} {v}" for k, v in result["train_minutes"].items())
         + ").",
         "",
         f"**Little training data**: {tq['squad']} SQuAD questions (train side of the article split) + "
-        f"{tq['hotpotqa']} HotpotQA answers in supporting paragraphs, about 1% of SQuAD's training set, so "
+        f"{tq['hotpotqa']} {hotpot}, about 1% of SQuAD's training set, so "
         "the absolute EM/F1 are far below a SQuAD-trained MiniLM's; the comparison is between readers "
         "trained alike from all-MiniLM-L6-v2 "
         f"({s['epochs']:g} epochs, batch {s['batch_size']}, lr {s['lr']:g}). Eval: "
-        f"{result['eval_questions']} questions of {result['eval_articles']} held-out articles "
-        f"(sha256 article-title rule, eval fraction {s['eval_fraction']}), one question at a time, max_length "
+        f"{held_out}, eval fraction {s['eval_fraction']}), one question at a time, max_length "
         f"{s['max_length']}, stride {s['stride']}; wall time = tokenization + model + decoding, fastest of "
         f"{s['repeats']} interleaved passes. Block Skim: blocks of {s['block_size']} context tokens, predictors "
         f"trained after layers {s['train_layers']} (keep weight {s['keep_weight']:g}, predictor lr x"

@@ -265,7 +265,7 @@ def append_section(result: dict) -> None:
         "## Semantic hashing on SciFact (SimHash codes, exact Hamming and hash tables)",
         "",
         f"Command: `flock /tmp/reprlab-heavy.lock {result['command']}` (from the repo root). "
-        f"Machine: {result['machine']}, no GPU. Date: {result['date']}. FAISS {result['faiss']}, 1 search thread.",
+        f"Machine: {result['machine']}. Date: {result['date']}. FAISS {result['faiss']}, 1 search thread.",
         "",
         f"{result['docs']} documents, {result['test_queries']} test queries (`qrels/test.tsv`); fine-tuning on "
         f"`qrels/train.tsv` ({s['epochs']} epoch, batch {s['train_batch_size']}, lr {s['lr']}, "

@@ -120,6 +120,43 @@ def test_hotpotqa_answers_are_found_in_supporting_paragraphs(tmp_path):
         load_hotpotqa_answers(path)
 
 
+def test_hotpotqa_all_paragraphs_context(tmp_path):
+    def record(qid, answer, paragraphs):
+        return json.dumps({"question_id": qid, "question_text": f"q {qid}?",
+                           "answers_objects": [{"spans": [answer]}],
+                           "contexts": [{"id": str(i), "title": f"t{i}", "paragraph_text": t, "is_supporting": s}
+                                        for i, (t, s) in enumerate(paragraphs)]})
+
+    path = tmp_path / "h.jsonl"
+    path.write_text("\n".join([
+        # the answer is in a distractor first: the span must point into the supporting paragraph
+        record("1", "Paris", [("Paris is big.", False), ("He moved to Paris.", True), ("Rome.", False)]),
+        record("2", "Oslo", [("Oslo is cold.", False), ("Nothing.", True)]),  # only in a distractor: used
+        record("3", "Rome", [("Romeo lived in Verona.", True)]),  # nowhere as a whole word: left out
+    ]) + "\n")
+    found = load_hotpotqa_answers(path, contexts="all")
+    assert [e.id for e in found] == ["1", "2"] and [e.group for e in found] == ["1", "2"]
+    first = found[0]
+    assert first.context == "t0: Paris is big.\nt1: He moved to Paris.\nt2: Rome."
+    a, b = first.spans[0]
+    assert first.context[a:b] == "Paris" and a > first.context.index("t1:")
+    assert found[1].context[slice(*found[1].spans[0])] == "Oslo"
+    assert load_qa_file(path, hotpotqa_contexts="all") == found
+    with pytest.raises(ConfigError, match="contexts"):
+        load_hotpotqa_answers(path, contexts="some")
+
+
+def test_real_hotpotqa_all_paragraphs_match_the_long_reader(shared_data):
+    from reprlab.qa.long_reader import load_long_hotpotqa
+
+    path = shared_data("hotpotqa_dev500_ircot", "dev_subsampled.jsonl")
+    examples = load_hotpotqa_answers(path, contexts="all")
+    long = load_long_hotpotqa(path, eval_fraction=0.3)
+    train, held = split_examples(examples, 0.3)
+    assert train == long.train and held == long.eval  # one builder, one split rule
+    assert sum(len(e.context) for e in examples) / len(examples) > 4000  # ~10 paragraphs each
+
+
 def test_split_rule_is_the_documented_hash():
     # sha256("abc") starts with ba7816bf; 0xba7816bf / 2**32 = 0.72839...
     assert hash_fraction("abc") == pytest.approx(0xBA7816BF / 2**32)

@@ -43,7 +43,6 @@ import dataclasses
 import json
 import logging
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -55,7 +54,7 @@ from reprlab.encoder import Encoder
 from reprlab.errors import ConfigError, ReprlabError, config_from_dict
 from reprlab.io import atomic_write_json
 from reprlab.qa.reader import Reader, ReaderConfig, collate_features, evaluate_reader, reader_loss
-from reprlab.qa.squad import QAExample
+from reprlab.qa.squad import QAExample, paragraphs_example
 from reprlab.text.hotpotqa import EVAL_FRACTION, HotpotData, load_hotpotqa, split_questions
 
 logger = logging.getLogger("reprlab")
@@ -201,36 +200,14 @@ class LongExamples:
     skipped: dict[str, int]  # {"yes/no": n, "not found": n}
 
 
-def _find(text: str, answer: str) -> int:
-    for flags in (0, re.IGNORECASE):
-        m = re.search(r"(?<!\w)" + re.escape(answer) + r"(?!\w)", text, flags)
-        if m:
-            return m.start()
-    return -1
-
-
 def long_example(data: HotpotData, question) -> QAExample | str:
     """One question over all its paragraphs, or the reason it is left out ("yes/no", "not found")."""
     answers = [a for a in question.answers if a.strip()]
     if not answers or all(a.strip().lower() in ("yes", "no") for a in answers):
         return "yes/no"
-    pieces, starts, pos = [], [], 0
-    for pid in question.paragraphs:
-        doc = data.corpus[pid]
-        piece = f"{doc['title']}: {doc['text']}"
-        starts.append(pos)
-        pieces.append(piece)
-        pos += len(piece) + 1
-    context = "\n".join(pieces)
-    gold = [i for i, pid in enumerate(question.paragraphs) if pid in question.gold]
-    regions = [(starts[i], starts[i] + len(pieces[i])) for i in gold] + [(0, len(context))]
-    for lo, hi in regions:
-        for a in answers:
-            at = _find(context[lo:hi], a)
-            if at >= 0:
-                return QAExample(question.id, question.question, context, answers, [(lo + at, lo + at + len(a))],
-                                 group=question.id)
-    return "not found"
+    paragraphs = [(data.corpus[pid]["title"], data.corpus[pid]["text"], pid in question.gold)
+                  for pid in question.paragraphs]
+    return paragraphs_example(question.id, question.question, paragraphs, answers) or "not found"
 
 
 def load_long_hotpotqa(path: str | Path, eval_fraction: float = EVAL_FRACTION) -> LongExamples:

@@ -516,12 +516,18 @@ class ReaderTrainingConfig:
     device: str = "auto"
     evaluate: bool = True
     group_by_length: bool = True  # batches of windows of similar length (less padding), in a random order
+    hotpotqa_contexts: str = field(default="supporting", metadata={
+        "choices": ("supporting", "all"),
+        "help": "HotpotQA .jsonl: one example per supporting paragraph with the answer, or one per question "
+                "over all its paragraphs (the distractor setting)"})
 
     def __post_init__(self):
         if isinstance(self.reader, dict):
             self.reader = ReaderConfig.from_dict(self.reader)
         if not self.data:
             raise ConfigError("no training data: give at least one SQuAD .json or HotpotQA .jsonl file")
+        if self.hotpotqa_contexts not in ("supporting", "all"):
+            raise ConfigError(f"hotpotqa_contexts must be 'supporting' or 'all', got {self.hotpotqa_contexts!r}")
 
 
 @dataclass
@@ -533,12 +539,13 @@ class ReaderTrainingResult:
     eval_metrics: dict[str, dict] | None  # {data file: EM/F1 on its eval side}
 
 
-def load_split(files: Sequence[str], eval_fraction: float) -> tuple[list[QAExample], dict[str, list[QAExample]]]:
+def load_split(files: Sequence[str], eval_fraction: float, hotpotqa_contexts: str = "supporting"
+               ) -> tuple[list[QAExample], dict[str, list[QAExample]]]:
     """(train examples of all files, {file: eval examples}) by the hash split rule."""
     train_all: list[QAExample] = []
     held: dict[str, list[QAExample]] = {}
     for path in files:
-        tr, ev = split_examples(load_qa_file(path), eval_fraction)
+        tr, ev = split_examples(load_qa_file(path, hotpotqa_contexts), eval_fraction)
         train_all.extend(tr)
         held[str(path)] = ev
     return train_all, held
@@ -592,7 +599,7 @@ def run_reader_training(
     checkpoints; ``model_dir`` is then None): for resume tests."""
     from reprlab.train import TrainConfig, train
 
-    train_ex, held = load_split(config.data, config.eval_fraction)
+    train_ex, held = load_split(config.data, config.eval_fraction, config.hotpotqa_contexts)
     if not train_ex:
         raise ConfigError(f"the train side of {', '.join(config.data)} is empty (eval_fraction {config.eval_fraction})")
     if model is None:

@@ -10,7 +10,8 @@ all questions, an unanswered one counting 0.
 HotpotQA (Yang et al., EMNLP 2018) questions of the IRCoT processed layout become extractive
 examples by finding each gold answer in each supporting paragraph (whole-word, case-sensitive
 first, then case-insensitive); yes/no answers and answers found in no supporting paragraph are
-left out.
+left out. With ``contexts="all"`` (the distractor setting: what a reader sees after retrieval)
+each question is one example over all of its paragraphs (:func:`paragraphs_example`).
 
 Train/eval split rule (:func:`hash_split`): a group key is hashed with SHA-256, and the group goes
 to ``eval`` when the first 8 hex digits, read as an integer and divided by 2**32, fall below
@@ -206,14 +207,43 @@ def _find_whole_word(text: str, answer: str) -> int:
     return -1
 
 
-def load_hotpotqa_answers(path: str | Path) -> list[QAExample]:
+def paragraphs_example(qid: str, question: str, paragraphs: Sequence[tuple[str, str, bool]],
+                       answers: Sequence[str]) -> QAExample | None:
+    """One question over all of its ``(title, text, is_supporting)`` paragraphs, or None if no answer is found.
+
+    The context is the paragraphs in the given order, each as ``"<title>: <text>"``, joined by newlines.
+    The training span is the first whole-word occurrence of a gold answer in a supporting paragraph,
+    else anywhere in the context; the group (split key) is the question id.
+    """
+    pieces, regions, pos = [], [], 0
+    for title, text, supporting in paragraphs:
+        piece = f"{title}: {text}"
+        if supporting:
+            regions.append((pos, pos + len(piece)))
+        pieces.append(piece)
+        pos += len(piece) + 1
+    context = "\n".join(pieces)
+    for lo, hi in regions + [(0, len(context))]:
+        for answer in answers:
+            at = _find_whole_word(context[lo:hi], answer)
+            if at >= 0:
+                return QAExample(qid, question, context, list(answers), [(lo + at, lo + at + len(answer))], group=qid)
+    return None
+
+
+def load_hotpotqa_answers(path: str | Path, contexts: str = "supporting") -> list[QAExample]:
     """Extractive examples from HotpotQA in the IRCoT processed layout (JSONL).
 
-    One example per (question, supporting paragraph that contains a gold answer); its id is
-    ``<question_id>:<paragraph id>``, its group the question id, its context the paragraph text.
-    The gold answers of an example are all of the question's answers (for EM/F1); the training
-    span is the first one found in that paragraph.
+    ``contexts="supporting"``: one example per (question, supporting paragraph that contains a gold
+    answer); its id is ``<question_id>:<paragraph id>``, its group the question id, its context the
+    paragraph text. The gold answers of an example are all of the question's answers (for EM/F1); the
+    training span is the first one found in that paragraph.
+
+    ``contexts="all"``: one example per question over all of its paragraphs (gold and distractors, file
+    order), as :func:`paragraphs_example` builds it; its id is the question id.
     """
+    if contexts not in ("supporting", "all"):
+        raise ConfigError(f"contexts must be 'supporting' or 'all', got {contexts!r}")
     path = Path(path)
     if not path.is_file():
         raise DataFormatError("no such file; give the IRCoT HotpotQA JSONL file", str(path))
@@ -230,16 +260,24 @@ def load_hotpotqa_answers(path: str | Path) -> list[QAExample]:
                 qid = str(record["question_id"])
                 question = record["question_text"]
                 spans = [s for obj in record["answers_objects"] for s in obj.get("spans", []) if s and s.strip()]
-                contexts = record["contexts"]
+                paragraphs = record["contexts"]
             except (KeyError, TypeError, AttributeError) as exc:
                 raise DataFormatError(
                     f"expected question_id, question_text, answers_objects[].spans and contexts ({exc!r})",
                     str(path), line_no) from exc
             if not spans or all(s.strip().lower() in ("yes", "no") for s in spans):
                 continue
-            for ctx in contexts:
+            for ctx in paragraphs:
                 if not isinstance(ctx, dict) or "paragraph_text" not in ctx:
                     raise DataFormatError("a context lacks paragraph_text", str(path), line_no)
+            if contexts == "all":
+                example = paragraphs_example(
+                    qid, question, [(c.get("title", ""), c["paragraph_text"], bool(c.get("is_supporting")))
+                                    for c in paragraphs], spans)
+                if example is not None:
+                    examples.append(example)
+                continue
+            for ctx in paragraphs:
                 if not ctx.get("is_supporting"):
                     continue
                 text = ctx["paragraph_text"]
@@ -253,11 +291,12 @@ def load_hotpotqa_answers(path: str | Path) -> list[QAExample]:
     return examples
 
 
-def load_qa_file(path: str | Path) -> list[QAExample]:
-    """A SQuAD v1.1 ``.json`` file or an IRCoT HotpotQA ``.jsonl`` file, chosen by the suffix."""
+def load_qa_file(path: str | Path, hotpotqa_contexts: str = "supporting") -> list[QAExample]:
+    """A SQuAD v1.1 ``.json`` file or an IRCoT HotpotQA ``.jsonl`` file, chosen by the suffix
+    (``hotpotqa_contexts``: see :func:`load_hotpotqa_answers`)."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        return load_hotpotqa_answers(path)
+        return load_hotpotqa_answers(path, contexts=hotpotqa_contexts)
     if path.suffix == ".json":
         return load_squad(path)
     raise DataFormatError("unknown QA file type: give a SQuAD v1.1 .json file or an IRCoT HotpotQA .jsonl file",
