@@ -249,3 +249,29 @@ def test_recipe_evaluates_on_the_held_out_articles_only(tiny_encoder_dir, tmp_pa
     assert split["eval_examples"] == {f: (4 if f.endswith(f"{held_title}.json") else 0) for f in files}
     assert list(result.eval_metrics) == [f for f in files if f.endswith(f"{held_title}.json")]
     assert result.eval_metrics[files[int(held_title[1])]]["n"] == 4
+
+
+def test_recipe_reads_hotpotqa_over_all_paragraphs(tiny_encoder_dir, tmp_path):
+    filler = " ".join(f"word{i}" for i in range(60))
+    records = [{"question_id": f"q{n}", "question_text": f"Where did person {n} live?",
+                "answers_objects": [{"spans": [city]}],
+                "contexts": [{"id": "0", "title": "Other", "paragraph_text": filler, "is_supporting": False},
+                             {"id": "1", "title": f"P{n}", "paragraph_text": f"Person {n} lived in {city}.",
+                              "is_supporting": True},
+                             {"id": "2", "title": "More", "paragraph_text": filler, "is_supporting": False}]}
+               for n, city in enumerate(("Paris", "Rome", "Oslo"))]
+    path = tmp_path / "h.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+    def run(contexts):
+        return run_reader_training(ReaderTrainingConfig(
+            output_dir=str(tmp_path / contexts), data=[str(path)], model=str(tiny_encoder_dir), eval_fraction=0.0,
+            reader=ReaderConfig(max_length=64, stride=16, max_question_length=16), max_steps=1, batch_size=2,
+            device="cpu", hotpotqa_contexts=contexts))
+
+    supporting, everything = run("supporting"), run("all")
+    assert supporting.train_examples == everything.train_examples == 3
+    assert supporting.train_windows == 3  # one short paragraph each
+    assert everything.train_windows > 3 * 3  # ~130 words of distractors: several windows per question
+    with pytest.raises(ConfigError, match="hotpotqa_contexts"):
+        ReaderTrainingConfig(output_dir=str(tmp_path / "x"), data=[str(path)], hotpotqa_contexts="gold")
