@@ -93,18 +93,19 @@ def test_load_squad_and_bad_inputs(tmp_path):
         load_qa_file(tmp_path / "x.txt")
 
 
-def test_hotpotqa_answers_are_found_in_supporting_paragraphs(tmp_path):
-    def record(qid, answer, paragraphs):
-        return json.dumps({"question_id": qid, "question_text": f"q {qid}?",
-                           "answers_objects": [{"spans": [answer]}],
-                           "contexts": [{"id": str(i), "title": f"t{i}", "paragraph_text": t, "is_supporting": s}
-                                        for i, (t, s) in enumerate(paragraphs)]})
+def hotpot_record(qid, answer, paragraphs):
+    """One IRCoT HotpotQA line: ``paragraphs`` are (text, is_supporting) pairs titled t0, t1, ..."""
+    return json.dumps({"question_id": qid, "question_text": f"q {qid}?", "answers_objects": [{"spans": [answer]}],
+                       "contexts": [{"id": str(i), "title": f"t{i}", "paragraph_text": t, "is_supporting": s}
+                                    for i, (t, s) in enumerate(paragraphs)]})
 
+
+def test_hotpotqa_answers_are_found_in_supporting_paragraphs(tmp_path):
     lines = [
-        record("1", "Paris", [("Paris is big.", False), ("He moved to paris in 1900.", True),
+        hotpot_record("1", "Paris", [("Paris is big.", False), ("He moved to paris in 1900.", True),
                               ("Paris, again.", True)]),
-        record("2", "no", [("There is no answer here.", True)]),  # yes/no: skipped
-        record("3", "Rome", [("Romeo lived in Verona.", True)]),  # only inside a word: not found
+        hotpot_record("2", "no", [("There is no answer here.", True)]),  # yes/no: skipped
+        hotpot_record("3", "Rome", [("Romeo lived in Verona.", True)]),  # only inside a word: not found
     ]
     path = tmp_path / "h.jsonl"
     path.write_text("\n".join(lines) + "\n")
@@ -121,18 +122,12 @@ def test_hotpotqa_answers_are_found_in_supporting_paragraphs(tmp_path):
 
 
 def test_hotpotqa_all_paragraphs_context(tmp_path):
-    def record(qid, answer, paragraphs):
-        return json.dumps({"question_id": qid, "question_text": f"q {qid}?",
-                           "answers_objects": [{"spans": [answer]}],
-                           "contexts": [{"id": str(i), "title": f"t{i}", "paragraph_text": t, "is_supporting": s}
-                                        for i, (t, s) in enumerate(paragraphs)]})
-
     path = tmp_path / "h.jsonl"
     path.write_text("\n".join([
         # the answer is in a distractor first: the span must point into the supporting paragraph
-        record("1", "Paris", [("Paris is big.", False), ("He moved to Paris.", True), ("Rome.", False)]),
-        record("2", "Oslo", [("Oslo is cold.", False), ("Nothing.", True)]),  # only in a distractor: used
-        record("3", "Rome", [("Romeo lived in Verona.", True)]),  # nowhere as a whole word: left out
+        hotpot_record("1", "Paris", [("Paris is big.", False), ("He moved to Paris.", True), ("Rome.", False)]),
+        hotpot_record("2", "Oslo", [("Oslo is cold.", False), ("Nothing.", True)]),  # only in a distractor: used
+        hotpot_record("3", "Rome", [("Romeo lived in Verona.", True)]),  # nowhere as a whole word: left out
     ]) + "\n")
     found = load_hotpotqa_answers(path, contexts="all")
     assert [e.id for e in found] == ["1", "2"] and [e.group for e in found] == ["1", "2"]
