@@ -180,7 +180,8 @@ def main(argv=None) -> dict:
     table = "\n".join(lines)
     print(table)
     out = {
-        "benchmark": "approx", "date": datetime.date.today().isoformat(), "machine": machine_summary(), "device": args.device,
+        "benchmark": "approx", "date": datetime.date.today().isoformat(), "machine": machine_summary(),
+        "device": args.device,
         "torch_threads": torch.get_num_threads(), "args": vars(args), "heldout_queries": len(held),
         "finetune_s": finetune_s, "rows": rows, "table": table, "wall_s": round(time.time() - started, 1),
         "command": "python bench/approx.py " + " ".join(argv if argv is not None else sys.argv[1:]),

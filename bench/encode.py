@@ -142,7 +142,8 @@ def main() -> None:
         f"### Encoding throughput, SciFact corpus ({len(texts)} docs, max length {args.max_length}, "
         f"batch {args.batch_size}, {args.device})",
         "",
-        f"`{command}` on {machine_summary()}, {date}. Ratio = docs/s relative to sentence-transformers in the same run.",
+        f"`{command}` on {machine_summary()}, {date}. "
+        "Ratio = docs/s relative to sentence-transformers in the same run.",
         "",
         "| setting | docs/s | ratio | GFLOP/s | peak memory (MB) | nDCG@10 | max abs diff vs ST |",
         "|---|---|---|---|---|---|---|",

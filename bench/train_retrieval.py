@@ -240,7 +240,8 @@ def main() -> None:
         f"{args.epochs:g} epochs, batch {args.batch_size}, lr {args.lr:g}, max length {args.max_length}, "
         f"{args.num_negatives} hard negative(s), {args.device})",
         "",
-        f"`{command}` on {machine_summary()}, {date}. Trained on SciFact train minus a {args.dev_fraction:.0%} dev slice; "
+        f"`{command}` on {machine_summary()}, {date}. "
+        f"Trained on SciFact train minus a {args.dev_fraction:.0%} dev slice; "
         "nDCG@10 / recall@100 on each test split; Cranfield and CISI are zero-shot.",
         "",
         "| row | " + " | ".join(f"{s} nDCG@10 | {s} R@100" for s in sets) + " | train time (s) |",
@@ -263,7 +264,8 @@ def main() -> None:
     path = Path(args.results or REPO / "bench" / "results" / f"train_retrieval{'-quick' if args.quick else ''}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(
-        {"command": command, "machine": machine_summary(), "date": date, "args": vars(args), "results": results}, indent=2))
+        {"command": command, "machine": machine_summary(), "date": date, "args": vars(args), "results": results},
+        indent=2))
     if args.append:
         with open(REPO / "BENCHMARKS.md", "a") as f:
             f.write("\n" + table + "\n")
