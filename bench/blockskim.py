@@ -24,7 +24,7 @@ relative to the full sequence.
     python bench/blockskim.py --reuse --append                      # re-evaluate saved models, record
 
 ``--eval-set hotpotqa-all`` evaluates instead on the eval side of HotpotQA in the distractor setting:
-each question over all of its ~10 paragraphs (~1,100 word pieces, about 5 windows), the input a reader
+each question over all of its ~10 paragraphs (~1,300 word pieces, about 5 windows), the input a reader
 gets after retrieval, where most blocks cannot hold the answer. ``--hotpotqa-contexts all`` trains on
 such inputs too (windows without the answer point at [CLS]); give such a run its own ``--work-dir``.
 """
@@ -48,7 +48,7 @@ from reprlab.io import atomic_write_json
 from reprlab.logs import machine_summary
 from reprlab.qa.block_skim import BlockSkimConfig, BlockSkimReader, run_block_skim_training
 from reprlab.qa.reader import Reader, ReaderConfig, ReaderTrainingConfig, run_reader_training
-from reprlab.qa.squad import evaluate_examples, load_hotpotqa_answers, load_squad, split_examples
+from reprlab.qa.squad import HOTPOTQA_CONTEXTS, evaluate_examples, load_hotpotqa_answers, load_squad, split_examples
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse", action="store_true", help="reuse trained models found in --work-dir")
     parser.add_argument("--hotpotqa", action=argparse.BooleanOptionalAction, default=True,
                         help="add the train side of the HotpotQA answers to training")
-    parser.add_argument("--hotpotqa-contexts", choices=("supporting", "all"), default="supporting",
+    parser.add_argument("--hotpotqa-contexts", choices=HOTPOTQA_CONTEXTS, default="supporting",
                         help="train on HotpotQA supporting paragraphs, or on each question over all its paragraphs")
     parser.add_argument("--eval-set", choices=tuple(EVAL_SETS), default="xquad",
                         help="xquad: the XQuAD-en article split; hotpotqa-all: HotpotQA eval questions over all "

@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
+from reprlab.io import atomic_write_json
 from reprlab.logs import machine_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,9 +130,7 @@ def save_rows(path: Path, rows: list[dict]) -> None:
     (so runs of different rows into one folder, even at the same time, do not drop each other's rows)."""
     kept = json.loads(path.read_text()) if path.is_file() else []
     names = {r["row"] for r in rows}
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps([r for r in kept if r["row"] not in names] + rows, indent=2))
-    os.replace(tmp, path)
+    atomic_write_json(path, [r for r in kept if r["row"] not in names] + rows)
 
 
 def main() -> None:

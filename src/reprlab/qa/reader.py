@@ -42,7 +42,7 @@ from torch import nn
 from reprlab.encoder import Encoder
 from reprlab.errors import ConfigError, ModelLoadError, ReprlabError, config_from_dict
 from reprlab.io import atomic_dir, atomic_write_json
-from reprlab.qa.squad import QAExample, evaluate_examples, load_qa_file, split_examples
+from reprlab.qa.squad import HOTPOTQA_CONTEXTS, QAExample, evaluate_examples, load_qa_file, split_examples
 from reprlab.text.tokenizer import Batch, Tokenizer
 
 logger = logging.getLogger("reprlab")
@@ -517,7 +517,7 @@ class ReaderTrainingConfig:
     evaluate: bool = True
     group_by_length: bool = True  # batches of windows of similar length (less padding), in a random order
     hotpotqa_contexts: str = field(default="supporting", metadata={
-        "choices": ("supporting", "all"),
+        "choices": HOTPOTQA_CONTEXTS,
         "help": "HotpotQA .jsonl: one example per supporting paragraph with the answer, or one per question "
                 "over all its paragraphs (the distractor setting)"})
 
@@ -526,8 +526,8 @@ class ReaderTrainingConfig:
             self.reader = ReaderConfig.from_dict(self.reader)
         if not self.data:
             raise ConfigError("no training data: give at least one SQuAD .json or HotpotQA .jsonl file")
-        if self.hotpotqa_contexts not in ("supporting", "all"):
-            raise ConfigError(f"hotpotqa_contexts must be 'supporting' or 'all', got {self.hotpotqa_contexts!r}")
+        if self.hotpotqa_contexts not in HOTPOTQA_CONTEXTS:
+            raise ConfigError(f"hotpotqa_contexts must be one of {HOTPOTQA_CONTEXTS}, got {self.hotpotqa_contexts!r}")
 
 
 @dataclass

@@ -40,6 +40,7 @@ from reprlab.errors import ConfigError, DataFormatError
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = frozenset(string.punctuation)
+HOTPOTQA_CONTEXTS = ("supporting", "all")  # see load_hotpotqa_answers
 
 
 @dataclass
@@ -242,8 +243,8 @@ def load_hotpotqa_answers(path: str | Path, contexts: str = "supporting") -> lis
     ``contexts="all"``: one example per question over all of its paragraphs (gold and distractors, file
     order), as :func:`paragraphs_example` builds it; its id is the question id.
     """
-    if contexts not in ("supporting", "all"):
-        raise ConfigError(f"contexts must be 'supporting' or 'all', got {contexts!r}")
+    if contexts not in HOTPOTQA_CONTEXTS:
+        raise ConfigError(f"contexts must be one of {HOTPOTQA_CONTEXTS}, got {contexts!r}")
     path = Path(path)
     if not path.is_file():
         raise DataFormatError("no such file; give the IRCoT HotpotQA JSONL file", str(path))
