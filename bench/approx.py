@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shutil
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reprlab.io import atomic_write_json
 from reprlab.logs import machine_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,7 +189,7 @@ def main(argv=None) -> dict:
     path = Path(args.output) if args.output else REPO / "bench" / "results" / (
         "approx-quick.json" if args.quick else "approx.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    atomic_write_json(path, out)
     print(f"wrote {path} (wall {out['wall_s']} s)", file=sys.stderr)
     return out
 

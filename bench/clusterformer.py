@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         result["qa"] = run_qa(args)
         result["qa_command"] = " ".join(["python", "bench/clusterformer.py"] + (argv or sys.argv[1:]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
     png = args.out.resolve().with_suffix(".png")
     if result.get("timing"):
         plot(result["timing"], png)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 import time
@@ -48,6 +47,7 @@ def main(argv=None) -> dict:
     from reprlab.distill.recipe import DistillConfig, run_distillation
     from reprlab.distill.seed import SEEDConfig
     from reprlab.encoder import SentenceEncoder
+    from reprlab.io import atomic_write_json
     from reprlab.retrieval.dense import DenseRetriever
     from reprlab.retrieval.pipeline import evaluate_retriever
     from reprlab.text.beir import load_beir
@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
            "wall_s": round(time.time() - started, 1),
            "command": "python bench/distill_dev.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     path = REPO / "bench" / "results" / f"distill-dev-{args.name}.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    atomic_write_json(path, out)
     print(f"{args.name}: SciFact dev (train qrels) nDCG@10 {ndcg}  ({out['wall_s']} s) -> {path}")
     return out
 

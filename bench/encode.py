@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reprlab.io import atomic_write_json
 from reprlab.logs import machine_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,8 +155,8 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     out = REPO / "bench" / "results" / ("encode-quick.json" if args.quick else f"encode-{args.device}.json")
-    out.write_text(json.dumps({"command": command, "machine": machine_summary(), "date": date, "docs": len(texts),
-                               "results": results}, indent=2))
+    atomic_write_json(out, {"command": command, "machine": machine_summary(), "date": date, "docs": len(texts),
+                               "results": results})
     if args.append:
         with open(REPO / "BENCHMARKS.md", "a") as f:
             f.write("\n" + table + "\n")

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from reprlab.io import atomic_write_json
 from reprlab.logs import machine_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,7 +158,7 @@ def main() -> None:
         "results": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    atomic_write_json(args.out, out)
     print(f"\nwrote {args.out}")
 
 

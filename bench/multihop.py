@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reprlab.io import atomic_write_json
 from reprlab.logs import machine_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -352,9 +353,9 @@ def main() -> None:
     name = "multihop-quick" if args.quick else ("multihop-holdout" if args.holdout else f"multihop-{args.device}")
     out = Path(args.results) if args.results else REPO / "bench" / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": command, "machine": machine_summary(), "date": date, "minutes": total / 60,
+    atomic_write_json(out, {"command": command, "machine": machine_summary(), "date": date, "minutes": total / 60,
                                "args": vars(args), "rows": rows, "sanity_all_questions": sanity,
-                               "fusion_grid": grid}, indent=2))
+                               "fusion_grid": grid})
     if args.append:
         with open(REPO / "BENCHMARKS.md", "a") as f:
             f.write("\n" + table + "\n")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 import time
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reprlab.io import atomic_write_json
 from reprlab.logs import machine_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,7 +227,7 @@ def main(argv=None) -> dict:
     path = Path(args.output) if args.output else REPO / "bench" / "results" / (
         "seed_images-quick.json" if args.quick else "seed_images.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    atomic_write_json(path, out)
     print(f"wrote {path} (wall {out['wall_s']} s)", file=sys.stderr)
     return out
 

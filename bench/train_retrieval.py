@@ -261,9 +261,8 @@ def main() -> None:
     print(table)
     path = Path(args.results or REPO / "bench" / "results" / f"train_retrieval{'-quick' if args.quick else ''}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(
-        {"command": command, "machine": machine_summary(), "date": date, "args": vars(args), "results": results},
-        indent=2))
+    atomic_write_json(path,
+        {"command": command, "machine": machine_summary(), "date": date, "args": vars(args), "results": results})
     if args.append:
         with open(REPO / "BENCHMARKS.md", "a") as f:
             f.write("\n" + table + "\n")
