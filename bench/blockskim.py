@@ -446,7 +446,7 @@ def append_section(result: dict) -> None:
         "",
         f"Command: `flock /tmp/reprlab-heavy.lock {result['command']}` (from the repo root). "
         f"Machine: {result['machine']}. Date: {result['date']}. Total {result['total_minutes']:.0f} min "
-        "(training wall minutes, two at a time: " + ", ".join(f"{k} {v}" for k, v in result["train_minutes"].items())
+        "(training wall minutes: " + ", ".join(f"{k} {v}" for k, v in result["train_minutes"].items())
         + ").",
         "",
         f"**Little training data**: {tq['squad']} SQuAD questions (train side of the article split) + "

@@ -15,6 +15,7 @@ from reprlab.qa.block_skim import (
     block_labels,
     context_blocks,
     diagonal_blocks,
+    question_attention,
     run_block_skim_training,
 )
 from reprlab.qa.reader import Reader, ReaderConfig, ReaderTrainingConfig, collate_features, reader_optimizer
@@ -90,6 +91,25 @@ def test_diagonal_blocks_equal_a_loop():
                     want = w[b, :, i1, i2] if i1 >= 0 and i2 >= 0 else torch.zeros(nh)
                     assert torch.equal(got[b, j, :, r, c], want)
 
+
+
+def test_question_attention_equals_its_definition():
+    g = torch.Generator().manual_seed(1)
+    B, nh, T = 2, 3, 9
+    w = torch.rand(B, nh, T, T, generator=g).softmax(-1)
+    question = torch.zeros(B, T, dtype=torch.bool)
+    question[0, 1:4] = True
+    question[1, 1:2] = True
+    n_keys = torch.tensor([9.0, 6.0])
+    got = question_attention(w, question, n_keys)  # (B, nh, 2, T)
+    assert got.shape == (B, nh, 2, T)
+    for b in range(B):
+        rows = question[b].nonzero().flatten()
+        for h in range(nh):
+            received = w[b, h][rows].mean(0) * n_keys[b]  # mean attention the question rows give each token
+            sent = w[b, h][:, rows].sum(1)  # attention mass each token gives the question columns
+            torch.testing.assert_close(got[b, h, 0], received)
+            torch.testing.assert_close(got[b, h, 1], sent)
 
 @pytest.mark.parametrize("features", FEATURES)
 def test_threshold_zero_equals_the_plain_reader(tokenizer, tmp_path, features):

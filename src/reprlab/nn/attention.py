@@ -80,9 +80,9 @@ def eager_attention(
     q: (B, nh, Tq, hs), k/v: (B, nh, Tk, hs), mask: bool broadcastable to (B, nh, Tq, Tk).
     """
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, nh, Tq, Tk)
+    scores = torch.matmul(q * scale, k.transpose(-1, -2))  # (B, nh, Tq, Tk); scaling q is T/hs times cheaper
     if mask is not None:
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)  # in place: matmul's backward does not need it
     weights = scores.softmax(dim=-1)
     probs = F.dropout(weights, p=dropout) if dropout > 0 else weights
     return torch.matmul(probs, v), weights

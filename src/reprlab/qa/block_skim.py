@@ -139,8 +139,10 @@ def question_attention(weights: torch.Tensor, question: torch.Tensor, n_keys: to
     """Per token and head: attention received from the question rows (mean, x n_keys) and attention
     mass sent to the question columns. (B, nh, T, T) -> (B, nh, 2, T)."""
     q = question.to(weights.dtype)
-    received = (weights * q[:, None, :, None]).sum(2) / q.sum(1).clamp(min=1)[:, None, None]  # (B, nh, T)
-    sent = (weights * q[:, None, None, :]).sum(3)  # (B, nh, T)
+    # two matrix-vector products per head, not two (B, nh, T, T) temporaries
+    n_question = q.sum(1).clamp(min=1)[:, None, None]
+    received = torch.matmul(q[:, None, None, :], weights).squeeze(2) / n_question  # (B, nh, T)
+    sent = torch.matmul(weights, q[:, None, :, None]).squeeze(3)  # (B, nh, T)
     return torch.stack([received * n_keys[:, None, None], sent], dim=2)
 
 
@@ -171,15 +173,14 @@ def diagonal_blocks(weights: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     ``index`` (B, nb, bs) gives each block's token columns in the current sequence (-1 = absent;
     those rows and columns are zero).
     """
-    B, nh, Tc, _ = weights.shape
-    _, nb, bs = index.shape
-    idx = index.clamp(min=0).view(B, nb * bs)
-    rows = weights.gather(2, idx[:, None, :, None].expand(B, nh, nb * bs, Tc))  # (B, nh, nb*bs, Tc)
-    rows = rows.view(B, nh, nb, bs, Tc)
-    blocks = rows.gather(4, idx.view(B, 1, nb, 1, bs).expand(B, nh, nb, bs, bs))  # (B, nh, nb, bs, bs)
-    ok = (index >= 0).to(weights.dtype)
-    blocks = blocks * ok[:, None, :, :, None] * ok[:, None, :, None, :]
-    return blocks.transpose(1, 2)  # (B, nb, nh, bs, bs)
+    B = weights.shape[0]
+    idx = index.clamp(min=0)  # (B, nb, bs)
+    batch = torch.arange(B, device=weights.device)[:, None, None, None]
+    # only the B * nb * bs * bs * nh block entries are read, never whole rows
+    blocks = weights.permute(0, 2, 3, 1)[batch, idx[:, :, :, None], idx[:, :, None, :]]  # (B, nb, bs, bs, nh)
+    ok = index >= 0
+    blocks = blocks.masked_fill(~(ok[:, :, :, None] & ok[:, :, None, :])[..., None], 0.0)
+    return blocks.permute(0, 1, 4, 2, 3)  # (B, nb, nh, bs, bs)
 
 
 def block_labels(block_pos: torch.Tensor, start_positions: torch.Tensor, end_positions: torch.Tensor) -> torch.Tensor:
