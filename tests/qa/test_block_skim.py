@@ -92,7 +92,6 @@ def test_diagonal_blocks_equal_a_loop():
                     assert torch.equal(got[b, j, :, r, c], want)
 
 
-
 def test_question_attention_equals_its_definition():
     g = torch.Generator().manual_seed(1)
     B, nh, T = 2, 3, 9
@@ -110,6 +109,7 @@ def test_question_attention_equals_its_definition():
             sent = w[b, h][:, rows].sum(1)  # attention mass each token gives the question columns
             torch.testing.assert_close(got[b, h, 0], received)
             torch.testing.assert_close(got[b, h, 1], sent)
+
 
 @pytest.mark.parametrize("features", FEATURES)
 def test_threshold_zero_equals_the_plain_reader(tokenizer, tmp_path, features):
