@@ -156,7 +156,7 @@ def main() -> None:
     print(table)
     out = REPO / "bench" / "results" / ("encode-quick.json" if args.quick else f"encode-{args.device}.json")
     atomic_write_json(out, {"command": command, "machine": machine_summary(), "date": date, "docs": len(texts),
-                               "results": results})
+                            "results": results})
     if args.append:
         with open(REPO / "BENCHMARKS.md", "a") as f:
             f.write("\n" + table + "\n")

@@ -354,8 +354,8 @@ def main() -> None:
     out = Path(args.results) if args.results else REPO / "bench" / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, {"command": command, "machine": machine_summary(), "date": date, "minutes": total / 60,
-                               "args": vars(args), "rows": rows, "sanity_all_questions": sanity,
-                               "fusion_grid": grid})
+                            "args": vars(args), "rows": rows, "sanity_all_questions": sanity,
+                            "fusion_grid": grid})
     if args.append:
         with open(REPO / "BENCHMARKS.md", "a") as f:
             f.write("\n" + table + "\n")
