@@ -13,6 +13,11 @@ speed and size are reported as ratios to the teacher.
     python bench/distill.py --device cuda --steps 600 --batch-size 64
     python bench/distill.py --quick                                  # smoke run: minutes, subsampled
     python bench/distill.py --steps 400 --ckd-layer-map taken --ckd-weights 1000,100,1000,100  # dev-chosen CKD
+    python bench/distill.py --steps 400 --methods kd,ckd --student config:... --trained kd=runs/kd --trained ckd=runs/ckd
+
+``--trained METHOD=RUN`` evaluates a student already trained with this run's settings (say by
+``bench/distill_dev.py``: training reads no qrels, so one training serves the dev and the test
+evaluation) instead of training it again; the run folder's ``train_config.json`` must match field by field.
 
 Loss weights (same for KD inside CKD): embedding cosine 1, in-batch score KL (scale 20) 1. CKD
 weights were set so that each term starts at a magnitude of 0.1-0.6 next to the KD terms (pair
@@ -88,6 +93,23 @@ def parameters(model) -> tuple[int, int]:
     return total, total - embeddings
 
 
+def check_trained(run: Path, config) -> Path:
+    """``run/model`` after checking that ``run/train_config.json`` records the same distillation settings."""
+    import dataclasses
+    import json
+
+    record = run / "train_config.json"
+    if not (run / "model").is_dir() or not record.is_file():
+        sys.exit(f"--trained {run}: no finished run there (needs {run / 'model'} and {record})")
+    saved = json.loads(record.read_text()).get("extra", {})
+    wanted = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples -> lists, as in the saved file
+    differ = [k for k in wanted if k != "output_dir" and saved.get(k) != wanted[k]]
+    if differ:
+        sys.exit(f"--trained {run}: {record} differs from this run in " +
+                 ", ".join(f"{k} ({saved.get(k)!r} there, {wanted[k]!r} here)" for k in differ))
+    return run / "model"
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -108,6 +130,8 @@ def main(argv=None) -> dict:
                         "with the teacher state it came from (default: student state i with round(i * 6 / 3))")
     p.add_argument("--seed", type=int, default=0, help="training seed of every method (data order, fresh weights)")
     p.add_argument("--work-dir", default="/tmp/reprlab-bench-distill")
+    p.add_argument("--trained", action="append", default=[], metavar="METHOD=RUN",
+                   help="take METHOD's student from the finished run folder RUN (RUN/model, RUN/train_config.json)")
     p.add_argument("--output", default=None, help="JSON path (default bench/results/distill[-quick].json)")
     args = p.parse_args(argv)
     if args.quick:
@@ -122,6 +146,12 @@ def main(argv=None) -> dict:
     from reprlab.retrieval.dense import doc_text
     from reprlab.text.beir import load_beir
 
+    trained = {}
+    for item in args.trained:
+        method, sep, folder = item.partition("=")
+        if not sep or method not in args.methods.split(","):
+            sys.exit(f"--trained {item!r}: give METHOD=RUN with METHOD one of --methods ({args.methods})")
+        trained[method] = Path(folder)
     torch.manual_seed(args.seed)
     started = time.time()
     work = Path(args.work_dir)
@@ -143,7 +173,8 @@ def main(argv=None) -> dict:
         layer_ranking = [[list(layers), round(score, 4)] for layers, score in ranked]
         args.student = "layers:" + ",".join(map(str, ranked[0][0]))
         print(f"[distill] student {args.student}; agreement with the teacher: {layer_ranking[:6]}", file=sys.stderr)
-    models = {"teacher (MiniLM-L6)": teacher, "none (layers taken)": build_student(teacher, args.student)}
+    untrained = "none (layers taken)" if args.student.startswith("layers:") else "none (fresh)"
+    models = {"teacher (MiniLM-L6)": teacher, untrained: build_student(teacher, args.student)}
     ckd_weights = [float(x) for x in args.ckd_weights.split(",")]
     layer_map = None
     if args.ckd_layer_map == "taken":  # state 0 (embeddings) with 0; taken layer l's output with teacher state l + 1
@@ -167,15 +198,20 @@ def main(argv=None) -> dict:
                           ltr_triplet=ckd_weights[3], window=21, layer_map=layer_map),
             seed_method=SEEDConfig(queue_size=2048, student_temperature=0.2, teacher_temperature=0.01),
         )
-        result = run_distillation(config)
-        train_seconds[method] = round(time.time() - t0, 1)
-        print(f"[distill] {method}: {result.steps} steps in {train_seconds[method]} s, "
-              f"final loss {result.final_loss:.4f}", file=sys.stderr)
-        student = SentenceEncoder.from_pretrained(result.model_dir, max_length=args.eval_max_length)
+        if method in trained:
+            model_dir = check_trained(trained[method], config)
+            print(f"[distill] {method}: trained student {model_dir}", file=sys.stderr)
+        else:
+            result = run_distillation(config)
+            model_dir = result.model_dir
+            train_seconds[method] = round(time.time() - t0, 1)
+            print(f"[distill] {method}: {result.steps} steps in {train_seconds[method]} s, "
+                  f"final loss {result.final_loss:.4f}", file=sys.stderr)
+        student = SentenceEncoder.from_pretrained(str(model_dir), max_length=args.eval_max_length)
         models[method] = student.to(args.device)
 
     # students share one architecture: time the teacher and the layers-taken student on the same texts
-    timing = encode_seconds({"teacher": teacher, "student": models["none (layers taken)"]}, speed_texts,
+    timing = encode_seconds({"teacher": teacher, "student": models[untrained]}, speed_texts,
                             args.eval_batch_size)
     rows = []
     t_params, t_body = parameters(teacher)

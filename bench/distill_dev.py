@@ -6,6 +6,11 @@ folder with ``--model``) and reports nDCG@10 on the SciFact train queries:
 
     python bench/distill_dev.py --name ckd-matched --method ckd --layer-map 0:0,1:1,2:5,3:6
     python bench/distill_dev.py --name kd-400 --model /tmp/reprlab-bench-distill/kd/model
+    python bench/distill_dev.py --name narrow-kd --method kd --steps 1200 --lr 5e-4 \
+        --student config:hidden_size=192,num_heads=6,intermediate_size=768,num_layers=3,embedding_size=384
+
+A finished run folder (``--work-dir``/``--name``) can then be scored on the test qrels without training
+again: ``bench/distill.py ... --trained kd=WORK_DIR/NAME``.
 """
 
 from __future__ import annotations

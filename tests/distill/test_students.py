@@ -54,6 +54,22 @@ def test_student_from_a_smaller_config(tokenizer):
     assert isinstance(enc, Encoder)
 
 
+def test_narrow_student_keeps_the_teachers_embedding_table(tokenizer, tmp_path):
+    teacher = tiny_sentence_encoder(tokenizer, num_layers=2)
+    width = teacher.encoder.config.hidden_size
+    narrow = build_student(teacher, f"config:hidden_size={width // 2},num_heads=2,num_layers=1,embedding_size={width}")
+    src, dst = teacher.encoder.embeddings, narrow.encoder.embeddings
+    assert torch.equal(dst.word.weight, src.word.weight) and torch.equal(dst.norm.weight, src.norm.weight)
+    assert dst.project.weight.shape == (width // 2, width) and narrow.dim == width // 2
+    fresh = build_student(teacher, f"config:hidden_size={width // 2},num_heads=2,num_layers=1")
+    assert fresh.encoder.embeddings.word.embedding_dim == width // 2  # no table of that width to copy
+    narrow.eval().save_pretrained(tmp_path / "narrow")
+    loaded = type(narrow).from_pretrained(str(tmp_path / "narrow")).eval()
+    batch = tokenizer(["a narrow student"], max_length=16)
+    torch.testing.assert_close(loaded(batch.input_ids, batch.attention_mask),
+                               narrow(batch.input_ids, batch.attention_mask))
+
+
 @pytest.mark.parametrize("spec, match", [
     ("layers:0,9", "do not exist"), ("layers:", "at least one"), ("layers:a", "integers"),
     ("every:0", "integers"), ("config:huge", "neither"), ("config:no_such_field=1", "bad student spec"),

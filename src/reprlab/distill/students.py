@@ -4,8 +4,10 @@ Layer selection initialises a shallower student with a subset of the teacher's l
 DistilBERT (Sanh et al., 2019, "DistilBERT, a distilled version of BERT", every other layer) and
 PKD (Sun et al., EMNLP 2019) do: ``student_from_layers(minilm, [0, 2, 4])`` is a 3-layer MiniLM whose
 embeddings and layers are copies of the teacher's. ``student_from_config`` builds a student of any
-size (narrower, fewer heads) with the teacher's tokenizer and pooling; where the hidden sizes agree
-the embeddings are copied, otherwise everything is initialised fresh. Both return a model of the
+size (narrower, fewer heads) with the teacher's tokenizer and pooling; where the embedding widths
+agree the embeddings are copied, otherwise everything is initialised fresh. A narrow student keeps the
+teacher's word table with ``embedding_size`` (e.g. ``config:hidden_size=192,embedding_size=384,...``
+for a 384-wide teacher): the copied embeddings feed a fresh ``384 -> 192`` projection. Both return a model of the
 teacher's own type (:class:`~reprlab.encoder.Encoder` or :class:`~reprlab.encoder.SentenceEncoder`).
 
 A student spec string (what ``--student`` takes) names either:
@@ -88,22 +90,26 @@ def student_from_layers(teacher: M, layers: Sequence[int]) -> M:
 def student_from_config(teacher: M, config: EncoderConfig, copy_embeddings: bool = True) -> M:
     """A freshly initialised student of ``config`` with the teacher's tokenizer and pooling.
 
-    With ``copy_embeddings`` and equal hidden sizes the word/position/type embeddings and their
-    LayerNorm are copied from the teacher (positions up to the shorter of the two tables).
+    With ``copy_embeddings`` and equal embedding widths (``embedding_size or hidden_size`` on both
+    sides) the word/position/type embeddings and their LayerNorm are copied from the teacher
+    (positions up to the shorter of the two tables); a projection to a different hidden size stays fresh.
     """
     enc = _encoder_of(teacher)
     if config.vocab_size != enc.config.vocab_size:
         raise ConfigError(f"the student's vocab_size {config.vocab_size} differs from the teacher's "
                           f"{enc.config.vocab_size}: they must share the tokenizer")
     student = Encoder(config).to(enc.device)
-    if copy_embeddings and config.hidden_size == enc.config.hidden_size:
-        src, dst = enc.embeddings, student.embeddings
+    src, dst = enc.embeddings, student.embeddings
+    if copy_embeddings and src.word.embedding_dim == dst.word.embedding_dim:
         dst.word.weight.data.copy_(src.word.weight.data)
         P = min(dst.position.weight.shape[0], src.position.weight.shape[0])
         dst.position.weight.data[:P].copy_(src.position.weight.data[:P])
         if dst.token_type.weight.shape == src.token_type.weight.shape:
             dst.token_type.weight.data.copy_(src.token_type.weight.data)
         dst.norm.load_state_dict(src.norm.state_dict())
+        same_projection = src.project is not None and dst.project is not None
+        if same_projection and src.project.weight.shape == dst.project.weight.shape:
+            dst.project.load_state_dict(src.project.state_dict())
     return _with_encoder(teacher, student)
 
 
