@@ -13,7 +13,8 @@ speed and size are reported as ratios to the teacher.
     python bench/distill.py --device cuda --steps 600 --batch-size 64
     python bench/distill.py --quick                                  # smoke run: minutes, subsampled
     python bench/distill.py --steps 400 --ckd-layer-map taken --ckd-weights 1000,100,1000,100  # dev-chosen CKD
-    python bench/distill.py --steps 400 --methods kd,ckd --student config:... --trained kd=runs/kd --trained ckd=runs/ckd
+    python bench/distill.py --steps 400 --methods kd,ckd --student config:... \
+        --trained kd=runs/kd --trained ckd=runs/ckd
 
 ``--trained METHOD=RUN`` evaluates a student already trained with this run's settings (say by
 ``bench/distill_dev.py``: training reads no qrels, so one training serves the dev and the test
@@ -210,7 +211,7 @@ def main(argv=None) -> dict:
         student = SentenceEncoder.from_pretrained(str(model_dir), max_length=args.eval_max_length)
         models[method] = student.to(args.device)
 
-    # students share one architecture: time the teacher and the layers-taken student on the same texts
+    # students share one architecture: time the teacher and the untrained student on the same texts
     timing = encode_seconds({"teacher": teacher, "student": models[untrained]}, speed_texts,
                             args.eval_batch_size)
     rows = []

@@ -63,6 +63,9 @@ def test_narrow_student_keeps_the_teachers_embedding_table(tokenizer, tmp_path):
     assert dst.project.weight.shape == (width // 2, width) and narrow.dim == width // 2
     fresh = build_student(teacher, f"config:hidden_size={width // 2},num_heads=2,num_layers=1")
     assert fresh.encoder.embeddings.word.embedding_dim == width // 2  # no table of that width to copy
+    decoupled = tiny_sentence_encoder(tokenizer, embedding_size=16)  # a teacher with its own projection
+    shallower = build_student(decoupled, "config:num_layers=1")
+    assert torch.equal(shallower.encoder.embeddings.project.weight, decoupled.encoder.embeddings.project.weight)
     narrow.eval().save_pretrained(tmp_path / "narrow")
     loaded = type(narrow).from_pretrained(str(tmp_path / "narrow")).eval()
     batch = tokenizer(["a narrow student"], max_length=16)
