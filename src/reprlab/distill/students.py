@@ -5,10 +5,10 @@ DistilBERT (Sanh et al., 2019, "DistilBERT, a distilled version of BERT", every 
 PKD (Sun et al., EMNLP 2019) do: ``student_from_layers(minilm, [0, 2, 4])`` is a 3-layer MiniLM whose
 embeddings and layers are copies of the teacher's. ``student_from_config`` builds a student of any
 size (narrower, fewer heads) with the teacher's tokenizer and pooling; where the embedding widths
-agree the embeddings are copied, otherwise everything is initialised fresh. A narrow student keeps the
-teacher's word table with ``embedding_size`` (e.g. ``config:hidden_size=192,embedding_size=384,...``
-for a 384-wide teacher): the copied embeddings feed a fresh ``384 -> 192`` projection. Both return a model of the
-teacher's own type (:class:`~reprlab.encoder.Encoder` or :class:`~reprlab.encoder.SentenceEncoder`).
+agree the embeddings are copied, otherwise everything is initialised fresh. A narrow student keeps
+the teacher's word table with ``embedding_size`` (e.g. ``config:hidden_size=192,embedding_size=384,...``
+for a 384-wide teacher): the copied embeddings feed a fresh ``384 -> 192`` projection. Both return a
+model of the teacher's own type (:class:`~reprlab.encoder.Encoder` or :class:`~reprlab.encoder.SentenceEncoder`).
 
 A student spec string (what ``--student`` takes) names either:
 
@@ -92,7 +92,8 @@ def student_from_config(teacher: M, config: EncoderConfig, copy_embeddings: bool
 
     With ``copy_embeddings`` and equal embedding widths (``embedding_size or hidden_size`` on both
     sides) the word/position/type embeddings and their LayerNorm are copied from the teacher
-    (positions up to the shorter of the two tables); a projection to a different hidden size stays fresh.
+    (positions up to the shorter of the two tables). The projection to the hidden size, if any, is
+    copied when the teacher has one of the same shape, and is fresh otherwise.
     """
     enc = _encoder_of(teacher)
     if config.vocab_size != enc.config.vocab_size:
