@@ -7,6 +7,11 @@ vectors on SciFact (nDCG@10), so a faster mode is shown to keep its quality.
     python bench/encode.py                       # full corpus, CPU
     python bench/encode.py --device cuda --batch-size 128
     python bench/encode.py --quick               # 300 documents, smoke run
+
+On a machine without the evaluation's dependencies (faiss), measure there and evaluate here:
+
+    python bench/encode.py --device cuda --batch-size 128 --no-eval --keep runs/encode-gpu
+    python bench/encode.py --evaluate runs/encode-gpu
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ def flops_per_text(lengths: np.ndarray, hidden=384, inter=1536, layers=6) -> np.
 
 
 def run_one(setting: str, texts: list[str], args) -> dict:
-    """Encode ``texts`` with one setting; returns timing, memory and the path of the vectors."""
+    """Encode ``texts`` with one setting ``args.repeat`` times; returns timings, memory and the vectors' path."""
     import torch
 
     torch.manual_seed(0)
@@ -54,15 +59,17 @@ def run_one(setting: str, texts: list[str], args) -> dict:
 
         from reprlab.hub import resolve_model_path
 
-        model = SentenceTransformer(str(resolve_model_path("minilm")), device=args.device)
+        model = SentenceTransformer(str(resolve_model_path(args.model)), device=args.device)
         model.max_seq_length = args.max_length
         encode = lambda t: model.encode(t, batch_size=args.batch_size, convert_to_numpy=True)  # noqa: E731
     else:
         from reprlab.encoder import SentenceEncoder
 
-        model = SentenceEncoder.from_pretrained("minilm", max_length=args.max_length).to(args.device)
+        model = SentenceEncoder.from_pretrained(args.model, max_length=args.max_length).to(args.device)
         precision = setting.split("-")[1]
         if precision == "int8":
+            if args.device != "cpu":
+                raise SystemExit("reprlab-int8 is a CPU mode (dynamic quantization); drop it with --device cuda")
             model = model.quantized()
             precision = "fp32"
         encode = lambda t: model.encode(t, batch_size=args.batch_size, precision=precision)  # noqa: E731
@@ -70,81 +77,123 @@ def run_one(setting: str, texts: list[str], args) -> dict:
     if args.device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    vectors = encode(texts)
-    if args.device == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    out = Path(tempfile.mkdtemp()) / "vectors.npy"
+    passes = []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        vectors = encode(texts)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        passes.append(time.perf_counter() - t0)
+    seconds = float(np.median(passes))
+    out = Path(args.keep or tempfile.mkdtemp()) / f"vectors-{setting}.npy"
     np.save(out, vectors.astype(np.float32))
     peak = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else peak_rss_mb()
-    return {"setting": setting, "seconds": seconds, "docs_per_s": len(texts) / seconds, "peak_mb": peak,
-            "vectors": str(out), "threads": torch.get_num_threads()}
+    return {"setting": setting, "seconds": seconds, "passes": passes, "docs_per_s": len(texts) / seconds,
+            "peak_mb": peak, "vectors": out.name, "threads": torch.get_num_threads()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
-    parser.add_argument("--quick", action="store_true", help="300 documents")
-    parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one setting in this process
-    args = parser.parse_args()
-
-    from reprlab.text.beir import load_beir
-    from reprlab.retrieval.dense import doc_text
-
-    data = load_beir(args.data, split="test")
-    ids = list(data.corpus)[: 300 if args.quick else None]
-    texts = [doc_text(data.corpus[i]) for i in ids]
-    if args.one:
-        print(json.dumps(run_one(args.one, texts, args)))
-        return
-
-    from reprlab.encoder import SentenceEncoder
-    from reprlab.retrieval.index import FaissIndex
-    from reprlab.retrieval.metrics import evaluate, to_run
-
+def measure(args, texts: list[str]) -> dict:
+    """Run every setting in its own subprocess; write and return ``measure.json`` in ``args.keep``."""
     results = []
     for setting in args.settings:
         cmd = [sys.executable, __file__, "--one", setting, "--data", args.data, "--device", args.device,
-               "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)] + (["--quick"] * args.quick)
+               "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--model", args.model,
+               "--repeat", str(args.repeat), "--keep", args.keep] + (["--quick"] * args.quick)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             print(proc.stderr[-3000:], file=sys.stderr)
             raise SystemExit(f"{setting} failed")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"{setting}: {results[-1]['docs_per_s']:.1f} docs/s", file=sys.stderr)
+    record = {"command": "python bench/encode.py " + " ".join(sys.argv[1:]), "machine": machine_summary(),
+              "date": datetime.date.today().isoformat(), "docs": len(texts), "device": args.device,
+              "batch_size": args.batch_size, "max_length": args.max_length, "repeat": args.repeat,
+              "results": results}
+    atomic_write_json(Path(args.keep) / "measure.json", record)
+    return record
 
-    tok = SentenceEncoder.from_pretrained("minilm").tokenizer
-    lengths = np.array([min(len(e.ids), args.max_length) for e in tok.encode_raw(texts)])
+
+def evaluate_measured(record: dict, folder: Path, data, ids: list[str], texts: list[str], model: str) -> list[dict]:
+    """nDCG@10, GFLOP/s, speed ratio and largest difference to the peer for every measured setting.
+
+    Queries are encoded once, by reprlab in fp32 on this machine, so the settings differ only in
+    their document vectors.
+    """
+    from reprlab.encoder import SentenceEncoder
+    from reprlab.retrieval.index import FaissIndex
+    from reprlab.retrieval.metrics import evaluate, to_run
+
+    max_length = record["max_length"]
+    qmodel = SentenceEncoder.from_pretrained(model, max_length=max_length)
+    lengths = np.array([min(len(e.ids), max_length) for e in qmodel.tokenizer.encode_raw(texts)])
     total_flops = float(flops_per_text(lengths).sum())
     queries = data.judged_queries()
-    qmodel = SentenceEncoder.from_pretrained("minilm", max_length=args.max_length)
     q_vectors = qmodel.encode(list(queries.values()), batch_size=64)
+    results = record["results"]
     peer = [r for r in results if r["setting"] == "sentence-transformers"]
     base = peer[0] if peer else results[0]
+    base_vectors = np.load(folder / base["vectors"])
     for r in results:
-        vectors = np.load(r["vectors"])
+        vectors = np.load(folder / r["vectors"])
         index = FaissIndex(vectors.shape[1])
         index.add(ids, vectors)
         run = to_run(list(queries), *index.search(q_vectors, 100))
         r["ndcg_cut_10"] = evaluate(data.qrels, run, metrics=("ndcg_cut_10",))["ndcg_cut_10"]
         r["gflops"] = total_flops / r["seconds"] / 1e9
         r["ratio"] = r["docs_per_s"] / base["docs_per_s"]
-        r["max_abs_diff_vs_base"] = float(np.abs(vectors - np.load(base["vectors"])).max())
+        r["max_abs_diff_vs_base"] = float(np.abs(vectors - base_vectors).max())
+    return results
 
-    date = datetime.date.today().isoformat()
-    command = "python bench/encode.py " + " ".join(sys.argv[1:])
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--model", default="minilm", help="model folder or name, the same for every setting")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    parser.add_argument("--repeat", type=int, default=1, help="timed passes over the corpus; the median is kept")
+    parser.add_argument("--quick", action="store_true", help="300 documents")
+    parser.add_argument("--keep", default=None, help="folder for measure.json and each setting's vectors")
+    parser.add_argument("--no-eval", action="store_true", help="measure only (evaluate later with --evaluate)")
+    parser.add_argument("--evaluate", default=None, metavar="FOLDER",
+                        help="evaluate a --keep folder measured earlier, e.g. on a GPU machine")
+    parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one setting in this process
+    args = parser.parse_args()
+
+    from reprlab.text.beir import doc_text, load_beir
+
+    data = load_beir(args.data, split="test")
+    if args.evaluate:
+        folder = Path(args.evaluate)
+        record = json.loads((folder / "measure.json").read_text())
+        quick = record["docs"] < len(data.corpus)
+    else:
+        quick = args.quick
+    ids = list(data.corpus)[: 300 if quick else None]
+    texts = [doc_text(data.corpus[i]) for i in ids]
+    if args.one:
+        print(json.dumps(run_one(args.one, texts, args)))
+        return
+    if not args.evaluate:
+        args.keep = args.keep or tempfile.mkdtemp()
+        Path(args.keep).mkdir(parents=True, exist_ok=True)
+        record = measure(args, texts)
+        folder = Path(args.keep)
+        if args.no_eval:
+            print(f"measured; evaluate with: python bench/encode.py --evaluate {folder} --data {args.data}")
+            return
+    results = evaluate_measured(record, folder, data, ids, texts, args.model)
+
     lines = [
-        f"### Encoding throughput, SciFact corpus ({len(texts)} docs, max length {args.max_length}, "
-        f"batch {args.batch_size}, {args.device})",
+        f"### Encoding throughput, SciFact corpus ({len(texts)} docs, max length {record['max_length']}, "
+        f"batch {record['batch_size']}, {record['device']})",
         "",
-        f"`{command}` on {machine_summary()}, {date}. "
-        "Ratio = docs/s relative to sentence-transformers in the same run.",
+        f"`{record['command']}` on {record['machine']}, {record['date']}. "
+        f"Ratio = docs/s relative to sentence-transformers in the same run; median of {record['repeat']} "
+        "timed passes after a warm-up batch.",
         "",
         "| setting | docs/s | ratio | GFLOP/s | peak memory (MB) | nDCG@10 | max abs diff vs ST |",
         "|---|---|---|---|---|---|---|",
@@ -154,9 +203,12 @@ def main() -> None:
                      f"{r['peak_mb']:.0f} | {r['ndcg_cut_10']:.4f} | {r['max_abs_diff_vs_base']:.1e} |")
     table = "\n".join(lines)
     print(table)
-    out = REPO / "bench" / "results" / ("encode-quick.json" if args.quick else f"encode-{args.device}.json")
-    atomic_write_json(out, {"command": command, "machine": machine_summary(), "date": date, "docs": len(texts),
-                            "results": results})
+    name = "encode-quick.json" if quick else f"encode-{record['device']}.json"
+    record = {**record, "results": results}
+    if args.evaluate:
+        record["evaluated"] = {"command": "python bench/encode.py " + " ".join(sys.argv[1:]),
+                               "machine": machine_summary(), "date": datetime.date.today().isoformat()}
+    atomic_write_json(REPO / "bench" / "results" / name, record)
     if args.append:
         with open(REPO / "BENCHMARKS.md", "a") as f:
             f.write("\n" + table + "\n")

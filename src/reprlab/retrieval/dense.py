@@ -26,13 +26,9 @@ from reprlab.encoder import SentenceEncoder
 from reprlab.errors import DataFormatError, ModelLoadError
 from reprlab.io import atomic_dir
 from reprlab.retrieval.index import FaissIndex, Index
+from reprlab.text.beir import doc_text  # noqa: F401  (re-exported)
 
 Corpus = Mapping[str, Mapping[str, str]]
-
-
-def doc_text(doc: Mapping[str, str], sep: str = " ") -> str:
-    """BEIR's document text for bi-encoders: title and text joined by a space."""
-    return (doc.get("title", "") + sep + doc.get("text", "")).strip()
 
 
 class DenseRetriever:

@@ -74,6 +74,11 @@ class BeirDataset:
 # --------------------------------------------------------------------------- shared line helpers
 
 
+def doc_text(doc: Mapping[str, str], sep: str = " ") -> str:
+    """BEIR's document text for bi-encoders: title and text joined by a space."""
+    return (doc.get("title", "") + sep + doc.get("text", "")).strip()
+
+
 def iter_lines(path: str | os.PathLike, expected: str) -> Iterator[tuple[int, str]]:
     """Yield ``(line number, line)`` for each non-blank line of a UTF-8 file, newline removed.
 
