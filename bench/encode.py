@@ -159,6 +159,8 @@ def main() -> None:
     parser.add_argument("--no-eval", action="store_true", help="measure only (evaluate later with --evaluate)")
     parser.add_argument("--evaluate", default=None, metavar="FOLDER",
                         help="evaluate a --keep folder measured earlier, e.g. on a GPU machine")
+    parser.add_argument("--output", default=None,
+                        help="result JSON (default bench/results/encode-quick.json or encode-DEVICE.json)")
     parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one setting in this process
     args = parser.parse_args()
@@ -208,7 +210,7 @@ def main() -> None:
     if args.evaluate:
         record["evaluated"] = {"command": "python bench/encode.py " + " ".join(sys.argv[1:]),
                                "machine": machine_summary(), "date": datetime.date.today().isoformat()}
-    atomic_write_json(REPO / "bench" / "results" / name, record)
+    atomic_write_json(Path(args.output) if args.output else REPO / "bench" / "results" / name, record)
     if args.append:
         with open(REPO / "BENCHMARKS.md", "a") as f:
             f.write("\n" + table + "\n")
