@@ -95,6 +95,17 @@ def test_encode_keeps_input_order_when_sorting_by_length(ours):
     np.testing.assert_allclose(a[[2, 0, 3, 1]], b, atol=1e-5, rtol=0)
 
 
+def test_encode_copies_pending_vectors_back_in_the_right_rows(ours, monkeypatch):
+    """Vectors wait on the device and are copied back every ENCODE_PENDING_ROWS rows; rows must not mix."""
+    import reprlab.encoder
+
+    texts = [TEXTS[i % len(TEXTS)] + f" {i}" for i in range(7)]
+    whole = ours.encode(texts, batch_size=7)
+    monkeypatch.setattr(reprlab.encoder, "ENCODE_PENDING_ROWS", 3)  # copies after batches 2, 4 and at the end
+    np.testing.assert_allclose(ours.encode(texts, batch_size=1), whole, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ours.encode(texts, batch_size=2), whole, atol=1e-5, rtol=0)
+
+
 def test_save_pretrained_round_trip_and_loads_in_transformers(ours, tmp_path):
     out = tmp_path / "model"
     ours.save_pretrained(out)

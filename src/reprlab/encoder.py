@@ -30,6 +30,8 @@ from reprlab.nn.memory import MEMORY_MODES, MemoryTokens
 if TYPE_CHECKING:
     from reprlab.text.tokenizer import Batch, Tokenizer
 
+ENCODE_PENDING_ROWS = 4096  # SentenceEncoder.encode: vectors kept on the device between copies to the host
+
 ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
@@ -431,14 +433,26 @@ class SentenceEncoder(nn.Module):
         self.eval()
         device = self.device
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        # Vectors stay on the device until ENCODE_PENDING_ROWS are pending: copying each batch back to the
+        # host would make the host wait for the GPU after every batch instead of queueing the next one.
+        pending: list[tuple[np.ndarray, torch.Tensor]] = []
+
+        def flush():
+            if pending:
+                rows = np.concatenate([i for i, _ in pending])
+                out[rows] = torch.cat([v for _, v in pending]).cpu().numpy()
+                pending.clear()
+
         try:
             with progress(total=len(texts), show=show_progress, desc=desc, unit="text") as bar, autocast:
                 for start in range(0, len(texts), batch_size):
                     idx = order[start : start + batch_size]
                     batch = tok.pad([encodings[i] for i in idx]).to(device)
-                    vectors = self(batch.input_ids, batch.attention_mask)
-                    out[idx] = vectors.float().cpu().numpy()
+                    pending.append((idx, self(batch.input_ids, batch.attention_mask).float()))
+                    if sum(len(i) for i, _ in pending) >= ENCODE_PENDING_ROWS:
+                        flush()
                     bar.update(len(idx))
+                flush()
         finally:
             self.train(was_training)
         return out
