@@ -101,7 +101,7 @@ def test_encode_copies_pending_vectors_back_in_the_right_rows(ours, monkeypatch)
 
     texts = [TEXTS[i % len(TEXTS)] + f" {i}" for i in range(7)]
     whole = ours.encode(texts, batch_size=7)
-    monkeypatch.setattr(reprlab.encoder, "ENCODE_PENDING_ROWS", 3)  # copies after batches 2, 4 and at the end
+    monkeypatch.setattr(reprlab.encoder, "ENCODE_PENDING_ROWS", 3)  # copies mid-way and at the end
     np.testing.assert_allclose(ours.encode(texts, batch_size=1), whole, atol=1e-5, rtol=0)
     np.testing.assert_allclose(ours.encode(texts, batch_size=2), whole, atol=1e-5, rtol=0)
 

@@ -449,7 +449,7 @@ class SentenceEncoder(nn.Module):
                     idx = order[start : start + batch_size]
                     batch = tok.pad([encodings[i] for i in idx]).to(device)
                     pending.append((idx, self(batch.input_ids, batch.attention_mask).float()))
-                    if sum(len(i) for i, _ in pending) >= ENCODE_PENDING_ROWS:
+                    if sum(len(i) for i, _ in pending) >= ENCODE_PENDING_ROWS:  # a few hundred batches at most
                         flush()
                     bar.update(len(idx))
                 flush()

@@ -71,12 +71,12 @@ class BeirDataset:
         return {qid: text for qid, text in self.queries.items() if qid in self.qrels}
 
 
-# --------------------------------------------------------------------------- shared line helpers
-
-
 def doc_text(doc: Mapping[str, str], sep: str = " ") -> str:
     """BEIR's document text for bi-encoders: title and text joined by a space."""
     return (doc.get("title", "") + sep + doc.get("text", "")).strip()
+
+
+# --------------------------------------------------------------------------- shared line helpers
 
 
 def iter_lines(path: str | os.PathLike, expected: str) -> Iterator[tuple[int, str]]:
