@@ -13,7 +13,16 @@ class ReprlabError(Exception):
 
 
 class ConfigError(ReprlabError):
-    """An unknown name or an impossible combination of settings."""
+    """An unknown name, a value out of range or an impossible combination of settings.
+
+    ``field`` names the config field at fault (``"train.lr"``, ``"num_negatives"``); the message then
+    starts with it, and the CLI shows the field as the option a user typed (``--lr``).
+    """
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.detail = message
 
 
 class ModelLoadError(ReprlabError):

@@ -74,7 +74,7 @@ SCHEDULES = {"linear": _linear, "cosine": _cosine, "constant": _constant}
 
 @dataclass
 class TrainConfig:
-    output_dir: str
+    output_dir: str = field(default="", metadata={"help": "run folder (a recipe fills it in from its own output_dir)"})
     max_steps: int | None = None  # optimizer steps; None = epochs * steps per epoch
     epochs: float = 1.0
     batch_size: int = field(default=32, metadata={"help": "global batch: all ranks and accumulation steps"})
