@@ -24,11 +24,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from reprlab.errors import ConfigError, config_from_dict
+from reprlab.hub import (
+    load_config,
+    load_encoder,
+    read_sentence_config,
+    resolve_model_path,
+    save_encoder,
+    save_sentence_encoder,
+)
 from reprlab.nn.attention import ATTENTION
 from reprlab.nn.memory import MEMORY_MODES, MemoryTokens
+from reprlab.text.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
-    from reprlab.text.tokenizer import Batch, Tokenizer
+    from reprlab.text.tokenizer import Batch
 
 ENCODE_PENDING_ROWS = 4096  # SentenceEncoder.encode: vectors kept on the device between copies to the host
 
@@ -126,6 +135,11 @@ class EncoderConfig:
 
     def replace(self, **changes) -> "EncoderConfig":
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path) -> "EncoderConfig":
+        """The config of a model folder (HF ``config.json``) or of ``minilm``."""
+        return load_config(cls, name_or_path)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -250,6 +264,8 @@ class Encoder(nn.Module):
     returns an :class:`EncoderOutput`. ``attention_mask`` is (B, T) with 1 for real tokens.
     """
 
+    config_class = EncoderConfig  # what hub.load_encoder builds from a folder's config.json
+
     def __init__(self, config: EncoderConfig):
         super().__init__()
         self.config = config
@@ -328,14 +344,10 @@ class Encoder(nn.Module):
         config fields (e.g. ``attention="synthesizer-dense"``); weights the new layout lacks are
         initialised fresh and listed in a warning.
         """
-        from reprlab.hub import load_encoder
-
-        return load_encoder(name_or_path, dtype=dtype, **overrides)
+        return load_encoder(cls, name_or_path, dtype=dtype, **overrides)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write ``config.json`` + ``model.safetensors`` in the HF BERT layout (atomically)."""
-        from reprlab.hub import save_encoder
-
         save_encoder(self, path)
 
 
@@ -485,12 +497,9 @@ class SentenceEncoder(nn.Module):
         Pooling, normalisation and max length come from the sentence-transformers files when the
         folder has them (mean, normalised, 256 for all-MiniLM-L6-v2); arguments override them.
         """
-        from reprlab.hub import load_encoder, read_sentence_config, resolve_model_path
-        from reprlab.text.tokenizer import Tokenizer
-
         folder = resolve_model_path(name_or_path)
         st = read_sentence_config(folder)
-        encoder = load_encoder(folder, dtype=dtype, **overrides)
+        encoder = load_encoder(Encoder, folder, dtype=dtype, **overrides)
         model = cls(
             encoder,
             Tokenizer.from_pretrained(folder),
@@ -504,6 +513,4 @@ class SentenceEncoder(nn.Module):
 
     def save_pretrained(self, path: str | Path) -> None:
         """HF BERT layout + tokenizer + sentence-transformers files, written atomically."""
-        from reprlab.hub import save_sentence_encoder
-
         save_sentence_encoder(self, path)

@@ -1,6 +1,8 @@
 """Reading and writing model folders in the HF BERT layout (``config.json`` + ``model.safetensors``).
 
-``Encoder.from_pretrained`` / ``save_pretrained`` come here. Weights are renamed between HF's names
+``Encoder.from_pretrained`` / ``save_pretrained`` come here, passing their class, as HF's
+``PreTrainedModel.from_pretrained`` does: this module sits below the encoder and imports no model
+(``load_encoder(Encoder, "minilm")`` builds ``Encoder.config_class`` from ``config.json``). Weights are renamed between HF's names
 (``encoder.layer.3.attention.self.query.weight``) and ours (``layers.3.attn.query.weight``) by a
 fixed table, so a folder reprlab writes loads in ``transformers`` and ``sentence-transformers``,
 and any BERT-family checkpoint loads here. Only safetensors are read: no pickles.
@@ -15,15 +17,18 @@ import json
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from reprlab.encoder import Encoder, EncoderConfig
 from reprlab.errors import ConfigError, ModelLoadError
 from reprlab.io import atomic_dir
+from reprlab.nn.pooling import Pooling
+
+if TYPE_CHECKING:
+    from reprlab.encoder import Encoder, EncoderConfig
 
 MODEL_ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
 
@@ -113,8 +118,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_config(folder: str | Path) -> EncoderConfig:
-    """EncoderConfig from an HF ``config.json`` (BERT family), or from reprlab's own block in it."""
+def load_config(config_class: type[EncoderConfig], folder: str | Path) -> EncoderConfig:
+    """A ``config_class`` (:class:`~reprlab.encoder.EncoderConfig`) from an HF ``config.json`` (BERT family),
+    or from reprlab's own block in it."""
     folder = resolve_model_path(folder)
     path = folder / "config.json"
     if not path.is_file():
@@ -122,7 +128,7 @@ def load_config(folder: str | Path) -> EncoderConfig:
     hf = _read_json(path)
     if "reprlab" in hf:
         try:
-            return EncoderConfig.from_dict(hf["reprlab"])
+            return config_class.from_dict(hf["reprlab"])
         except (TypeError, ConfigError) as exc:
             raise ModelLoadError(f"{path}: bad 'reprlab' block: {exc}") from exc
     model_type = hf.get("model_type", "bert")
@@ -138,7 +144,7 @@ def load_config(folder: str | Path) -> EncoderConfig:
     if missing:
         raise ModelLoadError(f"{path}: missing fields {', '.join(missing)}")
     try:
-        return EncoderConfig(**fields)
+        return config_class(**fields)
     except ConfigError as exc:
         raise ModelLoadError(f"{path}: {exc}") from exc
 
@@ -183,9 +189,11 @@ def load_state_dict(folder: Path, dtype: torch.dtype | None = None) -> dict[str,
     return state
 
 
-def load_encoder(name_or_path: str | Path, dtype: torch.dtype | None = None, **overrides) -> Encoder:
+def load_encoder(cls: type[Encoder], name_or_path: str | Path, dtype: torch.dtype | None = None,
+                 **overrides) -> Encoder:
+    """``cls(config)`` with the weights of a model folder; ``cls.config_class`` reads its ``config.json``."""
     folder = resolve_model_path(name_or_path)
-    config = load_config(folder)
+    config = load_config(cls.config_class, folder)
     state = load_state_dict(folder, dtype)
     if "pooler.dense.weight" in state and "add_pooler" not in overrides:
         overrides["add_pooler"] = True
@@ -194,7 +202,7 @@ def load_encoder(name_or_path: str | Path, dtype: torch.dtype | None = None, **o
             config = config.replace(**overrides)
         except TypeError as exc:
             raise ConfigError(f"bad EncoderConfig override: {exc}") from exc
-    model = Encoder(config)
+    model = cls(config)
     result = model.load_state_dict(state, strict=False)
     changed = {k for k in overrides if k != "add_pooler"}
     if result.missing_keys and not changed:
@@ -273,8 +281,6 @@ def read_sentence_config(folder: Path) -> dict[str, Any]:
 
 def save_sentence_encoder(model, path: str | Path) -> None:
     """A SentenceEncoder as an HF folder plus the sentence-transformers module files."""
-    from reprlab.nn.pooling import Pooling
-
     with atomic_dir(path) as tmp:
         write_encoder_files(model.encoder, tmp)
         model.tokenizer.save(tmp)

@@ -123,16 +123,12 @@ def config_from_name(name: str | Path) -> EncoderConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a JSON object of EncoderConfig fields")
         if "model_type" in data or "num_hidden_layers" in data:  # an HF config.json
-            from reprlab.hub import load_config
-
-            return load_config(path.parent)
+            return EncoderConfig.from_pretrained(path.parent)
         try:
             return EncoderConfig.from_dict(data)
         except TypeError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
-    from reprlab.hub import load_config
-
-    return load_config(name)  # a model folder or 'minilm'; raises ModelLoadError with advice
+    return EncoderConfig.from_pretrained(name)  # a model folder or 'minilm'; raises ModelLoadError with advice
 
 
 def _block_of(name: str) -> tuple[str, int | None, str]:

@@ -50,7 +50,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from reprlab.encoder import Encoder
+from reprlab.encoder import Encoder, EncoderConfig
 from reprlab.errors import ConfigError, ReprlabError, config_from_dict
 from reprlab.io import atomic_write_json
 from reprlab.qa.reader import Reader, ReaderConfig, collate_features, evaluate_reader, reader_loss
@@ -175,11 +175,9 @@ def build_long_reader(model: str | Path, config: LongReaderConfig) -> Reader:
     ``config.max_positions``, and a ``qa_outputs`` head in the folder is kept. With
     ``attention="windows"`` this is the plain windowed reader.
     """
-    from reprlab.hub import load_config
-
     if config.attention == "windows":
         return Reader.from_pretrained(model, config.reader_config())
-    num_layers = load_config(model).num_layers
+    num_layers = EncoderConfig.from_pretrained(model).num_layers
     overrides: dict[str, Any] = {}
     names = config.layer_attention(num_layers)
     if names is not None:

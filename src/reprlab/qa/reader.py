@@ -387,10 +387,10 @@ class Reader(nn.Module):
     ) -> "Reader":
         """A reader folder (ours or ``transformers``' BertForQuestionAnswering), or any encoder folder /
         ``minilm`` to start training from (the head is then initialised fresh)."""
-        from reprlab.hub import load_encoder, resolve_model_path
+        from reprlab.hub import resolve_model_path
 
         folder = resolve_model_path(name_or_path)
-        encoder = load_encoder(folder, dtype=dtype, **encoder_overrides)
+        encoder = Encoder.from_pretrained(folder, dtype=dtype, **encoder_overrides)
         saved_cfg = folder / READER_CONFIG_FILE
         if config is None and saved_cfg.is_file():
             try:

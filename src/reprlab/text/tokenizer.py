@@ -25,6 +25,7 @@ from tokenizers import Encoding
 from tokenizers import Tokenizer as _HFTokenizer
 
 from reprlab.errors import ModelLoadError, ReprlabError
+from reprlab.hub import resolve_model_path
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
@@ -88,8 +89,6 @@ class Tokenizer:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path) -> "Tokenizer":
-        from reprlab.hub import resolve_model_path
-
         folder = resolve_model_path(name_or_path)
         path = folder / "tokenizer.json"
         if not path.is_file():
