@@ -110,7 +110,7 @@ def _ance_step(folder: Path, dataset, queries, steps: int, workdir: str | None) 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         result = run_ance(AnceConfig(
             output_dir=tmp, data=str(folder), split="train", model="minilm", refresh_every=max(1, steps // 3),
-            top_k=20, num_negatives=1, query_max_length=64, passage_max_length=128,
+            top_k=20, num_negatives=1, query_max_length=64, passage_max_length=128, dev_fraction=0.0,
             train=TrainConfig(output_dir=tmp, max_steps=steps, batch_size=8, lr=3e-5, warmup_steps=2, log_every=1),
         ))
         tuned = DenseRetriever.from_model(result.model_dir)

@@ -4,7 +4,8 @@ import numpy as np
 import torch
 
 from reprlab.demo import demo_data_path
-from reprlab.retrieval.dpr import DprCollate, DprConfig, PairExample, pairs_from_examples, run_dpr
+from reprlab.retrieval.dpr import DprConfig, run_dpr
+from reprlab.retrieval.pairs import PairCollate, PairExample, pairs_from_examples
 from reprlab.retrieval.pipeline import build_retriever, evaluate_retriever
 from reprlab.text import Tokenizer
 from reprlab.text.beir import load_beir
@@ -24,7 +25,7 @@ def test_collate_samples_negatives_that_are_never_relevant():
     tok = Tokenizer.from_pretrained("minilm")
     items = [PairExample("q1", (0, "pos one"), [(0, "pos one"), (5, "neg five"), (6, "neg six")], [0]),
              PairExample("q2", (1, "pos two"), [(7, "neg seven"), (8, "neg eight")], [1, 8])]
-    batch = DprCollate(tok, 1, 16, 32)(items, np.random.default_rng(0))
+    batch = PairCollate(tok, 1, 16, 32)(items, np.random.default_rng(0))
     ids = batch["candidate_ids"].tolist()
     assert ids[:2] == [0, 1] and ids[2] in (5, 6) and ids[3] == 7
     assert batch["passages"]["input_ids"].shape[0] == 4

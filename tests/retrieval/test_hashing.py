@@ -11,14 +11,11 @@ import torch
 
 from reprlab.demo import demo_data_path
 from reprlab.errors import ConfigError, ReprlabError
+from reprlab.retrieval.binary import BinaryIndex, RandomHyperplanes, binary_retriever, build_binary_index
 from reprlab.retrieval.hashing import (
-    BinaryIndex,
     HashingConfig,
-    RandomHyperplanes,
     angular_contrastive_loss,
     angular_similarity,
-    binary_retriever,
-    build_binary_index,
     run_hashing,
     safe_arccos,
 )

@@ -32,7 +32,7 @@ import logging
 import multiprocessing as mp
 import queue
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -42,54 +42,69 @@ import torch.distributed as dist
 
 from reprlab.errors import ConfigError, ReprlabError
 from reprlab.io import atomic_dir, atomic_write_json
-from reprlab.retrieval.dpr import DocKeys, DprCollate, PairExample
 from reprlab.retrieval.dual_encoder import DualEncoder
 from reprlab.retrieval.losses import contrastive_loss, pairwise_loss
-from reprlab.text.beir import load_beir
+from reprlab.retrieval.pairs import DocKeys, PairCollate, PairExample, dev_queries, model_dir
+from reprlab.text.beir import doc_text, load_beir
 from reprlab.train.loop import TrainConfig, train
+from reprlab.train.recipe import (
+    RecipeConfig,
+    RecipeResult,
+    check,
+    check_choice,
+    finished,
+    loop,
+    option,
+    read_metrics,
+    recipe_config,
+    register,
+)
 
 logger = logging.getLogger("reprlab")
 
 LOSSES = ("softmax", "pairwise")
 
 
-@dataclass
-class AnceConfig:
-    output_dir: str
-    data: str  # BEIR folder: the corpus that is indexed, and the queries + qrels/<split>.tsv trained on
-    split: str = "train"
-    model: str = "minilm"  # warm start: a model folder (e.g. a DPR run's model) or "minilm"
-    refresh_every: int = 50  # optimizer steps between refresh requests
-    top_k: int = 200  # ANN depth negatives are sampled from
-    skip_top: int = 0  # top ranks never used as negatives (unjudged positives hide there)
-    num_negatives: int = 1  # ANCE negatives per query per step
-    loss: str = field(default="softmax", metadata={
-        "choices": LOSSES, "help": "softmax: in-batch + ANCE negatives; pairwise: the paper's"})
-    scale: float = 20.0
-    query_max_length: int = 64
-    passage_max_length: int = 256
-    encode_batch_size: int = 64
-    refresher_threads: int = 1
-    dev_queries: Sequence[str] = ()  # query ids of the split held out of training, scored at each refresh
-    train: TrainConfig | None = None
+@recipe_config
+class AnceConfig(RecipeConfig):
+    output_dir: str = option(help="run folder (checkpoints, index versions; the model in OUT/model)", flag="--out")
+    data: str = option(help="BEIR folder: the corpus that is indexed, and the queries + qrels/<split>.tsv trained on")
+    split: str = option("train", help="qrels split trained on")
+    model: str = option("minilm", help="warm start: a model folder (e.g. a DPR run's model) or 'minilm'")
+    refresh_every: int = option(50, help="optimizer steps between refresh requests")
+    top_k: int = option(200, help="ANN depth negatives are sampled from")
+    skip_top: int = option(0, help="top ranks never used as negatives (unjudged positives hide there)")
+    num_negatives: int = option(1, help="ANCE negatives per query per step")
+    loss: str = option("softmax", choices=LOSSES, help="softmax: in-batch + ANCE negatives; pairwise: the paper's")
+    scale: float = option(20.0, help="1 / temperature over cosine similarities")
+    query_max_length: int = option(64, help="query tokens")
+    passage_max_length: int = option(256, help="passage tokens")
+    encode_batch_size: int = option(64, help="texts per batch when the refresher encodes the corpus")
+    refresher_threads: int = option(1, help="torch threads of the refresher process")
+    dev_fraction: float = option(0.1, help="share of the training queries held out and scored at each refresh")
+    dev_queries: Sequence[str] | None = option(None, cli=False, help="explicit dev query ids (instead of the slice)")
+    train: TrainConfig = loop(epochs=3.0, batch_size=32, lr=2e-5)
 
     def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise ConfigError(f"unknown ANCE loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
-        if self.num_negatives < 1:
-            raise ConfigError("ANCE needs num_negatives >= 1")
-        if self.skip_top + self.num_negatives > self.top_k:
-            raise ConfigError(f"top_k {self.top_k} leaves too few candidates after skip_top {self.skip_top}")
-        if self.refresh_every < 1:
-            raise ConfigError("refresh_every must be at least 1")
+        check_choice(self.loss, LOSSES, "loss")
+        check(self.num_negatives >= 1, "num_negatives", f"ANCE needs at least 1, got {self.num_negatives}")
+        check(self.skip_top >= 0, "skip_top", f"must be >= 0, got {self.skip_top}")
+        check(self.skip_top + self.num_negatives <= self.top_k, "top_k",
+              f"{self.top_k} leaves too few candidates after skip_top {self.skip_top}")
+        check(self.refresh_every >= 1, "refresh_every", f"must be at least 1, got {self.refresh_every}")
+        check(self.scale > 0, "scale", f"must be positive, got {self.scale}")
+        check(0.0 <= self.dev_fraction < 1.0, "dev_fraction", f"must be in [0, 1), got {self.dev_fraction}")
+        check(self.encode_batch_size >= 1, "encode_batch_size", f"must be at least 1, got {self.encode_batch_size}")
+        check(self.refresher_threads >= 1, "refresher_threads", f"must be at least 1, got {self.refresher_threads}")
 
 
 @dataclass
-class AnceResult:
-    model_dir: str
-    steps: int
-    versions: int
-    refresh_log: str
+class AnceResult(RecipeResult):
+    versions: int = 0
+    refresh_log: str = ""
+
+    def summary(self) -> str:
+        return f"{self.versions} index versions ({self.refresh_log}); " + super().summary()
 
 
 # ----------------------------------------------------------------------------- the refresher process
@@ -304,7 +319,7 @@ class IndexRefresher:
 class AnceCollate:
     """Builds DPR batches whose negatives are sampled from the current ANN ranking of each query."""
 
-    def __init__(self, base: DprCollate, negatives: AnceNegatives, keys: DocKeys, corpus, relevant_ids,
+    def __init__(self, base: PairCollate, negatives: AnceNegatives, keys: DocKeys, corpus, relevant_ids,
                  top_k: int, skip_top: int):
         self.base, self.negatives, self.keys, self.corpus = base, negatives, keys, corpus
         self.relevant_ids, self.top_k, self.skip_top = relevant_ids, top_k, skip_top
@@ -317,14 +332,10 @@ class AnceCollate:
                 raise ReprlabError(f"query {qid} is missing from ANCE index v{self.negatives.version}")
             relevant = self.relevant_ids[qid]
             pool = [d for d in ranked[self.skip_top: self.top_k] if d not in relevant]
-            negatives = [(self.keys(d), _text(self.corpus[d])) for d in pool]
-            pairs.append(PairExample(query, (self.keys(positive), _text(self.corpus[positive])), negatives,
+            negatives = [(self.keys(d), doc_text(self.corpus[d])) for d in pool]
+            pairs.append(PairExample(query, (self.keys(positive), doc_text(self.corpus[positive])), negatives,
                                      [self.keys(d) for d in relevant]))
         return self.base(pairs, rng)
-
-
-def _text(doc) -> str:
-    return (doc.get("title", "") + " " + doc.get("text", "")).strip()
 
 
 def ance_loss(kind: str, scale: float):
@@ -339,10 +350,11 @@ def ance_loss(kind: str, scale: float):
     return loss_fn
 
 
+@register("train ance", AnceConfig, help="ANCE: negatives from an asynchronously refreshed ANN index")
 def run_ance(config: AnceConfig, callbacks: Sequence = (), stop_after: int | None = None) -> AnceResult:
     """Train with ANCE negatives; the final model is saved to ``<output_dir>/model``."""
     data = load_beir(config.data, split=config.split)
-    dev = set(config.dev_queries)
+    dev = set(config.dev_queries if config.dev_queries is not None else dev_queries(data, config.dev_fraction))
     train_queries = {q: t for q, t in data.judged_queries().items() if q not in dev}
     relevant = {q: {d for d, r in data.qrels[q].items() if r > 0 and d in data.corpus} for q in train_queries}
     items = [(q, train_queries[q], d) for q in train_queries for d in sorted(relevant[q])]
@@ -358,20 +370,17 @@ def run_ance(config: AnceConfig, callbacks: Sequence = (), stop_after: int | Non
     )
     negatives = AnceNegatives()
     refresher = IndexRefresher(job, negatives, model, config.refresh_every)
-    base = DprCollate(model.query_encoder.tokenizer, config.num_negatives, config.query_max_length,
-                      config.passage_max_length)
+    base = PairCollate(model.query_encoder.tokenizer, config.num_negatives, config.query_max_length,
+                       config.passage_max_length)
     collate = AnceCollate(base, negatives, DocKeys(), data.corpus, relevant, config.top_k, config.skip_top)
-    loop = config.train or TrainConfig(output_dir=config.output_dir)
-    loop.output_dir = config.output_dir
-    loop.extra = {**loop.extra, "recipe": "ance", "model": config.model}
     logger.info(f"ANCE: {len(items)} (query, positive) pairs, {len(data.corpus)} documents indexed, "
                 f"refresh every {config.refresh_every} steps, negatives from the top {config.top_k}")
     try:
-        state = train(model, items, collate, ance_loss(config.loss, config.scale), loop,
+        state = train(model, items, collate, ance_loss(config.loss, config.scale), config.loop_config("ance"),
                       callbacks=[refresher, *callbacks], stop_after=stop_after)
     finally:
         refresher.close()
-    model_dir = str(out / "model")
-    if state.rank == 0 and state.step >= state.total_steps:
-        model.save_pretrained(model_dir)
-    return AnceResult(model_dir, state.step, negatives.version + 1, str(refresher.log_path))
+    saved = model_dir(out) if finished(state) else None
+    if saved is not None and state.rank == 0:
+        model.save_pretrained(saved)
+    return AnceResult(out, saved, state.step, read_metrics(out), negatives.version + 1, str(refresher.log_path))

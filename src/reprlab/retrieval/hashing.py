@@ -10,67 +10,51 @@ The paper trains embeddings whose optimised similarity is this collision probabi
 the cosine, so that b-bit SimHash codes of the embeddings (sign of b Gaussian projections) keep the
 ranking the model learned, and near neighbours share hash buckets (exact hashing retrieval is a table
 lookup). Here the angular similarity replaces the cosine in DPR's softmax loss (in-batch + hard
-negatives, :mod:`reprlab.retrieval.dpr`'s data and collate, the shared training loop), and codes
+negatives, the data and collate of :mod:`reprlab.retrieval.pairs`, the shared training loop), and codes
 are searched by Hamming distance in FAISS binary indexes behind the common
 :class:`~reprlab.retrieval.index.Index` interface.
 
 Parts:
 
-* :func:`angular_similarity`, :func:`angular_contrastive_loss`, :class:`HashingConfig`,
-  :func:`run_hashing`: the training recipe (``reprlab train hashing``).
-* :class:`RandomHyperplanes`: b Gaussian hyperplanes (seeded) -> codes packed 8 bits per byte,
-  bit i (FAISS order: byte i // 8, bit i % 8, least significant first) = [x . r_i > 0].
-* :class:`BinaryIndex` (kind ``"binary"``): takes float vectors, hashes them with its hyperplanes
-  (saved with the index) and searches exactly (``faiss.IndexBinaryFlat``) or through hash tables
-  (``faiss.IndexBinaryHash`` / ``IndexBinaryMultiHash``, sub-linear bucket lookup).
-* :func:`binary_retriever`: a :class:`~reprlab.retrieval.dense.DenseRetriever` over a binary index
-  (``reprlab index --binary BITS``).
+* :func:`angular_similarity`, :func:`angular_contrastive_loss`: the paper's loss, checked against a
+  plain computation in the tests.
+* :class:`HashingConfig`, :func:`run_hashing`: the training recipe (``reprlab train hashing``), on the
+  pairs data of :mod:`reprlab.retrieval.pairs`.
+* The codes and the Hamming index are :mod:`reprlab.retrieval.binary` (:class:`BinaryIndex`,
+  :func:`binary_retriever`, ``reprlab index --binary BITS``).
 
->>> x = np.random.default_rng(0).standard_normal((1000, 32)).astype("float32")
->>> index = BinaryIndex(32, bits=256)              # exact Hamming search over 256-bit SimHash codes
->>> index.add([f"d{i}" for i in range(1000)], x)
->>> scores, ids = index.search(x[:2], k=3)         # scores: 1 - hamming / bits, the angular estimate
->>> ids[0, 0], float(scores[0, 0])
-('d0', 1.0)
+>>> q = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+>>> angular_similarity(q, q).diagonal().round(decimals=4).tolist()
+[1.0, 1.0, 1.0, 1.0]
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
-import faiss
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reprlab.errors import ConfigError, DataFormatError, ReprlabError
-from reprlab.io import atomic_write_json
-from reprlab.retrieval.dpr import DprCollate, DprConfig, DprResult, load_training_examples, pairs_from_examples
-from reprlab.retrieval.index import (
-    FORMAT,
-    FORMAT_VERSION,
-    INDEX_KINDS,
-    Index,
-    as_ids,
-    as_matrix,
-    check_k,
-    faiss_reason,
-    read_ids,
-    write_ids,
-)
+from reprlab.errors import ConfigError
+from reprlab.retrieval.dual_encoder import DualEncoder
 from reprlab.retrieval.losses import contrastive_loss
+from reprlab.retrieval.pairs import (
+    PairCollate,
+    PairDataConfig,
+    PairTrainingResult,
+    load_training_examples,
+    model_dir,
+    pairs_from_examples,
+)
+from reprlab.train.loop import TrainConfig, train
+from reprlab.train.recipe import check_choice, finished, loop, option, read_metrics, recipe_config, register
 
 logger = logging.getLogger("reprlab")
 
 SIMILARITIES = ("angular", "log-angular")
-METHODS = ("flat", "hash", "multihash")
-SCORES = ("angular", "cosine")
-_LAST = np.iinfo(np.int64).max  # sort key that puts padding after every real position
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,28 +136,25 @@ def angular_contrastive_loss(
 
 
 # --------------------------------------------------------------------------------------------
-# the training recipe (DPR's data, collate and loop; the angular loss)
+# the training recipe (the pairs data, collate and loop of DPR; the angular loss)
 
 
-@dataclass
-class HashingConfig(DprConfig):
-    """DPR's options (data, negatives, lengths, towers, ``train`` loop settings) with the angular loss."""
+@recipe_config
+class HashingConfig(PairDataConfig):
+    """The pairs recipe's options (data, negatives, lengths, towers, ``train`` loop settings) with the angular loss."""
 
-    scale: float = field(default=50.0, metadata={"help": "logit scale over angular similarities in [0, 1]"})
-    similarity: str = field(default="angular", metadata={
-        "choices": SIMILARITIES,
-        "help": "angular: scale * (1 - theta/pi); log-angular: scale * log(1 - theta/pi) (a scale-bit hash key)"})
+    scale: float = option(50.0, help="logit scale over angular similarities in [0, 1]")
+    similarity: str = option("angular", choices=SIMILARITIES,
+                             help="angular: scale * (1 - theta/pi); log-angular: scale * log(1 - theta/pi)")
+    train: TrainConfig = loop(epochs=1.0, batch_size=32, lr=5e-5)
 
     def __post_init__(self):
         super().__post_init__()
-        if self.similarity not in SIMILARITIES:
-            raise ConfigError(f"unknown similarity {self.similarity!r}; choose one of {', '.join(SIMILARITIES)}")
-        if self.scale <= 0:
-            raise ConfigError(f"scale must be positive, got {self.scale}")
+        check_choice(self.similarity, SIMILARITIES, "similarity")
 
 
 def hashing_loss(scale: float, similarity: str = "angular"):
-    """A ``loss_fn(model, batch)`` for :func:`~reprlab.train.loop.train` over :class:`DprCollate` batches."""
+    """A ``loss_fn(model, batch)`` for :func:`~reprlab.train.loop.train` over :class:`PairCollate` batches."""
 
     def loss_fn(model, batch):
         q, p = model(batch["queries"], batch["passages"])  # (B, H), (B + B*n, H)
@@ -188,374 +169,27 @@ def hashing_loss(scale: float, similarity: str = "angular"):
     return loss_fn
 
 
-def run_hashing(config: HashingConfig, callbacks: Sequence = (), stop_after: int | None = None) -> DprResult:
+@register("train hashing", HashingConfig, help="semantic hashing: DPR with the angular-similarity loss (for SimHash codes)")
+def run_hashing(config: HashingConfig, callbacks: Sequence = (), stop_after: int | None = None) -> PairTrainingResult:
     """Fine-tune a dual encoder with the angular-similarity loss; the model goes to ``<output_dir>/model``.
 
     Same data, negatives, checkpoints and resume as :func:`~reprlab.retrieval.dpr.run_dpr`; index the
-    result with :func:`binary_retriever` (``reprlab index --binary BITS``).
+    result with :func:`~reprlab.retrieval.binary.binary_retriever` (``reprlab index --binary BITS``).
     """
-    from reprlab.retrieval.dual_encoder import DualEncoder
-    from reprlab.train.loop import TrainConfig, train
-
     examples = load_training_examples(config)
     pairs = pairs_from_examples(examples)
     if not pairs:
         raise ConfigError("no training pairs: the split has no judged queries with positives")
     model = DualEncoder.from_pretrained(config.model, shared=config.shared)
-    loop = config.train or TrainConfig(output_dir=config.output_dir)
-    loop.output_dir = config.output_dir
-    loop.extra = {**loop.extra, "recipe": "hashing", "model": config.model, "examples": len(examples),
-                  "similarity": config.similarity, "scale": config.scale}
-    collate = DprCollate(model.query_encoder.tokenizer, config.num_negatives, config.query_max_length,
-                         config.passage_max_length)
+    run = config.loop_config("hashing", examples=len(examples))
+    collate = PairCollate(model.query_encoder.tokenizer, config.num_negatives, config.query_max_length,
+                          config.passage_max_length)
     logger.info(f"hashing: {len(pairs)} (query, positive) pairs from {len(examples)} queries, "
                 f"{config.num_negatives} hard negative(s) each, {config.similarity} similarity x {config.scale}")
-    state = train(model, pairs, collate, hashing_loss(config.scale, config.similarity), loop,
+    state = train(model, pairs, collate, hashing_loss(config.scale, config.similarity), run,
                   callbacks=callbacks, stop_after=stop_after)
-    model_dir = str(Path(config.output_dir) / "model")
-    if stop_after is None or state.step >= state.total_steps:
-        if state.rank == 0:
-            model.save_pretrained(model_dir)
-    return DprResult(model_dir, state.step, len(examples), str(Path(config.output_dir) / loop.metrics_file))
-
-
-# --------------------------------------------------------------------------------------------
-# SimHash codes
-
-
-class RandomHyperplanes:
-    """``bits`` random hyperplanes through the origin in R^dim (Charikar 2002), drawn from a seed.
-
-    ``encode(x)`` gives the codes (N, bits // 8) uint8: bit i of a row is [x . r_i > 0], packed in
-    FAISS's order (byte i // 8, bit i % 8, least significant bit first). For two vectors at angle
-    theta each bit agrees with probability 1 - theta/pi, independently over the hyperplanes, so
-    ``1 - hamming / bits`` is an unbiased estimate of the angular similarity (variance
-    p (1 - p) / bits).
-    """
-
-    def __init__(self, dim: int, bits: int, seed: int = 0, planes: np.ndarray | None = None):
-        if int(dim) != dim or dim < 1:
-            raise ConfigError(f"dim must be a positive integer, got {dim!r}")
-        if int(bits) != bits or bits < 8 or bits % 8:
-            raise ConfigError(f"bits must be a positive multiple of 8 (codes are whole bytes), got {bits!r}")
-        self.dim, self.bits, self.seed = int(dim), int(bits), int(seed)
-        if planes is None:
-            planes = np.random.default_rng(self.seed).standard_normal((self.bits, self.dim))
-        planes = np.ascontiguousarray(planes, dtype=np.float32)
-        if planes.shape != (self.bits, self.dim):
-            raise ConfigError(f"hyperplanes must have shape ({self.bits}, {self.dim}), got {planes.shape}")
-        self.planes = planes  # (bits, dim)
-
-    @property
-    def code_size(self) -> int:
-        """Bytes per code."""
-        return self.bits // 8
-
-    def signs(self, x: np.ndarray) -> np.ndarray:
-        """(N, bits) bool: which side of each hyperplane every row of ``x`` (N, dim) lies on."""
-        x = as_matrix(x, self.dim, "vectors")
-        return x @ self.planes.T > 0  # (N, bits)
-
-    def encode(self, x: np.ndarray) -> np.ndarray:
-        """(N, bits // 8) uint8 packed codes of ``x`` (N, dim)."""
-        return np.packbits(self.signs(x), axis=1, bitorder="little")  # (N, bits / 8)
-
-    def save(self, path: str | Path) -> None:
-        np.save(path, self.planes, allow_pickle=False)
-
-    @classmethod
-    def load(cls, path: str | Path, seed: int = 0) -> "RandomHyperplanes":
-        try:
-            planes = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise DataFormatError(f"cannot read the hyperplanes: {exc}", path=str(path)) from exc
-        if planes.ndim != 2:
-            raise DataFormatError(f"hyperplanes must be a 2-d array, got shape {planes.shape}", path=str(path))
-        return cls(planes.shape[1], planes.shape[0], seed, planes)
-
-
-# --------------------------------------------------------------------------------------------
-# the binary index
-
-
-class BinaryIndex(Index):
-    """SimHash codes of float vectors in a FAISS binary index, searched by Hamming distance.
-
-    Args:
-        dim: dimension d of the float vectors given to ``add`` and ``search`` (they are hashed here).
-        bits: code length b (a multiple of 8): b random hyperplanes drawn from ``seed``.
-        method: ``"flat"``: exact, every code compared (``faiss.IndexBinaryFlat``, popcount scan).
-            ``"hash"``: one hash table keyed by the first ``hash_bits`` bits of each code
-            (``faiss.IndexBinaryHash``); a query visits the buckets whose key is within Hamming
-            distance ``nflip`` of its own and ranks only their codes, by full Hamming distance.
-            ``"multihash"``: ``tables`` hash tables keyed by disjoint ``hash_bits``-bit slices of the
-            code (multi-index hashing, ``faiss.IndexBinaryMultiHash``); a code is a candidate if any
-            slice is within ``nflip`` of the query's. Every code within full Hamming distance
-            ``tables * (nflip + 1) - 1`` of the query is guaranteed found (pigeonhole).
-        hash_bits, tables, nflip: hash-table parameters (ignored by ``flat``); ``nflip`` is a search
-            parameter: ``set_search_params(nflip=2)`` or ``search(..., nflip=2)``.
-        score: what ``search`` returns, both higher-is-better and monotone in the Hamming distance h:
-            ``"angular"``: 1 - h / bits, the unbiased estimate of the angular similarity 1 - theta/pi;
-            ``"cosine"``: cos(pi * h / bits), the implied estimate of the cosine (comparable with a
-            float index's inner products on unit vectors).
-
-    Results follow the :class:`~reprlab.retrieval.index.Index` contract: (Q, k) float32 scores and
-    object ids, best first, padded with -inf / None (a hash search may find fewer than k candidates),
-    equal distances ordered by insertion position, so exact search equals a brute-force Hamming top-k.
-    Saved with its hyperplanes (``hyperplanes.npy``) and its codes (``index.faissbin``).
-    """
-
-    kind = "binary"
-
-    def __init__(self, dim: int, bits: int = 256, method: str = "flat", hash_bits: int = 16, tables: int = 1,
-                 nflip: int = 1, seed: int = 0, score: str = "angular"):
-        self._init(RandomHyperplanes(dim, bits, seed), method, hash_bits, tables, score, np.empty(0, dtype=object))
-        self.index = self._new_faiss()
-        if method != "flat":
-            self.set_search_params(nflip=nflip)
-
-    def _init(self, planes: RandomHyperplanes, method: str, hash_bits: int, tables: int, score: str,
-              ids: np.ndarray) -> None:
-        bits = planes.bits
-        if method not in METHODS:
-            raise ConfigError(f"unknown binary index method {method!r}; choose one of {', '.join(METHODS)}")
-        if score not in SCORES:
-            raise ConfigError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
-        if method != "flat":
-            if int(hash_bits) != hash_bits or not 1 <= hash_bits <= min(bits, 64):
-                raise ConfigError(f"hash_bits must be in 1..{min(bits, 64)} (a hash key is at most 64 bits and "
-                                  f"at most the code's {bits}), got {hash_bits!r}")
-            if method == "hash" and tables != 1:
-                raise ConfigError(f"method 'hash' has one table (got tables={tables}); use method 'multihash'")
-            if int(tables) != tables or tables < 1 or tables * hash_bits > bits:
-                raise ConfigError(f"tables * hash_bits must be at most bits: {tables} x {hash_bits} > {bits}; "
-                                  "use fewer tables or shorter keys")
-        self.hyperplanes = planes
-        self.method, self.hash_bits, self.tables, self.score = method, int(hash_bits), int(tables), score
-        self.search_params: dict[str, int] = {}
-        self._ids = ids  # (N,) object: string id of internal id i
-        self._table = np.append(ids, None)  # label -1 (padding) reads the trailing None
-        self._known = set(ids.tolist())
-
-    def _new_faiss(self) -> faiss.IndexBinary:
-        if self.method == "flat":
-            return faiss.IndexBinaryFlat(self.bits)
-        if self.method == "hash":
-            return faiss.IndexBinaryHash(self.bits, self.hash_bits)
-        return faiss.IndexBinaryMultiHash(self.bits, self.tables, self.hash_bits)
-
-    # -- properties
-
-    @property
-    def bits(self) -> int:
-        return self.hyperplanes.bits
-
-    @property
-    def dim(self) -> int:
-        return self.hyperplanes.dim
-
-    @property
-    def ids(self) -> np.ndarray:
-        """The string ids in insertion order, (N,) object array (do not modify)."""
-        return self._ids
-
-    def __len__(self) -> int:
-        return int(self.index.ntotal)
-
-    def __repr__(self) -> str:
-        extra = "" if self.method == "flat" else f", hash_bits={self.hash_bits}, tables={self.tables}, " \
-                                                 f"nflip={self.search_params.get('nflip')}"
-        return f"BinaryIndex(dim={self.dim}, bits={self.bits}, method={self.method!r}{extra}, count={len(self)})"
-
-    def memory_bytes(self) -> int:
-        """Size of the FAISS binary index as serialised (codes + hash tables), without the string ids."""
-        return int(faiss.serialize_index_binary(self.index).size)
-
-    # -- building
-
-    def encode(self, vectors: np.ndarray) -> np.ndarray:
-        """(N, bits // 8) uint8 SimHash codes of float ``vectors`` (N, dim)."""
-        return self.hyperplanes.encode(vectors)
-
-    def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        """Hash N float vectors (N, dim) and add their codes with their N unique string ids."""
-        x = as_matrix(vectors, self.dim, "vectors")
-        new = as_ids(ids, len(x), self._known)
-        self.index.add(self.encode(x))
-        self._ids = np.concatenate([self._ids, new])
-        self._table = np.append(self._ids, None)
-        self._known.update(new.tolist())
-
-    # -- searching
-
-    def set_search_params(self, **params: int) -> None:
-        """Set hash-table search parameters that stay set: ``nflip`` (bucket radius, >= 0)."""
-        for name, value in params.items():
-            if self.method == "flat" or name != "nflip":
-                raise ConfigError(f"binary index {self.method!r} has no search parameter {name!r} "
-                                  "(hash and multihash take nflip; flat has none)")
-            if int(value) != value or value < 0:
-                raise ConfigError(f"nflip must be a non-negative integer, got {value!r}")
-            self.index.nflip = int(value)
-            self.search_params[name] = int(value)
-
-    @contextlib.contextmanager
-    def _params(self, params: dict):
-        saved = dict(self.search_params)
-        self.set_search_params(**params)
-        try:
-            yield
-        finally:
-            if saved:
-                self.set_search_params(**saved)
-
-    def search(self, queries: np.ndarray, k: int, **params: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k by Hamming distance between the codes of ``queries`` (Q, dim) and the indexed codes.
-
-        Returns (scores (Q, k) float32, ids (Q, k) object); see the class docstring for the scores.
-        ``**params``: ``nflip`` for this call only (hash methods).
-        """
-        return self.search_codes(self.encode(as_matrix(queries, self.dim, "queries")), k, **params)
-
-    def search_codes(self, codes: np.ndarray, k: int, **params: int) -> tuple[np.ndarray, np.ndarray]:
-        """Like :meth:`search` for already hashed queries, (Q, bits // 8) uint8."""
-        hamming, labels = self.search_labels(codes, k, **params)
-        pad = labels < 0
-        h = hamming.astype(np.float32)
-        scores = 1.0 - h / self.bits if self.score == "angular" else np.cos(np.pi * h / self.bits)
-        scores = scores.astype(np.float32)
-        scores[pad] = -np.inf
-        return scores, self._table[labels]  # label -1 -> None
-
-    def search_labels(self, codes: np.ndarray, k: int, **params: int) -> tuple[np.ndarray, np.ndarray]:
-        """(Hamming distances (Q, k) int64, insertion positions (Q, k) int64), -1 labels for padding.
-
-        Ordered by (distance, position). Hamming distances are integers, so the k-th distance is
-        usually shared with results beyond k: rows where the tie crosses the cut are searched deeper
-        (doubling) until it ends, so the cut keeps the first-inserted of the tied codes.
-        """
-        codes = np.ascontiguousarray(codes, dtype=np.uint8)
-        if codes.ndim != 2 or codes.shape[1] != self.hyperplanes.code_size:
-            raise ReprlabError(f"codes must have shape (n, {self.hyperplanes.code_size}), got {codes.shape}")
-        k = check_k(k)
-        if params:
-            with self._params(params):
-                return self.search_labels(codes, k)
-        Q, n = len(codes), len(self)
-        out_h = np.full((Q, k), self.bits + 1, dtype=np.int64)
-        out_l = np.full((Q, k), -1, dtype=np.int64)
-        pending = np.arange(Q)
-        depth = min(k + 1, n)
-        while pending.size and n:
-            dist, labels = self.index.search(codes[pending], depth)  # (P, depth) int32, int64
-            dist = dist.astype(np.int64)
-            pad = labels < 0
-            dist[pad] = self.bits + 1
-            last = min(k, depth) - 1
-            done = (depth >= n) | pad[:, -1] | (dist[:, -1] > dist[:, last])  # (P,)
-            rows = np.flatnonzero(done)
-            if rows.size:
-                d, l = dist[rows], labels[rows]  # (R, depth)
-                order = np.lexsort((np.where(l < 0, _LAST, l), d), axis=-1)[:, :k]  # (R, min(k, depth))
-                width = order.shape[1]
-                out_h[pending[rows], :width] = np.take_along_axis(d, order, axis=1)
-                out_l[pending[rows], :width] = np.take_along_axis(l, order, axis=1)
-            pending = pending[~done]
-            depth = min(2 * depth, n)
-        return out_h, out_l
-
-    def search_stats(self, queries: np.ndarray, **params: int) -> dict[str, float]:
-        """Hash-table work per query for ``queries`` (Q, dim): buckets visited and codes compared.
-
-        A flat index compares every code. Read from FAISS's global counters (not thread-safe).
-        """
-        codes = self.encode(as_matrix(queries, self.dim, "queries"))
-        if self.method == "flat":
-            return {"buckets": 0.0, "candidates": float(len(self))}
-        stats = faiss.cvar.indexBinaryHash_stats
-        with self._params(params) if params else contextlib.nullcontext():
-            stats.reset()
-            self.index.search(codes, 1)  # one pass: the candidate set does not depend on k
-        return {"buckets": stats.nlist / len(codes), "candidates": stats.ndis / len(codes)}
-
-    # -- saving
-
-    def _meta(self) -> dict:
-        return {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "kind": self.kind,
-            "dim": self.dim,
-            "bits": self.bits,
-            "method": self.method,
-            "hash_bits": self.hash_bits,
-            "tables": self.tables,
-            "seed": self.hyperplanes.seed,
-            "score": self.score,
-            "count": len(self),
-            "search_params": self.search_params,
-            "faiss_version": faiss.__version__,
-        }
-
-    def _write(self, tmp: Path) -> None:
-        faiss.write_index_binary(self.index, str(tmp / "index.faissbin"))
-        self.hyperplanes.save(tmp / "hyperplanes.npy")
-        write_ids(tmp / "ids.json", self._ids)
-        atomic_write_json(tmp / "meta.json", self._meta())
-
-    @classmethod
-    def _read(cls, path: Path, meta: dict) -> "BinaryIndex":
-        planes = RandomHyperplanes.load(path / "hyperplanes.npy", seed=meta.get("seed", 0))
-        if (planes.bits, planes.dim) != (meta["bits"], meta["dim"]):
-            raise DataFormatError(f"hyperplanes.npy is {planes.bits} x {planes.dim}, meta.json says "
-                                  f"{meta['bits']} bits of dim {meta['dim']}", path=str(path))
-        try:
-            index = faiss.read_index_binary(str(path / "index.faissbin"))
-        except RuntimeError as exc:
-            raise DataFormatError(f"cannot read index.faissbin: {faiss_reason(exc)}", path=str(path)) from exc
-        if index.ntotal != meta["count"] or index.d != meta["bits"]:
-            raise DataFormatError(f"index.faissbin holds {index.ntotal} codes of {index.d} bits, meta.json says "
-                                  f"{meta['count']} of {meta['bits']}", path=str(path))
-        self = cls.__new__(cls)
-        self._init(planes, meta["method"], meta["hash_bits"], meta["tables"], meta["score"],
-                   read_ids(path, meta["count"]))
-        self.index = index
-        self.set_search_params(**meta.get("search_params", {}))
-        return self
-
-
-INDEX_KINDS[BinaryIndex.kind] = BinaryIndex
-
-
-def build_binary_index(vectors: np.ndarray, ids: Sequence[str], bits: int = 256, **options) -> BinaryIndex:
-    """A :class:`BinaryIndex` over float ``vectors`` (N, d) with string ``ids`` (options as its constructor)."""
-    vectors = np.asarray(vectors)
-    if vectors.ndim != 2:
-        raise ReprlabError(f"vectors must have shape (N, d), got {vectors.shape}")
-    index = BinaryIndex(vectors.shape[1], bits, **options)
-    index.add(ids, vectors)
-    return index
-
-
-def binary_retriever(model, corpus: Mapping[str, Mapping[str, str]], bits: int = 256, method: str = "flat",
-                     hash_bits: int = 16, tables: int = 1, nflip: int = 1, seed: int = 0, score: str = "angular",
-                     batch_size: int = 64, precision: str = "fp32", show_progress: bool | None = None):
-    """Encode ``corpus`` with ``model`` (a name such as ``minilm``, a model folder, or a DenseRetriever)
-    into a :class:`BinaryIndex`; returns the :class:`~reprlab.retrieval.dense.DenseRetriever`.
-
-    ``retriever.save(out)`` writes a folder that ``reprlab search`` / ``DenseRetriever.load`` read back
-    (``Index.load`` dispatches on kind ``"binary"``).
-    """
-    from reprlab.retrieval.dense import DenseRetriever
-
-    if isinstance(model, DenseRetriever):
-        retriever = model
-    else:
-        retriever = DenseRetriever.from_model(model, batch_size=batch_size, precision=precision)
-    index = BinaryIndex(retriever.doc_model.dim, bits, method, hash_bits, tables, nflip, seed, score)
-    # not index_corpus(index=...): it replaces an index that is empty (len 0 is falsy) with a FaissIndex
-    ids, vectors = retriever.encode_corpus(corpus, show_progress)
-    index.add(ids, vectors)
-    retriever.index = index
-    retriever.docs = {i: {"title": corpus[i].get("title", ""), "text": corpus[i].get("text", "")} for i in ids}
-    return retriever
+    out = model_dir(config.output_dir) if finished(state) else None
+    if out is not None and state.rank == 0:
+        model.save_pretrained(out)
+    return PairTrainingResult(Path(config.output_dir), out, state.step, read_metrics(config.output_dir),
+                              len(examples), str(Path(config.output_dir) / run.metrics_file))

@@ -16,8 +16,9 @@ Every index kind has the same five operations, in the shape of the FAISS python 
 
 Kinds: :class:`FaissIndex` (any FAISS factory string; exact inner product by default) and
 :class:`ShardedIndex` (round-robin shards, merged top-k equal to the unsharded index). A binary
-(Hamming) index for semantic hashing registers itself in :data:`INDEX_KINDS` beside them with the
-same interface.
+(Hamming) index, :class:`reprlab.retrieval.binary.BinaryIndex`, registers itself in :data:`INDEX_KINDS`
+beside them with the same interface (``import reprlab.retrieval`` imports it, so ``Index.load`` knows
+every kind).
 
 Folder layout written by ``save``::
 
@@ -169,10 +170,6 @@ class Index:
         path = Path(path)
         meta = _read_meta(path)
         kind = meta.get("kind")
-        if kind not in INDEX_KINDS and kind in LAZY_INDEX_KINDS:
-            import importlib
-
-            importlib.import_module(LAZY_INDEX_KINDS[kind])  # the module registers its kind on import
         if kind not in INDEX_KINDS:
             raise DataFormatError(f"unknown index kind {kind!r}; known: {sorted(INDEX_KINDS)}", path=str(path))
         klass = INDEX_KINDS[kind]
@@ -549,10 +546,8 @@ class ShardedIndex(Index):
 
 
 INDEX_KINDS: dict[str, type[Index]] = {"faiss": FaissIndex, "sharded": ShardedIndex}
-"""Index kinds by the ``kind`` written in meta.json; ``Index.load`` dispatches on it."""
-
-LAZY_INDEX_KINDS: dict[str, str] = {"binary": "reprlab.retrieval.hashing"}
-"""Kinds registered by modules that ``Index.load`` imports on demand (``binary``: semantic hashing)."""
+"""Index kinds by the ``kind`` written in meta.json; ``Index.load`` dispatches on it. Other modules add
+theirs when imported (``reprlab.retrieval.binary``: ``"binary"``)."""
 
 
 def build_index(

@@ -61,9 +61,10 @@ def bm25_for_corpus(corpus: Corpus, **kwargs) -> BM25Index:
     return index
 
 
-def build_retriever(spec: str, corpus: Corpus, factory: str = "Flat", batch_size: int = 64,
+def build_retriever(spec: str | Path, corpus: Corpus, factory: str = "Flat", batch_size: int = 64,
                     precision: str = "fp32", show_progress: bool | None = None) -> Retriever:
     """A retriever over ``corpus`` from a name (``bm25``, ``minilm``, ``hybrid``) or a model folder."""
+    spec = str(spec)
     if spec == "bm25":
         return bm25_for_corpus(corpus)
     if spec == "hybrid":
