@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from reprlab.distill.ckd import CKDConfig
-from reprlab.distill.recipe import DistillConfig, read_distill_texts, run_distillation
+from reprlab.distill.recipe import DistillConfig, run_distillation
+from reprlab.text.corpus import TextOptions, read_texts
 from reprlab.distill.seed import SEEDConfig
 from reprlab.encoder import SentenceEncoder
 from reprlab.errors import ConfigError, DataFormatError, ReprlabError
@@ -60,17 +61,20 @@ def test_killed_and_resumed_ckd_run_equals_uninterrupted(corpus, tiny_teacher_di
         assert torch.equal(a[name], b[name]), name
 
 
-def test_text_readers(tmp_path, corpus):
-    assert len(read_distill_texts(corpus)) == 48
-    assert len(read_distill_texts(corpus, include_queries=False)) == 40
+def test_the_recipe_reads_its_texts_by_line_with_the_queries_it_names(tmp_path, corpus):
+    def texts(**kw):
+        return read_texts(corpus, DistillConfig(method="kd", corpus=[str(corpus)], output_dir="o", **kw).text_options())
+
+    assert len(texts()) == 48 and len(texts(queries="none")) == 40
     (tmp_path / "a.txt").write_text("first line\n\nsecond line\n")
     (tmp_path / "b.jsonl").write_text('{"title": "T", "text": "body"}\n')
-    assert read_distill_texts([tmp_path / "a.txt", tmp_path / "b.jsonl"]) == ["first line", "second line", "T body"]
+    lines = TextOptions(unit="line")
+    assert read_texts([tmp_path / "a.txt", tmp_path / "b.jsonl"], lines) == ["first line", "second line", "T body"]
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"body": 1}\n')
     with pytest.raises(DataFormatError, match="bad.jsonl:2"):
-        read_distill_texts(tmp_path / "bad.jsonl")
+        read_texts(tmp_path / "bad.jsonl", lines)
     with pytest.raises(ReprlabError, match="does not exist"):
-        read_distill_texts(tmp_path / "missing")
+        read_texts(tmp_path / "missing", lines)
     with pytest.raises(ConfigError, match="method"):
         DistillConfig(method="tinybert", corpus=["x"], output_dir="o")
 
@@ -82,7 +86,7 @@ def test_auto_student_picks_layers_on_the_training_texts(corpus, tiny_teacher_di
     result = run_distillation(config("kd", corpus, tiny_teacher_dir, tmp_path / "auto", student="auto:2", max_steps=1))
     assert SentenceEncoder.from_pretrained(result.model_dir).encoder.config.num_layers == 2
     teacher = SentenceEncoder.from_pretrained(tiny_teacher_dir)
-    texts = read_distill_texts(corpus)
+    texts = read_texts(corpus, TextOptions(unit="line", queries="all"))
     best = select_layers(teacher, texts, 2, max_length=24)[0][0]
     student = load_student(teacher, "auto:2", texts, max_length=24, sample=len(texts))
     for j, i in enumerate(best):

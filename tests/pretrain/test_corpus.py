@@ -5,7 +5,8 @@ import json
 import pytest
 
 from reprlab.errors import DataFormatError, ReprlabError
-from reprlab.pretrain.corpus import read_sentence_groups, read_texts, split_sentences, split_words, tokenize_chunks
+from reprlab.pretrain.corpus import split_words, tokenize_chunks
+from reprlab.text.corpus import read_sentence_groups, read_texts, split_sentences
 
 
 def test_reads_beir_folders_jsonl_and_text_files(tmp_path):

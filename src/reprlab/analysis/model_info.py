@@ -240,3 +240,31 @@ def _order(r: BlockInfo) -> int:
 
 
 __all__ = ["BlockInfo", "ModelInfo", "config_from_name", "model_info"]
+
+
+def named_sizes() -> list[str]:
+    """The named-size builders of EncoderConfig (classmethods that take only ``**overrides``)."""
+    import inspect
+
+    names = []
+    for name, value in vars(EncoderConfig).items():
+        if isinstance(value, classmethod):
+            params = list(inspect.signature(getattr(EncoderConfig, name)).parameters.values())
+            if params and all(p.kind is p.VAR_KEYWORD for p in params):
+                names.append(name)
+    return names
+
+
+def load_named_config(name: str) -> EncoderConfig:
+    """An EncoderConfig from a named size (``tiny``, ``minilm_l6``), a config JSON file, a model folder or
+    'minilm'."""
+    from reprlab.hub import MODEL_ALIASES
+
+    key = name.lower().replace("-", "_")
+    sizes = named_sizes()
+    if key in sizes:
+        return getattr(EncoderConfig, key)()
+    if Path(name).exists() or name.lower() in MODEL_ALIASES:
+        return config_from_name(name)
+    raise ConfigError(f"unknown config {name!r}: give a named size ({', '.join(sizes)}), an existing config JSON "
+                      f"file or model folder, or 'minilm'")

@@ -39,10 +39,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from reprlab.cli_format import format_table
 from reprlab.encoder import Encoder, EncoderConfig, Layer, SentenceEncoder
 from reprlab.errors import ConfigError, ModelLoadError
 from reprlab.io import atomic_write_json
 from reprlab.logs import progress
+from reprlab.retrieval.pipeline import bm25_for_corpus
+from reprlab.text.beir import doc_text, load_beir
+from reprlab.text.splits import split
+from reprlab.train.recipe import RecipeConfig, RecipeResult, check, option, recipe_config, register
 
 logger = logging.getLogger("reprlab")
 
@@ -211,15 +216,18 @@ class ApproxConfig:
     under the unpruned model (the paper's code uses more than half; 0 turns the check off).
     """
 
-    tolerance: float = 0.0
-    finer_gate: float = 1.1
-    neuron_groups: int = 12
-    min_improved_fraction: float = 0.0
-    prune_ffn: bool = True
-    prune_neurons: bool = True
-    prune_attention: bool = True
-    prune_heads: bool = True
-    batch_size: int = 64
+    tolerance: float = option(0.0, help="keep a removal while the held-out loss stays within (1 + t) x the "
+                                        "unpruned loss (0: only if it falls, the paper)")
+    finer_gate: float = option(1.1, help="search a rejected block at finer granularity when its removal gave a "
+                                         "loss below this factor x the current loss")
+    neuron_groups: int = option(12, help="groups the FFN neurons of a layer are removed in")
+    min_improved_fraction: float = option(0.0, help="also require this share of held-out samples no worse "
+                                                    "than unpruned (0: off)")
+    prune_ffn: bool = option(True, help="try removing whole FFN blocks")
+    prune_neurons: bool = option(True, help="try removing FFN neuron groups")
+    prune_attention: bool = option(True, help="try removing whole attention blocks")
+    prune_heads: bool = option(True, help="try removing attention heads")
+    batch_size: int = option(64, help="held-out texts per forward pass")
 
     def __post_init__(self):
         if self.tolerance < 0:
@@ -412,60 +420,66 @@ def contrastive_objective(num_queries: int, relevant: Sequence[Sequence[int]], s
     return objective
 
 
-@dataclass
-class ApproxRecipeConfig:
+@recipe_config
+class ApproxRecipeConfig(RecipeConfig):
     """``reprlab compress approx``: search a fine-tuned retriever on held-out training queries.
 
-    ``data`` is a BEIR folder; the held-out queries are ``heldout_fraction`` of the judged queries of
-    ``split`` (a fixed, seeded choice; never use the test split here), or exactly ``heldout_queries``.
-    The documents are the held-out queries' relevant ones plus ``negatives`` BM25 negatives each.
+    ``data`` is a BEIR folder; the held-out queries are the dev slice (``dev_fraction``, by
+    :mod:`reprlab.text.splits`) of the judged queries of ``split`` (never the test split), or exactly
+    ``dev_queries``. The documents are their relevant ones plus ``negatives`` BM25 negatives each.
     """
 
-    model: str
-    data: str
-    output_dir: str
-    split: str = "train"
-    heldout_fraction: float = 0.2
-    heldout_queries: list[str] | None = None
-    negatives: int = 2
-    query_max_length: int = 64
-    passage_max_length: int = 256
-    scale: float = 20.0
-    seed: int = 0
-    search: ApproxConfig = field(default_factory=ApproxConfig)
+    model: str = option(help="fine-tuned model folder or 'minilm'")
+    data: str = option(help="BEIR folder whose training queries are held out for the search")
+    output_dir: str = option(help="output folder (model, plan.json)", flag="--out")
+    split: str = option("train", help="qrels split the held-out queries come from (never 'test')")
+    dev_fraction: float = option(0.2, aliases=("--heldout-fraction",),
+                                 help="share of the split's judged queries held out for the search")
+    dev_queries: list[str] | None = option(None, cli=False, help="explicit held-out query ids")
+    negatives: int = option(2, help="BM25 negatives per held-out query")
+    query_max_length: int = option(64, help="query tokens")
+    passage_max_length: int = option(256, help="passage tokens")
+    scale: float = option(20.0, help="1 / temperature of the contrastive objective")
+    search: ApproxConfig = option(default_factory=ApproxConfig, help="the greedy search")
 
     def __post_init__(self):
-        if self.split == "test":
-            raise ConfigError("approximate computing searches on held-out *training* queries; "
-                              "do not use the test split (give split=train)")
-        if not 0.0 < self.heldout_fraction < 1.0 and self.heldout_queries is None:
-            raise ConfigError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        check(self.split != "test", "split", "approximate computing searches on held-out *training* queries; "
+                                             "do not use the test split (give split=train)")
+        if self.dev_queries is None:
+            check(0.0 < self.dev_fraction < 1.0, "dev_fraction", f"must be in (0, 1), got {self.dev_fraction}")
+        check(self.negatives >= 0, "negatives", f"must be >= 0, got {self.negatives}")
         if isinstance(self.search, dict):
             self.search = ApproxConfig(**self.search)
 
 
 @dataclass
-class ApproxResult:
-    model_dir: Path
-    plan: ApproxPlan
-    parameters_before: int
-    parameters_after: int
-    heldout_queries: list[str]
+class ApproxResult(RecipeResult):
+    plan: ApproxPlan | None = None
+    parameters_before: int = 0
+    parameters_after: int = 0
+    dev_queries: list[str] = field(default_factory=list)
 
+    def summary(self) -> str:
+        return f"approx: model -> {self.model_dir}, plan -> {self.output_dir / 'plan.json'}"
 
-def heldout_split(query_ids: Sequence[str], fraction: float, seed: int = 0) -> list[str]:
-    """A seeded choice of ``fraction`` of ``query_ids`` (sorted first, so the file order does not matter)."""
-    ids = sorted(query_ids)
-    rng = np.random.default_rng(seed)
-    n = max(1, int(round(fraction * len(ids))))
-    return sorted(ids[i] for i in rng.choice(len(ids), size=n, replace=False))
+    def report(self) -> str:
+        """The plan per layer and the parameter count, for the terminal."""
+        plan, rows = self.plan, []
+        for i in range(plan.num_layers):
+            heads, groups = plan.heads_removed.get(i, []), plan.groups_removed.get(i, [])
+            attention = "removed" if i in plan.attention_removed else \
+                f"heads {','.join(map(str, heads))} removed" if heads else "kept"
+            ffn = "removed" if i in plan.ffn_removed else \
+                f"{len(groups)}/{plan.neuron_groups} neuron groups removed" if groups else "kept"
+            rows.append({"layer": i, "attention": attention, "ffn": ffn})
+        before, after = self.parameters_before, self.parameters_after
+        return (format_table(rows, ["layer", "attention", "ffn"]) + "\n"
+                f"parameters: {before:,} -> {after:,} ({100 * (before - after) / max(1, before):.1f}% fewer); "
+                f"held-out loss {plan.base_loss:.4f} -> {plan.final_loss:.4f} on {len(self.dev_queries)} queries")
 
 
 def heldout_task(data, query_ids: Sequence[str], negatives: int) -> tuple[list[str], list[str], list[list[int]]]:
     """(query texts, document texts, relevant document positions per query) for the held-out objective."""
-    from reprlab.retrieval.dense import doc_text
-    from reprlab.retrieval.pipeline import bm25_for_corpus
-
     doc_ids: list[str] = []
     where: dict[str, int] = {}
 
@@ -488,20 +502,24 @@ def heldout_task(data, query_ids: Sequence[str], negatives: int) -> tuple[list[s
     return queries, [doc_text(data.corpus[d]) for d in doc_ids], [relevant[k] for k in keep]
 
 
-def run_approx(config: ApproxRecipeConfig, show_progress: bool | None = None) -> ApproxResult:
+@register("compress approx", ApproxRecipeConfig,
+          help="AxFormer: greedy removal of FFN/attention blocks, heads and neurons on held-out queries")
+def run_approx(config: ApproxRecipeConfig, callbacks: Sequence = (), stop_after: int | None = None,
+               show_progress: bool | None = None) -> ApproxResult:
     """Search ``config.model`` on held-out training queries, remove what the plan says, save the result.
 
     Writes ``<output_dir>/model`` (a sentence-encoder folder whose config records the per-layer sizes),
-    ``<output_dir>/plan.json`` and ``<output_dir>/heldout_queries.json``.
+    ``<output_dir>/plan.json`` and ``<output_dir>/dev_queries.json``. The search trains nothing and is
+    deterministic, so ``callbacks`` and ``stop_after`` have nothing to act on (a rerun gives the same plan).
     """
-    from reprlab.text.beir import load_beir
-
     model = SentenceEncoder.from_pretrained(config.model)
     data = load_beir(config.data, split=config.split)
-    judged = list(data.judged_queries())
+    judged = sorted(data.judged_queries())
     if not judged:
         raise ConfigError(f"{config.data}: split {config.split!r} has no judged queries to hold out")
-    held = config.heldout_queries or heldout_split(judged, config.heldout_fraction, config.seed)
+    held = config.dev_queries or split(judged, dev_fraction=config.dev_fraction).dev
+    if not held:
+        raise ConfigError(f"the dev slice of {len(judged)} queries is empty; raise dev_fraction", field="dev_fraction")
     unknown = [q for q in held if q not in data.qrels]
     if unknown:
         raise ConfigError(f"held-out queries {unknown[:5]} have no judgements in split {config.split!r}")
@@ -515,6 +533,6 @@ def run_approx(config: ApproxRecipeConfig, show_progress: bool | None = None) ->
     out = Path(config.output_dir)
     small.save_pretrained(out / "model")
     plan.save(out / "plan.json")
-    atomic_write_json(out / "heldout_queries.json", list(held))
-    return ApproxResult(out / "model", plan, count_parameters(model.encoder), count_parameters(small.encoder),
-                        list(held))
+    atomic_write_json(out / "dev_queries.json", list(held))
+    return ApproxResult(out, out / "model", 0, [], plan, count_parameters(model.encoder),
+                        count_parameters(small.encoder), list(held))

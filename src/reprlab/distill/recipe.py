@@ -2,9 +2,10 @@
 
 The recipe behind ``reprlab distill kd|ckd|seed``. The teacher (``minilm`` or a model folder) is
 frozen; the student is built from it by a spec (``layers:0,2,4``, ``every:2``, ``config:...``; see
-``students.py``) or loaded from a folder; the texts come from BEIR folders (documents and queries),
-JSONL files (``text``, with ``title`` when present) or plain text files (one text per non-empty
-line). No labels are read. The methods:
+``students.py``) or loaded from a folder; the texts come from BEIR folders (documents, and the
+queries of the qrels splits ``queries`` names), JSONL files (``text``, with ``title`` when present) or
+plain text files (one text per non-empty line), read by :func:`reprlab.text.corpus.read_texts`. No
+labels are read. The methods:
 
 * ``kd``: embedding regression + in-batch score KL (:mod:`reprlab.distill.kd`);
 * ``ckd``: the same plus CKD's word-relation and layer-transforming-relation terms
@@ -19,10 +20,8 @@ saved as a sentence-encoder folder (HF BERT layout + sentence-transformers files
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -36,8 +35,21 @@ from reprlab.distill.kd import KDConfig, KDLoss
 from reprlab.distill.seed import SEED, SEEDConfig
 from reprlab.distill.students import build_student, select_layers
 from reprlab.encoder import SentenceEncoder
-from reprlab.errors import ConfigError, DataFormatError, ReprlabError
-from reprlab.train import TrainConfig, train
+from reprlab.errors import ConfigError
+from reprlab.text.corpus import TextOptions, read_texts
+from reprlab.train.loop import TrainConfig, train
+from reprlab.train.recipe import (
+    RecipeConfig,
+    RecipeResult,
+    check,
+    check_choice,
+    finished,
+    loop,
+    option,
+    read_metrics,
+    recipe_config,
+    register,
+)
 
 logger = logging.getLogger("reprlab")
 
@@ -45,45 +57,6 @@ METHODS = ("kd", "ckd", "seed")
 
 
 # ----------------------------------------------------------------------------- texts
-
-
-def read_distill_texts(paths: str | Path | Sequence[str | Path], max_texts: int | None = None,
-                       include_queries: bool = True) -> list[str]:
-    """Unlabelled texts from BEIR folders (corpus + queries), JSONL files or plain text files."""
-    from reprlab.text.beir import read_corpus, read_queries
-
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    texts: list[str] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            if not (p / "corpus.jsonl").is_file():
-                raise DataFormatError("a corpus folder must be a BEIR folder with corpus.jsonl", path=str(p))
-            corpus = read_corpus(p / "corpus.jsonl")
-            texts += [(d.get("title", "") + " " + d.get("text", "")).strip() for d in corpus.values()]
-            if include_queries and (p / "queries.jsonl").is_file():
-                texts += list(read_queries(p / "queries.jsonl").values())
-        elif p.suffix == ".jsonl" and p.is_file():
-            with open(p, encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise DataFormatError(f"not valid JSON ({exc.msg})", path=str(p), line=n) from exc
-                    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                        raise DataFormatError('expected an object with a "text" string, e.g. {"text": "..."}',
-                                              path=str(p), line=n)
-                    texts.append((str(obj.get("title") or "") + " " + obj["text"]).strip())
-        elif p.is_file():
-            texts += [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-        else:
-            raise ReprlabError(f"corpus {p} does not exist; give BEIR folders, JSONL files or text files")
-    texts = [t for t in texts if t]
-    if not texts:
-        raise ReprlabError(f"no texts found in {', '.join(map(str, paths))}")
-    return texts[:max_texts] if max_texts else texts
 
 
 class TextCollate:
@@ -144,62 +117,55 @@ def _loss_fn(model, batch):
 # ----------------------------------------------------------------------------- recipe
 
 
-@dataclass
-class DistillConfig:
-    method: str  # kd | ckd | seed
-    corpus: list[str]  # BEIR folders, JSONL or text files
-    output_dir: str
-    teacher: str = "minilm"
-    student: str = "layers:0,2,4"  # a spec (students.build_student; or auto:N) or a model folder
-    max_length: int = 128
-    max_texts: int | None = None
-    include_queries: bool = True
-    kd: KDConfig = field(default_factory=KDConfig)
-    ckd: CKDConfig = field(default_factory=CKDConfig)
-    seed_method: SEEDConfig = field(default_factory=SEEDConfig)
-    # the shared loop
-    max_steps: int | None = None
-    epochs: float = 1.0
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    schedule: str = "linear"
-    bf16: bool = False
-    checkpoint_every: int = 0
-    resume: bool = False
-    seed: int = 0
-    device: str = "auto"
-    log_every: int = 10
+def _queries(value):
+    """``--queries``: "all", "none" or comma-separated qrels split names."""
+    if value is None or isinstance(value, tuple):
+        return value
+    value = str(value).strip()
+    if value in ("", "none"):
+        return None
+    return "all" if value == "all" else tuple(x for x in value.split(",") if x)
+
+
+@recipe_config
+class DistillConfig(RecipeConfig):
+    method: str = option(help="kd | ckd | seed", choices=METHODS, cli=False)
+    corpus: list[str] = option(help="BEIR folders, JSONL files or text files (one text per line)")
+    output_dir: str = option(help="output folder (student in OUT/model)", flag="--out")
+    teacher: str = option("minilm", help="teacher model folder or 'minilm'")
+    student: str = option("layers:0,2,4", help="layers:0,2,4 | every:2 | config:tiny | config:num_layers=3,... | "
+                                               "auto:3 | a model folder")
+    max_length: int = option(128, help="word pieces per text")
+    max_texts: int | None = option(None, help="read at most this many texts")
+    queries: str | tuple[str, ...] | None = option(
+        "all", parse=_queries, help="BEIR folders: add the queries of these qrels splits (comma-separated), "
+                                    "'all' or 'none'")
+    kd: KDConfig = option(default_factory=KDConfig, prefix="kd", help="plain KD terms")
+    ckd: CKDConfig = option(default_factory=CKDConfig, prefix="ckd", help="CKD relation terms")
+    seed_method: SEEDConfig = option(default_factory=SEEDConfig, prefix="seed", help="SEED queue")
+    train: TrainConfig = loop(lr=1e-4)
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown distillation method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        check_choice(self.method, METHODS, "method")
         if isinstance(self.corpus, (str, Path)):
             self.corpus = [str(self.corpus)]
+        check(bool(self.corpus), "corpus", "give at least one BEIR folder, JSONL file or text file")
+        self.queries = _queries(self.queries)
         for name, cls in (("kd", KDConfig), ("ckd", CKDConfig), ("seed_method", SEEDConfig)):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, cls(**getattr(self, name)))
+        check(self.max_length >= 3, "max_length", f"must be at least 3, got {self.max_length}")
 
-    def train_config(self) -> TrainConfig:
-        record = dataclasses.asdict(self)
-        return TrainConfig(
-            output_dir=self.output_dir, max_steps=self.max_steps, epochs=self.epochs, batch_size=self.batch_size,
-            grad_accum=self.grad_accum, lr=self.lr, weight_decay=self.weight_decay, warmup_ratio=self.warmup_ratio,
-            schedule=self.schedule, bf16=self.bf16, checkpoint_every=self.checkpoint_every, resume=self.resume,
-            seed=self.seed, device=self.device, log_every=self.log_every,
-            extra={"recipe": f"distill-{self.method}", **record},
-        )
+    def text_options(self) -> TextOptions:
+        return TextOptions(unit="line", queries=self.queries, max_texts=self.max_texts)
 
 
 @dataclass
-class DistillResult:
-    model_dir: Path
-    steps: int
-    final_loss: float
-    texts: int
-    metrics: list[dict] = field(default_factory=list)
+class DistillResult(RecipeResult):
+    texts: int = 0
+
+    def summary(self) -> str:
+        return f"{self.texts} texts; " + super().summary()
 
 
 def load_student(teacher: SentenceEncoder, spec: str, texts: Sequence[str] = (), max_length: int = 128,
@@ -237,26 +203,30 @@ def build_distillation_model(config: DistillConfig, teacher: SentenceEncoder, st
     return Distiller(student, teacher, config.kd, config.ckd if config.method == "ckd" else None)
 
 
-def run_distillation(config: DistillConfig, stop_after: int | None = None, callbacks: Sequence = ()) -> DistillResult:
+@register("distill kd", DistillConfig, help="plain KD: embedding regression + in-batch score KL",
+          method="kd", hidden=("ckd", "seed_method"))
+@register("distill ckd", DistillConfig, help="contextual KD (CKD): KD + word-relation and layer-transforming terms",
+          method="ckd", hidden=("seed_method",))
+@register("distill seed", DistillConfig, help="SEED: queue-based self-supervised similarity distillation",
+          method="seed", hidden=("kd", "ckd"))
+def run_distillation(config: DistillConfig, callbacks: Sequence = (), stop_after: int | None = None) -> DistillResult:
     """Distil ``config.teacher`` into ``config.student`` on ``config.corpus``; save to ``<output_dir>/model``.
 
     ``stop_after`` ends the run early as if killed (for resume tests): then only checkpoints are written.
     """
-    texts = read_distill_texts(config.corpus, config.max_texts, config.include_queries)
-    torch.manual_seed(config.seed)  # fresh student weights / heads are the same in every run of a config
+    texts = read_texts(config.corpus, config.text_options())
+    torch.manual_seed(config.train.seed)  # fresh student weights / heads are the same in every run of a config
     teacher = SentenceEncoder.from_pretrained(config.teacher)
-    student = load_student(teacher, config.student, texts, config.max_length, seed=config.seed)
+    student = load_student(teacher, config.student, texts, config.max_length, seed=config.train.seed)
     model = build_distillation_model(config, teacher, student)
     logger.info(f"distill {config.method}: {len(texts)} texts, teacher {config.teacher} "
                 f"({teacher.encoder.config.num_layers} layers) -> student {config.student} "
                 f"({student.encoder.config.num_layers} layers, width {student.dim})")
-    state = train(model, texts, TextCollate(student.tokenizer, config.max_length), _loss_fn, config.train_config(),
-                  callbacks=callbacks, stop_after=stop_after)
+    state = train(model, texts, TextCollate(student.tokenizer, config.max_length), _loss_fn,
+                  config.loop_config(f"distill-{config.method}"), callbacks=callbacks, stop_after=stop_after)
     out = Path(config.output_dir)
     student.to("cpu")
-    if state.rank == 0 and state.step >= state.total_steps:
+    done = finished(state)
+    if state.rank == 0 and done:
         student.save_pretrained(out / "model")
-    metrics_path = out / "metrics.jsonl"
-    lines = metrics_path.read_text().splitlines() if metrics_path.is_file() else []
-    metrics = [json.loads(x) for x in lines if x.strip()]
-    return DistillResult(out / "model", state.step, state.last_loss, len(texts), metrics)
+    return DistillResult(out, out / "model" if done else None, state.step, read_metrics(out), texts=len(texts))

@@ -20,24 +20,37 @@ abstract (:func:`reprlab.pretrain.corpus.read_sentence_groups`).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save
 from torch import nn
 
 from reprlab.encoder import SentenceEncoder
 from reprlab.errors import ConfigError
 from reprlab.io import atomic_open
 from reprlab.nn.embeddings import MLMHead
-from reprlab.pretrain.corpus import TokenizedText, read_sentence_groups, tokenize_chunks
+from reprlab.pretrain.corpus import TokenizedText, tokenize_chunks
 from reprlab.pretrain.masking import IGNORE_INDEX, MASKING, MaskingConfig, SpecialTokens, build_masking
-from reprlab.pretrain.mlm import HEAD_FOLDER, load_mlm_head, read_metrics, save_mlm_head
-from reprlab.train import TrainConfig, train
+from reprlab.pretrain.mlm import HEAD_FOLDER, load_mlm_head, save_mlm_head
+from reprlab.text.corpus import read_sentence_groups
+from reprlab.train.loop import TrainConfig, train
+from reprlab.train.recipe import (
+    RecipeConfig,
+    RecipeResult,
+    check,
+    finished,
+    loop,
+    option,
+    read_metrics,
+    recipe_config,
+    register,
+)
 
 logger = logging.getLogger("reprlab")
 
@@ -156,59 +169,43 @@ def evaluate_conditioning(model: CMLMModel, batches: list[dict], shuffle_seed: i
 # ----------------------------------------------------------------------------- recipe
 
 
-@dataclass
-class CMLMConfig:
-    corpus: list[str]  # JSONL with sentence lists (corpus_sentences.jsonl), BEIR folders, text files
-    output_dir: str
-    model: str = "minilm"
-    num_vectors: int = 15  # N conditioning vectors
-    masking: str = "random"  # masking of the target sentence (a key of MASKING)
-    budget: float = 0.15
-    max_length: int = 64  # word pieces per sentence, [CLS]/[SEP] included
-    both_directions: bool = False  # also predict s1 from s2
-    max_groups: int | None = None  # paragraphs/abstracts to read
-    tie_head: bool = True
-    init_std: float = 1.0  # projection init (for unit-norm sentence vectors)
-    # training
-    max_steps: int | None = None
-    epochs: float = 1.0
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    schedule: str = "linear"
-    bf16: bool = False
-    checkpoint_every: int = 0
-    resume: bool = False
-    seed: int = 0
-    device: str = "auto"
-    log_every: int = 10
+CMLM_MASKING = tuple(m for m in MASKING if m != "pmi")  # target sentences are masked without a PMI vocabulary
+
+
+@recipe_config
+class CMLMConfig(RecipeConfig):
+    corpus: list[str] = option(help="JSONL with sentence lists (corpus_sentences.jsonl), BEIR folders or text files "
+                                    "(paragraphs of 2+ sentences)")
+    output_dir: str = option(help="output folder (model in OUT/model)", flag="--out")
+    model: str = option("minilm", help="model folder (HF BERT layout) or 'minilm'")
+    num_vectors: int = option(15, help="N conditioning vectors the sentence vector is projected to")
+    masking: str = option("random", choices=CMLM_MASKING, help="masking of the target sentence")
+    budget: float = option(0.15, help="share of the target's word pieces masked")
+    max_length: int = option(64, help="word pieces per sentence, [CLS]/[SEP] included")
+    both_directions: bool = option(False, help="also predict the first sentence from the second")
+    max_groups: int | None = option(None, help="paragraphs/abstracts to read")
+    tie_head: bool = option(True, help="tie the MLM head to the input embeddings")
+    init_std: float = option(1.0, help="projection init (for unit-norm sentence vectors)")
+    train: TrainConfig = loop(lr=5e-5, warmup_ratio=0.06)
 
     def __post_init__(self):
-        if isinstance(self.corpus, str):
-            self.corpus = [self.corpus]
-        if self.masking not in MASKING or self.masking == "pmi":
-            choices = [m for m in MASKING if m != "pmi"]
-            raise ConfigError(f"CMLM masking must be one of: {', '.join(choices)} (got {self.masking!r})")
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            output_dir=self.output_dir, max_steps=self.max_steps, epochs=self.epochs, batch_size=self.batch_size,
-            grad_accum=self.grad_accum, lr=self.lr, weight_decay=self.weight_decay, warmup_ratio=self.warmup_ratio,
-            schedule=self.schedule, bf16=self.bf16, checkpoint_every=self.checkpoint_every, resume=self.resume,
-            seed=self.seed, device=self.device, log_every=self.log_every,
-            extra={"recipe": "cmlm", **dataclasses.asdict(self)},
-        )
+        if isinstance(self.corpus, (str, Path)):
+            self.corpus = [str(self.corpus)]
+        check(bool(self.corpus), "corpus", "give at least one corpus file or folder")
+        if self.masking not in CMLM_MASKING:
+            raise ConfigError(f"CMLM masking must be one of: {', '.join(CMLM_MASKING)} (got {self.masking!r})",
+                              field="masking")
+        check(self.num_vectors >= 1, "num_vectors", f"must be at least 1, got {self.num_vectors}")
+        check(0.0 < self.budget < 1.0, "budget", f"must be in (0, 1), got {self.budget}")
+        check(self.max_length >= 3, "max_length", f"must be at least 3, got {self.max_length}")
 
 
 @dataclass
-class CMLMResult:
-    model_dir: Path
-    steps: int
-    final_loss: float
-    pairs: int
-    metrics: list[dict] = field(default_factory=list)
+class CMLMResult(RecipeResult):
+    pairs: int = 0
+
+    def summary(self) -> str:
+        return f"{self.pairs} sentence pairs; " + super().summary()
 
 
 def sentence_pairs(groups: list[list[str]], tokenizer, max_length: int, both_directions: bool = False):
@@ -247,16 +244,15 @@ def build_cmlm_model(model: str | Path, num_vectors: int = 15, tie: bool = True,
     return CMLMModel(sentence, head, num_vectors=num_vectors, init_std=init_std)
 
 
-def run_cmlm(config: CMLMConfig, stop_after: int | None = None) -> CMLMResult:
+@register("pretrain cmlm", CMLMConfig, help="conditional MLM: sentence vectors that predict the next sentence's tokens")
+def run_cmlm(config: CMLMConfig, callbacks: Sequence = (), stop_after: int | None = None) -> CMLMResult:
     """CMLM pre-training of ``config.model`` on adjacent sentences of ``config.corpus``.
 
     Saves the sentence encoder (HF + sentence-transformers layout) to ``<output_dir>/model`` with the
     MLM head in ``model/mlm_head`` and the projection in ``model/cmlm_projection.safetensors``.
     ``stop_after`` ends the run early as if killed (for resume tests); nothing is saved then but checkpoints.
     """
-    from safetensors.torch import save
-
-    torch.manual_seed(config.seed)  # the fresh projection (and head) start the same in every run of a config
+    torch.manual_seed(config.train.seed)  # the fresh projection (and head) start the same in every run of a config
     model = build_cmlm_model(config.model, config.num_vectors, config.tie_head, config.init_std)
     tokenizer = model.sentence.tokenizer
     groups = read_sentence_groups(config.corpus, max_groups=config.max_groups)
@@ -264,14 +260,14 @@ def run_cmlm(config: CMLMConfig, stop_after: int | None = None) -> CMLMResult:
     logger.info(f"cmlm: {len(groups)} paragraphs, {len(sentences)} sentences, {len(pairs)} adjacent pairs")
     masking = build_masking(config.masking, MaskingConfig(budget=config.budget))
     collate = CMLMCollate(masking, SpecialTokens.from_tokenizer(tokenizer))
-    state = train(model, PairDataset(sentences, pairs), collate, cmlm_loss, config.train_config(),
-                  stop_after=stop_after)
+    state = train(model, PairDataset(sentences, pairs), collate, cmlm_loss, config.loop_config("cmlm"),
+                  callbacks=callbacks, stop_after=stop_after)
     out = Path(config.output_dir)
-    if state.step >= state.total_steps and state.rank == 0:
+    done = finished(state)
+    if done and state.rank == 0:
         model.to("cpu")
         model.sentence.save_pretrained(out / "model")
         save_mlm_head(model.head, out / "model" / HEAD_FOLDER)
         with atomic_open(out / "model" / "cmlm_projection.safetensors", "wb") as f:
             f.write(save({k: v.contiguous() for k, v in model.projection.state_dict().items()}))
-    return CMLMResult(model_dir=out / "model", steps=state.step, final_loss=state.last_loss, pairs=len(pairs),
-                      metrics=read_metrics(out / "metrics.jsonl"))
+    return CMLMResult(out, out / "model" if done else None, state.step, read_metrics(out), pairs=len(pairs))

@@ -18,11 +18,11 @@ PosixPath('runs/mlm/model')
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -32,12 +32,27 @@ from safetensors.torch import save_file
 from torch import nn
 
 from reprlab.encoder import Encoder, SentenceEncoder
-from reprlab.errors import ConfigError, ModelLoadError
+from reprlab.errors import ModelLoadError
+from reprlab.hub import read_sentence_config, resolve_model_path
 from reprlab.io import atomic_dir, atomic_write_json
 from reprlab.nn.embeddings import MLMHead
-from reprlab.pretrain.corpus import TokenizedText, read_texts, tokenize_chunks
+from reprlab.pretrain.corpus import TokenizedText, tokenize_chunks
 from reprlab.pretrain.masking import IGNORE_INDEX, MASKING, MaskingConfig, SpecialTokens, build_masking
-from reprlab.train import TrainConfig, train
+from reprlab.text.corpus import read_texts
+from reprlab.text.tokenizer import Tokenizer
+from reprlab.train.loop import TrainConfig, train
+from reprlab.train.recipe import (
+    RecipeConfig,
+    RecipeResult,
+    check,
+    check_choice,
+    finished,
+    loop,
+    option,
+    read_metrics,
+    recipe_config,
+    register,
+)
 
 logger = logging.getLogger("reprlab")
 
@@ -106,8 +121,6 @@ def save_mlm_head(head: MLMHead, folder: str | Path) -> None:
 def load_mlm_head(folder: str | Path, encoder: Encoder) -> MLMHead | None:
     """The MLM head stored with a model: ``<folder>/mlm_head/`` (ours) or ``cls.predictions.*`` weights
     in ``model.safetensors`` (an HF BertForMaskedLM checkpoint); None when there is none."""
-    from reprlab.hub import resolve_model_path
-
     folder = resolve_model_path(folder)
     ours = folder / HEAD_FOLDER
     if (ours / "config.json").is_file():
@@ -147,50 +160,43 @@ def load_mlm_head(folder: str | Path, encoder: Encoder) -> MLMHead | None:
 # ----------------------------------------------------------------------------- recipe
 
 
-@dataclass
-class MLMConfig:
-    corpus: list[str]  # text files, JSONL files or BEIR folders
-    output_dir: str
-    model: str = "minilm"  # a model folder (HF BERT layout) or "minilm"
-    masking: str = "random"  # a key of MASKING
-    budget: float = 0.15
-    mask_prob: float = 0.8
-    random_prob: float = 0.1
-    span_p: float = 0.2
-    span_max: int = 10
-    fe_copies: int | None = None  # fully-explored: copies per text (None = round(1 / budget))
-    fe_layout: str = "random"
-    pmi_vocab: str | None = None  # a saved PMI vocabulary; None with masking="pmi" builds one from the corpus
-    pmi_min_count: int = 10
-    pmi_size: int = 10_000
-    max_length: int = 128  # word pieces per chunk, [CLS]/[SEP] included
-    max_texts: int | None = None
-    tie_head: bool = True  # tied to the input embeddings, or decoupled
-    output_embedding_size: int | None = None  # decoupled head only: its width (RemBERT)
-    head_warmup_steps: int = 0  # train only the head (encoder and tied embeddings frozen) for the first steps
-    # training (the shared loop's TrainConfig); batch_size counts texts: fully-explored makes K rows each
-    max_steps: int | None = None
-    epochs: float = 1.0
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    schedule: str = "linear"
-    bf16: bool = False
-    checkpoint_every: int = 0
-    resume: bool = False
-    seed: int = 0
-    device: str = "auto"
-    log_every: int = 10
+@recipe_config
+class MLMConfig(RecipeConfig):
+    corpus: list[str] = option(help="text files, JSONL files or BEIR folders")
+    output_dir: str = option(help="output folder (model in OUT/model)", flag="--out")
+    model: str = option("minilm", help="model folder (HF BERT layout) or 'minilm'")
+    masking: str = option("random", choices=tuple(MASKING), help="masking scheme")
+    budget: float = option(0.15, help="share of word pieces chosen for prediction")
+    mask_prob: float = option(0.8, help="chosen pieces replaced by [MASK]")
+    random_prob: float = option(0.1, help="chosen pieces replaced by a random piece")
+    span_p: float = option(0.2, help="span masking: geometric parameter of span lengths")
+    span_max: int = option(10, help="span masking: longest span in words")
+    fe_copies: int | None = option(None, help="fully-explored: copies per text (default: round(1 / budget))")
+    fe_layout: str = option("random", help="fully-explored: how the copies split the positions")
+    pmi_vocab: str | None = option(None, help="vocabulary from `reprlab pmi-vocab` for --masking pmi "
+                                              "(default: built from the corpus)")
+    pmi_min_count: int = option(10, help="PMI vocabulary built here: n-grams seen fewer times are left out")
+    pmi_size: int = option(10_000, help="PMI vocabulary built here: number of n-grams")
+    max_length: int = option(128, help="word pieces per chunk, [CLS]/[SEP] included")
+    max_texts: int | None = option(None, help="read at most this many texts")
+    tie_head: bool = option(True, help="tie the MLM head to the input embeddings (--no-tie-head: decoupled)")
+    output_embedding_size: int | None = option(None, help="decoupled head only: its width (RemBERT)")
+    head_warmup_steps: int = option(0, help="train only the head (encoder frozen) for the first steps")
+    # batch_size counts texts: fully-explored makes K rows of each
+    train: TrainConfig = loop(lr=5e-5, warmup_ratio=0.06)
 
     def __post_init__(self):
-        if isinstance(self.corpus, str):
-            self.corpus = [self.corpus]
-        if self.masking not in MASKING:
-            raise ConfigError(f"unknown masking {self.masking!r}; choose one of: {', '.join(MASKING)}")
-        if self.output_embedding_size is not None and self.tie_head:
-            raise ConfigError("output_embedding_size needs a decoupled head (tie_head=False)")
+        if isinstance(self.corpus, (str, Path)):
+            self.corpus = [str(self.corpus)]
+        check(bool(self.corpus), "corpus", "give at least one text file, JSONL file or BEIR folder")
+        check_choice(self.masking, tuple(MASKING), "masking")
+        check(self.output_embedding_size is None or not self.tie_head, "output_embedding_size",
+              "needs a decoupled head (tie_head=False, --no-tie-head)")
+        check(self.pmi_vocab is None or self.masking == "pmi", "pmi_vocab",
+              f"is read only with --masking pmi (got masking {self.masking!r})")
+        check(0.0 < self.budget < 1.0, "budget", f"must be in (0, 1), got {self.budget}")
+        check(self.max_length >= 3, "max_length", f"must be at least 3, got {self.max_length}")
+        check(self.head_warmup_steps >= 0, "head_warmup_steps", f"must be >= 0, got {self.head_warmup_steps}")
 
     def masking_config(self) -> MaskingConfig:
         return MaskingConfig(budget=self.budget, mask_prob=self.mask_prob, random_prob=self.random_prob,
@@ -198,24 +204,21 @@ class MLMConfig:
                              fe_layout=self.fe_layout)
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            output_dir=self.output_dir, max_steps=self.max_steps, epochs=self.epochs, batch_size=self.batch_size,
-            grad_accum=self.grad_accum, lr=self.lr, weight_decay=self.weight_decay, warmup_ratio=self.warmup_ratio,
-            schedule=self.schedule, bf16=self.bf16, checkpoint_every=self.checkpoint_every, resume=self.resume,
-            seed=self.seed, device=self.device, log_every=self.log_every,
-            find_unused_parameters=self.head_warmup_steps > 0, extra={"recipe": "mlm", **dataclasses.asdict(self)},
-        )
+        run = self.loop_config("mlm")
+        run.find_unused_parameters = self.head_warmup_steps > 0
+        return run
 
 
 @dataclass
-class MLMResult:
-    model_dir: Path  # sentence-encoder folder (HF layout + sentence-transformers files)
-    head_dir: Path
-    steps: int
-    final_loss: float
-    chunks: int
+class MLMResult(RecipeResult):
+    """``model_dir``: the sentence-encoder folder (HF layout + sentence-transformers files)."""
+
+    head_dir: Path | None = None
+    chunks: int = 0
     pmi_vocab: Path | None = None
-    metrics: list[dict] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return f"{self.chunks} chunks; " + super().summary()
 
 
 class HeadWarmup:
@@ -251,13 +254,6 @@ class MLMCollate:
         return batch
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """The training loop's metric records (one JSON object per logged step)."""
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def mlm_loss(model, batch):
     loss, accuracy = model(batch["input_ids"], batch["attention_mask"], batch["labels"])
     return loss, {"mlm_acc": float(accuracy)}
@@ -286,16 +282,14 @@ def prepare_pmi_vocab(config: MLMConfig, texts: list[str], tokenizer):
     return vocab, path
 
 
-def run_mlm(config: MLMConfig, stop_after: int | None = None) -> MLMResult:
+@register("pretrain mlm", MLMConfig, help="(continued) MLM pre-training with a masking scheme")
+def run_mlm(config: MLMConfig, callbacks: Sequence = (), stop_after: int | None = None) -> MLMResult:
     """Continue MLM pre-training of ``config.model`` on ``config.corpus``; save encoder + head.
 
     The encoder goes to ``<output_dir>/model`` as a sentence-encoder folder with the starting model's
     pooling, the head to ``<output_dir>/model/mlm_head``. ``stop_after`` ends the run early as if
     killed (for resume tests): then only the checkpoints are written.
     """
-    from reprlab.hub import read_sentence_config, resolve_model_path
-    from reprlab.text.tokenizer import Tokenizer
-
     folder = resolve_model_path(config.model)
     tokenizer = Tokenizer.from_pretrained(folder)
     texts = read_texts(config.corpus, max_texts=config.max_texts)
@@ -306,19 +300,19 @@ def run_mlm(config: MLMConfig, stop_after: int | None = None) -> MLMResult:
     chunks = tokenize_chunks(texts, tokenizer, max_length=config.max_length)
     logger.info(f"mlm: {len(texts)} texts -> {len(chunks)} chunks of <= {config.max_length} pieces; "
                 f"masking {config.masking!r}")
-    torch.manual_seed(config.seed)  # a fresh head is initialised the same way in every run of a config
+    torch.manual_seed(config.train.seed)  # a fresh head is initialised the same way in every run of a config
     model = load_mlm_model(folder, tie=config.tie_head, output_embedding_size=config.output_embedding_size)
-    callbacks = [HeadWarmup(config.head_warmup_steps)] if config.head_warmup_steps else []
+    warmup = [HeadWarmup(config.head_warmup_steps)] if config.head_warmup_steps else []
     state = train(model, chunks, MLMCollate(masking, SpecialTokens.from_tokenizer(tokenizer)), mlm_loss,
-                  config.train_config(), callbacks=callbacks, stop_after=stop_after)
+                  config.train_config(), callbacks=[*warmup, *callbacks], stop_after=stop_after)
     out = Path(config.output_dir)
     st = read_sentence_config(folder)
     model.to("cpu")
     sentence = SentenceEncoder(model.encoder, tokenizer, pooling=st["pooling"], normalize=st["normalize"],
                                max_length=st["max_length"])
-    if state.rank == 0 and state.step >= state.total_steps:
+    done = finished(state)
+    if state.rank == 0 and done:
         sentence.save_pretrained(out / "model")
         save_mlm_head(model.head, out / "model" / HEAD_FOLDER)
-    return MLMResult(model_dir=out / "model", head_dir=out / "model" / HEAD_FOLDER, steps=state.step,
-                     final_loss=state.last_loss, chunks=len(chunks), pmi_vocab=vocab_path,
-                     metrics=read_metrics(out / "metrics.jsonl"))
+    return MLMResult(out, out / "model" if done else None, state.step, read_metrics(out),
+                     head_dir=out / "model" / HEAD_FOLDER if done else None, chunks=len(chunks), pmi_vocab=vocab_path)

@@ -32,7 +32,7 @@ import json
 import math
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -41,6 +41,9 @@ import numpy as np
 from reprlab.errors import ConfigError, DataFormatError, ReprlabError
 from reprlab.io import atomic_write_json
 from reprlab.logs import progress
+from reprlab.pretrain.corpus import split_words
+from reprlab.text.corpus import read_texts
+from reprlab.text.tokenizer import Tokenizer
 
 FORMAT = "reprlab-pmi-vocab"
 SCORES = ("pmi", "pmi-freq", "naive")
@@ -49,17 +52,25 @@ _ALNUM = re.compile(r"\w")
 
 @dataclass
 class PMIConfig:
-    min_n: int = 2
-    max_n: int = 5
-    min_count: int = 10  # an n-gram must occur at least this often
-    size: int = 10_000  # entries in the vocabulary, over all lengths
-    proportions: tuple[float, ...] = (0.5, 0.25, 0.125, 0.125)  # of the size, for n = min_n, min_n+1, ...
-    score: str = "pmi"  # pmi (paper eq. 3) | pmi-freq (released lists) | naive (for comparison only)
-    skip_punct_edges: bool = True  # drop n-grams that start or end with a punctuation-only word
+    min_n: int = field(default=2, metadata={"help": "shortest n-gram"})
+    max_n: int = field(default=5, metadata={"help": "longest n-gram"})
+    min_count: int = field(default=10, metadata={"help": "an n-gram must occur at least this often"})
+    size: int = field(default=10_000, metadata={"help": "entries in the vocabulary, over all lengths"})
+    # shares of the size for n = min_n, min_n + 1, ...; None: the paper's rule, halving per length with the
+    # last two equal ((0.5, 0.25, 0.125, 0.125) for 2..5)
+    proportions: tuple[float, ...] | None = field(default=None, metadata={
+        "help": "share of the size per length min-n..max-n, e.g. 0.5 0.5 (default: halving, the last two equal)"})
+    score: str = field(default="pmi", metadata={
+        "choices": SCORES, "help": "pmi (the paper's eq. 3) | pmi-freq (the released lists) | naive (comparison)"})
+    skip_punct_edges: bool = field(default=True, metadata={
+        "help": "drop n-grams that start or end with a punctuation-only word"})
 
     def __post_init__(self):
         if not 2 <= self.min_n <= self.max_n:
             raise ConfigError(f"need 2 <= min_n <= max_n, got min_n={self.min_n}, max_n={self.max_n}")
+        lengths = self.max_n - self.min_n + 1
+        if self.proportions is None:
+            self.proportions = tuple(0.5 ** min(i + 1, max(lengths - 1, 0)) for i in range(lengths))
         self.proportions = tuple(self.proportions)
         if len(self.proportions) != self.max_n - self.min_n + 1:
             raise ConfigError(f"proportions needs one share per length {self.min_n}..{self.max_n}, "
@@ -224,8 +235,6 @@ def build_pmi_vocab(
     n-grams never cross text boundaries. Counting is level-wise: an n-gram is counted only if both
     its (n-1)-word prefix and suffix reach ``min_count`` (otherwise it cannot), which keeps memory small.
     """
-    from reprlab.pretrain.corpus import split_words
-
     config = config or PMIConfig()
     vocab_ids: dict[str, int] = {}
     docs: list[np.ndarray] = []
@@ -281,13 +290,7 @@ def pmi_vocab_from_corpus(
     Words are those of ``model``'s tokenizer (so that the vocabulary matches its word pieces at
     masking time); ``model=None`` uses the plain lower-cased word splitter.
     """
-    from reprlab.pretrain.corpus import read_texts
-
-    tokenizer = None
-    if model is not None:
-        from reprlab.text.tokenizer import Tokenizer
-
-        tokenizer = Tokenizer.from_pretrained(model)
+    tokenizer = None if model is None else Tokenizer.from_pretrained(model)
     vocab = build_pmi_vocab(read_texts(corpus, max_texts=max_texts), config, tokenizer=tokenizer,
                             show_progress=show_progress)
     if not len(vocab):

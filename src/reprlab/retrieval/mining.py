@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import datetime
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Mapping
 
 from reprlab.errors import ConfigError
-from reprlab.retrieval.dense import Corpus, doc_text
+from reprlab.retrieval.dense import Corpus
+from reprlab.text.beir import doc_text
 from reprlab.retrieval.pipeline import Retriever, retrieve
 from reprlab.text.examples import TrainingExample
 
@@ -27,18 +28,27 @@ _WORD = re.compile(r"\w+")
 
 @dataclass
 class MiningConfig:
-    depth: int = 100  # documents retrieved per query
-    rank_range: tuple[int, int] = (1, 100)  # 1-based inclusive ranks that may become negatives
-    num_negatives: int = 30  # kept per query (best ranked first)
-    duplicate_jaccard: float = 0.9  # word-set Jaccard with a positive at or above which a doc is a duplicate
-    relative_margin: float | None = None  # drop negatives scored above (1 - margin) * best positive score
+    depth: int = field(default=100, metadata={"help": "documents retrieved per query"})
+    rank_range: tuple[int, int] = field(default=(1, 100), metadata={
+        "help": "1-based inclusive ranks that may become negatives"})
+    num_negatives: int = field(default=30, metadata={"help": "negatives kept per query (best ranked first)"})
+    duplicate_jaccard: float = field(default=0.9, metadata={
+        "help": "word-set Jaccard with a positive at or above which a document is a near-duplicate"})
+    relative_margin: float | None = field(default=None, metadata={
+        "help": "drop negatives scored above (1 - margin) x the best positive's score"})
 
     def __post_init__(self):
         lo, hi = self.rank_range
         if not 1 <= lo <= hi:
-            raise ConfigError(f"rank_range must be 1 <= start <= end, got {self.rank_range}")
-        if self.num_negatives < 1 or self.depth < 1:
-            raise ConfigError("depth and num_negatives must be at least 1")
+            raise ConfigError(f"must be 1 <= start <= end, got {self.rank_range}", field="rank_range")
+        if self.depth < 1:
+            raise ConfigError(f"must be at least 1, got {self.depth}", field="depth")
+        if self.num_negatives < 1:
+            raise ConfigError(f"must be at least 1, got {self.num_negatives}", field="num_negatives")
+        if not 0.0 <= self.duplicate_jaccard <= 1.0:
+            raise ConfigError(f"must be in [0, 1], got {self.duplicate_jaccard}", field="duplicate_jaccard")
+        if self.relative_margin is not None and not 0.0 <= self.relative_margin < 1.0:
+            raise ConfigError(f"must be in [0, 1), got {self.relative_margin}", field="relative_margin")
 
 
 def _words(text: str) -> frozenset[str]:

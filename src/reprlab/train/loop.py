@@ -74,38 +74,56 @@ SCHEDULES = {"linear": _linear, "cosine": _cosine, "constant": _constant}
 
 @dataclass
 class TrainConfig:
-    output_dir: str = field(default="", metadata={"help": "run folder (a recipe fills it in from its own output_dir)"})
-    max_steps: int | None = None  # optimizer steps; None = epochs * steps per epoch
-    epochs: float = 1.0
+    output_dir: str = field(default="", metadata={"help": "run folder (a recipe fills it in from its own output_dir)",
+                                                  "cli": False})
+    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps (default: epochs x steps per epoch)"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training data when max_steps is not given"})
     batch_size: int = field(default=32, metadata={"help": "global batch: all ranks and accumulation steps"})
-    grad_accum: int = 1
-    lr: float = 2e-5
-    weight_decay: float = 0.01
-    warmup_steps: int | None = None  # None = warmup_ratio * total steps
-    warmup_ratio: float = 0.1
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    lr: float = field(default=2e-5, metadata={"help": "peak learning rate (AdamW)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases and norms)"})
+    warmup_steps: int | None = field(default=None, metadata={"help": "linear warm-up steps (default: warmup_ratio x "
+                                                                      "total steps)"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "warm-up share of the steps when warmup_steps is "
+                                                               "not given"})
     schedule: str = field(default="linear", metadata={"choices": tuple(SCHEDULES), "help": "learning-rate decay"})
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast"})
     checkpoint_every: int = field(default=0, metadata={"help": "steps between checkpoints; 0 = only at the end"})
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    seed: int = 0
+    keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept"})
+    log_every: int = field(default=10, metadata={"help": "steps between metric records (metrics.jsonl)"})
+    seed: int = field(default=0, metadata={"help": "seed of the data order, the sampling and fresh weights"})
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in the output folder"})
-    shuffle: bool = True
-    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
-    find_unused_parameters: bool = False
-    metrics_file: str = "metrics.jsonl"
-    extra: dict[str, Any] = field(default_factory=dict)  # recorded with the run, not used by the loop
+    shuffle: bool = field(default=True, metadata={"help": "shuffle the data each epoch"})
+    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda"), "help": "where to train"})
+    find_unused_parameters: bool = field(default=False, metadata={"cli": False})
+    metrics_file: str = field(default="metrics.jsonl", metadata={"cli": False})
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})  # recorded with the run
 
     def __post_init__(self):
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError("batch_size and grad_accum must be at least 1")
-        if self.batch_size % self.grad_accum:
-            raise ConfigError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"{what}, got {getattr(self, name)!r}", field=name)
 
+        def finite(x) -> bool:
+            return isinstance(x, (int, float)) and math.isfinite(x)
 
+        need(self.schedule in SCHEDULES, "schedule", f"choose one of: {', '.join(SCHEDULES)}")
+        need(self.device in ("auto", "cpu", "cuda"), "device", "choose one of: auto, cpu, cuda")
+        need(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be at least 1 (or left out)")
+        need(finite(self.epochs) and self.epochs > 0, "epochs", "must be a positive number")
+        need(self.batch_size >= 1, "batch_size", "must be at least 1")
+        need(self.grad_accum >= 1, "grad_accum", "must be at least 1")
+        need(self.batch_size % self.grad_accum == 0, "batch_size", f"must be divisible by grad_accum {self.grad_accum}")
+        need(finite(self.lr) and self.lr > 0, "lr", "must be a positive number")
+        need(finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        need(finite(self.warmup_ratio) and 0 <= self.warmup_ratio <= 1, "warmup_ratio", "must be in [0, 1]")
+        need(self.max_grad_norm is None or (finite(self.max_grad_norm) and self.max_grad_norm >= 0),
+             "max_grad_norm", "must be >= 0 (0: no clipping)")
+        need(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0: only at the end)")
+        need(self.keep_checkpoints >= 0, "keep_checkpoints", "must be >= 0 (0: keep all)")
+        need(self.log_every >= 1, "log_every", "must be at least 1")
 
 
 @dataclass

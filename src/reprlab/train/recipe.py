@@ -56,13 +56,14 @@ MISSING = dataclasses.MISSING
 
 def option(default=MISSING, *, default_factory=MISSING, help: str = "", choices: Sequence | None = None,
            flag: str | None = None, aliases: Sequence[str] = (), cli: bool = True, prefix: str | None = None,
-           metavar: str | None = None):
+           metavar: str | None = None, parse: Callable[[str], Any] | None = None):
     """A dataclass field with what the CLI needs: one-line ``help``, ``choices``, the ``flag`` (default
-    ``--field-name``), old spellings in ``aliases``, ``cli=False`` to keep it off the command line, and for
-    a nested config the ``prefix`` of its options (None: flattened)."""
+    ``--field-name``), old spellings in ``aliases``, ``cli=False`` to keep it off the command line, for
+    a nested config the ``prefix`` of its options (None: flattened), and ``parse`` for a value that is
+    typed as one string (e.g. ``"0:0,1:2"`` for a layer map)."""
     metadata = {"help": help}
     for key, value in (("choices", tuple(choices) if choices is not None else None), ("flag", flag),
-                       ("prefix", prefix), ("metavar", metavar)):
+                       ("prefix", prefix), ("metavar", metavar), ("parse", parse)):
         if value is not None:
             metadata[key] = value
     if aliases:
@@ -101,7 +102,7 @@ def _is_dataclass_type(hint) -> bool:
     return isinstance(hint, type) and dataclasses.is_dataclass(hint)
 
 
-def _dataclass_of(hint):
+def config_class_of(hint):
     """The config class of a field typed ``Cfg`` or ``Cfg | None``; None for other types."""
     if _is_dataclass_type(hint):
         return hint
@@ -123,7 +124,7 @@ def from_dict(cls, data: dict, where: str = ""):
         raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}", field=where or None)
     values = {}
     for key, value in data.items():
-        sub = _dataclass_of(hints[key])
+        sub = config_class_of(hints[key])
         values[key] = from_dict(sub, value, f"{where}{key}.") if sub is not None and isinstance(value, dict) else value
     return cls(**values)
 
@@ -148,7 +149,7 @@ class RecipeConfig:
     output_dir: str
     train: TrainConfig
 
-    def loop_config(self, recipe: str, **extra) -> TrainConfig:
+    def loop_config(self, recipe: str, **extra) -> TrainConfig:  # for recipes with a ``train`` field
         """``self.train`` with ``output_dir`` filled in and the whole config recorded with the run."""
         return dataclasses.replace(self.train, output_dir=str(self.output_dir),
                                    extra={**self.train.extra, "recipe": recipe, "config": self.to_dict(), **extra})
@@ -176,9 +177,11 @@ def recipe_config(cls):
         raise TypeError(f"{cls.__name__}: a recipe config subclasses RecipeConfig")
     cls = dataclass(cls)
     own = {f.name for f in dataclasses.fields(cls)}
-    if "train" not in own or "output_dir" not in own:
-        raise TypeError(f"{cls.__name__}: a recipe config needs the fields output_dir and train (loop(...))")
-    flat_names = {f.name for f in dataclasses.fields(TrainConfig)} - own - {"output_dir", "extra"}
+    if "output_dir" not in own:
+        raise TypeError(f"{cls.__name__}: a recipe config needs the field output_dir")
+    # a recipe without a training loop (e.g. a greedy search) has no ``train`` and takes no loop fields
+    flat_names = {f.name for f in dataclasses.fields(TrainConfig)} - own - {"output_dir", "extra"} if "train" in own \
+        else set()
     init = cls.__init__
 
     @functools.wraps(init)
@@ -213,9 +216,13 @@ class RecipeResult:
         return losses[-1] if losses else float("nan")
 
     def summary(self) -> str:
-        """One line for the CLI."""
+        """One line for the CLI's log."""
         where = f"model -> {self.model_dir}" if self.model_dir else f"stopped early; checkpoints in {self.output_dir}"
         return f"{self.steps} steps, final loss {self.final_loss:.4f}; {where}"
+
+    def report(self) -> str | None:
+        """What the CLI prints on standard output (a table of results), or None."""
+        return None
 
 
 def read_metrics(output_dir: str | Path, name: str = "metrics.jsonl") -> list[dict]:
@@ -241,6 +248,7 @@ class Recipe:
     run: Callable[..., RecipeResult]
     help: str
     fixed: dict = field(default_factory=dict)  # config fields the command sets (e.g. method="ckd")
+    hidden: tuple[str, ...] = ()  # config fields this command does not offer (e.g. SEED's options under kd)
 
     @property
     def group(self) -> str:
@@ -257,8 +265,9 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {}
 
 
-def register(command: str, config: type, help: str, **fixed):
-    """Register ``run`` (the decorated function) with its config class under ``command``."""
+def register(command: str, config: type, help: str, hidden: Sequence[str] = (), **fixed):
+    """Register ``run`` (the decorated function) with its config class under ``command``; ``fixed`` config
+    values are set by the command (not options), ``hidden`` fields are not offered by it."""
     if len(command.split()) != 2:
         raise ValueError(f"a recipe command is 'GROUP NAME', got {command!r}")
     if not (dataclasses.is_dataclass(config) and issubclass(config, RecipeConfig)):
@@ -267,7 +276,7 @@ def register(command: str, config: type, help: str, **fixed):
     def decorate(run):
         if command in RECIPES and RECIPES[command].run is not run:
             raise ValueError(f"recipe {command!r} is registered twice")
-        RECIPES[command] = Recipe(command, config, run, help, dict(fixed))
+        RECIPES[command] = Recipe(command, config, run, help, dict(fixed), tuple(hidden))
         return run
 
     return decorate

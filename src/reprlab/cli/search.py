@@ -1,0 +1,288 @@
+"""``reprlab demo | index | search | evaluate | mine``: search and evaluation on the command line.
+
+``index`` builds a dense FAISS index (``--factory``), a SimHash binary index (``--binary BITS``) or
+the index of a HotpotQA file's open corpus (``--multihop --data``); ``search`` and ``evaluate`` read
+and score them, ``--multihop`` running MDR's two-hop beam search. Handlers are thin: the work is the
+library's (``reprlab.retrieval``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from reprlab.cli_format import print_table, short
+from reprlab.errors import ReprlabError
+
+logger = logging.getLogger("reprlab")
+
+
+# ----------------------------------------------------------------------------- handlers
+
+
+def cmd_demo(args) -> None:
+    from reprlab.demo import run_demo
+
+    run_demo(data=args.data, show=args.show, ance_steps=args.ance_steps)
+
+
+def _check_index_options(args) -> None:
+    """The combinations of ``index`` options: one source (--corpus, or --multihop --data), binary options
+    only with --binary, --factory only for float indexes."""
+    if args.multihop and (not args.data or args.corpus):
+        raise ReprlabError("--multihop indexes the open corpus of a HotpotQA file: give --data HOTPOT.jsonl "
+                           "(and no --corpus)")
+    if args.data and not args.multihop:
+        raise ReprlabError("--data (a HotpotQA file) is read with --multihop; give a BEIR corpus with --corpus")
+    if not args.multihop and not args.corpus:
+        raise ReprlabError("the following arguments are required: --corpus (or --multihop --data HOTPOT.jsonl)")
+    hashing = {"--hash-method": (args.hash_method, "flat"), "--hash-bits": (args.hash_bits, 16),
+               "--tables": (args.tables, 1), "--nflip": (args.nflip, 1), "--hash-seed": (args.hash_seed, 0),
+               "--hash-score": (args.hash_score, "angular")}
+    stray = [flag for flag, (value, default) in hashing.items() if value != default]
+    if stray and not args.binary:
+        raise ReprlabError(f"{stray[0]} is an option of binary indexes: add --binary BITS")
+    if args.binary and args.factory != "Flat":
+        raise ReprlabError("--factory builds float indexes; a --binary index is searched by --hash-method")
+
+
+def cmd_index(args) -> None:
+    from reprlab.retrieval.binary import binary_retriever
+    from reprlab.retrieval.dense import DenseRetriever
+    from reprlab.text.corpus import read_documents
+    from reprlab.text.hotpotqa import load_hotpotqa
+
+    _check_index_options(args)
+    source = args.data if args.multihop else args.corpus
+    corpus = load_hotpotqa(args.data).corpus if args.multihop else read_documents(args.corpus)
+    t0 = time.time()
+    if args.binary:
+        retriever = binary_retriever(args.model, corpus, bits=args.binary, method=args.hash_method,
+                                     hash_bits=args.hash_bits, tables=args.tables, nflip=args.nflip,
+                                     seed=args.hash_seed, score=args.hash_score, batch_size=args.batch_size,
+                                     precision=args.precision)
+        kind = f"{args.binary}-bit SimHash codes, {args.hash_method}"
+    else:
+        retriever = DenseRetriever.from_model(args.model, batch_size=args.batch_size, precision=args.precision)
+        retriever.index_corpus(corpus, factory=args.factory)
+        kind = args.factory
+    retriever.save(args.out)
+    logger.info(f"indexed {len(corpus)} documents of {source} with {args.model} ({kind}) in {time.time() - t0:.1f}s "
+                f"-> {args.out}")
+
+
+def cmd_search(args) -> None:
+    from reprlab.retrieval.dense import DenseRetriever
+
+    if args.multihop:
+        from reprlab.retrieval.mdr import format_chains, search_index_folder
+
+        chains, docs = search_index_folder(args.index, args.query, beam_size=args.beam, top_k=args.k,
+                                           model=args.query_model, bm25_weights=args.bm25_weights)
+        for question, found in zip(args.query, chains):
+            print(format_chains(question, found, docs))
+        return
+    retriever = DenseRetriever.load(args.index)
+    scores, ids = retriever.search(args.query, k=args.k)
+    for qi, query in enumerate(args.query):
+        if len(args.query) > 1:
+            print(f"# {query}")
+        rows = []
+        for rank, (doc_id, score) in enumerate(zip(ids[qi], scores[qi]), 1):
+            if doc_id is None:
+                break
+            doc = retriever.docs.get(doc_id, {})
+            rows.append({"rank": rank, "id": doc_id, "score": f"{score:.4f}",
+                         "title": short(doc.get("title") or doc.get("text", ""), 70)})
+        print_table(rows, ["rank", "id", "score", "title"])
+
+
+def cmd_evaluate(args) -> None:
+    from reprlab.retrieval.metrics import check_metrics, evaluate
+    from reprlab.retrieval.pipeline import build_retriever, retrieve
+    from reprlab.text.beir import load_beir
+    from reprlab.text.trec import write_run
+
+    if args.multihop:
+        return _evaluate_multihop(args)
+    check_metrics(args.metrics)
+    data = load_beir(args.data, split=args.split)
+    t0 = time.time()
+    retriever = build_retriever(args.retriever, data.corpus, factory=args.factory, batch_size=args.batch_size,
+                                precision=args.precision)
+    queries = {q: data.queries[q] for q in data.judged_queries()}
+    run = retrieve(retriever, queries, k=args.k)
+    metrics = evaluate(data.qrels, run, metrics=args.metrics, ignore_identical_ids=not args.keep_identical_ids)
+    if args.run_out:
+        write_run(args.run_out, run, tag=Path(str(args.retriever)).name)
+    if args.json:
+        print(json.dumps(metrics))
+        return
+    logger.info(f"{args.retriever} on {args.data} ({args.split}, {len(queries)} judged queries) in "
+                f"{time.time() - t0:.1f}s")
+    print_table([{"measure": k, "value": f"{v:.4f}"} for k, v in metrics.items()], ["measure", "value"])
+
+
+def _evaluate_multihop(args) -> None:
+    from reprlab.retrieval.mdr import MultiHopEvalConfig, evaluate_multihop
+
+    config = MultiHopEvalConfig(
+        data=args.data, retriever=args.retriever, split="eval" if args.split == "test" else args.split,
+        eval_fraction=args.eval_fraction, single_hop=args.single_hop, beam_size=args.beam, ks=tuple(args.ks),
+        batch_size=args.batch_size, max_length=args.max_length, factory=args.factory, bm25_weights=args.bm25_weights)
+    metrics = evaluate_multihop(config)
+    if args.json:
+        print(json.dumps(metrics))
+        return
+    groups = [g for g, v in metrics.items() if isinstance(v, dict)]
+    logger.info(f"{args.retriever} on the {config.split} side of {args.data} "
+                f"({metrics['all']['n']} questions) in {metrics['seconds']}s")
+    rows = [{"measure": m, **{g: f"{metrics[g][m]:.4f}" for g in groups}} for m in metrics["all"] if m != "n"]
+    rows.append({"measure": "questions", **{g: metrics[g]["n"] for g in groups}})
+    print_table(rows, ["measure", *groups])
+
+
+def cmd_mine(args) -> None:
+    from reprlab.cli.options import config_from_args
+    from reprlab.retrieval.mining import mine_hard_negatives, provenance
+    from reprlab.retrieval.pipeline import build_retriever
+    from reprlab.text.beir import load_beir
+    from reprlab.text.examples import write_examples
+
+    lo, _, hi = args.range.partition("-")
+    try:
+        rank_range = (int(lo), int(hi or args.depth))
+    except ValueError:
+        raise ReprlabError(f"--range must look like 10-100, got {args.range!r}") from None
+    config = config_from_args(args.options, args, rank_range=rank_range)
+    data = load_beir(args.data, split=args.split)
+    retriever = build_retriever(args.retriever, data.corpus, factory=args.factory, batch_size=args.batch_size,
+                                precision=args.precision)
+    examples = mine_hard_negatives(retriever, data.judged_queries(), data.qrels, data.corpus, config)
+    meta = provenance(args.retriever, "bm25s" if args.retriever == "bm25" else args.factory, config,
+                      data=str(args.data), split=args.split)
+    n = write_examples(args.out, examples, provenance=meta)
+    logger.info(f"wrote {n} training examples with up to {config.num_negatives} negatives each -> {args.out}")
+
+
+# ----------------------------------------------------------------------------- parsers
+
+
+def _weight_pair(text: str) -> tuple[float, float]:
+    """``--bm25-weights W1,W2``: two finite non-negative numbers."""
+    import math
+
+    try:
+        w1, w2 = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two comma-separated weights (hop 1, hop 2), got {text!r}")
+    if not (math.isfinite(w1) and math.isfinite(w2)) or w1 < 0 or w2 < 0:
+        raise argparse.ArgumentTypeError(f"weights must be finite and >= 0, got {text!r}")
+    return w1, w2
+
+
+def _encoding_options(p) -> None:
+    p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="encoder precision (default: fp32)")
+    p.add_argument("--factory", default="Flat", help='FAISS factory string, e.g. "HNSW32" (default: Flat, exact)')
+
+
+def _index_parser(sub) -> None:
+    from reprlab.retrieval.binary import METHODS, SCORES
+
+    p = sub.add_parser("index", help="encode a corpus into a searchable index folder")
+    p.add_argument("--corpus", help="BEIR folder, corpus.jsonl or MS MARCO collection.tsv (required unless --multihop)")
+    p.add_argument("--model", default="minilm", help="model folder or 'minilm' (default: minilm)")
+    p.add_argument("--out", required=True, help="index folder to write (required)")
+    _encoding_options(p)
+    g = p.add_argument_group("binary codes (semantic hashing)")
+    g.add_argument("--binary", type=int, metavar="BITS",
+                   help="index SimHash codes of BITS bits (a multiple of 8), searched by Hamming distance")
+    g.add_argument("--hash-method", choices=METHODS, default="flat",
+                   help="flat: exact Hamming scan; hash / multihash: bucket lookup in one / --tables hash tables")
+    g.add_argument("--hash-bits", type=int, default=16, help="bits of a hash-table key (default: 16)")
+    g.add_argument("--tables", type=int, default=1, help="hash tables of multihash (default: 1)")
+    g.add_argument("--nflip", type=int, default=1, help="key bits a lookup may flip (default: 1)")
+    g.add_argument("--hash-seed", type=int, default=0, help="seed of the random hyperplanes (default: 0)")
+    g.add_argument("--hash-score", choices=SCORES, default="angular",
+                   help="score shown: angular = 1 - hamming/bits, cosine = cos(pi hamming/bits) (default: angular)")
+    g = p.add_argument_group("multi-hop (MDR)")
+    g.add_argument("--multihop", action="store_true", help="index the passages of the HotpotQA file --data")
+    g.add_argument("--data", help="HotpotQA file (.json original or .jsonl IRCoT layout), with --multihop")
+    p.set_defaults(func=cmd_index)
+
+
+def _search_parser(sub) -> None:
+    p = sub.add_parser("search", help="search an index folder")
+    p.add_argument("--index", required=True, help="index folder (from `reprlab index`)")
+    p.add_argument("query", nargs="+", help="one or more queries")
+    p.add_argument("-k", type=int, default=10, help="results per query (default: 10)")
+    g = p.add_argument_group("multi-hop (MDR beam search; -k = chains shown)")
+    g.add_argument("--multihop", action="store_true", help="search two-hop chains: question, then question + passage")
+    g.add_argument("--beam", type=int, default=10, help="hop-1 passages kept and hop-2 passages searched for each")
+    g.add_argument("--query-model", help="query model instead of the index's (the query/ tower of a 2-stage MDR model)")
+    g.add_argument("--bm25-weights", type=_weight_pair, default=None, metavar="W1,W2",
+                   help="fuse BM25 into hop 1 and hop 2 with these weights (e.g. 0.2,0.3; default: dense only)")
+    p.set_defaults(func=cmd_search)
+
+
+def _evaluate_parser(sub) -> None:
+    from reprlab.retrieval.mdr import DEFAULT_KS
+    from reprlab.retrieval.metrics import DEFAULT_METRICS
+    from reprlab.retrieval.pipeline import RETRIEVER_NAMES
+    from reprlab.text.splits import EVAL_FRACTION
+
+    p = sub.add_parser("evaluate", help="evaluate a retriever on a BEIR folder (or a HotpotQA file with --multihop)")
+    p.add_argument("--data", required=True, help="BEIR folder (a HotpotQA file with --multihop)")
+    p.add_argument("--split", default="test", help="qrels split (--multihop: eval | train | all) (default: test)")
+    p.add_argument("--retriever", default="minilm", help=f"{' | '.join(RETRIEVER_NAMES)} | MODEL_DIR (default: minilm)")
+    p.add_argument("-k", type=int, default=100, help="results per query (default: 100)")
+    p.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), help="pytrec_eval measure names")
+    p.add_argument("--keep-identical-ids", action="store_true",
+                   help="score a result whose id equals its query id (BEIR removes them)")
+    p.add_argument("--run-out", help="write the run as a TREC run file")
+    p.add_argument("--json", action="store_true", help="print one JSON object of the measures")
+    _encoding_options(p)
+    g = p.add_argument_group("multi-hop (MDR): --data is a HotpotQA file, --retriever bm25 | minilm | MODEL_DIR")
+    g.add_argument("--multihop", action="store_true",
+                   help="chain metrics (exact pair, pair / chain / passage recall@k) on a HotpotQA file")
+    g.add_argument("--beam", type=int, default=10, help="beam size (default: 10)")
+    g.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS), help="k of the @k metrics")
+    g.add_argument("--eval-fraction", type=float, default=EVAL_FRACTION,
+                   help=f"share of questions on the eval side (default: {EVAL_FRACTION})")
+    g.add_argument("--single-hop", action="store_true", help="rank pairs of one retrieval instead of the beam search")
+    g.add_argument("--max-length", type=int, default=256, help="passage tokens when indexing (default: 256)")
+    g.add_argument("--bm25-weights", type=_weight_pair, default=None, metavar="W1,W2",
+                   help="beam search with BM25 fused into hop 1 and hop 2 (e.g. 0.2,0.3; default: dense only)")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _mine_parser(sub) -> None:
+    from reprlab.cli.options import add_config_options
+    from reprlab.retrieval.mining import MiningConfig
+    from reprlab.retrieval.pipeline import RETRIEVER_NAMES
+
+    p = sub.add_parser("mine", help="mine hard negatives once with any retriever -> training JSONL")
+    p.add_argument("--data", required=True, help="BEIR folder (required)")
+    p.add_argument("--split", default="train", help="qrels split whose queries are mined (default: train)")
+    p.add_argument("--retriever", default="bm25", help=f"{' | '.join(RETRIEVER_NAMES)} | MODEL_DIR (default: bm25)")
+    p.add_argument("--out", required=True, help="training JSONL to write (required)")
+    p.add_argument("--range", default="1-100", help="ranks that may become negatives, e.g. 10-100 (default: 1-100)")
+    _encoding_options(p)
+    options = add_config_options(p, MiningConfig, hidden=("rank_range",))
+    p.set_defaults(func=cmd_mine, options=options)
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("demo", help="the main job on the embedded corpus (or --data BEIR_DIR)")
+    p.add_argument("--data", help="a BEIR folder to use instead of the embedded corpus")
+    p.add_argument("--show", type=int, default=3, help="questions whose results are printed (default: 3)")
+    p.add_argument("--ance-steps", type=int, default=12, help="steps of the ANCE fine-tune (0 = skip it) (default: 12)")
+    p.set_defaults(func=cmd_demo)
+    _index_parser(sub)
+    _search_parser(sub)
+    _evaluate_parser(sub)
+    _mine_parser(sub)

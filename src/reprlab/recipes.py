@@ -1,0 +1,25 @@
+"""Every training recipe, registered: importing this module fills :data:`reprlab.train.recipe.RECIPES`.
+
+A recipe registers itself with ``@register("GROUP NAME", Config, help=...)`` next to its run function
+(see :mod:`reprlab.train.recipe`); this list names the modules that hold recipes, so that the CLI (and
+anything else that wants them all) sees every one. Adding a method means adding its module here;
+nothing in the CLI changes.
+"""
+
+from __future__ import annotations
+
+from reprlab.distill import approx, recipe  # noqa: F401  distill kd|ckd|seed, compress approx
+from reprlab.pretrain import cmlm, mlm  # noqa: F401  pretrain mlm|cmlm
+from reprlab.qa import block_skim, reader  # noqa: F401  train reader
+from reprlab.retrieval import ance, dpr, hashing, mdr  # noqa: F401  train dpr|ance|hashing|mdr
+from reprlab.train.recipe import RECIPES, Recipe
+
+__all__ = ["RECIPES", "Recipe", "groups"]
+
+
+def groups() -> dict[str, list[Recipe]]:
+    """The registered recipes by command group (``train``, ``pretrain``, ``distill``, ``compress``), sorted."""
+    out: dict[str, list[Recipe]] = {}
+    for command in sorted(RECIPES):
+        out.setdefault(RECIPES[command].group, []).append(RECIPES[command])
+    return out
