@@ -269,6 +269,81 @@ def _epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
+def _call(callbacks: Sequence[Any], hook: str, *args) -> None:
+    for cb in callbacks:
+        if hasattr(cb, hook):
+            getattr(cb, hook)(*args)
+
+
+def _plan(config: TrainConfig, n: int, world: int) -> tuple[int, int, int]:
+    """(examples per rank and micro-step, total optimizer steps, warm-up steps), or a ConfigError."""
+    local_batch, rem = divmod(config.batch_size // config.grad_accum, world)
+    if rem or local_batch < 1:
+        raise ConfigError(f"batch_size {config.batch_size} / grad_accum {config.grad_accum} must split evenly over "
+                          f"{world} processes", field="batch_size")
+    steps_per_epoch = n // config.batch_size
+    if steps_per_epoch < 1:
+        raise ConfigError(f"the dataset has {n} examples, fewer than one batch of {config.batch_size}",
+                          field="batch_size")
+    total = config.max_steps or max(1, int(config.epochs * steps_per_epoch))
+    warmup = config.warmup_steps if config.warmup_steps is not None else int(config.warmup_ratio * total)
+    return local_batch, total, warmup
+
+
+def _start(config: TrainConfig, state: TrainState, model, optimizer, scheduler, callbacks) -> Path:
+    """Resume from the newest checkpoint (or refuse to overwrite a run); prepare the metrics file."""
+    output_dir = state.output_dir
+    existing = list_checkpoints(output_dir)
+    if existing and not config.resume:
+        raise ConfigError(f"{output_dir} already has checkpoints; pass resume=True (--resume) to continue that run "
+                          "or choose a new output folder")
+    if config.resume and existing:
+        load_checkpoint(existing[-1][1], model, optimizer, scheduler, callbacks, state)
+        logger.info(f"resumed from {existing[-1][1]} at step {state.step}")
+    metrics_path = output_dir / config.metrics_file
+    if state.rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if state.step:
+            _trim_metrics(metrics_path, state.step)
+        else:
+            metrics_path.unlink(missing_ok=True)
+        atomic_write_json(output_dir / "train_config.json", dataclasses.asdict(config))
+    barrier()
+    return metrics_path
+
+
+def _accumulate(ddp, dataset, collate, loss_fn, order, state: TrainState, config: TrainConfig, local_batch: int,
+                device) -> tuple[float, dict[str, float]]:
+    """Forward and backward over the ``grad_accum`` micro-batches of one step; (mean loss, mean extra metrics)."""
+    micro = config.batch_size // config.grad_accum
+    world, rank = state.world_size, state.rank
+    step_metrics: dict[str, float] = {}
+    loss_sum = 0.0
+    for k in range(config.grad_accum):
+        start = state.position + k * micro + rank * local_batch
+        idx = order[start : start + local_batch].tolist()
+        rng = np.random.default_rng([config.seed, state.step, k, rank])
+        batch = _to_device(collate([dataset[i] for i in idx], rng), device)
+        sync = k == config.grad_accum - 1 or world == 1
+        ctx = ddp.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+        with ctx:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                result = loss_fn(ddp, batch)
+            loss, extra = result if isinstance(result, tuple) else (result, {})
+            (loss / config.grad_accum).backward()
+        loss_sum += loss.detach().float().item() / config.grad_accum
+        for key, value in extra.items():
+            step_metrics[key] = step_metrics.get(key, 0.0) + float(value) / config.grad_accum
+    return loss_sum, step_metrics
+
+
+def _log(metrics_path: Path, state: TrainState, step_metrics: dict[str, float]) -> None:
+    record = {"step": state.step, "epoch": state.epoch, "elapsed": round(time.time() - state.started, 3)}
+    record.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in step_metrics.items()})
+    with open(metrics_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def train(
     model: nn.Module,
     dataset: Sequence,
@@ -284,20 +359,11 @@ def train(
     ``stop_after`` ends the run after that many optimizer steps of this call, as if killed (a
     checkpoint is written only if ``checkpoint_every`` says so): used to test resumption.
     """
+    if not config.output_dir:
+        raise ConfigError("the training loop needs an output folder", field="output_dir")
     rank, world, device = init_distributed(config.device)
-    output_dir = Path(config.output_dir)
-    local_batch, rem = divmod(config.batch_size // config.grad_accum, world)
-    if rem or local_batch < 1:
-        raise ConfigError(
-            f"batch_size {config.batch_size} / grad_accum {config.grad_accum} must split evenly over {world} processes"
-        )
     n = len(dataset)
-    steps_per_epoch = n // config.batch_size
-    if steps_per_epoch < 1:
-        raise ConfigError(f"the dataset has {n} examples, fewer than one batch of {config.batch_size}")
-    total = config.max_steps or max(1, int(config.epochs * steps_per_epoch))
-    warmup = config.warmup_steps if config.warmup_steps is not None else int(config.warmup_ratio * total)
-
+    local_batch, total, warmup = _plan(config, n, world)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed)
@@ -305,24 +371,8 @@ def train(
     optimizer = optimizer or default_optimizer(model, config)
     schedule = SCHEDULES[config.schedule]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, warmup, total))
-    state = TrainState(total_steps=total, rank=rank, world_size=world, output_dir=output_dir)
-
-    existing = list_checkpoints(output_dir)
-    if existing and not config.resume:
-        raise ConfigError(f"{output_dir} already has checkpoints; pass resume=True (--resume) to continue that run "
-                          "or choose a new output folder")
-    if config.resume and existing:
-        load_checkpoint(existing[-1][1], model, optimizer, scheduler, callbacks, state)
-        logger.info(f"resumed from {existing[-1][1]} at step {state.step}")
-    metrics_path = output_dir / config.metrics_file
-    if rank == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if state.step:
-            _trim_metrics(metrics_path, state.step)
-        else:
-            metrics_path.unlink(missing_ok=True)
-        atomic_write_json(output_dir / "train_config.json", dataclasses.asdict(config))
-    barrier()
+    state = TrainState(total_steps=total, rank=rank, world_size=world, output_dir=Path(config.output_dir))
+    metrics_path = _start(config, state, model, optimizer, scheduler, callbacks)
 
     ddp = model
     if world > 1:
@@ -330,12 +380,7 @@ def train(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=config.find_unused_parameters,
         )
-    for cb in callbacks:
-        if hasattr(cb, "on_train_start"):
-            cb.on_train_start(state, model)
-
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)  # noqa: E731
-    micro = config.batch_size // config.grad_accum
+    _call(callbacks, "on_train_start", state, model)
     model.train()
     done_here = 0
     bar = progress(total=total, initial=state.step, desc="train", unit="step")
@@ -344,24 +389,8 @@ def train(
         if state.position + config.batch_size > n:  # next epoch; the incomplete tail is dropped
             state.epoch, state.position = state.epoch + 1, 0
             order = _epoch_order(n, config.seed, state.epoch, config.shuffle)
-        step_metrics: dict[str, float] = {}
-        loss_sum = 0.0
-        for k in range(config.grad_accum):
-            start = state.position + k * micro + rank * local_batch
-            idx = order[start : start + local_batch].tolist()
-            rng = np.random.default_rng([config.seed, state.step, k, rank])
-            batch = collate([dataset[i] for i in idx], rng)
-            batch = _to_device(batch, device)
-            sync = k == config.grad_accum - 1 or world == 1
-            ctx = ddp.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
-            with ctx:
-                with autocast():
-                    result = loss_fn(ddp, batch)
-                loss, extra = result if isinstance(result, tuple) else (result, {})
-                (loss / config.grad_accum).backward()
-            loss_sum += loss.detach().float().item() / config.grad_accum
-            for key, value in extra.items():
-                step_metrics[key] = step_metrics.get(key, 0.0) + float(value) / config.grad_accum
+        loss_sum, step_metrics = _accumulate(ddp, dataset, collate, loss_fn, order, state, config, local_batch,
+                                             device)
         if config.max_grad_norm:
             step_metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm))
         optimizer.step()
@@ -372,16 +401,11 @@ def train(
         state.last_loss = loss_sum
         done_here += 1
         step_metrics.update(loss=loss_sum, lr=scheduler.get_last_lr()[0])
-        for cb in callbacks:
-            if hasattr(cb, "on_step_end"):
-                cb.on_step_end(state, model, step_metrics)
+        _call(callbacks, "on_step_end", state, model, step_metrics)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum:.4f}")
         if rank == 0 and (state.step % config.log_every == 0 or state.step == total):
-            record = {"step": state.step, "epoch": state.epoch, "elapsed": round(time.time() - state.started, 3)}
-            record.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in step_metrics.items()})
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            _log(metrics_path, state, step_metrics)
         if config.checkpoint_every and state.step % config.checkpoint_every == 0 and state.step < total:
             if rank == 0:
                 save_checkpoint(state, model, optimizer, scheduler, callbacks, config)
@@ -393,9 +417,7 @@ def train(
     if rank == 0:
         save_checkpoint(state, model, optimizer, scheduler, callbacks, config)
     barrier()
-    for cb in callbacks:
-        if hasattr(cb, "on_train_end"):
-            cb.on_train_end(state, model)
+    _call(callbacks, "on_train_end", state, model)
     return state
 
 
