@@ -2,6 +2,10 @@
 
 Everything reprlab writes (indexes, checkpoints, runs, training files) goes through these helpers:
 the content is written to a temporary sibling and renamed into place, which is atomic on POSIX.
+Temporary names carry the writer's process id (``.NAME.PID.XXXX.tmp``), so that
+:func:`remove_stale` can delete what a killed process left behind without touching the files of a
+live one. Files are created 0644 and folders 0755, as the umask allows (not the 0600/0700 of
+``tempfile``), so a run's outputs are readable by the other users of a machine.
 """
 
 from __future__ import annotations
@@ -9,10 +13,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
+
+_STALE = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]+\.tmp$|^\..+\.old-(\d+)$")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
 
 
 @contextlib.contextmanager
@@ -20,8 +37,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     """Open ``path`` for writing through a temporary file renamed into place on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         kwargs = {} if "b" in mode else {"encoding": encoding}
         with open(tmp, mode, **kwargs) as f:
@@ -50,7 +68,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
     except BaseException:
@@ -63,3 +82,36 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files and folders that killed writers left in ``folder``; returns them.
+
+    Only entries named by :func:`atomic_open` / :func:`atomic_dir` whose process no longer runs are
+    removed, so a concurrent writer's work in progress survives.
+    """
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        m = _STALE.match(entry.name)
+        if m and not _alive(int(m.group(1) or m.group(2))):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed

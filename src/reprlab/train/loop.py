@@ -30,8 +30,6 @@ import logging
 import math
 import os
 import random
-import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,16 +38,22 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_model, save_model
 from torch import nn
 
 from reprlab.errors import ConfigError
-from reprlab.io import atomic_dir, atomic_open, atomic_write_json
+from reprlab.io import atomic_write_json, remove_stale
 from reprlab.logs import progress
+from reprlab.train.checkpoint import (
+    config_changes,
+    list_checkpoints,
+    load_checkpoint,
+    read_state,
+    save_checkpoint,
+    trim_metrics,
+)
 
 logger = logging.getLogger("reprlab")
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 def _linear(step, warmup, total):
@@ -89,11 +93,15 @@ class TrainConfig:
     schedule: str = field(default="linear", metadata={"choices": tuple(SCHEDULES), "help": "learning-rate decay"})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast"})
-    checkpoint_every: int = field(default=0, metadata={"help": "steps between checkpoints; 0 = only at the end"})
+    checkpoint_every: int = field(default=0, metadata={"help": "steps between checkpoints (0: by time only)"})
+    checkpoint_minutes: float = field(default=30.0, metadata={
+        "help": "minutes between checkpoints (0: by steps only); a run always checkpoints at its end"})
     keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept"})
     log_every: int = field(default=10, metadata={"help": "steps between metric records (metrics.jsonl)"})
     seed: int = field(default=0, metadata={"help": "seed of the data order, the sampling and fresh weights"})
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in the output folder"})
+    allow_config_change: tuple[str, ...] = field(default=(), metadata={
+        "help": "settings a resumed run may change (e.g. lr max_steps); any other change is refused"})
     shuffle: bool = field(default=True, metadata={"help": "shuffle the data each epoch"})
     device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda"), "help": "where to train"})
     find_unused_parameters: bool = field(default=False, metadata={"cli": False})
@@ -121,7 +129,10 @@ class TrainConfig:
         need(finite(self.warmup_ratio) and 0 <= self.warmup_ratio <= 1, "warmup_ratio", "must be in [0, 1]")
         need(self.max_grad_norm is None or (finite(self.max_grad_norm) and self.max_grad_norm >= 0),
              "max_grad_norm", "must be >= 0 (0: no clipping)")
-        need(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0: only at the end)")
+        need(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0: by time only)")
+        need(finite(self.checkpoint_minutes) and self.checkpoint_minutes >= 0, "checkpoint_minutes",
+             "must be >= 0 (0: by steps only)")
+        self.allow_config_change = tuple(self.allow_config_change)
         need(self.keep_checkpoints >= 0, "keep_checkpoints", "must be >= 0 (0: keep all)")
         need(self.log_every >= 1, "log_every", "must be at least 1")
 
@@ -164,88 +175,6 @@ def init_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
-    folder = Path(output_dir) / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = []
-    for p in folder.iterdir():
-        m = CHECKPOINT_RE.match(p.name)
-        if m and (p / "trainer_state.pt").is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()[1].tolist()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    np_state = np.random.get_state()
-    np.random.set_state((np_state[0], np.array(state["numpy"], dtype=np.uint32), *np_state[2:]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(state: TrainState, model: nn.Module, optimizer, scheduler, callbacks, config: TrainConfig) -> Path:
-    folder = state.output_dir / "checkpoints" / f"checkpoint-{state.step:08d}"
-    with atomic_dir(folder) as tmp:
-        save_model(model, str(tmp / "model.safetensors"))
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(),
-                "step": state.step,
-                "epoch": state.epoch,
-                "position": state.position,
-                "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in callbacks],
-            },
-            tmp / "trainer_state.pt",
-        )
-        atomic_write_json(tmp / "trainer_state.json", {
-            "step": state.step, "epoch": state.epoch, "position": state.position,
-            "total_steps": state.total_steps, "config": dataclasses.asdict(config),
-        })
-    for cb in callbacks:
-        if hasattr(cb, "on_checkpoint"):
-            cb.on_checkpoint(state, folder)
-    old = list_checkpoints(state.output_dir)[: -config.keep_checkpoints] if config.keep_checkpoints > 0 else []
-    for _, path in old:
-        shutil.rmtree(path, ignore_errors=True)
-    return folder
-
-
-def load_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler, callbacks, state: TrainState) -> None:
-    load_model(model, str(folder / "model.safetensors"), device=str(next(model.parameters()).device))
-    saved = torch.load(folder / "trainer_state.pt", weights_only=True, map_location="cpu")
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    _set_rng_state(saved["rng"])
-    state.step, state.epoch, state.position = saved["step"], saved["epoch"], saved["position"]
-    for cb, cb_state in zip(callbacks, saved["callbacks"]):
-        if cb_state is not None and hasattr(cb, "load_state_dict"):
-            cb.load_state_dict(cb_state)
-
-
-def _trim_metrics(path: Path, step: int) -> None:
-    """On resume, drop metric lines logged after the checkpoint (they will be logged again)."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-    with atomic_open(path) as f:
-        f.write("".join(line + "\n" for line in kept))
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -291,20 +220,31 @@ def _plan(config: TrainConfig, n: int, world: int) -> tuple[int, int, int]:
 
 
 def _start(config: TrainConfig, state: TrainState, model, optimizer, scheduler, callbacks) -> Path:
-    """Resume from the newest checkpoint (or refuse to overwrite a run); prepare the metrics file."""
+    """Resume from the newest checkpoint (or refuse to overwrite a run, or to resume a changed one); prepare the
+    metrics file; remove what killed writers left behind."""
     output_dir = state.output_dir
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"{output_dir} is a file, not a folder", field="output_dir")
     existing = list_checkpoints(output_dir)
     if existing and not config.resume:
         raise ConfigError(f"{output_dir} already has checkpoints; pass resume=True (--resume) to continue that run "
                           "or choose a new output folder")
     if config.resume and existing:
-        load_checkpoint(existing[-1][1], model, optimizer, scheduler, callbacks, state)
-        logger.info(f"resumed from {existing[-1][1]} at step {state.step}")
+        folder = existing[-1][1]
+        changed = config_changes(read_state(folder)["config"], dataclasses.asdict(config), config.allow_config_change)
+        if changed:
+            raise ConfigError(f"the run in {output_dir} was started with other settings ({', '.join(changed)}); "
+                              "resume with the same ones, name the change with allow_config_change "
+                              "(--allow-config-change), or choose a new output folder")
+        load_checkpoint(folder, model, optimizer, scheduler, callbacks, state)
+        logger.info(f"resumed from {folder} at step {state.step}")
     metrics_path = output_dir / config.metrics_file
     if state.rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (output_dir, output_dir / "checkpoints"):
+            remove_stale(folder)
         if state.step:
-            _trim_metrics(metrics_path, state.step)
+            trim_metrics(metrics_path, state.step)
         else:
             metrics_path.unlink(missing_ok=True)
         atomic_write_json(output_dir / "train_config.json", dataclasses.asdict(config))
@@ -342,6 +282,19 @@ def _log(metrics_path: Path, state: TrainState, step_metrics: dict[str, float]) 
     record.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in step_metrics.items()})
     with open(metrics_path, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def _checkpoint_due(config: TrainConfig, state: TrainState, last: float) -> bool:
+    """Every ``checkpoint_every`` steps, and when ``checkpoint_minutes`` have passed (rank 0's clock decides
+    for every rank, so that all of them save at the same step)."""
+    if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+        return True
+    if not config.checkpoint_minutes:
+        return False
+    due = torch.tensor([float(time.time() - last >= 60 * config.checkpoint_minutes)])
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast(due, src=0)
+    return bool(due.item())
 
 
 def train(
@@ -382,7 +335,7 @@ def train(
         )
     _call(callbacks, "on_train_start", state, model)
     model.train()
-    done_here = 0
+    done_here, last_checkpoint = 0, time.time()
     bar = progress(total=total, initial=state.step, desc="train", unit="step")
     order = _epoch_order(n, config.seed, state.epoch, config.shuffle)
     while state.step < total:
@@ -406,10 +359,11 @@ def train(
         bar.set_postfix(loss=f"{loss_sum:.4f}")
         if rank == 0 and (state.step % config.log_every == 0 or state.step == total):
             _log(metrics_path, state, step_metrics)
-        if config.checkpoint_every and state.step % config.checkpoint_every == 0 and state.step < total:
+        if state.step < total and _checkpoint_due(config, state, last_checkpoint):
             if rank == 0:
                 save_checkpoint(state, model, optimizer, scheduler, callbacks, config)
             barrier()
+            last_checkpoint = time.time()
         if stop_after is not None and done_here >= stop_after and state.step < total:
             bar.close()
             return state
