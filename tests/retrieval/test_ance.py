@@ -1,26 +1,110 @@
-"""ANCE: the refresher publishes versions, the trainer switches to the newest, resume restores the index."""
+"""ANCE: negatives from the current index version's top-k, versions published and switched to, a deterministic
+refresh mode that resumes bit-for-bit, no process left behind when the trainer is killed."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from reprlab.demo import demo_data_path
 from reprlab.errors import ConfigError
-from reprlab.retrieval.ance import AnceConfig, run_ance
+from reprlab.retrieval.ance import AnceCollate, AnceConfig, AnceNegatives, run_ance
+from reprlab.retrieval.pairs import DocKeys, PairCollate
+from reprlab.text import Tokenizer
+from reprlab.text.beir import load_beir
 from reprlab.train import TrainConfig
 
 
-def _config(out, model, steps, **loop):
+def _config(out, model, steps, mode="async", **loop):
     return AnceConfig(output_dir=str(out), data=str(demo_data_path()), split="test", model=str(model),
                       refresh_every=2, top_k=10, num_negatives=1, query_max_length=32, passage_max_length=64,
-                      dev_queries=["q17", "q18"],
+                      dev_queries=["q17", "q18"], refresh_mode=mode,
                       train=TrainConfig(output_dir="", max_steps=steps, batch_size=4, lr=1e-3, warmup_steps=1,
-                                        log_every=1, **loop))
+                                        log_every=1, device="cpu", **loop))
 
 
 def _log(path):
     return [json.loads(line) for line in open(path)]
+
+
+# ----------------------------------------------------------------------------- the negatives themselves
+
+
+def _collate(ranked, skip_top=1, top_k=4, relevant=None):
+    corpus = {f"d{i}": {"title": "", "text": f"document number {i}"} for i in range(10)}
+    negatives = AnceNegatives()
+    negatives.version, negatives.ranked = 0, ranked
+    base = PairCollate(Tokenizer.from_pretrained("minilm"), 1, 16, 16)
+    relevant = relevant or {"q": {"d0"}}
+    return AnceCollate(base, negatives, DocKeys(), corpus, relevant, top_k, skip_top), negatives
+
+
+def test_negatives_are_the_current_versions_top_k_without_positives_and_skipped_ranks():
+    ranked = {"q": ["d5", "d0", "d3", "d7", "d9", "d1"]}  # d0 is the positive; skip_top=1 drops d5
+    collate, negatives = _collate(ranked, skip_top=1, top_k=4)
+    keys = collate.keys
+    drawn = set()
+    for step in range(100):
+        batch = collate([("q", "a query", "d0")], np.random.default_rng(step))
+        drawn.add(int(batch["candidate_ids"][1]))
+    expected = {keys(d) for d in ("d3", "d7")}  # ranks 2..4 of the ranking, minus the positive d0
+    assert drawn == expected
+    negatives.ranked = {"q": ["d2", "d8", "d4", "d0", "d6"]}  # a new version: the pool follows it
+    negatives.version = 1
+    drawn = {int(collate([("q", "a query", "d0")], np.random.default_rng(s))["candidate_ids"][1]) for s in range(100)}
+    assert drawn == {keys(d) for d in ("d8", "d4")}
+
+
+def test_a_query_missing_from_the_version_is_an_error():
+    collate, _ = _collate({"other": ["d1"]})
+    with pytest.raises(Exception, match="missing from ANCE index v0"):
+        collate([("q", "a query", "d0")], np.random.default_rng(0))
+
+
+def test_first_negatives_come_from_the_warm_start_models_ranking(tmp_path, tiny_model_dir, monkeypatch):
+    """Steps before the first refresh draw from the top-k of the starting model itself (computed here
+    independently), not from any other documents."""
+    from reprlab.encoder import SentenceEncoder
+    from reprlab.retrieval import ance
+    from reprlab.retrieval.dense import DenseRetriever
+
+    drawn = []
+    original = ance.recipe.AnceCollate.__call__
+
+    def spy(self, items, rng):
+        batch = original(self, items, rng)
+        reverse = {v: k for k, v in self.keys.keys.items()}
+        B = len(items)
+        drawn.append((self.negatives.version, [(qid, reverse[int(k)]) for (qid, _, _), k in
+                                               zip(items, batch["candidate_ids"][B:])]))
+        return batch
+
+    monkeypatch.setattr(ance.recipe.AnceCollate, "__call__", spy)
+    run_ance(_config(tmp_path, tiny_model_dir, steps=2, mode="sync"))
+    data = load_beir(demo_data_path(), split="test")
+    model = SentenceEncoder.from_pretrained(tiny_model_dir, max_length=64)  # as the refresher encodes
+    retriever = DenseRetriever(model, batch_size=64)
+    retriever.index_corpus(data.corpus, show_progress=False)
+    model.max_length = 32
+    qids = [q for q in data.judged_queries() if q not in ("q17", "q18")]
+    _, ids = retriever.search([data.queries[q] for q in qids], k=10)
+    top = {q: set(row) - {d for d, r in data.qrels[q].items() if r > 0} for q, row in zip(qids, ids.tolist())}
+    assert drawn and all(version == 0 for version, _ in drawn)
+    for _, pairs in drawn:
+        for qid, doc in pairs:
+            assert doc in top[qid], (qid, doc)
+
+
+# ----------------------------------------------------------------------------- versions and resumption
 
 
 def test_refresher_publishes_versions_and_trainer_uses_the_newest(tmp_path, tiny_model_dir):
@@ -40,26 +124,73 @@ def test_refresher_publishes_versions_and_trainer_uses_the_newest(tmp_path, tiny
     assert (tmp_path / "model" / "model.safetensors").is_file()
 
 
-def test_resume_restores_step_optimizer_and_index_version(tmp_path, tiny_model_dir):
-    run_ance(_config(tmp_path, tiny_model_dir, steps=12, checkpoint_every=6), stop_after=8)
-    ckpt = tmp_path / "checkpoints" / "checkpoint-00000006"
-    saved = torch.load(ckpt / "trainer_state.pt", weights_only=True)
-    version_at_checkpoint = saved["callbacks"][0]["version"]
-    assert saved["step"] == 6 and version_at_checkpoint >= 0
-    restored = {}
+def test_sync_mode_switches_at_each_refresh_and_a_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_model_dir):
+    full = run_ance(_config(tmp_path / "full", tiny_model_dir, steps=6, mode="sync", checkpoint_every=2))
+    used = [m["ance_version"] for m in full.metrics]
+    assert used == [0, 1, 1, 2, 2, 2], "version v is built at step 2v and used from step 2v + 1"
+    run_ance(_config(tmp_path / "cut", tiny_model_dir, steps=6, mode="sync", checkpoint_every=2), stop_after=3)
+    resumed = run_ance(_config(tmp_path / "cut", tiny_model_dir, steps=6, mode="sync", checkpoint_every=2,
+                               resume=True))
+    assert [m["ance_version"] for m in resumed.metrics] == used
+    assert [m["loss"] for m in resumed.metrics] == [m["loss"] for m in full.metrics]
+    a, b = load_file(full.model_dir / "model.safetensors"), load_file(resumed.model_dir / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-    class Probe:  # records what the resumed run starts from
-        def on_train_start(self, state, model):
-            restored["step"] = state.step
 
-        def on_step_end(self, state, model, metrics):
-            restored.setdefault("first_version", metrics["ance_version"])
+def test_resume_refuses_a_changed_setting(tmp_path, tiny_model_dir):
+    run_ance(_config(tmp_path, tiny_model_dir, steps=4, mode="sync", checkpoint_every=2), stop_after=2)
+    with pytest.raises(ConfigError, match="top_k"):
+        run_ance(AnceConfig(**{**_config(tmp_path, tiny_model_dir, steps=4, mode="sync", checkpoint_every=2,
+                                         resume=True).__dict__, "top_k": 12}))
 
-    result = run_ance(_config(tmp_path, tiny_model_dir, steps=12, checkpoint_every=6, resume=True),
-                      callbacks=[Probe()])
-    assert restored["step"] == 6
-    assert restored["first_version"] >= version_at_checkpoint
-    assert result.steps == 12
+
+# ----------------------------------------------------------------------------- no process left behind
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killing_the_trainer_leaves_no_process_behind(tmp_path, tiny_model_dir):
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_ance import _config
+        from reprlab.retrieval.ance import run_ance
+        run_ance(_config({str(tmp_path)!r}, {str(tiny_model_dir)!r}, steps=100000))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (tmp_path / "metrics.jsonl").is_file():
+            time.sleep(0.5)
+        assert (tmp_path / "metrics.jsonl").is_file(), "the run did not start"
+        children = _children(proc.pid)
+        assert children, "the refresher (and the resource tracker) run as children of the trainer"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(c) for c in children):
+        time.sleep(0.5)
+    assert not [c for c in children if _alive(c)], "processes outlived their killed trainer"
 
 
 def test_bad_settings():
@@ -67,3 +198,5 @@ def test_bad_settings():
         AnceConfig(output_dir="x", data="y", loss="hinge")
     with pytest.raises(ConfigError, match="skip_top"):
         AnceConfig(output_dir="x", data="y", top_k=5, skip_top=5)
+    with pytest.raises(ConfigError, match="refresh_mode"):
+        AnceConfig(output_dir="x", data="y", refresh_mode="eventually")
