@@ -45,7 +45,7 @@ def tiny_configs(tmp: Path, model: Path) -> dict:
         "train hashing": dict(data=demo, split="test", model=str(model), num_negatives=1, mine_depth=5,
                               query_max_length=16, passage_max_length=32),
         "train ance": dict(data=demo, split="test", model=str(model), refresh_every=2, top_k=10,
-                           query_max_length=16, passage_max_length=32, dev_fraction=0.0),
+                           query_max_length=16, passage_max_length=32, dev_fraction=0.0, refresh_mode="sync"),
         "pretrain mlm": dict(corpus=[demo], model=str(model), max_length=32),
         "pretrain cmlm": dict(corpus=[_sentences(tmp)], model=str(model), num_vectors=2, max_length=16),
         "distill kd": dict(corpus=[demo], teacher=str(model), student="layers:0", max_length=24),
@@ -134,9 +134,6 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(command, tmp_path, 
         wa, wb = _weights(a), _weights(b)
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
         return
-    if command == "train ance":
-        pytest.skip("ANCE switches index versions by timing: its exact resume needs the deterministic refresh "
-                    "mode (tests/retrieval/test_ance.py)")
     loop = dict(max_steps=4, checkpoint_every=2)
     full = recipe.run(build(recipe, tmp_path, tiny_model_dir, str(tmp_path / "full"), **loop))
     cut = recipe.run(build(recipe, tmp_path, tiny_model_dir, str(tmp_path / "cut"), **loop), stop_after=3)
