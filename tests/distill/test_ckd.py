@@ -110,3 +110,93 @@ def test_teacher_states_get_no_gradient():
     loss, _ = ckd_loss(s, t, mask_for(), CKDConfig(window=5))
     loss.backward()
     assert all(x.grad is None for x in t)
+
+
+# ----------------------------------------------------------------------------- against plain definitions
+
+
+def plain_pair_kl(s, t, mask, temperature=1.0):
+    """WR pairwise by loops: per real token i, KL(softmax_j t_cos(i, j) || softmax_j s_cos(i, j)) over the other
+    real tokens j; the mean over tokens with at least two others."""
+    rows = []
+    for b in range(s.size(0)):
+        real = [i for i in range(s.size(1)) if mask[b, i]]
+        for i in real:
+            others = [j for j in real if j != i]
+            if len(others) < 2:
+                continue
+            sc = torch.stack([F.cosine_similarity(s[b, i], s[b, j], dim=0) for j in others]) / temperature
+            tc = torch.stack([F.cosine_similarity(t[b, i], t[b, j], dim=0) for j in others]) / temperature
+            p = F.softmax(tc, 0)
+            rows.append((p * (F.log_softmax(tc, 0) - F.log_softmax(sc, 0))).sum())
+    return torch.stack(rows).mean()
+
+
+def plain_window_triplets(s, t, mask, window):
+    """WR triplet by loops: squared error of the angle at i between neighbours j != k in i's window."""
+    r, errors = window // 2, []
+    for b in range(s.size(0)):
+        T = s.size(1)
+        for i in range(T):
+            if not mask[b, i]:
+                continue
+            near = [j for j in range(i - r, i + r + 1) if 0 <= j < T and j != i and mask[b, j]]
+            for j, k in itertools.permutations(near, 2):
+                errors.append((reference_angle(s[b], i, j, k) - reference_angle(t[b], i, j, k)) ** 2)
+    return torch.stack(errors).mean()
+
+
+def plain_layer_relations(s_layers, t_layers, mask):
+    """LTR pair and triplet by loops over each real token's states at the L layers."""
+    kl_rows, errors = [], []
+    B, T, L, _ = s_layers.shape
+    for b, i in itertools.product(range(B), range(T)):
+        if not mask[b, i]:
+            continue
+        s, t = s_layers[b, i], t_layers[b, i]  # (L, D)
+        for a in range(L):
+            others = [c for c in range(L) if c != a]
+            sc = torch.stack([F.cosine_similarity(s[a], s[c], dim=0) for c in others])
+            tc = torch.stack([F.cosine_similarity(t[a], t[c], dim=0) for c in others])
+            kl_rows.append((F.softmax(tc, 0) * (F.log_softmax(tc, 0) - F.log_softmax(sc, 0))).sum())
+        for a, j, k in itertools.permutations(range(L), 3):
+            errors.append((reference_angle(s, a, j, k) - reference_angle(t, a, j, k)) ** 2)
+    return torch.stack(kl_rows).mean(), torch.stack(errors).mean()
+
+
+def small_pair(seed=3, B=2, T=5, D=4, L=3):
+    g = torch.Generator().manual_seed(seed)
+    t = [torch.randn(B, T, D, generator=g, dtype=torch.float64) for _ in range(L)]
+    s = [torch.randn(B, T, D + 2, generator=g, dtype=torch.float64) for _ in range(L)]
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, 3:] = 0
+    return s, t, mask
+
+
+def test_each_relation_term_equals_its_plain_definition_on_a_hand_sized_batch():
+    s, t, mask = small_pair()
+    torch.testing.assert_close(word_pair_loss(s[0], t[0], mask).double(), plain_pair_kl(s[0], t[0], mask),
+                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(word_pair_loss(s[0], t[0], mask, temperature=0.5).double(),
+                               plain_pair_kl(s[0], t[0], mask, temperature=0.5), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(word_triplet_loss(s[0], t[0], mask, window=3).double(),
+                               plain_window_triplets(s[0], t[0], mask, 3), atol=1e-5, rtol=1e-4)
+    sl, tl = torch.stack(s, 2), torch.stack(t, 2)
+    pair, triplet = plain_layer_relations(sl, tl, mask)
+    torch.testing.assert_close(layer_pair_loss(sl, tl, mask).double(), pair, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(layer_triplet_loss(sl, tl, mask).double(), triplet, atol=1e-5, rtol=1e-4)
+
+
+def test_the_total_is_the_weighted_sum_of_its_terms():
+    s, t, mask = small_pair()
+    weights = dict(wr_pair=3.0, wr_triplet=0.5, ltr_pair=7.0, ltr_triplet=0.25)
+    total, terms = ckd_loss(s, t, mask, CKDConfig(window=3, **weights))
+    assert set(terms) == set(weights)
+    torch.testing.assert_close(total.double(), sum(weights[k] * terms[k].double() for k in weights))
+    # each term is the mean over the paired states (the default map pairs all three here)
+    wr = sum(plain_pair_kl(a, b, mask) for a, b in zip(s, t)) / 3
+    torch.testing.assert_close(terms["wr_pair"].double(), wr, atol=1e-5, rtol=1e-4)
+    # a zero weight drops its term from the total and from the metrics
+    total0, terms0 = ckd_loss(s, t, mask, CKDConfig(window=3, **{**weights, "ltr_pair": 0.0}))
+    assert "ltr_pair" not in terms0
+    torch.testing.assert_close(total0.double(), total.double() - 7.0 * terms["ltr_pair"].double())

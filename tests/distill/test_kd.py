@@ -42,8 +42,16 @@ def test_kd_loss_projects_a_narrower_student_and_trains_it():
     kd = KDLoss(KDConfig(embedding="mse"), student_dim=6, teacher_dim=12)
     assert kd.projection is not None
     loss, metrics = kd(student, teacher)
-    loss.backward()
-    assert student.grad is not None and set(metrics) == {"kd_embedding", "kd_score"}
+    assert set(metrics) == {"kd_embedding", "kd_score"}
+    first = float(loss)
+    opt = torch.optim.Adam([student, *kd.parameters()], lr=0.05)
+    for _ in range(200):  # the student (and the projection) learn to reproduce the teacher
+        opt.zero_grad()
+        loss, metrics = kd(student, teacher)
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.1 * first, (first, float(loss))
+    assert float(metrics["kd_score"]) < 0.1
 
 
 def test_bad_config():
@@ -53,3 +61,14 @@ def test_bad_config():
         KDConfig(scale=0)
     with pytest.raises(ConfigError, match="shape"):
         score_distillation(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def test_the_kd_total_is_the_weighted_sum_of_its_terms():
+    torch.manual_seed(1)
+    teacher = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    student = torch.randn(6, 8)
+    loss, terms = KDLoss(KDConfig(embedding="cosine", embedding_weight=3.0, score_weight=0.25), 8, 8)(student, teacher)
+    torch.testing.assert_close(loss, 3.0 * terms["kd_embedding"] + 0.25 * terms["kd_score"])
+    only, terms = KDLoss(KDConfig(embedding_weight=0.0, score_weight=2.0), 8, 8)(student, teacher)
+    assert set(terms) == {"kd_score"}
+    torch.testing.assert_close(only, 2.0 * terms["kd_score"])

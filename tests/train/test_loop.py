@@ -113,23 +113,50 @@ def _free_port():
         return s.getsockname()[1]
 
 
+class Recorder:
+    """A collate that also writes which examples (by index) it was given, one JSON line per call."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __call__(self, items, rng):
+        with open(self.path, "a") as f:
+            f.write(json.dumps([int(i) for i, _ in items]) + "\n")
+        return exact_collate([x for _, x in items], rng)
+
+
+def indexed(data):
+    return [(i, x) for i, x in enumerate(data)]
+
+
 def _ddp_worker(rank, world, port, out_dir, result_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     model = make(dropout=0.0)
     cfg = TrainConfig(output_dir=out_dir, max_steps=6, batch_size=8, grad_accum=2, lr=1e-3, device="cpu")
-    train(model, toy_dataset(32), exact_collate, loss_fn, cfg)
+    train(model, indexed(toy_dataset(32)), Recorder(os.path.join(result_dir, f"seen-{rank}.jsonl")), loss_fn, cfg)
     if rank == 0:
-        torch.save(model.state_dict(), os.path.join(result_dir, "ddp.pt"))
+        from safetensors.torch import save_file
+
+        save_file(model.state_dict(), os.path.join(result_dir, "ddp.safetensors"))
     torch.distributed.destroy_process_group()
 
 
 def test_two_process_gloo_ddp_equals_one_process(tmp_path):
+    from safetensors.torch import load_file
+
     single = make(dropout=0.0)
     cfg = TrainConfig(output_dir=str(tmp_path / "one"), max_steps=6, batch_size=8, grad_accum=2, lr=1e-3)
-    train(single, toy_dataset(32), exact_collate, loss_fn, cfg)
+    train(single, indexed(toy_dataset(32)), Recorder(tmp_path / "seen-single.jsonl"), loss_fn, cfg)
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "two"), str(tmp_path)), nprocs=2, join=True)
-    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    ddp = load_file(tmp_path / "ddp.safetensors")
     for name, a in single.state_dict().items():
         torch.testing.assert_close(ddp[name], a, atol=1e-5, rtol=1e-4, msg=name)
+    # the ranks shard each micro-batch: disjoint halves whose union is the single process's micro-batch
+    read = lambda name: [json.loads(x) for x in (tmp_path / name).read_text().splitlines()]  # noqa: E731
+    single_seen, r0, r1 = read("seen-single.jsonl"), read("seen-0.jsonl"), read("seen-1.jsonl")
+    assert len(single_seen) == len(r0) == len(r1) == 12  # 6 steps x 2 micro-batches
+    for whole, a, b in zip(single_seen, r0, r1):
+        assert len(a) == len(b) == len(whole) // 2 == 2
+        assert not set(a) & set(b) and set(a) | set(b) == set(whole)
