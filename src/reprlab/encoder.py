@@ -39,6 +39,7 @@ from reprlab.text.tokenizer import Tokenizer
 if TYPE_CHECKING:
     from reprlab.text.tokenizer import Batch
 
+PRECISIONS = ("fp32", "bf16", "auto")
 ENCODE_PENDING_ROWS = 4096  # SentenceEncoder.encode: vectors kept on the device between copies to the host
 
 ACTIVATIONS = {
@@ -418,19 +419,21 @@ class SentenceEncoder(nn.Module):
 
         Texts are tokenized once, sorted by token length and batched, so each batch is padded only
         to its own longest text. ``precision="bf16"`` runs the matrix products in bfloat16
-        (autocast; LayerNorm and softmax stay in float32).
+        (autocast; LayerNorm and softmax stay in float32); ``"auto"`` chooses bf16 where it is native
+        (a GPU that supports it, a CPU with AVX512-BF16 or AMX) and fp32 elsewhere, and logs the choice.
         """
         import numpy as np
 
         from reprlab.errors import ReprlabError
-        from reprlab.logs import progress
+        from reprlab.logs import progress, resolve_precision
 
         if isinstance(texts, str):
             texts = [texts]
         if len(texts) == 0:
             raise ReprlabError("no texts to encode: the list is empty")
-        if precision not in ("fp32", "bf16"):
-            raise ConfigError(f"unknown precision {precision!r}; choose fp32 or bf16")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}",
+                              field="precision")
         max_length = min(max_length or self.max_length, self.encoder.config.max_position_embeddings)
         tok = self.tokenizer
         tok._tok.enable_truncation(max_length)
@@ -444,6 +447,7 @@ class SentenceEncoder(nn.Module):
         was_training = self.training
         self.eval()
         device = self.device
+        precision = resolve_precision(precision, device.type)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
         # Vectors stay on the device until ENCODE_PENDING_ROWS are pending: copying each batch back to the
         # host would make the host wait for the GPU after every batch instead of queueing the next one.

@@ -42,9 +42,46 @@ def setup_cli_logging(level: int = logging.INFO) -> None:
     logger.propagate = False
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # CPU flags of native bfloat16 matrix products
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return set()
+
+
+def native_bf16_cpu() -> list[str]:
+    """The flags by which this CPU computes bfloat16 matrix products natively (AVX512-BF16, AMX); [] when it
+    would emulate them (slower than float32)."""
+    flags = cpu_flags()
+    return [f for f in BF16_CPU_FLAGS if f in flags]
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """``"auto"`` -> ``"bf16"`` where bfloat16 is native (a GPU that supports it, a CPU with AVX512-BF16 or
+    AMX), else ``"fp32"``; the choice is logged. Other values are returned as they are."""
+    if precision != "auto":
+        return precision
+    if device_type == "cuda":
+        import torch
+
+        chosen, why = ("bf16", "the GPU supports it") if torch.cuda.is_bf16_supported() else ("fp32", "no GPU bf16")
+    else:
+        native = native_bf16_cpu()
+        chosen, why = ("bf16", "native on this CPU (" + ", ".join(native) + ")") if native else \
+            ("fp32", "bf16 would be emulated on this CPU (no AVX512-BF16 or AMX)")
+    logger.info(f"precision auto -> {chosen}: {why}")
+    return chosen
+
+
 def machine_summary() -> str:
     """One line naming the hardware and software a measurement ran on, for benchmark records:
-    CPU model and core count, the GPU (or "no GPU"), and the torch version with its thread count."""
+    CPU model, core count and whether bf16 is native on it, the GPU (or "no GPU"), and the torch
+    version with its thread count."""
     import platform
 
     import torch
@@ -55,5 +92,8 @@ def machine_summary() -> str:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
+    native = native_bf16_cpu()
+    bf16 = f"bf16 native ({', '.join(native)})" if native else "bf16 emulated"
     gpu = f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    return (f"{cpu}, {os.cpu_count()} cores, {bf16}, {gpu}, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads)")

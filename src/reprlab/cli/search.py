@@ -186,7 +186,10 @@ def _weight_pair(text: str) -> tuple[float, float]:
 
 def _encoding_options(p) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="encoder precision (default: fp32)")
+    from reprlab.encoder import PRECISIONS
+
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="encoder precision; auto: bf16 where it is native, fp32 elsewhere (default: fp32)")
     p.add_argument("--factory", default="Flat", help='FAISS factory string, e.g. "HNSW32" (default: Flat, exact)')
 
 
