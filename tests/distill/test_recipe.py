@@ -37,7 +37,7 @@ def config(method, corpus, teacher, out, **kw):
 @pytest.mark.parametrize("method", ["kd", "ckd", "seed"])
 def test_each_method_trains_and_saves_a_student(method, corpus, tiny_teacher_dir, tmp_path):
     result = run_distillation(config(method, corpus, tiny_teacher_dir, tmp_path / method))
-    assert result.steps == 4 and result.texts == 48
+    assert result.steps == 4 and result.texts == 40  # the corpus; the folder has no train queries
     student = SentenceEncoder.from_pretrained(result.model_dir)
     assert student.encoder.config.num_layers == 2
     teacher = SentenceEncoder.from_pretrained(tiny_teacher_dir)
@@ -65,7 +65,11 @@ def test_the_recipe_reads_its_texts_by_line_with_the_queries_it_names(tmp_path, 
     def texts(**kw):
         return read_texts(corpus, DistillConfig(method="kd", corpus=[str(corpus)], output_dir="o", **kw).text_options())
 
-    assert len(texts()) == 48 and len(texts(queries="none")) == 40
+    assert len(texts(queries="all")) == 48 and len(texts(queries="none")) == 40
+    assert len(texts()) == 40, "by default only the queries of a train split, and this folder has none"
+    (corpus / "qrels").mkdir()
+    (corpus / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\nq3\td1\t1\n")
+    assert len(texts()) == 42
     (tmp_path / "a.txt").write_text("first line\n\nsecond line\n")
     (tmp_path / "b.jsonl").write_text('{"title": "T", "text": "body"}\n')
     lines = TextOptions(unit="line")

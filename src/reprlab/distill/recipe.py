@@ -138,8 +138,8 @@ class DistillConfig(RecipeConfig):
     max_length: int = option(128, help="word pieces per text")
     max_texts: int | None = option(None, help="read at most this many texts")
     queries: str | tuple[str, ...] | None = option(
-        "all", parse=_queries, help="BEIR folders: add the queries of these qrels splits (comma-separated), "
-                                    "'all' or 'none'")
+        ("train",), parse=_queries, help="BEIR folders: add the queries judged in these qrels splits "
+                                         "(comma-separated), 'all' or 'none'; never a split you report on")
     kd: KDConfig = option(default_factory=KDConfig, prefix="kd", help="plain KD terms")
     ckd: CKDConfig = option(default_factory=CKDConfig, prefix="ckd", help="CKD relation terms")
     seed_method: SEEDConfig = option(default_factory=SEEDConfig, prefix="seed", help="SEED queue")
