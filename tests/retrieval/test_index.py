@@ -59,15 +59,18 @@ def test_float64_and_list_ids_accepted():
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_k_larger_than_index_is_padded(metric):
+def test_k_larger_than_the_index_is_clamped_before_anything_is_allocated(metric):
     ids, x, queries = data(n=5, q=2)
     index = FaissIndex(D, metric=metric)
     index.add(ids, x)
     scores, found = index.search(queries, k=8)
-    assert scores.shape == (2, 8) and found.shape == (2, 8)
-    assert np.isfinite(scores[:, :5]).all() and (scores[:, 5:] == -np.inf).all()
-    assert all(i is not None for i in found[:, :5].ravel()) and all(i is None for i in found[:, 5:].ravel())
-    assert (np.diff(scores[:, :5], axis=1) <= 0).all()
+    assert scores.shape == (2, 5) and found.shape == (2, 5)
+    assert np.isfinite(scores).all() and all(i is not None for i in found.ravel())
+    assert (np.diff(scores, axis=1) <= 0).all()
+    scores, found = index.search(queries, k=10**12)  # would be terabytes unclamped
+    assert scores.shape == (2, 5)
+    sharded = build_index(x, ids, n_shards=2)
+    assert sharded.search(queries, k=10**12)[0].shape == (2, 5)
 
 
 def test_empty_index_returns_padding():

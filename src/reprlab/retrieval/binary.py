@@ -270,7 +270,7 @@ class BinaryIndex(Index):
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
         if codes.ndim != 2 or codes.shape[1] != self.hyperplanes.code_size:
             raise ReprlabError(f"codes must have shape (n, {self.hyperplanes.code_size}), got {codes.shape}")
-        k = check_k(k)
+        k = check_k(k, len(self))
         if params:
             with self._params(params):
                 return self.search_labels(codes, k)

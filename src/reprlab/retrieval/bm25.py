@@ -157,16 +157,16 @@ class BM25Index:
 
         Args:
             query_texts: Q strings (an empty or all-stopword query returns only padding).
-            k: results per query; may exceed the number of documents.
+            k: results per query; clamped to the number of documents.
             n_threads: bm25s query threads (0 = in this thread, -1 = all cores).
 
         Returns:
-            scores: (Q, k) float32, best first; ``-inf`` pads non-matching documents and k > N.
+            scores: (Q, min(k, N)) float32, best first; ``-inf`` pads non-matching documents.
             ids: (Q, k) object array of string ids; ``None`` pads.
         """
         if isinstance(query_texts, str):
             raise ReprlabError("query_texts must be a list of strings, not one string")
-        k = check_k(k)
+        k = check_k(k, len(self))
         q = len(query_texts)
         scores = np.full((q, k), -np.inf, dtype=np.float32)  # (Q, k)
         labels = np.full((q, k), -1, dtype=np.int64)  # (Q, k)

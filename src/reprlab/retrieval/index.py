@@ -6,8 +6,9 @@ Every index kind has the same five operations, in the shape of the FAISS python 
 * ``search(queries, k) -> (scores, ids)``: ``queries`` is (Q, d); ``scores`` is a float32 array (Q, k)
   sorted best first, **higher is better** for every metric (the L2 metric returns the *negated*
   squared distance); ``ids`` is a numpy object array (Q, k) of the string ids.
-  A row always has k entries: when fewer than k results exist (k > len(index), or an IVF search
-  that probes too few lists) the tail is padded with score ``-inf`` and id ``None``.
+  ``k`` is clamped to ``len(index)`` (so a huge k allocates nothing huge): a row has
+  ``min(k, len(index))`` entries, and when an approximate search finds fewer (an IVF search that
+  probes too few lists) the tail is padded with score ``-inf`` and id ``None``.
   Equal scores are ordered by insertion position (first added first), so results are
   deterministic and a sharded index gives exactly what one flat index gives.
 * ``save(dir)``: atomic (the folder appears complete or not at all; an existing one survives a failed
@@ -85,11 +86,13 @@ def as_ids(ids: Sequence[str], n: int, known: set[str]) -> np.ndarray:
     return table
 
 
-def check_k(k: int) -> int:
-    """``k`` as an int, or a ReprlabError unless it is a positive integer."""
-    if int(k) != k or k < 1:
+def check_k(k: int, size: int | None = None) -> int:
+    """``k`` as an int, clamped to ``size`` (the number of items searched; at least 1), or a ReprlabError
+    unless it is a positive integer. Clamping first keeps a huge k from allocating huge result arrays."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer, float)) or int(k) != k or k < 1:
         raise ReprlabError(f"k must be a positive integer, got {k!r}")
-    return int(k)
+    k = int(k)
+    return k if size is None else min(k, max(int(size), 1))
 
 
 def order_ties(scores: np.ndarray, labels: np.ndarray) -> None:
@@ -316,10 +319,10 @@ class FaissIndex(Index):
     def search_labels(self, queries: np.ndarray, k: int, **params: float) -> tuple[np.ndarray, np.ndarray]:
         """Like ``search`` but returns the internal int64 labels (insertion positions, -1 = padding)."""
         q = as_matrix(queries, self.dim, "queries")
-        k = check_k(k)
+        n = len(self)
+        k = check_k(k, n)
         if params:
             return self._search_with(q, k, params)
-        n = len(self)
         if n == 0:
             return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
         if k >= n:
@@ -507,7 +510,7 @@ class ShardedIndex(Index):
 
     def search(self, queries: np.ndarray, k: int, **params: float) -> tuple[np.ndarray, np.ndarray]:
         """Top-k over all shards; same inputs, outputs and padding as :meth:`FaissIndex.search`."""
-        k = check_k(k)
+        k = check_k(k, len(self))
         n = len(self.shards)
         all_scores, all_pos = [], []
         for s, shard in enumerate(self.shards):
