@@ -17,7 +17,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "reprlab"
 
 # the floors, bottom up: a unit may import its own floor's modules only as listed in SHARED, and any lower floor
 FLOORS = [
-    {"errors", "io", "logs", "cli_format"},  # ground
+    {"errors"},  # ground
+    {"io", "logs", "cli_format"},
     {"nn", "train"},  # building blocks, the training loop and the recipe contract
     {"hub"},  # model folders (HF layout)
     {"text"},  # tokenizer, readers, splits

@@ -203,7 +203,13 @@ def load_encoder(cls: type[Encoder], name_or_path: str | Path, dtype: torch.dtyp
         except TypeError as exc:
             raise ConfigError(f"bad EncoderConfig override: {exc}") from exc
     model = cls(config)
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that do not fit the config
+        lines = [x.strip() for x in str(exc).splitlines() if "size mismatch" in x]
+        raise ModelLoadError(f"{folder}/model.safetensors does not fit its config.json: "
+                             f"{lines[0] if lines else str(exc).splitlines()[0]}"
+                             + (f" (and {len(lines) - 1} more)" if len(lines) > 1 else "")) from exc
     changed = {k for k in overrides if k != "add_pooler"}
     if result.missing_keys and not changed:
         raise ModelLoadError(

@@ -115,3 +115,24 @@ def remove_stale(folder: str | os.PathLike) -> list[Path]:
                 entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
+
+
+def check_output(path: str | os.PathLike, kind: str = "folder") -> Path:
+    """Check, before any work, that ``path`` can be written as a ``kind`` ("folder" or "file"): it is not
+    the other kind, and its nearest existing parent is a writable folder. Raises a ReprlabError naming it."""
+    from reprlab.errors import ReprlabError
+
+    path = Path(path)
+    if path.exists():
+        if kind == "folder" and not path.is_dir():
+            raise ReprlabError(f"output {path} is a file; give a folder (new or existing)")
+        if kind == "file" and path.is_dir():
+            raise ReprlabError(f"output {path} is a folder; give a file name")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ReprlabError(f"output {path} cannot be created: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ReprlabError(f"output {path} cannot be created: {parent} is not writable")
+    return path

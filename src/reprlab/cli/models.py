@@ -8,6 +8,7 @@ import time
 
 from reprlab.cli.options import add_config_options, config_from_args
 from reprlab.cli_format import print_table
+from reprlab.io import check_output
 
 logger = logging.getLogger("reprlab")
 
@@ -44,6 +45,7 @@ def cmd_pmi_vocab(args) -> None:
     from reprlab.pretrain.pmi import pmi_vocab_from_corpus
 
     config = config_from_args(args.options, args)
+    check_output(args.out, "file")
     model = None if args.model.lower() == "none" else args.model
     t0 = time.time()
     vocab = pmi_vocab_from_corpus(args.corpus, out=args.out, config=config, model=model, max_texts=args.max_texts)

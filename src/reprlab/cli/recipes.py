@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from reprlab.cli.options import add_config_options, config_from_args
+from reprlab.io import check_output
 
 logger = logging.getLogger("reprlab")
 
@@ -36,6 +37,7 @@ def add_commands(sub) -> None:
 def run_recipe(args) -> None:
     recipe, options = args.recipe_entry, args.options
     config = config_from_args(options, args)
+    check_output(config.output_dir, "folder")
     result = recipe.run(config)
     logger.info(f"{recipe.command}: {result.summary()}")
     report = result.report()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from reprlab.cli_format import print_table, short
 from reprlab.errors import ReprlabError
+from reprlab.io import check_output
 
 logger = logging.getLogger("reprlab")
 
@@ -56,6 +57,7 @@ def cmd_index(args) -> None:
     from reprlab.text.hotpotqa import load_hotpotqa
 
     _check_index_options(args)
+    check_output(args.out, "folder")
     source = args.data if args.multihop else args.corpus
     corpus = load_hotpotqa(args.data).corpus if args.multihop else read_documents(args.corpus)
     t0 = time.time()
@@ -77,6 +79,9 @@ def cmd_index(args) -> None:
 def cmd_search(args) -> None:
     from reprlab.retrieval.dense import DenseRetriever
 
+    queries = [q for q in args.query if q.strip()]
+    if len(queries) != len(args.query):
+        raise ReprlabError("a query is empty: give the text to search for")
     if args.multihop:
         from reprlab.retrieval.mdr import format_chains, search_index_folder
 
@@ -101,13 +106,24 @@ def cmd_search(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
+    from reprlab.retrieval.mdr import DEFAULT_KS
     from reprlab.retrieval.metrics import check_metrics, evaluate
     from reprlab.retrieval.pipeline import build_retriever, retrieve
     from reprlab.text.beir import load_beir
+    from reprlab.text.splits import EVAL_FRACTION
     from reprlab.text.trec import write_run
 
     if args.multihop:
         return _evaluate_multihop(args)
+    stray = [flag for flag, value, default in (("--beam", args.beam, 10), ("--ks", args.ks, list(DEFAULT_KS)),
+                                                 ("--eval-fraction", args.eval_fraction, EVAL_FRACTION),
+                                                 ("--single-hop", args.single_hop, False),
+                                                 ("--max-length", args.max_length, 256),
+                                                 ("--bm25-weights", args.bm25_weights, None)) if value != default]
+    if stray:
+        raise ReprlabError(f"{stray[0]} is an option of multi-hop evaluation: add --multihop (and a HotpotQA --data)")
+    if args.run_out:
+        check_output(args.run_out, "file")
     check_metrics(args.metrics)
     data = load_beir(args.data, split=args.split)
     t0 = time.time()
@@ -152,6 +168,7 @@ def cmd_mine(args) -> None:
     from reprlab.text.beir import load_beir
     from reprlab.text.examples import write_examples
 
+    check_output(args.out, "file")
     lo, _, hi = args.range.partition("-")
     try:
         rank_range = (int(lo), int(hi or args.depth))

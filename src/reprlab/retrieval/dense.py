@@ -26,6 +26,7 @@ from reprlab.encoder import SentenceEncoder
 from reprlab.errors import DataFormatError, ModelLoadError
 from reprlab.io import atomic_dir
 from reprlab.retrieval.index import FaissIndex, Index
+from reprlab.text.corpus import jsonl_records
 from reprlab.text.beir import doc_text  # noqa: F401  (re-exported)
 
 Corpus = Mapping[str, Mapping[str, str]]
@@ -119,13 +120,18 @@ class DenseRetriever:
     def load(cls, path: str | Path, model: SentenceEncoder | None = None) -> "DenseRetriever":
         path = Path(path)
         cfg_path = path / "retriever.json"
+        if path.exists() and not path.is_dir():
+            raise DataFormatError("is a file; an index is a folder written by `reprlab index`", path=str(path))
         if not cfg_path.is_file():
             raise DataFormatError("not a reprlab index folder (no retriever.json); build one with `reprlab index`",
                                   path=str(path))
         try:
-            cfg = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(f"not valid JSON ({exc.msg})", path=str(cfg_path), line=exc.lineno) from exc
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataFormatError(f"not valid JSON ({exc})", path=str(cfg_path)) from exc
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), str):
+            raise DataFormatError('expected a JSON object with the "model" the index was built with',
+                                  path=str(cfg_path))
         index = Index.load(path)
         options = dict(batch_size=cfg.get("batch_size", 64), precision=cfg.get("precision", "fp32"),
                        query_prefix=cfg.get("query_prefix", ""), doc_prefix=cfg.get("doc_prefix", ""))
@@ -136,8 +142,13 @@ class DenseRetriever:
         retriever.index = index
         docs_path = path / "docs.jsonl"
         if docs_path.is_file():
-            with open(docs_path, encoding="utf-8") as f:
-                for line in f:
-                    d = json.loads(line)
-                    retriever.docs[d.pop("_id")] = d
+            for n, d in jsonl_records(docs_path):
+                if not isinstance(d.get("_id"), str):
+                    raise DataFormatError('expected an object with a string "_id"', str(docs_path), n)
+                retriever.docs[d.pop("_id")] = d
+            indexed = set(index.ids.tolist())
+            unknown = [i for i in retriever.docs if i not in indexed]
+            if len(retriever.docs) != len(index) or unknown:
+                raise DataFormatError(f"holds {len(retriever.docs)} documents for an index of {len(index)}; the "
+                                      "folder is damaged: build it again with `reprlab index`", str(docs_path))
         return retriever

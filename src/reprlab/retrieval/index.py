@@ -116,10 +116,11 @@ def _read_meta(path: Path) -> dict:
         raise DataFormatError("not a reprlab index folder (meta.json is missing)", path=str(path))
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataFormatError(f"invalid JSON: {exc}", path=str(meta_path)) from exc
-    if meta.get("format") != FORMAT:
-        raise DataFormatError(f"format is {meta.get('format')!r}, expected {FORMAT!r}", path=str(meta_path))
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise DataFormatError(f"format is {got!r}, expected {FORMAT!r}", path=str(meta_path))
     if meta.get("version", 0) > FORMAT_VERSION:
         raise DataFormatError(
             f"index format version {meta['version']} is newer than this reprlab reads ({FORMAT_VERSION}); "
@@ -135,6 +136,10 @@ def read_ids(path: Path, count: int) -> np.ndarray:
         ids = json.loads(ids_path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise DataFormatError("ids.json is missing", path=str(path)) from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataFormatError(f"damaged ({exc}); build the index again", path=str(ids_path)) from exc
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise DataFormatError("expected a JSON list of string ids", path=str(ids_path))
     if len(ids) != count:
         raise DataFormatError(f"holds {len(ids)} ids but meta.json says count={count}", path=str(ids_path))
     table = np.empty(len(ids), dtype=object)
