@@ -174,3 +174,43 @@ def test_the_worked_example_of_the_architecture_doc_runs_from_the_command_line(t
         assert main([*argv, "--margin", "3"]) == 2 and "--margin: must be in (0, 2)" in capsys.readouterr().err
     finally:
         contract.RECIPES.pop("train toy", None)
+
+
+KILLER = """
+import json, os, signal, sys
+import torch
+from reprlab.recipes import RECIPES
+
+torch.set_num_threads(int(sys.argv[4]))  # the test process's thread count: the same sums in the same order
+
+class KillAt:  # kill -9 of this very process right after step k: no cleanup, no atexit, no flush
+    def __init__(self, k):
+        self.k = k
+
+    def on_step_end(self, state, model, metrics):
+        if state.step == self.k:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+recipe = RECIPES[sys.argv[1]]
+config = recipe.config.from_dict(json.loads(sys.argv[2]))
+recipe.run(config, callbacks=[KillAt(int(sys.argv[3]))])
+"""
+
+
+@pytest.mark.parametrize("command", sorted(c for c in RECIPES if "train" in RECIPES[c].config.__dataclass_fields__))
+def test_kill_9_then_resume_equals_an_uninterrupted_run(command, tmp_path, tiny_model_dir):
+    import subprocess
+    import sys
+
+    recipe = RECIPES[command]
+    loop = dict(max_steps=4, checkpoint_every=2)
+    full = recipe.run(build(recipe, tmp_path, tiny_model_dir, str(tmp_path / "full"), **loop))
+    cut = build(recipe, tmp_path, tiny_model_dir, str(tmp_path / "cut"), **loop)
+    proc = subprocess.run([sys.executable, "-c", KILLER, command, json.dumps(cut.to_dict()), "3",
+                           str(torch.get_num_threads())],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert not (tmp_path / "cut" / "model").exists()
+    resumed = recipe.run(build(recipe, tmp_path, tiny_model_dir, str(tmp_path / "cut"), resume=True, **loop))
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -103,7 +103,7 @@ def test_refuses_to_overwrite_a_run_without_resume(tmp_path):
 def test_bad_settings():
     with pytest.raises(ConfigError, match="schedule"):
         TrainConfig(output_dir="x", schedule="nope")
-    with pytest.raises(ConfigError, match="divisible"):
+    with pytest.raises(ConfigError, match="must divide batch_size"):
         TrainConfig(output_dir="x", batch_size=10, grad_accum=3)
 
 

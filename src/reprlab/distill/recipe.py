@@ -119,8 +119,10 @@ def _loss_fn(model, batch):
 
 def _queries(value):
     """``--queries``: "all", "none" or comma-separated qrels split names."""
-    if value is None or isinstance(value, tuple):
-        return value
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
     value = str(value).strip()
     if value in ("", "none"):
         return None

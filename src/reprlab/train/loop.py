@@ -122,7 +122,7 @@ class TrainConfig:
         need(finite(self.epochs) and self.epochs > 0, "epochs", "must be a positive number")
         need(self.batch_size >= 1, "batch_size", "must be at least 1")
         need(self.grad_accum >= 1, "grad_accum", "must be at least 1")
-        need(self.batch_size % self.grad_accum == 0, "batch_size", f"must be divisible by grad_accum {self.grad_accum}")
+        need(self.batch_size % self.grad_accum == 0, "grad_accum", f"must divide batch_size {self.batch_size}")
         need(finite(self.lr) and self.lr > 0, "lr", "must be a positive number")
         need(finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be >= 0")
         need(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
