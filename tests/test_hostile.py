@@ -195,3 +195,29 @@ def test_any_loop_setting_is_accepted_or_refused_by_name(values):
         return
     assert config.lr > 0 and config.batch_size >= 1 and config.log_every >= 1
     assert config.max_steps is None or config.max_steps >= 1
+
+
+def test_a_config_with_fewer_layers_than_its_weights_is_refused(world, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(world / "model", model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["num_hidden_layers"] = cfg["reprlab"]["num_layers"] = 1
+    (model / "config.json").write_text(json.dumps(cfg))
+    code = main(["-q", "index", "--corpus", str(world / "beir"), "--model", str(model), "--out", str(tmp_path / "i")])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not use" in err and not (tmp_path / "i").exists(), err
+
+
+def test_qrels_naming_unknown_documents_are_an_error_with_strict_qrels(world, tmp_path, capsys):
+    import shutil
+
+    beir = tmp_path / "beir"
+    shutil.copytree(world / "beir", beir)
+    with open(beir / "qrels" / "test.tsv", "a") as f:
+        f.write("q1\tno-such-doc\t1\n")
+    assert main(["-q", "evaluate", "--data", str(beir), "--retriever", "bm25", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["-q", "evaluate", "--data", str(beir), "--retriever", "bm25", "--strict-qrels"]) == 2
+    assert "no-such-doc" in capsys.readouterr().err

@@ -219,6 +219,10 @@ def load_encoder(cls: type[Encoder], name_or_path: str | Path, dtype: torch.dtyp
     if result.missing_keys:
         warnings.warn(f"initialised fresh (not in the checkpoint): {', '.join(result.missing_keys[:8])}"
                       + (" ..." if len(result.missing_keys) > 8 else ""), stacklevel=3)
+    if result.unexpected_keys and not changed:  # e.g. a config.json with fewer layers than the weights
+        raise ModelLoadError(
+            f"{folder}/model.safetensors holds {len(result.unexpected_keys)} weights its config.json does not use, "
+            f"e.g. {', '.join(result.unexpected_keys[:4])}: the config and the weights disagree")
     if result.unexpected_keys:
         warnings.warn(f"ignored weights of {folder} not used by this config: "
                       f"{', '.join(result.unexpected_keys[:8])}" + (" ..." if len(result.unexpected_keys) > 8 else ""),

@@ -135,4 +135,6 @@ def check_output(path: str | os.PathLike, kind: str = "folder") -> Path:
         raise ReprlabError(f"output {path} cannot be created: {parent} is a file")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ReprlabError(f"output {path} cannot be created: {parent} is not writable")
+    if path.parent.is_dir():  # what a killed writer of this output left next to it
+        remove_stale(path.parent)
     return path

@@ -125,7 +125,7 @@ def cmd_evaluate(args) -> None:
     if args.run_out:
         check_output(args.run_out, "file")
     check_metrics(args.metrics)
-    data = load_beir(args.data, split=args.split)
+    data = load_beir(args.data, split=args.split, strict=args.strict_qrels)
     t0 = time.time()
     retriever = build_retriever(args.retriever, data.corpus, factory=args.factory, batch_size=args.batch_size,
                                 precision=args.precision)
@@ -264,6 +264,8 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--keep-identical-ids", action="store_true",
                    help="score a result whose id equals its query id (BEIR removes them)")
     p.add_argument("--run-out", help="write the run as a TREC run file")
+    p.add_argument("--strict-qrels", action="store_true",
+                   help="judgements of documents missing from the corpus are an error (default: a warning)")
     p.add_argument("--json", action="store_true", help="print one JSON object of the measures")
     _encoding_options(p)
     g = p.add_argument_group("multi-hop (MDR): --data is a HotpotQA file, --retriever bm25 | minilm | MODEL_DIR")

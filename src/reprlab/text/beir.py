@@ -205,7 +205,7 @@ def collect_qrels(
         warnings.warn(
             f"{path}:{lineno}: {unknown_docs} judgement(s) name documents missing from the corpus "
             f"(first: document '{doc_id}' for query '{qid}'); they are kept and count as relevant "
-            "documents never retrieved, as in BEIR and pytrec_eval; pass strict=True to make this an error",
+            "documents never retrieved, as in BEIR and pytrec_eval; make this an error with strict=True (`reprlab evaluate --strict-qrels`)",
             UserWarning,
             stacklevel=3,
         )
@@ -337,6 +337,8 @@ def load_beir(
     if not folder.is_dir():
         raise DataFormatError(f"no such folder; {LAYOUT}", str(folder))
     for name in ("corpus.jsonl", "queries.jsonl"):
+        if (folder / name).is_dir():
+            raise DataFormatError(f"{name} is a folder, not a file; {LAYOUT}", str(folder))
         if not (folder / name).is_file():
             raise DataFormatError(f"{name} is missing; {LAYOUT}", str(folder))
     qrels_path = folder / "qrels" / f"{split}.tsv"
