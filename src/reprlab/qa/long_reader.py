@@ -47,7 +47,7 @@ import dataclasses
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -273,7 +273,7 @@ class LongReaderTrainingResult(RecipeResult):
     train_examples: int = 0
     train_features: int = 0
     eval_metrics: dict[str, Any] | None = None  # EM/F1 (percent), n, seconds_per_question on the eval side
-    skipped: dict[str, int] | None = None  # questions left out, by reason
+    skipped: dict[str, int] = field(default_factory=dict)  # questions left out, by reason
 
     def summary(self) -> str:
         line = f"long reader: {self.train_examples} questions; " + super().summary()

@@ -25,7 +25,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -123,22 +123,25 @@ def load_split(files: Sequence[str], eval_fraction: float, hotpotqa_contexts: st
     return train_all, held
 
 
-def _seeded(seed: int, build: Callable[[], Reader]) -> Callable[[], Reader]:
-    def make() -> Reader:
-        torch.manual_seed(seed)  # the fresh head's (and predictors') initialisation is part of the run
-        return build()
-    return make
+def build_reader(config: ReaderTrainingConfig) -> Reader:
+    """The model a run starts from: ``config.model`` as a :class:`Reader`, or as a
+    :class:`~reprlab.qa.block_skim.BlockSkimReader` when ``config.block_skim``; a fresh head (and fresh
+    predictors) are seeded by ``train.seed``, so they are part of the run."""
+    torch.manual_seed(config.train.seed)
+    if config.block_skim:
+        return BlockSkimReader.from_pretrained(config.model, config.reader, config.skim)
+    return Reader.from_pretrained(config.model, config.reader)
 
 
-def _train(config: ReaderTrainingConfig, make_model: Callable[[], Reader], callbacks: Sequence,
+def _train(config: ReaderTrainingConfig, model: Reader | None, callbacks: Sequence,
            stop_after: int | None) -> ReaderTrainingResult:
-    """Fine-tune the model ``make_model`` builds on the train side with the loss its ``forward`` returns
-    (span loss, plus Block Skim's), save it to ``<output_dir>/model`` and evaluate it on the eval side."""
+    """Fine-tune ``model`` (default: :func:`build_reader`) on the train side with the loss its ``forward``
+    returns (span loss, plus Block Skim's), save it to ``<output_dir>/model`` and evaluate it on the eval side."""
     skipped: dict[str, dict[str, int]] = {}
     train_ex, held = load_split(config.data, config.eval_fraction, config.hotpotqa_contexts, skipped)
     check(len(train_ex) > 0, "eval_fraction",
           f"the train side of {', '.join(config.data)} is empty (eval_fraction {config.eval_fraction})")
-    model = make_model()
+    model = build_reader(config) if model is None else model
     features = model.training_features(train_ex)
     logger.info(f"reader training: {len(train_ex)} examples, {len(features)} windows")
     # data and eval_fraction also at the top of the run's extra, where runs before the recipe contract had them
@@ -176,32 +179,25 @@ def _train(config: ReaderTrainingConfig, make_model: Callable[[], Reader], callb
                                 eval_metrics=metrics, **done)
 
 
-def run_reader_training(config: ReaderTrainingConfig, model: Reader | None = None, stop_after: int | None = None,
-                        callbacks: Sequence = ()) -> ReaderTrainingResult:
-    """The plain reader: fine-tune ``model`` (default: ``Reader.from_pretrained(config.model, config.reader)``
-    with a fresh head seeded by ``train.seed``); see :func:`_train`.
-
-    ``stop_after`` ends the run after that many steps as if killed (``model_dir`` is then None)."""
-    make = (lambda: model) if model is not None else _seeded(
-        config.train.seed, lambda: Reader.from_pretrained(config.model, config.reader))
-    return _train(config, make, callbacks, stop_after)
-
-
-def run_block_skim_training(config: ReaderTrainingConfig, skim: BlockSkimConfig | None = None,
-                            stop_after: int | None = None, callbacks: Sequence = ()) -> ReaderTrainingResult:
-    """The reader recipe with a :class:`~reprlab.qa.block_skim.BlockSkimReader` built from ``config.model``
-    (fresh head and predictors seeded by ``train.seed``); ``skim`` (default ``config.skim``) is recorded
-    in the run's config with ``block_skim=True``."""
-    config = dataclasses.replace(config, block_skim=True, skim=skim or config.skim)
-    make = _seeded(config.train.seed, lambda: BlockSkimReader.from_pretrained(config.model, config.reader, config.skim))
-    return _train(config, make, callbacks, stop_after)
-
-
 @register("train reader", ReaderTrainingConfig,
           help="extractive reader on SQuAD v1.1 .json / HotpotQA .jsonl files (+ Block Skim)")
 def run_reader(config: ReaderTrainingConfig, callbacks: Sequence = (), stop_after: int | None = None
                ) -> ReaderTrainingResult:
-    """``reprlab train reader``: the plain reader, or Block Skim when ``config.block_skim``."""
-    if config.block_skim:
-        return run_block_skim_training(config, stop_after=stop_after, callbacks=callbacks)
-    return run_reader_training(config, stop_after=stop_after, callbacks=callbacks)
+    """``reprlab train reader``: the plain reader, or Block Skim when ``config.block_skim``.
+
+    ``stop_after`` ends the run after that many steps as if killed (``model_dir`` is then None)."""
+    return _train(config, None, callbacks, stop_after)
+
+
+def run_reader_training(config: ReaderTrainingConfig, model: Reader | None = None, stop_after: int | None = None,
+                        callbacks: Sequence = ()) -> ReaderTrainingResult:
+    """:func:`run_reader` starting from ``model`` when one is given (e.g. a reader built in Python)."""
+    return _train(config, model, callbacks, stop_after)
+
+
+def run_block_skim_training(config: ReaderTrainingConfig, skim: BlockSkimConfig | None = None,
+                            stop_after: int | None = None, callbacks: Sequence = ()) -> ReaderTrainingResult:
+    """:func:`run_reader` with Block Skim on and ``skim`` (default ``config.skim``) as its options, both
+    recorded in the run's config."""
+    config = dataclasses.replace(config, block_skim=True, skim=skim or config.skim)
+    return run_reader(config, callbacks=callbacks, stop_after=stop_after)
