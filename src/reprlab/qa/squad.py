@@ -261,27 +261,26 @@ def hotpotqa_examples(data: HotpotData, contexts: str = "supporting",
         if contexts == "all":
             paragraphs = [(data.corpus[pid]["title"], data.corpus[pid]["text"], i in q.supporting)
                           for i, pid in enumerate(q.paragraphs)]
-            found = paragraphs_example(q.id, q.question, paragraphs, answers) or "not found"
+            example = paragraphs_example(q.id, q.question, paragraphs, answers)
+            found = [example] if example is not None else "not found"
         else:
             found = _supporting_examples(data, q, answers)
         if isinstance(found, str):
             skipped[found] += 1
         else:
-            examples.extend([found] if isinstance(found, QAExample) else found)
+            examples.extend(found)
     return HotpotExamples(examples, skipped)
-
-
-_WHY = {"yes/no": "with a yes/no answer", "no supporting paragraph": "without a supporting paragraph",
-        "not found": {"supporting": "with the answer in no supporting paragraph", "all": "with the answer nowhere"}}
 
 
 def log_skipped(source: str, questions: int, found: HotpotExamples, contexts: str) -> None:
     """Say how many HotpotQA questions gave no example, and why (a warning when any lacked supporting facts)."""
+    why = {"yes/no": "with a yes/no answer", "no supporting paragraph": "without a supporting paragraph",
+           "not found": "with the answer in no supporting paragraph" if contexts == "supporting"
+           else "with the answer nowhere in the text"}
     left_out = sum(found.skipped.values())
-    why = ", ".join(f"{n} {_WHY['not found'][contexts] if reason == 'not found' else _WHY[reason]}"
-                    for reason, n in found.skipped.items() if n)
+    reasons = ", ".join(f"{n} {why[reason]}" for reason, n in found.skipped.items() if n)
     message = (f"{source}: {questions} HotpotQA questions -> {len(found.examples)} examples ({contexts} contexts)"
-               + (f"; {left_out} questions left out: {why}" if left_out else ""))
+               + (f"; {left_out} questions left out: {reasons}" if left_out else ""))
     (logger.warning if found.skipped.get("no supporting paragraph") else logger.info)(message)
 
 
