@@ -16,10 +16,11 @@ from reprlab.qa.block_skim import (
     context_blocks,
     diagonal_blocks,
     question_attention,
-    run_block_skim_training,
 )
-from reprlab.qa.reader import Reader, ReaderConfig, ReaderTrainingConfig, collate_features, reader_optimizer
+from reprlab.qa.reader import Reader, ReaderConfig
+from reprlab.qa.recipe import ReaderTrainingConfig, run_block_skim_training
 from reprlab.qa.squad import load_squad
+from reprlab.qa.training import collate_features, reader_optimizer
 from reprlab.text.tokenizer import Tokenizer
 
 from .conftest import CONTEXTS, QAS, write_squad

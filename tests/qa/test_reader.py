@@ -7,16 +7,10 @@ import torch
 from safetensors.torch import load_file
 
 from reprlab.errors import ConfigError, ReprlabError
-from reprlab.qa.reader import (
-    Reader,
-    ReaderConfig,
-    ReaderTrainingConfig,
-    best_spans,
-    collate_features,
-    length_grouped_order,
-    run_reader_training,
-)
+from reprlab.qa.reader import Reader, ReaderConfig, best_spans
+from reprlab.qa.recipe import ReaderTrainingConfig, run_reader_training
 from reprlab.qa.squad import load_squad, normalize_answer
+from reprlab.qa.training import collate_features, length_grouped_order
 
 from .conftest import CONTEXTS, QAS, write_squad
 
@@ -232,7 +226,7 @@ def test_training_recipe_resumes_exactly(tiny_encoder_dir, tmp_path, group_by_le
 def test_recipe_evaluates_on_the_held_out_articles_only(tiny_encoder_dir, tmp_path):
     # four one-article files; eval_fraction is set between the two lowest article hashes, so that the
     # rule holds out exactly one article
-    from reprlab.qa.squad import hash_fraction
+    from reprlab.text.splits import hash_fraction
 
     titles = ("T0", "T1", "T2", "T3")
     files = [str(write_squad(tmp_path / f"{t}.json", title=t)) for t in titles]

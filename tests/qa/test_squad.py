@@ -1,6 +1,8 @@
-"""SQuAD v1.1 metrics (official-script semantics), readers with validation, the split rule."""
+"""SQuAD v1.1 metrics (official-script semantics), readers with validation, HotpotQA examples derived
+from the one HotpotQA reader, the split rule on QA examples."""
 
 import json
+import logging
 
 import pytest
 
@@ -10,16 +12,22 @@ from reprlab.qa.squad import (
     evaluate_examples,
     exact_match_score,
     f1_score,
-    hash_fraction,
-    hash_split,
+    hotpotqa_examples,
     load_hotpotqa_answers,
     load_qa_file,
     load_squad,
     max_over_ground_truths,
     normalize_answer,
-    split_examples,
     squad_metrics,
 )
+from reprlab.text.hotpotqa import load_hotpotqa
+from reprlab.text.splits import hash_fraction, side, split
+
+
+def split_examples(examples, eval_fraction):
+    """(train, eval) of QA examples by the one split rule on their group."""
+    parts = split(examples, key=lambda ex: ex.group, eval_fraction=eval_fraction)
+    return parts.train, parts.eval
 
 # (prediction, gold answers, EM, F1) worked out by hand with the rules of the official v1.1 script:
 # lower-case -> drop string.punctuation -> replace \b(a|an|the)\b by a space -> collapse whitespace.
@@ -100,24 +108,32 @@ def hotpot_record(qid, answer, paragraphs):
                                     for i, (t, s) in enumerate(paragraphs)]})
 
 
-def test_hotpotqa_answers_are_found_in_supporting_paragraphs(tmp_path):
+def test_hotpotqa_answers_are_found_in_supporting_paragraphs(tmp_path, caplog):
     lines = [
         hotpot_record("1", "Paris", [("Paris is big.", False), ("He moved to paris in 1900.", True),
                               ("Paris, again.", True)]),
         hotpot_record("2", "no", [("There is no answer here.", True)]),  # yes/no: skipped
         hotpot_record("3", "Rome", [("Romeo lived in Verona.", True)]),  # only inside a word: not found
+        hotpot_record("4", "Oslo", [("Oslo is cold.", False)]),  # no supporting paragraph: skipped
     ]
     path = tmp_path / "h.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    found = load_hotpotqa_answers(path)
+    skipped = {}
+    with caplog.at_level(logging.INFO, logger="reprlab"):
+        found = load_hotpotqa_answers(path, skipped=skipped)
     assert [e.id for e in found] == ["1:1", "1:2"]
     assert found[0].spans == [(12, 17)] and found[0].context[12:17] == "paris"  # case-insensitive fallback
     assert found[1].spans == [(0, 5)] and {e.group for e in found} == {"1"}
+    assert skipped == {"yes/no": 1, "no supporting paragraph": 1, "not found": 1}
+    (record,) = [r for r in caplog.records if "h.jsonl" in r.getMessage()]
+    assert record.levelno == logging.WARNING and "3 questions left out" in record.getMessage()
+    assert "1 without a supporting paragraph" in record.getMessage()
+    # the one HotpotQA reader validates: errors name the file and line
     path.write_text(lines[0] + "\n{not json\n")
     with pytest.raises(DataFormatError, match=r"h.jsonl:2"):
         load_hotpotqa_answers(path)
     path.write_text(json.dumps({"question_id": "x"}) + "\n")
-    with pytest.raises(DataFormatError, match=r"h.jsonl:1: expected question_id"):
+    with pytest.raises(DataFormatError, match=r"h.jsonl:1: not a HotpotQA record"):
         load_hotpotqa_answers(path)
 
 
@@ -141,6 +157,27 @@ def test_hotpotqa_all_paragraphs_context(tmp_path):
         load_hotpotqa_answers(path, contexts="some")
 
 
+def test_hotpotqa_examples_come_from_the_one_reader(tmp_path):
+    """The original layout (a JSON list) gives the same examples as its IRCoT form: one parser, one derivation."""
+    original = [{"_id": "a1", "question": "Where did Ann move?", "answer": "Paris", "type": "bridge",
+                 "supporting_facts": [["Ann", 0], ["Move", 0]],
+                 "context": [["Other", ["Paris is big."]], ["Ann", ["Ann is a painter."]],
+                             ["Move", ["She moved to ", "Paris."]]]}]
+    (tmp_path / "h.json").write_text(json.dumps(original))
+    (tmp_path / "h.jsonl").write_text(json.dumps({
+        "question_id": "a1", "question_text": "Where did Ann move?", "answers_objects": [{"spans": ["Paris"]}],
+        "contexts": [{"title": t, "paragraph_text": x, "is_supporting": sup} for t, x, sup in (
+            ("Other", "Paris is big.", False), ("Ann", "Ann is a painter.", True),
+            ("Move", "She moved to Paris.", True))]}) + "\n")
+    for contexts in ("supporting", "all"):
+        a = hotpotqa_examples(load_hotpotqa(tmp_path / "h.json"), contexts).examples
+        b = hotpotqa_examples(load_hotpotqa(tmp_path / "h.jsonl"), contexts).examples
+        assert [(e.id, e.spans, e.context[slice(*e.spans[0])]) for e in a] == \
+               [(e.id, e.spans, e.context[slice(*e.spans[0])]) for e in b]
+    (ex,) = hotpotqa_examples(load_hotpotqa(tmp_path / "h.json"), "supporting").examples
+    assert ex.id == "a1:2" and ex.title == "Move" and ex.context == "She moved to Paris."
+
+
 def test_real_hotpotqa_all_paragraphs_match_the_long_reader(shared_data):
     from reprlab.qa.long_reader import load_long_hotpotqa
 
@@ -155,10 +192,14 @@ def test_real_hotpotqa_all_paragraphs_match_the_long_reader(shared_data):
 def test_split_rule_is_the_documented_hash():
     # sha256("abc") starts with ba7816bf; 0xba7816bf / 2**32 = 0.72839...
     assert hash_fraction("abc") == pytest.approx(0xBA7816BF / 2**32)
-    assert hash_split("abc", 0.7) == "train" and hash_split("abc", 0.75) == "eval"
-    assert hash_split("abc", 0.0) == "train" and hash_split("abc", 1.0) == "eval"
+    assert side("abc", 0.7) == "train" and side("abc", 0.75) == "eval"
+    assert side("abc", 0.0) == "train" and side("abc", 1.0) == "eval"
     with pytest.raises(ConfigError):
-        hash_split("abc", 1.5)
+        side("abc", 1.5)
+    examples = [QAExample(f"q{i}", "?", "ctx", ["a"], [(0, 1)], group=f"g{i % 7}") for i in range(50)]
+    train, held = split_examples(examples, 0.5)
+    assert {e.group for e in held} == {f"g{k}" for k in range(7) if hash_fraction(f"g{k}") < 0.5}
+    assert not {e.group for e in train} & {e.group for e in held}
 
 
 def test_real_squad_split_keeps_articles_apart(shared_data):
@@ -172,8 +213,14 @@ def test_real_squad_split_keeps_articles_apart(shared_data):
 
 
 def test_real_hotpotqa_answers(shared_data):
-    examples = load_hotpotqa_answers(shared_data("hotpotqa_dev500_ircot", "dev_subsampled.jsonl"))
-    assert 400 < len(examples) < 600
+    skipped = {}
+    examples = load_hotpotqa_answers(shared_data("hotpotqa_dev500_ircot", "dev_subsampled.jsonl"), skipped=skipped)
+    # the counts of the former second parser of the file (before the one reader): 495 examples of 419 questions
+    assert (len(examples), len({e.group for e in examples})) == (495, 419)
+    assert skipped == {"yes/no": 80, "no supporting paragraph": 0, "not found": 1}
+    assert examples[0].id == "5a8c7595554299585d9e36b6:1" and examples[0].title == "Shirley Temple"
+    assert examples[0].spans == [(315, 332)] and examples[0].answers == ["Chief of Protocol"]
+    assert len(load_hotpotqa_answers(shared_data("hotpotqa_dev500_ircot", "dev_subsampled.jsonl"), "all")) == 420
     for ex in examples:
         a, b = ex.spans[0]
         assert normalize_answer(ex.context[a:b]) in {normalize_answer(x) for x in ex.answers}

@@ -1,18 +1,12 @@
-"""HotpotQA reader: both layouts, the open corpus, hop order, the split rule, malformed records."""
+"""HotpotQA reader: both layouts, the open corpus, hop order, the split rule on questions, malformed records."""
 
 import json
 
 import pytest
 
-from reprlab.errors import ConfigError, DataFormatError
-from reprlab.text.hotpotqa import (
-    derive_hops,
-    hash_fraction,
-    load_hotpotqa,
-    mentions,
-    question_split,
-    split_questions,
-)
+from reprlab.errors import DataFormatError
+from reprlab.text.hotpotqa import derive_hops, load_hotpotqa, mentions
+from reprlab.text.splits import EVAL_FRACTION, hash_fraction, split
 
 
 def processed(qid, question, answer, contexts):
@@ -135,20 +129,32 @@ def test_hop_order_rules():
     assert derive_hops("Who?", ["nothing"], c, d, qtype="bridge") == ("bridge", False, False)
 
 
-def test_split_rule_is_the_documented_hash():
-    ids = [f"id{i}" for i in range(200)]
-    for qid in ids:
-        assert question_split(qid, 0.3) == ("eval" if hash_fraction(qid) < 0.3 else "train")
-    assert all(question_split(q, 0.0) == "train" for q in ids) and all(question_split(q, 1.0) == "eval" for q in ids)
-    with pytest.raises(ConfigError):
-        question_split("x", 1.5)
+def test_questions_without_a_gold_pair_are_kept_only_when_asked(tmp_path):
+    records = two_questions() + [processed("q3", "Who voiced Corliss Archer?", "Janet Waldo",
+                                           [(*WALDO, True), (*KISS, False)])]
+    path = write_jsonl(tmp_path / "h.jsonl", records)
+    with pytest.raises(DataFormatError, match="exactly 2 gold"):
+        load_hotpotqa(path)
+    q1, q2, q3 = load_hotpotqa(path, require_gold_pair=False).questions
+    assert q1.gold == ("Kiss and Tell (1945 film)", "Shirley Temple") and q1.supporting == [1, 2]
+    assert q3.gold == () and not q3.ordered and q3.supporting == [0] and q3.paragraphs == ["Janet Waldo", KISS[0]]
+
+
+def test_split_rule_on_question_ids(tmp_path):
+    questions = load_hotpotqa(write_jsonl(tmp_path / "h.jsonl", two_questions())).questions
+    for f in (0.0, 0.3, 1.0):
+        held = split(questions, key=lambda q: q.id, eval_fraction=f).eval
+        assert [q.id for q in held] == [q.id for q in questions if hash_fraction(q.id) < f]
 
 
 def test_real_ircot_file(shared_data):
     data = load_hotpotqa(shared_data("hotpotqa_dev500_ircot", "dev_subsampled.jsonl"))
     assert len(data.questions) == 500 and len(data.corpus) == 4858
-    train, held = split_questions(data.questions)
+    parts = split(data.questions, key=lambda q: q.id, eval_fraction=EVAL_FRACTION)
+    train, held = parts.train, parts.eval
     assert (len(train), len(held)) == (344, 156)
+    assert all(len(q.supporting) == 2 and {q.paragraphs[i] for i in q.supporting} == set(q.gold)
+               for q in data.questions)
     assert not {q.id for q in train} & {q.id for q in held}
     assert all(g in data.corpus for q in data.questions for g in q.gold)
     assert sum(q.type == "comparison" for q in data.questions) == 250

@@ -1,18 +1,28 @@
-"""Question answering: the extractive reader, Block Skim, SQuAD/HotpotQA data and EM/F1."""
+"""Question answering: the extractive reader, Block Skim, the long-context reader, SQuAD/HotpotQA data and EM/F1.
 
-from reprlab.qa.block_skim import BlockSkimConfig, BlockSkimReader, run_block_skim_training  # noqa: F401
-from reprlab.qa.reader import (  # noqa: F401
-    Answer,
-    Reader,
-    ReaderConfig,
+Importing the package registers the reader kinds (:func:`load_reader` opens a Block Skim folder as
+one) and the recipes ``train reader`` and ``train long-reader``.
+"""
+
+from reprlab.qa.block_skim import BlockSkimConfig, BlockSkimReader  # noqa: F401
+from reprlab.qa.long_reader import (  # noqa: F401
+    LongReaderConfig,
+    LongReaderTrainingConfig,
+    LongReaderTrainingResult,
+    load_long_reader,
+    run_long_reader_training,
+)
+from reprlab.qa.reader import Answer, Reader, ReaderConfig, evaluate_reader, load_reader  # noqa: F401
+from reprlab.qa.recipe import (  # noqa: F401
     ReaderTrainingConfig,
     ReaderTrainingResult,
-    evaluate_reader,
+    run_block_skim_training,
+    run_reader,
     run_reader_training,
 )
 from reprlab.qa.squad import (  # noqa: F401
     QAExample,
-    hash_split,
+    hotpotqa_examples,
     load_hotpotqa_answers,
     load_qa_file,
     load_squad,

@@ -18,13 +18,17 @@ sequence (as in the paper): the skim loss is an auxiliary objective.
 >>> reader = BlockSkimReader.from_pretrained("runs/blockskim/model")          # doctest: +SKIP
 >>> reader.skim_config.threshold = 0.3   # skip a block when P(keep) < 0.3; 0 keeps everything
 >>> reader.answer("Who wrote it?", long_context)[0].text                       # doctest: +SKIP
+
+Training is the reader recipe with Block Skim on (``reprlab train reader --block-skim``,
+:func:`reprlab.qa.recipe.run_block_skim_training`); :func:`reprlab.qa.reader.load_reader` opens a
+saved folder as a :class:`BlockSkimReader` (this module registers its ``block_skim.json``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +39,9 @@ from torch import nn
 
 from reprlab.encoder import Encoder
 from reprlab.errors import ConfigError, ModelLoadError, config_from_dict
-from reprlab.qa.reader import (
-    Reader,
-    ReaderConfig,
-    ReaderOutput,
-    ReaderTrainingConfig,
-    ReaderTrainingResult,
-    run_reader_training,
-    span_loss,
-)
+from reprlab.qa.reader import READER_KINDS, Reader, ReaderConfig, ReaderOutput, span_loss
 from reprlab.text.tokenizer import Tokenizer
+from reprlab.train.recipe import check, check_choice, option
 
 FEATURES = ("diagonal", "diagonal+question")
 SKIM_CONFIG_FILE = "block_skim.json"
@@ -76,30 +73,27 @@ class BlockSkimConfig:
     reader also means a threshold of 0 answers exactly as the plain reader does.
     """
 
-    block_size: int = 32
-    skim_layers: list[int] = field(default_factory=lambda: [1])
-    threshold: float = 0.5
-    skim_weight: float = 1.0
-    keep_weight: float = 5.0
-    channels: int | None = None  # CNN width; None = the number of heads
-    features: str = "diagonal"
-    predictor_lr_scale: float = 10.0
-    freeze_reader: bool = False
+    block_size: int = option(32, help="context tokens per block (a multiple of 4)")
+    skim_layers: list[int] = option(default_factory=lambda: [1],
+                                    help="0-based layers whose attention feeds a predictor")
+    threshold: float = option(0.5, help="skip a block when its predicted P(keep) is below this (0 keeps all)")
+    skim_weight: float = option(1.0, help="weight of the skim loss next to the span loss")
+    keep_weight: float = option(5.0, help="class weight of the answer ('keep') blocks in the skim loss")
+    channels: int | None = option(None, help="predictor CNN width (default: the number of heads)")
+    features: str = option("diagonal", choices=FEATURES, help="predictor input")
+    predictor_lr_scale: float = option(10.0, help="the predictors' learning rate over the reader's")
+    freeze_reader: bool = option(False, help="train only the predictors, on a fixed trained reader (--model)")
 
     def __post_init__(self):
-        if self.features not in FEATURES:
-            raise ConfigError(f"unknown Block Skim features {self.features!r}; choose one of: {', '.join(FEATURES)}")
-        if self.predictor_lr_scale <= 0:
-            raise ConfigError("predictor_lr_scale must be > 0")
-        if self.block_size < 4 or self.block_size % 4:
-            raise ConfigError(f"block_size must be a positive multiple of 4 (two 2x2 poolings), got {self.block_size}")
-        if not self.skim_layers:
-            raise ConfigError("skim_layers is empty: give at least one layer index")
+        check_choice(self.features, FEATURES, "features")
+        check(self.predictor_lr_scale > 0, "predictor_lr_scale", f"must be > 0, got {self.predictor_lr_scale}")
+        check(self.block_size >= 4 and self.block_size % 4 == 0, "block_size",
+              f"must be a positive multiple of 4 (two 2x2 poolings), got {self.block_size}")
+        check(len(self.skim_layers) > 0, "skim_layers", "is empty: give at least one layer index")
         self.skim_layers = sorted(set(int(i) for i in self.skim_layers))
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"threshold must be in [0, 1], got {self.threshold}")
-        if self.keep_weight <= 0 or self.skim_weight < 0:
-            raise ConfigError("keep_weight must be > 0 and skim_weight >= 0")
+        check(0.0 <= self.threshold <= 1.0, "threshold", f"must be in [0, 1], got {self.threshold}")
+        check(self.keep_weight > 0, "keep_weight", f"must be > 0, got {self.keep_weight}")
+        check(self.skim_weight >= 0, "skim_weight", f"must be >= 0, got {self.skim_weight}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BlockSkimConfig":
@@ -415,10 +409,4 @@ class BlockSkimReader(Reader):
         (folder / SKIM_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self.skim_config), indent=2) + "\n")
 
 
-def run_block_skim_training(
-    config: ReaderTrainingConfig, skim: BlockSkimConfig | None = None, stop_after: int | None = None
-) -> ReaderTrainingResult:
-    """``reprlab train reader --block-skim``: the reader recipe with a :class:`BlockSkimReader` (joint loss)."""
-    torch.manual_seed(config.seed)  # fresh head and predictors are part of the run
-    model = BlockSkimReader.from_pretrained(config.model, config.reader, skim)
-    return run_reader_training(config, model=model, stop_after=stop_after)
+READER_KINDS[SKIM_CONFIG_FILE] = BlockSkimReader  # load_reader opens a folder with block_skim.json as Block Skim

@@ -25,13 +25,17 @@ Three encoders are compared by the recipe (:func:`run_long_reader_training`, ``a
 * ``softmax``: full attention over the whole input (quadratic; fits at these lengths on a CPU);
 * ``windows``: the plain reader with its usual 384-token windows (stride 128) and 512 positions.
 
-Data (:func:`load_long_hotpotqa`): each IRCoT HotpotQA question becomes one example whose context
-is its paragraphs in file order, each as ``"<title>: <text>"``, joined by newlines. The training
-span is the first whole-word occurrence of a gold answer in a supporting paragraph (else anywhere in
-the context). Questions whose answers are yes/no, or found nowhere in the text, are left out (an
-extractive reader cannot give them). Train/eval split: the multi-hop rule of
-:func:`reprlab.text.hotpotqa.split_questions` (SHA-256 of the question id, eval fraction 0.3: 344
+Data (:func:`load_long_hotpotqa`): the HotpotQA file is read by
+:func:`reprlab.text.hotpotqa.load_hotpotqa` and each question becomes one example whose context is
+its paragraphs in file order, each as ``"<title>: <text>"``, joined by newlines
+(:func:`reprlab.qa.squad.hotpotqa_examples` with ``contexts="all"``). The training span is the
+first whole-word occurrence of a gold answer in a supporting paragraph (else anywhere in the
+context). Questions whose answers are yes/no, or found nowhere in the text, are left out (an
+extractive reader cannot give them) and counted. Train/eval split: the one rule of
+:mod:`reprlab.text.splits` on the question id, as for multi-hop retrieval (eval fraction 0.3: 344
 train / 156 eval questions of the 500).
+
+The recipe is ``reprlab train long-reader`` (:func:`run_long_reader_training`).
 
 >>> reader = build_long_reader("minilm", LongReaderConfig(attention="cluster-former"))   # doctest: +SKIP
 >>> reader.answer("Which city hosted it?", very_long_context)[0].text                   # doctest: +SKIP
@@ -53,9 +57,24 @@ from torch import nn
 from reprlab.encoder import Encoder, EncoderConfig
 from reprlab.errors import ConfigError, ReprlabError, config_from_dict
 from reprlab.io import atomic_write_json
-from reprlab.qa.reader import Reader, ReaderConfig, collate_features, evaluate_reader, reader_loss
-from reprlab.qa.squad import QAExample, paragraphs_example
-from reprlab.text.hotpotqa import EVAL_FRACTION, HotpotData, load_hotpotqa, split_questions
+from reprlab.qa.reader import Reader, ReaderConfig, evaluate_reader
+from reprlab.qa.squad import HotpotExamples, QAExample, hotpotqa_examples, log_skipped
+from reprlab.qa.training import collate_features, reader_loss
+from reprlab.text.hotpotqa import load_hotpotqa
+from reprlab.text.splits import EVAL_FRACTION, RULE, check_fractions, split
+from reprlab.train.loop import TrainConfig, train
+from reprlab.train.recipe import (
+    RecipeConfig,
+    RecipeResult,
+    check,
+    check_choice,
+    finished,
+    loop,
+    option,
+    read_metrics,
+    recipe_config,
+    register,
+)
 
 logger = logging.getLogger("reprlab")
 
@@ -110,28 +129,29 @@ def _position_sized() -> tuple[str, ...]:
 class LongReaderConfig:
     """The encoder and decoding of a long-context reader (see the module docstring for ``attention``)."""
 
-    attention: str = field(default="cluster-former", metadata={"choices": ENCODERS})
-    cluster_layers: list[int] = field(default_factory=lambda: [2, 4])  # layers that are Cluster-Former layers
-    max_positions: int = 4096  # inputs are truncated to this many tokens (positions tiled from 512)
-    window: int = 256  # sliding-window length (tokens after the question)
-    stride: int = 128  # sliding-window step: each token is averaged over window / stride windows
-    num_clusters: int = 16
-    cluster_window: int | None = None  # chunk length in cluster order (None = window)
-    memory_size: int = 4096
-    memory_per_step: int = 256
-    refresh_every: int = 50  # training forward passes between k-means refits
-    kmeans_iters: int = 10
-    max_question_length: int = 64
-    max_answer_length: int = 30
-    n_best: int = 20
-    window_length: int = 384  # attention="windows": the plain reader's window and stride
-    window_stride: int = 128
+    attention: str = option("cluster-former", choices=ENCODERS, help="the encoder (see reprlab.qa.long_reader)")
+    cluster_layers: list[int] = option(default_factory=lambda: [2, 4], help="0-based layers that are Cluster-Former "
+                                                                            "layers (attention cluster-former)")
+    max_positions: int = option(4096, help="inputs are truncated to this many tokens (positions tiled from 512)")
+    window: int = option(256, help="sliding-window length (tokens after the question)")
+    stride: int = option(128, help="sliding-window step: each token is averaged over window / stride windows")
+    num_clusters: int = option(16, help="k-means clusters of a Cluster-Former layer")
+    cluster_window: int | None = option(None, help="chunk length in cluster order (default: window)")
+    memory_size: int = option(4096, help="hidden states kept for the k-means refits")
+    memory_per_step: int = option(256, help="hidden states added to the memory per forward pass")
+    refresh_every: int = option(50, help="training forward passes between k-means refits")
+    kmeans_iters: int = option(10, help="k-means iterations per refit")
+    max_question_length: int = option(64, help="question tokens kept (they join every window and chunk)")
+    max_answer_length: int = option(30, help="longest answer span in tokens")
+    n_best: int = option(20, help="best spans that compete for the answer")
+    window_length: int = option(384, help="attention windows: the plain reader's window length")
+    window_stride: int = option(128, help="attention windows: the plain reader's stride")
 
     def __post_init__(self):
-        if self.attention not in ENCODERS:
-            raise ConfigError(f"unknown long-reader attention {self.attention!r}; choose one of: {', '.join(ENCODERS)}")
-        if self.max_positions < 1 or self.window < 1 or not 1 <= self.stride <= self.window:
-            raise ConfigError("need max_positions >= 1, window >= 1 and 1 <= stride <= window")
+        check_choice(self.attention, ENCODERS, "attention")
+        check(self.max_positions >= 1, "max_positions", f"must be >= 1, got {self.max_positions}")
+        check(self.window >= 1, "window", f"must be >= 1, got {self.window}")
+        check(1 <= self.stride <= self.window, "stride", f"must be in [1, window ({self.window})], got {self.stride}")
 
     def layer_attention(self, num_layers: int) -> list[str] | None:
         """Per-layer attention names for an encoder of ``num_layers`` layers (None = softmax everywhere)."""
@@ -195,43 +215,28 @@ def build_long_reader(model: str | Path, config: LongReaderConfig) -> Reader:
 class LongExamples:
     train: list[QAExample]
     eval: list[QAExample]
-    skipped: dict[str, int]  # {"yes/no": n, "not found": n}
-
-
-def long_example(data: HotpotData, question) -> QAExample | str:
-    """One question over all its paragraphs, or the reason it is left out ("yes/no", "not found")."""
-    answers = [a for a in question.answers if a.strip()]
-    if not answers or all(a.strip().lower() in ("yes", "no") for a in answers):
-        return "yes/no"
-    paragraphs = [(data.corpus[pid]["title"], data.corpus[pid]["text"], pid in question.gold)
-                  for pid in question.paragraphs]
-    return paragraphs_example(question.id, question.question, paragraphs, answers) or "not found"
+    skipped: dict[str, int]  # questions left out: {"yes/no": n, "not found": n}
 
 
 def load_long_hotpotqa(path: str | Path, eval_fraction: float = EVAL_FRACTION) -> LongExamples:
-    """Train/eval long examples of an IRCoT (or original-layout) HotpotQA file, split by question id."""
-    data = load_hotpotqa(path)
-    train_q, eval_q = split_questions(data.questions, eval_fraction)
-    skipped = {"yes/no": 0, "not found": 0}
-    sides = []
-    for questions in (train_q, eval_q):
-        kept = []
-        for q in questions:
-            ex = long_example(data, q)
-            if isinstance(ex, str):
-                skipped[ex] += 1
-            else:
-                kept.append(ex)
-        sides.append(kept)
-    return LongExamples(sides[0], sides[1], skipped)
+    """Train/eval long examples of a HotpotQA file (either layout), split by question id; the questions
+    left out are counted and logged."""
+    check_fractions(eval_fraction)
+    data = load_hotpotqa(path, require_gold_pair=False)
+    parts = split(data.questions, key=lambda q: q.id, eval_fraction=eval_fraction)
+    train_side, eval_side = (hotpotqa_examples(data, "all", questions) for questions in (parts.train, parts.eval))
+    skipped = {reason: train_side.skipped[reason] + eval_side.skipped[reason] for reason in train_side.skipped}
+    both = HotpotExamples(train_side.examples + eval_side.examples, skipped)
+    log_skipped(str(path), len(data.questions), both, "all")
+    return LongExamples(train_side.examples, eval_side.examples, skipped)
 
 
 # ------------------------------------------------------------------------------------------------
 # the recipe
 
 
-@dataclass
-class LongReaderTrainingConfig:
+@recipe_config
+class LongReaderTrainingConfig(RecipeConfig):
     """``reprlab train long-reader``: fine-tune a long-context reader on HotpotQA, all paragraphs at once.
 
     ``model`` is an encoder or reader folder (or ``minilm``): e.g. a reader already fine-tuned on
@@ -240,97 +245,101 @@ class LongReaderTrainingConfig:
     training refits them every ``reader.refresh_every`` forward passes.
     """
 
-    output_dir: str
-    data: str
-    model: str = "minilm"
-    reader: LongReaderConfig = field(default_factory=LongReaderConfig)
-    eval_fraction: float = EVAL_FRACTION
-    max_train_examples: int | None = None  # the first N training questions (budget); None = all
-    max_eval_examples: int | None = None
-    calibration_examples: int = 16
-    epochs: float = 1.0
-    max_steps: int | None = None
-    batch_size: int = 4
-    grad_accum: int = 4  # inputs of ~1,200 tokens: one per forward pass by default
-    lr: float = 5e-5
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    seed: int = 0
-    checkpoint_every: int = 0
-    resume: bool = False
-    device: str = "auto"
-    evaluate: bool = True
+    output_dir: str = option(help="run folder (checkpoints, metrics, split.json, eval.json; the model in OUT/model)",
+                             flag="--out")
+    data: str = option(help="HotpotQA file (IRCoT .jsonl or original .json): each question over all its paragraphs")
+    model: str = option("minilm", help="encoder or reader folder to start from (e.g. a SQuAD reader), or 'minilm'")
+    reader: LongReaderConfig = option(default_factory=LongReaderConfig, help="the long-context encoder and decoding")
+    eval_fraction: float = option(EVAL_FRACTION, help="share of the questions held out (by the hash of their id) and "
+                                                      "evaluated at the end")
+    max_train_examples: int | None = option(None, help="train on the first N training questions only (default: all)")
+    max_eval_examples: int | None = option(None, help="evaluate on the first N eval questions only (default: all)")
+    calibration_examples: int = option(16, help="training inputs the Cluster-Former centroids are first fitted on")
+    evaluate: bool = option(True, help="evaluate EM/F1 on the eval side at the end")
+    train: TrainConfig = loop(epochs=1.0, batch_size=4, grad_accum=4, lr=5e-5)  # ~1,200-token inputs: one per pass
 
     def __post_init__(self):
         if isinstance(self.reader, dict):
             self.reader = LongReaderConfig.from_dict(self.reader)
+        check_fractions(self.eval_fraction)
+        for name in ("max_train_examples", "max_eval_examples"):
+            value = getattr(self, name)
+            check(value is None or value >= 1, name, f"must be at least 1 (or unset for all), got {value}")
+        check(self.calibration_examples >= 0, "calibration_examples", f"must be >= 0, got {self.calibration_examples}")
 
 
 @dataclass
-class LongReaderTrainingResult:
-    model_dir: Path | None
-    steps: int
-    train_examples: int
-    train_features: int
-    eval_metrics: dict[str, Any] | None  # EM/F1 (percent), n, seconds_per_question on the eval side
-    skipped: dict[str, int]
+class LongReaderTrainingResult(RecipeResult):
+    train_examples: int = 0
+    train_features: int = 0
+    eval_metrics: dict[str, Any] | None = None  # EM/F1 (percent), n, seconds_per_question on the eval side
+    skipped: dict[str, int] = field(default_factory=dict)  # questions left out, by reason
+
+    def summary(self) -> str:
+        line = f"long reader: {self.train_examples} questions; " + super().summary()
+        if self.eval_metrics:
+            m = self.eval_metrics
+            line += f"; eval: EM {m['exact_match']:.2f} F1 {m['f1']:.2f} ({m['n']} questions)"
+        return line
 
 
-def run_long_reader_training(
-    config: LongReaderTrainingConfig, stop_after: int | None = None
-) -> LongReaderTrainingResult:
+def _calibrate(reader: Reader, features: list[dict], n: int) -> None:
+    """Fit the Cluster-Former centroids on the first ``n`` training inputs (nothing without such layers)."""
+    from reprlab.nn.cluster import calibrate_centroids, cluster_layers
+
+    if not cluster_layers(reader):
+        return
+    pad_id = reader.tokenizer.pad_id
+    batches = [collate_features([f], None, pad_id) for f in features[:n]]
+    calibrate_centroids(reader, batches, lambda m, b: m.encoder(b["input_ids"], b["attention_mask"],
+                                                                token_type_ids=b["token_type_ids"]))
+
+
+@register("train long-reader", LongReaderTrainingConfig,
+          help="long-context reader (Cluster-Former / sliding-window / full attention) on HotpotQA, all paragraphs "
+               "at once")
+def run_long_reader_training(config: LongReaderTrainingConfig, callbacks: Sequence = (),
+                             stop_after: int | None = None) -> LongReaderTrainingResult:
     """Build the long reader, fit its centroids, fine-tune it on the train side with the span loss on
     the shared loop, save it to ``<output_dir>/model`` and evaluate it on the eval side.
 
     ``stop_after`` ends the run after that many steps as if killed (for resume tests)."""
-    from reprlab.nn.cluster import calibrate_centroids, cluster_layers
-    from reprlab.train import TrainConfig, train
-
     data = load_long_hotpotqa(config.data, config.eval_fraction)
     train_ex = data.train[: config.max_train_examples] if config.max_train_examples else data.train
     eval_ex = data.eval[: config.max_eval_examples] if config.max_eval_examples else data.eval
-    if not train_ex:
-        raise ConfigError(f"no training questions in {config.data} (eval_fraction {config.eval_fraction})")
-    torch.manual_seed(config.seed)  # a fresh head's initialisation is part of the run
+    check(len(train_ex) > 0, "eval_fraction",
+          f"no training questions in {config.data} (eval_fraction {config.eval_fraction})")
+    torch.manual_seed(config.train.seed)  # a fresh head's initialisation is part of the run
     reader = build_long_reader(config.model, config.reader)
     features = reader.training_features(train_ex)
     lengths = [len(f["input_ids"]) for f in features]
     logger.info(f"long reader ({config.reader.attention}): {len(train_ex)} questions, {len(features)} inputs of "
                 f"{min(lengths)}-{max(lengths)} tokens")
-    if cluster_layers(reader) and not config.resume:
-        pad_id = reader.tokenizer.pad_id
-        batches = [collate_features([f], None, pad_id) for f in features[: config.calibration_examples]]
-        calibrate_centroids(reader, batches, lambda m, b: m.encoder(b["input_ids"], b["attention_mask"],
-                                                                    token_type_ids=b["token_type_ids"]))
+    if not config.train.resume:
+        _calibrate(reader, features, config.calibration_examples)
     out = Path(config.output_dir)
-    train_cfg = TrainConfig(
-        output_dir=str(out), max_steps=config.max_steps, epochs=config.epochs, batch_size=config.batch_size,
-        grad_accum=config.grad_accum, lr=config.lr, warmup_ratio=config.warmup_ratio,
-        weight_decay=config.weight_decay, seed=config.seed, checkpoint_every=config.checkpoint_every,
-        resume=config.resume, device=config.device,
-        extra={"recipe": "long-reader", "data": config.data, "eval_fraction": config.eval_fraction,
-               "reader": dataclasses.asdict(config.reader), "model": str(config.model)},
-    )
+    run = config.loop_config("long-reader")
     pad_id = reader.tokenizer.pad_id
-    state = train(reader, features, lambda items, rng: collate_features(items, rng, pad_id), reader_loss, train_cfg,
-                  stop_after=stop_after)
-    if state.step < state.total_steps:
-        return LongReaderTrainingResult(None, state.step, len(train_ex), len(features), None, data.skipped)
-    model_dir = out / "model"
-    metrics = None
+    state = train(reader, features, lambda items, rng: collate_features(items, rng, pad_id), reader_loss, run,
+                  callbacks=callbacks, stop_after=stop_after)
+    done = dict(output_dir=out, steps=state.step, train_examples=len(train_ex), train_features=len(features),
+                skipped=data.skipped)
+    if not finished(state):
+        return LongReaderTrainingResult(model_dir=None, metrics=read_metrics(out, run.metrics_file), **done)
+    model_dir, metrics = out / "model", None
     if state.rank == 0:
         reader.save_pretrained(model_dir)
         (model_dir / "long_reader_config.json").write_text(json.dumps(dataclasses.asdict(config.reader), indent=2))
         atomic_write_json(out / "split.json", {
-            "rule": "sha256(question id)[:8] / 2**32 < eval_fraction -> eval (reprlab.text.hotpotqa.split_questions)",
-            "eval_fraction": config.eval_fraction, "train_examples": len(train_ex), "eval_examples": len(eval_ex),
-            "skipped": data.skipped,
+            "rule": f"{RULE}; key = the question id", "eval_fraction": config.eval_fraction,
+            "train_examples": len(train_ex), "eval_examples": len(eval_ex), "skipped": data.skipped,
         })
         if config.evaluate and eval_ex:
             metrics = evaluate_long_reader(reader, eval_ex)
             atomic_write_json(out / "eval.json", metrics)
             logger.info(f"eval: EM {metrics['exact_match']:.2f} F1 {metrics['f1']:.2f} on {metrics['n']} questions")
-    return LongReaderTrainingResult(model_dir, state.step, len(train_ex), len(features), metrics, data.skipped)
+    return LongReaderTrainingResult(model_dir=model_dir, metrics=read_metrics(out, run.metrics_file),
+                                    eval_metrics=metrics, **done)
 
 
 def evaluate_long_reader(reader: Reader, examples: Sequence[QAExample], show_progress: bool | None = None) -> dict:
@@ -359,4 +368,4 @@ def load_long_reader(folder: str | Path) -> Reader:
 
 __all__ = ["ENCODERS", "LongExamples", "LongReaderConfig", "LongReaderTrainingConfig", "LongReaderTrainingResult",
            "build_long_reader", "evaluate_long_reader", "extend_position_embeddings", "load_long_hotpotqa",
-           "load_long_reader", "long_example", "run_long_reader_training"]
+           "load_long_reader", "run_long_reader_training"]

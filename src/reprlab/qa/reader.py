@@ -18,8 +18,9 @@ weights + ``qa_outputs``), so ``AutoModelForQuestionAnswering.from_pretrained(fo
 >>> reader.answer("Who wrote it?", "It was written by Ada Lovelace in 1843.")[0].text  # doctest: +SKIP
 'Ada Lovelace'
 
-Training (:func:`run_reader_training`) runs the shared loop on SQuAD v1.1 / HotpotQA files with
-the split rule of :mod:`reprlab.qa.squad`.
+:func:`load_reader` opens any reader folder as its own kind (a Block Skim folder as a
+:class:`~reprlab.qa.block_skim.BlockSkimReader`: subclasses register the file that marks their
+folders in :data:`READER_KINDS`). Training is the ``train reader`` recipe (:mod:`reprlab.qa.recipe`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -41,9 +42,10 @@ from torch import nn
 
 from reprlab.encoder import Encoder
 from reprlab.errors import ConfigError, ModelLoadError, ReprlabError, config_from_dict
-from reprlab.io import atomic_dir, atomic_write_json
-from reprlab.qa.squad import HOTPOTQA_CONTEXTS, QAExample, evaluate_examples, load_qa_file, split_examples
+from reprlab.io import atomic_dir
+from reprlab.qa.squad import QAExample, evaluate_examples
 from reprlab.text.tokenizer import Batch, Tokenizer
+from reprlab.train.recipe import check, option
 
 logger = logging.getLogger("reprlab")
 
@@ -58,23 +60,20 @@ class ReaderConfig:
     encoder's number of positions. ``stride`` tokens of context are shared by neighbouring windows.
     """
 
-    max_length: int | None = 384
-    stride: int = 128
-    max_question_length: int = 64
-    max_answer_length: int = 30
-    n_best: int = 20
-    batch_size: int = 32  # windows per forward pass at inference
+    max_length: int | None = option(384, help="window length in tokens (question + context + specials)")
+    stride: int = option(128, help="context tokens shared by neighbouring windows")
+    max_question_length: int = option(64, help="question tokens kept (a longer question is clipped)")
+    max_answer_length: int = option(30, help="longest answer span in tokens")
+    n_best: int = option(20, help="best spans of each window that compete for the answer")
+    batch_size: int = option(32, help="windows per forward pass at inference and evaluation", flag="--eval-batch-size")
 
     def __post_init__(self):
-        if self.max_answer_length < 1 or self.n_best < 1 or self.batch_size < 1:
-            raise ConfigError("max_answer_length, n_best and batch_size must be at least 1")
-        if self.max_length is not None and self.stride >= self.max_length - self.max_question_length - 3:
-            raise ConfigError(
-                f"stride {self.stride} leaves no new context per window: it must be below max_length "
-                f"({self.max_length}) - max_question_length ({self.max_question_length}) - 3"
-            )
-        if self.stride < 0:
-            raise ConfigError("stride must be >= 0")
+        for name in ("max_answer_length", "n_best", "batch_size"):
+            check(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
+        check(self.stride >= 0, "stride", f"must be >= 0, got {self.stride}")
+        check(self.max_length is None or self.stride < self.max_length - self.max_question_length - 3, "stride",
+              f"stride {self.stride} leaves no new context per window: it must be below max_length "
+              f"({self.max_length}) - max_question_length ({self.max_question_length}) - 3")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ReaderConfig":
@@ -172,7 +171,8 @@ class Reader(nn.Module):
         return self.config.max_length or self.encoder.config.max_position_embeddings
 
     def lr_scale(self, name: str) -> float:
-        """Learning-rate multiplier of parameter ``name`` in :func:`run_reader_training` (1 here)."""
+        """Learning-rate multiplier of parameter ``name`` in training (1 here; see
+        :func:`~reprlab.qa.training.reader_optimizer`)."""
         return 1.0
 
     def span_logits(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -448,7 +448,7 @@ def _read_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------------------------
-# evaluation and the training recipe
+# evaluation and loading
 
 
 def evaluate_reader(reader: Reader, examples: Sequence[QAExample], show_progress: bool | None = None) -> dict:
@@ -463,184 +463,21 @@ def evaluate_reader(reader: Reader, examples: Sequence[QAExample], show_progress
     return metrics
 
 
-def collate_features(items: list[dict[str, Any]], rng=None, pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Pad training windows to the longest of the batch."""
-    B, T = len(items), max(len(it["input_ids"]) for it in items)
-    ids = torch.full((B, T), pad_id, dtype=torch.long)
-    types = torch.zeros(B, T, dtype=torch.long)
-    mask = torch.zeros(B, T, dtype=torch.long)
-    ctx = torch.zeros(B, T, dtype=torch.bool)
-    for i, it in enumerate(items):
-        n = len(it["input_ids"])
-        ids[i, :n] = it["input_ids"]
-        types[i, :n] = it["token_type_ids"]
-        mask[i, :n] = 1
-        ctx[i, :n] = it["context_mask"]
-    return {
-        "input_ids": ids, "attention_mask": mask, "token_type_ids": types, "context_mask": ctx,
-        "start_positions": torch.tensor([it["start_positions"] for it in items]),
-        "end_positions": torch.tensor([it["end_positions"] for it in items]),
-    }
+READER_KINDS: dict[str, type[Reader]] = {}
+"""Reader classes by the file that marks their folders (``block_skim.json``: Block Skim); a subclass
+registers itself when its module is imported (``reprlab.qa`` imports them all)."""
 
 
-def reader_loss(model: nn.Module, batch: dict[str, torch.Tensor]):
-    out = model(**batch)
-    return out.loss, out.metrics or {}
+def load_reader(path: str | Path) -> Reader:
+    """A reader folder saved by ``reprlab train reader`` (as the kind its files name, e.g. Block Skim) or by
+    transformers' ``BertForQuestionAnswering``, in eval mode; anything else is a ModelLoadError."""
+    from reprlab.hub import resolve_model_path
 
-
-@dataclass
-class ReaderTrainingConfig:
-    """``reprlab train reader``: fine-tune a reader on SQuAD v1.1 (.json) / HotpotQA IRCoT (.jsonl) files.
-
-    Examples are split by :func:`reprlab.qa.squad.hash_split` of their group (article title for
-    SQuAD, question id for HotpotQA); the reader trains on the ``train`` side only and is evaluated
-    on the ``eval`` side at the end (``eval_fraction=0`` trains on everything, evaluates nothing).
-    """
-
-    output_dir: str
-    data: list[str]
-    model: str = "minilm"
-    eval_fraction: float = 0.25
-    reader: ReaderConfig = field(default_factory=ReaderConfig)
-    epochs: float = 2.0
-    max_steps: int | None = None
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 1e-4
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    seed: int = 0
-    checkpoint_every: int = 0
-    resume: bool = False
-    bf16: bool = False
-    device: str = "auto"
-    evaluate: bool = True
-    group_by_length: bool = True  # batches of windows of similar length (less padding), in a random order
-    hotpotqa_contexts: str = field(default="supporting", metadata={
-        "choices": HOTPOTQA_CONTEXTS,
-        "help": "HotpotQA .jsonl: one example per supporting paragraph with the answer, or one per question "
-                "over all its paragraphs (the distractor setting)"})
-
-    def __post_init__(self):
-        if isinstance(self.reader, dict):
-            self.reader = ReaderConfig.from_dict(self.reader)
-        if not self.data:
-            raise ConfigError("no training data: give at least one SQuAD .json or HotpotQA .jsonl file")
-        if self.hotpotqa_contexts not in HOTPOTQA_CONTEXTS:
-            raise ConfigError(f"hotpotqa_contexts must be one of {HOTPOTQA_CONTEXTS}, got {self.hotpotqa_contexts!r}")
-
-
-@dataclass
-class ReaderTrainingResult:
-    model_dir: Path | None
-    steps: int
-    train_examples: int
-    train_windows: int
-    eval_metrics: dict[str, dict] | None  # {data file: EM/F1 on its eval side}
-
-
-def load_split(files: Sequence[str], eval_fraction: float, hotpotqa_contexts: str = "supporting"
-               ) -> tuple[list[QAExample], dict[str, list[QAExample]]]:
-    """(train examples of all files, {file: eval examples}) by the hash split rule."""
-    train_all: list[QAExample] = []
-    held: dict[str, list[QAExample]] = {}
-    for path in files:
-        tr, ev = split_examples(load_qa_file(path, hotpotqa_contexts), eval_fraction)
-        train_all.extend(tr)
-        held[str(path)] = ev
-    return train_all, held
-
-
-def length_grouped_order(lengths: Sequence[int], batch_size: int, steps: int, seed: int) -> list[int]:
-    """Indices for ``steps`` batches of ``batch_size`` whose members have similar lengths.
-
-    Each pass over the data draws a random permutation, sorts it by length inside mega-batches of
-    32 batches, cuts batches (dropping the remainder) and shuffles the batches' order, so that
-    padding is small while the order still changes from pass to pass.
-    """
-    lengths = np.asarray(lengths)
-    n = len(lengths)
-    per_pass = n // batch_size
-    if per_pass < 1:
-        raise ConfigError(f"{n} training windows are fewer than one batch of {batch_size}")
-    rng = np.random.default_rng(seed)
-    order: list[int] = []
-    mega = 32 * batch_size
-    while len(order) < steps * batch_size:
-        perm = rng.permutation(n)
-        chunks = np.split(perm, range(mega, n, mega))
-        grouped = np.concatenate([c[np.argsort(-lengths[c], kind="stable")] for c in chunks])
-        batches = grouped[: per_pass * batch_size].reshape(per_pass, batch_size)
-        order.extend(batches[rng.permutation(per_pass)].reshape(-1).tolist())
-    return order[: steps * batch_size]
-
-
-def reader_optimizer(model: Reader, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW with one group per (learning-rate scale, decay or not): no decay on biases and norms, and
-    ``model.lr_scale(name)`` x ``lr`` per parameter (e.g. Block Skim's fresh predictors learn faster)."""
-    groups: dict[tuple[float, bool], list] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            decay = p.ndim >= 2 and "norm" not in name.lower()
-            groups.setdefault((model.lr_scale(name), decay), []).append(p)
-    return torch.optim.AdamW(
-        [{"params": ps, "lr": lr * scale, "weight_decay": weight_decay if decay else 0.0}
-         for (scale, decay), ps in sorted(groups.items())], lr=lr)
-
-
-def run_reader_training(
-    config: ReaderTrainingConfig, model: Reader | None = None, stop_after: int | None = None
-) -> ReaderTrainingResult:
-    """Fine-tune ``model`` (default: ``Reader.from_pretrained(config.model, config.reader)``) with the span
-    loss (plus whatever loss ``model.forward`` adds, e.g. Block Skim's) on the shared training loop,
-    save it to ``<output_dir>/model`` and evaluate it on the held-out split.
-
-    ``stop_after`` ends the run after that many steps as if killed (nothing saved but the loop's
-    checkpoints; ``model_dir`` is then None): for resume tests."""
-    from reprlab.train import TrainConfig, train
-
-    train_ex, held = load_split(config.data, config.eval_fraction, config.hotpotqa_contexts)
-    if not train_ex:
-        raise ConfigError(f"the train side of {', '.join(config.data)} is empty (eval_fraction {config.eval_fraction})")
-    if model is None:
-        torch.manual_seed(config.seed)  # the fresh head's initialisation is part of the run
-        model = Reader.from_pretrained(config.model, config.reader)
-    features = model.training_features(train_ex)
-    logger.info(f"reader training: {len(train_ex)} examples, {len(features)} windows")
-    out = Path(config.output_dir)
-    dataset: Sequence = features
-    steps, epochs, shuffle = config.max_steps, config.epochs, True
-    if config.group_by_length:  # the loop then reads this pre-arranged sequence in order, once
-        steps = config.max_steps or max(1, int(config.epochs * (len(features) // config.batch_size)))
-        order = length_grouped_order([len(f["input_ids"]) for f in features], config.batch_size, steps, config.seed)
-        dataset, epochs, shuffle = [features[i] for i in order], 1.0, False
-    train_cfg = TrainConfig(
-        output_dir=str(out), max_steps=steps, epochs=epochs, batch_size=config.batch_size,
-        grad_accum=config.grad_accum, lr=config.lr, warmup_ratio=config.warmup_ratio,
-        weight_decay=config.weight_decay, seed=config.seed, checkpoint_every=config.checkpoint_every,
-        resume=config.resume, bf16=config.bf16, device=config.device, shuffle=shuffle,
-        extra={"recipe": "reader", "data": list(config.data), "eval_fraction": config.eval_fraction,
-               "epochs": config.epochs, "group_by_length": config.group_by_length},
-    )
-    pad_id = model.tokenizer.pad_id
-    optimizer = reader_optimizer(model, config.lr, config.weight_decay)  # the loop's .to(device) keeps the params
-    state = train(model, dataset, lambda items, rng: collate_features(items, rng, pad_id), reader_loss, train_cfg,
-                  optimizer=optimizer, stop_after=stop_after)
-    model_dir = out / "model"
-    metrics = None
-    if state.step < state.total_steps:  # stopped early (stop_after)
-        return ReaderTrainingResult(None, state.step, len(train_ex), len(features), None)
-    if state.rank == 0:
-        model.save_pretrained(model_dir)
-        atomic_write_json(out / "split.json", {
-            "rule": "sha256(group)[:8] / 2**32 < eval_fraction -> eval; group = SQuAD article title / HotpotQA "
-                    "question id",
-            "eval_fraction": config.eval_fraction, "train_examples": len(train_ex), "train_windows": len(features),
-            "eval_examples": {f: len(ev) for f, ev in held.items()},
-        })
-        if config.evaluate and any(held.values()):
-            metrics = {f: evaluate_reader(model, ev) for f, ev in held.items() if ev}
-            atomic_write_json(out / "eval.json", metrics)
-            for f, m in metrics.items():
-                logger.info(f"eval {f}: EM {m['exact_match']:.2f} F1 {m['f1']:.2f} on {m['n']} questions")
-    return ReaderTrainingResult(model_dir, state.step, len(train_ex), len(features), metrics)
+    folder = resolve_model_path(path)
+    config = folder / "config.json"
+    is_hf_qa = config.is_file() and "ForQuestionAnswering" in config.read_text(encoding="utf-8")
+    if not (folder / READER_CONFIG_FILE).is_file() and not is_hf_qa:
+        raise ModelLoadError(f"{path} is not a reader (no {READER_CONFIG_FILE} and no question-answering head); "
+                             "train one with `reprlab train reader`")
+    cls = next((kind for marker, kind in READER_KINDS.items() if (folder / marker).is_file()), Reader)
+    return cls.from_pretrained(folder).eval()

@@ -7,17 +7,20 @@ and their whitespace is collapsed; exact match compares the normalised strings, 
 their tokens; a question scores the maximum over its gold answers; totals are percentages over
 all questions, an unanswered one counting 0.
 
-HotpotQA (Yang et al., EMNLP 2018) questions of the IRCoT processed layout become extractive
-examples by finding each gold answer in each supporting paragraph (whole-word, case-sensitive
-first, then case-insensitive); yes/no answers and answers found in no supporting paragraph are
-left out. With ``contexts="all"`` (the distractor setting: what a reader sees after retrieval)
-each question is one example over all of its paragraphs (:func:`paragraphs_example`).
+HotpotQA (Yang et al., EMNLP 2018) questions are read by the one HotpotQA reader,
+:func:`reprlab.text.hotpotqa.load_hotpotqa` (both layouts, file:line errors), and become extractive
+examples here (:func:`hotpotqa_examples`) by finding each gold answer in each supporting paragraph
+(whole-word, case-sensitive first, then case-insensitive). With ``contexts="all"`` (the distractor
+setting: what a reader sees after retrieval) each question is one example over all of its
+paragraphs (:func:`paragraphs_example`). Questions an extractive reader cannot learn from are left
+out and counted by reason (:data:`SKIP_REASONS`), and the counts are logged: yes/no answers, no
+supporting paragraph (``"supporting"`` only), an answer found in no supporting paragraph (nowhere
+in the context, for ``"all"``).
 
-Train/eval split rule (:func:`hash_split`): a group key is hashed with SHA-256, and the group goes
-to ``eval`` when the first 8 hex digits, read as an integer and divided by 2**32, fall below
-``eval_fraction``. SQuAD groups by article title (no paragraph of an eval article is trained
-on); HotpotQA groups by question id (all paragraphs of one question fall on one side). The rule
-needs no seed and no list of ids, so every script that uses it draws the same split.
+Train/eval split: the one rule of :mod:`reprlab.text.splits` on each example's ``group``. SQuAD
+groups by article title (no paragraph of an eval article is trained on); HotpotQA groups by
+question id (all paragraphs of one question fall on one side, the side the question has in
+multi-hop retrieval).
 
 >>> normalize_answer("The  Denver Broncos!")
 'denver broncos'
@@ -27,20 +30,26 @@ needs no seed and no list of ids, so every script that uses it draws the same sp
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import re
 import string
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from reprlab.errors import ConfigError, DataFormatError
+from reprlab.text.hotpotqa import HotpotData, HotpotQuestion, load_hotpotqa
+
+logger = logging.getLogger("reprlab")
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = frozenset(string.punctuation)
-HOTPOTQA_CONTEXTS = ("supporting", "all")  # see load_hotpotqa_answers
+HOTPOTQA_CONTEXTS = ("supporting", "all")  # see hotpotqa_examples
+# why a HotpotQA question gives no example: no extractive answer; no supporting paragraph to read
+# ("supporting" contexts only); its answer in no supporting paragraph (in no paragraph, for "all")
+SKIP_REASONS = {"supporting": ("yes/no", "no supporting paragraph", "not found"), "all": ("yes/no", "not found")}
 
 
 @dataclass
@@ -111,32 +120,6 @@ def squad_metrics(gold: Mapping[str, Sequence[str]], predictions: Mapping[str, s
 def evaluate_examples(examples: Sequence[QAExample], predictions: Mapping[str, str]) -> dict[str, float]:
     """EM/F1 of ``predictions`` ({example id: answer text}) against the examples' answers."""
     return squad_metrics({ex.id: ex.answers for ex in examples}, predictions)
-
-
-# ------------------------------------------------------------------------------------------------
-# split rule
-
-
-def hash_fraction(key: str) -> float:
-    """A stable number in [0, 1) for ``key``: the first 32 bits of its SHA-256, over 2**32."""
-    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:8], 16) / 2**32
-
-
-def hash_split(key: str, eval_fraction: float) -> str:
-    """``"eval"`` when ``hash_fraction(key) < eval_fraction``, else ``"train"``."""
-    if not 0.0 <= eval_fraction <= 1.0:
-        raise ConfigError(f"eval_fraction must be in [0, 1], got {eval_fraction}")
-    return "eval" if hash_fraction(key) < eval_fraction else "train"
-
-
-def split_examples(
-    examples: Iterable[QAExample], eval_fraction: float
-) -> tuple[list[QAExample], list[QAExample]]:
-    """(train, eval) by :func:`hash_split` of each example's ``group``."""
-    train, held = [], []
-    for ex in examples:
-        (held if hash_split(ex.group, eval_fraction) == "eval" else train).append(ex)
-    return train, held
 
 
 # ------------------------------------------------------------------------------------------------
@@ -232,72 +215,99 @@ def paragraphs_example(qid: str, question: str, paragraphs: Sequence[tuple[str, 
     return None
 
 
-def load_hotpotqa_answers(path: str | Path, contexts: str = "supporting") -> list[QAExample]:
-    """Extractive examples from HotpotQA in the IRCoT processed layout (JSONL).
+@dataclass
+class HotpotExamples:
+    examples: list[QAExample]
+    skipped: dict[str, int]  # questions left out, by reason (SKIP_REASONS of the contexts)
+
+
+def _supporting_examples(data: HotpotData, q: HotpotQuestion, answers: list[str]) -> list[QAExample] | str:
+    """One example per supporting paragraph holding a gold answer, or the reason there is none."""
+    if not q.supporting:
+        return "no supporting paragraph"
+    found = []
+    for position in q.supporting:
+        doc = data.corpus[q.paragraphs[position]]
+        for answer in answers:
+            start = _find_whole_word(doc["text"], answer)
+            if start >= 0:
+                found.append(QAExample(f"{q.id}:{position}", q.question, doc["text"], list(answers),
+                                       [(start, start + len(answer))], group=q.id, title=doc["title"]))
+                break
+    return found or "not found"
+
+
+def hotpotqa_examples(data: HotpotData, contexts: str = "supporting",
+                      questions: Sequence[HotpotQuestion] | None = None) -> HotpotExamples:
+    """Extractive examples of HotpotQA questions (``questions``, default all of ``data``), in order.
 
     ``contexts="supporting"``: one example per (question, supporting paragraph that contains a gold
-    answer); its id is ``<question_id>:<paragraph id>``, its group the question id, its context the
-    paragraph text. The gold answers of an example are all of the question's answers (for EM/F1); the
-    training span is the first one found in that paragraph.
+    answer); its id is ``<question id>:<position of the paragraph in the record>``, its group the
+    question id, its context the paragraph text. The gold answers of an example are all of the
+    question's answers (for EM/F1); the training span is the first one found in that paragraph.
 
-    ``contexts="all"``: one example per question over all of its paragraphs (gold and distractors, file
-    order), as :func:`paragraphs_example` builds it; its id is the question id.
+    ``contexts="all"``: one example per question over all of its paragraphs (gold and distractors, in
+    the record's order), as :func:`paragraphs_example` builds it; its id is the question id.
     """
     if contexts not in HOTPOTQA_CONTEXTS:
         raise ConfigError(f"contexts must be one of {HOTPOTQA_CONTEXTS}, got {contexts!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError("no such file; give the IRCoT HotpotQA JSONL file", str(path))
+    skipped = dict.fromkeys(SKIP_REASONS[contexts], 0)
     examples: list[QAExample] = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataFormatError(f"not valid JSON ({exc.msg})", str(path), line_no) from exc
-            try:
-                qid = str(record["question_id"])
-                question = record["question_text"]
-                spans = [s for obj in record["answers_objects"] for s in obj.get("spans", []) if s and s.strip()]
-                paragraphs = record["contexts"]
-            except (KeyError, TypeError, AttributeError) as exc:
-                raise DataFormatError(
-                    f"expected question_id, question_text, answers_objects[].spans and contexts ({exc!r})",
-                    str(path), line_no) from exc
-            if not spans or all(s.strip().lower() in ("yes", "no") for s in spans):
-                continue
-            for ctx in paragraphs:
-                if not isinstance(ctx, dict) or "paragraph_text" not in ctx:
-                    raise DataFormatError("a context lacks paragraph_text", str(path), line_no)
-            if contexts == "all":
-                example = paragraphs_example(
-                    qid, question, [(c.get("title", ""), c["paragraph_text"], bool(c.get("is_supporting")))
-                                    for c in paragraphs], spans)
-                if example is not None:
-                    examples.append(example)
-                continue
-            for ctx in paragraphs:
-                if not ctx.get("is_supporting"):
-                    continue
-                text = ctx["paragraph_text"]
-                for span in spans:
-                    start = _find_whole_word(text, span)
-                    if start >= 0:
-                        examples.append(QAExample(
-                            f"{qid}:{ctx.get('id', '')}", question, text, list(spans), [(start, start + len(span))],
-                            group=qid, title=ctx.get("title", "")))
-                        break
-    return examples
+    for q in data.questions if questions is None else questions:
+        answers = [a for a in q.answers if a.strip()]
+        if not answers or all(a.strip().lower() in ("yes", "no") for a in answers):
+            skipped["yes/no"] += 1
+            continue
+        if contexts == "all":
+            paragraphs = [(data.corpus[pid]["title"], data.corpus[pid]["text"], i in q.supporting)
+                          for i, pid in enumerate(q.paragraphs)]
+            example = paragraphs_example(q.id, q.question, paragraphs, answers)
+            found = [example] if example is not None else "not found"
+        else:
+            found = _supporting_examples(data, q, answers)
+        if isinstance(found, str):
+            skipped[found] += 1
+        else:
+            examples.extend(found)
+    return HotpotExamples(examples, skipped)
 
 
-def load_qa_file(path: str | Path, hotpotqa_contexts: str = "supporting") -> list[QAExample]:
-    """A SQuAD v1.1 ``.json`` file or an IRCoT HotpotQA ``.jsonl`` file, chosen by the suffix
-    (``hotpotqa_contexts``: see :func:`load_hotpotqa_answers`)."""
+def log_skipped(source: str, questions: int, found: HotpotExamples, contexts: str) -> None:
+    """Say how many HotpotQA questions gave no example, and why (a warning when any lacked supporting facts)."""
+    why = {"yes/no": "with a yes/no answer", "no supporting paragraph": "without a supporting paragraph",
+           "not found": "with the answer in no supporting paragraph" if contexts == "supporting"
+           else "with the answer nowhere in the text"}
+    left_out = sum(found.skipped.values())
+    reasons = ", ".join(f"{n} {why[reason]}" for reason, n in found.skipped.items() if n)
+    message = (f"{source}: {questions} HotpotQA questions -> {len(found.examples)} examples ({contexts} contexts)"
+               + (f"; {left_out} questions left out: {reasons}" if left_out else ""))
+    (logger.warning if found.skipped.get("no supporting paragraph") else logger.info)(message)
+
+
+def load_hotpotqa_answers(path: str | Path, contexts: str = "supporting",
+                          skipped: dict[str, int] | None = None) -> list[QAExample]:
+    """Extractive examples (:func:`hotpotqa_examples`) of a HotpotQA file in either layout (read by
+    :func:`reprlab.text.hotpotqa.load_hotpotqa`, which keeps questions without a gold pair here).
+
+    The questions left out are logged and, when ``skipped`` is given, counted into it by reason."""
+    if contexts not in HOTPOTQA_CONTEXTS:
+        raise ConfigError(f"contexts must be one of {HOTPOTQA_CONTEXTS}, got {contexts!r}")
+    data = load_hotpotqa(path, require_gold_pair=False)
+    found = hotpotqa_examples(data, contexts)
+    log_skipped(str(path), len(data.questions), found, contexts)
+    if skipped is not None:
+        for reason, n in found.skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + n
+    return found.examples
+
+
+def load_qa_file(path: str | Path, hotpotqa_contexts: str = "supporting",
+                 skipped: dict[str, int] | None = None) -> list[QAExample]:
+    """A SQuAD v1.1 ``.json`` file or a HotpotQA ``.jsonl`` file, chosen by the suffix
+    (``hotpotqa_contexts`` and ``skipped``: see :func:`load_hotpotqa_answers`)."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        return load_hotpotqa_answers(path, contexts=hotpotqa_contexts)
+        return load_hotpotqa_answers(path, contexts=hotpotqa_contexts, skipped=skipped)
     if path.suffix == ".json":
         return load_squad(path)
     raise DataFormatError("unknown QA file type: give a SQuAD v1.1 .json file or an IRCoT HotpotQA .jsonl file",

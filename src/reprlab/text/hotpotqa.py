@@ -1,4 +1,4 @@
-"""HotpotQA for multi-hop retrieval: questions, their two gold paragraphs in hop order, an open corpus.
+"""HotpotQA: questions, their gold paragraphs in hop order, an open corpus; the one reader of the file.
 
 Yang et al., "HotpotQA: A Dataset for Diverse, Explainable Multi-hop Question Answering", EMNLP 2018
 (https://hotpotqa.github.io). Two layouts are read, chosen per record by its fields:
@@ -15,8 +15,11 @@ Yang et al., "HotpotQA: A Dataset for Diverse, Explainable Multi-hop Question An
     {"question_id", "question_text", "answers_objects": [{"spans": [...]}, ...],
      "contexts": [{"id", "title", "paragraph_text", "is_supporting"}, ...]}
 
-Every question must have exactly two gold paragraphs with different titles. A malformed record is
-a :class:`~reprlab.errors.DataFormatError` naming the file and the line the record starts on.
+Every question must have exactly two gold paragraphs with different titles (multi-hop retrieval
+needs the pair); ``require_gold_pair=False`` keeps the other questions too, with an empty ``gold``,
+for uses that need no pair (the extractive reader of :mod:`reprlab.qa.squad` reads answers from
+:class:`HotpotData`). A malformed record is a :class:`~reprlab.errors.DataFormatError` naming the
+file and the line the record starts on.
 
 **The open corpus** is the union of all questions' paragraphs (gold and distractors), deduplicated
 by (title, text), in file order. A passage's id is its title; should the same title come with a
@@ -39,30 +42,32 @@ disambiguation of the title dropped):
 In the original layout the ``type`` field is kept and only the order is derived. On the 500 IRCoT
 questions this gives 250 comparison and 250 bridge questions, of which 231 are ordered.
 
-**Train/eval split** (:func:`split_questions`): a question is ``eval`` when the first 8 hex digits
-of SHA-256(question id), read as an integer over 2**32, fall below ``eval_fraction`` (default
-:data:`EVAL_FRACTION` = 0.3), else ``train``. The rule needs no seed and no list of ids; on the 500
-IRCoT questions it gives 344 train / 156 eval. It is the rule of ``reprlab.qa.squad.hash_split``
-with the same key, so the reader's HotpotQA eval side (fraction 0.25) lies inside this eval side.
+**Train/eval split**: the one rule of :mod:`reprlab.text.splits`, keyed by the question id (eval
+fraction :data:`~reprlab.text.splits.EVAL_FRACTION` = 0.3: 344 train / 156 eval of the 500 IRCoT
+questions). The reader's HotpotQA examples are grouped by question id under the same rule, so its
+eval side at fraction 0.25 lies inside this eval side.
 
 >>> data = load_hotpotqa("hotpotqa_dev500_ircot/dev_subsampled.jsonl")   # doctest: +SKIP
 >>> len(data.questions), len(data.corpus)                                 # doctest: +SKIP
 (500, 4858)
->>> train, held = split_questions(data.questions)                         # doctest: +SKIP
+>>> from reprlab.text.splits import EVAL_FRACTION, split
+>>> parts = split(data.questions, key=lambda q: q.id, eval_fraction=EVAL_FRACTION)   # doctest: +SKIP
+>>> len(parts.train), len(parts.eval)                                                # doctest: +SKIP
+(344, 156)
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
-from reprlab.errors import ConfigError, DataFormatError
+from reprlab.errors import DataFormatError
+# the split rule's names, for the modules that still import them from here (reprlab.retrieval.mdr)
+from reprlab.text.splits import EVAL_FRACTION, hash_fraction  # noqa: F401
 
-EVAL_FRACTION = 0.3
 QUESTION_TYPES = ("bridge", "comparison")
 ORIGINAL_FIELDS = '{"_id", "question", "answer", "supporting_facts", "context", "type"}'
 PROCESSED_FIELDS = '{"question_id", "question_text", "answers_objects", "contexts"}'
@@ -72,18 +77,21 @@ PROCESSED_FIELDS = '{"question_id", "question_text", "answers_objects", "context
 class HotpotQuestion:
     """One question with its two gold passages (corpus ids).
 
-    ``gold`` is in hop order (hop 1, hop 2) when ``ordered``; otherwise its order carries no meaning.
-    ``paragraphs`` are the ids of all the paragraphs the record came with (gold and distractors).
+    ``gold`` is in hop order (hop 1, hop 2) when ``ordered``; otherwise its order carries no meaning
+    (empty for a question without a gold pair, read with ``require_gold_pair=False``).
+    ``paragraphs`` are the ids of all the paragraphs the record came with (gold and distractors), in
+    the record's order; ``supporting`` the positions in ``paragraphs`` of its supporting (gold) ones.
     """
 
     id: str
     question: str
     answers: list[str]
-    gold: tuple[str, str]
+    gold: tuple[str, str] | tuple[()]
     type: str
     ordered: bool
     paragraphs: list[str] = field(default_factory=list)
     level: str | None = None
+    supporting: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -95,32 +103,6 @@ class HotpotData:
     def subset(self, ids: Sequence[str]) -> list[HotpotQuestion]:
         keep = set(ids)
         return [q for q in self.questions if q.id in keep]
-
-
-# ------------------------------------------------------------------------------------------------
-# split rule
-
-
-def hash_fraction(key: str) -> float:
-    """A stable number in [0, 1): the first 32 bits of SHA-256(key) over 2**32."""
-    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:8], 16) / 2**32
-
-
-def question_split(question_id: str, eval_fraction: float = EVAL_FRACTION) -> str:
-    """``"eval"`` when ``hash_fraction(question_id) < eval_fraction``, else ``"train"``."""
-    if not 0.0 <= eval_fraction <= 1.0:
-        raise ConfigError(f"eval_fraction must be in [0, 1], got {eval_fraction}")
-    return "eval" if hash_fraction(question_id) < eval_fraction else "train"
-
-
-def split_questions(
-    questions: Sequence[HotpotQuestion], eval_fraction: float = EVAL_FRACTION
-) -> tuple[list[HotpotQuestion], list[HotpotQuestion]]:
-    """(train, eval) by :func:`question_split` of each question id, file order kept."""
-    train, held = [], []
-    for q in questions:
-        (held if question_split(q.id, eval_fraction) == "eval" else train).append(q)
-    return train, held
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,7 +248,18 @@ def _need(record: dict, key: str, kind, where) -> object:
     return value
 
 
-def _processed(record: dict, where, corpus: _Corpus) -> tuple:
+class _Parsed(NamedTuple):
+    qid: str
+    question: str
+    answers: list[str]
+    paragraphs: list[str]  # corpus ids, the record's order
+    gold: list[tuple[str, str, str]]  # (corpus id, title, text) of the gold paragraphs
+    supporting: list[int]  # their positions in ``paragraphs``
+    qtype: str | None
+    level: str | None
+
+
+def _processed(record: dict, where, corpus: _Corpus) -> _Parsed:
     path, line = where
     qid = str(_need(record, "question_id", (str, int), where))
     question = _need(record, "question_text", str, where)
@@ -275,7 +268,7 @@ def _processed(record: dict, where, corpus: _Corpus) -> tuple:
         if not isinstance(obj, dict) or not isinstance(obj.get("spans", []), list):
             raise DataFormatError("answers_objects must be a list of {\"spans\": [...]} objects", path, line)
         answers += [s for s in obj.get("spans", []) if isinstance(s, str) and s.strip()]
-    paragraphs, gold = [], []
+    paragraphs, gold, positions = [], [], []
     for i, ctx in enumerate(_need(record, "contexts", list, where)):
         if not isinstance(ctx, dict):
             raise DataFormatError(f"contexts[{i}] must be an object", path, line)
@@ -289,10 +282,11 @@ def _processed(record: dict, where, corpus: _Corpus) -> tuple:
         paragraphs.append(doc_id)
         if supporting:
             gold.append((doc_id, title, text))
-    return qid, question, answers, paragraphs, gold, None, None
+            positions.append(i)
+    return _Parsed(qid, question, answers, paragraphs, gold, positions, None, None)
 
 
-def _original(record: dict, where, corpus: _Corpus) -> tuple:
+def _original(record: dict, where, corpus: _Corpus) -> _Parsed:
     path, line = where
     qid = str(_need(record, "_id", (str, int), where))
     question = _need(record, "question", str, where)
@@ -315,16 +309,36 @@ def _original(record: dict, where, corpus: _Corpus) -> tuple:
         title, text = item[0], "".join(item[1]).strip()
         doc_id = corpus.add(title, text)
         paragraphs.append(doc_id)
-        by_title[title] = (doc_id, title, text)
+        by_title[title] = (i, doc_id, title, text)
     missing = [t for t in support if t not in by_title]
     if missing:
         raise DataFormatError(f"supporting_facts name {missing[0]!r}, which is not in the context", path, line)
-    level = record.get("level")
-    return qid, question, [answer], paragraphs, [by_title[t] for t in support], qtype, level
+    gold = [by_title[t][1:] for t in support]
+    positions = sorted(by_title[t][0] for t in support)
+    return _Parsed(qid, question, [answer], paragraphs, gold, positions, qtype, record.get("level"))
 
 
-def load_hotpotqa(path: str | Path) -> HotpotData:
-    """Questions and the open corpus of a HotpotQA file in the original or the processed layout."""
+def _question(parsed: _Parsed, where, require_gold_pair: bool) -> HotpotQuestion:
+    """The question of a parsed record, its gold pair in hop order (see the module docstring)."""
+    qid, question, answers, paragraphs, gold, supporting, qtype, level = parsed
+    titles = {g[1] for g in gold}
+    if len(gold) != 2 or len(titles) != 2:
+        if not require_gold_pair:
+            return HotpotQuestion(qid, question, answers, (), qtype or "", False, paragraphs, level, supporting)
+        raise DataFormatError(f"question {qid}: expected exactly 2 gold (supporting) paragraphs with "
+                              f"different titles, found {len(gold)} ({len(titles)} titles)", *where)
+    (id_a, *a), (id_b, *b) = gold
+    kind, ordered, swap = derive_hops(question, answers, tuple(a), tuple(b), qtype)
+    pair = (id_b, id_a) if swap else (id_a, id_b)
+    return HotpotQuestion(qid, question, answers, pair, kind, ordered, paragraphs, level, supporting)
+
+
+def load_hotpotqa(path: str | Path, require_gold_pair: bool = True) -> HotpotData:
+    """Questions and the open corpus of a HotpotQA file in the original or the processed layout.
+
+    ``require_gold_pair=False`` keeps questions without exactly two gold paragraphs of different
+    titles (``gold`` empty, ``ordered`` False, ``type`` the record's or ""), instead of refusing the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataFormatError("no such file; give a HotpotQA .json (original layout) or IRCoT .jsonl file",
@@ -337,25 +351,18 @@ def load_hotpotqa(path: str | Path) -> HotpotData:
         if not isinstance(record, dict):
             raise DataFormatError(f"a record must be a JSON object, got {type(record).__name__}", *where)
         if "question_text" in record or "contexts" in record:
-            qid, question, answers, paragraphs, gold, qtype, level = _processed(record, where, corpus)
+            parsed = _processed(record, where, corpus)
         elif "question" in record or "context" in record:
-            qid, question, answers, paragraphs, gold, qtype, level = _original(record, where, corpus)
+            parsed = _original(record, where, corpus)
         else:
             raise DataFormatError(f"not a HotpotQA record: expected the original layout {ORIGINAL_FIELDS} "
                                   f"or the processed layout {PROCESSED_FIELDS}", *where)
-        if not question.strip():
-            raise DataFormatError(f"question {qid}: the question text is empty", *where)
-        if qid in seen:
-            raise DataFormatError(f"duplicate question id {qid!r} (first on line {seen[qid]})", *where)
-        seen[qid] = line_no
-        titles = {g[1] for g in gold}
-        if len(gold) != 2 or len(titles) != 2:
-            raise DataFormatError(f"question {qid}: expected exactly 2 gold (supporting) paragraphs with "
-                                  f"different titles, found {len(gold)} ({len(titles)} titles)", *where)
-        (id_a, *a), (id_b, *b) = gold
-        kind, ordered, swap = derive_hops(question, answers, tuple(a), tuple(b), qtype)
-        pair = (id_b, id_a) if swap else (id_a, id_b)
-        questions.append(HotpotQuestion(qid, question, answers, pair, kind, ordered, paragraphs, level))
+        if not parsed.question.strip():
+            raise DataFormatError(f"question {parsed.qid}: the question text is empty", *where)
+        if parsed.qid in seen:
+            raise DataFormatError(f"duplicate question id {parsed.qid!r} (first on line {seen[parsed.qid]})", *where)
+        seen[parsed.qid] = line_no
+        questions.append(_question(parsed, where, require_gold_pair))
     if not questions:
         raise DataFormatError("no questions in the file", str(path))
     return HotpotData(questions, corpus.docs, str(path))
