@@ -48,7 +48,8 @@ METHODS = {
 }
 # recipes that compose methods: the distillation recipe trains KD, CKD or SEED
 COMPOSERS = {"reprlab.distill.recipe": {"reprlab.distill.kd", "reprlab.distill.ckd", "reprlab.distill.seed"},
-             "reprlab.pretrain.mlm": {"reprlab.pretrain.pmi"}}  # MLM with any masking scheme, PMI's included
+             "reprlab.pretrain.mlm": {"reprlab.pretrain.pmi"},  # MLM with any masking scheme, PMI's included
+             "reprlab.qa.recipe": {"reprlab.qa.block_skim"}}  # the reader recipe trains plain or Block Skim readers
 
 
 def module_name(path: Path) -> str:

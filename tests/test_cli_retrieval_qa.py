@@ -281,7 +281,7 @@ def test_train_reader_freeze_reader_keeps_the_trained_reader(reader_dirs, tmp_pa
 
 
 def test_train_reader_and_answer_from_a_context(reader_dirs, capsys):
-    from reprlab.cli import load_reader
+    from reprlab.qa.reader import load_reader
     from reprlab.qa.block_skim import BlockSkimReader
 
     plain, skim = reader_dirs
@@ -338,7 +338,7 @@ def test_qa_bad_input(reader_dirs, tmp_path, tiny_model_dir, capsys):
     broken.write_text('{"version": "1.1", "data": [{"title": "T", "paragraphs": [{"qas": []}]}]}')
     fails(capsys, ["train", "reader", "--data", str(broken), "--out", str(tmp_path / "r")], "broken.json")
     fails(capsys, ["train", "reader", "--data", str(write_squad(tmp_path / "ok.json")), "--out", str(tmp_path / "r"),
-                   "--block-skim", "--block-size", "6"], "block_size")
+                   "--block-skim", "--block-size", "6"], "--block-size")
     fails(capsys, ["train", "reader", "--data", str(tmp_path / "ok.json"), "--out", str(tmp_path / "r"),
                    "--threshold", "0.2"], "need --block-skim")
     usage_error(capsys, ["answer", "--model", "m", "--question", "q"], "--context")  # or --index: one is required

@@ -29,7 +29,10 @@ def is_pickle(path: Path) -> bool:
 def written(tmp_path_factory, tiny_model_dir):
     """A folder holding what every writing command produces on tiny inputs."""
     root = tmp_path_factory.mktemp("written")
+    from test_recipes import _squad
+
     beir, model = str(demo_data_path()), str(tiny_model_dir)
+    squad = _squad(root)
     loop = ["--max-steps", "2", "--batch-size", "4", "--checkpoint-every", "1", "--device", "cpu"]
     commands = [
         ["index", "--corpus", beir, "--model", model, "--out", f"{root}/index"],
@@ -47,6 +50,11 @@ def written(tmp_path_factory, tiny_model_dir):
          "--pmi-min-count", "2", "--max-length", "32", *loop],
         ["distill", "seed", "--corpus", beir, "--teacher", model, "--student", "layers:0", "--out", f"{root}/seed",
          "--max-length", "24", *loop],
+        ["train", "reader", "--data", squad, "--model", model, "--out", f"{root}/reader", "--eval-fraction", "0",
+         "--max-length", "64", "--stride", "16", "--max-question-length", "16", *loop],
+        ["train", "reader", "--data", squad, "--model", model, "--out", f"{root}/skim", "--eval-fraction", "0",
+         "--max-length", "64", "--stride", "16", "--max-question-length", "16", "--block-skim", "--block-size", "8",
+         *loop],
         ["compress", "approx", "--model", model, "--data", beir, "--out", f"{root}/approx", "--dev-fraction", "0.5",
          "--passage-max-length", "32"],
     ]

@@ -36,10 +36,51 @@ def _sentences(tmp: Path) -> str:
     return str(path)
 
 
+def _squad(tmp: Path) -> str:
+    contexts = ["Denver Broncos defeated the Carolina Panthers 24-10 to earn their third Super Bowl title.",
+                "The game was played on February 7, 2016, at Levi's Stadium in Santa Clara, California.",
+                "Beyonce headlined the halftime show, with Coldplay and Bruno Mars as special guests.",
+                "The Panthers defense gave up just 308 points, ranking sixth in the league."]
+    answers = ["Denver Broncos", "Levi's Stadium", "Beyonce", "308"]
+    paragraphs = [{"context": c, "qas": [{"id": f"q{i}", "question": f"Question {i} about the game?",
+                                          "answers": [{"text": a, "answer_start": c.index(a)}]}]}
+                  for i, (c, a) in enumerate(zip(contexts, answers))]
+    path = tmp / "squad.json"
+    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "T", "paragraphs": paragraphs}]}))
+    return str(path)
+
+
+def _hotpot(tmp: Path) -> str:
+    lines = []
+    for i in range(8):
+        city = ["Paris", "Lyon", "Nice", "Lille"][i % 4]
+        contexts = [{"id": f"{i}a", "title": f"Band {i}", "paragraph_text": f"Band {i} was formed by Ann Lee {i}.",
+                     "is_supporting": True},
+                    {"id": f"{i}b", "title": f"Other {i}", "paragraph_text": "The committee met in spring.",
+                     "is_supporting": False},
+                    {"id": f"{i}c", "title": f"Ann Lee {i}", "paragraph_text": f"Ann Lee {i} was born in {city}.",
+                     "is_supporting": True}]
+        lines.append({"question_id": f"q{i}", "question_text": f"Where was the founder of Band {i} born?",
+                      "answers_objects": [{"spans": [city]}], "contexts": contexts})
+    path = tmp / "hotpot.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return str(path)
+
+
 def tiny_configs(tmp: Path, model: Path) -> dict:
     """command -> (keyword arguments of a tiny config without output_dir and loop settings)."""
+    from reprlab.qa.long_reader import LongReaderConfig
+    from reprlab.qa.reader import ReaderConfig
+
     demo = str(demo_data_path())
+    reader = ReaderConfig(max_length=64, stride=16, max_question_length=16)
+    long_reader = LongReaderConfig(attention="cluster-former", cluster_layers=[1], max_positions=1024, window=32,
+                                   stride=16, num_clusters=4, memory_size=256, memory_per_step=64, refresh_every=2,
+                                   max_question_length=16)
     return {
+        "train reader": dict(data=[_squad(tmp)], model=str(model), eval_fraction=0.0, reader=reader),
+        "train long-reader": dict(data=_hotpot(tmp), model=str(model), eval_fraction=0.0, reader=long_reader,
+                                  calibration_examples=2, evaluate=False),
         "train dpr": dict(data=demo, split="test", model=str(model), num_negatives=1, mine_depth=5,
                           query_max_length=16, passage_max_length=32),
         "train hashing": dict(data=demo, split="test", model=str(model), num_negatives=1, mine_depth=5,
