@@ -95,7 +95,7 @@ def reused_stage(run: Path, cfg, option: str = "--stage1-model"):
         split = json.loads((run / "split.json").read_text())
     except (OSError, ValueError) as e:
         sys.exit(f"{option} {run}: not a finished MDR run folder ({e})")
-    want = {k: getattr(cfg, k) for k in ("eval_fraction", "holdout_fraction", "num_negatives",
+    want = {k: getattr(cfg, k) for k in ("eval_fraction", "dev_fraction", "num_negatives",
                                          "negative_sources", "negative_depth", "max_question_length",
                                          "max_query_length", "max_passage_length", "hop2_title", "scale",
                                          "freeze_passages", "memory_bank")}
@@ -113,8 +113,8 @@ def reused_stage(run: Path, cfg, option: str = "--stage1-model"):
                  + ", ".join(f"{k} = {a!r}, this run {b!r}" for k, (a, b) in wrong.items()))
     if not (run / "model" / "mdr.json").is_file():
         sys.exit(f"{option} {run}: no finished model in {run / 'model'}")
-    return MDRResult(model_dir=str(run / "model"), steps=int(last_metric(run, "step") or 0),
-                     train_questions=split["train"], holdout_questions=split["holdout"],
+    return MDRResult(output_dir=run, model_dir=str(run / "model"), steps=int(last_metric(run, "step") or 0),
+                     train_questions=split["train"], dev_questions=split["dev"],
                      eval_questions=split["eval"], eval_metrics=None)
 
 
@@ -122,8 +122,8 @@ def main() -> None:
     from reprlab.encoder import SentenceEncoder
     from reprlab.retrieval.dense import DenseRetriever, doc_text
     from reprlab.retrieval.index import FaissIndex
-    from reprlab.retrieval.mdr import (MDRConfig, SparseFusion, evaluate_mdr, evaluate_single_hop, run_mdr_training,
-                                       train_side)
+    from reprlab.retrieval.mdr import (MDRConfig, SparseFusion, evaluate_mdr, evaluate_single_hop, question_sides,
+                                       run_mdr_training)
     from reprlab.retrieval.pipeline import bm25_for_corpus
     from reprlab.text.hotpotqa import EVAL_FRACTION, HotpotData, load_hotpotqa
     from reprlab.train import TrainConfig
@@ -171,7 +171,7 @@ def main() -> None:
     t_start = time.time()
 
     data = load_hotpotqa(args.data)
-    train_q, hold_q, eval_q = train_side(data.questions, EVAL_FRACTION, args.holdout)
+    train_q, hold_q, eval_q = question_sides(data.questions, EVAL_FRACTION, args.holdout)
     data_file = args.data
     work = Path(args.output or tempfile.mkdtemp(prefix="reprlab-multihop-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -245,7 +245,7 @@ def main() -> None:
     # 4. MDR, first stage
     loop = dict(batch_size=args.batch_size, warmup_ratio=0.1, log_every=5, device=args.device, seed=0)
     cfg = MDRConfig(output_dir=str(work / "stage1"), data=data_file, model="minilm",
-                    holdout_fraction=args.holdout, num_negatives=args.negatives, evaluate=False,
+                    dev_fraction=args.holdout, num_negatives=args.negatives, evaluate=False,
                     negative_sources=args.negative_sources,
                     train=TrainConfig(output_dir="", epochs=args.epochs, lr=args.lr, **loop))
     t = time.time()
@@ -269,7 +269,7 @@ def main() -> None:
     # 5. MDR, second stage: memory bank of frozen passage vectors
     if args.stage2_epochs > 0:
         cfg2 = MDRConfig(output_dir=str(work / "stage2"), data=data_file, model=stage1.model_dir,
-                         holdout_fraction=args.holdout, evaluate=False,
+                         dev_fraction=args.holdout, evaluate=False,
                          num_negatives=args.negatives if args.stage2_negatives is None else args.stage2_negatives,
                          negative_sources=args.stage2_negative_sources, freeze_passages=True,
                          memory_bank=args.memory_bank,

@@ -156,8 +156,8 @@ def test_train_hashing_then_index_and_search_it(tmp_path, tiny_model_dir, capsys
 
 
 def test_mdr_train_index_search_evaluate(tmp_path, tiny_model_dir, capsys):
-    from reprlab.retrieval.mdr import train_side
     from reprlab.text.hotpotqa import load_hotpotqa
+    from reprlab.text.splits import split
 
     data = write_hotpot(tmp_path / "toy.jsonl")
     run = tmp_path / "mdr"
@@ -167,7 +167,7 @@ def test_mdr_train_index_search_evaluate(tmp_path, tiny_model_dir, capsys):
                  "--eval-fraction", "0.3"]) == 0
     model = run / "model"
     assert json.loads((model / "mdr.json").read_text())["max_query_length"] == 64
-    n_eval = len(train_side(load_hotpotqa(data).questions, 0.3)[2])
+    n_eval = len(split(load_hotpotqa(data).questions, lambda q: q.id, eval_fraction=0.3).eval)
     assert json.loads((run / "split.json").read_text())["eval"] == n_eval
 
     idx = tmp_path / "idx"

@@ -10,18 +10,20 @@ test questions. With ``--data BEIR_DIR`` it does the same on any BEIR folder (AN
 has a ``train`` split).
 
 On the embedded corpus it also answers two two-hop questions with MDR's beam search
-(:func:`reprlab.retrieval.mdr.multihop_demo`): the answer to each lies in a passage that only the
-first hop's passage leads to (two short passages, :data:`~reprlab.retrieval.mdr.DEMO_PASSAGES`, are
-added to the index for this step, after the evaluation), and the chain found is printed next to the
+(:func:`multihop_demo`, :func:`reprlab.retrieval.mdr.multihop_search`): the answer to each lies in a
+passage that only the first hop's passage leads to (two short passages of ``reprlab/data/demo/multihop.json``
+are added to the index for this step, after the evaluation), and the chain found is printed next to the
 single-hop top 2.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Mapping, Sequence
 
 from reprlab.cli_format import print_table, short
 from reprlab.retrieval.pipeline import HybridRetriever, bm25_for_corpus, retrieve
@@ -35,6 +37,36 @@ DEMO_METRICS = ("ndcg_cut_10", "recall_10", "recip_rank")
 
 def demo_data_path() -> Path:
     return Path(str(resources.files("reprlab") / "data" / "demo"))
+
+
+def load_multihop_demo() -> tuple[dict[str, dict[str, str]], dict[str, tuple[str, ...]]]:
+    """The multi-hop step's data (``data/demo/multihop.json``): the passages added to the embedded corpus
+    for it, ``{id: {"title", "text"}}``, and its two-hop questions with their gold chains,
+    ``{question: (hop-1 id, hop-2 id)}``."""
+    data = json.loads((demo_data_path() / "multihop.json").read_text(encoding="utf-8"))
+    return data["passages"], {q["question"]: tuple(q["gold"]) for q in data["questions"]}
+
+
+def multihop_demo(encoder, index, corpus: Mapping[str, Mapping[str, str]],
+                  questions: Mapping[str, Sequence[str]] | Sequence[str], beam_size: int = 5, top_k: int = 3,
+                  out=print) -> list:
+    """``reprlab demo``'s multi-hop step: beam-search each question and print its top chains next to
+    the single-hop top 2 (``*`` marks gold passages when ``questions`` maps each question to its gold ids).
+
+    ``encoder``/``index`` are the demo's dense retriever's (``retriever.model``, ``retriever.index``), so
+    nothing is encoded twice. Returns the chains of each question (:class:`reprlab.retrieval.mdr.Chain`).
+    """
+    from reprlab.retrieval.mdr import format_chains, multihop_search
+
+    gold = dict(questions) if isinstance(questions, Mapping) else {q: () for q in questions}
+    texts = list(gold)
+    chains = multihop_search(encoder, texts, index, corpus, beam_size, top_k)
+    _, single = index.search(encoder.encode(texts), 2)  # (Q, 2)
+    for q, found, top2 in zip(texts, chains, single):
+        out(format_chains(q, found, corpus, gold[q]))
+        names = ", ".join(("*" if p in gold[q] else "") + (corpus.get(p) or {}).get("title", str(p)) for p in top2)
+        out(f"  single-hop top 2: {names}")
+    return chains
 
 
 def run_demo(data: str | None = None, show: int = 3, split: str = "test", ance_steps: int = 12,
@@ -88,14 +120,13 @@ def _two_hop_step(dense: DenseRetriever, corpus) -> None:
     The two passages that complete the chains are encoded and added to ``dense``'s index (the
     evaluation above has already run on the judged corpus alone); nothing else is encoded again.
     """
-    from reprlab.retrieval.mdr import DEMO_PASSAGES, DEMO_QUESTIONS, multihop_demo
-
-    extra = {i: d for i, d in DEMO_PASSAGES.items() if i not in corpus}
-    print(f"\n== multi-hop search (MDR beam search with all-MiniLM-L6-v2): {len(DEMO_QUESTIONS)} two-hop "
+    passages, questions = load_multihop_demo()
+    extra = {i: d for i, d in passages.items() if i not in corpus}
+    print(f"\n== multi-hop search (MDR beam search with all-MiniLM-L6-v2): {len(questions)} two-hop "
           f"questions, {len(extra)} passages added")
     ids, vectors = dense.encode_corpus(extra, show_progress=False)
     dense.index.add(ids, vectors)
-    multihop_demo(dense.model, dense.index, {**corpus, **extra}, DEMO_QUESTIONS)
+    multihop_demo(dense.model, dense.index, {**corpus, **extra}, questions)
     print("  (hop 1 -> hop 2 [chain score = sum of the hops' scores]; * = gold passage)")
 
 

@@ -1,5 +1,6 @@
 """MDR: beam search against brute force, chain metrics, memory bank, the two-hop loss, the recipe."""
 
+import dataclasses
 import hashlib
 import json
 
@@ -29,15 +30,17 @@ from reprlab.retrieval.mdr import (
     hop2_query,
     index_corpus,
     mdr_scores,
-    multihop_demo,
     multihop_search,
+    question_sides,
     rank_chains,
     run_mdr_training,
     search_index_folder,
 )
 from reprlab.retrieval.pipeline import bm25_for_corpus
 from reprlab.text.hotpotqa import load_hotpotqa
+from reprlab.text.splits import RULE, side, split
 from reprlab.train import TrainConfig
+from reprlab.train.recipe import RECIPES
 
 
 @pytest.fixture(autouse=True)
@@ -286,6 +289,63 @@ def test_memory_bank_needs_frozen_passages(tmp_path):
         mine_negatives([], {}, [], ("tfidf",), 5)
 
 
+def test_config_validates_and_names_the_field(tmp_path):
+    base = {"output_dir": str(tmp_path), "data": "x.jsonl"}
+    with pytest.raises(ConfigError, match="unknown negative source 'tfidf'") as err:
+        MDRConfig(**base, negative_sources="distractors,tfidf")
+    assert err.value.field == "negative_sources"
+    # "a,b", a list, or a list whose items hold commas (a command line's either way)
+    for given in ("distractors, bm25-hop2", ["distractors", "bm25-hop2"], ["distractors,bm25-hop2"]):
+        assert MDRConfig(**base, negative_sources=given).negative_sources == ("distractors", "bm25-hop2")
+    for bad, name in [({"dev_fraction": 0.8}, "dev_fraction"), ({"eval_fraction": 1.5}, "eval_fraction"),
+                      ({"memory_bank": 8}, "memory_bank"), ({"num_negatives": -1}, "num_negatives"),
+                      ({"negative_sources": ""}, "negative_sources"), ({"scale": 0.0}, "scale"),
+                      ({"max_query_length": 1}, "max_query_length"), ({"beam_size": 0}, "beam_size")]:
+        with pytest.raises(ConfigError) as err:
+            MDRConfig(**base, **bad)
+        assert err.value.field == name, bad
+    assert MDRConfig(**base, num_negatives=0, negative_sources="").negative_sources == ()
+    # on the recipe contract: registered, help on every field, the loop's defaults are the recipe's
+    recipe = RECIPES["train mdr"]
+    assert recipe.config is MDRConfig and recipe.run is run_mdr_training
+    for cls in (MDRConfig, MultiHopEvalConfig):
+        assert all(f.metadata.get("help") for f in dataclasses.fields(cls)), cls
+    config = MDRConfig(**base)
+    assert (config.train.epochs, config.train.batch_size, config.train.lr) == (4.0, 16, 3e-5)
+    assert MDRConfig.from_dict(config.to_dict()) == config
+    assert MDRConfig(**base, max_steps=3).train.max_steps == 3  # the loop's fields flat
+    assert MultiHopEvalConfig(data="x", bm25_weights="0.2,0.3").bm25_weights == (0.2, 0.3)
+    with pytest.raises(ConfigError) as err:
+        MultiHopEvalConfig(data="x", bm25_weights="0.2")
+    assert err.value.field == "bm25_weights"
+
+
+def test_split_is_the_text_splits_rule(tmp_path, tiny_model_dir):
+    data = write_toy_hotpot(tmp_path / "toy.jsonl", 16)
+    questions = load_hotpotqa(data).questions
+    train_q, dev_q, eval_q = question_sides(questions, 0.3, 0.25)
+    for name, part in (("train", train_q), ("dev", dev_q), ("eval", eval_q)):
+        assert all(side(q.id, 0.3, 0.25) == name for q in part)
+    parts = split([q.id for q in questions], eval_fraction=0.3, dev_fraction=0.25)
+    assert ([q.id for q in train_q], [q.id for q in dev_q], [q.id for q in eval_q]) == (parts.train, parts.dev,
+                                                                                       parts.eval)
+    assert min(map(len, (train_q, dev_q, eval_q))) > 0  # the toy file has all three sides
+    result = run_mdr_training(_config(tmp_path / "run", data, tiny_model_dir, loop={"max_steps": 1},
+                                      eval_fraction=0.3, dev_fraction=0.25))
+    assert (result.train_questions, result.dev_questions, result.eval_questions) == tuple(parts.sizes().values())
+    saved = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert saved == {"rule": RULE, "eval_fraction": 0.3, "dev_fraction": 0.25, **parts.sizes()}
+    assert f"{len(train_q)} train / {len(dev_q)} dev / {len(eval_q)} eval questions" in result.summary()
+
+
+def test_split_of_the_real_hotpotqa_questions(shared_data):
+    """The published sides of IRCoT's 500 HotpotQA questions (BENCHMARKS.md): 344 train / 156 eval, and a
+    dev slice of 0.25 leaves 210 to train on."""
+    questions = load_hotpotqa(shared_data("hotpotqa_dev500_ircot", "dev_subsampled.jsonl")).questions
+    assert tuple(map(len, question_sides(questions, 0.3))) == (344, 0, 156)
+    assert tuple(map(len, question_sides(questions, 0.3, 0.25))) == (210, 134, 156)
+
+
 @pytest.mark.parametrize("stage", ["shared", "memory-bank"])
 def test_recipe_resumes_exactly(tmp_path, tiny_model_dir, stage):
     data = write_toy_hotpot(tmp_path / "toy.jsonl")
@@ -329,16 +389,6 @@ def test_training_learns_the_toy_chains_and_searches_an_index_folder(tmp_path, t
     retriever.save(tmp_path / "index")
     chains, docs = search_index_folder(tmp_path / "index", [data.questions[0].question], beam_size=4, top_k=3)
     assert len(chains[0]) == 3 and all(p in docs for c in chains[0] for p in c.passages)
-
-
-def test_demo_prints_chains_with_gold_marks():
-    enc, corpus = HashEncoder(), toy_corpus(10)
-    lines = []
-    chains = multihop_demo(enc, index_corpus(enc, corpus), corpus, {"which two?": ("p1", "p2")}, beam_size=3,
-                           top_k=2, out=lines.append)
-    text = "\n".join(lines).splitlines()
-    assert len(chains[0]) == 2 and text[0] == "Q: which two?" and text[-1].startswith("  single-hop top 2: ")
-    assert text[1].startswith("  1. [") and text[2].startswith("  2. [")
 
 
 def test_evaluate_multihop_single_hop_and_beam(tmp_path, tiny_model_dir):
