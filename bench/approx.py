@@ -85,7 +85,8 @@ def main(argv=None) -> dict:
 
     from reprlab.distill.approx import ApproxConfig, ApproxRecipeConfig, count_parameters, heldout_split, run_approx
     from reprlab.encoder import SentenceEncoder
-    from reprlab.retrieval.dense import DenseRetriever, doc_text
+    from reprlab.retrieval.dense import DenseRetriever
+    from reprlab.text.beir import doc_text
     from reprlab.retrieval.dpr import DprConfig, run_dpr
     from reprlab.retrieval.pipeline import evaluate_retriever
     from reprlab.text.beir import load_beir

@@ -144,7 +144,7 @@ def main(argv=None) -> dict:
     from reprlab.distill.seed import SEEDConfig
     from reprlab.distill.students import build_student, select_layers
     from reprlab.encoder import SentenceEncoder
-    from reprlab.retrieval.dense import doc_text
+    from reprlab.text.beir import doc_text
     from reprlab.text.beir import load_beir
 
     trained = {}

@@ -120,7 +120,8 @@ def reused_stage(run: Path, cfg, option: str = "--stage1-model"):
 
 def main() -> None:
     from reprlab.encoder import SentenceEncoder
-    from reprlab.retrieval.dense import DenseRetriever, doc_text
+    from reprlab.retrieval.dense import DenseRetriever
+    from reprlab.text.beir import doc_text
     from reprlab.retrieval.index import FaissIndex
     from reprlab.retrieval.mdr import (MDRConfig, SparseFusion, evaluate_mdr, evaluate_single_hop, question_sides,
                                        run_mdr_training)

@@ -49,7 +49,7 @@ def quick_subset(folder: Path, out: Path, n_train: int = 60, n_docs: int = 400) 
 
 
 def train_pairs(data, exclude):
-    from reprlab.retrieval.dense import doc_text
+    from reprlab.text.beir import doc_text
 
     pairs = []
     for q, text in data.judged_queries().items():
@@ -74,7 +74,7 @@ def run_peer(data, exclude, args, out: Path, batch_size: int, num_negatives: int
     from sentence_transformers.util import mine_hard_negatives
 
     from reprlab.hub import resolve_model_path
-    from reprlab.retrieval.dense import doc_text
+    from reprlab.text.beir import doc_text
 
     t0 = time.time()
     model = SentenceTransformer(str(resolve_model_path("minilm")), device=args.device)

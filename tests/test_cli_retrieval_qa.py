@@ -86,7 +86,7 @@ def usage_error(capsys, argv, message):
 
 def test_binary_index_search_equals_brute_force_hamming(tmp_path, tiny_model_dir, capsys):
     from reprlab.encoder import SentenceEncoder
-    from reprlab.retrieval.dense import doc_text
+    from reprlab.text.beir import doc_text
     from reprlab.retrieval.binary import BinaryIndex
     from reprlab.retrieval.index import Index
     from reprlab.text.beir import read_corpus

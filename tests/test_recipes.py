@@ -78,6 +78,9 @@ def tiny_configs(tmp: Path, model: Path) -> dict:
                                    stride=16, num_clusters=4, memory_size=256, memory_per_step=64, refresh_every=2,
                                    max_question_length=16)
     return {
+        "train mdr": dict(data=_hotpot(tmp), model=str(model), eval_fraction=0.0, num_negatives=1,
+                          negative_sources=("distractors",), max_question_length=16, max_query_length=32,
+                          max_passage_length=32, evaluate=False),
         "train reader": dict(data=[_squad(tmp)], model=str(model), eval_fraction=0.0, reader=reader),
         "train long-reader": dict(data=_hotpot(tmp), model=str(model), eval_fraction=0.0, reader=long_reader,
                                   calibration_examples=2, evaluate=False),

@@ -5,7 +5,8 @@ import pytest
 
 from reprlab.encoder import SentenceEncoder
 from reprlab.errors import ConfigError, DataFormatError
-from reprlab.retrieval.dense import DenseRetriever, doc_text
+from reprlab.retrieval.dense import DenseRetriever
+from reprlab.text.beir import doc_text
 from reprlab.retrieval.pipeline import HybridRetriever, bm25_for_corpus, build_retriever, retrieve
 
 CORPUS = {

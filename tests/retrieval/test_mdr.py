@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from reprlab.encoder import SentenceEncoder
 from reprlab.errors import ConfigError
-from reprlab.retrieval.dense import doc_text
+from reprlab.text.beir import doc_text
 from reprlab.retrieval.index import FaissIndex, ShardedIndex
 from reprlab.retrieval.mdr import (
     Chain,

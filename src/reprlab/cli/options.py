@@ -134,32 +134,34 @@ def _add_one(group, f: dataclasses.Field, hint, dest: str, flags: list[str], def
     meta = f.metadata
     help_ = meta.get("help", "")
     required = default is dataclasses.MISSING
-    kw: dict[str, Any] = {"dest": dest}
-    kw["metavar"] = meta.get("metavar") or dest.rsplit(".", 1)[-1].upper()
+    kw: dict[str, Any] = {"dest": dest, "metavar": meta.get("metavar") or dest.rsplit(".", 1)[-1].upper()}
     if required:
         kw["required"] = True
     else:
         kw["default"] = default
     kind = _unwrap_optional(hint)
     item, is_list = _item_type(hint)
+    item_choices = None
     if meta.get("parse"):
         kw["type"] = meta["parse"]
     elif kind is bool:
         kw["action"] = argparse.BooleanOptionalAction
-    elif is_list:
+        kw.pop("metavar")
+    elif is_list:  # choices are checked per item: a token may hold several, comma-separated
         kw.update(nargs="+", type=_list_of(item), action=_Extend)
+        item_choices = meta.get("choices")
     elif kind in SIMPLE:
         kw["type"] = kind
     else:
         return  # a type the command line cannot express (set it in Python or a config file)
-    if meta.get("choices"):
+    if meta.get("choices") and item_choices is None:
         kw["choices"] = meta["choices"]
-    if kind is bool:
-        kw.pop("metavar")
     shown = "required" if required else None if (default is None and "default" in help_) else \
         f"default: {_show(default)}"
     kw["help"] = " ".join(x for x in (help_, f"({shown})" if shown else "") if x)
-    group.add_argument(*flags, **kw)
+    action = group.add_argument(*flags, **kw)
+    if item_choices:
+        action.item_choices = tuple(item_choices)
 
 
 def _show(value) -> str:
@@ -171,8 +173,15 @@ def _show(value) -> str:
 class _Extend(argparse.Action):
     """``--x a b,c`` -> [a, b, c]: every value may itself be comma-separated (the older spelling)."""
 
+    item_choices: tuple | None = None
+
     def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, [v for chunk in values for v in chunk])
+        items = [v for chunk in values for v in chunk]
+        bad = [v for v in items if self.item_choices and v not in self.item_choices]
+        if bad:
+            parser.error(f"argument {option_string}: invalid choice {bad[0]!r} (choose from "
+                         f"{', '.join(map(str, self.item_choices))})")
+        setattr(namespace, self.dest, items)
 
 
 def config_from_args(options: Options, args: argparse.Namespace, **extra):

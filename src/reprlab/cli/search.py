@@ -143,8 +143,13 @@ def cmd_evaluate(args) -> None:
 
 
 def _evaluate_multihop(args) -> None:
+    from reprlab.cli.options import Options
     from reprlab.retrieval.mdr import MultiHopEvalConfig, evaluate_multihop
 
+    args.options = Options(MultiHopEvalConfig, flags={  # a ConfigError's field, shown as the flag typed
+        "data": "--data", "retriever": "--retriever", "split": "--split", "eval_fraction": "--eval-fraction",
+        "beam_size": "--beam", "ks": "--ks", "batch_size": "--batch-size", "max_length": "--max-length",
+        "factory": "--factory", "bm25_weights": "--bm25-weights"})
     config = MultiHopEvalConfig(
         data=args.data, retriever=args.retriever, split="eval" if args.split == "test" else args.split,
         eval_fraction=args.eval_fraction, single_hop=args.single_hop, beam_size=args.beam, ks=tuple(args.ks),

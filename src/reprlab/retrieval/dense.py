@@ -27,7 +27,7 @@ from reprlab.errors import DataFormatError, ModelLoadError
 from reprlab.io import atomic_dir
 from reprlab.retrieval.index import FaissIndex, Index
 from reprlab.text.corpus import jsonl_records
-from reprlab.text.beir import doc_text  # noqa: F401  (re-exported)
+from reprlab.text.beir import doc_text
 
 Corpus = Mapping[str, Mapping[str, str]]
 

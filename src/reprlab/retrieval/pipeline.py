@@ -21,7 +21,8 @@ import numpy as np
 from reprlab.errors import ConfigError
 from reprlab.hub import MODEL_ALIASES
 from reprlab.retrieval.bm25 import BM25Index
-from reprlab.retrieval.dense import Corpus, DenseRetriever, doc_text
+from reprlab.retrieval.dense import Corpus, DenseRetriever
+from reprlab.text.beir import doc_text
 from reprlab.retrieval.fusion import rrf
 from reprlab.retrieval.metrics import DEFAULT_METRICS, Run, evaluate, to_run
 

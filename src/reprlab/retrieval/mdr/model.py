@@ -44,7 +44,7 @@ from torch import nn
 from reprlab.encoder import SentenceEncoder
 from reprlab.errors import ConfigError, ModelLoadError
 from reprlab.io import atomic_write_json
-from reprlab.retrieval.dense import doc_text
+from reprlab.text.beir import doc_text
 from reprlab.retrieval.losses import gather_with_grad
 
 SETTINGS_FILE = "mdr.json"

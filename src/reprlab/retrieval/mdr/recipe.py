@@ -38,7 +38,7 @@ import torch
 from reprlab.encoder import SentenceEncoder
 from reprlab.errors import ConfigError
 from reprlab.io import atomic_write_json
-from reprlab.retrieval.dense import doc_text
+from reprlab.text.beir import doc_text
 from reprlab.retrieval.index import FaissIndex
 from reprlab.retrieval.mdr.evaluate import evaluate_mdr, question_sides
 from reprlab.retrieval.mdr.model import (

@@ -32,7 +32,7 @@ import numpy as np
 
 from reprlab.encoder import SentenceEncoder
 from reprlab.errors import ConfigError, ModelLoadError
-from reprlab.retrieval.dense import doc_text
+from reprlab.text.beir import doc_text
 from reprlab.retrieval.fusion import interpolate
 from reprlab.retrieval.index import FaissIndex, Index
 from reprlab.retrieval.mdr.model import Corpus, hop2_query, mdr_settings, separator_of
@@ -190,7 +190,8 @@ def multihop_search(
         else:
             found_s, found_ids = index.search(v2, depth, **params)  # (Q*B, B + 1)
         for r, (q, i) in enumerate(rows):
-            s2[q, i], ids2[q, i] = found_s[r], found_ids[r]
+            width = found_s.shape[1]  # k is clamped to the index size
+            s2[q, i, :width], ids2[q, i, :width] = found_s[r], found_ids[r]
     return [rank_chains(s1[q], ids1[q], s2[q], ids2[q], top_k, exclude_hop1, dedup, hop2_k=beam_size)
             for q in range(len(questions))]
 
