@@ -227,8 +227,8 @@ def test_multihop_bad_input(tmp_path, capsys, tiny_model_dir):
     fails(capsys, ["evaluate", "--multihop", "--data", str(bad), "--retriever", "bm25"], "bad.jsonl:2: missing field")
     fails(capsys, ["train", "mdr", "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "r")],
           "missing.jsonl")
-    fails(capsys, ["train", "mdr", "--data", str(data), "--out", str(tmp_path / "r"), "--negative-sources",
-                   "distractors,tfidf"], "tfidf")
+    usage_error(capsys, ["train", "mdr", "--data", str(data), "--out", str(tmp_path / "r"), "--negative-sources",
+                         "distractors,tfidf"], "invalid choice 'tfidf'")
     fails(capsys, ["evaluate", "--multihop", "--data", str(data), "--retriever", "bm25", "--split", "dev"], "split")
     fails(capsys, ["index", "--multihop", "--out", str(tmp_path / "i")], "--data")
     fails(capsys, ["index", "--data", str(data), "--out", str(tmp_path / "i")], "--multihop")
@@ -237,7 +237,7 @@ def test_multihop_bad_input(tmp_path, capsys, tiny_model_dir):
     usage_error(capsys, ["evaluate", "--multihop", "--data", str(data), "--retriever", "bm25", "--bm25-weights", "0.2"],
                 "two comma-separated weights")
     usage_error(capsys, ["evaluate", "--multihop", "--data", str(data), "--retriever", "bm25", "--bm25-weights",
-                         "0.2,-1"], "weights must be >= 0")
+                         "0.2,-1"], "must be finite and >= 0")
 
 
 def test_demo_shows_the_two_hop_chains(capsys):
