@@ -134,7 +134,7 @@ def _add_one(group, f: dataclasses.Field, hint, dest: str, flags: list[str], def
     meta = f.metadata
     help_ = meta.get("help", "")
     required = default is dataclasses.MISSING
-    kw: dict[str, Any] = {"dest": dest, "metavar": meta.get("metavar") or dest.rsplit(".", 1)[-1].upper()}
+    kw: dict[str, Any] = {"dest": dest, "metavar": meta.get("metavar") or flags[0][2:].upper().replace("-", "_")}
     if required:
         kw["required"] = True
     else:
@@ -156,6 +156,7 @@ def _add_one(group, f: dataclasses.Field, hint, dest: str, flags: list[str], def
         return  # a type the command line cannot express (set it in Python or a config file)
     if meta.get("choices") and item_choices is None:
         kw["choices"] = meta["choices"]
+        kw.pop("metavar", None)  # argparse shows {a,b,c}
     shown = "required" if required else None if (default is None and "default" in help_) else \
         f"default: {_show(default)}"
     kw["help"] = " ".join(x for x in (help_, f"({shown})" if shown else "") if x)
