@@ -78,6 +78,12 @@ class KnowledgeGraph:
         """The triples of ``splits`` together, (n, 3)."""
         return np.concatenate([self.split(s) for s in splits]) if splits else np.zeros((0, 3), np.int64)
 
+    def digest(self) -> str:
+        """SHA-256 of the entity and relation texts (in order): what a cache of their vectors is keyed by."""
+        import hashlib
+
+        return hashlib.sha256("\n".join(self.entity_text + ["\t"] + self.relation_text).encode()).hexdigest()
+
     def neighbours(self, splits=("train",)) -> list[set[int]]:
         """Each entity's neighbours over the triples of ``splits``, either direction."""
         out: list[set[int]] = [set() for _ in self.entities]

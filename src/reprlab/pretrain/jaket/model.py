@@ -55,6 +55,7 @@ class JaketSpec:
     num_relations: int = 0
     categories: list[str] = field(default_factory=list)
     desc_max_length: int = 32
+    kg_sha256: str = ""  # the KG whose descriptions the stored memory encodes (KnowledgeGraph.digest)
     encoder: dict = field(default_factory=dict)
 
     def check(self, num_layers: int) -> None:

@@ -13,7 +13,6 @@ language module alone as a sentence-encoder folder in ``OUT/model/encoder``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +83,7 @@ class JaketConfig(RecipeConfig):
 
     def spec(self, kg: KnowledgeGraph, categories: list[str]) -> JaketSpec:
         return JaketSpec(self.lm1_layers, self.km_dim, self.km_layers, self.km_heads, self.composition,
-                         kg.num_entities, kg.num_relations, categories, self.desc_max_length)
+                         kg.num_entities, kg.num_relations, categories, self.desc_max_length, kg.digest())
 
 
 @dataclass
@@ -98,9 +97,8 @@ class JaketResult(RecipeResult):
 
 
 def _cache_key(model: str, spec: JaketSpec, kg: KnowledgeGraph) -> dict[str, str]:
-    digest = hashlib.sha256("\n".join(kg.entity_text + ["\t"] + kg.relation_text).encode()).hexdigest()
     return {"model": str(model), "lm1_layers": str(spec.lm1_layers), "desc_max_length": str(spec.desc_max_length),
-            "texts_sha256": digest}
+            "texts_sha256": kg.digest()}
 
 
 class MemoryRefresh:
