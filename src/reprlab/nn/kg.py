@@ -60,7 +60,10 @@ def _propagation_class():
 
         def message(self, x_j, q_i, rel, weight, att_src, att_dst, composition, heads, index, ptr, size_i):
             E, D = x_j.shape
-            m = F.linear(COMPOSITIONS[composition](x_j, rel), weight).view(E, heads, D // heads)  # (E, k, D/k)
+            if weight is None:  # x and rel arrive multiplied by W already ("sub" is linear: W(h - g) = Wh - Wg)
+                m = COMPOSITIONS[composition](x_j, rel).view(E, heads, D // heads)  # (E, k, D/k)
+            else:
+                m = F.linear(COMPOSITIONS[composition](x_j, rel), weight).view(E, heads, D // heads)
             q = q_i.view(E, heads, D // heads)
             scores = F.leaky_relu((m * att_src).sum(-1) + (q * att_dst).sum(-1), 0.2)  # (E, k)
             alpha = pyg_utils.softmax(scores, index, ptr, size_i)  # (E, k): sums to 1 over each target's edges
@@ -97,8 +100,12 @@ class RelationalGATLayer(nn.Module):
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_type: torch.Tensor, relations: torch.Tensor):
         if self._propagate is None:
             self._propagate = _propagation_class()()
-        agg = self._propagate(x, self.query(x), edge_index, relations[edge_type], self.message.weight,
-                              self.att_src, self.att_dst, self.composition, self.heads)  # (N, D); 0 without edges
+        if self.composition == "sub":  # W applied to N nodes and R relations instead of E edges
+            agg = self._propagate(self.message(x), self.query(x), edge_index, self.message(relations)[edge_type], None,
+                                  self.att_src, self.att_dst, self.composition, self.heads)  # (N, D); 0 without edges
+        else:
+            agg = self._propagate(x, self.query(x), edge_index, relations[edge_type], self.message.weight,
+                                  self.att_src, self.att_dst, self.composition, self.heads)
         alpha = self._propagate.alpha
         self._propagate.alpha = None
         return x + self.dropout(torch.tanh(agg)), self.relation(relations), alpha
