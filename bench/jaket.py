@@ -53,9 +53,9 @@ def options(argv=None):
     p.add_argument("--umls", type=Path, default=common.data_path("umls_text", check=False))
     p.add_argument("--wordnet", default="/usr/share/wordnet", help="WordNet database (apt-get install wordnet-base)")
     p.add_argument("--lm1-layers", type=int, default=3)
-    p.add_argument("--steps", type=int, default=100, help="JAKET pre-training steps")
-    p.add_argument("--link-steps", type=int, default=150, help="link-prediction fine-tuning steps per variant")
-    p.add_argument("--pykeen-minutes", type=float, default=4.0, help="training time of each pykeen model on WN18RR")
+    p.add_argument("--steps", type=int, default=30, help="JAKET pre-training steps (batch 16)")
+    p.add_argument("--link-steps", type=int, default=40, help="link-prediction fine-tuning steps per variant")
+    p.add_argument("--pykeen-minutes", type=float, default=2.0, help="training time of each pykeen model on WN18RR")
     p.add_argument("--stages", nargs="+", default=["vectors", "pretrain", "link", "category", "relation"])
     return common.parse(p, argv)
 
@@ -291,7 +291,28 @@ def summarise(values, first: dict) -> dict:
 
 
 def save(record: dict, args) -> None:
-    common.write_result("jaket", record, args)
+    written = common.write_result("jaket", record, args)
+    if not args.quick:
+        (common.RESULTS / "jaket-tables.md").write_text(tables(written))
+
+
+def tables(record: dict) -> str:
+    """The result tables in markdown (for bench/results/jaket.md)."""
+    out = [f"Command: `{record['command']}`. Machine: {record['machine']}. Date: {record['date']}.", ""]
+    if record.get("link"):
+        out += ["| WN18RR link prediction (filtered, test) | MRR | Hits@1 | Hits@10 | budget |", "|---|---|---|---|---|"]
+        for name, r in record["link"].items():
+            budget = f"{r.get('epochs', r.get('steps'))} {'epochs' if 'epochs' in r else 'steps'}, {r['seconds']:.0f} s"
+            out.append(f"| {name} | {r['mrr']:.3f} | {r['hits@1']:.3f} | {r['hits@10']:.3f} | {budget} |")
+        out.append("")
+    for key, title in (("category", "Categories of held-out WN18RR entities (accuracy)"),
+                       ("relation", "UMLS relation types, few-shot (accuracy)")):
+        if record.get(key):
+            out += [f"| {title} | mean | std | runs |", "|---|---|---|---|"]
+            for name, r in record[key].items():
+                out.append(f"| {name} | {r['mean']:.3f} | {r['std']:.3f} | {', '.join(f'{x:.3f}' for x in r['runs'])} |")
+            out.append("")
+    return "\n".join(out)
 
 
 def main(argv=None) -> None:
@@ -306,18 +327,24 @@ def main(argv=None) -> None:
     for key in ("machine", "date", "command"):
         record.pop(key, None)
     record["settings"] = common.settings(args)
+    labels = common.RESULTS / "jaket-linking-labels.tsv"
+    if labels.is_file():
+        ok = [line.split("\t")[1] == "1" for line in labels.read_text().splitlines()[1:] if line.strip()]
+        record["linking_precision"] = {"correct": sum(ok), "checked": len(ok), "precision": sum(ok) / len(ok),
+                                       "sample": "bench/results/jaket-linking-sample.tsv",
+                                       "labels": "bench/results/jaket-linking-labels.tsv"}
     vectors = {"umls": vectors_stage("umls", umls, args), "wn18rr": vectors_stage("wn18rr", wn, args)}
     sample = common.RESULTS / "jaket-linking-sample.tsv"
     if not args.quick and not sample.is_file():
         linking_sample(wn, sample)
     jaket_dir = pretrain_stage(wn, vectors["wn18rr"], args) if "pretrain" in args.stages or args.quick else \
         args.work_dir / "pretrain" / "model"
-    if "link" in args.stages:
-        link_stage(wn, vectors["wn18rr"], jaket_dir, args, record)
-    if "category" in args.stages:
+    if "category" in args.stages:  # the cheap stages first
         category_stage(wn, vectors["wn18rr"], jaket_dir, args, record)
     if "relation" in args.stages:
         relation_stage(umls, vectors["umls"], jaket_dir, args, record)
+    if "link" in args.stages:
+        link_stage(wn, vectors["wn18rr"], jaket_dir, args, record)
     save(record, args)
 
 
