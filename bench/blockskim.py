@@ -1,7 +1,7 @@
 """Block Skim benchmark: the plain MiniLM reader vs Block Skim at several thresholds, in one run.
 
 Data: ../shared/data/squad_v1.1_dev_xquad_en (XQuAD English = 1,190 SQuAD v1.1 dev questions over 48
-articles) split by article with ``reprlab.qa.squad.hash_split`` (eval fraction 0.3: 876 train / 314
+articles) split by article with ``reprlab.text.splits`` (eval fraction 0.3: 876 train / 314
 eval questions, 13 eval articles); the train side of HotpotQA answers found in their supporting
 paragraphs (../shared/data/hotpotqa_dev500_ircot, same rule by question id) is added to training.
 That is about 1,200 training questions, ~1% of SQuAD's 88k: absolute scores are far below a
@@ -46,9 +46,17 @@ import torch
 
 from reprlab.io import atomic_write_json
 from reprlab.logs import machine_summary
-from reprlab.qa.block_skim import BlockSkimConfig, BlockSkimReader, run_block_skim_training
-from reprlab.qa.reader import Reader, ReaderConfig, ReaderTrainingConfig, run_reader_training
-from reprlab.qa.squad import HOTPOTQA_CONTEXTS, evaluate_examples, load_hotpotqa_answers, load_squad, split_examples
+from reprlab.qa.block_skim import BlockSkimConfig, BlockSkimReader
+from reprlab.qa.reader import Reader, ReaderConfig
+from reprlab.qa.recipe import ReaderTrainingConfig, run_block_skim_training, run_reader_training
+from reprlab.qa.squad import HOTPOTQA_CONTEXTS, evaluate_examples, load_hotpotqa_answers, load_squad
+from reprlab.text.splits import split
+
+
+def split_examples(examples, eval_fraction: float):
+    """(train, eval) examples by the one hash rule of their group (article title or question id)."""
+    parts = split(examples, key=lambda e: e.group, eval_fraction=eval_fraction)
+    return parts.train, parts.eval
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -153,7 +161,7 @@ def predictor_diagnostics(folder: Path, variant: str, layers: list[int], example
     sequence, as in training.
     """
     from reprlab.qa.block_skim import block_labels, context_blocks
-    from reprlab.qa.reader import collate_features
+    from reprlab.qa.training import collate_features
 
     skim = BlockSkimConfig(block_size=block_size, skim_layers=layers, threshold=0.0, features=VARIANTS[variant][0])
     model = BlockSkimReader.from_pretrained(folder, skim=skim).eval()

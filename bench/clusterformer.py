@@ -177,7 +177,8 @@ def run_qa(args) -> dict:
         LongReaderConfig, LongReaderTrainingConfig, build_long_reader, evaluate_long_reader, load_long_hotpotqa,
         run_long_reader_training,
     )
-    from reprlab.qa.reader import ReaderConfig, ReaderTrainingConfig, run_reader_training
+    from reprlab.qa.reader import ReaderConfig
+    from reprlab.qa.recipe import ReaderTrainingConfig, run_reader_training
 
     work = args.work_dir
     results: dict = {"stages": {}}

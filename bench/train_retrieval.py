@@ -166,7 +166,7 @@ def main() -> None:
     from reprlab.logs import setup_cli_logging
     from reprlab.retrieval.ance import AnceConfig, run_ance
     from reprlab.retrieval.dpr import DprConfig, run_dpr
-    from reprlab.retrieval.pipeline import holdout
+    from reprlab.retrieval.pairs import dev_queries
     from reprlab.text.beir import load_beir
     from reprlab.train import TrainConfig
 
@@ -176,7 +176,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     data_dir = quick_subset(Path(args.data), out / "data") if args.quick else Path(args.data)
     train_data = load_beir(data_dir, split="train")
-    dev = holdout(list(train_data.judged_queries()), args.dev_fraction)
+    dev = dev_queries(train_data, args.dev_fraction)  # the dev slice of reprlab.text.splits
     eval_sets = {"scifact": load_beir(data_dir, split="test")}
     if not args.quick:
         eval_sets.update({Path(p).parent.name: load_beir(p, split="test") for p in args.zero_shot})

@@ -25,6 +25,7 @@ from reprlab.errors import ConfigError
 from reprlab.recipes import RECIPES
 from reprlab.train.recipe import RecipeResult
 
+TINY_KG = Path(__file__).resolve().parent / "data" / "tiny_kg"  # a 15-entity KG in the WN18RR layout
 LOOP = dict(batch_size=4, lr=1e-3, log_every=1, device="cpu", warmup_steps=1)
 
 
@@ -91,6 +92,8 @@ def tiny_configs(tmp: Path, model: Path) -> dict:
         "train ance": dict(data=demo, split="test", model=str(model), refresh_every=2, top_k=10,
                            query_max_length=16, passage_max_length=32, dev_fraction=0.0, refresh_mode="sync"),
         "pretrain mlm": dict(corpus=[demo], model=str(model), max_length=32),
+        "pretrain jaket": dict(kg=str(TINY_KG), categories=str(TINY_KG / "categories.tsv"), model=str(model),
+                               lm1_layers=1, km_dim=16, km_heads=2, max_length=32, memory_refresh_every=2),
         "pretrain cmlm": dict(corpus=[_sentences(tmp)], model=str(model), num_vectors=2, max_length=16),
         "distill kd": dict(corpus=[demo], teacher=str(model), student="layers:0", max_length=24),
         "distill ckd": dict(corpus=[demo], teacher=str(model), student="layers:0", max_length=24),
