@@ -158,7 +158,8 @@ def write_subsample(folder: str | os.PathLike, out: str | os.PathLike, n_queries
 
 
 class Timing(dict):
-    """Seconds of repeated passes: ``{"median", "min", "max", "spread", "passes"}`` (JSON as it is).
+    """Seconds of repeated passes: ``{"median", "min", "max", "spread", "passes"}`` (JSON as it is), and
+    ``"cpu"``, the same for this process's CPU seconds, when they were asked for.
 
     ``spread`` is (max - min) / median. ``result`` (not in the dict) is what the last pass returned.
     """
@@ -166,60 +167,63 @@ class Timing(dict):
     result = None
 
     @classmethod
-    def of(cls, passes: Sequence[float], result=None) -> "Timing":
+    def of(cls, passes: Sequence[float], result=None, cpu: Sequence[float] | None = None) -> "Timing":
+        check_passes(len(passes))
         median = statistics.median(passes)
         timing = cls(median=median, min=min(passes), max=max(passes),
                      spread=(max(passes) - min(passes)) / median if median > 0 else 0.0, passes=list(passes))
+        if cpu is not None:
+            timing["cpu"] = dict(cls.of(cpu))
         timing.result = result
         return timing
 
     def rounded(self, digits: int = 4) -> dict:
-        return {k: [round(x, digits) for x in v] if k == "passes" else round(v, digits) for k, v in self.items()}
+        def r(v):
+            return {k: r(x) for k, x in v.items()} if isinstance(v, dict) else (
+                [round(x, digits) for x in v] if isinstance(v, list) else round(v, digits))
+
+        return r(dict(self))
 
 
-def _check_repeat(repeat: int) -> None:
+def check_passes(repeat: int) -> None:
+    """Every timing takes at least 3 passes, so that it has a median and a spread."""
     if repeat < MIN_PASSES:
         raise ValueError(f"a timing takes at least {MIN_PASSES} passes (median and spread), got {repeat}")
 
 
-def timed(fn: Callable, repeat: int = MIN_PASSES, warmup: int = 0, sync: Callable | None = None) -> Timing:
+def timed(fn: Callable, repeat: int = MIN_PASSES, warmup: int = 0, sync: Callable | None = None,
+          cpu: bool = False) -> Timing:
     """Wall seconds of ``repeat`` (>= 3) calls of ``fn`` after ``warmup`` untimed ones.
 
-    ``sync`` (e.g. ``torch.cuda.synchronize``) is called before the clock starts and before it stops.
+    ``sync`` (e.g. ``torch.cuda.synchronize``) is called before the clock starts and before it stops;
+    ``cpu`` also records this process's CPU seconds (``time.process_time``) under ``"cpu"``.
     """
-    _check_repeat(repeat)
-    for _ in range(warmup):
-        fn()
-    passes, result = [], None
-    for _ in range(repeat):
-        if sync:
-            sync()
-        start = time.perf_counter()
-        result = fn()
-        if sync:
-            sync()
-        passes.append(time.perf_counter() - start)
-    return Timing.of(passes, result)
+    return timed_interleaved({"": fn}, repeat, warmup, sync, cpu)[""]
 
 
-def timed_interleaved(fns: Mapping[str, Callable], repeat: int = MIN_PASSES, warmup: int = 1,
-                      clock: Callable[[], float] = time.perf_counter) -> dict[str, Timing]:
-    """:func:`timed` for several contestants: pass r runs them all, in reverse order every other pass,
-    so that a change of load on a shared machine hits every one alike. ``clock`` may be
-    ``time.process_time`` (CPU seconds of this process)."""
-    _check_repeat(repeat)
+def timed_interleaved(fns: Mapping, repeat: int = MIN_PASSES, warmup: int = 1, sync: Callable | None = None,
+                      cpu: bool = False) -> dict:
+    """:func:`timed` for several contestants ``{key: fn}``: pass r runs them all, in reverse order every
+    other pass, so that a change of load on a shared machine hits every one alike; {key: Timing}."""
+    check_passes(repeat)
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    names = list(fns)
-    passes: dict[str, list[float]] = {name: [] for name in names}
+    keys = list(fns)
+    wall: dict = {k: [] for k in keys}
+    cpu_s: dict = {k: [] for k in keys}
     results: dict = {}
     for r in range(repeat):
-        for name in names if r % 2 == 0 else names[::-1]:
-            start = clock()
-            results[name] = fns[name]()
-            passes[name].append(clock() - start)
-    return {name: Timing.of(passes[name], results[name]) for name in names}
+        for key in keys if r % 2 == 0 else keys[::-1]:
+            if sync:
+                sync()
+            start, cpu_start = time.perf_counter(), time.process_time()
+            results[key] = fns[key]()
+            if sync:
+                sync()
+            wall[key].append(time.perf_counter() - start)
+            cpu_s[key].append(time.process_time() - cpu_start)
+    return {k: Timing.of(wall[k], results[k], cpu_s[k] if cpu else None) for k in keys}
 
 
 def encode_seconds(models: Mapping, texts: list[str], batch_size: int, repeat: int = MIN_PASSES) -> dict[str, Timing]:
