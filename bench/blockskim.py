@@ -411,12 +411,6 @@ def goal(rows: list[dict], key: str) -> str:
                                  f"t={r['threshold']:g} ({r[key]:.2f}x, F1 {r['f1']:.2f})" for r in rows)
 
 
-def plot_path(png: Path) -> str:
-    """The plot as a path from the repository root (for BENCHMARKS.md), or absolute when it is elsewhere."""
-    png = png.resolve()
-    return str(png.relative_to(common.REPO)) if png.is_relative_to(common.REPO) else str(png)
-
-
 def append_section(result: dict, png: Path) -> None:
     s = result["settings"]
     tq = result["train_questions"]
@@ -459,7 +453,7 @@ def append_section(result: dict, png: Path) -> None:
         "Goal (>= 1.5x at <= 1 F1 below the plain reader), by wall time: " + goal(result["goal_met_by"], "speedup")
         + "; by CPU time: " + goal(result["goal_met_by_cpu_time"], "cpu_speedup") + ".",
         "",
-        f"![speed vs F1]({plot_path(png)})",
+        f"![speed vs F1]({common.repo_relative(png)})",
         "",
     ]
     if result.get("predictors"):

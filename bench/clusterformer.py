@@ -304,8 +304,7 @@ def section(result: dict, png: Path) -> str:
     if result.get("timing"):
         lines += ["One forward pass, batch 1, MiniLM-L6 sizes, time / peak memory above the built model "
                   "(fresh process per cell):", "", timing_table(result["timing"]), "",
-                  f"![time and memory]({png.relative_to(common.REPO) if png.is_relative_to(common.REPO) else png})",
-                  ""]
+                  f"![time and memory]({common.repo_relative(png)})", ""]
     if result.get("qa"):
         qa = result["qa"]
         d = qa["data"]

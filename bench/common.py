@@ -293,6 +293,19 @@ def command_line(argv: Sequence[str] | None = None) -> str:
     return shlex.join(["python", str(shown), *(sys.argv[1:] if argv is None else argv)])
 
 
+def stamp(argv: Sequence[str] | None = None) -> dict:
+    """``{"machine", "date", "command"}`` of this run, as :func:`write_result` adds them."""
+    from reprlab.logs import machine_summary
+
+    return {"machine": machine_summary(), "date": datetime.date.today().isoformat(), "command": command_line(argv)}
+
+
+def repo_relative(path: str | os.PathLike) -> str:
+    """``path`` from the repository root (for links in BENCHMARKS.md), or absolute when it is elsewhere."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def result_path(name: str, args: argparse.Namespace | None = None) -> Path:
     """``--output``, or ``bench/results/<name>.json`` (``<name>-quick.json`` in a quick run)."""
     if args is not None and getattr(args, "output", None):
@@ -316,12 +329,9 @@ def write_result(name: str, record: dict, args: argparse.Namespace | None = None
     in a record evaluated elsewhere).
     """
     from reprlab.io import atomic_write_json
-    from reprlab.logs import machine_summary
 
     path = result_path(name, args)
-    stamp = {"machine": machine_summary(), "date": datetime.date.today().isoformat(),
-             "command": command_line(argv)}
-    record = {**stamp, **record}
+    record = {**stamp(argv), **record}
     atomic_write_json(path, record)
     print(f"wrote {path}", file=sys.stderr)
     return record

@@ -38,7 +38,6 @@ the grid in the JSON.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import sys
@@ -411,8 +410,6 @@ def markdown(run: Run, grid: list[dict], last_name: str, stamp: dict) -> str:
 
 
 def main(argv=None) -> None:
-    from reprlab.logs import machine_summary
-
     args = parse_args(argv)
     logging.getLogger("reprlab").setLevel(logging.WARNING)
     t_start = time.time()
@@ -423,8 +420,7 @@ def main(argv=None) -> None:
     if args.stage2_epochs > 0:
         last, last_name = second_stage(run, stage1, index, vectors), "MDR + memory bank"
     grid = fusion(run, last, last_name, index, bm25)
-    stamp = {"command": common.command_line(argv), "machine": machine_summary(),
-             "date": datetime.date.today().isoformat(), "minutes": (time.time() - t_start) / 60}
+    stamp = {**common.stamp(argv), "minutes": (time.time() - t_start) / 60}
     table = markdown(run, grid, last_name, stamp)
     print(table)
     name = "multihop" if args.quick else ("multihop-holdout" if args.holdout else f"multihop-{args.device}")

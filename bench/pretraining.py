@@ -22,7 +22,6 @@ time (each fits in well under 30 minutes on 2 CPU cores)::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import shutil
 import time
@@ -212,7 +211,6 @@ def run_parts(args, out: Path, argv=None) -> dict:
 
     import torch
 
-    from reprlab.logs import machine_summary
     from reprlab.text.beir import load_beir
 
     logging.getLogger("reprlab").setLevel("INFO")
@@ -224,8 +222,7 @@ def run_parts(args, out: Path, argv=None) -> dict:
     for part in [p.strip() for p in args.parts.split(",") if p.strip()]:
         print(f"=== {part}", flush=True)
         record = run_part(part, data, args)
-        record.update(date=datetime.date.today().isoformat(), machine=machine_summary(), device=args.device,
-                      command=common.command_line(argv))
+        record.update(device=args.device, **common.stamp(argv))
         # re-read before merging: another run may have recorded other parts meanwhile
         saved = {k: v for k, v in common.read_result(out).items() if k not in ("machine", "date", "command")}
         saved.setdefault("results", {})[part] = record

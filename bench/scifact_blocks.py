@@ -26,7 +26,6 @@ the long benchmark can run as several heavy jobs of under ~30 minutes each.
 from __future__ import annotations
 
 import argparse
-import datetime
 import tempfile
 import time
 from pathlib import Path
@@ -194,9 +193,9 @@ def main(argv=None) -> None:
            "speed": speed(models, dims, data, args) if "speed" in parts else [],
            "tuned": tuned(models, tune, data, args) if "tuned" in parts else []}
     old = common.read_result(common.result_path("scifact_blocks", args))
-    stamp = {"date": datetime.date.today().isoformat(), "command": common.command_line(argv)}
+    stamp = common.stamp(argv)
 
-    def merged(key):  # this run's rows replace the saved rows of the same models
+    def merged(key):  # this run's rows (stamped with this run) replace the saved rows of the same models
         keep = {r["model"]: r for r in old.get(key, [])}
         keep.update({r["model"]: {**r, **stamp} for r in new[key]})
         return list(keep.values())

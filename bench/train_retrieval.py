@@ -260,12 +260,11 @@ def markdown(results: list[dict], sets: list[str], args, stamp: dict) -> str:
 
 
 def main(argv=None) -> None:
-    import datetime
     import logging
 
     import torch
 
-    from reprlab.logs import machine_summary, setup_cli_logging
+    from reprlab.logs import setup_cli_logging
 
     args = parse_args(argv)
     setup_cli_logging(logging.INFO)
@@ -273,8 +272,7 @@ def main(argv=None) -> None:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     data_dir, train_data, dev, eval_sets = prepare(args)
     results = run_rows(args, data_dir, train_data, dev, eval_sets)
-    stamp = {"command": common.command_line(argv), "machine": machine_summary(),
-             "date": datetime.date.today().isoformat()}
+    stamp = common.stamp(argv)
     table = markdown(results, list(eval_sets), args, stamp)
     print(table)
     common.write_result("train_retrieval", {**stamp, "args": common.settings(args), "results": results}, args, argv)
