@@ -90,6 +90,7 @@ def bench_options(*, device: str | None = "cpu", threads: int | None = 0, append
     if threads is not None:
         g.add_argument("--threads", type=int, default=threads, help=f"torch threads (0 = torch's default; "
                        f"default {threads}; 1 is steadiest on a shared machine)")
+    p.set_defaults(_torch_threads=threads is not None)  # parse() sets them (a script may own --threads)
     if device is not None:
         g.add_argument("--device", choices=("cpu", "cuda"), default=device, help=f"default {device}")
     if append:
@@ -103,14 +104,14 @@ def bench_options(*, device: str | None = "cpu", threads: int | None = 0, append
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and check the common options: ``--output`` must name a .json file (older commands used
     ``--output``/``--out`` for folders), a quick run's ``--work-dir`` gets ``-quick`` appended, and
-    ``--threads`` (when set) is applied to torch."""
+    :func:`bench_options`' ``--threads`` (when not 0) is applied to torch."""
     args = parser.parse_args(argv)
     if args.output is not None and args.output.suffix != ".json":
         parser.error(f"--output {args.output}: give the result JSON file (ending in .json); trained models and "
                      "other files go to --work-dir")
     if args.quick and getattr(args, "work_dir", None) is not None:
         args.work_dir = args.work_dir.with_name(args.work_dir.name + "-quick")
-    if getattr(args, "threads", 0):
+    if vars(args).pop("_torch_threads", False) and args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
@@ -337,9 +338,9 @@ def write_result(name: str, record: dict, args: argparse.Namespace | None = None
     return record
 
 
-def append_benchmarks(section_markdown: str, path: str | os.PathLike = BENCHMARKS) -> Path:
-    """Append a section (markdown) to BENCHMARKS.md, creating the file with its header if needed."""
-    path = Path(path)
+def append_benchmarks(section_markdown: str, path: str | os.PathLike | None = None) -> Path:
+    """Append a section (markdown) to BENCHMARKS.md (or ``path``), creating the file with its header if needed."""
+    path = Path(path or BENCHMARKS)
     if not path.exists():
         path.write_text("# reprlab benchmarks\n\nEach section gives the command, the machine and the date.\n",
                         encoding="utf-8")

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -235,11 +236,12 @@ def test_quick_run(case: Case, tmp_path, shared_data):
     cmd = [sys.executable, f"bench/{case.script}.py", "--quick", "--threads", "1", "--output", str(out),
            *(["--work-dir", str(tmp_path / "work")] if case.work_dir else []), *case.args]
     env = {**os.environ, "REPRLAB_SHARED_DATA": str(root)}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=1200)
-    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}"
-    print(f"bench/{case.script}.py --quick: {seconds:.0f} s")
+    print(f"bench/{case.script}.py --quick: {time.perf_counter() - start:.0f} s wall, "
+          f"{after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime:.0f} s CPU")
     record = json.loads(out.read_text())
     assert record["command"].startswith(f"python bench/{case.script}.py --quick")
     assert record["machine"] and record["date"]
