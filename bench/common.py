@@ -227,6 +227,15 @@ def timed_interleaved(fns: Mapping, repeat: int = MIN_PASSES, warmup: int = 1, s
     return {k: Timing.of(wall[k], results[k], cpu_s[k] if cpu else None) for k in keys}
 
 
+def memory_bytes(key: str = "VmHWM") -> int:
+    """A memory figure of this process from /proc/self/status: ``VmHWM`` (peak resident size) or ``VmRSS``."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
 def encode_seconds(models: Mapping, texts: list[str], batch_size: int, repeat: int = MIN_PASSES) -> dict[str, Timing]:
     """Time each sentence encoder encoding the same ``texts``: one warm-up batch each, then ``repeat``
     interleaved passes over all of them (see :func:`timed_interleaved`)."""
