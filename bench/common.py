@@ -103,12 +103,17 @@ def bench_options(*, device: str | None = "cpu", threads: int | None = 0, append
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and check the common options: ``--output`` must name a .json file (older commands used
-    ``--output``/``--out`` for folders), a quick run's ``--work-dir`` gets ``-quick`` appended, and
-    :func:`bench_options`' ``--threads`` (when not 0) is applied to torch."""
+    ``--output``/``--out`` for folders), timed passes (``--repeat``/``--repeats``) are at least 3, a quick
+    run's ``--work-dir`` gets ``-quick`` appended, and :func:`bench_options`' ``--threads`` (when not 0)
+    is applied to torch."""
     args = parser.parse_args(argv)
     if args.output is not None and args.output.suffix != ".json":
         parser.error(f"--output {args.output}: give the result JSON file (ending in .json); trained models and "
                      "other files go to --work-dir")
+    for name in ("repeat", "repeats", "bm25_repeats"):  # the scripts' names for timed passes
+        if getattr(args, name, MIN_PASSES) < MIN_PASSES:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: a timing takes at least {MIN_PASSES} "
+                         "passes (median and spread)")
     if args.quick and getattr(args, "work_dir", None) is not None:
         args.work_dir = args.work_dir.with_name(args.work_dir.name + "-quick")
     if vars(args).pop("_torch_threads", False) and args.threads:

@@ -58,6 +58,9 @@ def test_options_check_output_and_give_quick_runs_their_own_work_dir(tmp_path):
     assert common.result_path("x", common.parse(parser, ["--quick"])) == common.RESULTS / "x-quick.json"
     with pytest.raises(SystemExit):  # a folder given as --output, as older commands did
         common.parse(parser, ["--output", str(tmp_path / "runs")])
+    parser.add_argument("--repeats", type=int, default=3)
+    with pytest.raises(SystemExit):  # every timing takes 3 passes or more
+        common.parse(parser, ["--repeats", "2"])
 
 
 # ----------------------------------------------------------------------------- subsamples
