@@ -10,9 +10,11 @@
   and :func:`write_subsample` (the same as a BEIR folder, for recipes that read folders).
 * Timing: :func:`timed` (at least 3 passes; median, min, max and spread) and :func:`timed_interleaved`
   (several contestants, alternating order); :func:`encode_seconds` times sentence encoders on the same
-  texts.
-* Results: :func:`write_result` writes ``bench/results/<name>.json`` atomically with the machine, the
-  date and the exact command; :func:`append_benchmarks` appends a section to BENCHMARKS.md.
+  texts; :func:`memory_bytes` reads this process's peak memory.
+* Shared recipes: :func:`evaluate_dense` (a sentence encoder on a BEIR set, exact search) and
+  :func:`distill_config` (the one distillation recipe of the three distillation scripts).
+* Results: :func:`write_result` writes ``bench/results/<name>.json`` atomically with :func:`stamp` (the
+  machine, the date and the exact command); :func:`append_benchmarks` appends a section to BENCHMARKS.md.
 
 The scripts run from the repository root as ``python bench/<name>.py``; Python puts ``bench/`` on the
 path, so they ``import common``.
