@@ -18,7 +18,6 @@ On a machine without the evaluation's dependencies (faiss), measure there and ev
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import subprocess
 import sys
@@ -51,13 +50,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick and not args.one:
         args.max_length = min(args.max_length, QUICK_MAX_LENGTH)
     return args
-
-
-def peak_rss_mb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def flops_per_text(lengths: np.ndarray, hidden=384, inter=1536, layers=6) -> np.ndarray:
@@ -103,7 +95,7 @@ def run_one(setting: str, texts: list[str], args) -> dict:
     timing = common.timed(lambda: encode(texts), args.repeat, sync=torch.cuda.synchronize if cuda else None)
     out = Path(args.keep or tempfile.mkdtemp()) / f"vectors-{setting}.npy"
     np.save(out, timing.result.astype(np.float32))
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()
+    peak = (torch.cuda.max_memory_allocated() if cuda else common.memory_bytes("VmHWM")) / 2**20
     return {"setting": setting, "seconds": timing["median"], "passes": timing["passes"], "spread": timing["spread"],
             "docs_per_s": len(texts) / timing["median"], "peak_mb": peak, "vectors": out.name,
             "threads": torch.get_num_threads()}
@@ -123,10 +115,8 @@ def measure(args, texts: list[str], argv=None) -> dict:
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"{setting}: {results[-1]['docs_per_s']:.1f} docs/s", file=sys.stderr)
     from reprlab.io import atomic_write_json
-    from reprlab.logs import machine_summary
 
-    record = {"command": common.command_line(argv), "machine": machine_summary(),
-              "date": datetime.date.today().isoformat(), "docs": len(texts), "quick": args.quick,
+    record = {**common.stamp(argv), "docs": len(texts), "quick": args.quick,
               "device": args.device, "batch_size": args.batch_size, "max_length": args.max_length,
               "repeat": args.repeat, "results": results}
     atomic_write_json(Path(args.keep) / "measure.json", record)
@@ -184,7 +174,6 @@ def markdown(record: dict, results: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
-    from reprlab.logs import machine_summary
     from reprlab.text.beir import doc_text, load_beir
 
     args = parse_args(argv)
@@ -213,8 +202,7 @@ def main(argv=None) -> None:
     print(table)
     record = {**record, "results": results}
     if args.evaluate:
-        record["evaluated"] = {"command": common.command_line(argv), "machine": machine_summary(),
-                               "date": datetime.date.today().isoformat()}
+        record["evaluated"] = common.stamp(argv)
     args.quick = quick  # a quick measurement evaluated here is still a quick result
     common.write_result(f"encode-{record['device']}" if not quick else "encode", record, args, argv)
     if args.append:
