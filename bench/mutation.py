@@ -18,7 +18,6 @@ Each module runs in a fresh copy of the repository (``git archive`` of HEAD plus
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import re
 import shutil
@@ -28,10 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from reprlab.io import atomic_write_json
-from reprlab.logs import machine_summary
+import common
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = common.REPO
 # module -> (source files mutated, tests that defend them)
 MODULES = {
     "metrics": (["retrieval/metrics.py"], ["tests/retrieval/test_metrics.py"]),
@@ -93,23 +91,18 @@ def run_module(name: str, children: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     parents=[common.bench_options(device=None, append=False)])
     parser.add_argument("--modules", nargs="+", choices=sorted(MODULES), default=sorted(MODULES))
     parser.add_argument("--children", type=int, default=2, help="mutants tested at once (default: 2)")
-    parser.add_argument("--quick", action="store_true", help="one small module (KD): a smoke run of a minute or two")
-    parser.add_argument("--output", default=str(REPO / "bench" / "results" / "mutation.json"))
-    args = parser.parse_args(argv)
-    modules = ["kd"] if args.quick else args.modules
-    output = Path(args.output.replace(".json", "-quick.json") if args.quick else args.output)
+    args = common.parse(parser, argv)
+    modules = ["kd"] if args.quick else args.modules  # a quick run: one small module, a few minutes
     rows = []
     for name in modules:
         row = run_module(name, args.children)
         rows.append(row)
         print(f"{name:16s} {row['counts']} score {row['score']} ({row['seconds']} s)", flush=True)
-    record = {"command": "python " + " ".join([f"bench/{Path(__file__).name}", *(argv or sys.argv[1:])]),
-              "date": datetime.date.today().isoformat(), "machine": machine_summary(), "modules": rows}
-    atomic_write_json(output, record)
-    print(f"-> {output}")
+    common.write_result("mutation", {"modules": rows}, args, argv)
     print("\n| module | mutants | killed | survived | score |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['module']} | {r['mutants']} | {r['counts'].get('killed', 0)} | "

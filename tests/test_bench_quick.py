@@ -199,8 +199,24 @@ def check_train_retrieval_peer(r):
 # train_retrieval 77. The not-slow ones add about a minute to CI.
 QA = ("squad_v1.1_dev_xquad_en", "hotpotqa_dev500_ircot")
 BEIR3 = ("scifact", "cranfield", "cisi")
+def check_jaket(r):
+    assert {"text only (LM vectors, no graph)", "KM from JAKET (memory + KM pre-trained)"} <= set(r["link"])
+    for row in r["link"].values():
+        if isinstance(row, dict) and "mrr" in row:
+            assert unit(row["mrr"])
+    assert "JAKET (pre-trained KM)" in r["category"] and r["relation"]
+
+
+def check_mutation(r):
+    (kd,) = r["modules"]
+    assert kd["module"] == "kd" and kd["mutants"] > 50 and unit(kd["score"])
+    assert kd["counts"].get("killed", 0) > kd["counts"].get("survived", 0)
+
+
 CASES = [
     Case("approx", check_approx),
+    Case("jaket", check_jaket, data=("wn18rr_text", "umls_text"), packages=("torch_geometric", "pykeen")),
+    Case("mutation", check_mutation, packages=("mutmut",), work_dir=False, args=()),
     Case("architectures", check_architectures, data=("gutenberg_books10", "wikitext2_raw_valid_test"),
          work_dir=False),
     Case("blockskim", check_blockskim, data=QA),
