@@ -50,6 +50,7 @@ from reprlab.qa.reader import Reader, ReaderConfig
 from reprlab.qa.recipe import ReaderTrainingConfig, run_block_skim_training, run_reader_training
 from reprlab.qa.squad import HOTPOTQA_CONTEXTS, evaluate_examples, load_hotpotqa_answers, load_squad
 from reprlab.text.splits import split
+from reprlab.train.recipe import run_differences
 
 
 def split_examples(examples, eval_fraction: float):
@@ -117,6 +118,12 @@ def train_models(args, work: Path, reader_cfg: ReaderConfig) -> dict[str, float]
         for name, (skim, where) in todo.items():
             out = work / name
             if args.reuse and (out / "model" / "model.safetensors").is_file():
+                cfg = ReaderTrainingConfig(output_dir=str(out), block_skim=skim is not None,
+                                           skim=skim or BlockSkimConfig(), **shared, **where)
+                changed = run_differences(cfg, allowed=("resume",))
+                if changed:  # a folder made by another recipe is never reused for this one
+                    sys.exit(f"--reuse {out}: trained with other settings ({', '.join(changed)}); "
+                             "give another --work-dir or drop --reuse")
                 saved = out / "train_time.json"
                 times[name] = json.loads(saved.read_text())["seconds"] if saved.is_file() else float("nan")
                 continue

@@ -76,19 +76,19 @@ def parameters(model) -> tuple[int, int]:
 
 
 def check_trained(run: Path, config) -> Path:
-    """``run/model`` after checking that ``run/train_config.json`` records the same distillation settings."""
-    import dataclasses
-    import json
+    """``run/model`` after checking that the run was made with this distillation config (the training
+    settings and the method's, as recorded in ``run/train_config.json``)."""
+    from reprlab.errors import ConfigError
+    from reprlab.train.recipe import run_differences
 
-    record = run / "train_config.json"
-    if not (run / "model").is_dir() or not record.is_file():
-        sys.exit(f"--trained {run}: no finished run there (needs {run / 'model'} and {record})")
-    saved = json.loads(record.read_text()).get("extra", {})
-    wanted = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples -> lists, as in the saved file
-    differ = [k for k in wanted if k != "output_dir" and saved.get(k) != wanted[k]]
+    if not (run / "model").is_dir():
+        sys.exit(f"--trained {run}: no finished run there (needs {run / 'model'})")
+    try:
+        differ = run_differences(config, run)
+    except ConfigError as exc:
+        sys.exit(f"--trained {run}: {exc}")
     if differ:
-        sys.exit(f"--trained {run}: {record} differs from this run in " +
-                 ", ".join(f"{k} ({saved.get(k)!r} there, {wanted[k]!r} here)" for k in differ))
+        sys.exit(f"--trained {run}: made with other settings ({', '.join(differ)})")
     return run / "model"
 
 

@@ -261,3 +261,19 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(command, tmp_path, tiny_
     resumed = recipe.run(build(recipe, tmp_path, tiny_model_dir, str(tmp_path / "cut"), resume=True, **loop))
     a, b = _weights(full), _weights(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_run_differences_names_what_a_reused_run_was_trained_with(tmp_path, tiny_model_dir):
+    from reprlab.train.recipe import run_differences
+
+    recipe = RECIPES["train dpr"]
+    config = build(recipe, tmp_path, tiny_model_dir, str(tmp_path / "run"), max_steps=2)
+    recipe.run(config)
+    assert run_differences(config) == []
+    other = build(recipe, tmp_path, tiny_model_dir, str(tmp_path / "run"), max_steps=2, lr=0.5)
+    assert run_differences(other) == ["train.lr"]
+    assert run_differences(other, allowed=("lr",)) == []
+    changed = recipe.make_config(**{**config.to_dict(), "num_negatives": 2})
+    assert run_differences(changed) == ["num_negatives"]
+    with pytest.raises(ConfigError, match="train_config.json"):
+        run_differences(config, tmp_path / "nowhere")

@@ -187,11 +187,12 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler, callba
 # ----------------------------------------------------------------------------- resuming the same run
 
 
-def _leaves(d: Any, path: str = "") -> dict[str, Any]:
+def leaves(d: Any, path: str = "") -> dict[str, Any]:
+    """A nested dict as ``{dotted path: value}`` (tuples as lists, for comparison with JSON)."""
     if isinstance(d, dict):
         out: dict[str, Any] = {}
         for k, v in d.items():
-            out.update(_leaves(v, f"{path}.{k}" if path else str(k)))
+            out.update(leaves(v, f"{path}.{k}" if path else str(k)))
         return out
     return {path: list(d) if isinstance(d, tuple) else d}
 
@@ -199,7 +200,7 @@ def _leaves(d: Any, path: str = "") -> dict[str, Any]:
 def comparable(config: dict) -> dict[str, Any]:
     """A run's config as ``{dotted path: value}`` without the settings that may change on resume (the
     recipe's config is under ``extra.config``; its copy of the loop's settings is left out)."""
-    flat = _leaves(config)
+    flat = leaves(config)
     keep = {}
     for path, value in flat.items():
         leaf = path.rsplit(".", 1)[-1]

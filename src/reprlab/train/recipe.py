@@ -233,6 +233,26 @@ def read_metrics(output_dir: str | Path, name: str = "metrics.jsonl") -> list[di
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def run_differences(config: RecipeConfig, output_dir: str | Path | None = None,
+                    allowed: Sequence[str] = ()) -> list[str]:
+    """The settings (dotted paths of the config, e.g. ``train.lr``, ``num_negatives``) in which the run in
+    ``output_dir`` (default: the config's) was made differently from ``config``; [] when it is the same
+    recipe. For reusing a finished run, e.g. a benchmark's ``--reuse``: a folder is reused only for the
+    config that made it. Settings that do not change what is computed (``resume``, ``device``, logging and
+    checkpoint cadence, ``output_dir``) are not compared. Raises ConfigError when the folder holds no
+    readable ``train_config.json``."""
+    from reprlab.train.checkpoint import BENIGN, leaves
+
+    record = Path(output_dir if output_dir is not None else config.output_dir) / "train_config.json"
+    try:
+        stored = json.loads(record.read_text(encoding="utf-8"))["extra"]["config"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{record}: no readable record of a recipe's run there ({exc})") from exc
+    a, b = leaves(stored), leaves(config.to_dict())
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k.rsplit(".", 1)[-1] not in BENIGN)
+    return [k for k in changed if k not in allowed and k.rsplit(".", 1)[-1] not in allowed]
+
+
 def finished(state) -> bool:
     """True when the loop ran to its last step (not stopped by ``stop_after``)."""
     return state.step >= state.total_steps
