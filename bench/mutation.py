@@ -67,6 +67,24 @@ MODULES = {
 }
 NO_MUTATE = "# pragma: no mutate block"
 
+MD_HEAD = """## Mutation testing of the core mechanisms
+
+Does a test fail when the code of a mechanism is broken? mutmut 3 changes one thing at a time in each module
+(an operator, a constant, an argument, a call's result) and runs the module's tests; a mutant is *killed* when a
+test fails. *Score* = killed / all mutants (a mutant no test reaches counts as surviving); the last column also
+counts the survivors shown below to be equivalent (they compute the same thing on every input the code can get,
+or change only an error message's wording). Each remaining survivor is listed with the reason it is left.
+
+Command: `{command}` (under the shared lock; a module runs in a fresh copy of the repository). Date: {date}.
+Machine: {machine_line}. JSON: `bench/results/mutation.json` (every survivor's diff)."""
+
+# Surviving mutants that compute the same thing as the original on every input the code can get (or differ only in
+# an error message's wording): mutant name -> why. mutmut numbers mutants per function in source order, so the names
+# hold as long as the mutated code does not change; a name whose diff no longer matches is reported unclassified.
+EQUIVALENT: dict[str, str] = {}
+# Survivors that are not equivalent but are left, with the reason (e.g. a retry bound no test input reaches).
+LEFT: dict[str, str] = {}
+
 def mark_out_of_scope(path: Path, keep: list[str]) -> None:
     """Put mutmut's no-mutate pragma on every function of ``path`` (a copy) not named in ``keep``.
 
@@ -162,10 +180,53 @@ def run_module(name: str, children: int) -> dict:
                                       and not line.startswith(("+++", "---")))
     counts = {s: list(status.values()).count(s) for s in sorted(set(status.values()))}
     killed = counts.get("killed", 0) + counts.get("timeout", 0)
-    return {"module": name, "sources": sources, "tests": tests, "functions": scope, "mutants": len(status),
-            "counts": counts, "second_pass": len(untested), "killed": killed,
-            "score": round(killed / len(status), 4) if status else None, "seconds": round(seconds, 1),
-            "survivors": {k: {"status": status[k], "diff": diffs[k]} for k in survivors}}
+    return classify({"module": name, "sources": sources, "tests": tests, "functions": scope, "mutants": len(status),
+                     "counts": counts, "second_pass": len(untested), "killed": killed, "seconds": round(seconds, 1),
+                     "survivors": {k: {"status": status[k], "diff": diffs[k]} for k in survivors}})
+
+
+def classify(row: dict) -> dict:
+    """Mark the survivors named in EQUIVALENT / LEFT; scores with and without the equivalent ones."""
+    for name, survivor in row["survivors"].items():
+        survivor["equivalent"] = EQUIVALENT.get(name)
+        survivor["left"] = LEFT.get(name)
+    equivalent = sum(1 for s in row["survivors"].values() if s["equivalent"])
+    n, killed = row["mutants"], row["killed"]
+    row["equivalent"] = equivalent
+    row["score"] = round(killed / n, 4) if n else None
+    row["score_equivalent_as_killed"] = round((killed + equivalent) / n, 4) if n else None
+    return row
+
+
+def short_name(mutant: str) -> str:
+    """``reprlab.distill.kd.x\u01c1KDLoss\u01c1forward__mutmut_3`` -> ``KDLoss.forward #3``."""
+    base, number = mutant.rsplit(".", 1)[-1].rsplit("__mutmut_", 1)
+    base = base[2:].replace("\u01c1", ".") if base.startswith("x\u01c1") else base[2:]
+    return f"{base} #{number}"
+
+
+def markdown(record: dict) -> str:
+    """The results as the BENCHMARKS section: the table, then each module's remaining survivors with the reason."""
+    out = [MD_HEAD.format(**record, machine_line=record["machine"] if isinstance(record["machine"], str)
+                          else json.dumps(record["machine"])), "",
+           "| module | mutants | killed | survived | equivalent | score | score, equivalent as killed |",
+           "|---|---|---|---|---|---|---|"]
+    for r in record["modules"]:
+        out.append(f"| {r['module']} | {r['mutants']} | {r['killed']} | {r['mutants'] - r['killed']} | "
+                   f"{r['equivalent']} | {r['score']:.1%} | {r['score_equivalent_as_killed']:.1%} |")
+    for r in record["modules"]:
+        scope = ", ".join(f"`{f}`" for f in r["functions"]) if r["functions"] else "all functions"
+        out += ["", f"### {r['module']}", "",
+                f"Mutated: {', '.join('`src/reprlab/' + s + '`' for s in r['sources'])} ({scope}); tests: "
+                f"{', '.join('`' + t + '`' for t in r['tests'])}; {r['seconds'] / 60:.0f} min.", ""]
+        if not r["survivors"]:
+            out.append("No survivor.")
+        for name, s in r["survivors"].items():
+            change = " / ".join(line[1:].strip() for line in s["diff"].splitlines() if line.startswith("+"))
+            why = (f"equivalent: {s['equivalent']}" if s["equivalent"] else
+                   f"left: {s['left']}" if s["left"] else "NOT CLASSIFIED")
+            out.append(f"- `{short_name(name)}` ({s['status']}): `{change[:150]}` -- {why}")
+    return "\n".join(out) + "\n"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -173,24 +234,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--children", type=int, default=2, help="mutants tested at once (default: 2)")
     parser.add_argument("--quick", action="store_true", help="one small module (KD): a smoke run of a minute or two")
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "mutation.json"))
+    parser.add_argument("--markdown", action="store_true",
+                        help="only rewrite the .md of --output from its JSON with the current EQUIVALENT / LEFT notes")
     args = parser.parse_args(argv)
     modules = ["kd"] if args.quick else args.modules
     output = Path(args.output.replace(".json", "-quick.json") if args.quick else args.output)
-    rows = []
-    for name in modules:
-        row = run_module(name, args.children)
-        rows.append(row)
-        print(f"{name:16s} {row['counts']} score {row['score']} ({row['seconds']} s)", flush=True)
-    record = {"command": "python " + " ".join([f"bench/{Path(__file__).name}", *(argv or sys.argv[1:])]),
-              "date": datetime.date.today().isoformat(), "machine": machine_summary(), "modules": rows}
+    if args.markdown:
+        record = json.loads(output.read_text())
+        record["modules"] = [classify(r) for r in record["modules"]]
+    else:
+        rows = []
+        for name in modules:
+            row = run_module(name, args.children)
+            rows.append(row)
+            print(f"{name:16s} {row['counts']} score {row['score']} ({row['seconds']} s)", flush=True)
+        record = {"command": "python " + " ".join([f"bench/{Path(__file__).name}", *(argv or sys.argv[1:])]),
+                  "date": datetime.date.today().isoformat(), "machine": machine_summary(), "modules": rows}
     atomic_write_json(output, record)
-    print(f"-> {output}")
-    print("\n| module | mutants | killed | not killed | score |\n|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['module']} | {r['mutants']} | {r['killed']} | {r['mutants'] - r['killed']} | "
-              f"{r['score']:.1%} |" if r["score"] is not None else f"| {r['module']} | {r['mutants']} | - | - | - |")
+    text = markdown(record)
+    output.with_suffix(".md").write_text(text)
+    print(text)
+    print(f"-> {output}, {output.with_suffix('.md')}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
