@@ -277,3 +277,69 @@ def test_load_checkpoint_skips_callbacks_without_state(tmp_path):
     state = type("S", (), {})()
     load_checkpoint(tmp_path / "checkpoints" / "checkpoint-00000002", model, opt, sched, [Stateless(), fresh], state)
     assert fresh.steps == 2 and (state.step, state.epoch, state.position) == (2, 0, 8)
+
+
+def test_resume_starts_from_the_newest_checkpoint_and_cleans_up_after_killed_writers(tmp_path):
+    out = tmp_path / "deep" / "run"  # parents are created
+    first, counter = Model(), Counter()
+    train(first, DATA, collate, loss_fn, cfg(out), callbacks=[counter], stop_after=5)
+    assert names(out) == ["checkpoint-00000002", "checkpoint-00000004"]
+    dead = 2**22 + 12345  # no such process
+    stale = [out / f".metrics.jsonl.{dead}.abc.tmp", out / "checkpoints" / f".checkpoint-00000006.{dead}.x1.tmp"]
+    stale[1].mkdir()
+    stale[0].write_text("half a line")
+    again = Counter()
+    train(Model(), DATA, collate, loss_fn, cfg(out, resume=True), callbacks=[again])
+    assert again.events[0] == ("start", 4) and again.steps == 4 + 2  # restored count + the 2 steps after step 4
+    assert not any(p.exists() for p in stale)
+    with pytest.raises(ConfigError, match=rf"^{out} already has checkpoints; pass resume=True \(--resume\) to continue "
+                                          "that run or choose a new output folder$"):
+        train(Model(), DATA, collate, loss_fn, cfg(out))
+    with pytest.raises(ConfigError, match=rf"^the run in {out} was started with other settings \(batch_size, lr\); "
+                                          r"resume with the same ones, name the change with allow_config_change "
+                                          r"\(--allow-config-change\), or choose a new output folder$"):
+        train(Model(), DATA, collate, loss_fn, cfg(out, resume=True, lr=0.3, batch_size=8))
+
+
+def test_the_loop_needs_an_output_folder_and_finishes_a_run_stopped_at_its_last_step(tmp_path):
+    with pytest.raises(ConfigError, match="^output_dir: the training loop needs an output folder$") as err:
+        train(Model(), DATA, collate, loss_fn, cfg(""))
+    assert err.value.field == "output_dir"
+    counter = Counter()
+    state = train(Model(), DATA, collate, loss_fn, cfg(tmp_path, max_steps=2), callbacks=[counter], stop_after=2)
+    assert state.step == 2 and counter.events[-1] == ("end", 2) and names(tmp_path) == ["checkpoint-00000002"]
+
+
+def test_a_given_optimizer_is_used_and_the_lr_metric_follows_the_schedule(tmp_path):
+    model = Model()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.5)  # one parameter group
+    train(model, DATA, collate, loss_fn, cfg(tmp_path, lr=0.5, warmup_steps=2, schedule="linear"), optimizer=sgd)
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # logged after s steps: the lr of the next step, 0.5 x ((s + 1) / 2 while s < 2 warm-up steps, else (6 - s) / 4)
+    assert lrs == pytest.approx([0.5 * f for f in (1.0, 1.0, 0.75, 0.5, 0.25, 0.0)])
+    assert sgd.state_dict()["param_groups"][0]["lr"] == 0.0
+
+
+def test_checkpoints_by_time():
+    import time
+
+    from reprlab.train.loop import TrainState, _checkpoint_due
+
+    state = TrainState(step=3)
+    by_time = cfg("x", checkpoint_every=0, checkpoint_minutes=2)
+    assert not _checkpoint_due(by_time, state, time.time() - 100)  # 100 s < 2 minutes
+    assert _checkpoint_due(by_time, state, time.time() - 121)
+    one = cfg("x", checkpoint_every=0, checkpoint_minutes=1)
+    assert _checkpoint_due(one, state, time.time() - 60.5) and not _checkpoint_due(one, state, time.time() - 59)
+    assert not _checkpoint_due(cfg("x", checkpoint_every=0, checkpoint_minutes=0), state, 0.0)  # never by time
+    assert _checkpoint_due(cfg("x", checkpoint_every=3, checkpoint_minutes=0), state, time.time())
+    assert not _checkpoint_due(cfg("x", checkpoint_every=2, checkpoint_minutes=60), state, time.time())
+
+
+def test_epoch_order():
+    from reprlab.train.loop import _epoch_order
+
+    assert _epoch_order(5, 7, 2, shuffle=False).tolist() == [0, 1, 2, 3, 4]
+    expected = torch.randperm(50, generator=torch.Generator().manual_seed(7 * 1_000_003 + 2))
+    assert torch.equal(_epoch_order(50, 7, 2, shuffle=True), expected)
+    assert not torch.equal(_epoch_order(50, 7, 3, shuffle=True), expected)  # a new order each epoch
