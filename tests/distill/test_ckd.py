@@ -200,3 +200,65 @@ def test_the_total_is_the_weighted_sum_of_its_terms():
     total0, terms0 = ckd_loss(s, t, mask, CKDConfig(window=3, **{**weights, "ltr_pair": 0.0}))
     assert "ltr_pair" not in terms0
     torch.testing.assert_close(total0.double(), total.double() - 7.0 * terms["ltr_pair"].double())
+
+
+# ----------------------------------------------------------------------------- edges (mutation testing)
+
+
+def test_every_term_is_the_mean_over_the_paired_states():
+    s, t, mask = small_pair()
+    _, terms = ckd_loss(s, t, mask, CKDConfig(window=3))
+    wr_triplet = sum(plain_window_triplets(a, b, mask, 3) for a, b in zip(s, t)) / 3
+    pair, triplet = plain_layer_relations(torch.stack(s, 2), torch.stack(t, 2), mask)
+    torch.testing.assert_close(terms["wr_triplet"].double(), wr_triplet, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(terms["ltr_pair"].double(), pair, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(terms["ltr_triplet"].double(), triplet, atol=1e-5, rtol=1e-4)
+
+
+def test_which_terms_a_layer_map_and_the_weights_give():
+    s, t, mask = small_pair()
+    one, terms = ckd_loss(s, t, mask, CKDConfig(window=3, layer_map=[[1, 1]]))  # one pair: no layer relations
+    assert set(terms) == {"wr_pair", "wr_triplet"}
+    torch.testing.assert_close(terms["wr_pair"].double(), plain_pair_kl(s[1], t[1], mask), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(one, terms["wr_pair"] + terms["wr_triplet"])
+    _, terms = ckd_loss(s, t, mask, CKDConfig(window=3, layer_map=[[0, 0], [2, 2]]))  # two: pairs, no triplets
+    assert set(terms) == {"wr_pair", "wr_triplet", "ltr_pair"}
+    _, terms = ckd_loss(s, t, mask, CKDConfig(window=3, ltr_triplet=0.0))
+    assert set(terms) == {"wr_pair", "wr_triplet", "ltr_pair"}
+    _, terms = ckd_loss(s, t, mask, CKDConfig(window=3, ltr_pair=0.0))
+    assert set(terms) == {"wr_pair", "wr_triplet", "ltr_triplet"}
+
+
+def test_masks_padded_on_either_side():
+    s, t, _ = small_pair()
+    mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 0]])  # one token of left padding; of right padding
+    torch.testing.assert_close(word_triplet_loss(s[0], t[0], mask, window=3).double(),
+                               plain_window_triplets(s[0], t[0], mask, 3), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(word_pair_loss(s[0], t[0], mask).double(), plain_pair_kl(s[0], t[0], mask),
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_defaults_and_no_relation_to_match():
+    s, t, mask = small_pair()
+    # the default window (21) covers these 5 tokens
+    torch.testing.assert_close(word_triplet_loss(s[0], t[0], mask).double(),
+                               plain_window_triplets(s[0], t[0], mask, 21), atol=1e-5, rtol=1e-4)
+    for window in (1, 4):
+        with pytest.raises(ConfigError, match="odd"):
+            word_triplet_loss(s[0], t[0], mask, window=window)
+    # two real tokens per sequence: no token has two others, no triplet exists: every term is exactly 0
+    two = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 0, 0, 0]])
+    student = s[0].clone().requires_grad_()
+    for term in (word_pair_loss(student, t[0], two), word_triplet_loss(student, t[0], two, window=3)):
+        assert term.item() == 0.0
+        term.backward()
+        assert torch.isfinite(student.grad).all()
+
+
+def test_config_checks():
+    with pytest.raises(ConfigError, match="pair_temperature"):
+        CKDConfig(pair_temperature=0.0)
+    for bad in ([[1, 2, 3]], []):
+        with pytest.raises(ConfigError, match=r"\[student_state, teacher_state\] pairs"):
+            CKDConfig(layer_map=bad)
+    assert CKDConfig(layer_map=[[0, 0], [3, 6]]).pairs(3, 6) == [(0, 0), (3, 6)]

@@ -154,3 +154,90 @@ def test_fashion_mnist_test_set_reads(shared_data):
     x, y = load_fashion_mnist(folder, "test")
     assert x.shape == (10000, 1, 28, 28) and float(x.max()) <= 1.0
     assert np.bincount(y.numpy()).tolist() == [1000] * 10
+
+
+# ----------------------------------------------------------------------------- settings, heads, DDP (mutation testing)
+
+
+def test_config_bounds_and_messages():
+    assert SEEDConfig(queue_size=1).queue_size == 1
+    for head in ("auto", "linear", "mlp", "none"):
+        assert SEEDConfig(head=head).head == head
+    with pytest.raises(ConfigError, match="^queue_size must be at least 1, got 0$"):
+        SEEDConfig(queue_size=0)
+    for temperatures in ({"student_temperature": 0.0}, {"teacher_temperature": 0.0}):
+        with pytest.raises(ConfigError, match="^SEED temperatures must be positive$"):
+            SEEDConfig(**temperatures)
+    with pytest.raises(ConfigError, match="^unknown SEED head 'deep'"):
+        SEEDConfig(head="deep")
+
+
+def test_heads_and_widths():
+    mlp = SEED(Linear(4, 3), Linear(4, 5), SEEDConfig(head="mlp")).head
+    assert [type(m) for m in mlp] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
+    assert (mlp[0].in_features, mlp[0].out_features, mlp[2].in_features, mlp[2].out_features) == (3, 3, 3, 5)
+    linear = SEED(Linear(4, 3), Linear(4, 3), SEEDConfig(head="linear")).head  # even at equal widths
+    assert (linear.in_features, linear.out_features) == (3, 3)
+    # modules without a ``dim`` attribute: the widths are given, or it is an error naming them
+    plain = SEED(torch.nn.Linear(4, 3), torch.nn.Linear(4, 3), student_dim=3, teacher_dim=3)
+    assert plain.head is None and plain.queue.shape == (4096, 3)
+    assert plain.queue_ptr.dtype == plain.queue_filled.dtype == torch.long
+    for dims in ({}, {"student_dim": 3}, {"teacher_dim": 3}):
+        with pytest.raises(ConfigError, match="^SEED needs the embedding widths"):
+            SEED(torch.nn.Linear(4, 3), torch.nn.Linear(4, 3), **dims)
+
+
+class Keyword(torch.nn.Module):
+    dim = 3
+
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = torch.nn.Linear(4, 3)
+
+    def forward(self, features):
+        return self.net(features)
+
+
+def test_forward_is_seed_loss_of_the_normalised_embeddings_and_takes_keyword_batches():
+    cfg = SEEDConfig(queue_size=8, student_temperature=0.3, teacher_temperature=0.05)
+    seed = SEED(Keyword(0), Keyword(1), cfg).eval()
+    seed.enqueue(F.normalize(torch.randn(8, 3), dim=-1))
+    x = torch.randn(5, 4)
+    loss, metrics = seed({"features": x})  # a dict batch is passed as keyword arguments
+    s, t = F.normalize(seed.student(x), dim=-1), F.normalize(seed.teacher(x), dim=-1)
+    kl, ce = seed_loss(s, t, seed.queue_contents(), 0.3, 0.05)
+    torch.testing.assert_close(loss, kl)
+    assert set(metrics) == {"seed_ce"}
+    torch.testing.assert_close(metrics["seed_ce"], ce)
+
+
+def _seed_rank(rank, world, port, out):
+    import os
+
+    from safetensors.torch import save_file
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    seed = SEED(Linear(4, 3), Linear(4, 3, seed=1), SEEDConfig(queue_size=16)).train()
+    seed(torch.arange(12.0).view(3, 4) + 100 * rank)  # each rank its own batch
+    if rank == 0:
+        save_file({"queue": seed.queue_contents()}, out)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    os._exit(0)  # as in test_losses: skip an interpreter teardown that gloo sometimes aborts
+
+
+def test_every_rank_enqueues_all_ranks_teacher_keys_in_rank_order(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_seed_rank, args=(2, port, str(tmp_path / "q.safetensors")), nprocs=2, join=True)
+    both = torch.cat([torch.arange(12.0).view(3, 4), torch.arange(12.0).view(3, 4) + 100])
+    torch.testing.assert_close(load_file(tmp_path / "q.safetensors")["queue"],
+                               F.normalize(Linear(4, 3, seed=1)(both), dim=-1))

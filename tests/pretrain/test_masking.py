@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+import torch
 
 from reprlab.errors import ConfigError
-from reprlab.pretrain.corpus import split_words, tokenize_chunks
+from reprlab.pretrain.corpus import TokenizedText, split_words, tokenize_chunks
 from reprlab.pretrain.masking import (
     IGNORE_INDEX, MASKING, MaskingConfig, SpecialTokens, build_masking, maskable_positions, word_units,
 )
@@ -169,3 +170,103 @@ def test_bad_settings():
         build_masking("pmi")
     with pytest.raises(ConfigError, match="fe_layout"):
         MaskingConfig(fe_layout="zigzag")
+
+
+# ----------------------------------------------------------------------------- hand-sized cases (mutation testing)
+
+
+def test_config_bounds_and_messages():
+    for ok in (dict(mask_prob=0.0, random_prob=0.0), dict(mask_prob=0.5, random_prob=0.5), dict(span_p=1.0),
+               dict(span_max=1), dict(fe_copies=2), dict(fe_layout="contiguous")):
+        MaskingConfig(**ok)
+    for budget in (0.0, 1.0, 1.5):
+        with pytest.raises(ConfigError, match=r"^masking budget must be in \(0, 1\)"):
+            MaskingConfig(budget=budget)
+    for probs in (dict(mask_prob=-0.1), dict(random_prob=-0.1), dict(mask_prob=0.9, random_prob=0.2)):
+        with pytest.raises(ConfigError, match="^mask_prob and random_prob must be >= 0 and sum to at most 1$"):
+            MaskingConfig(**probs)
+    for span in (dict(span_p=0.0), dict(span_p=1.5), dict(span_max=0)):
+        with pytest.raises(ConfigError, match=r"^span_p must be in \(0, 1\] and span_max >= 1$"):
+            MaskingConfig(**span)
+    with pytest.raises(ConfigError, match="^fe_copies must be at least 2$"):
+        MaskingConfig(fe_copies=1)
+    with pytest.raises(ConfigError, match="choose one of: random, wwm, span, pmi, fully-explored$"):
+        build_masking("nope")
+    with pytest.raises(ConfigError, match=r"^masking 'pmi' needs a PMI vocabulary: build one with `reprlab pmi-vocab` "
+                                          r"and pass it \(--pmi-vocab\)$"):
+        build_masking("pmi")
+
+
+def test_special_tokens_need_a_mask_token():
+    from types import SimpleNamespace
+
+    no_mask = SimpleNamespace(mask_id=None, pad_id=0, vocab_size=10, special_ids=[0])
+    with pytest.raises(ConfigError, match=r"^the tokenizer has no \[MASK\] token; masked-language modelling needs one$"):
+        SpecialTokens.from_tokenizer(no_mask)
+    tok = SimpleNamespace(mask_id=4, pad_id=0, vocab_size=10, special_ids=[0, 1, 4])
+    assert SpecialTokens.from_tokenizer(tok) == SpecialTokens(4, 0, 10, (0, 1, 4))
+
+
+def test_budget_for_and_fill_budget_by_hand():
+    from reprlab.pretrain.masking import budget_for, fill_budget
+
+    assert [budget_for(n, 0.15) for n in (0, 1, 3, 10, 100)] == [0, 1, 1, 2, 15]  # never 0 unless nothing is maskable
+    ones = [np.array([i]) for i in range(4)]
+    for seed in range(5):  # single-token units fill the target exactly
+        assert sum(len(u) for u in fill_budget(ones, 3, np.random.default_rng(seed))) == 3
+    # units that would pass the target are skipped, smaller ones after them still taken
+    units = [np.array([0, 1, 2]), np.array([3]), np.array([4, 5])]
+    for seed in range(10):
+        chosen = fill_budget(units, 3, np.random.default_rng(seed))
+        assert sum(len(u) for u in chosen) == 3 and all(len(u) in (1, 2, 3) for u in chosen)
+
+
+def _seq(word_ids):
+    """A sequence [CLS] pieces [SEP]: piece k belongs to word word_ids[k] (-1: a piece of no word)."""
+    ids = np.array([101, *range(1000, 1000 + len(word_ids)), 102])
+    words = [f"w{i}" for i in range(max(word_ids) + 1)]
+    return TokenizedText(ids, np.array([-1, *word_ids, -1]), words)
+
+
+def test_word_units_by_hand():
+    seq = _seq([-1, 0, 0, 1, -1, 2, 2, 2, 3])
+    maskable = maskable_positions(seq.ids, [101, 102])
+    assert [u.tolist() for u in word_units(seq, maskable)] == [[1], [2, 3], [4], [5], [6, 7, 8], [9]]
+
+
+def test_span_lengths_follow_span_max_and_spans_are_runs_of_words():
+    seq = _seq(list(range(40)))  # forty one-piece words: whole-word spans can hit any budget
+    special = SpecialTokens(103, 0, 30522, (0, 101, 102, 103))
+    maskable = maskable_positions(seq.ids, special.special_ids)
+    longest, n_spans = [], []
+    for seed in range(20):
+        for span_max in (1, 3):
+            masking = make("span", None, budget=0.5, span_p=0.05, span_max=span_max)  # long spans, clipped
+            (chosen,) = masking.select(seq, maskable, np.random.default_rng(seed))
+            assert sum(len(c) for c in chosen) == 20
+            assert all(len(c) <= span_max and (np.diff(c) == 1).all() for c in chosen)
+            assert len(np.unique(np.concatenate(chosen))) == 20  # spans never overlap
+            if span_max == 3:
+                longest.append(max(len(c) for c in chosen))
+                n_spans.append(len(chosen))
+    assert max(longest) == 3
+    # spans are cut short only by taken words, the end or the budget: about 8.3 spans for 20 tokens (7 to 10 in
+    # 200 seeds), not a tail of one-word units
+    assert np.mean(n_spans) < 9
+
+
+def test_apply_and_collate_details(special):
+    masking = make("random", None, mask_prob=0.0, random_prob=1.0)
+    ids = np.arange(2000, 2010)
+    out, labels = masking.apply(ids, [np.arange(2, 8)], special, np.random.default_rng(0))
+    assert len(set(out[2:8].tolist())) > 1, "each piece of a replaced unit draws its own random token"
+    assert (labels[2:8] == ids[2:8]).all() and (labels[[0, 1, 8, 9]] == IGNORE_INDEX).all()
+    # a sequence of special tokens only: nothing to mask, in every scheme
+    empty = TokenizedText(np.array([101, 102]), np.array([-1, -1]), [])
+    longer = _seq([0, 1, 2, 3, 4, 5])
+    for name in ("random", "wwm", "span"):
+        batch = make(name, None).collate([empty, longer], special, np.random.default_rng(0))
+        assert (batch["labels"][0] == IGNORE_INDEX).all()
+        assert batch["attention_mask"].tolist() == [[1, 1, 0, 0, 0, 0, 0, 0], [1] * 8]
+        assert batch["input_ids"][0].tolist() == [101, 102] + [special.pad_id] * 6
+        assert all(batch[k].dtype == torch.int64 for k in ("input_ids", "attention_mask", "labels", "source"))

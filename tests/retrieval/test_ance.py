@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from reprlab.demo import demo_data_path
 from reprlab.errors import ConfigError
+from reprlab.retrieval import ance
 from reprlab.retrieval.ance import AnceCollate, AnceConfig, AnceNegatives, run_ance
 from reprlab.retrieval.pairs import DocKeys, PairCollate
 from reprlab.text import Tokenizer
@@ -200,3 +201,158 @@ def test_bad_settings():
         AnceConfig(output_dir="x", data="y", top_k=5, skip_top=5)
     with pytest.raises(ConfigError, match="refresh_mode"):
         AnceConfig(output_dir="x", data="y", refresh_mode="eventually")
+
+
+# ----------------------------------------------------------------------------- the parts, by hand (mutation testing)
+
+
+def test_collate_passes_every_relevant_document_for_the_false_negative_mask():
+    collate, _ = _collate({"q": ["d5", "d0", "d3", "d7", "d9", "d1"]}, relevant={"q": {"d0", "d3"}})
+    keys = collate.keys
+    batch = collate([("q", "a query", "d0")], np.random.default_rng(0))
+    assert sorted(batch["relevant"][0].tolist()) == sorted([keys("d0"), keys("d3")])
+    assert int(batch["candidate_ids"][1]) == keys("d7")  # ranks 2..4 minus both relevant documents
+
+
+class _FixedModel:
+    """Returns fixed query and passage vectors (the passages: B positives, then the negatives)."""
+
+    def __init__(self, q, p):
+        self.q, self.p, self.seen = q, p, None
+
+    def __call__(self, queries, passages):
+        self.seen = (queries, passages)
+        return self.q, self.p
+
+
+def test_ance_loss_is_the_chosen_loss_of_the_models_vectors():
+    from reprlab.retrieval.losses import contrastive_loss, pairwise_loss
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(2, 5, generator=g), dim=-1)
+    p = torch.nn.functional.normalize(torch.randn(4, 5, generator=g), dim=-1)  # 2 positives, then 2 negatives
+    batch = {"queries": "Q", "passages": "P", "candidate_ids": torch.tensor([1, 2, 3, 4]),
+             "relevant": torch.tensor([[1, 3], [2, -1]])}
+    model = _FixedModel(q, p)
+    softmax = ance.ance_loss("softmax", 3.0)(model, batch)
+    assert model.seen == ("Q", "P")
+    masked = contrastive_loss(q, p[:2], p[2:], scale=3.0, candidate_ids=batch["candidate_ids"],
+                              query_positive_ids=batch["relevant"])
+    torch.testing.assert_close(softmax, masked)
+    assert abs(float(softmax) - float(contrastive_loss(q, p[:2], p[2:], scale=3.0))) > 1e-3  # the mask matters here
+    torch.testing.assert_close(ance.ance_loss("pairwise", 3.0)(model, batch), pairwise_loss(q, p[:2], p[2:], scale=3.0))
+    assert abs(float(pairwise_loss(q, p[:2], p[2:], scale=3.0)) - float(masked)) > 1e-3
+
+
+def _refresher(tmp_path, mode="async", refresh_every=2):
+    job = ance.RefreshJob(data="d", split="s", query_ids=[], dev_ids=[], publish_dir=str(tmp_path / "ance"), top_k=10,
+                          batch_size=1, query_max_length=8, passage_max_length=8, threads=1)
+    return ance.IndexRefresher(job, AnceNegatives(), None, refresh_every, mode)
+
+
+def test_negatives_load_and_the_checkpointed_state(tmp_path):
+    (tmp_path / "negatives.json").write_text(json.dumps({"q": ["d1", "d2"]}))
+    negatives = AnceNegatives()
+    negatives.load(3, tmp_path)
+    assert (negatives.version, negatives.ranked) == (3, {"q": ["d1", "d2"]})
+    r = _refresher(tmp_path)
+    r.negatives, r.next_version = negatives, 5
+    state = r.state_dict()
+    assert state == {"version": 3, "next_version": 5, "ranked": {"q": ["d1", "d2"]}}
+    other = _refresher(tmp_path)
+    other.load_state_dict(state)
+    assert (other.negatives.version, other.next_version, other.negatives.ranked) == (3, 5, {"q": ["d1", "d2"]})
+    other.load_state_dict({"version": 4, "ranked": {}})  # a checkpoint without next_version: the one after
+    assert (other.negatives.version, other.next_version) == (4, 5)
+
+
+class _Results:
+    """A result queue that records how it was read."""
+
+    def __init__(self, *messages):
+        self.messages, self.calls = list(messages), []
+
+    def get(self, timeout=None):
+        self.calls.append(("get", timeout))
+        return self._next()
+
+    def get_nowait(self):
+        self.calls.append(("get_nowait",))
+        return self._next()
+
+    def _next(self):
+        import queue
+
+        if not self.messages:
+            raise queue.Empty
+        return self.messages.pop(0)
+
+
+def _published(tmp_path, version, ranked):
+    folder = tmp_path / "ance" / f"index-v{version:04d}"
+    folder.mkdir(parents=True)
+    (folder / "negatives.json").write_text(json.dumps(ranked))
+    (tmp_path / "ance" / "weights" / f"v{version:04d}").mkdir(parents=True)
+    return {"version": version, "path": str(folder), "checkpoint_step": 2 * version, "encode_seconds": 1.0,
+            "total_seconds": 2.0, "dev": {"ndcg_cut_10": 0.5}}
+
+
+def test_receive_switches_to_the_newest_finished_version(tmp_path):
+    r = _refresher(tmp_path)
+    r.results, r.busy = _Results(), True
+    r._receive(block=False, step=1)  # nothing finished: nothing changes
+    assert (r.negatives.version, r.busy, r.results.calls) == (-1, True, [("get_nowait",)])
+    r.results = _Results(_published(tmp_path, 0, {"q": ["a"]}), _published(tmp_path, 1, {"q": ["b"]}))
+    r._receive(block=True, step=3)  # waits for the first message only, then takes what else is there
+    assert r.results.calls == [("get", 3600), ("get_nowait",), ("get_nowait",)]
+    assert (r.negatives.version, r.negatives.ranked, r.busy) == (1, {"q": ["b"]}, False)
+    assert [rec["version"] for rec in r.switch_log] == [1] and r.switch_log[0]["staleness_steps"] == 1
+    assert json.loads(r.log_path.read_text())["switched_at_step"] == 3
+    assert not list((tmp_path / "ance" / "weights").iterdir()), "the weights of consumed versions are deleted"
+    r.results = _Results()
+    with pytest.raises(Exception, match="^the ANCE index refresher sent nothing for an hour$"):
+        r._receive(block=True, step=4)
+    r.results = _Results({"error": "ValueError: boom"})
+    with pytest.raises(Exception, match="^the ANCE index refresher failed: ValueError: boom$"):
+        r._receive(block=False, step=4)
+
+
+def _recording(r):
+    calls = []
+    r._start_process = lambda: calls.append("start")
+    r._request = lambda step: calls.append(("request", step))
+    r._receive = lambda block, step: calls.append(("receive", block, step))
+    return calls
+
+
+def test_when_the_trainer_asks_for_and_waits_for_an_index(tmp_path):
+    from types import SimpleNamespace
+
+    fresh = _refresher(tmp_path, mode="sync")
+    calls = _recording(fresh)
+    fresh.on_train_start(SimpleNamespace(step=0), None)
+    assert calls == ["start", ("request", 0), ("receive", True, 0)]  # the first index comes from the warm start
+    for mode, expected in (("sync", ["start"]), ("async", ["start", ("request", 4)])):
+        resumed = _refresher(tmp_path, mode=mode)
+        resumed.negatives.version = 0  # restored from a checkpoint: train on it (async also asks for a new one)
+        calls = _recording(resumed)
+        resumed.on_train_start(SimpleNamespace(step=4), None)
+        assert calls == expected, mode
+
+    sync = _refresher(tmp_path, mode="sync", refresh_every=2)
+    calls = _recording(sync)
+    metrics = {}
+    for step in (1, 2, 3, 4):
+        sync.on_step_end(SimpleNamespace(step=step, total_steps=4), None, metrics)
+    assert calls == [("request", 2), ("receive", True, 2)]  # none at the last step: that index would go unused
+    assert metrics == {"ance_version": -1}
+
+    asy = _refresher(tmp_path, mode="async", refresh_every=2)
+    calls = _recording(asy)
+    asy.busy = True
+    asy.on_step_end(SimpleNamespace(step=2, total_steps=6), None, {})  # due, but the refresher is busy: pending
+    assert calls == [("receive", False, 2)] and asy.pending
+    asy.busy = False
+    asy.on_step_end(SimpleNamespace(step=3, total_steps=6), None, {})  # sent as soon as it is free
+    asy.on_step_end(SimpleNamespace(step=6, total_steps=6), None, {})  # never at the end
+    assert calls == [("receive", False, 2), ("receive", False, 3), ("request", 3), ("receive", False, 6)]

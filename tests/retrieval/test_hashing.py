@@ -318,3 +318,101 @@ def test_hashing_resume_is_exact(tmp_path, tiny_model_dir):
     a = load_file(f"{full.model_dir}/model.safetensors")
     b = load_file(f"{cut.model_dir}/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------- defaults, gradients, DDP (mutation testing)
+
+
+def _plain_angular(a, b):
+    cos = torch.nn.functional.cosine_similarity(a[:, None, :], b[None, :, :], dim=-1)
+    return 1 - torch.arccos(cos) / math.pi
+
+
+def test_angular_similarity_gradient_and_the_clamp_below_minus_one():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(3, 4, generator=g, requires_grad=True), torch.randn(5, 4, generator=g)
+    a2 = a.detach().clone().requires_grad_(True)
+    w = torch.randn(3, 5, generator=g)
+    (angular_similarity(a, b) * w).sum().backward()
+    (_plain_angular(a2, b) * w).sum().backward()
+    torch.testing.assert_close(a.grad, a2.grad, rtol=1e-4, atol=1e-5)
+    below = safe_arccos(torch.tensor([-1.0000001, -1.5]))
+    torch.testing.assert_close(below, torch.tensor([math.pi, math.pi]))
+
+
+def test_angular_loss_defaults_and_bad_similarity():
+    g = torch.Generator().manual_seed(2)
+    q, pos = torch.randn(3, 6, generator=g), torch.randn(3, 6, generator=g)
+    want = torch.nn.functional.cross_entropy(50.0 * _plain_angular(q, pos), torch.arange(3))  # angular, scale 50
+    torch.testing.assert_close(angular_contrastive_loss(q, pos), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="^unknown similarity 'cosine'; choose one of angular, log-angular$"):
+        angular_contrastive_loss(q, pos, similarity="cosine")
+    with pytest.raises(ConfigError) as err:
+        HashingConfig(output_dir="x", data="y", similarity="hamming")
+    assert err.value.field == "similarity"
+
+
+class _FixedModel:
+    def __init__(self, q, p):
+        self.q, self.p = q, p
+
+    def __call__(self, queries, passages):
+        assert (queries, passages) == ("Q", "P")
+        return self.q, self.p
+
+
+def test_hashing_loss_is_the_angular_loss_of_the_models_vectors_with_the_false_negative_mask():
+    from reprlab.retrieval.hashing import hashing_loss
+
+    g = torch.Generator().manual_seed(3)
+    q, p = torch.randn(2, 6, generator=g), torch.randn(4, 6, generator=g)  # 2 positives, then 2 negatives
+    batch = {"queries": "Q", "passages": "P", "candidate_ids": torch.tensor([1, 2, 3, 2]),
+             "relevant": torch.tensor([[1, 2], [2, -1]])}
+    for args, kwargs in (((7.0,), {"similarity": "log-angular"}), ((7.0,), {})):
+        loss, metrics = hashing_loss(*args, **kwargs)(_FixedModel(q, p), batch)
+        want = angular_contrastive_loss(q, p[:2], p[2:], scale=7.0, similarity=kwargs.get("similarity", "angular"),
+                                        candidate_ids=batch["candidate_ids"], query_positive_ids=batch["relevant"])
+        torch.testing.assert_close(loss, want)
+        assert metrics == {"angular_positive": pytest.approx(float(_plain_angular(q, p[:2]).diagonal().mean()))}
+    unmasked = angular_contrastive_loss(q, p[:2], p[2:], scale=7.0)
+    assert abs(float(unmasked) - float(hashing_loss(7.0)(_FixedModel(q, p), batch)[0])) > 1e-4
+
+
+def _angular_rank(rank, world, port, out):
+    import os
+
+    from safetensors.torch import save_file
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    g = torch.Generator().manual_seed(4)
+    q, pos = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    mine = slice(2 * rank, 2 * rank + 2)
+    gathered = angular_contrastive_loss(q[mine], pos[mine], scale=5.0)  # gathers by default
+    local = angular_contrastive_loss(q[mine], pos[mine], scale=5.0, gather=False)
+    parts = [torch.zeros(2) for _ in range(world)]
+    torch.distributed.all_gather(parts, torch.stack([gathered, local]))
+    if rank == 0:
+        save_file({"losses": torch.stack(parts)}, out)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    os._exit(0)  # as in test_losses: skip an interpreter teardown that gloo sometimes aborts
+
+
+def test_under_ddp_the_candidates_are_gathered_unless_told_not_to(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_angular_rank, args=(2, port, str(tmp_path / "l.safetensors")), nprocs=2, join=True)
+    losses = load_file(tmp_path / "l.safetensors")["losses"]  # (rank, [gathered, local])
+    g = torch.Generator().manual_seed(4)
+    q, pos = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    torch.testing.assert_close(losses[:, 0].mean(), angular_contrastive_loss(q, pos, scale=5.0))
+    for r in range(2):
+        torch.testing.assert_close(losses[r, 1], angular_contrastive_loss(q[2 * r: 2 * r + 2], pos[2 * r: 2 * r + 2],
+                                                                          scale=5.0))

@@ -1,8 +1,10 @@
 """Contrastive losses: reference values, false-negative masking, cross-rank gathering = one process."""
 
+import math
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
@@ -59,6 +61,15 @@ def _model():
     return torch.nn.Linear(6, 4)
 
 
+def _ids():
+    """Ids of the 8 positives (0..7) then the 16 negatives (100..115, query-major); every query's relevant ids,
+    where query 0 also finds relevant query 5's positive and query 6 query 0's first negative (other ranks)."""
+    ids = torch.cat([torch.arange(8), torch.arange(100, 116)])
+    relevant = torch.stack([torch.arange(8), torch.full((8,), -1)], 1)
+    relevant[0, 1], relevant[6, 1] = 5, 100
+    return ids, relevant
+
+
 def _one_rank(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
@@ -66,13 +77,19 @@ def _one_rank(rank, world, port, out):
     model = torch.nn.parallel.DistributedDataParallel(_model())
     b = 8 // world
     sl = slice(rank * b, (rank + 1) * b)
-    q, p, n = model(xq[sl]), model(xp[sl]), model(xn[2 * rank * b: 2 * (rank + 1) * b])
+    nsl = slice(2 * rank * b, 2 * (rank + 1) * b)
+    q, p, n = model(xq[sl]), model(xp[sl]), model(xn[nsl])
     loss = contrastive_loss(q, p, n, scale=5.0)
     loss.backward()  # DDP averages the gradients over ranks
-    losses = [torch.zeros(1) for _ in range(world)]
-    torch.distributed.all_gather(losses, loss.detach().reshape(1))
+    ids, relevant = _ids()
+    with torch.no_grad():  # false negatives on another rank are masked too: the ids are gathered like the vectors
+        masked = contrastive_loss(model(xq[sl]), model(xp[sl]), model(xn[nsl]), scale=5.0,
+                                  candidate_ids=torch.cat([ids[:8][sl], ids[8:][nsl]]), query_positive_ids=relevant[sl])
+    losses = [torch.zeros(2) for _ in range(world)]
+    torch.distributed.all_gather(losses, torch.stack([loss.detach(), masked]))
     if rank == 0:
-        torch.save({"loss": torch.cat(losses).mean(), "grad": model.module.weight.grad}, out)
+        mean = torch.stack(losses).mean(0)
+        torch.save({"loss": mean[0], "masked": mean[1], "grad": model.module.weight.grad}, out)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
     # torch 2.13 + gloo: interpreter teardown after DDP with autograd all_gather sometimes aborts
@@ -93,3 +110,44 @@ def test_two_gloo_ranks_equal_one_process_with_the_whole_batch(tmp_path):
     # the negatives are query-major per rank, and rank r's negatives are rows [2rb, 2(r+1)b): same global set
     torch.testing.assert_close(ddp["loss"], loss.detach(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ddp["grad"], model.weight.grad, atol=1e-5, rtol=1e-5)
+    ids, relevant = _ids()
+    with torch.no_grad():
+        masked = contrastive_loss(model(xq), model(xp), model(xn), scale=5.0, candidate_ids=ids,
+                                  query_positive_ids=relevant)
+    assert abs(float(masked) - loss.item()) > 1e-3  # the masking matters here
+    torch.testing.assert_close(ddp["masked"], masked, atol=1e-5, rtol=1e-5)
+
+
+def test_hand_worked_one_dimensional_example_and_the_default_scale():
+    # logits 1*2 = 2 (the positive) and 1*3 = 3 (the negative): -log(e^2 / (e^2 + e^3)) = log(1 + e)
+    q, p, n = torch.tensor([[1.0]]), torch.tensor([[2.0]]), torch.tensor([[3.0]])
+    assert float(contrastive_loss(q, p, n, scale=1.0)) == pytest.approx(math.log(1 + math.e), abs=1e-6)
+    g = torch.Generator().manual_seed(4)
+    q, p = (F.normalize(torch.randn(3, 5, generator=g), dim=-1) for _ in range(2))
+    # no hard negatives (None or empty), scale 20 by default
+    assert abs(contrastive_loss(q, p).item() - reference_nll(q, p, [0, 1, 2], 20.0)) < 1e-4
+    assert abs(contrastive_loss(q, p, torch.zeros(0, 5)).item() - reference_nll(q, p, [0, 1, 2], 20.0)) < 1e-4
+
+
+def test_a_custom_score_replaces_the_scaled_dot_product():
+    g = torch.Generator().manual_seed(5)
+    q, p, n = (torch.randn(s, 4, generator=g) for s in (2, 2, 4))
+    docs = torch.cat([p, n])
+    got = contrastive_loss(q, p, n, scale=100.0, score=lambda a, b: -torch.cdist(a, b))  # the scale is not used
+    want = F.cross_entropy(-torch.cdist(q, docs), torch.tensor([0, 1]))
+    torch.testing.assert_close(got, want)
+
+
+def test_ids_without_the_relevant_lists_mask_nothing():
+    g = torch.Generator().manual_seed(6)
+    q, p, n = (torch.randn(s, 4, generator=g) for s in (2, 2, 2))
+    plain = contrastive_loss(q, p, n, scale=1.0)
+    torch.testing.assert_close(contrastive_loss(q, p, n, scale=1.0, candidate_ids=torch.tensor([1, 2, 1, 2])), plain)
+
+
+def test_pairwise_loss_over_several_queries_and_negatives():
+    g = torch.Generator().manual_seed(7)
+    B, n, H = 2, 3, 4
+    q, p, neg = torch.randn(B, H, generator=g), torch.randn(B, H, generator=g), torch.randn(B * n, H, generator=g)
+    terms = [F.softplus(0.5 * (q[b] @ neg[b * n + j] - q[b] @ p[b])) for b in range(B) for j in range(n)]
+    torch.testing.assert_close(pairwise_loss(q, p, neg, scale=0.5), torch.stack(terms).mean())

@@ -118,3 +118,39 @@ def test_bad_metric_names_and_empty_qrels():
 
 def test_default_metrics():
     assert set(evaluate(QRELS, RUN)) == {"ndcg_cut_10", "recall_100", "recip_rank", "map"}
+
+
+def test_to_run_accepts_lists_and_integer_scores_and_returns_plain_types():
+    run = to_run(["q1"], np.array([[3, 1]]), [["a", "b"]])  # integer scores, ids as a plain list of rows
+    assert run == {"q1": {"a": 3.0, "b": 1.0}}
+    assert all(type(s) is float for s in run["q1"].values())
+    run = to_run(["q1"], np.array([[2.0, 1.0]]), np.array([["a", "b"]]))  # a numpy string array
+    assert list(run["q1"]) == ["a", "b"] and all(type(d) is str for d in run["q1"])
+    with pytest.raises(ReprlabError, match="1 query ids for 2 score rows"):
+        to_run(["q1"], np.zeros((2, 1)), np.array([["a"], ["b"]], dtype=object))
+
+
+def test_alias_families_are_case_insensitive_and_a_single_name_is_one_metric():
+    upper = evaluate(QRELS, RUN, metrics=("NDCG@10", "P@2", "MRR@2", "Recall@3"))
+    assert upper == pytest.approx({"NDCG@10": np.mean(NDCG10), "P@2": np.mean(P2), "MRR@2": np.mean(MRR2),
+                                   "Recall@3": np.mean([1 / 3, 1.0, 0.0])}, abs=1e-12)
+    assert evaluate(QRELS, RUN, "recip_rank") == pytest.approx({"recip_rank": np.mean(RR)}, abs=1e-12)
+
+
+def test_errors_name_the_fix():
+    with pytest.raises(ConfigError, match="e.g. ndcg_cut_10 or ndcg@10"):
+        evaluate(QRELS, RUN, metrics=("ndcg_cut",))
+    with pytest.raises(ConfigError, match="unknown metric 'bogus'"):  # no alias, no cut-off
+        evaluate(QRELS, RUN, metrics=("bogus",))
+    with pytest.raises(ConfigError, match="unknown metric 'bogus_10'"):
+        evaluate(QRELS, RUN, metrics=("bogus_10",))
+
+
+def test_check_metrics_takes_one_name_or_several():
+    from reprlab.retrieval.metrics import check_metrics
+
+    check_metrics("ndcg@10")
+    check_metrics(["ndcg_cut_10", "mrr@10", "recall_100"])
+    for bad in ("bogus", ["ndcg@10", "bogus"]):
+        with pytest.raises(ConfigError, match="bogus"):
+            check_metrics(bad)
