@@ -276,11 +276,11 @@ def retrieve_reference(model: DeepRetrieval, codes: torch.Tensor, x: torch.Tenso
     tops, counts = [], []
     for u in range(x.shape[0]):
         paths, log_p = beam_search_reference(model, x[u:u + 1], beam)
-        prob: dict[int, float] = {}
-        for path, lp in zip(paths[0].tolist(), log_p[0].tolist()):
+        prob: dict[int, torch.Tensor] = {}  # summed in the model's precision, in beam order, as retrieve does
+        for path, lp in zip(paths[0].tolist(), log_p[0]):
             c = sum(node * model.config.width ** (len(path) - 1 - i) for i, node in enumerate(path))
             for item in on_path.get(c, []):
-                prob[item] = prob.get(item, 0.0) + torch.tensor(lp, dtype=log_p.dtype).exp().item()
+                prob[item] = prob.get(item, torch.zeros((), dtype=log_p.dtype)) + lp.exp()
         counts.append(len(prob))
         banned = set() if seen is None else {int(s) - 1 for s in seen[u].tolist() if s > 0}
         cand = sorted(i for i in prob if i not in banned)
@@ -290,6 +290,6 @@ def retrieve_reference(model: DeepRetrieval, codes: torch.Tensor, x: torch.Tenso
             ranked = sorted(zip(cand, s), key=lambda t: -t[1])
         else:
             pri = [0.0 if prior is None else float(prior[i]) for i in cand]
-            ranked = sorted(zip(cand, [prob[i] for i in cand], pri), key=lambda t: (-t[1], -t[2]))
+            ranked = sorted(zip(cand, [float(prob[i]) for i in cand], pri), key=lambda t: (-t[1], -t[2]))
         tops.append([t[0] for t in ranked[:k]] + [-1] * max(0, k - len(ranked)))
     return torch.tensor(tops, dtype=torch.long), torch.tensor(counts)

@@ -79,7 +79,7 @@ def path_statistics(codes: torch.Tensor, num_paths: int) -> dict[str, float]:
     sizes = path_sizes(codes, num_paths)
     used = sizes > 0
     return {"path_max": int(sizes.max()), "path_mean": float(sizes[used].float().mean()) if used.any() else 0.0,
-            "paths_empty": int((~used).sum()), "paths_used": float(used.float().mean())}
+            "paths_empty": int((~used).sum()), "paths_used": int(used.sum()) / num_paths}
 
 
 class PathIndex:
