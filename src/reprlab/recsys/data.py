@@ -18,7 +18,7 @@ The protocol (:class:`LeaveLastOut`), used by the recipe, the benchmark and the 
 * an example is (user, target, history) where the history is the user's positives before the target
   (the input of sequence models, at most ``history_length`` of the latest); training examples are the
   training positives ``s_t`` with ``t >= 1`` (``s_0`` is only history);
-* at ranking time the items of the history are excluded (a user is not recommended what they already
+* at ranking time the items of the whole history (``batch["seen"]``) are excluded (a user is not recommended what they already
   liked); settings are chosen on validation, results reported on test.
 """
 
@@ -224,12 +224,16 @@ class LeaveLastOut:
             out[row, :len(h)] = torch.from_numpy(h + 1)
         return out
 
-    def batch(self, examples: Examples, rows, length: int) -> dict[str, torch.Tensor]:
-        """Model inputs of some examples: ``users`` (B,), ``history`` (B, L) and ``targets`` (B,)."""
+    def batch(self, examples: Examples, rows, length: int, seen: bool = True) -> dict[str, torch.Tensor]:
+        """Model inputs of some examples: ``users`` (B,), ``history`` (B, L) (the latest ``length`` positives)
+        and ``targets`` (B,); with ``seen``, also the whole history (B, max length), the items to exclude."""
         rows = np.asarray(rows, dtype=np.int64)
         users, ends = examples.users[rows], examples.ends[rows]
-        return {"users": torch.from_numpy(users), "history": self.histories(users, ends, length),
-                "targets": torch.from_numpy(examples.targets[rows])}
+        out = {"users": torch.from_numpy(users), "history": self.histories(users, ends, length),
+               "targets": torch.from_numpy(examples.targets[rows])}
+        if seen:
+            out["seen"] = self.histories(users, ends, max(1, int(ends.max()) if len(ends) else 1))
+        return out
 
     def popularity(self) -> np.ndarray:
         """How often each item is a training positive: (N,) counts."""
@@ -265,7 +269,7 @@ class ExampleCollate:
         return i
 
     def __call__(self, rows: list[int], rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        batch = self.data.batch(self.examples, rows, self.history_length)
+        batch = self.data.batch(self.examples, rows, self.history_length, seen=False)
         if self.negatives:
             batch["negatives"] = torch.from_numpy(rng.integers(0, self.data.num_items, size=self.negatives))
         return batch

@@ -196,13 +196,10 @@ def build_model(config: DeepRetrievalConfig, data: LeaveLastOut) -> DeepRetrieva
     return DeepRetrieval(config.model_config(data.num_items, data.num_users))
 
 
-@register("train deep-retrieval", DeepRetrievalConfig,
-          help="Deep Retrieval (Gao et al.): a learned path structure over the items, EM for the item->path mapping, "
-               "beam search + a softmax reranker")
-def run_deep_retrieval(config: DeepRetrievalConfig, callbacks: Sequence = (),
-                       stop_after: int | None = None) -> DeepRetrievalResult:
-    data = load_leave_last_out(config.data, config.min_rating)
-    model = build_model(config, data)
+def fit(model: DeepRetrieval, data, config: DeepRetrievalConfig, callbacks: Sequence = (),
+        stop_after: int | None = None):
+    """Train ``model`` on the training examples of ``data`` (a :class:`~reprlab.recsys.data.LeaveLastOut`, or
+    anything with its ``examples`` / ``batch`` interface) with the EM step; returns (loop state, learner)."""
     collate = ExampleCollate(data, "train", config.history_length, config.negatives)
     every = config.em_every or max(1, len(collate) // config.train.batch_size)
     learner = PathLearner(model, every, config.em_beam, config.em_candidates, config.em_decay, config.alpha,
@@ -213,11 +210,21 @@ def run_deep_retrieval(config: DeepRetrievalConfig, callbacks: Sequence = (),
         learner.collect(x, batch["targets"])
         return loss, metrics
 
-    logger.info(f"deep retrieval: {data.num_items} items, {data.num_users} users, {len(collate)} training pairs; "
-                f"D={model.config.depth} K={model.config.width} J={model.config.paths_per_item}, M-step every "
-                f"{every} steps")
+    logger.info(f"deep retrieval: {data.num_items} items, {len(collate)} training pairs; D={model.config.depth} "
+                f"K={model.config.width} J={model.config.paths_per_item}, M-step every {every} steps")
     state = train(model, collate, collate, loss_fn, config.loop_config("deep-retrieval"), [learner, *callbacks],
                   stop_after=stop_after)
+    return state, learner
+
+
+@register("train deep-retrieval", DeepRetrievalConfig,
+          help="Deep Retrieval (Gao et al.): a learned path structure over the items, EM for the item->path mapping, "
+               "beam search + a softmax reranker")
+def run_deep_retrieval(config: DeepRetrievalConfig, callbacks: Sequence = (),
+                       stop_after: int | None = None) -> DeepRetrievalResult:
+    data = load_leave_last_out(config.data, config.min_rating)
+    model = build_model(config, data)
+    state, learner = fit(model, data, config, callbacks, stop_after)
     out = Path(config.output_dir)
     result = DeepRetrievalResult(out, None, state.step, read_metrics(out), items=data.num_items,
                                  path_stats=learner.last_stats)
@@ -243,7 +250,7 @@ def evaluate_model(model: DeepRetrieval, data, split: str, *, beam: int, history
 
     def recommend(batch):
         x = model.encode({key: v.to(device) for key, v in batch.items()})
-        return retrieve(model, index, x, beam=beam, k=k, seen=batch.get("history"), rerank=rerank, prior=prior)
+        return retrieve(model, index, x, beam=beam, k=k, seen=batch.get("seen"), rerank=rerank, prior=prior)
 
     return evaluate(recommend, data, split, k=k, history_length=history_length, max_examples=max_examples)
 
