@@ -143,3 +143,31 @@ def test_the_recommender_serves_the_mapping_it_was_saved_with(tmp_path):
     assert torch.equal(rec.model.item_paths, saved)
     codes = path_codes(saved, 3)
     assert sorted(rec.index.items.tolist()) == sorted(i for i in range(12) for _ in range(codes.shape[1]))
+
+
+def test_the_learner_credits_each_users_beam_paths_to_that_users_item():
+    from reprlab.recsys.deep_retrieval import DeepRetrieval, DRModelConfig, beam_search
+    from reprlab.recsys.recipe import PathLearner
+
+    torch.manual_seed(0)
+    model = DeepRetrieval(DRModelConfig(num_items=10, depth=2, width=4, user_input="user", num_users=5, dim=8,
+                                        hidden=8, node_dim=4))
+    learner = PathLearner(model, every=1, beam=3, candidates=16, decay=1.0, alpha=0.0, iterations=1)
+    x = model.encode({"users": torch.arange(5)})
+    targets = torch.tensor([7, 2, 7, 9, 0])
+    learner.collect(x, targets)
+    paths, log_p = beam_search(model, x, 3)
+    expected: dict[int, dict[int, float]] = {}
+    for user, item in enumerate(targets.tolist()):
+        for code, p in zip(path_codes(paths[user], 4).tolist(), log_p[user].exp().tolist()):
+            expected.setdefault(item, {})[code] = expected.get(item, {}).get(code, 0.0) + p
+    for item in range(10):
+        got = {c: s for c, s in zip(learner.scores.codes[item].tolist(), learner.scores.scores[item].tolist())
+               if c >= 0}
+        assert got.keys() == expected.get(item, {}).keys()
+        assert all(abs(got[c] - expected[item][c]) < 1e-6 for c in got)
+    # the M-step then gives each item its best path (no penalty)
+    learner.m_step()
+    for item, scores in expected.items():
+        best = max(scores, key=lambda c: (scores[c], -c))
+        assert path_codes(model.item_paths[item], 4).tolist() == [best]

@@ -52,20 +52,22 @@ class ImplicitPeer:
         require("implicit", extra="recsys")
         from implicit.cpu.als import AlternatingLeastSquares
         from implicit.cpu.bpr import BayesianPersonalizedRanking
+        from threadpoolctl import threadpool_limits  # implicit's own advice: no BLAS threads under its loops
 
-        if kind == "als":
-            self.model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
-                                                 iterations=iterations, num_threads=threads, random_state=seed)
-        elif kind == "bpr":
-            self.model = BayesianPersonalizedRanking(factors=factors, learning_rate=learning_rate,
-                                                     regularization=regularization, iterations=iterations,
-                                                     num_threads=threads, random_state=seed)
-        else:
+        if kind not in ("als", "bpr"):
             raise ValueError(f"kind must be als or bpr, got {kind!r}")
+        with threadpool_limits(1, "blas"):
+            if kind == "als":
+                self.model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
+                                                     iterations=iterations, num_threads=threads, random_state=seed)
+            else:
+                self.model = BayesianPersonalizedRanking(factors=factors, learning_rate=learning_rate,
+                                                         regularization=regularization, iterations=iterations,
+                                                         num_threads=threads, random_state=seed)
         self.kind = kind
 
     def fit(self, data) -> "ImplicitPeer":
-        from threadpoolctl import threadpool_limits  # implicit's own advice: no BLAS threads under its loops
+        from threadpoolctl import threadpool_limits
 
         self.data = data
         with threadpool_limits(1, "blas"):
