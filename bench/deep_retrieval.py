@@ -56,7 +56,7 @@ HISTORY = 50
 def options(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 parents=[common.bench_options(device=None, threads=1, append=False,
-                                                              work_dir="bench/work/deep_retrieval")])
+                                                              work_dir="/tmp/reprlab-bench-deep-retrieval")])
     p.add_argument("--parts", default="movielens,scaling", help="movielens, scaling or both (comma-separated)")
     p.add_argument("--data", type=Path, default=common.data_path("movielens_100k", check=False))
     p.add_argument("--seeds", type=int, default=3, help="training seeds of the headline comparison")
