@@ -90,6 +90,7 @@ def bench_options(*, device: str | None = "cpu", threads: int | None = 0, append
     if threads is not None:
         g.add_argument("--threads", type=int, default=threads, help=f"torch threads (0 = torch's default; "
                        f"default {threads}; 1 is steadiest on a shared machine)")
+    p.set_defaults(_torch_threads=threads is not None)  # parse() sets them (a script may own --threads)
     if device is not None:
         g.add_argument("--device", choices=("cpu", "cuda"), default=device, help=f"default {device}")
     if append:
@@ -103,14 +104,14 @@ def bench_options(*, device: str | None = "cpu", threads: int | None = 0, append
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and check the common options: ``--output`` must name a .json file (older commands used
     ``--output``/``--out`` for folders), a quick run's ``--work-dir`` gets ``-quick`` appended, and
-    ``--threads`` (when set) is applied to torch."""
+    :func:`bench_options`' ``--threads`` (when not 0) is applied to torch."""
     args = parser.parse_args(argv)
     if args.output is not None and args.output.suffix != ".json":
         parser.error(f"--output {args.output}: give the result JSON file (ending in .json); trained models and "
                      "other files go to --work-dir")
     if args.quick and getattr(args, "work_dir", None) is not None:
         args.work_dir = args.work_dir.with_name(args.work_dir.name + "-quick")
-    if getattr(args, "threads", 0):
+    if vars(args).pop("_torch_threads", False) and args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
@@ -158,7 +159,8 @@ def write_subsample(folder: str | os.PathLike, out: str | os.PathLike, n_queries
 
 
 class Timing(dict):
-    """Seconds of repeated passes: ``{"median", "min", "max", "spread", "passes"}`` (JSON as it is).
+    """Seconds of repeated passes: ``{"median", "min", "max", "spread", "passes"}`` (JSON as it is), and
+    ``"cpu"``, the same for this process's CPU seconds, when they were asked for.
 
     ``spread`` is (max - min) / median. ``result`` (not in the dict) is what the last pass returned.
     """
@@ -166,60 +168,63 @@ class Timing(dict):
     result = None
 
     @classmethod
-    def of(cls, passes: Sequence[float], result=None) -> "Timing":
+    def of(cls, passes: Sequence[float], result=None, cpu: Sequence[float] | None = None) -> "Timing":
+        check_passes(len(passes))
         median = statistics.median(passes)
         timing = cls(median=median, min=min(passes), max=max(passes),
                      spread=(max(passes) - min(passes)) / median if median > 0 else 0.0, passes=list(passes))
+        if cpu is not None:
+            timing["cpu"] = dict(cls.of(cpu))
         timing.result = result
         return timing
 
     def rounded(self, digits: int = 4) -> dict:
-        return {k: [round(x, digits) for x in v] if k == "passes" else round(v, digits) for k, v in self.items()}
+        def r(v):
+            return {k: r(x) for k, x in v.items()} if isinstance(v, dict) else (
+                [round(x, digits) for x in v] if isinstance(v, list) else round(v, digits))
+
+        return r(dict(self))
 
 
-def _check_repeat(repeat: int) -> None:
+def check_passes(repeat: int) -> None:
+    """Every timing takes at least 3 passes, so that it has a median and a spread."""
     if repeat < MIN_PASSES:
         raise ValueError(f"a timing takes at least {MIN_PASSES} passes (median and spread), got {repeat}")
 
 
-def timed(fn: Callable, repeat: int = MIN_PASSES, warmup: int = 0, sync: Callable | None = None) -> Timing:
+def timed(fn: Callable, repeat: int = MIN_PASSES, warmup: int = 0, sync: Callable | None = None,
+          cpu: bool = False) -> Timing:
     """Wall seconds of ``repeat`` (>= 3) calls of ``fn`` after ``warmup`` untimed ones.
 
-    ``sync`` (e.g. ``torch.cuda.synchronize``) is called before the clock starts and before it stops.
+    ``sync`` (e.g. ``torch.cuda.synchronize``) is called before the clock starts and before it stops;
+    ``cpu`` also records this process's CPU seconds (``time.process_time``) under ``"cpu"``.
     """
-    _check_repeat(repeat)
-    for _ in range(warmup):
-        fn()
-    passes, result = [], None
-    for _ in range(repeat):
-        if sync:
-            sync()
-        start = time.perf_counter()
-        result = fn()
-        if sync:
-            sync()
-        passes.append(time.perf_counter() - start)
-    return Timing.of(passes, result)
+    return timed_interleaved({"": fn}, repeat, warmup, sync, cpu)[""]
 
 
-def timed_interleaved(fns: Mapping[str, Callable], repeat: int = MIN_PASSES, warmup: int = 1,
-                      clock: Callable[[], float] = time.perf_counter) -> dict[str, Timing]:
-    """:func:`timed` for several contestants: pass r runs them all, in reverse order every other pass,
-    so that a change of load on a shared machine hits every one alike. ``clock`` may be
-    ``time.process_time`` (CPU seconds of this process)."""
-    _check_repeat(repeat)
+def timed_interleaved(fns: Mapping, repeat: int = MIN_PASSES, warmup: int = 1, sync: Callable | None = None,
+                      cpu: bool = False) -> dict:
+    """:func:`timed` for several contestants ``{key: fn}``: pass r runs them all, in reverse order every
+    other pass, so that a change of load on a shared machine hits every one alike; {key: Timing}."""
+    check_passes(repeat)
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    names = list(fns)
-    passes: dict[str, list[float]] = {name: [] for name in names}
+    keys = list(fns)
+    wall: dict = {k: [] for k in keys}
+    cpu_s: dict = {k: [] for k in keys}
     results: dict = {}
     for r in range(repeat):
-        for name in names if r % 2 == 0 else names[::-1]:
-            start = clock()
-            results[name] = fns[name]()
-            passes[name].append(clock() - start)
-    return {name: Timing.of(passes[name], results[name]) for name in names}
+        for key in keys if r % 2 == 0 else keys[::-1]:
+            if sync:
+                sync()
+            start, cpu_start = time.perf_counter(), time.process_time()
+            results[key] = fns[key]()
+            if sync:
+                sync()
+            wall[key].append(time.perf_counter() - start)
+            cpu_s[key].append(time.process_time() - cpu_start)
+    return {k: Timing.of(wall[k], results[k], cpu_s[k] if cpu else None) for k in keys}
 
 
 def encode_seconds(models: Mapping, texts: list[str], batch_size: int, repeat: int = MIN_PASSES) -> dict[str, Timing]:
@@ -289,6 +294,19 @@ def command_line(argv: Sequence[str] | None = None) -> str:
     return shlex.join(["python", str(shown), *(sys.argv[1:] if argv is None else argv)])
 
 
+def stamp(argv: Sequence[str] | None = None) -> dict:
+    """``{"machine", "date", "command"}`` of this run, as :func:`write_result` adds them."""
+    from reprlab.logs import machine_summary
+
+    return {"machine": machine_summary(), "date": datetime.date.today().isoformat(), "command": command_line(argv)}
+
+
+def repo_relative(path: str | os.PathLike) -> str:
+    """``path`` from the repository root (for links in BENCHMARKS.md), or absolute when it is elsewhere."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def result_path(name: str, args: argparse.Namespace | None = None) -> Path:
     """``--output``, or ``bench/results/<name>.json`` (``<name>-quick.json`` in a quick run)."""
     if args is not None and getattr(args, "output", None):
@@ -312,20 +330,17 @@ def write_result(name: str, record: dict, args: argparse.Namespace | None = None
     in a record evaluated elsewhere).
     """
     from reprlab.io import atomic_write_json
-    from reprlab.logs import machine_summary
 
     path = result_path(name, args)
-    stamp = {"machine": machine_summary(), "date": datetime.date.today().isoformat(),
-             "command": command_line(argv)}
-    record = {**stamp, **record}
+    record = {**stamp(argv), **record}
     atomic_write_json(path, record)
     print(f"wrote {path}", file=sys.stderr)
     return record
 
 
-def append_benchmarks(section_markdown: str, path: str | os.PathLike = BENCHMARKS) -> Path:
-    """Append a section (markdown) to BENCHMARKS.md, creating the file with its header if needed."""
-    path = Path(path)
+def append_benchmarks(section_markdown: str, path: str | os.PathLike | None = None) -> Path:
+    """Append a section (markdown) to BENCHMARKS.md (or ``path``), creating the file with its header if needed."""
+    path = Path(path or BENCHMARKS)
     if not path.exists():
         path.write_text("# reprlab benchmarks\n\nEach section gives the command, the machine and the date.\n",
                         encoding="utf-8")

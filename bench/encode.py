@@ -18,7 +18,6 @@ On a machine without the evaluation's dependencies (faiss), measure there and ev
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import subprocess
 import sys
@@ -123,10 +122,8 @@ def measure(args, texts: list[str], argv=None) -> dict:
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"{setting}: {results[-1]['docs_per_s']:.1f} docs/s", file=sys.stderr)
     from reprlab.io import atomic_write_json
-    from reprlab.logs import machine_summary
 
-    record = {"command": common.command_line(argv), "machine": machine_summary(),
-              "date": datetime.date.today().isoformat(), "docs": len(texts), "quick": args.quick,
+    record = {**common.stamp(argv), "docs": len(texts), "quick": args.quick,
               "device": args.device, "batch_size": args.batch_size, "max_length": args.max_length,
               "repeat": args.repeat, "results": results}
     atomic_write_json(Path(args.keep) / "measure.json", record)
@@ -184,7 +181,6 @@ def markdown(record: dict, results: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
-    from reprlab.logs import machine_summary
     from reprlab.text.beir import doc_text, load_beir
 
     args = parse_args(argv)
@@ -213,8 +209,7 @@ def main(argv=None) -> None:
     print(table)
     record = {**record, "results": results}
     if args.evaluate:
-        record["evaluated"] = {"command": common.command_line(argv), "machine": machine_summary(),
-                               "date": datetime.date.today().isoformat()}
+        record["evaluated"] = common.stamp(argv)
     args.quick = quick  # a quick measurement evaluated here is still a quick result
     common.write_result(f"encode-{record['device']}" if not quick else "encode", record, args, argv)
     if args.append:

@@ -22,7 +22,6 @@ time (each fits in well under 30 minutes on 2 CPU cores)::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import shutil
 import time
@@ -170,8 +169,7 @@ def table(results: dict, args) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     scifact = common.data_path("scifact", check=False)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 parents=[common.bench_options(append=False,
-                                                               work_dir="/tmp/reprlab-bench-pretraining")])
+                                 parents=[common.bench_options(work_dir="/tmp/reprlab-bench-pretraining")])
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from: {', '.join(PARTS)}")
     ap.add_argument("--data", type=Path, default=scifact / "beir")
     ap.add_argument("--sentences", type=Path, default=scifact / "corpus_sentences.jsonl")
@@ -212,7 +210,6 @@ def run_parts(args, out: Path, argv=None) -> dict:
 
     import torch
 
-    from reprlab.logs import machine_summary
     from reprlab.text.beir import load_beir
 
     logging.getLogger("reprlab").setLevel("INFO")
@@ -224,8 +221,7 @@ def run_parts(args, out: Path, argv=None) -> dict:
     for part in [p.strip() for p in args.parts.split(",") if p.strip()]:
         print(f"=== {part}", flush=True)
         record = run_part(part, data, args)
-        record.update(date=datetime.date.today().isoformat(), machine=machine_summary(), device=args.device,
-                      command=common.command_line(argv))
+        record.update(device=args.device, **common.stamp(argv))
         # re-read before merging: another run may have recorded other parts meanwhile
         saved = {k: v for k, v in common.read_result(out).items() if k not in ("machine", "date", "command")}
         saved.setdefault("results", {})[part] = record
@@ -240,9 +236,11 @@ def main(argv=None) -> None:
     out = common.result_path("pretraining", args)
     saved = common.read_result(out) if args.table else run_parts(args, out, argv)
     saved = saved or {"results": {}}
-    print()
-    print(table(saved["results"], argparse.Namespace(**{**vars(args), **saved.get("args", {})})))
-    print(f"\nresults: {out}")
+    text = table(saved["results"], argparse.Namespace(**{**vars(args), **saved.get("args", {})}))
+    print("\n" + text + f"\n\nresults: {out}")
+    if args.append:
+        common.append_benchmarks(common.section("Domain-adaptive pre-training on SciFact (`bench/pretraining.py`)",
+                                                {**common.stamp(argv), **saved}, text))
 
 
 if __name__ == "__main__":
