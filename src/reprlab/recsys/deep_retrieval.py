@@ -169,19 +169,43 @@ class DeepRetrieval(nn.Module):
 # ----------------------------------------------------------------------------- beam search
 
 
+def _first_layer_shares(model: DeepRetrieval, x: torch.Tensor) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+    """The first linear layer of MLP_d split by its input blocks: ``W [x; e(c_1); ..] + b = (W_x x + b) + sum_i
+    W_i e(c_i)``. Per layer: x's share (U, hidden), and for each earlier layer i a table of its nodes' shares
+    ``W_i e_i(.)`` (K, hidden), so that a beam's hidden layer is a sum of rows instead of a product."""
+    dim, node_dim = model.config.dim, model.config.node_dim
+    out = []
+    for d, layer in enumerate(model.layers):
+        first = layer[0]
+        w = first.weight  # (hidden, dim + d * node_dim)
+        base = x @ w[:, :dim].T + first.bias  # (U, hidden)
+        tables = [model.nodes[i].weight @ w[:, dim + i * node_dim:dim + (i + 1) * node_dim].T  # (K, hidden)
+                  for i in range(d)]
+        out.append((base, tables))
+    return out
+
+
 @torch.no_grad()
 def beam_search(model: DeepRetrieval, x: torch.Tensor, beam: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``beam`` most probable paths found layer by layer: x (U, dim) -> paths (U, b, D), log p (U, b), best
-    first, ``b = min(beam, K^D)``."""
+    first, ``b = min(beam, K^D)``. The first linear layer of each MLP is evaluated by blocks
+    (:func:`_first_layer_shares`); :func:`beam_search_reference` evaluates the MLPs as written."""
     u, k = x.shape[0], model.config.width
-    log_p = model.layer_log_probs(x, x.new_zeros(u, 0, dtype=torch.long))  # (U, K)
-    scores, nodes = log_p.topk(min(beam, k), dim=1)  # (U, b)
+    shares = _first_layer_shares(model, x)
+
+    def log_probs(d: int, paths: torch.Tensor) -> torch.Tensor:  # paths (U, b, d) -> (U, b, K)
+        base, tables = shares[d]
+        hidden = base.unsqueeze(1).expand(-1, paths.shape[1], -1)  # (U, b, hidden)
+        for i, table in enumerate(tables):
+            hidden = hidden + table[paths[..., i]]
+        return F.log_softmax(model.layers[d][2](torch.relu(hidden)), dim=-1)
+
+    first = log_probs(0, x.new_zeros(u, 1, 0, dtype=torch.long))[:, 0]  # (U, K)
+    scores, nodes = first.topk(min(beam, k), dim=1)  # (U, b)
     paths = nodes.unsqueeze(-1)  # (U, b, 1)
     for d in range(1, model.config.depth):
         b = paths.shape[1]
-        xe = x.unsqueeze(1).expand(u, b, x.shape[-1]).reshape(u * b, -1)  # (U*b, dim)
-        step = model.layer_log_probs(xe, paths.reshape(u * b, d)).reshape(u, b, k)  # (U, b, K)
-        total = (scores.unsqueeze(-1) + step).reshape(u, b * k)  # (U, b*K)
+        total = (scores.unsqueeze(-1) + log_probs(d, paths)).reshape(u, b * k)  # (U, b*K)
         scores, flat = total.topk(min(beam, b * k), dim=1)  # (U, b')
         parent, node = flat // k, flat % k  # the beam each candidate extends, and its node
         paths = torch.cat([paths.gather(1, parent.unsqueeze(-1).expand(-1, -1, d)), node.unsqueeze(-1)], -1)
