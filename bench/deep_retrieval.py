@@ -165,18 +165,21 @@ def movielens_baselines(data, args, work: Path) -> tuple[list[dict], dict, TwoTo
     pop = data.popularity()
     rows.append({"method": "popularity", "setting": "training counts",
                  **measure(lambda b: popularity_topk(pop, b, 50), data, "test", args.passes)})
-    grid = [(3e-3, 1)] if args.quick else [(1e-3, 20), (3e-3, 10), (3e-3, 20)]
+    grid = [(3e-3, 1, 256)] if args.quick else [(3e-3, 10, 0), (3e-3, 20, 0), (1e-3, 20, 256), (3e-3, 20, 256),
+                                                 (3e-3, 40, 256)]
     val = {}
-    for lr, epochs in grid:
-        model, _ = fit_two_tower(data, work / "two-tower", lr=lr, epochs=epochs, seed=0)
-        val[(lr, epochs)] = quality(brute(model), data, "val")
-        print(f"two-tower lr {lr} epochs {epochs}: val {val[(lr, epochs)]}", flush=True)
-    lr, epochs = max(val, key=lambda k: val[k]["recall@20"])
-    chosen["two_tower"] = {"lr": lr, "epochs": epochs, "val": val[(lr, epochs)],
-                           "grid": {f"lr={a} epochs={e}": v for (a, e), v in val.items()}}
-    tt, seconds = fit_two_tower(data, work / "two-tower", lr=lr, epochs=epochs, seed=0)
-    rows.append({"method": "two-tower brute force", "setting": f"lr {lr}, {epochs} epochs", "train_s": round(seconds, 1),
-                 **measure(brute(tt), data, "test", args.passes)})
+    for lr, epochs, negatives in grid:
+        model, _ = fit_two_tower(data, work / "two-tower", lr=lr, epochs=epochs, seed=0, negatives=negatives)
+        val[(lr, epochs, negatives)] = quality(brute(model), data, "val")
+        print(f"two-tower lr {lr} epochs {epochs} negatives {negatives}: val {val[(lr, epochs, negatives)]}",
+              flush=True)
+    lr, epochs, negatives = max(val, key=lambda k: val[k]["recall@20"])
+    chosen["two_tower"] = {"lr": lr, "epochs": epochs, "negatives": negatives, "val": val[(lr, epochs, negatives)],
+                           "grid": {f"lr={a} epochs={e} negatives={n}": v for (a, e, n), v in val.items()}}
+    tt, seconds = fit_two_tower(data, work / "two-tower", lr=lr, epochs=epochs, seed=0, negatives=negatives)
+    softmax = f"{negatives} sampled negatives" if negatives else "full softmax"
+    rows.append({"method": "two-tower brute force", "setting": f"lr {lr}, {epochs} epochs, {softmax}",
+                 "train_s": round(seconds, 1), **measure(brute(tt), data, "test", args.passes)})
     nlist = round(math.sqrt(data.num_items))
     ivf = IVFTwoTower(tt, nlist=nlist)
     for nprobe in (1, 2, 4, 8):
@@ -269,7 +272,8 @@ def headline(data, args, work: Path, chosen: dict, dr_rows: list[dict]) -> dict:
                 lr=chosen["dr_schedule"]["lr"], epochs=chosen["dr_schedule"]["epochs"], alpha=pick["alpha"])
     dr_hits, tt_hits, dr_recall, tt_recall, scored = [], [], [], [], []
     for seed in range(args.seeds):
-        tt, _ = fit_two_tower(data, work / "two-tower", lr=tt_setting["lr"], epochs=tt_setting["epochs"], seed=seed)
+        tt, _ = fit_two_tower(data, work / "two-tower", lr=tt_setting["lr"], epochs=tt_setting["epochs"], seed=seed,
+                              negatives=tt_setting["negatives"])
         config = DRModelConfig(num_items=n, depth=pick["D"], width=pick["K"], paths_per_item=pick["J"], seed=seed)
         model, _, _ = fit_dr(data, work / "dr", config, **base)
         rec = dr_recommender(model, pick["B"], pick["reranker"], prior=torch.from_numpy(data.popularity()).float())
@@ -329,9 +333,9 @@ def part_scaling(args) -> dict:
                 print(f"synthetic {n}: alpha {a}: val {val[a]} paths {stats}", flush=True)
             alpha = max(val, key=lambda a: val[a]["recall@20"])
         dr, dr_seconds, stats = fit_dr(cat, work / "dr", config, alpha=alpha, **settings)
-        nlist = int(4 * math.sqrt(n))
+        nlist = int(math.sqrt(n))  # k-means on 256 x nlist vectors: minutes at 1M items on one core
         ivf = IVFTwoTower(tt, nlist=nlist)
-        nprobe = max(1, nlist // 50)  # about 2% of the lists
+        nprobe = max(1, round(nlist / 50))  # about 2% of the lists
         users = 1000
         point = {"items": n, "topics": cat.num_topics, "train_examples": examples, "oracle_recall@20": round(ceiling, 4),
                  "dr_setting": {"D": depth, "K": width, "J": 1, "B": 50, "alpha": alpha, "reranker": True},
@@ -359,7 +363,7 @@ def plot(scaling: dict, path: Path) -> None:
     pts = scaling["points"]
     n = [p["items"] for p in pts]
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2))
-    for key, label in (("brute_force", "two-tower, brute force"), ("ivf", "two-tower, FAISS IVF (~2% of lists)"),
+    for key, label in (("brute_force", "two-tower, brute force"), ("ivf", "two-tower, FAISS IVF (~2% of the lists)"),
                        ("dr", "Deep Retrieval (D=3, B=50, reranker)")):
         a.plot(n, [p[key]["seconds_per_1000"] for p in pts], "o-", label=label)
         b.plot(n, [p[key]["items_scored"] for p in pts], "o-", label=label)
@@ -381,6 +385,49 @@ def plot(scaling: dict, path: Path) -> None:
     print(f"wrote {path}")
 
 
+def _cells(r: dict, n: int) -> str:
+    share = 100 * r["items_scored"] / n
+    return (f"{r['recall@10']:.4f} | {r['recall@20']:.4f} | {r['recall@50']:.4f} | {r['ndcg@10']:.4f} | "
+            f"{r['items_scored']:.0f} ({share:.1f}%) | {1000 * r['seconds_per_1000']:.0f} ({r['spread']:.2f})")
+
+
+def tables(record: dict) -> str:
+    """The markdown tables of a result record (pasted into bench/results/deep_retrieval.md)."""
+    out = []
+    ml = record.get("movielens")
+    if ml:
+        n = ml["items"]
+        out += ["| method | setting | recall@10 | recall@20 | recall@50 | NDCG@10 | items scored / user | ms per 1,000 "
+                "users (spread) | largest path |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in ml["rows"]:
+            if "recall@20" not in r:
+                out.append(f"| {r['method']} | {r['setting']} | | | | | | | |")
+                continue
+            if r["method"] == "deep retrieval":
+                setting = (f"D={r['D']} K={r['K']} J={r['J']} alpha={r['alpha']:g} B={r['B']} "
+                           f"{'reranker' if r['reranker'] else 'path probability'}")
+                out.append(f"| DR | {setting} | {_cells(r, n)} | {r['path_max']} |")
+            else:
+                out.append(f"| {r['method']} | {r['setting']} | {_cells(r, n)} | |")
+        h = ml["headline"]
+        out += ["", f"Headline (test, {h['seeds']} seeds): DR {h['setting']} recall@20 {h['dr_mean']:.4f} "
+                f"({h['dr_recall@20']}) vs brute-force two-tower {h['two_tower_mean']:.4f} ({h['two_tower_recall@20']}): "
+                f"ratio {h['ratio']:.3f}, 95% interval over users {h['ratio_95ci_users']}; items scored "
+                f"{h['items_scored']:.0f} ({100 * h['items_scored_share']:.1f}%); goal met: {h['goal_met']}", ""]
+    sc = record.get("scaling")
+    if sc:
+        out += ["| items | method | recall@20 | oracle recall@20 | items scored / user | ms per 1,000 users (spread) |",
+                "|---|---|---|---|---|---|"]
+        for p in sc["points"]:
+            for key, label in (("brute_force", "two-tower brute force"),
+                               ("ivf", f"FAISS IVF nlist {p['ivf']['nlist']} nprobe {p['ivf']['nprobe']}"),
+                               ("dr", "DR D={D} K={K} B={B} alpha={alpha:g}".format(**p["dr_setting"]))):
+                r = p[key]
+                out.append(f"| {p['items']:,} | {label} | {r['recall@20_all']:.4f} | {p['oracle_recall@20']:.4f} | "
+                           f"{r['items_scored']:.0f} | {1000 * r['seconds_per_1000']:.0f} ({r['spread']:.2f}) |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> None:
     args = options(argv)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
@@ -396,7 +443,8 @@ def main(argv=None) -> None:
     if "scaling" in parts:
         record["scaling"] = {**stamp, **part_scaling(args)}
         plot(record["scaling"], path.with_name(path.stem + "_scaling.png"))
-    common.write_result(NAME, record, args, argv)
+    written = common.write_result(NAME, record, args, argv)
+    path.with_name(path.stem + "-tables.md").write_text(tables(written))
 
 
 if __name__ == "__main__":
