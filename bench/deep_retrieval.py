@@ -216,7 +216,7 @@ def implicit_rows(data, args, chosen: dict) -> list[dict]:
 def dr_grid(args) -> tuple[list[tuple[int, int]], list[float], list[tuple[float, float]], list[int]]:
     if args.quick:
         return [(2, 1)], [0.01], [(3e-3, 1)], [10, 20]
-    return [(2, 1), (2, 3), (3, 1), (3, 3)], [1e-3, 1e-2, 1e-1], [(1e-3, 20), (3e-3, 10), (3e-3, 20)], [10, 20, 50]
+    return [(2, 1), (2, 3), (3, 1), (3, 3)], [1e-3, 1e-2, 1e-1], [(3e-3, 10), (3e-3, 20)], [10, 20, 50]
 
 
 def movielens_dr(data, args, work: Path, chosen: dict) -> list[dict]:
