@@ -88,6 +88,28 @@ def check_clusterformer(r):
     assert all(0 <= x["f1"] <= 100 for x in r["qa"]["rows"])
 
 
+def check_deep_retrieval(r):
+    ml = r["movielens"]
+    methods = [x["method"] for x in ml["rows"]]
+    assert methods[:3] == ["popularity", "two-tower brute force", "two-tower FAISS IVF"]
+    assert {"implicit ALS", "implicit BPR", "deep retrieval"} <= set(methods) or "implicit ALS/BPR" in methods
+    assert all(unit(x["recall@20"]) and x["recall@10"] <= x["recall@20"] <= x["recall@50"] for x in ml["rows"]
+               if "recall@20" in x)
+    dr = [x for x in ml["rows"] if x["method"] == "deep retrieval"]
+    assert {(x["B"], x["reranker"]) for x in dr} == {(10, True), (10, False), (20, True), (20, False)}
+    # the reranker reorders the beam's items, it does not change which ones are scored
+    for b in (10, 20):
+        on, off = [[x for x in dr if x["B"] == b and x["reranker"] is flag and x["alpha"] == 0] for flag in (True, False)]
+        assert on[0]["items_scored"] == off[0]["items_scored"]
+    brute = ml["rows"][1]
+    assert brute["items_scored"] == ml["items"] == 1682 and brute["spread"] >= 0
+    assert ml["headline"]["seeds"] == 1 and ml["headline"]["ratio"] > 0
+    points = r["scaling"]["points"]
+    assert [p["items"] for p in points] == [2000, 8000]
+    assert all(p["brute_force"]["items_scored"] == p["items"] and p["dr"]["items_scored"] < p["items"] for p in points)
+    assert all(unit(p["oracle_recall@20"]) and p["dr"]["recall@20_all"] <= 1 for p in points)
+
+
 def check_distill(r):
     rows = {x["model"]: x for x in r["rows"]}
     assert list(rows) == ["teacher (MiniLM-L6)", "none (layers taken)", "kd", "ckd", "seed"]
@@ -221,6 +243,7 @@ CASES = [
          work_dir=False),
     Case("blockskim", check_blockskim, data=QA),
     Case("clusterformer", check_clusterformer, data=QA),
+    Case("deep_retrieval", check_deep_retrieval, data=("movielens_100k",)),
     Case("distill", check_distill, data=BEIR3),
     Case("distill_dev", check_distill_dev, slow=False),
     Case("distill_gpu", check_distill_gpu, data=BEIR3),

@@ -29,10 +29,11 @@ def is_pickle(path: Path) -> bool:
 def written(tmp_path_factory, tiny_model_dir):
     """A folder holding what every writing command produces on tiny inputs."""
     root = tmp_path_factory.mktemp("written")
-    from test_recipes import _squad
+    from test_recipes import _ratings, _squad
 
     beir, model = str(demo_data_path()), str(tiny_model_dir)
     squad = _squad(root)
+    ratings = _ratings(root)
     loop = ["--max-steps", "2", "--batch-size", "4", "--checkpoint-every", "1", "--device", "cpu"]
     commands = [
         ["index", "--corpus", beir, "--model", model, "--out", f"{root}/index"],
@@ -55,6 +56,8 @@ def written(tmp_path_factory, tiny_model_dir):
         ["train", "reader", "--data", squad, "--model", model, "--out", f"{root}/skim", "--eval-fraction", "0",
          "--max-length", "64", "--stride", "16", "--max-question-length", "16", "--block-skim", "--block-size", "8",
          *loop],
+        ["train", "deep-retrieval", "--data", ratings, "--out", f"{root}/deep-retrieval", "--width", "3",
+         "--dim", "8", "--hidden", "8", "--negatives", "3", "--em-every", "1", *loop],
         ["compress", "approx", "--model", model, "--data", beir, "--out", f"{root}/approx", "--dev-fraction", "0.5",
          "--passage-max-length", "32"],
     ]

@@ -68,6 +68,17 @@ def _hotpot(tmp: Path) -> str:
     return str(path)
 
 
+def _ratings(tmp: Path) -> str:
+    """A tiny MovieLens-style folder: u.data (10 users x 8 ratings of 12 items) and u.item."""
+    folder = tmp / "ratings"
+    folder.mkdir(exist_ok=True)
+    rows = [f"{u}\t{(u * 5 + 3 * j) % 12 + 1}\t{4 + (u + j) % 2 if j % 5 else 3}\t{1000 + 10 * j + u}\n"
+            for u in range(1, 11) for j in range(8)]
+    (folder / "u.data").write_text("".join(rows))
+    (folder / "u.item").write_text("".join(f"{i}|Movie {i} (1999)|01-Jan-1999||http://x|0|1\n" for i in range(1, 13)))
+    return str(folder)
+
+
 def tiny_configs(tmp: Path, model: Path) -> dict:
     """command -> (keyword arguments of a tiny config without output_dir and loop settings)."""
     from reprlab.qa.long_reader import LongReaderConfig
@@ -98,6 +109,9 @@ def tiny_configs(tmp: Path, model: Path) -> dict:
         "distill kd": dict(corpus=[demo], teacher=str(model), student="layers:0", max_length=24),
         "distill ckd": dict(corpus=[demo], teacher=str(model), student="layers:0", max_length=24),
         "distill seed": dict(corpus=[demo], teacher=str(model), student="layers:0", max_length=24),
+        "train deep-retrieval": dict(data=_ratings(tmp), depth=2, width=3, paths_per_item=2, dim=8, hidden=8,
+                                     node_dim=4, history_length=4, negatives=3, em_every=1, em_beam=3,
+                                     em_candidates=3, alpha=0.01, evaluate=False),
         "compress approx": dict(model=str(model), data=demo, split="train", dev_fraction=0.5, negatives=1,
                                 query_max_length=16, passage_max_length=32),
     }

@@ -11,6 +11,7 @@
     reprlab model-info tiny|minilm_l6|CONFIG.json|MODEL_DIR|minilm [--seq-len 512] [--attention NAME]
     reprlab pmi-vocab --corpus FILE|DIR --out VOCAB.json
     reprlab kg-eval --task link|category|relation --kg DIR --model DIR   (JAKET's three KG tasks)
+    reprlab recommend --model DR_MODEL_DIR --user ID [-k 10]
     reprlab train|pretrain|distill|compress RECIPE --out RUN_DIR ...   (every registered recipe)
 
 The recipe subcommands are built from the recipe registry (:mod:`reprlab.recipes`) by one mechanism
@@ -39,7 +40,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from reprlab.cli import kg, models, qa, recipes, search
+    from reprlab.cli import kg, models, qa, recipes, recsys, search
 
     parser = ArgumentParser(prog="reprlab", description="Learn, compress, search and serve text representations "
                             "(ICLR 2021 methods on one encoder). `reprlab COMMAND --help` lists a command's options.",
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_commands(sub)
     kg.add_commands(sub)
     recipes.add_commands(sub)
+    recsys.add_commands(sub)
     return parser
 
 

@@ -1,0 +1,167 @@
+"""Deep Retrieval's structure model, loss, beam search and retrieval against plain references."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from reprlab.recsys.deep_retrieval import (
+    DeepRetrieval,
+    DRModelConfig,
+    beam_search,
+    beam_search_reference,
+    exhaustive_search,
+    retrieve,
+    retrieve_reference,
+)
+from reprlab.recsys.path_mapping import PathIndex, path_codes
+
+
+def model_of(depth=3, width=3, items=30, paths=1, seed=0, reranker=True, user_input="user") -> DeepRetrieval:
+    torch.manual_seed(seed)
+    model = DeepRetrieval(DRModelConfig(num_items=items, depth=depth, width=width, paths_per_item=paths,
+                                        user_input=user_input, num_users=8, dim=8, hidden=16, node_dim=4,
+                                        reranker=reranker, seed=seed))
+    for p in model.parameters():  # sharper distributions than the initialisation's, so beams differ
+        torch.nn.init.normal_(p, std=0.8)
+    return model.eval()
+
+
+def users(model, n=6):
+    return model.encode({"users": torch.arange(n)})
+
+
+@pytest.mark.parametrize("depth, width", [(3, 3), (2, 5), (1, 6)])
+def test_beam_search_with_a_beam_as_large_as_all_paths_is_exhaustive_search(depth, width):
+    model = model_of(depth, width)
+    x = users(model)
+    every = width ** depth
+    for beam in (every, every + 7):
+        paths, scores = beam_search(model, x, beam)
+        best, best_scores = exhaustive_search(model, x, every)
+        assert paths.shape == (6, every, depth)
+        assert torch.equal(paths, best)
+        assert torch.allclose(scores, best_scores, atol=1e-5)
+    # the probabilities of all paths sum to one
+    assert torch.allclose(best_scores.exp().sum(1), torch.ones(6), atol=1e-5)
+
+
+@pytest.mark.parametrize("beam", [1, 2, 4, 7])
+def test_batched_beam_search_equals_the_loop_reference(beam):
+    model = model_of(3, 4)
+    x = users(model, 8)
+    paths, scores = beam_search(model, x, beam)
+    ref_paths, ref_scores = beam_search_reference(model, x, beam)
+    assert torch.equal(paths, ref_paths)
+    assert torch.allclose(scores, ref_scores, atol=1e-5)
+
+
+def test_a_small_beam_can_miss_the_most_probable_path_but_keeps_the_best_prefixes():
+    """With B = 1 the search is greedy: its path is never more probable than the exhaustive best, and for some
+    user strictly less probable (otherwise the beam would not matter)."""
+    model = model_of(3, 4)
+    x = users(model, 8)
+    greedy, greedy_scores = beam_search(model, x, 1)
+    best, best_scores = exhaustive_search(model, x, 1)
+    assert (greedy_scores <= best_scores + 1e-6).all()
+    first = model.layer_log_probs(x, torch.zeros(8, 0, dtype=torch.long)).argmax(1)
+    assert torch.equal(greedy[:, 0, 0], first)
+
+
+def direct_log_likelihood(model: DeepRetrieval, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log sum_j prod_d softmax(MLP_d([x; e(c_1) .. e(c_{d-1})]))[c_d], in probabilities, one number at a time."""
+    out = []
+    for b in range(len(targets)):
+        total = 0.0
+        for path in model.item_paths[targets[b]].tolist():
+            p = 1.0
+            for d, node in enumerate(path):
+                inp = torch.cat([x[b]] + [model.nodes[i].weight[path[i]] for i in range(d)])
+                p *= torch.softmax(model.layers[d](inp), dim=-1)[node].item()
+            total += p
+        out.append(math.log(total))
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("paths", [1, 3])
+def test_the_multi_path_loss_is_minus_the_log_of_the_summed_path_probabilities(paths):
+    model = model_of(3, 3, paths=paths)
+    x = users(model, 6)
+    targets = torch.tensor([0, 5, 7, 7, 12, 29])
+    loss = model.structure_loss(x, targets)
+    assert loss.item() == pytest.approx(-direct_log_likelihood(model, x, targets).mean().item(), rel=1e-5)
+    if paths > 1:  # J paths differ from the first path alone
+        first = model.path_log_probs(x, model.item_paths[targets][:, :1]).squeeze(1)
+        assert loss.item() < -first.mean().item() - 1e-4
+
+
+def test_the_loss_trains_the_path_probability_of_the_observed_items():
+    model = model_of(2, 4, paths=2)
+    model.train()
+    batch = {"users": torch.arange(4), "targets": torch.tensor([1, 2, 3, 4])}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    before = model.structure_loss(model.encode(batch), batch["targets"]).item()
+    for _ in range(30):
+        loss, metrics, _ = model(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert model.structure_loss(model.encode(batch), batch["targets"]).item() < before / 2
+    assert set(metrics) == {"structure_loss", "rerank_loss"}
+
+
+def test_sampled_softmax_masks_a_negative_equal_to_the_target_and_full_softmax_is_cross_entropy():
+    model = model_of(2, 4)
+    with torch.no_grad():  # moderate logits, so that one term more or less in a softmax shows
+        for p in (model.item_vectors.weight, model.rerank_user.weight, model.item_bias):
+            p.mul_(0.05)
+    x = users(model, 3)
+    targets = torch.tensor([1, 2, 3])
+    negatives = torch.tensor([1, 5, 9])  # item 1 is row 0's target: it must not count as its negative
+    u = model.rerank_user(x)
+    logits = u @ model.item_vectors.weight.T + model.item_bias  # (3, N)
+    expected = []
+    for b, t in enumerate(targets.tolist()):
+        others = [n for n in negatives.tolist() if n != t]
+        row = torch.cat([logits[b, t:t + 1], logits[b, others]])
+        expected.append(-torch.log_softmax(row, 0)[0])
+    assert model.rerank_loss(x, targets, negatives).item() == pytest.approx(torch.stack(expected).mean().item(),
+                                                                            rel=1e-5)
+    full = torch.nn.functional.cross_entropy(logits, targets)
+    assert model.rerank_loss(x, targets, None).item() == pytest.approx(full.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("paths, rerank", [(1, True), (1, False), (3, True), (2, False)])
+def test_batched_retrieval_equals_the_loop_reference(paths, rerank):
+    model = model_of(2, 4, items=40, paths=paths)
+    x = users(model, 8)
+    codes = path_codes(model.item_paths, 4)
+    index = PathIndex(codes, 16)
+    seen = torch.tensor([[1, 2, 3, 0], [5, 0, 0, 0], [0, 0, 0, 0], [11, 12, 13, 14]] * 2)
+    prior = torch.arange(40).flip(0).float()  # ties without the reranker: lower item ids first
+    for beam in (1, 3, 16):
+        top, counts = retrieve(model, index, x, beam=beam, k=12, seen=seen, rerank=rerank, prior=prior)
+        ref_top, ref_counts = retrieve_reference(model, codes, x, beam=beam, k=12, seen=seen, rerank=rerank,
+                                                 prior=prior)
+        assert torch.equal(counts, ref_counts)
+        assert torch.equal(top, ref_top), (beam, top, ref_top)
+    # every path: every item is a candidate and nothing seen comes back
+    top, counts = retrieve(model, index, x, beam=16, k=40, seen=seen, rerank=rerank, prior=prior)
+    assert (counts == 40).all()
+    for row, s in zip(top.tolist(), seen.tolist()):
+        assert not {i for i in row if i >= 0} & {v - 1 for v in s if v > 0}
+        assert sum(i >= 0 for i in row) == 40 - sum(v > 0 for v in s)
+
+
+def test_retrieval_returns_only_items_on_the_beams_paths():
+    model = model_of(2, 4, items=40, paths=1)
+    x = users(model, 5)
+    codes = path_codes(model.item_paths, 4)
+    top, counts = retrieve(model, PathIndex(codes, 16), x, beam=2, k=40)
+    paths, _ = beam_search(model, x, 2)
+    for u in range(5):
+        allowed = {i for i, c in enumerate(codes[:, 0].tolist()) if c in set(path_codes(paths[u], 4).tolist())}
+        got = {i for i in top[u].tolist() if i >= 0}
+        assert got == allowed and counts[u] == len(allowed)

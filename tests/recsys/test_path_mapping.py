@@ -1,0 +1,121 @@
+"""The item -> path mapping: codes, the inverse index, streaming scores and the M-step with the size penalty."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from reprlab.recsys.path_mapping import (
+    PathIndex,
+    PathScores,
+    assign_paths,
+    code_paths,
+    path_codes,
+    path_sizes,
+    path_statistics,
+    penalty,
+    penalty_gain,
+    random_paths,
+)
+
+
+def test_codes_round_trip_and_random_paths_are_distinct_per_item():
+    paths = random_paths(500, 3, depth=3, width=4, seed=1)  # (N, J, D)
+    assert paths.shape == (500, 3, 3) and paths.min() >= 0 and paths.max() < 4
+    codes = path_codes(paths, 4)
+    assert torch.equal(code_paths(codes, 3, 4), paths)
+    assert path_codes(torch.tensor([2, 0, 3]), 4).item() == 2 * 16 + 0 * 4 + 3
+    assert all(len(set(row)) == 3 for row in codes.tolist())
+    assert torch.equal(random_paths(50, 2, 2, 3, seed=5), random_paths(50, 2, 2, 3, seed=5))
+
+
+def test_path_index_lists_the_items_of_each_path():
+    codes = torch.tensor([[3, 1], [1, 0], [3, 2], [0, 1]])  # item -> 2 paths of 4
+    index = PathIndex(codes, num_paths=5)
+    assert index.ptr.tolist() == [0, 2, 5, 6, 8, 8]
+    row, slot, items = index.gather(torch.tensor([[1, 4], [3, 0]]))
+    got = {(r, s, i) for r, s, i in zip(row.tolist(), slot.tolist(), items.tolist())}
+    assert got == {(0, 0, 0), (0, 0, 1), (0, 0, 3), (1, 0, 0), (1, 0, 2), (1, 1, 1), (1, 1, 3)}
+    assert path_sizes(codes, 5).tolist() == [2, 3, 1, 2, 0]
+    assert path_statistics(codes, 5) == {"path_max": 3, "path_mean": 2.0, "paths_empty": 1, "paths_used": 0.8}
+
+
+def test_streaming_scores_add_up_decay_and_keep_the_best_candidates():
+    s = PathScores(num_items=3, num_paths=10, candidates=2, decay=0.5)
+    s.add(torch.tensor([1]), torch.tensor([[5, 7]]), torch.tensor([[0.5, 0.2]]), step=0)
+    # step 2: old scores decay by 0.5^2; item 1 is in the batch twice, the same path adds up
+    s.add(torch.tensor([1, 1, 2]), torch.tensor([[7, 9], [9, 3], [4, 4]]),
+          torch.tensor([[0.1, 0.2], [0.1, 0.05], [0.3, 0.1]]), step=2)
+    assert s.codes[1].tolist() == [9, 7]  # 9: 0.3; 7: 0.2 / 4 + 0.1 = 0.15; 5: 0.5 / 4 = 0.125 is dropped
+    assert s.scores[1].tolist() == pytest.approx([0.3, 0.15])
+    assert s.codes[2].tolist() == [4, -1] and s.scores[2].tolist() == pytest.approx([0.4, 0.0])
+    assert s.codes[0].tolist() == [-1, -1]
+    codes, scores = s.current(step=3)  # everything decayed to step 3
+    assert scores[1].tolist() == pytest.approx([0.15, 0.075]) and scores[2].tolist() == pytest.approx([0.2, 0.0])
+    again = PathScores(3, 10, 2, 0.5)
+    again.load_state_dict(s.state_dict())
+    assert torch.equal(again.codes, s.codes) and torch.equal(again.scores, s.scores)
+
+
+def test_the_penalty_is_a_quarter_of_the_fourth_power_and_its_gain_the_difference():
+    assert penalty(3) == 81 / 4
+    for size in range(6):
+        assert penalty_gain(size) == penalty(size + 1) - penalty(size)
+    assert penalty_gain(3) == 43.75
+
+
+# ----------------------------------------------------------------------------- the M-step
+
+
+def test_without_penalty_each_item_gets_its_highest_scoring_paths():
+    codes = torch.tensor([[4, 2, 7, 1], [3, 5, -1, -1], [0, 6, 2, 5]])
+    scores = torch.tensor([[0.1, 0.6, 0.2, 0.05], [0.3, 0.4, 0.0, 0.0], [0.2, 0.2, 0.9, 0.1]], dtype=torch.float64)
+    current = torch.tensor([[0, 1], [0, 1], [0, 1]])
+    new = assign_paths(codes, scores, current, num_paths=8, alpha=0.0, iterations=2)
+    assert new.tolist() == [[2, 7], [5, 3], [2, 0]]  # best first; a tie goes to the earlier candidate
+    j1 = assign_paths(codes, scores, current[:, :1], num_paths=8, alpha=0.0)
+    assert j1.tolist() == [[2], [5], [2]]
+
+
+def test_a_large_penalty_evens_the_path_sizes_out():
+    """Four items that all prefer path 0, then 1, 2, 3: without the penalty they share path 0; with a large one
+    the greedy sweep puts one item on each path, in order."""
+    codes = torch.tensor([[0, 1, 2, 3]] * 4)
+    scores = torch.tensor([[0.5, 0.3, 0.15, 0.05]] * 4, dtype=torch.float64)
+    current = torch.zeros(4, 1, dtype=torch.long)
+    assert assign_paths(codes, scores, current, 4, alpha=0.0).reshape(-1).tolist() == [0, 0, 0, 0]
+    new = assign_paths(codes, scores, current, 4, alpha=10.0, iterations=3)
+    assert new.reshape(-1).tolist() == [0, 1, 2, 3]
+    assert path_sizes(new, 4).tolist() == [1, 1, 1, 1]
+    # a moderate penalty allows two per path: log(0.5 / 0.3) = 0.51 > alpha * (f(2) - f(1)) = 0.1 * 3.75
+    mid = assign_paths(codes, scores, current, 4, alpha=0.1, iterations=3)
+    assert path_sizes(mid, 4).tolist() == [2, 2, 0, 0]
+
+
+def test_the_choice_flips_where_the_penalty_gain_of_the_full_path_outweighs_the_score_gap():
+    """Item 3 scores path 0 at a, path 1 at b < a; path 0 already holds 3 items (pinned: they have no candidates),
+    path 1 none. It moves to path 1 exactly when alpha * (f(4) - f(3)) - alpha * (f(1) - f(0)) > log(a / b)."""
+    a, b = 0.6, 0.2
+    codes = torch.tensor([[-1, -1]] * 3 + [[0, 1]])
+    scores = torch.tensor([[0.0, 0.0]] * 3 + [[a, b]], dtype=torch.float64)
+    current = torch.tensor([[0], [0], [0], [2]])
+    threshold = math.log(a / b) / (penalty_gain(3) - penalty_gain(0))
+    below = assign_paths(codes, scores, current, 3, alpha=threshold * 0.999)
+    above = assign_paths(codes, scores, current, 3, alpha=threshold * 1.001)
+    assert below.reshape(-1).tolist() == [0, 0, 0, 0]  # the pinned items keep their paths
+    assert above.reshape(-1).tolist() == [0, 0, 0, 1]
+
+
+def test_items_without_enough_candidates_fill_up_with_the_least_used_paths():
+    codes = torch.tensor([[1, -1], [-1, -1], [1, 2]])
+    scores = torch.tensor([[0.9, 0.0], [0.0, 0.0], [0.5, 0.4]], dtype=torch.float64)
+    current = torch.tensor([[0, 1], [0, 3], [3, 0]])  # item 1 (never seen) keeps paths 0 and 3
+    # one sweep: item 0 takes its candidate 1, then the least-used path (2 and 4 are empty: the lower code);
+    # item 2 takes its two candidates
+    one = assign_paths(codes, scores, current, num_paths=5, alpha=0.0, iterations=1)
+    assert one.tolist() == [[1, 2], [0, 3], [1, 2]]
+    # a second sweep takes item 0 off its paths first: path 2 now holds item 2, so the empty path 4 is the least used
+    two = assign_paths(codes, scores, current, num_paths=5, alpha=0.0, iterations=2)
+    assert two.tolist() == [[1, 4], [0, 3], [1, 2]]
