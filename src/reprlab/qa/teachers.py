@@ -205,6 +205,7 @@ class ExtractiveTeacher:
         return np.concatenate(out)
 
 
+@torch.inference_mode()
 def question_passage_attention(encoder, input_ids, attention_mask, token_type_ids, sequence_ids, layers, softmax: str,
                                reduce: str, device) -> np.ndarray:
     """Per window: the encoder's attention scores from question tokens (sequence 0) to passage tokens
