@@ -192,33 +192,41 @@ def markov_step(table: dict, V: int):
 
 
 def test_beam_search_finds_what_greedy_misses():
-    # eos = 1. Greedy takes 2 (0.6) and then faces four equal tokens (0.25): 0.15 at best; 3 (0.4) then eos (1.0)
+    # eos = 1. Greedy takes 2 (0.6) and then faces four equal tokens (0.25): 0.15 at best; 3 (0.4), 4 (1.0), eos (1.0)
+    # is better, and it continues the second beam, not the first
     V = 6
-    table = {(): {2: 0.6, 3: 0.4}, (2,): {1: 0.25, 4: 0.25, 5: 0.25, 0: 0.25}, (3,): {1: 1.0}}
+    table = {(): {2: 0.6, 3: 0.4}, (2,): {1: 0.25, 4: 0.25, 5: 0.25, 0: 0.25}, (3,): {4: 1.0}, (3, 4): {1: 1.0}}
     step = markov_step(table, V)
     assert greedy_search(step, 1, bos=9, eos=1, max_length=4)[0][:1] == [2]
-    assert beam_search(step, 1, 2, bos=9, eos=1, max_length=4, length_penalty=0.0) == [[3]]
+    assert beam_search(step, 2, 2, bos=9, eos=1, max_length=4, length_penalty=0.0) == [[3, 4], [3, 4]]
 
 
-def test_wide_beam_search_is_exhaustive_search():
-    """With as many beams as sequences, beam search returns the best normalised hypothesis of a brute force."""
-    rng = np.random.default_rng(0)
-    V, eos, max_len = 4, 1, 3
+@pytest.mark.parametrize("seed", range(4))
+def test_wide_beam_search_is_exhaustive_search(seed):
+    """With as many beams as sequences, beam search returns the best normalised hypothesis of a brute force
+    (answers of every length win somewhere: [SEP] is made unlikely early on in half of the tables)."""
+    rng = np.random.default_rng(seed)
+    V, eos, max_len, words = 4, 1, 4, [0, 2, 3]
     table = {}
     for length in range(max_len):
-        for prefix in itertools.product([0, 2, 3], repeat=length):
+        for prefix in itertools.product(words, repeat=length):
             p = rng.dirichlet(np.ones(V))
-            table[prefix] = {t: float(p[t]) for t in range(V)}
+            if seed % 2 and length < max_len - 1:
+                p[eos] *= 0.05
+            p[eos] = 1.0 if length == max_len - 1 else p[eos]  # the last step must end
+            p = p / p.sum() if length < max_len - 1 else np.eye(V)[eos]
+            table[prefix] = {t: float(p[t]) for t in range(V) if p[t] > 0}
     step = markov_step(table, V)
     for lp in (0.0, 1.0):
-        best, best_score = None, -math.inf
+        scored = {}
         for length in range(1, max_len + 1):
-            for body in itertools.product([0, 2, 3], repeat=length - 1):
+            for body in itertools.product(words, repeat=length - 1):
                 seq = (*body, eos)
                 logp = sum(math.log(table[seq[:i]][seq[i]]) for i in range(length))
-                if logp / length ** lp > best_score:
-                    best, best_score = list(body), logp / length ** lp
-        assert beam_search(step, 1, 27, bos=9, eos=eos, max_length=max_len, length_penalty=lp) == [best], lp
+                scored[body] = logp / length ** lp
+        best = max(scored.values())
+        got = beam_search(step, 2, 27, bos=9, eos=eos, max_length=max_len, length_penalty=lp)
+        assert got[0] == got[1] and scored[tuple(got[0])] == pytest.approx(best), (lp, got, best)
 
 
 def test_one_beam_is_greedy_on_the_reader(reader):
@@ -309,9 +317,20 @@ def test_the_teacher_scores_the_first_decoded_token_by_default(reader):
     alone = FidTeacher(reader, ScoringConfig(batch_size=1)).score_passages(questions, passages)
     for a, b in zip(got, alone):
         np.testing.assert_allclose(a, b, atol=1e-5)
-    every = FidTeacher(reader, ScoringConfig(tokens="all", softmax="post", layers=[0])).score_passages(
+    post = FidTeacher(reader, ScoringConfig(tokens="all", softmax="post", layers=[0])).score_passages(
         questions, passages)
-    assert [len(g) for g in every] == [3, 2] and all(np.isfinite(g).all() for g in every)
+    assert [len(g) for g in post] == [3, 2] and all(np.isfinite(g).all() for g in post)
+    # tokens="all": every position of [CLS] + the greedy answer, each position weighted alike
+    every = FidTeacher(reader, ScoringConfig(tokens="all", layers=[0, 1])).score_passages(questions, passages)
+    answer = reader.generate_ids(batch, num_beams=1)[0]
+    with torch.no_grad():
+        out = reader(batch, torch.tensor([[reader.bos_id, *answer]]), output_scores=True)
+    T = len(answer) + 1
+    per_position = torch.stack([aggregate_cross_attention(
+        [s[:, :, t:t + 1] for s in out.cross_scores], batch.attention_mask.bool(), torch.ones(1, 1, dtype=torch.bool),
+        "pre", [0, 1])[0] for t in range(T)])  # (T, n)
+    assert T > 2 and float((per_position - per_position[0]).abs().max()) > 1e-3  # the positions differ
+    np.testing.assert_allclose(every[0], per_position.mean(0).numpy(), rtol=1e-4, atol=1e-6)
     with pytest.raises(ConfigError, match="layers"):
         FidTeacher(reader, ScoringConfig(layers=[7]))
 

@@ -121,6 +121,21 @@ def test_a_dual_encoder_learns_the_teacher_ranking(tiny_model_dir):
     assert kendall(student_scores(), teacher) > max(before, 0.5)
 
 
+def test_the_student_scores_each_question_against_its_own_candidates(tiny_model_dir):
+    model = DualEncoder.from_pretrained(tiny_model_dir).eval()
+    corpus = {f"d{i}": {"title": "", "text": f"passage number {i} about topic {i % 3}"} for i in range(6)}
+    records = [ScoredQuery("a", "question about topic 0", [ScoredPassage(f"d{i}", float(i)) for i in range(3)]),
+               ScoredQuery("b", "another question, topic 2", [ScoredPassage(f"d{i}", -float(i)) for i in range(3, 6)])]
+    batch = ScoreCollate(model.query_encoder.tokenizer, corpus, 0, 16, 16)(records, np.random.default_rng(0))
+    with torch.no_grad():
+        got = distill_loss_fn("kl", 5.0, 2.0, 1.0)(model, batch)
+        q = model.query_encoder.embed([r.query for r in records], 16)
+        p = model.query_encoder.embed([corpus[f"d{i}"]["text"] for i in range(6)], 16)
+        student = 5.0 * torch.stack([q[0] @ p[:3].T, q[1] @ p[3:].T])  # (2, 3)
+        want = kl_distillation(student, batch["teacher"], None, 2.0)
+    assert got.item() == pytest.approx(want.item(), rel=1e-4)
+
+
 def test_score_collate_samples_candidates_with_the_step_generator(tiny_model_dir):
     model = DualEncoder.from_pretrained(tiny_model_dir)
     corpus = {f"d{i}": {"title": "", "text": f"passage {i}"} for i in range(6)}
@@ -169,7 +184,9 @@ def test_the_extractive_teacher_signals_equal_their_definitions(tiny_model_dir):
     reader.eval()
     passages = [("Broncos", "Denver Broncos defeated the Carolina Panthers 24-10 to earn a title."),
                 ("Stadium", "The game was played at Levi's Stadium in Santa Clara, California, on a sunny day "
-                            "with many fans and very loud music all afternoon and evening long.")]
+                            "with many fans and very loud music all afternoon and evening long. " * 3)]
+    windows = reader.featurize(["Who won?"] * 2, [passage_context(*p) for p in passages]).overflow_to_sample
+    assert (windows == 1).sum() >= 3  # the long passage is read in several windows: its score is their best
     span = ExtractiveTeacher(reader, ScoringConfig(signal="span")).score_passages(["Who won?"], [passages])[0]
     for (title, text), got in zip(passages, span):
         assert got == pytest.approx(reader.answer("Who won?", passage_context(title, text))[0].score, abs=1e-4)
