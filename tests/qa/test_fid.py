@@ -335,6 +335,13 @@ def test_the_teacher_scores_the_first_decoded_token_by_default(reader):
         FidTeacher(reader, ScoringConfig(layers=[7]))
 
 
+def test_bf16_scoring_stays_close_to_fp32(reader):
+    questions, passages = ["Who won the game?"], [PASSAGES]
+    fp32 = FidTeacher(reader, ScoringConfig()).score_passages(questions, passages)[0]
+    bf16 = FidTeacher(reader, ScoringConfig(bf16=True)).score_passages(questions, passages)[0]
+    assert np.abs(fp32 - bf16).max() < 0.05 * np.abs(fp32).max() + 1e-3
+
+
 def test_a_fid_folder_round_trips_and_loads_as_an_encoder_and_a_teacher(reader, tmp_path):
     import reprlab.qa  # noqa: F401  registers the teacher kinds
 

@@ -319,3 +319,28 @@ def test_score_passages_writes_a_run_with_provenance(tmp_path, fid_dir, capsys):
     assert main(["-q", "score-passages", "--reader", fid_dir, "--data", data, "--out", str(out),
                  "--signal", "span"]) == 2
     assert "--signal" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_bench_quick_run_writes_every_table(tmp_path):
+    """bench/reader_distill.py --quick on the shared data (a tiny random encoder: the code path, not the numbers)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import SHARED_DATA, shared_path
+
+    shared_path("hotpotqa_dev500_ircot")
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "rd.json"
+    env = {**os.environ, "REPRLAB_SHARED_DATA": str(SHARED_DATA)}
+    proc = subprocess.run([sys.executable, "bench/reader_distill.py", "--quick", "--work-dir", str(tmp_path / "w"),
+                           "--output", str(out)], cwd=repo, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(out.read_text())
+    for name in ("hotpotqa", "xquad"):
+        rows = record["datasets"][name]["recall"]
+        assert {"bm25", "minilm", "distill-fid-iter-1", "distill-fid-iter-2", "distill-extractive", "dpr"} <= set(rows)
+        assert set(record["datasets"][name]["probe"]) == {f"{how}@{k}" for how in ("retriever", "attention")
+                                                          for k in (1, 2, 5)}

@@ -63,6 +63,7 @@ class ScoringConfig:
                                                  "layers); default: all")
     reduce: str = option("mean", choices=REDUCE, help="over a passage's non-padding tokens: mean (the paper's) or sum")
     batch_size: int = option(2, help="questions per forward pass while scoring", flag="--score-batch-size")
+    bf16: bool = option(False, help="score under bfloat16 autocast (faster where bf16 is native)", flag="--score-bf16")
 
     def __post_init__(self):
         check_choice(self.softmax, SOFTMAX, "softmax")
@@ -147,6 +148,11 @@ def load_teacher(path: str | Path, scoring: ScoringConfig | None = None) -> Pass
 # the extractive reader as a teacher
 
 
+def autocast(device: torch.device, bf16: bool):
+    """bfloat16 autocast on ``device`` when ``bf16`` (LayerNorm and softmax stay float32), else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
 def passage_context(title: str, text: str) -> str:
     """What the extractive teacher reads of a passage: ``"<title>: <text>"`` (the answer may be the title)."""
     return f"{title}: {text}" if title else text
@@ -171,7 +177,8 @@ class ExtractiveTeacher:
         if pair_q:
             self.reader._ensure_window_length()
             batch = self.reader.featurize(pair_q, pair_c)
-            per_window = self._span_scores(batch) if self.signal == "span" else self._attention_scores(batch)
+            with autocast(self.reader.device, self.scoring.bf16):
+                per_window = self._span_scores(batch) if self.signal == "span" else self._attention_scores(batch)
             owner = batch.overflow_to_sample.numpy()
             for i in range(len(pair_q)):
                 values = per_window[owner == i]

@@ -241,12 +241,12 @@ class FidReader(nn.Module):
         return beam(self, kv, mask, beams, length)
 
     def answer_batch(self, questions: Sequence[str], passages: Sequence[Sequence[tuple[str, str]]],
-                     num_beams: int | None = None, batch_size: int = 4) -> list[str]:
+                     num_beams: int | None = None, batch_size: int = 4, bf16: bool = False) -> list[str]:
         """The generated answer of each question over its (title, text) passages, as text.
 
         A generated token sequence that occurs in a passage's title or text is returned as that span of
         the original text (case, accents and punctuation as written: word pieces do not decode back
-        to "Levi's"); otherwise the word pieces are joined.
+        to "Levi's"); otherwise the word pieces are joined. ``bf16``: under bfloat16 autocast.
         """
         from reprlab.qa.fid.generate import surface_text
 
@@ -256,7 +256,9 @@ class FidReader(nn.Module):
         try:
             for lo in range(0, len(questions), batch_size):
                 batch = self.featurize(questions[lo: lo + batch_size], passages[lo: lo + batch_size], offsets=True)
-                for b, ids in enumerate(self.generate_ids(batch, num_beams)):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    generated = self.generate_ids(batch, num_beams)
+                for b, ids in enumerate(generated):
                     out.append(surface_text(self.tokenizer, ids, batch, b))
         finally:
             self.train(was_training)

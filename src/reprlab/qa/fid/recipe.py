@@ -152,11 +152,11 @@ def train_fid(model: FidReader, examples: Sequence[ReaderExample], run: TrainCon
 
 
 def evaluate_fid(reader: FidReader, examples: Sequence[ReaderExample], num_beams: int | None = None,
-                 batch_size: int = 4) -> dict:
+                 batch_size: int = 4, bf16: bool = False) -> dict:
     """EM/F1 (percent, official SQuAD normalisation) of the reader's answers and the seconds per question."""
     t0 = time.perf_counter()
     answers = reader.answer_batch([e.question for e in examples], [[(t, c) for _, t, c in e.passages]
-                                                                    for e in examples], num_beams, batch_size)
+                                                                    for e in examples], num_beams, batch_size, bf16)
     metrics = squad_metrics({e.id: e.answers for e in examples}, {e.id: a for e, a in zip(examples, answers)})
     metrics.update(n=len(examples), seconds_per_question=(time.perf_counter() - t0) / max(1, len(examples)))
     return metrics
@@ -215,7 +215,7 @@ def run_fid(config: FidTrainingConfig, callbacks: Sequence = (), stop_after: int
             "held_out": config.evaluate, "held_out_questions": {f: len(ev) for f, (_, ev) in data.items()},
             "train_context_recall": recall})
         if config.evaluate != "none":
-            metrics = {f: evaluate_fid(model, ev) for f, (_, ev) in data.items() if ev}
+            metrics = {f: evaluate_fid(model, ev, bf16=config.train.bf16) for f, (_, ev) in data.items() if ev}
             atomic_write_json(out / "eval.json", {"side": config.evaluate, "metrics": metrics})
     return FidTrainingResult(model_dir=out / "model", metrics=read_metrics(out, run.metrics_file),
                              eval_metrics=metrics, **common)

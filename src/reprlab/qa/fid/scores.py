@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from reprlab.errors import ConfigError, ReprlabError
-from reprlab.qa.teachers import Passages, ScoringConfig
+from reprlab.qa.teachers import Passages, ScoringConfig, autocast
 
 
 def aggregate_cross_attention(scores: Sequence[torch.Tensor], passage_tokens: torch.Tensor, token_mask: torch.Tensor,
@@ -73,6 +73,10 @@ class FidTeacher:
     @torch.inference_mode()
     def score_batch(self, questions: Sequence[str], passages: Passages) -> torch.Tensor:
         """(B, n) scores of one batch (-inf in empty slots)."""
+        with autocast(self.reader.device, self.scoring.bf16):
+            return self._score_batch(questions, passages)
+
+    def _score_batch(self, questions: Sequence[str], passages: Passages) -> torch.Tensor:
         from reprlab.qa.fid.generate import greedy
 
         reader = self.reader
