@@ -50,7 +50,7 @@ import common  # noqa: E402
 
 DATA_FILES = {"hotpotqa": ("hotpotqa_dev500_ircot", "dev_subsampled.jsonl"),
               "xquad": ("squad_v1.1_dev_xquad_en", "xquad.en.json")}
-STAGES = ("fid", "extractive", "probe", "distill-fid", "distill-extractive", "dpr", "evaluate")
+STAGES = ("fid", "extractive", "teachers", "probe", "distill-fid", "distill-extractive", "dpr", "evaluate")
 KS = (2, 5, 10)
 logger = logging.getLogger("reprlab")
 
@@ -316,6 +316,76 @@ def probe(args, reader, data, questions) -> dict:
     return out
 
 
+def fid_variants(reader, questions, passages, bf16: bool) -> dict[str, list[np.ndarray]]:
+    """The FiD reader's passage scores under every aggregation option, from one pass per batch of two questions:
+    pre/post-softmax x first/all decoded tokens x all/first half/second half of the decoder layers."""
+    import torch
+
+    from reprlab.qa.fid import aggregate_cross_attention
+    from reprlab.qa.fid.generate import greedy
+
+    nl = len(reader.decoder)
+    layer_sets = {"all": None, "lower": list(range(nl // 2)), "upper": list(range(nl // 2, nl))}
+    layer_sets = {k: v for k, v in layer_sets.items() if v is None or v}
+    out: dict[str, list[np.ndarray]] = {}
+    for lo in range(0, len(questions), 2):
+        qs, ps = questions[lo: lo + 2], passages[lo: lo + 2]
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            batch = reader.featurize(qs, ps)
+            memory, mask = reader.encode(batch)
+            kv = reader.memory_kv(memory)
+            answers = greedy(reader, kv, mask, reader.config.answer_max_length)
+            T = 1 + max(len(a) for a in answers)
+            prefix = torch.full((len(qs), T), reader.pad_id, dtype=torch.long)
+            for b, a in enumerate(answers):
+                prefix[b, : len(a) + 1] = torch.tensor([reader.bos_id, *a])
+            _, scores = reader.decode(prefix, kv, mask, output_scores=True)
+        tokens = batch.attention_mask.bool() & batch.passage_mask[:, :, None]
+        lengths = torch.tensor([1 + len(a) for a in answers])
+        masks = {"first": torch.arange(T)[None] < 1, "all": torch.arange(T)[None] < lengths[:, None]}
+        for softmax in ("pre", "post"):
+            for which, token_mask in masks.items():
+                for name, layers in layer_sets.items():
+                    agg = aggregate_cross_attention(scores, tokens, token_mask.expand(len(qs), T), softmax, layers)
+                    out.setdefault(f"fid {softmax}-softmax, {which} token(s), {name} layers", []).extend(
+                        agg[b, : len(p)].float().numpy() for b, p in enumerate(ps))
+    return out
+
+
+def teacher_table(args, files, fid_model: Path, ext_model: Path | None) -> dict:
+    """On the dev slice: the gold recall@k, among the first retriever's candidates, of the ranking by every
+    teacher signal (FiD aggregations; the extractive reader's span and question-attention scores)."""
+    from reprlab.qa.fid import FidReader
+    from reprlab.qa.open_qa import load_open_qa, mean_recall, rank_pool
+    from reprlab.qa.teachers import ScoringConfig, load_teacher
+
+    reader = FidReader.from_pretrained(fid_model)
+    n = 3 if args.quick else args.candidates
+    table = {}
+    for name, path in files.items():
+        data = load_open_qa(path)
+        questions = [q for q in data.split(args.eval_fraction, args.dev_fraction).dev if q.gold]
+        ranked = rank_pool(args.first_retriever, data.corpus, questions, n)
+        ids = [[d for d, _ in ranked[q.id]] for q in questions]
+        passages = [[(data.corpus[d]["title"], data.corpus[d]["text"]) for d in row] for row in ids]
+        t0 = time.time()
+        signals = fid_variants(reader, [q.question for q in questions], passages, args.bf16)
+        seconds = {"fid (all variants, one pass)": time.time() - t0}
+        if ext_model is not None:
+            for signal in ("span", "question-attention"):
+                t0 = time.time()
+                teacher = load_teacher(ext_model, ScoringConfig(signal=signal, bf16=args.bf16))
+                signals[f"extractive {signal}"] = teacher.score_passages([q.question for q in questions], passages)
+                seconds[f"extractive {signal}"] = time.time() - t0
+        rows = {f"{args.first_retriever} (the candidates' order)": mean_recall(
+            {q.id: row for q, row in zip(questions, ids)}, questions, KS)}
+        for signal, scores in signals.items():
+            ranking = {q.id: [row[i] for i in np.argsort(-s, kind="stable")] for q, row, s in zip(questions, ids, scores)}
+            rows[signal] = mean_recall(ranking, questions, KS)
+        table[name] = {"questions": len(questions), "candidates": n, "rows": rows, "seconds": seconds}
+    return table
+
+
 def recall_rows(args, data, questions, retrievers: dict) -> tuple[dict, dict]:
     from reprlab.qa.open_qa import mean_recall, rank_pool
 
@@ -339,7 +409,9 @@ def evaluate_dataset(args, name: str, path: Path, fid_model: Path | None, retrie
     reader = FidReader.from_pretrained(fid_model) if fid_model else None
     if reader is not None:
         k = 2 if args.quick else args.read_k
-        out["reader"] = {r: read_rows(args, reader, data, questions, rankings[r], k) for r in rankings}
+        final = sorted(r for r in rankings if r.startswith("distill-fid"))[-1:]
+        read = [r for r in rankings if not r.startswith("distill-fid")] + final  # intermediate iterations: recall only
+        out["reader"] = {r: read_rows(args, reader, data, questions, rankings[r], k) for r in read}
         if "probe" in args.stages:
             out["probe"] = probe(args, reader, data, questions)
     return out
@@ -367,6 +439,12 @@ def headline(result: dict) -> dict:
 
 def markdown(record: dict) -> str:
     lines = []
+    for name, t in record.get("teachers_on_dev", {}).items():
+        lines += [f"### {name}: teachers on the dev slice ({t['questions']} questions, gold recall among "
+                  f"{t['candidates']} candidates)", "", "| ranking | R@2 | R@5 | R@10 |", "|---|---|---|---|"]
+        lines += [f"| {r} | {m['recall@2']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} |"
+                  for r, m in t["rows"].items()]
+        lines.append("")
     for name, d in record["datasets"].items():
         lines += [f"### {name} ({record['side']} side: {d['questions']} questions, pool {d['pool']} passages)", "",
                   "| retriever | R@2 | R@5 | R@10 | reader EM | reader F1 |", "|---|---|---|---|---|---|"]
@@ -415,9 +493,13 @@ def main(argv=None) -> dict:
         args.encoder = tiny_encoder(args.work_dir / "tiny-encoder") if args.quick else "minilm"
     files = data_files(args)
     t0 = time.time()
-    fid_model = train_fid_reader(args, files) if {"fid", "probe", "distill-fid", "evaluate"} & set(args.stages) else None
-    ext_model = train_extractive_reader(args, files) if {"extractive", "distill-extractive"} & set(args.stages) else None
+    stages = set(args.stages)
+    fid_model = train_fid_reader(args, files) if {"fid", "teachers", "probe", "distill-fid", "evaluate"} & stages \
+        else None
+    ext_model = train_extractive_reader(args, files) if {"extractive", "distill-extractive"} & stages else None
     record = {"settings": common.settings(args), "side": args.side, "datasets": {}, "distillation": {}}
+    if "teachers" in stages:
+        record["teachers_on_dev"] = teacher_table(args, files, fid_model, ext_model)
     for name, path in files.items():
         retrievers = {"bm25": "bm25", "minilm": args.encoder}
         if "distill-fid" in args.stages:
@@ -438,9 +520,8 @@ def main(argv=None) -> dict:
     tag = "reader_distill" if args.side == "eval" else "reader_distill-dev"
     written = common.write_result(tag, record, args, argv)
     if record["datasets"]:
-        png = common.result_path(tag, args).with_suffix(".png")
-        plot(record, png)
-        print(markdown(written))
+        plot(record, common.result_path(tag, args).with_suffix(".png"))
+    print(markdown(written))
     return written
 
 
