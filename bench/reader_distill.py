@@ -377,13 +377,32 @@ def teacher_table(args, files, fid_model: Path, ext_model: Path | None) -> dict:
                 teacher = load_teacher(ext_model, ScoringConfig(signal=signal, bf16=args.bf16))
                 signals[f"extractive {signal}"] = teacher.score_passages([q.question for q in questions], passages)
                 seconds[f"extractive {signal}"] = time.time() - t0
+        spread = {k: float(np.mean([np.std(x) for x in v])) for k, v in signals.items()}
+        student = student_spread(args, data, questions, ids)
         rows = {f"{args.first_retriever} (the candidates' order)": mean_recall(
             {q.id: row for q, row in zip(questions, ids)}, questions, KS)}
         for signal, scores in signals.items():
             ranking = {q.id: [row[i] for i in np.argsort(-s, kind="stable")] for q, row, s in zip(questions, ids, scores)}
             rows[signal] = mean_recall(ranking, questions, KS)
-        table[name] = {"questions": len(questions), "candidates": n, "rows": rows, "seconds": seconds}
+        table[name] = {"questions": len(questions), "candidates": n, "rows": rows, "seconds": seconds,
+                       "score_std": spread, "student_score_std": student,
+                       "matching_temperature": {k: v / student for k, v in spread.items()}}
     return table
+
+
+def student_spread(args, data, questions, ids, scale: float = 20.0) -> float:
+    """Mean over questions of the std of the untrained student's scores (scale x cosine) over its candidates:
+    a teacher temperature that gives the teacher's scores the same spread is ``teacher std / this``."""
+    from reprlab.encoder import SentenceEncoder
+    from reprlab.text.beir import doc_text
+
+    model = SentenceEncoder.from_pretrained(args.encoder)
+    q = model.encode([x.question for x in questions], show_progress=False)
+    stds = []
+    for qv, row in zip(q, ids):
+        p = model.encode([doc_text(data.corpus[d]) for d in row], show_progress=False)
+        stds.append(float(np.std(scale * p @ qv)))
+    return float(np.mean(stds))
 
 
 def recall_rows(args, data, questions, retrievers: dict) -> tuple[dict, dict]:
@@ -441,9 +460,12 @@ def markdown(record: dict) -> str:
     lines = []
     for name, t in record.get("teachers_on_dev", {}).items():
         lines += [f"### {name}: teachers on the dev slice ({t['questions']} questions, gold recall among "
-                  f"{t['candidates']} candidates)", "", "| ranking | R@2 | R@5 | R@10 |", "|---|---|---|---|"]
-        lines += [f"| {r} | {m['recall@2']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} |"
-                  for r, m in t["rows"].items()]
+                  f"{t['candidates']} candidates; the student's score std {t['student_score_std']:.2f})", "",
+                  "| ranking | R@2 | R@5 | R@10 | score std | matching T |", "|---|---|---|---|---|---|"]
+        for r, m in t["rows"].items():
+            std, temp = t["score_std"].get(r), t["matching_temperature"].get(r)
+            lines.append(f"| {r} | {m['recall@2']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | "
+                         f"{'' if std is None else f'{std:.3g}'} | {'' if temp is None else f'{temp:.3g}'} |")
         lines.append("")
     for name, d in record["datasets"].items():
         lines += [f"### {name} ({record['side']} side: {d['questions']} questions, pool {d['pool']} passages)", "",
