@@ -286,7 +286,10 @@ def test_iterations_resume_exactly_and_skip_the_stages_done(tmp_path, fid_dir, t
         run_reader_distill(distill_config(tmp_path, fid_dir, tiny_model_dir, "full"))
     from reprlab.retrieval.dense import DenseRetriever
 
-    DenseRetriever.from_model(full.model_dir)  # a normal retriever folder
+    ours = DenseRetriever.from_model(full.model_dir).encode_queries(["where was Ann Lee born?"])  # a normal folder
+    st = pytest.importorskip("sentence_transformers")
+    theirs = st.SentenceTransformer(str(full.model_dir), device="cpu").encode(["where was Ann Lee born?"])
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
 def test_the_reader_is_retrained_from_the_second_iteration(tmp_path, fid_dir, tiny_model_dir):
