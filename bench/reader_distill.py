@@ -52,6 +52,7 @@ DATA_FILES = {"hotpotqa": ("hotpotqa_dev500_ircot", "dev_subsampled.jsonl"),
               "xquad": ("squad_v1.1_dev_xquad_en", "xquad.en.json")}
 STAGES = ("fid", "extractive", "teachers", "probe", "distill-fid", "distill-extractive", "dpr", "evaluate")
 KS = (2, 5, 10)
+ROW_ORDER = ("bm25", "minilm", "distill-fid", "distill-extractive", "dpr")
 logger = logging.getLogger("reprlab")
 
 
@@ -416,7 +417,14 @@ def recall_rows(args, data, questions, retrievers: dict) -> tuple[dict, dict]:
     return rows, rankings
 
 
-def evaluate_dataset(args, name: str, path: Path, fid_model: Path | None, retrievers: dict) -> dict:
+def row_key(item) -> tuple:
+    group = item[0].rsplit("-iter", 1)[0]
+    return (ROW_ORDER.index(group) if group in ROW_ORDER else len(ROW_ORDER), item[0])
+
+
+def evaluate_dataset(args, name: str, path: Path, fid_model: Path | None, retrievers: dict, recorded: dict) -> dict:
+    """Recall of every retriever (``recorded``: rows the distillation recipe measured on the same questions, for
+    the intermediate iterations), the reader's EM/F1 with each retriever's passages, and the preliminary test."""
     from reprlab.qa.fid import FidReader
     from reprlab.qa.open_qa import load_open_qa
 
@@ -424,13 +432,12 @@ def evaluate_dataset(args, name: str, path: Path, fid_model: Path | None, retrie
     questions = data.split(args.eval_fraction, args.dev_fraction)[args.side]
     out = {"questions": len(questions), "pool": len(data.corpus)}
     recall, rankings = recall_rows(args, data, questions, retrievers)
-    out["recall"] = recall
+    out["recall"] = {**recall, **{k: v for k, v in recorded.items() if k not in recall}}
+    out["recall"] = dict(sorted(out["recall"].items(), key=row_key))
     reader = FidReader.from_pretrained(fid_model) if fid_model else None
     if reader is not None:
         k = 2 if args.quick else args.read_k
-        final = sorted(r for r in rankings if r.startswith("distill-fid"))[-1:]
-        read = [r for r in rankings if not r.startswith("distill-fid")] + final  # intermediate iterations: recall only
-        out["reader"] = {r: read_rows(args, reader, data, questions, rankings[r], k) for r in read}
+        out["reader"] = {r: read_rows(args, reader, data, questions, rankings[r], k) for r in rankings}
         if "probe" in args.stages:
             out["probe"] = probe(args, reader, data, questions)
     return out
@@ -471,9 +478,9 @@ def markdown(record: dict) -> str:
         lines += [f"### {name} ({record['side']} side: {d['questions']} questions, pool {d['pool']} passages)", "",
                   "| retriever | R@2 | R@5 | R@10 | reader EM | reader F1 |", "|---|---|---|---|---|---|"]
         for r, m in d["recall"].items():
-            em = d.get("reader", {}).get(r, {})
-            lines.append(f"| {r} | {m['recall@2']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | "
-                         f"{em.get('exact_match', float('nan')):.1f} | {em.get('f1', float('nan')):.1f} |")
+            em = d.get("reader", {}).get(r)
+            read = f"{em['exact_match']:.1f} | {em['f1']:.1f}" if em else "– | –"
+            lines.append(f"| {r} | {m['recall@2']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | {read} |")
         if "probe" in d:
             lines += ["", "| top-k by | k | EM | F1 | gold recall@k |", "|---|---|---|---|---|"]
             for key, m in d["probe"].items():
@@ -523,12 +530,13 @@ def main(argv=None) -> dict:
     if "teachers" in stages:
         record["teachers_on_dev"] = teacher_table(args, files, fid_model, ext_model)
     for name, path in files.items():
-        retrievers = {"bm25": "bm25", "minilm": args.encoder}
+        retrievers, recorded = {"bm25": "bm25", "minilm": args.encoder}, {}
         if "distill-fid" in args.stages:
             model, info = distill(args, name, path, fid_model, "fid")
             record["distillation"][f"{name}-fid"] = info
-            for it in sorted(k for k in info["recall"] if k != "iter-0"):
-                retrievers[f"distill-fid-{it}"] = Path(info["folder"]) / it / "retriever" / "model"
+            done = sorted((k for k in info["recall"] if k != "iter-0"), key=lambda k: int(k.split("-")[1]))
+            recorded.update({f"distill-fid-{it}": info["recall"][it][args.side] for it in done[:-1]})
+            retrievers[f"distill-fid-{done[-1]}"] = Path(info["folder"]) / done[-1] / "retriever" / "model"
         if "distill-extractive" in args.stages:
             model, info = distill(args, name, path, ext_model, "extractive")
             record["distillation"][f"{name}-extractive"] = info
@@ -536,7 +544,7 @@ def main(argv=None) -> dict:
         if "dpr" in args.stages:
             retrievers["dpr"] = train_dpr(args, name, path)
         if "evaluate" in args.stages:
-            record["datasets"][name] = evaluate_dataset(args, name, path, fid_model, retrievers)
+            record["datasets"][name] = evaluate_dataset(args, name, path, fid_model, retrievers, recorded)
     record["headline"] = headline(record) if record["datasets"] else {}
     record["wall_seconds"] = time.time() - t0
     tag = "reader_distill" if args.side == "eval" else "reader_distill-dev"
