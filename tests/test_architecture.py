@@ -34,6 +34,7 @@ SHARED = {
     "reprlab.retrieval.dense", "reprlab.retrieval.pipeline", "reprlab.retrieval.fusion",
     "reprlab.retrieval.dual_encoder", "reprlab.retrieval.pairs", "reprlab.retrieval.losses",
     "reprlab.retrieval.mining", "reprlab.qa.squad", "reprlab.qa.reader",
+    "reprlab.qa.open_qa", "reprlab.qa.teachers",  # what FiD and reader distillation share (data, teacher kinds)
 }
 # modules of the method floor that implement one paper each: neither they nor the shared services import
 # another one (what two share moves down). nn's files are one paper each too, but they are building blocks

@@ -84,7 +84,14 @@ def tiny_configs(tmp: Path, model: Path) -> dict:
     from reprlab.qa.long_reader import LongReaderConfig
     from reprlab.qa.reader import ReaderConfig
 
+    from reprlab.qa.fid import FidConfig, FidReader
+
     demo = str(demo_data_path())
+    fid = FidConfig(passage_max_length=32, answer_max_length=4)
+    teacher = tmp / "fid-teacher"
+    if not teacher.is_dir():  # a fixed tiny FiD reader for reader distillation
+        torch.manual_seed(0)
+        FidReader.from_encoder(model, fid).save_pretrained(teacher)
     reader = ReaderConfig(max_length=64, stride=16, max_question_length=16)
     long_reader = LongReaderConfig(attention="cluster-former", cluster_layers=[1], max_positions=1024, window=32,
                                    stride=16, num_clusters=4, memory_size=256, memory_per_step=64, refresh_every=2,
@@ -96,6 +103,11 @@ def tiny_configs(tmp: Path, model: Path) -> dict:
         "train reader": dict(data=[_squad(tmp)], model=str(model), eval_fraction=0.0, reader=reader),
         "train long-reader": dict(data=_hotpot(tmp), model=str(model), eval_fraction=0.0, reader=long_reader,
                                   calibration_examples=2, evaluate=False),
+        "train fid": dict(data=[_hotpot(tmp)], model=str(model), n_passages=2, eval_passages=2, evaluate="none",
+                          fid=fid),
+        "train reader-distill": dict(data=_hotpot(tmp), reader=str(teacher), student=str(model), iterations=2,
+                                     candidates=3, sample=2, eval_fraction=0.0, evaluate=False, query_max_length=16,
+                                     passage_max_length=32),
         "train dpr": dict(data=demo, split="test", model=str(model), num_negatives=1, mine_depth=5,
                           query_max_length=16, passage_max_length=32),
         "train hashing": dict(data=demo, split="test", model=str(model), num_negatives=1, mine_depth=5,

@@ -11,8 +11,10 @@ from __future__ import annotations
 from reprlab.distill import approx, recipe as distill_recipe  # noqa: F401  distill kd|ckd|seed, compress approx
 from reprlab.pretrain import cmlm, jaket, mlm  # noqa: F401  pretrain mlm|cmlm|jaket
 from reprlab.qa import long_reader, recipe as qa_recipe  # noqa: F401  train reader|long-reader
+from reprlab.qa.fid import recipe as fid_recipe  # noqa: F401  train fid
 from reprlab.recsys import recipe as recsys_recipe  # noqa: F401  train deep-retrieval
 from reprlab.retrieval import ance, dpr, hashing, mdr  # noqa: F401  train dpr|ance|hashing|mdr
+from reprlab.retrieval.reader_distill import recipe as reader_distill_recipe  # noqa: F401  train reader-distill
 from reprlab.train.recipe import RECIPES, Recipe
 
 __all__ = ["RECIPES", "Recipe", "groups"]

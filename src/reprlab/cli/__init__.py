@@ -8,6 +8,7 @@
     reprlab evaluate --multihop --data HOTPOT.jsonl --retriever bm25|minilm|MODEL_DIR [--json]
     reprlab mine --data BEIR_DIR --retriever bm25 --out NEGATIVES.jsonl
     reprlab answer --model READER_DIR --question "..." (--context TEXT | --index INDEX_DIR)
+    reprlab score-passages --reader READER_DIR --data QA_FILE --out SCORES.jsonl [--retriever bm25]
     reprlab model-info tiny|minilm_l6|CONFIG.json|MODEL_DIR|minilm [--seq-len 512] [--attention NAME]
     reprlab pmi-vocab --corpus FILE|DIR --out VOCAB.json
     reprlab kg-eval --task link|category|relation --kg DIR --model DIR   (JAKET's three KG tasks)
@@ -40,7 +41,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from reprlab.cli import kg, models, qa, recipes, recsys, search
+    from reprlab.cli import kg, models, qa, reader_distill, recipes, recsys, search
 
     parser = ArgumentParser(prog="reprlab", description="Learn, compress, search and serve text representations "
                             "(ICLR 2021 methods on one encoder). `reprlab COMMAND --help` lists a command's options.",
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     search.add_commands(sub)
     qa.add_commands(sub)
+    reader_distill.add_commands(sub)
     models.add_commands(sub)
     kg.add_commands(sub)
     recipes.add_commands(sub)

@@ -1,10 +1,13 @@
-"""Question answering: the extractive reader, Block Skim, the long-context reader, SQuAD/HotpotQA data and EM/F1.
+"""Question answering: the extractive reader, Block Skim, the long-context reader, the Fusion-in-Decoder reader,
+SQuAD/HotpotQA data and EM/F1.
 
 Importing the package registers the reader kinds (:func:`load_reader` opens a Block Skim folder as
-one) and the recipes ``train reader`` and ``train long-reader``.
+one), the teacher kinds of :mod:`reprlab.qa.teachers` (extractive, FiD) and the recipes ``train reader``,
+``train long-reader`` and ``train fid``.
 """
 
 from reprlab.qa.block_skim import BlockSkimConfig, BlockSkimReader  # noqa: F401
+from reprlab.qa.fid import FidConfig, FidReader, FidTrainingConfig, run_fid  # noqa: F401
 from reprlab.qa.long_reader import (  # noqa: F401
     LongReaderConfig,
     LongReaderTrainingConfig,

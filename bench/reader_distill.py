@@ -1,0 +1,559 @@
+"""Reader-to-retriever distillation (Izacard & Grave, ICLR 2021) on HotpotQA and XQuAD-en, on a CPU.
+
+Data (``$REPRLAB_SHARED_DATA``): HotpotQA = IRCoT's 500 dev questions, passage pool = all of their
+4,858 paragraphs, gold = both supporting paragraphs; XQuAD-en = 1,190 SQuAD v1.1 dev questions as
+open retrieval over its 240 paragraphs, gold = the question's paragraph. Each file's questions are
+split by the one hash rule on the question id (``reprlab.text.splits``): ``--eval-fraction`` 0.3 is
+the reported side (HotpotQA 156 questions), ``--dev-fraction`` 0.15 a dev slice for choosing
+settings, the rest trains. Nothing is trained on dev or eval questions; no retriever except the DPR
+ceiling ever sees a gold passage.
+
+Models (each stage cached in ``--work-dir`` under a hash of its settings, so a rerun resumes):
+
+* ``fid``: the FiD reader (``reprlab train fid``), MiniLM encoder + decoder warm-started from it,
+  trained on the train sides of both files, each question reading BM25's top ``--fid-passages``;
+* ``extractive``: the extractive reader (``reprlab train reader``) trained by distant supervision on
+  the same questions: every BM25 top-``--fid-passages`` passage that contains a gold answer;
+* ``distill-fid``: ``reprlab train reader-distill`` with the FiD teacher, ``--iterations`` rounds from
+  ``--first-retriever`` candidates, student all-MiniLM-L6-v2;
+* ``distill-extractive``: the same with the extractive teacher (``--ext-signal``), ``--ext-iterations``;
+* ``dpr``: ``reprlab train dpr`` on the gold passages of the same training questions, BM25 negatives
+  (the supervised ceiling).
+
+Reported (``--side``, default eval): (1) the paper's preliminary test: the FiD reader's EM/F1 reading
+the top-k of ``--probe-candidates`` first-retriever candidates by retriever score vs by the reader's
+cross-attention score, k in ``--probe-k``, and the gold recall@k of each ranking; (2) gold recall@{2,
+5, 10} of BM25, MiniLM, the distilled retrievers (each iteration) and DPR; (3) the FiD reader's
+EM/F1 reading the top ``--read-k`` passages of each retriever. The headline: the distilled
+retriever's recall@5 against the best of BM25 / MiniLM, and the share of the gap to DPR it closes.
+
+    flock /tmp/reprlab-heavy.lock nice -n 5 python bench/reader_distill.py            # hours on 2 cores
+    python bench/reader_distill.py --side dev --stages fid probe                        # choose settings
+    python bench/reader_distill.py --quick              # smoke run (tiny random encoder, ~30 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+DATA_FILES = {"hotpotqa": ("hotpotqa_dev500_ircot", "dev_subsampled.jsonl"),
+              "xquad": ("squad_v1.1_dev_xquad_en", "xquad.en.json")}
+STAGES = ("fid", "extractive", "teachers", "probe", "distill-fid", "distill-extractive", "dpr", "evaluate")
+KS = (2, 5, 10)
+ROW_ORDER = ("bm25", "minilm", "distill-fid", "distill-extractive", "dpr")
+logger = logging.getLogger("reprlab")
+
+
+def options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                parents=[common.bench_options(threads=1, work_dir="runs/reader_distill")])
+    p.add_argument("--datasets", nargs="+", default=list(DATA_FILES), choices=list(DATA_FILES))
+    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, help="stages run (default: all)")
+    p.add_argument("--side", choices=("eval", "dev"), default="eval", help="questions reported on")
+    p.add_argument("--eval-fraction", type=float, default=0.3)
+    p.add_argument("--dev-fraction", type=float, default=0.15)
+    p.add_argument("--encoder", default=None, help="the encoder every model starts from (default: minilm; with "
+                   "--quick a tiny random one, built in the work folder: the code path, not the numbers)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                   help="bfloat16 autocast for scoring, retriever training and reading (native on this CPU)")
+    g = p.add_argument_group("FiD reader")
+    g.add_argument("--fid-epochs", type=float, default=3.0)
+    g.add_argument("--fid-passages", type=int, default=10, help="passages read per question in training")
+    g.add_argument("--fid-lr", type=float, default=1e-4)
+    g.add_argument("--fid-batch-size", type=int, default=4)
+    g.add_argument("--passage-max-length", type=int, default=160)
+    g.add_argument("--fid-bf16", action=argparse.BooleanOptionalAction, default=False,
+                   help="train the FiD reader under bfloat16 autocast")
+    g = p.add_argument_group("distillation")
+    g.add_argument("--first-retriever", default="bm25")
+    g.add_argument("--iterations", type=int, default=3)
+    g.add_argument("--candidates", type=int, default=20)
+    g.add_argument("--sample", type=int, default=4)
+    g.add_argument("--distill-epochs", type=float, default=1.0)
+    g.add_argument("--distill-lr", type=float, default=2e-5)
+    g.add_argument("--distill-batch-size", type=int, default=8)
+    g.add_argument("--distill-passage-length", type=int, default=192)
+    g.add_argument("--loss", choices=("kl", "mse", "margin"), default="kl")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--softmax", choices=("pre", "post"), default="pre")
+    g.add_argument("--tokens", choices=("first", "all"), default="first")
+    g.add_argument("--ext-epochs", type=float, default=2.0)
+    g.add_argument("--ext-iterations", type=int, default=1)
+    g.add_argument("--ext-signal", choices=("span", "question-attention"), default="span")
+    g.add_argument("--dpr-epochs", type=float, default=3.0)
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--read-k", type=int, default=10, help="passages the reader reads in the EM/F1 rows")
+    g.add_argument("--probe-k", type=int, nargs="+", default=[1, 2, 5])
+    g.add_argument("--probe-candidates", type=int, default=20)
+    return p
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def data_files(args) -> dict[str, Path]:
+    """The two files, or (``--quick``) small copies: 40 HotpotQA questions, XQuAD's first two articles."""
+    files = {name: common.data_path(*parts) for name, parts in DATA_FILES.items() if name in args.datasets}
+    if not args.quick:
+        return files
+    out = args.work_dir / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    small = {}
+    if "hotpotqa" in files:
+        small["hotpotqa"] = out / "hotpotqa.jsonl"
+        small["hotpotqa"].write_text("".join(files["hotpotqa"].read_text().splitlines(keepends=True)[:16]))
+    if "xquad" in files:
+        squad = json.loads(files["xquad"].read_text())
+        small["xquad"] = out / "xquad.json"
+        first = squad["data"][0]
+        small["xquad"].write_text(json.dumps({"version": "1.1", "data": [{**first,
+                                                                          "paragraphs": first["paragraphs"][:4]}]}))
+    return small
+
+
+def tiny_encoder(folder: Path) -> str:
+    """A random 2-layer, 32-wide encoder with MiniLM's tokenizer (quick runs)."""
+    if not (folder / "model.safetensors").is_file():
+        import torch
+
+        from reprlab.encoder import Encoder, EncoderConfig, SentenceEncoder
+        from reprlab.text.tokenizer import Tokenizer
+
+        torch.manual_seed(0)
+        config = EncoderConfig.tiny(vocab_size=30522, max_position_embeddings=512)
+        SentenceEncoder(Encoder(config), Tokenizer.from_pretrained("minilm")).save_pretrained(folder)
+    return str(folder)
+
+
+def stage_dir(args, name: str, settings: dict) -> Path:
+    """A stage's folder, named by a hash of its settings (a changed setting trains anew; a rerun resumes)."""
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    folder = args.work_dir / f"{name}-{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
+    return folder
+
+
+def loop_args(args, **kw) -> dict:
+    base = dict(device=args.device, resume=True, checkpoint_every=100, log_every=10, seed=0)
+    out = {**base, **kw}
+    if args.quick:
+        out.update(max_steps=2, checkpoint_every=1, batch_size=min(out.get("batch_size", 4), 4))
+    return out
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def train_fid_reader(args, files) -> Path:
+    from reprlab.qa.fid import FidConfig, FidTrainingConfig, run_fid
+
+    fid = FidConfig(passage_max_length=48 if args.quick else args.passage_max_length, answer_max_length=24,
+                    decoder_layers=[0] if args.quick else None)
+    passages = 2 if args.quick else args.fid_passages
+    settings = dict(files=sorted(map(str, files.values())), fid=vars(fid), passages=passages,
+                    epochs=args.fid_epochs, lr=args.fid_lr, batch=args.fid_batch_size, eval=args.eval_fraction,
+                    dev=args.dev_fraction, quick=args.quick, encoder=args.encoder, bf16=args.fid_bf16)
+    folder = stage_dir(args, "fid", settings)
+    if not (folder / "model").is_dir():
+        t0 = time.time()
+        run_fid(FidTrainingConfig(output_dir=str(folder), data=[str(f) for f in files.values()], model=args.encoder,
+                                  retriever="bm25", n_passages=passages, eval_passages=passages,
+                                  eval_fraction=args.eval_fraction, dev_fraction=args.dev_fraction, evaluate="dev",
+                                  fid=fid, **loop_args(args, epochs=args.fid_epochs, lr=args.fid_lr,
+                                                       batch_size=args.fid_batch_size, warmup_ratio=0.1,
+                                                       bf16=args.fid_bf16)))
+        (folder / "seconds.json").write_text(json.dumps({"train_and_dev_eval": time.time() - t0}))
+    return folder / "model"
+
+
+def distant_examples(data, questions, ranked, k: int) -> list[dict]:
+    """SQuAD paragraphs: each question with every one of its top-k passages that holds a gold answer (whole word)."""
+    from reprlab.qa.teachers import passage_context
+
+    paragraphs = []
+    for q in questions:
+        answers = [a for a in q.answers if a.strip().lower() not in ("yes", "no")]
+        for d, _ in ranked[q.id][:k]:
+            context = passage_context(data.corpus[d]["title"], data.corpus[d]["text"])
+            for a in answers:
+                m = re.search(r"(?<!\w)" + re.escape(a) + r"(?!\w)", context, re.IGNORECASE)
+                if m:
+                    paragraphs.append({"context": context, "qas": [{"id": f"{q.id}|{d}", "question": q.question,
+                                       "answers": [{"text": context[m.start(): m.end()], "answer_start": m.start()}]}]})
+                    break
+    return paragraphs
+
+
+def train_extractive_reader(args, files) -> Path:
+    from reprlab.qa.open_qa import load_open_qa, rank_pool
+    from reprlab.qa.reader import ReaderConfig
+    from reprlab.qa.recipe import ReaderTrainingConfig, run_reader
+
+    settings = dict(files=sorted(map(str, files.values())), passages=args.fid_passages, epochs=args.ext_epochs,
+                    eval=args.eval_fraction, dev=args.dev_fraction, quick=args.quick, encoder=args.encoder,
+                    bf16=args.bf16)
+    folder = stage_dir(args, "extractive", settings)
+    if (folder / "model").is_dir():
+        return folder / "model"
+    articles = []
+    for name, path in files.items():
+        data = load_open_qa(path)
+        train_q = data.split(args.eval_fraction, args.dev_fraction).train
+        ranked = rank_pool("bm25", data.corpus, train_q, args.fid_passages)
+        articles.append({"title": name, "paragraphs": distant_examples(data, train_q, ranked, args.fid_passages)})
+    squad = folder / "distant.json"
+    squad.write_text(json.dumps({"version": "1.1", "data": articles}))
+    reader = ReaderConfig(max_length=256, stride=64, max_question_length=48)
+    run_reader(ReaderTrainingConfig(output_dir=str(folder), data=[str(squad)], model=args.encoder, eval_fraction=0.0,
+                                    evaluate=False, reader=reader,
+                                    **loop_args(args, epochs=args.ext_epochs, batch_size=16, lr=1e-4, bf16=args.bf16)))
+    return folder / "model"
+
+
+# ----------------------------------------------------------------------------- retrievers
+
+
+def scoring(args):
+    from reprlab.qa.teachers import ScoringConfig
+
+    return ScoringConfig(softmax=args.softmax, tokens=args.tokens, batch_size=2, bf16=args.bf16)
+
+
+def distill(args, name: str, path: Path, reader: Path, kind: str) -> tuple[Path, dict]:
+    from reprlab.qa.teachers import ScoringConfig
+    from reprlab.retrieval.reader_distill import ReaderDistillConfig, run_reader_distill
+
+    iterations = args.iterations if kind == "fid" else args.ext_iterations
+    score = scoring(args) if kind == "fid" else ScoringConfig(signal=args.ext_signal, batch_size=2, bf16=args.bf16)
+    config = dict(data=str(path), reader=str(reader), retriever=args.first_retriever, student=args.encoder,
+                  iterations=2 if args.quick else iterations, candidates=3 if args.quick else args.candidates,
+                  sample=2 if args.quick else args.sample, loss=args.loss, temperature=args.temperature,
+                  passage_max_length=args.distill_passage_length, eval_fraction=args.eval_fraction,
+                  dev_fraction=args.dev_fraction, ks=list(KS), scoring=score)
+    folder = stage_dir(args, f"{name}-distill-{kind}", {k: str(v) for k, v in config.items()} | {
+        "epochs": args.distill_epochs, "lr": args.distill_lr, "batch": args.distill_batch_size})
+    t0 = time.time()
+    result = run_reader_distill(ReaderDistillConfig(output_dir=str(folder), **config, **loop_args(
+        args, epochs=args.distill_epochs, lr=args.distill_lr, batch_size=args.distill_batch_size, warmup_ratio=0.1,
+        bf16=args.bf16)))
+    info = {"recall": result.recall, "teacher_candidate_recall": result.teacher, "seconds_this_run": time.time() - t0,
+            "folder": str(folder)}
+    return result.model_dir, info
+
+
+def train_dpr(args, name: str, path: Path) -> Path:
+    from reprlab.qa.open_qa import load_open_qa, rank_pool
+    from reprlab.retrieval.dpr import DprConfig, run_dpr
+    from reprlab.text.examples import Passage, TrainingExample, write_examples
+
+    settings = dict(data=str(path), epochs=args.dpr_epochs, eval=args.eval_fraction, dev=args.dev_fraction,
+                    length=args.distill_passage_length, quick=args.quick, encoder=args.encoder, bf16=args.bf16)
+    folder = stage_dir(args, f"{name}-dpr", settings)
+    if (folder / "run" / "model").is_dir():
+        return folder / "run" / "model"
+    data = load_open_qa(path)
+    train_q = [q for q in data.split(args.eval_fraction, args.dev_fraction).train if q.gold]
+    ranked = rank_pool("bm25", data.corpus, train_q, 30)
+
+    def passage(d):
+        return Passage(id=d, text=data.corpus[d]["text"], title=data.corpus[d]["title"])
+
+    def negatives(q):  # BM25's top 30 without the gold; passages of the pool in order if BM25 matched none
+        found = [d for d, _ in ranked[q.id] if d not in q.gold]
+        return found or [d for d in list(data.corpus)[:10] if d not in q.gold]
+
+    examples = [TrainingExample(q.question, [passage(d) for d in q.gold], [passage(d) for d in negatives(q)],
+                                query_id=q.id) for q in train_q]
+    write_examples(folder / "examples.jsonl", examples)
+    run_dpr(DprConfig(output_dir=str(folder / "run"), examples=str(folder / "examples.jsonl"), model=args.encoder,
+                      num_negatives=1, passage_max_length=args.distill_passage_length, query_max_length=64,
+                      **loop_args(args, epochs=args.dpr_epochs, batch_size=32, lr=2e-5, bf16=args.bf16)))
+    return folder / "run" / "model"
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def read_rows(args, reader, data, questions, rankings: dict, k: int) -> dict:
+    """EM/F1 of the FiD reader reading each question's top-k passages of ``rankings``."""
+    from reprlab.qa.fid import evaluate_fid
+    from reprlab.qa.open_qa import reader_examples
+
+    ranked = {q: [(d, 0.0) for d in r] for q, r in rankings.items()}
+    return evaluate_fid(reader, reader_examples(questions, data.corpus, ranked, k), bf16=args.bf16)
+
+
+def probe(args, reader, data, questions) -> dict:
+    """The paper's preliminary test: top-k by retriever score vs by the reader's attention score."""
+    from reprlab.qa.fid import FidTeacher
+    from reprlab.qa.open_qa import mean_recall, rank_pool
+
+    n = 3 if args.quick else args.probe_candidates
+    ranked = rank_pool(args.first_retriever, data.corpus, questions, n)
+    teacher = FidTeacher(reader, scoring(args))
+    scores = teacher.score_passages([q.question for q in questions],
+                                    [[(data.corpus[d]["title"], data.corpus[d]["text"]) for d, _ in ranked[q.id]]
+                                     for q in questions])
+    by_retriever = {q.id: [d for d, _ in ranked[q.id]] for q in questions}
+    by_reader = {q.id: [by_retriever[q.id][i] for i in np.argsort(-s, kind="stable")] for q, s in zip(questions, scores)}
+    out = {}
+    for k in args.probe_k:
+        for name, ranking in (("retriever", by_retriever), ("attention", by_reader)):
+            out[f"{name}@{k}"] = {**read_rows(args, reader, data, questions, ranking, k),
+                                  **mean_recall(ranking, questions, [k])}
+    return out
+
+
+def fid_variants(reader, questions, passages, bf16: bool) -> dict[str, list[np.ndarray]]:
+    """The FiD reader's passage scores under every aggregation option, from one pass per batch of two questions:
+    pre/post-softmax x first/all decoded tokens x all/first half/second half of the decoder layers."""
+    import torch
+
+    from reprlab.qa.fid import aggregate_cross_attention
+    from reprlab.qa.fid.generate import greedy
+
+    nl = len(reader.decoder)
+    layer_sets = {"all": None, "lower": list(range(nl // 2)), "upper": list(range(nl // 2, nl))}
+    layer_sets = {k: v for k, v in layer_sets.items() if v is None or v}
+    out: dict[str, list[np.ndarray]] = {}
+    for lo in range(0, len(questions), 2):
+        qs, ps = questions[lo: lo + 2], passages[lo: lo + 2]
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            batch = reader.featurize(qs, ps)
+            memory, mask = reader.encode(batch)
+            kv = reader.memory_kv(memory)
+            answers = greedy(reader, kv, mask, reader.config.answer_max_length)
+            T = 1 + max(len(a) for a in answers)
+            prefix = torch.full((len(qs), T), reader.pad_id, dtype=torch.long)
+            for b, a in enumerate(answers):
+                prefix[b, : len(a) + 1] = torch.tensor([reader.bos_id, *a])
+            _, scores = reader.decode(prefix, kv, mask, output_scores=True)
+        tokens = batch.attention_mask.bool() & batch.passage_mask[:, :, None]
+        lengths = torch.tensor([1 + len(a) for a in answers])
+        masks = {"first": torch.arange(T)[None] < 1, "all": torch.arange(T)[None] < lengths[:, None]}
+        for softmax in ("pre", "post"):
+            for which, token_mask in masks.items():
+                for name, layers in layer_sets.items():
+                    agg = aggregate_cross_attention(scores, tokens, token_mask.expand(len(qs), T), softmax, layers)
+                    out.setdefault(f"fid {softmax}-softmax, {which} token(s), {name} layers", []).extend(
+                        agg[b, : len(p)].float().numpy() for b, p in enumerate(ps))
+    return out
+
+
+def teacher_table(args, files, fid_model: Path, ext_model: Path | None) -> dict:
+    """On the dev slice: the gold recall@k, among the first retriever's candidates, of the ranking by every
+    teacher signal (FiD aggregations; the extractive reader's span and question-attention scores)."""
+    from reprlab.qa.fid import FidReader
+    from reprlab.qa.open_qa import load_open_qa, mean_recall, rank_pool
+    from reprlab.qa.teachers import ScoringConfig, load_teacher
+
+    reader = FidReader.from_pretrained(fid_model)
+    n = 3 if args.quick else args.candidates
+    table = {}
+    for name, path in files.items():
+        data = load_open_qa(path)
+        questions = [q for q in data.split(args.eval_fraction, args.dev_fraction).dev if q.gold]
+        ranked = rank_pool(args.first_retriever, data.corpus, questions, n)
+        ids = [[d for d, _ in ranked[q.id]] for q in questions]
+        passages = [[(data.corpus[d]["title"], data.corpus[d]["text"]) for d in row] for row in ids]
+        t0 = time.time()
+        signals = fid_variants(reader, [q.question for q in questions], passages, args.bf16)
+        seconds = {"fid (all variants, one pass)": time.time() - t0}
+        if ext_model is not None:
+            for signal in ("span", "question-attention"):
+                t0 = time.time()
+                teacher = load_teacher(ext_model, ScoringConfig(signal=signal, bf16=args.bf16))
+                signals[f"extractive {signal}"] = teacher.score_passages([q.question for q in questions], passages)
+                seconds[f"extractive {signal}"] = time.time() - t0
+        spread = {k: float(np.mean([np.std(x) for x in v])) for k, v in signals.items()}
+        student = student_spread(args, data, questions, ids)
+        rows = {f"{args.first_retriever} (the candidates' order)": mean_recall(
+            {q.id: row for q, row in zip(questions, ids)}, questions, KS)}
+        for signal, scores in signals.items():
+            ranking = {q.id: [row[i] for i in np.argsort(-s, kind="stable")] for q, row, s in zip(questions, ids, scores)}
+            rows[signal] = mean_recall(ranking, questions, KS)
+        table[name] = {"questions": len(questions), "candidates": n, "rows": rows, "seconds": seconds,
+                       "score_std": spread, "student_score_std": student,
+                       "matching_temperature": {k: v / student for k, v in spread.items()}}
+    return table
+
+
+def student_spread(args, data, questions, ids, scale: float = 20.0) -> float:
+    """Mean over questions of the std of the untrained student's scores (scale x cosine) over its candidates:
+    a teacher temperature that gives the teacher's scores the same spread is ``teacher std / this``."""
+    from reprlab.encoder import SentenceEncoder
+    from reprlab.text.beir import doc_text
+
+    model = SentenceEncoder.from_pretrained(args.encoder)
+    q = model.encode([x.question for x in questions], show_progress=False)
+    stds = []
+    for qv, row in zip(q, ids):
+        p = model.encode([doc_text(data.corpus[d]) for d in row], show_progress=False)
+        stds.append(float(np.std(scale * p @ qv)))
+    return float(np.mean(stds))
+
+
+def recall_rows(args, data, questions, retrievers: dict) -> tuple[dict, dict]:
+    from reprlab.qa.open_qa import mean_recall, rank_pool
+
+    rows, rankings = {}, {}
+    for name, spec in retrievers.items():
+        ranked = rank_pool(str(spec), data.corpus, questions, max(max(KS), args.read_k))
+        rankings[name] = {q: [d for d, _ in r] for q, r in ranked.items()}
+        rows[name] = mean_recall(rankings[name], questions, KS)
+    return rows, rankings
+
+
+def row_key(item) -> tuple:
+    group = item[0].rsplit("-iter", 1)[0]
+    return (ROW_ORDER.index(group) if group in ROW_ORDER else len(ROW_ORDER), item[0])
+
+
+def evaluate_dataset(args, name: str, path: Path, fid_model: Path | None, retrievers: dict, recorded: dict) -> dict:
+    """Recall of every retriever (``recorded``: rows the distillation recipe measured on the same questions, for
+    the intermediate iterations), the reader's EM/F1 with each retriever's passages, and the preliminary test."""
+    from reprlab.qa.fid import FidReader
+    from reprlab.qa.open_qa import load_open_qa
+
+    data = load_open_qa(path)
+    questions = data.split(args.eval_fraction, args.dev_fraction)[args.side]
+    out = {"questions": len(questions), "pool": len(data.corpus)}
+    recall, rankings = recall_rows(args, data, questions, retrievers)
+    out["recall"] = {**recall, **{k: v for k, v in recorded.items() if k not in recall}}
+    out["recall"] = dict(sorted(out["recall"].items(), key=row_key))
+    reader = FidReader.from_pretrained(fid_model) if fid_model else None
+    if reader is not None:
+        k = 2 if args.quick else args.read_k
+        out["reader"] = {r: read_rows(args, reader, data, questions, rankings[r], k) for r in rankings}
+        if "probe" in args.stages:
+            out["probe"] = probe(args, reader, data, questions)
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def headline(result: dict) -> dict:
+    """Per dataset: recall@5 of the final FiD-distilled retriever, the best baseline, DPR, the gap closed."""
+    out = {}
+    for name, d in result["datasets"].items():
+        r = d["recall"]
+        distilled = [k for k in r if k.startswith("distill-fid")]
+        if not distilled or "dpr" not in r:
+            continue
+        best = max(("bm25", "minilm"), key=lambda k: r[k]["recall@5"])
+        final = sorted(distilled)[-1]
+        gap = r["dpr"]["recall@5"] - r[best]["recall@5"]
+        out[name] = {"distilled": final, "recall@5": r[final]["recall@5"], "best_baseline": best,
+                     "baseline_recall@5": r[best]["recall@5"], "dpr_recall@5": r["dpr"]["recall@5"],
+                     "gap_closed": (r[final]["recall@5"] - r[best]["recall@5"]) / gap if gap > 0 else None}
+    return out
+
+
+def markdown(record: dict) -> str:
+    lines = []
+    for name, t in record.get("teachers_on_dev", {}).items():
+        lines += [f"### {name}: teachers on the dev slice ({t['questions']} questions, gold recall among "
+                  f"{t['candidates']} candidates; the student's score std {t['student_score_std']:.2f})", "",
+                  "| ranking | R@2 | R@5 | R@10 | score std | matching T |", "|---|---|---|---|---|---|"]
+        for r, m in t["rows"].items():
+            std, temp = t["score_std"].get(r), t["matching_temperature"].get(r)
+            lines.append(f"| {r} | {m['recall@2']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | "
+                         f"{'' if std is None else f'{std:.3g}'} | {'' if temp is None else f'{temp:.3g}'} |")
+        lines.append("")
+    for name, d in record["datasets"].items():
+        lines += [f"### {name} ({record['side']} side: {d['questions']} questions, pool {d['pool']} passages)", "",
+                  "| retriever | R@2 | R@5 | R@10 | reader EM | reader F1 |", "|---|---|---|---|---|---|"]
+        for r, m in d["recall"].items():
+            em = d.get("reader", {}).get(r)
+            read = f"{em['exact_match']:.1f} | {em['f1']:.1f}" if em else "– | –"
+            lines.append(f"| {r} | {m['recall@2']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | {read} |")
+        if "probe" in d:
+            lines += ["", "| top-k by | k | EM | F1 | gold recall@k |", "|---|---|---|---|---|"]
+            for key, m in d["probe"].items():
+                how, k = key.split("@")
+                lines.append(f"| {how} | {k} | {m['exact_match']:.1f} | {m['f1']:.1f} | {m[f'recall@{k}']:.3f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(record: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(record["datasets"])
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        rows = record["datasets"][name]["recall"]
+        labels = list(rows)
+        ax.barh(labels, [rows[r]["recall@5"] for r in labels], color="tab:blue")
+        ax.set_xlim(0, 1)
+        ax.set_title(f"{name}: gold recall@5 ({record['side']} side)")
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> dict:
+    args = common.parse(options(), argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    import reprlab.qa  # noqa: F401  registers the teacher kinds
+
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    if args.encoder is None:
+        args.encoder = tiny_encoder(args.work_dir / "tiny-encoder") if args.quick else "minilm"
+    files = data_files(args)
+    t0 = time.time()
+    stages = set(args.stages)
+    fid_model = train_fid_reader(args, files) if {"fid", "teachers", "probe", "distill-fid", "evaluate"} & stages \
+        else None
+    ext_model = train_extractive_reader(args, files) if {"extractive", "distill-extractive"} & stages else None
+    record = {"settings": common.settings(args), "side": args.side, "datasets": {}, "distillation": {}}
+    if "teachers" in stages:
+        record["teachers_on_dev"] = teacher_table(args, files, fid_model, ext_model)
+    for name, path in files.items():
+        retrievers, recorded = {"bm25": "bm25", "minilm": args.encoder}, {}
+        if "distill-fid" in args.stages:
+            model, info = distill(args, name, path, fid_model, "fid")
+            record["distillation"][f"{name}-fid"] = info
+            done = sorted((k for k in info["recall"] if k != "iter-0"), key=lambda k: int(k.split("-")[1]))
+            recorded.update({f"distill-fid-{it}": info["recall"][it][args.side] for it in done[:-1]})
+            retrievers[f"distill-fid-{done[-1]}"] = Path(info["folder"]) / done[-1] / "retriever" / "model"
+        if "distill-extractive" in args.stages:
+            model, info = distill(args, name, path, ext_model, "extractive")
+            record["distillation"][f"{name}-extractive"] = info
+            retrievers["distill-extractive"] = model
+        if "dpr" in args.stages:
+            retrievers["dpr"] = train_dpr(args, name, path)
+        if "evaluate" in args.stages:
+            record["datasets"][name] = evaluate_dataset(args, name, path, fid_model, retrievers, recorded)
+    record["headline"] = headline(record) if record["datasets"] else {}
+    record["wall_seconds"] = time.time() - t0
+    tag = "reader_distill" if args.side == "eval" else "reader_distill-dev"
+    written = common.write_result(tag, record, args, argv)
+    if record["datasets"]:
+        plot(record, common.result_path(tag, args).with_suffix(".png"))
+    print(markdown(written))
+    return written
+
+
+if __name__ == "__main__":
+    main()
