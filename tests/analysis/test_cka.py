@@ -256,3 +256,66 @@ def test_recorder_on_a_resnet_flattens_feature_maps_and_rejects_unknown_layers()
     assert select_layers(model, r"blocks\.\d") == ["blocks.0", "blocks.1", "blocks.2"]
     generic = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     assert default_layers(generic) == ["0", "2"]
+
+
+# ----------------------------------------------------------------------------- reprlab analyze cka
+
+
+def _idx_folder(folder, n=48, seed=0):
+    import gzip
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(
+        bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (n, 28, 28)) + images.tobytes()))
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(
+        bytes([0, 0, 8, 1]) + n.to_bytes(4, "big") + bytes(rng.integers(0, 10, n, dtype=np.uint8))))
+    return folder
+
+
+def test_analyze_cka_command_on_two_resnets(tmp_path, capsys):
+    import json
+
+    from reprlab.cli import main
+
+    torch.manual_seed(0)
+    for name in ("r1", "r2"):
+        ResNet(ResNetConfig(depth=8, width=0.25)).save_pretrained(tmp_path / name)
+    data = _idx_folder(tmp_path / "images")
+    out = tmp_path / "out"
+    argv = ["-q", "analyze", "cka", "--model", str(tmp_path / "r1"), "--model", str(tmp_path / "r2"),
+            "--data", str(data), "--out", str(out), "--batch-size", "16"]
+    assert main(argv) == 0
+    assert "model A" in capsys.readouterr().out
+    report = json.loads((out / "cka.json").read_text())
+    assert report["examples"] == 48 and report["batches"] == 3
+    a, b = report["models"]
+    assert len(a["layers"]) == 7 and np.diag(np.array(a["cka"])).tolist() == [1.0] * 7
+    assert np.array(report["cross"]).shape == (7, 7) and len(a["pc1_fraction"]) == 7
+    assert all((out / f).is_file() for f in ("cka_a.png", "cka_b.png", "cka_ab.png"))
+    # one-line errors: three models, a text corpus for an image model, too few examples
+    assert main(argv[:-2] + ["--batch-size", "100"]) == 2
+    assert "fewer than one minibatch" in capsys.readouterr().err
+    text = tmp_path / "texts.txt"
+    text.write_text("a line\n")
+    assert main(["-q", "analyze", "cka", "--model", str(tmp_path / "r1"), "--data", str(text), "--out", str(out)]) == 2
+    assert "IDX folder" in capsys.readouterr().err
+    assert main(argv + ["--model", str(tmp_path / "r1")]) == 2
+    assert "--model" in capsys.readouterr().err
+
+
+def test_analyze_cka_on_a_text_encoder(tmp_path, tiny_model_dir):
+    from reprlab.analysis.cka_report import CKAConfig, analyse, write_report
+
+    corpus = tmp_path / "texts.txt"
+    corpus.write_text("\n".join(f"sentence {i} about {['cells', 'genes', 'drugs'][i % 3]} and more" for i in range(40)))
+    config = CKAConfig(output_dir=str(tmp_path / "out"), data=str(corpus), models=[str(tiny_model_dir)],
+                       batch_size=8, max_length=16, unit="line")
+    report = analyse(config)
+    (m,) = report.models
+    assert m["kind"] == "text" and m["layers"] == ["encoder.embeddings", "encoder.layers.0", "encoder.layers.1"]
+    assert report.examples == 40 and report.cross is None
+    assert [p.name for p in write_report(report, config.output_dir)] == ["cka.json", "cka_a.png"]
+    with pytest.raises(ConfigError, match="one or two"):
+        CKAConfig(output_dir="x", data="y", models=[])
