@@ -177,13 +177,23 @@ def _loss(model, batch):
     return nn.functional.mse_loss(model(batch["x"]).squeeze(-1), batch["y"])
 
 
-def _run(tmp, data, sampler, stop_after=None, resume=False, grad_accum=1):
+class Stateful:
+    """A callback with state of its own, present in one start of a run and not in the other."""
+
+    def state_dict(self):
+        return {"calls": 1}
+
+    def load_state_dict(self, state):
+        raise AssertionError("the sampler's state was handed to another callback")
+
+
+def _run(tmp, data, sampler, stop_after=None, resume=False, grad_accum=1, callbacks=()):
     torch.manual_seed(0)
     model = nn.Linear(6, 1)
     collate = Recording()
     config = TrainConfig(output_dir=str(tmp), max_steps=30, batch_size=8, grad_accum=grad_accum, lr=1e-2,
                          device="cpu", checkpoint_every=10, log_every=5, resume=resume)
-    train(model, data, collate, _loss, config, sampler=sampler, stop_after=stop_after)
+    train(model, data, collate, _loss, config, callbacks, sampler=sampler, stop_after=stop_after)
     return model, collate.seen
 
 
@@ -200,7 +210,7 @@ def test_the_loop_trains_on_the_sampler_batches_and_resumes_exactly(tmp_path, sa
     expected = [sorted(reference.indices(t, 8)) for t in range(30)]
     model, seen = _run(tmp_path / "full", data, sampler(), grad_accum=2)
     assert [sorted(a + b) for a, b in zip(seen[::2], seen[1::2])] == expected  # micro-batches of each step
-    _, seen_first = _run(tmp_path / "cut", data, sampler(), stop_after=17)  # killed after 17 steps
+    _, seen_first = _run(tmp_path / "cut", data, sampler(), stop_after=17, callbacks=[Stateful()])  # killed at 17
     resumed, seen_rest = _run(tmp_path / "cut", data, sampler(), resume=True)  # resumes from step 10
     assert [sorted(b) for b in seen_rest] == expected[10:]
     straight, _ = _run(tmp_path / "straight", data, sampler())

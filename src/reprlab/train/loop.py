@@ -24,8 +24,8 @@ A ``sampler`` replaces the epoch order when a recipe wants to choose the example
 curriculum, :mod:`reprlab.train.curriculum`): ``sampler.indices(step, batch_size)`` returns the
 dataset indices of optimizer step ``step``'s global batch (split over micro-steps and ranks like an
 epoch's slice, so it must give every rank the same answer). The sampler is checkpointed with the
-callbacks (after them) when it has ``state_dict()`` / ``load_state_dict(d)``. Without one the
-loop is unchanged.
+callbacks (first, so that a resume with other callbacks still finds its state) when it has
+``state_dict()`` / ``load_state_dict(d)``. Without one the loop is unchanged.
 """
 
 from __future__ import annotations
@@ -334,8 +334,8 @@ def train(
     schedule = SCHEDULES[config.schedule]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, warmup, total))
     state = TrainState(total_steps=total, rank=rank, world_size=world, output_dir=Path(config.output_dir))
-    if sampler is not None:  # its state is saved and restored with the callbacks'
-        callbacks = (*callbacks, sampler)
+    if sampler is not None:  # its state is saved and restored with the callbacks', first (whatever they are)
+        callbacks = (sampler, *callbacks)
     metrics_path = _start(config, state, model, optimizer, scheduler, callbacks)
 
     ddp = model
