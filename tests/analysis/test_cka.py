@@ -159,6 +159,14 @@ def test_the_u_centred_diagonal_really_is_zero(demo):
     assert torch.all(torch.diagonal(u_centre(k)[0].reshape(20, 20)) == 0)
     # and off the diagonal nothing was subtracted twice: U-centring ignores a constant added to K
     assert torch.allclose(center_gram(k, unbiased=True), center_gram(gram_linear(x[:20]), unbiased=True), atol=1e-9)
+    # the minibatch path's U-centring is the plain one, scaled, and symmetric
+    flat, _ = u_centre(k)
+    assert torch.allclose(flat.reshape(20, 20) * math.sqrt(20 * 17), center_gram(k, unbiased=True), atol=1e-9)
+    # one minibatch of minibatch CKA is the debiased CKA of that batch, to rounding
+    y = x[:20] * np.linspace(0.1, 10, 20)[:, None]  # rows of very different norms: the diagonal matters
+    one = minibatch_cka([[x[:20], y, y ** 2]]).a
+    assert one[0, 1] == pytest.approx(cka(gram_linear(x[:20]), gram_linear(y), debiased=True), abs=1e-12)
+    assert one[1, 2] == pytest.approx(cka(gram_linear(y), gram_linear(y ** 2), debiased=True), abs=1e-12)
 
 
 def test_no_nan_when_an_unbiased_hsic_is_negative(caplog):
@@ -217,6 +225,10 @@ def test_pc1_fraction_and_blocks():
     assert [(b.start, b.end, b.size) for b in blocks] == [(2, 5, 4)]
     assert blocks[0].min_cka == pytest.approx(0.95)
     assert find_blocks(m, threshold=0.96) == [] and find_blocks(np.ones((5, 5)), min_size=2)[0].size == 5
+    # neighbours alike is not enough: every pair of the run must pass (a drifting chain is no block)
+    chain = np.full((6, 6), 0.5) + 0.45 * (np.abs(np.subtract.outer(range(6), range(6))) <= 1)
+    np.fill_diagonal(chain, 1.0)
+    assert find_blocks(chain, threshold=0.9, min_size=3) == []
 
 
 def test_recorder_on_our_encoder_pools_real_tokens_only():
