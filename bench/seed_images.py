@@ -147,7 +147,7 @@ def macs(encoder) -> int:
 
 def load_images(args) -> tuple[torch.Tensor, ...]:
     """(train images, train labels, test images, test labels); a quick run keeps 2,048 and 1,000."""
-    from reprlab.distill.image import load_fashion_mnist
+    from reprlab.text.images import load_fashion_mnist
 
     common.require(args.train_data / "train-images-idx3-ubyte.gz", "the 60k Fashion-MNIST training set")
     train_x, train_y = load_fashion_mnist(args.train_data, "train")

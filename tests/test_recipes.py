@@ -79,10 +79,28 @@ def _ratings(tmp: Path) -> str:
     return str(folder)
 
 
+def _images(tmp: Path, n: int = 64) -> str:
+    """A tiny IDX folder of random 28 x 28 training images, 10 classes."""
+    import gzip
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    folder = tmp / "images"
+    folder.mkdir(exist_ok=True)
+    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    header = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (n, 28, 28))
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + images.tobytes()))
+    labels = bytes([0, 0, 8, 1]) + n.to_bytes(4, "big") + bytes(i % 10 for i in range(n))
+    (folder / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
+    return str(folder)
+
+
 def tiny_configs(tmp: Path, model: Path) -> dict:
     """command -> (keyword arguments of a tiny config without output_dir and loop settings)."""
     from reprlab.qa.long_reader import LongReaderConfig
     from reprlab.qa.reader import ReaderConfig
+    from reprlab.train.curriculum import CurriculumConfig
 
     from reprlab.qa.fid import FidConfig, FidReader
 
@@ -124,6 +142,9 @@ def tiny_configs(tmp: Path, model: Path) -> dict:
         "train deep-retrieval": dict(data=_ratings(tmp), depth=2, width=3, paths_per_item=2, dim=8, hidden=8,
                                      node_dim=4, history_length=4, negatives=3, em_every=1, em_beam=3,
                                      em_candidates=3, alpha=0.01, evaluate=False),
+        "train image-classifier": dict(data=_images(tmp), depth=8, width=0.25, label_noise=0.2, score_folds=2,
+                                       score_steps=2, curriculum=CurriculumConfig(ordering="curriculum", pacing="root",
+                                                                                  pacing_a=0.5, pacing_b=0.25)),
         "compress approx": dict(model=str(model), data=demo, split="train", dev_fraction=0.5, negatives=1,
                                 query_max_length=16, passage_max_length=32),
     }

@@ -8,6 +8,7 @@ nothing in the CLI changes.
 
 from __future__ import annotations
 
+from reprlab.analysis import image_classifier  # noqa: F401  train image-classifier
 from reprlab.distill import approx, recipe as distill_recipe  # noqa: F401  distill kd|ckd|seed, compress approx
 from reprlab.pretrain import cmlm, jaket, mlm  # noqa: F401  pretrain mlm|cmlm|jaket
 from reprlab.qa import long_reader, recipe as qa_recipe  # noqa: F401  train reader|long-reader

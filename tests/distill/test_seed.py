@@ -2,14 +2,13 @@
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from reprlab.distill.image import ConvEncoder, augment, load_fashion_mnist, read_idx
+from reprlab.distill.image import ConvEncoder, augment
 from reprlab.distill.seed import SEED, SEEDConfig, seed_loss
-from reprlab.errors import ConfigError, DataFormatError
+from reprlab.errors import ConfigError
 from reprlab.train import TrainConfig, train
 
 
@@ -136,24 +135,6 @@ def test_image_encoder_and_augment():
     assert y.shape == x.shape
     same = augment(x, torch.Generator().manual_seed(0), pad=0)  # no shift: identity or a flip
     assert all(torch.equal(same[i], x[i]) or torch.equal(same[i], x[i].flip(-1)) for i in range(3))
-
-
-def test_read_idx_rejects_bad_files(tmp_path):
-    bad = tmp_path / "bad-idx1-ubyte"
-    bad.write_bytes(b"\x00\x00\x09\x01" + (3).to_bytes(4, "big") + b"abc")
-    with pytest.raises(DataFormatError, match="magic"):
-        read_idx(bad)
-    short = tmp_path / "short-idx1-ubyte"
-    short.write_bytes(b"\x00\x00\x08\x01" + (5).to_bytes(4, "big") + b"abc")
-    with pytest.raises(DataFormatError, match="5"):
-        read_idx(short)
-
-
-def test_fashion_mnist_test_set_reads(shared_data):
-    folder = shared_data("fashion_mnist_test")
-    x, y = load_fashion_mnist(folder, "test")
-    assert x.shape == (10000, 1, 28, 28) and float(x.max()) <= 1.0
-    assert np.bincount(y.numpy()).tolist() == [1000] * 10
 
 
 # ----------------------------------------------------------------------------- settings, heads, DDP (mutation testing)

@@ -1,11 +1,10 @@
-"""A small convolutional image encoder and Fashion-MNIST reading, for SEED on images.
+"""A small convolutional image encoder and image augmentation, for SEED on images.
 
 SEED (``seed.py``) distils any encoder; this file gives it an image one. :class:`ConvEncoder` is a
 plain VGG-style CNN (conv-BN-ReLU blocks with max-pooling, global average pooling, a linear
 projection), sized by its channel list, so that a wide teacher and a narrow student come from one
-class. :func:`read_idx` reads the IDX files that Fashion-MNIST (Xiao, Rasul & Vollgraf, 2017,
-https://github.com/zalandoresearch/fashion-mnist) ships, gzipped or not, and :func:`augment` gives
-the random-crop + flip views used by self-supervised training.
+class; :func:`augment` gives the random-crop + flip views used by self-supervised training. The
+Fashion-MNIST images come from the data layer (:mod:`reprlab.text.images`).
 
 >>> enc = ConvEncoder(channels=(8, 16), dim=32)
 >>> enc(torch.zeros(2, 1, 28, 28)).shape
@@ -14,16 +13,11 @@ torch.Size([2, 32])
 
 from __future__ import annotations
 
-import gzip
-from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from reprlab.errors import DataFormatError
 
 
 class ConvEncoder(nn.Module):
@@ -53,47 +47,6 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.projection(self.features(x))
-
-
-def read_idx(path: str | Path) -> np.ndarray:
-    """An IDX file (``*-idx3-ubyte`` images or ``*-idx1-ubyte`` labels, optionally ``.gz``) as uint8 numpy."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError("file not found; Fashion-MNIST's training set comes with the Debian package "
-                              "dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)", path=str(path))
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataFormatError("not an unsigned-byte IDX file (bad magic number)", path=str(path))
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    offset = 4 + 4 * ndim
-    if len(raw) - offset != int(np.prod(shape)):
-        raise DataFormatError(f"IDX header says shape {shape} but the file holds {len(raw) - offset} bytes of data",
-                              path=str(path))
-    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
-
-
-def load_fashion_mnist(folder: str | Path, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (N, 1, 28, 28) float in [0, 1], labels (N,) long) of ``train`` or ``t10k`` from ``folder``."""
-    folder = Path(folder)
-    prefix = {"train": "train", "test": "t10k", "t10k": "t10k"}.get(split)
-    if prefix is None:
-        raise DataFormatError(f"unknown split {split!r}; choose train or test", path=str(folder))
-
-    def find(kind: str) -> Path:
-        for name in (f"{prefix}-{kind}-ubyte.gz", f"{prefix}-{kind}-ubyte"):
-            if (folder / name).is_file():
-                return folder / name
-        return folder / f"{prefix}-{kind}-ubyte.gz"
-
-    images = read_idx(find("images-idx3"))
-    labels = read_idx(find("labels-idx1"))
-    if len(images) != len(labels):
-        raise DataFormatError(f"{len(images)} images but {len(labels)} labels", path=str(folder))
-    x = torch.from_numpy(images.copy()).float().div_(255.0).unsqueeze(1)  # (N, 1, 28, 28)
-    return x, torch.from_numpy(labels.astype(np.int64))
 
 
 def augment(x: torch.Tensor, generator: torch.Generator | None = None, pad: int = 3) -> torch.Tensor:

@@ -19,6 +19,13 @@ the same examples per step as 1 process.
 Callbacks are objects with any of ``on_train_start(state, model)``, ``on_step_end(state, model,
 metrics)``, ``on_checkpoint(state, folder)``, ``on_train_end(state, model)``, and ``state_dict()`` /
 ``load_state_dict(d)`` for state that must survive a resume (e.g. ANCE's index version).
+
+A ``sampler`` replaces the epoch order when a recipe wants to choose the examples itself (a
+curriculum, :mod:`reprlab.train.curriculum`): ``sampler.indices(step, batch_size)`` returns the
+dataset indices of optimizer step ``step``'s global batch (split over micro-steps and ranks like an
+epoch's slice, so it must give every rank the same answer). The sampler is checkpointed with the
+callbacks (first, so that a resume with other callbacks still finds its state) when it has
+``state_dict()`` / ``load_state_dict(d)``. Without one the loop is unchanged.
 """
 
 from __future__ import annotations
@@ -306,11 +313,13 @@ def train(
     callbacks: Sequence[Any] = (),
     optimizer: torch.optim.Optimizer | None = None,
     stop_after: int | None = None,
+    sampler: Any | None = None,
 ) -> TrainState:
     """Train ``model`` and return the final :class:`TrainState`.
 
     ``stop_after`` ends the run after that many optimizer steps of this call, as if killed (a
     checkpoint is written only if ``checkpoint_every`` says so): used to test resumption.
+    ``sampler`` (see the module docstring) chooses each step's examples instead of the epoch order.
     """
     if not config.output_dir:
         raise ConfigError("the training loop needs an output folder", field="output_dir")
@@ -325,6 +334,8 @@ def train(
     schedule = SCHEDULES[config.schedule]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, warmup, total))
     state = TrainState(total_steps=total, rank=rank, world_size=world, output_dir=Path(config.output_dir))
+    if sampler is not None:  # its state is saved and restored with the callbacks', first (whatever they are)
+        callbacks = (sampler, *callbacks)
     metrics_path = _start(config, state, model, optimizer, scheduler, callbacks)
 
     ddp = model
@@ -339,7 +350,10 @@ def train(
     bar = progress(total=total, initial=state.step, desc="train", unit="step")
     order = _epoch_order(n, config.seed, state.epoch, config.shuffle)
     while state.step < total:
-        if state.position + config.batch_size > n:  # next epoch; the incomplete tail is dropped
+        if sampler is not None:  # the sampler's batch for this step replaces the epoch order
+            order = torch.as_tensor(sampler.indices(state.step, config.batch_size), dtype=torch.long)
+            state.epoch, state.position = state.step * config.batch_size // n, 0
+        elif state.position + config.batch_size > n:  # next epoch; the incomplete tail is dropped
             state.epoch, state.position = state.epoch + 1, 0
             order = _epoch_order(n, config.seed, state.epoch, config.shuffle)
         loss_sum, step_metrics = _accumulate(ddp, dataset, collate, loss_fn, order, state, config, local_batch,
