@@ -226,7 +226,7 @@ class SyntheticConfig:
     dim: int = 16  # d < V: the softmax bottleneck keeps epsilon > 0
     hidden: int = 64
     steps: int = 3000
-    snapshots: tuple[int, ...] = (0, 30, 100, 300, 1000, 3000)
+    snapshots: tuple[int, ...] = (0, 10, 30, 60, 100, 200, 300, 600, 1000, 2000, 3000)
     batch_size: int = 64
     lr: float = 3e-3
     n_train: int = 2000
