@@ -15,6 +15,7 @@ from reprlab.analysis.natural_tasks import (
     OracleLM,
     PromptTemplate,
     SyntheticConfig,
+    SyntheticLM,
     conditional_mean,
     extract_features,
     fit_power,
@@ -25,6 +26,7 @@ from reprlab.analysis.natural_tasks import (
     natural_task,
     prediction_inputs,
     select_probe,
+    train_lm,
     word_ids,
     zero_shot,
 )
@@ -89,9 +91,9 @@ def test_prompt_is_inserted_where_the_template_says(tokenizer):
     assert before["mask_position"].tolist() == [1]
     plain = prediction_inputs(tokenizer, ["so good"])  # no prompt: the masked next word
     assert tokenizer.convert_ids_to_tokens(plain["input_ids"][0]) == ["[CLS]", "so", "good", "[MASK]", "[SEP]"]
-    cut = prediction_inputs(tokenizer, ["word " * 50], SST2_PROMPT, max_length=12)  # the sentence is cut, not the prompt
-    tokens = tokenizer.convert_ids_to_tokens(cut["input_ids"][0])
-    assert len(tokens) == 12 and tokens[-6:] == [".", "it", "was", "[MASK]", ".", "[SEP]"]
+    cut = prediction_inputs(tokenizer, ["first second " + "word " * 50], SST2_PROMPT, max_length=12)
+    tokens = tokenizer.convert_ids_to_tokens(cut["input_ids"][0])  # the sentence's end is cut, not the prompt
+    assert tokens == ["[CLS]", "first", "second", "word", "word", "word", ".", "it", "was", "[MASK]", ".", "[SEP]"]
     for bad in ("{sentence} it was", "{mask} {mask} {sentence}", "{sentence} {mask} {sentence}"):
         with pytest.raises(ConfigError):
             PromptTemplate(bad)
@@ -217,6 +219,30 @@ def test_the_probe_on_p_star_is_perfect_and_the_true_lm_has_epsilon_zero():
     assert eps["kl"] == 0.0 and eps["epsilon"] == 0.0
     uniform = np.full_like(p_te, 1.0 / p_te.shape[1])
     assert kl_epsilon(p_te, uniform) > 0.1 and kl_epsilon(p_te, p_te) == 0.0
+
+
+def test_kl_epsilon_is_kl_of_the_true_distribution_from_the_model():
+    p = np.array([[0.5, 0.5, 0.0], [0.9, 0.05, 0.05]])
+    q = np.array([[0.25, 0.25, 0.5], [0.5, 0.25, 0.25]])
+    expected = np.mean([0.5 * np.log(2) * 2, 0.9 * np.log(0.9 / 0.5) + 2 * 0.05 * np.log(0.05 / 0.25)])
+    assert math.isclose(kl_epsilon(p, q), expected, rel_tol=1e-12)  # KL(p* || p_f): zero-mass words of p* add nothing
+
+
+def test_quad_training_makes_the_logits_a_distribution():
+    """The optimum of Quad is z = p*: a Quad-trained LM's logits sum to about 1 and track p*; a CE LM's do not."""
+    world = HMMWorld.random(vocab_size=12, states=3, concentration=0.3, seed=0)
+    contexts = world.sample(300, 6, np.random.default_rng(5))
+    p_star = world.next_word_probs(contexts)
+    sums = {}
+    for loss in ("quad", "ce"):
+        torch.manual_seed(0)
+        lm = SyntheticLM(12, dim=8, hidden=24)
+        train_lm(world, lm, loss, steps=300, batch_size=32, length=7, lr=1e-2)
+        z = lm.context_features(contexts)["logits"]
+        sums[loss] = float(np.abs(z.sum(1) - 1).mean())
+        if loss == "quad":
+            assert np.abs(z - p_star).mean() < 0.03 and lm.distribution == "quad"
+    assert sums["quad"] < 0.1 < sums["ce"]
 
 
 @pytest.fixture(scope="module")
