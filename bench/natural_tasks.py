@@ -428,6 +428,47 @@ def table(saved: dict) -> str:
     return "\n".join(lines)
 
 
+def compare(a: dict, b: dict) -> str:
+    """``a`` minus ``b`` in accuracy points, called a tie when inside twice the seed spread."""
+    diff = 100 * (a["mean"] - b["mean"])
+    noise = 200 * max(a["std"], b["std"])
+    return f"{diff:+.1f} ({'tie' if abs(diff) <= noise else 'gap'}, noise {noise:.1f})"
+
+
+def claims(saved: dict) -> str:
+    """The paper's comparisons, read off the results: differences in points with their seed noise."""
+    lines = []
+    for task, rec in saved.get("probes", {}).items():
+        for key, row in rec["rows"].items():
+            lm, prompt = key.split("/")
+            lines.append(f"- {task} {lm} ({prompt}): Phi p_f - f = {compare(row['phi_p'], row['f'])}; "
+                         f"Phi p_f - BoW = {compare(row['phi_p'], rec['bow'])}; "
+                         f"f - BoW = {compare(row['f'], rec['bow'])}")
+        for lm in LMS:
+            if f"{lm}/prompt" in rec["rows"] and f"{lm}/none" in rec["rows"]:
+                p, n = rec["rows"][f"{lm}/prompt"], rec["rows"][f"{lm}/none"]
+                lines.append(f"- {task} {lm}: prompt - none: f {compare(p['f'], n['f'])}; "
+                             f"Phi p_f {compare(p['phi_p'], n['phi_p'])}; p_f on words "
+                             f"{compare(p['p_subset'], n['p_subset'])}; zero-shot "
+                             f"{100 * (p['zero_shot'] - n['zero_shot']):+.1f}")
+        rows = rec["rows"]
+        for prompt in ("none", "prompt"):
+            q, c = rows.get(f"scratch-quad/{prompt}"), rows.get(f"scratch-ce/{prompt}")
+            if q and c:
+                lines.append(f"- {task} ({prompt}): Quad f - CE f = {compare(q['f'], c['f'])}; "
+                             f"Quad f - CE Phi p_f = {compare(q['f'], c['phi_p'])}")
+    syn = saved.get("synthetic")
+    if syn:
+        last = max(r["step"] for r in syn["records"] if r["step"] is not None)
+        for loss in ("ce", "quad"):
+            end = [r for r in syn["records"] if r["loss"] == loss and r["step"] == last]
+            errs = {f: summary([r["errors"][f] for r in end]) for f in ("f", "p_subset", "phi_p")}
+            lines.append(f"- synthetic, {loss} LM after {last} steps: test error f {errs['f']['mean']:.3f} ± "
+                         f"{errs['f']['std']:.3f}, Phi p_f {errs['phi_p']['mean']:.3f} ± {errs['phi_p']['std']:.3f}, "
+                         f"p_f on words {errs['p_subset']['mean']:.3f} ± {errs['p_subset']['std']:.3f}")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -507,6 +548,7 @@ def main(argv=None) -> None:
             if part == "synthetic":
                 plot_synthetic(saved["synthetic"], out.with_suffix(".png"))
     print(table(saved))
+    print(claims(saved))
     print(f"\nresults: {out}")
 
 
