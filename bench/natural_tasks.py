@@ -329,7 +329,7 @@ def run_probes(args) -> dict:
 def run_synthetic_part(args) -> dict:
     from reprlab.analysis.natural_tasks import SyntheticConfig, fit_power, run_synthetic
 
-    config = SyntheticConfig.tiny(seeds=tuple(args.seeds)) if args.quick else SyntheticConfig(seeds=tuple(args.seeds))
+    config = SyntheticConfig.tiny(seeds=tuple(args.seeds[:1])) if args.quick else SyntheticConfig(seeds=tuple(args.seeds))
     start = time.time()
     out = run_synthetic(config, show_progress=True)
     fits = {}
