@@ -72,8 +72,16 @@ NO_PROMPT = PromptTemplate("{sentence} {mask}")
 
 
 def _pieces(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """Word-piece ids of each text without [CLS]/[SEP]."""
-    return [list(e.ids[1:-1]) for e in tokenizer.encode_raw(list(texts))]
+    """Word-piece ids of each text without the [CLS]/[SEP] the tokenizer adds."""
+    out = []
+    for e in tokenizer.encode_raw(list(texts)):
+        ids = list(e.ids)
+        if ids and ids[0] == tokenizer.cls_id:
+            ids = ids[1:]
+        if ids and ids[-1] == tokenizer.sep_id:
+            ids = ids[:-1]
+        out.append(ids)
+    return out
 
 
 def prediction_inputs(tokenizer, texts: Sequence[str], template: PromptTemplate = NO_PROMPT,
