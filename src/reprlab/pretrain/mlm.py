@@ -6,7 +6,9 @@ Pretraining", ACL 2020. An MLM head (:class:`reprlab.nn.embeddings.MLMHead`: tie
 embeddings, or decoupled and resized as in RemBERT) is put on a pretrained encoder (a fresh one when
 the checkpoint has none: all-MiniLM-L6-v2 ships without), the corpus is cut into word-aligned chunks,
 and each batch is masked by a scheme of :data:`reprlab.pretrain.masking.MASKING` (random, whole-word,
-span, PMI or fully-explored). The result is saved as a sentence-encoder folder (HF BERT layout +
+span, PMI or fully-explored). The loss is softmax cross-entropy, or (``--loss quad``) the Quad
+objective of Saunshi et al. (ICLR 2021, :mod:`reprlab.nn.quad`), whose optimal logits are the
+next-word distribution itself. The result is saved as a sentence-encoder folder (HF BERT layout +
 sentence-transformers files, with the pooling of the starting model) that retrieval fine-tuning reads,
 and the head beside it in ``mlm_head/``.
 
@@ -32,12 +34,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from reprlab.encoder import Encoder, SentenceEncoder
-from reprlab.errors import ModelLoadError
+from reprlab.errors import ConfigError, ModelLoadError
 from reprlab.hub import read_sentence_config, resolve_model_path
 from reprlab.io import atomic_dir, atomic_write_json
 from reprlab.nn.embeddings import MLMHead
 from reprlab.pretrain.corpus import TokenizedText, tokenize_chunks
 from reprlab.pretrain.masking import IGNORE_INDEX, MASKING, MaskingConfig, SpecialTokens, build_masking
+from reprlab.nn.quad import LOSSES, quad_loss_from_logits
 from reprlab.text.corpus import read_texts
 from reprlab.text.tokenizer import Tokenizer
 from reprlab.train.loop import TrainConfig, train
@@ -76,12 +79,16 @@ class MLMModel(nn.Module):
 
     The head runs on the selected positions only (``labels != -100``): the vocabulary projection,
     the costly part, is skipped for the other 85% (:meth:`full_logits` is the plain reference).
+    ``loss`` is ``"ce"`` (softmax cross-entropy) or ``"quad"`` (:func:`reprlab.nn.quad.quad_loss_from_logits`).
     """
 
-    def __init__(self, encoder: Encoder, head: MLMHead):
+    def __init__(self, encoder: Encoder, head: MLMHead, loss: str = "ce"):
         super().__init__()
+        if loss not in LOSSES:
+            raise ConfigError(f"unknown MLM loss {loss!r}; choose one of: {', '.join(LOSSES)}", field="loss")
         self.encoder = encoder
         self.head = head
+        self.loss = loss
 
     @classmethod
     def build(cls, encoder: Encoder, tie: bool = True, output_embedding_size: int | None = None) -> "MLMModel":
@@ -102,7 +109,10 @@ class MLMModel(nn.Module):
             return zero, zero.detach()
         logits = self.head(hidden[selected])  # (M, V) for the M selected positions
         targets = labels[selected]
-        loss = F.cross_entropy(logits.float(), targets)
+        if self.loss == "quad":
+            loss = quad_loss_from_logits(logits, targets)
+        else:
+            loss = F.cross_entropy(logits.float(), targets)
         accuracy = (logits.argmax(-1) == targets).float().mean().detach()
         return loss, accuracy
 
@@ -182,6 +192,8 @@ class MLMConfig(RecipeConfig):
     tie_head: bool = option(True, help="tie the MLM head to the input embeddings (--no-tie-head: decoupled)")
     output_embedding_size: int | None = option(None, help="decoupled head only: its width (RemBERT)")
     head_warmup_steps: int = option(0, help="train only the head (encoder frozen) for the first steps")
+    loss: str = option("ce", choices=LOSSES, help="ce: softmax cross-entropy; quad: the Quad objective "
+                                                  "(Saunshi et al. 2021), whose optimal logits are p(word | context)")
     # batch_size counts texts: fully-explored makes K rows of each
     train: TrainConfig = loop(lr=5e-5, warmup_ratio=0.06)
 
@@ -197,6 +209,7 @@ class MLMConfig(RecipeConfig):
         check(0.0 < self.budget < 1.0, "budget", f"must be in (0, 1), got {self.budget}")
         check(self.max_length >= 3, "max_length", f"must be at least 3, got {self.max_length}")
         check(self.head_warmup_steps >= 0, "head_warmup_steps", f"must be >= 0, got {self.head_warmup_steps}")
+        check_choice(self.loss, LOSSES, "loss")
 
     def masking_config(self) -> MaskingConfig:
         return MaskingConfig(budget=self.budget, mask_prob=self.mask_prob, random_prob=self.random_prob,
@@ -302,6 +315,7 @@ def run_mlm(config: MLMConfig, callbacks: Sequence = (), stop_after: int | None 
                 f"masking {config.masking!r}")
     torch.manual_seed(config.train.seed)  # a fresh head is initialised the same way in every run of a config
     model = load_mlm_model(folder, tie=config.tie_head, output_embedding_size=config.output_embedding_size)
+    model.loss = config.loss
     warmup = [HeadWarmup(config.head_warmup_steps)] if config.head_warmup_steps else []
     state = train(model, chunks, MLMCollate(masking, SpecialTokens.from_tokenizer(tokenizer)), mlm_loss,
                   config.train_config(), callbacks=[*warmup, *callbacks], stop_after=stop_after)

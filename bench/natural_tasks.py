@@ -1,0 +1,556 @@
+"""Why language models help (Saunshi, Malladi, Arora, ICLR 2021): natural tasks, conditional-mean features, Quad.
+
+The paper's three claims, each measured here:
+
+1. an LM epsilon-optimal in cross-entropy solves a *natural* task linearly with error O(sqrt(epsilon));
+2. the features to use are the conditional mean Phi p_f(s) (competitive with f(s), above bag-of-words,
+   and helped by a prompt);
+3. the Quad objective gives the guarantee on f(s) itself.
+
+Parts (each merges its record into the result JSON, so they can run one at a time under the lock)::
+
+    python bench/natural_tasks.py --parts synthetic                 # the HMM world: error vs exact epsilon
+    python bench/natural_tasks.py --parts minilm-head               # MiniLM + MLM head (head alone)
+    python bench/natural_tasks.py --parts scratch-ce,scratch-quad   # small masked LMs from scratch
+    python bench/natural_tasks.py --parts features,probes           # SST-2 / AG News features, probes, table
+    python bench/natural_tasks.py --quick                           # smoke run of every part
+
+Real data: SST-2 (train phrases -> probe training sets, dev phrases -> the L2 choice, ``test.tsv`` =
+GLUE's labelled dev set of 872 sentences, reported) and AG News (``dev.tsv`` split by
+``reprlab.text.splits`` into probe training and dev sides, the official ``test.tsv`` reported). The
+LMs never see a label; their unlabelled corpus is Gutenberg + WikiText-2 + the SST-2 train phrases +
+the AG News dev.tsv texts (no test text), with 2% of it held out (hash split) for cross-entropy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+import common
+
+NAME = "natural_tasks"
+PARTS = ("synthetic", "minilm-head", "scratch-ce", "scratch-quad", "features", "probes")
+LMS = ("minilm-head", "scratch-ce", "scratch-quad")
+FEATURE_NAMES = {"h": "h(s) (encoder)", "f": "f(s)", "p_subset": "p_f(s) on words", "phi_p": "Phi p_f(s)",
+                 "phi_p_subset": "Phi p_f(s) on words"}
+PROMPTS = {"sst2": "{sentence} . it was {mask} .", "agnews": "{sentence} . this article is about {mask} ."}
+NO_PROMPT = "{sentence} {mask}"
+# the word subsets of p_f(s) (single word pieces of MiniLM's vocabulary) and the zero-shot class words
+SUBSETS = {
+    "sst2": ["great", "good", "wonderful", "excellent", "amazing", "fantastic", "brilliant", "beautiful", "perfect",
+             "fun", "best", "nice", "funny", "terrible", "bad", "awful", "boring", "horrible", "worst", "poor", "dull",
+             "stupid", "weak", "ugly", "pointless", "annoying", "lame", "disappointing"],
+    "agnews": ["world", "politics", "war", "government", "iraq", "president", "election", "sports", "football",
+               "baseball", "basketball", "soccer", "game", "team", "business", "economy", "market", "stocks",
+               "company", "oil", "trade", "technology", "science", "internet", "software", "computer", "space",
+               "research"],
+}
+ZERO_SHOT = {"sst2": {"0": ["terrible"], "1": ["great"]},
+             "agnews": {"Business": ["business"], "Sci/Tech": ["technology"], "Sports": ["sports"],
+                        "World": ["world"]}}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def corpus(args) -> tuple[Path, list[str]]:
+    """The LMs' unlabelled corpus as a JSONL file (train side) and the held-out texts (2%, hash split)."""
+    from reprlab.text.classification import read_classification_tsv
+    from reprlab.text.corpus import read_texts
+    from reprlab.text.splits import split
+
+    path = args.work_dir / "corpus" / "train.jsonl"
+    held = args.work_dir / "corpus" / "held_out.jsonl"
+    if path.is_file() and held.is_file():
+        return path, [json.loads(line)["text"] for line in held.open()]
+    root = common.data_root()
+    texts = read_texts([common.data_path("gutenberg_books10", "paragraphs.jsonl"),
+                        common.data_path("wikitext2_raw_valid_test", "wiki.valid.raw"),
+                        common.data_path("wikitext2_raw_valid_test", "wiki.test.raw")])
+    texts = [t for t in texts if len(t.split()) >= 4]  # drops the "= Title =" heading lines
+    texts += read_classification_tsv(root / "sst2" / "train.tsv").texts
+    texts += read_classification_tsv(root / "agnews" / "dev.tsv").texts
+    if args.quick:
+        texts = texts[::200]
+    parts = split(texts, eval_fraction=0.02)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        f.writelines(json.dumps({"text": t}) + "\n" for t in parts.train)
+    held_out = parts.eval[: args.held_out]
+    with open(held, "w") as f:
+        f.writelines(json.dumps({"text": t}) + "\n" for t in held_out)
+    print(f"corpus: {len(parts.train)} training texts ({sum(len(t.split()) for t in parts.train)} words), "
+          f"{len(held_out)} held out", flush=True)
+    return path, held_out
+
+
+def task_data(task: str, args) -> dict:
+    """``{"train": pool, "dev", "test"}`` LabelledTexts and the label names of one task."""
+    from reprlab.text.classification import read_classification_tsv
+    from reprlab.text.splits import split
+
+    root = common.data_root()
+    rng = np.random.default_rng(0)
+    n_pool = args.n_train * len(args.seeds)
+
+    def sample(data, n):
+        return data.subset(sorted(rng.choice(len(data), size=min(n, len(data)), replace=False)))
+
+    if task == "sst2":
+        train = read_classification_tsv(common.data_path("sst2", "train.tsv"))
+        dev = read_classification_tsv(common.data_path("sst2", "dev.tsv"))
+        test = read_classification_tsv(common.data_path("sst2", "test.tsv"))
+        names = ["0", "1"]
+    else:
+        full = read_classification_tsv(common.data_path("agnews", "dev.tsv"))
+        sides = split(range(len(full)), key=lambda i: full.texts[i], dev_fraction=0.25)
+        train, dev = full.subset(sides.train), full.subset(sides.dev)
+        test = read_classification_tsv(common.data_path("agnews", "test.tsv"))
+        names = ["Business", "Sci/Tech", "Sports", "World"]
+    pool = sample(train, n_pool)
+    rng.shuffle(order := np.arange(len(pool)))
+    pool = pool.subset(order)  # seed k trains on rows [k * n_train, (k + 1) * n_train): disjoint sets
+    out = {"train": pool, "dev": sample(dev, args.n_dev), "test": sample(test, args.n_test) if args.n_test else test}
+    return {**out, "names": names}
+
+
+# ----------------------------------------------------------------------------- the LMs
+
+
+def scratch_init(args) -> Path:
+    """A random-init small encoder with MiniLM's tokenizer (the from-scratch LMs start here)."""
+    import torch
+
+    from reprlab.encoder import Encoder, EncoderConfig, SentenceEncoder
+    from reprlab.text.tokenizer import Tokenizer
+
+    folder = args.work_dir / "lms" / "scratch-init"
+    if not (folder / "config.json").is_file():
+        tok = Tokenizer.from_pretrained("minilm")
+        torch.manual_seed(0)
+        cfg = EncoderConfig(vocab_size=tok.vocab_size, hidden_size=args.scratch_hidden, num_layers=args.scratch_layers,
+                            num_heads=4, intermediate_size=4 * args.scratch_hidden, max_position_embeddings=128)
+        SentenceEncoder(Encoder(cfg), tok, "mean", True, 128).save_pretrained(folder)
+    return folder
+
+
+def train_lm(name: str, args) -> dict:
+    """Train one LM with ``reprlab pretrain mlm`` (resumable); its held-out cross-entropy."""
+    from reprlab.pretrain.mlm import MLMConfig, load_mlm_model, run_mlm
+    from reprlab.text.tokenizer import Tokenizer
+
+    corpus_file, held_out = corpus(args)
+    out = args.work_dir / "lms" / name
+    if name == "minilm-head":
+        cfg = dict(model="minilm", loss="ce", max_steps=args.head_steps, head_warmup_steps=args.head_steps,
+                   lr=args.head_lr)
+    else:
+        cfg = dict(model=str(scratch_init(args)), loss=name.split("-")[1], max_steps=args.scratch_steps,
+                   lr=args.scratch_lr)
+    config = MLMConfig(corpus=[str(corpus_file)], output_dir=str(out), masking="random", max_length=args.max_length,
+                       batch_size=args.batch_size, warmup_ratio=0.06, log_every=25, checkpoint_minutes=10.0,
+                       seed=0, device=args.device, resume=True, max_texts=args.max_texts, **cfg)
+    start = time.time()
+    result = run_mlm(config)
+    seconds = time.time() - start
+    tok = Tokenizer.from_pretrained(result.model_dir)
+    model = load_mlm_model(result.model_dir)
+    dist = "quad" if config.loss == "quad" else "softmax"
+    held = masked_lm_ce(model, tok, held_out, dist)
+    losses = [m["loss"] for m in result.metrics if "loss" in m]
+    return {"lm": name, "loss": config.loss, "steps": result.steps, "train_seconds": round(seconds),
+            "first_losses": losses[:3], "last_losses": losses[-3:], "held_out": held,
+            "config": {k: v for k, v in config.to_dict().items() if k not in ("corpus", "output_dir")}}
+
+
+def masked_lm_ce(model, tok, texts, distribution: str) -> dict:
+    from reprlab.analysis.natural_tasks import masked_lm_cross_entropy
+
+    r = masked_lm_cross_entropy(model, tok, texts, max_length=128, distribution=distribution, show_progress=False)
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
+
+
+def fresh_head_reference(args) -> dict:
+    """MiniLM with a fresh (untrained) head: the held-out cross-entropy the head training starts from."""
+    import torch
+
+    from reprlab.pretrain.mlm import load_mlm_model
+    from reprlab.text.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    _, held_out = corpus(args)
+    return masked_lm_ce(load_mlm_model("minilm"), Tokenizer.from_pretrained("minilm"), held_out, "softmax")
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def lm_dir(name: str, args) -> Path:
+    return args.work_dir / "lms" / name / "model"
+
+
+def extract_all(args) -> dict:
+    """Features of every LM x task x prompt (and MiniLM sentence embeddings), cached as .npz files."""
+    import torch
+
+    from reprlab.analysis.natural_tasks import PromptTemplate, extract_features, word_ids
+    from reprlab.encoder import SentenceEncoder
+    from reprlab.pretrain.mlm import load_mlm_model
+    from reprlab.text.tokenizer import Tokenizer
+
+    seconds = {}
+    for task in ("sst2", "agnews"):
+        data = task_data(task, args)
+        path = args.work_dir / "features" / "minilm-sentence" / f"{task}.npz"
+        if not path.is_file():
+            start = time.time()
+            enc = SentenceEncoder.from_pretrained("minilm")
+            arrays = {f"{split}/emb": enc.encode(data[split].texts, batch_size=64, show_progress=False)
+                      for split in ("train", "dev", "test")}
+            save_npz(path, arrays)
+            seconds[f"minilm-sentence/{task}"] = round(time.time() - start)
+        for lm in LMS:
+            folder = lm_dir(lm, args)
+            if not folder.is_dir():
+                print(f"features: {lm} is not trained yet (run --parts {lm}); skipped", flush=True)
+                continue
+            model, tok = None, Tokenizer.from_pretrained(folder)
+            subset = word_ids(tok, SUBSETS[task])
+            for prompt in ("none", "prompt"):
+                path = args.work_dir / "features" / lm / f"{task}-{prompt}.npz"
+                if path.is_file():
+                    continue
+                torch.manual_seed(0)
+                model = model or load_mlm_model(folder)
+                template = PromptTemplate(PROMPTS[task] if prompt == "prompt" else NO_PROMPT)
+                dist = "quad" if lm.endswith("quad") else "softmax"
+                start = time.time()
+                arrays = {}
+                for split in ("train", "dev", "test"):
+                    feats = extract_features(model, tok, data[split].texts, template, subset, dist, batch_size=64,
+                                             max_length=args.feature_max_length, show_progress=False)
+                    arrays.update({f"{split}/{k}": v for k, v in feats.items()})
+                save_npz(path, arrays)
+                seconds[f"{lm}/{task}-{prompt}"] = round(time.time() - start)
+                print(f"features {lm} {task} {prompt}: {seconds[f'{lm}/{task}-{prompt}']} s", flush=True)
+    return {"seconds": seconds}
+
+
+def save_npz(path: Path, arrays: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------- probes
+
+
+def seed_rows(seed_index: int, args) -> slice:
+    return slice(seed_index * args.n_train, (seed_index + 1) * args.n_train)
+
+
+def probe_accuracies(X: dict, y: dict, args) -> list[float]:
+    """Test accuracy of the dev-selected probe, one per seed (each seed its own disjoint training set)."""
+    from reprlab.analysis.natural_tasks import select_probe
+
+    out = []
+    for k, _ in enumerate(args.seeds):
+        rows = seed_rows(k, args)
+        probe, _ = select_probe(X["train"][rows], y["train"][rows], X["dev"], y["dev"], args.l2_grid)
+        out.append(probe.accuracy(X["test"], y["test"]))
+    return out
+
+
+def bow_accuracies(data: dict, y: dict, args) -> list[float]:
+    """Bag-of-words logistic regression (scikit-learn), C chosen on dev like the probes' L2."""
+    from reprlab.errors import require
+
+    text = require("sklearn.feature_extraction.text", extra="analysis", package="scikit-learn")
+    linear = require("sklearn.linear_model", extra="analysis", package="scikit-learn")
+    out = []
+    for k, _ in enumerate(args.seeds):
+        rows = seed_rows(k, args)
+        vec = text.CountVectorizer(lowercase=True, min_df=1)
+        Xtr = vec.fit_transform(data["train"].texts[rows])
+        Xdev, Xte = vec.transform(data["dev"].texts), vec.transform(data["test"].texts)
+        best = max(((linear.LogisticRegression(C=1.0 / (l2 * Xtr.shape[0]), max_iter=2000).fit(Xtr, y["train"][rows]),
+                     l2) for l2 in args.l2_grid), key=lambda m: m[0].score(Xdev, y["dev"]))
+        out.append(float(best[0].score(Xte, y["test"])))
+    return out
+
+
+def summary(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "seeds": [round(v, 4) for v in values]}
+
+
+def run_probes(args) -> dict:
+    """Probe accuracies (3 seeds) of every cached feature, the baselines and zero-shot, per task."""
+    from reprlab.analysis.natural_tasks import zero_shot
+
+    results = {}
+    for task in ("sst2", "agnews"):
+        data = task_data(task, args)
+        names = data["names"]
+        y = {s: np.asarray(data[s].label_ids(names)) for s in ("train", "dev", "test")}
+        record = {"sizes": {s: len(data[s]) for s in ("train", "dev", "test")}, "n_train": args.n_train,
+                  "majority": float(np.mean(y["test"] == np.bincount(y["train"]).argmax())),
+                  "bow": summary(bow_accuracies(data, y, args)), "rows": {}}
+        sent = args.work_dir / "features" / "minilm-sentence" / f"{task}.npz"
+        if sent.is_file():
+            arr = np.load(sent)
+            record["minilm_sentence"] = summary(probe_accuracies({s: arr[f"{s}/emb"] for s in y}, y, args))
+        classes = [[SUBSETS[task].index(w) for w in ZERO_SHOT[task][n]] for n in names]
+        for lm in LMS:
+            for prompt in ("none", "prompt"):
+                path = args.work_dir / "features" / lm / f"{task}-{prompt}.npz"
+                if not path.is_file():
+                    continue
+                arr = np.load(path)
+                row = {f: summary(probe_accuracies({s: arr[f"{s}/{f}"] for s in y}, y, args)) for f in FEATURE_NAMES}
+                row["zero_shot"] = float(np.mean(zero_shot(arr["test/p_subset"], classes) == y["test"]))
+                record["rows"][f"{lm}/{prompt}"] = row
+                print(f"probes {task} {lm} {prompt}: " + ", ".join(f"{f} {row[f]['mean']:.3f}" for f in FEATURE_NAMES)
+                      + f", zero-shot {row['zero_shot']:.3f}", flush=True)
+        results[task] = record
+    return results
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def run_synthetic_part(args) -> dict:
+    from reprlab.analysis.natural_tasks import SyntheticConfig, fit_power, run_synthetic
+
+    config = SyntheticConfig.tiny(seeds=tuple(args.seeds[:1])) if args.quick else SyntheticConfig(seeds=tuple(args.seeds))
+    start = time.time()
+    out = run_synthetic(config, show_progress=True)
+    fits = {}
+    for loss, feats in (("ce", ("f", "p_subset", "phi_p")), ("quad", ("f", "p_subset", "phi_p"))):
+        recs = [r for r in out["records"] if r["loss"] == loss]
+        for f in feats:
+            fits[f"{loss}/{f}"] = fit_power([r["epsilon"] for r in recs], [r["errors"][f] for r in recs])
+    out["fits"] = fits
+    out["seconds"] = round(time.time() - start)
+    return out
+
+
+def plot_synthetic(record: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = record["records"]
+    oracle = [r["errors"]["p_star"] for r in recs if r["loss"] == "oracle"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, loss, xlabel in ((axes[0], "ce", "epsilon = E KL(p* || p_f)  (cross-entropy LM)"),
+                             (axes[1], "quad", "epsilon = E 1/2 ||Phi^T f - p*||^2  (Quad LM)")):
+        rs = [r for r in recs if r["loss"] == loss]
+        eps = np.array([r["epsilon"] for r in rs])
+        grid = np.linspace(0, eps.max(), 100)
+        for f, marker in (("f", "o"), ("phi_p", "s"), ("p_subset", "^")):
+            err = np.array([r["errors"][f] for r in rs])
+            line = ax.scatter(eps, err, marker=marker, label=FEATURE_NAMES[f], alpha=0.7)
+            fit = record["fits"][f"{loss}/{f}"]
+            ax.plot(grid, fit["a"] + fit["b"] * np.sqrt(grid), color=line.get_facecolor()[0], lw=1,
+                    label=f"  a + b sqrt(eps), R2 {fit['r2_sqrt']:.2f} (best c {fit['best_exponent']:.2f})")
+        ax.axhline(np.mean(oracle), color="k", ls=":", label="probe on p* (the true LM)")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("probe test error on the natural task")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Synthetic HMM world: probe error vs exact epsilon ({len(set(r['seed'] for r in recs))} seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}", flush=True)
+
+
+# ----------------------------------------------------------------------------- table
+
+
+def pct(s: dict | None) -> str:
+    return "-" if s is None else f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}"
+
+
+def table(saved: dict) -> str:
+    """The markdown tables of whatever parts are in ``saved``."""
+    lines = []
+    lms = saved.get("lms", {})
+    if lms:
+        lines += ["### Language models (held-out masked-LM cross-entropy, nats per masked piece)", "",
+                  "| LM | loss | steps | train s | held-out CE | perplexity | accuracy |", "|---|---|---|---|---|---|---|"]
+        if "minilm-fresh-head" in saved:
+            h = saved["minilm-fresh-head"]
+            lines.append(f"| MiniLM, fresh head (start) | - | 0 | 0 | {h['cross_entropy']:.2f} | {h['perplexity']:.0f} | "
+                         f"{h['accuracy']:.3f} |")
+        for name, r in lms.items():
+            h = r["held_out"]
+            lines.append(f"| {name} | {r['loss']} | {r['steps']} | {r['train_seconds']} | {h['cross_entropy']:.2f} | "
+                         f"{h['perplexity']:.0f} | {h['accuracy']:.3f} |")
+        lines.append("")
+    for task, rec in saved.get("probes", {}).items():
+        lines += [f"### {task}: test accuracy % (mean ± std over {len(rec['bow']['seeds'])} seeds, "
+                  f"{rec['n_train']} training examples each; test n = {rec['sizes']['test']})", "",
+                  "| LM | prompt | " + " | ".join(FEATURE_NAMES.values()) + " | zero-shot |",
+                  "|---|---|" + "---|" * (len(FEATURE_NAMES) + 1)]
+        for key, row in rec["rows"].items():
+            lm, prompt = key.split("/")
+            lines.append(f"| {lm} | {prompt} | " + " | ".join(pct(row[f]) for f in FEATURE_NAMES)
+                         + f" | {100 * row['zero_shot']:.1f} |")
+        lines += ["", f"Baselines: bag-of-words {pct(rec['bow'])}; MiniLM sentence embedding "
+                  f"{pct(rec.get('minilm_sentence'))}; majority class {100 * rec['majority']:.1f}.", ""]
+    syn = saved.get("synthetic")
+    if syn:
+        lines += ["### Synthetic world: probe error vs epsilon, fits error = a + b eps^c", "",
+                  "| LM loss | feature | a | b (c = 1/2) | R2 (c = 1/2) | R2 (c = 1) | best c | R2 (best c) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for key, fit in syn["fits"].items():
+            loss, f = key.split("/")
+            lines.append(f"| {loss} | {FEATURE_NAMES[f]} | {fit['a']:.3f} | {fit['b']:.3f} | {fit['r2_sqrt']:.3f} | "
+                         f"{fit['r2_linear']:.3f} | {fit['best_exponent']:.2f} | {fit['r2_best']:.3f} |")
+        oracle = [r["errors"]["p_star"] for r in syn["records"] if r["loss"] == "oracle"]
+        lines += ["", f"Probe on the true p*: test error {np.mean(oracle):.3f} (every seed: {oracle}).", ""]
+        lines += ["| seed | loss | step | epsilon | KL | " + " | ".join(FEATURE_NAMES[f] for f in ("f", "p_subset", "phi_p"))
+                  + " |", "|---|---|---|---|---|---|---|---|"]
+        for r in syn["records"]:
+            if r["loss"] != "oracle":
+                lines.append(f"| {r['seed']} | {r['loss']} | {r['step']} | {r['epsilon']:.4f} | {r['kl']:.4f} | "
+                             + " | ".join(f"{r['errors'][f]:.3f}" for f in ("f", "p_subset", "phi_p")) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def compare(a: dict, b: dict) -> str:
+    """``a`` minus ``b`` in accuracy points, called a tie when inside twice the seed spread."""
+    diff = 100 * (a["mean"] - b["mean"])
+    noise = 200 * max(a["std"], b["std"])
+    return f"{diff:+.1f} ({'tie' if abs(diff) <= noise else 'gap'}, noise {noise:.1f})"
+
+
+def claims(saved: dict) -> str:
+    """The paper's comparisons, read off the results: differences in points with their seed noise."""
+    lines = []
+    for task, rec in saved.get("probes", {}).items():
+        for key, row in rec["rows"].items():
+            lm, prompt = key.split("/")
+            lines.append(f"- {task} {lm} ({prompt}): Phi p_f - f = {compare(row['phi_p'], row['f'])}; "
+                         f"Phi p_f - BoW = {compare(row['phi_p'], rec['bow'])}; "
+                         f"f - BoW = {compare(row['f'], rec['bow'])}")
+        for lm in LMS:
+            if f"{lm}/prompt" in rec["rows"] and f"{lm}/none" in rec["rows"]:
+                p, n = rec["rows"][f"{lm}/prompt"], rec["rows"][f"{lm}/none"]
+                lines.append(f"- {task} {lm}: prompt - none: f {compare(p['f'], n['f'])}; "
+                             f"Phi p_f {compare(p['phi_p'], n['phi_p'])}; p_f on words "
+                             f"{compare(p['p_subset'], n['p_subset'])}; zero-shot "
+                             f"{100 * (p['zero_shot'] - n['zero_shot']):+.1f}")
+        rows = rec["rows"]
+        for prompt in ("none", "prompt"):
+            q, c = rows.get(f"scratch-quad/{prompt}"), rows.get(f"scratch-ce/{prompt}")
+            if q and c:
+                lines.append(f"- {task} ({prompt}): Quad f - CE f = {compare(q['f'], c['f'])}; "
+                             f"Quad f - CE Phi p_f = {compare(q['f'], c['phi_p'])}")
+    syn = saved.get("synthetic")
+    if syn:
+        last = max(r["step"] for r in syn["records"] if r["step"] is not None)
+        for loss in ("ce", "quad"):
+            end = [r for r in syn["records"] if r["loss"] == loss and r["step"] == last]
+            errs = {f: summary([r["errors"][f] for r in end]) for f in ("f", "p_subset", "phi_p")}
+            lines.append(f"- synthetic, {loss} LM after {last} steps: test error f {errs['f']['mean']:.3f} ± "
+                         f"{errs['f']['std']:.3f}, Phi p_f {errs['phi_p']['mean']:.3f} ± {errs['phi_p']['std']:.3f}, "
+                         f"p_f on words {errs['p_subset']['mean']:.3f} ± {errs['p_subset']['std']:.3f}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 parents=[common.bench_options(append=False, work_dir="/tmp/reprlab-bench-natural")])
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from: {', '.join(PARTS)}")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--n-train", type=int, default=2000, help="probe training examples per seed (disjoint sets)")
+    ap.add_argument("--n-dev", type=int, default=1000, help="dev examples for the L2 choice")
+    ap.add_argument("--n-test", type=int, default=0, help="test examples (0 = the whole test file)")
+    ap.add_argument("--l2-grid", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+    ap.add_argument("--held-out", type=int, default=1000, help="held-out texts for the LMs' cross-entropy")
+    ap.add_argument("--max-texts", type=int, default=None, help="LM corpus: read at most this many texts")
+    ap.add_argument("--max-length", type=int, default=64, help="LM training: word pieces per chunk")
+    ap.add_argument("--feature-max-length", type=int, default=64, help="features: pieces per text with the prompt")
+    ap.add_argument("--batch-size", type=int, default=32, help="LM training batch (chunks)")
+    ap.add_argument("--head-steps", type=int, default=600, help="MiniLM: steps of head-only training")
+    ap.add_argument("--head-lr", type=float, default=2e-3)
+    ap.add_argument("--scratch-steps", type=int, default=3000, help="from-scratch LMs: training steps")
+    ap.add_argument("--scratch-lr", type=float, default=1e-3)
+    ap.add_argument("--scratch-hidden", type=int, default=128)
+    ap.add_argument("--scratch-layers", type=int, default=4)
+    ap.add_argument("--table", action="store_true", help="only print the table of the saved results")
+    args = common.parse(ap, argv)
+    if args.quick:
+        args.n_train, args.n_dev, args.n_test, args.held_out = 40, 30, 60, 30
+        args.head_steps, args.scratch_steps, args.max_length, args.l2_grid = 3, 3, 32, [1e-2, 1.0]
+        args.scratch_hidden, args.scratch_layers = 32, 1
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        ap.error(f"unknown parts {unknown}; choose from {', '.join(PARTS)}")
+    args.part_list = parts
+    return args
+
+
+def run_part(part: str, args) -> dict:
+    if part == "synthetic":
+        return {"synthetic": run_synthetic_part(args)}
+    if part in LMS:
+        saved = {"lms": {part: train_lm(part, args)}}
+        if part == "minilm-head":
+            saved["minilm-fresh-head"] = fresh_head_reference(args)
+        return saved
+    if part == "features":
+        return {"features": extract_all(args)}
+    return {"probes": run_probes(args)}
+
+
+def merge(saved: dict, record: dict) -> dict:
+    for key, value in record.items():
+        if key == "lms":
+            saved.setdefault("lms", {}).update(value)
+        else:
+            saved[key] = value
+    return saved
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    out = common.result_path(NAME, args)
+    saved = {k: v for k, v in common.read_result(out).items() if k not in ("machine", "date", "command")}
+    if not args.table:
+        logging.getLogger("reprlab").setLevel("WARNING")
+        for part in args.part_list:
+            print(f"=== {part}", flush=True)
+            start = time.time()
+            record = run_part(part, args)
+            # re-read before merging: another run may have recorded other parts meanwhile
+            saved = {k: v for k, v in common.read_result(out).items() if k not in ("machine", "date", "command")}
+            saved = merge(saved, record)
+            saved.setdefault("commands", {})[part] = common.command_line(argv)
+            saved.setdefault("part_seconds", {})[part] = round(time.time() - start)
+            saved["args"] = {k: v for k, v in common.settings(args).items() if k not in ("parts", "part_list", "table")}
+            common.write_result(NAME, saved, args, argv)
+            if part == "synthetic":
+                plot_synthetic(saved["synthetic"], out.with_suffix(".png"))
+    print(table(saved))
+    print(claims(saved))
+    print(f"\nresults: {out}")
+
+
+if __name__ == "__main__":
+    main()
