@@ -12,60 +12,25 @@
    the same SciFact documents, count parameters. The paper reports up to 4x faster and 14x smaller
    models with < 0.5% accuracy loss on GLUE (BERT-base/large); the test split is used only here.
 
-    flock /tmp/reprlab-heavy.lock python bench/approx.py          # the recorded run (CPU)
-    python bench/approx.py --quick                                # smoke run
+    flock /tmp/reprlab-heavy.lock python bench/approx.py          # the recorded run (CPU): bench/results/approx.json
+    python bench/approx.py --quick                                # smoke run: 60 training queries, 3 steps
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import shutil
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
-from reprlab.io import atomic_write_json
-from reprlab.logs import machine_summary
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("REPRLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
+import common
 
 
-def subsample(data, n_queries: int, n_extra_docs: int, seed: int = 0):
-    from reprlab.text.beir import BeirDataset
-
-    rng = np.random.default_rng(seed)
-    qids = sorted(data.judged_queries())
-    qids = [qids[i] for i in sorted(rng.choice(len(qids), size=min(n_queries, len(qids)), replace=False))]
-    docs = {d for q in qids for d in data.qrels[q] if d in data.corpus}
-    others = [d for d in sorted(data.corpus) if d not in docs]
-    docs |= {others[i] for i in rng.choice(len(others), size=min(n_extra_docs, len(others)), replace=False)}
-    return BeirDataset(corpus={d: data.corpus[d] for d in sorted(docs)},
-                       queries={q: data.queries[q] for q in qids}, qrels={q: data.qrels[q] for q in qids})
-
-
-def encode_seconds(models: dict, texts: list[str], batch_size: int, rounds: int = 3) -> dict[str, float]:
-    """Best-of-``rounds`` time to encode ``texts``, models interleaved so load changes hit all alike."""
-    for model in models.values():
-        model.encode(texts[:batch_size], batch_size=batch_size, show_progress=False)  # warm-up
-    best = {name: float("inf") for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            t0 = time.perf_counter()
-            model.encode(texts, batch_size=batch_size, show_progress=False)
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
-
-
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--quick", action="store_true")
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                parents=[common.bench_options(work_dir="/tmp/reprlab-bench-approx")])
     p.add_argument("--model", default=None, help="an already fine-tuned retriever folder (skips step 1)")
     p.add_argument("--finetune-epochs", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=32)
@@ -79,120 +44,126 @@ def main(argv=None) -> dict:
     p.add_argument("--min-improved-fraction", type=float, default=0.5,
                    help="with tolerance 0: more than this fraction of held-out queries no worse (paper code)")
     p.add_argument("--speed-texts", type=int, default=256)
-    p.add_argument("--work-dir", default="/tmp/reprlab-bench-approx")
-    p.add_argument("--output", default=None)
-    args = p.parse_args(argv)
+    args = common.parse(p, argv)
+    if args.quick:
+        args.eval_max_length, args.search_max_length, args.train_max_length, args.speed_texts = 64, 32, 32, 32
+    return args
 
-    from reprlab.distill.approx import ApproxConfig, ApproxRecipeConfig, count_parameters, heldout_split, run_approx
-    from reprlab.encoder import SentenceEncoder
-    from reprlab.retrieval.dense import DenseRetriever
-    from reprlab.text.beir import doc_text
+
+def finetune(args, scifact, held: list[str]) -> tuple[str, float]:
+    """Step 1: DPR fine-tuning of MiniLM on the training qrels minus the held-out queries."""
     from reprlab.retrieval.dpr import DprConfig, run_dpr
-    from reprlab.retrieval.pipeline import evaluate_retriever
-    from reprlab.text.beir import load_beir
     from reprlab.train import TrainConfig
 
-    started = time.time()
-    torch.manual_seed(0)
-    work = Path(args.work_dir)
-    if work.exists():
-        shutil.rmtree(work)
-    scifact = DATA / "scifact" / "beir"
-    train_split = load_beir(scifact, split="train")
-    judged = sorted(train_split.judged_queries())
-    if args.quick:
-        judged = judged[:60]
-    held = heldout_split(judged, args.heldout_fraction, seed=0)
-    test = load_beir(scifact, split="test")
-    if args.quick:
-        test = subsample(test, 20, 100)
-        args.eval_max_length, args.search_max_length, args.train_max_length, args.speed_texts = 64, 32, 32, 32
-
-    # 1. fine-tune
     t0 = time.time()
     if args.model:
-        finetuned = args.model
-    else:
-        steps = None
-        if args.quick:
-            steps = 3
-        loop = TrainConfig(output_dir="", max_steps=steps, epochs=args.finetune_epochs, batch_size=8 if args.quick
-                           else args.batch_size, lr=args.lr, warmup_ratio=0.1, device=args.device, log_every=5)
-        dpr = DprConfig(output_dir=str(work / "dpr"), data=str(scifact), split="train", model="minilm",
-                        num_negatives=1, mine_depth=30, query_max_length=64, passage_max_length=args.train_max_length,
-                        exclude_queries=held, train=loop)
-        finetuned = run_dpr(dpr).model_dir
-    finetune_s = round(time.time() - t0, 1)
-    print(f"[approx] fine-tuned model {finetuned} ({finetune_s} s); {len(held)} held-out training queries",
-          file=sys.stderr)
+        return args.model, round(time.time() - t0, 1)
+    loop = TrainConfig(output_dir="", max_steps=3 if args.quick else None, epochs=args.finetune_epochs,
+                       batch_size=8 if args.quick else args.batch_size, lr=args.lr, warmup_ratio=0.1,
+                       device=args.device, log_every=5)
+    dpr = DprConfig(output_dir=str(args.work_dir / "dpr"), data=str(scifact), split="train", model="minilm",
+                    num_negatives=1, mine_depth=30, query_max_length=64, passage_max_length=args.train_max_length,
+                    exclude_queries=held, train=loop)
+    return run_dpr(dpr).model_dir, round(time.time() - t0, 1)
 
-    # 2. searches
+
+def search(args, scifact, finetuned: str, held: list[str]) -> dict[str, tuple]:
+    """Step 2: one AxFormer search per tolerance; {row name: (model folder, plan, search seconds)}."""
+    from reprlab.distill.approx import ApproxConfig, ApproxRecipeConfig, run_approx
+
     variants = {"fine-tuned (unpruned)": (finetuned, None, None)}
     for tol in [float(t) for t in args.tolerances.split(",") if t.strip()]:
         t0 = time.time()
-        search = ApproxConfig(tolerance=tol, min_improved_fraction=args.min_improved_fraction if tol == 0 else 0.0,
+        config = ApproxConfig(tolerance=tol, min_improved_fraction=args.min_improved_fraction if tol == 0 else 0.0,
                               batch_size=64)
         result = run_approx(ApproxRecipeConfig(
-            model=str(finetuned), data=str(scifact), output_dir=str(work / f"approx-{tol:g}"), split="train",
-            heldout_queries=held, negatives=args.negatives, query_max_length=64,
-            passage_max_length=args.search_max_length, search=search))
+            model=str(finetuned), data=str(scifact), output_dir=str(args.work_dir / f"approx-{tol:g}"),
+            split="train", heldout_queries=held, negatives=args.negatives, query_max_length=64,
+            passage_max_length=args.search_max_length, search=config))
         name = "AxFormer, paper criterion" if tol == 0 else f"AxFormer, loss budget +{100 * tol:g}%"
         variants[name] = (str(result.model_dir), result.plan, round(time.time() - t0, 1))
         print(f"[approx] {name}: {result.plan.summary()} ({variants[name][2]} s)", file=sys.stderr)
+    return variants
 
-    # 3. evaluate
+
+def evaluate(args, variants: dict, test) -> list[dict]:
+    """Step 3: nDCG@10 on the test qrels, encode time (interleaved passes) and size of every variant."""
+    from reprlab.distill.approx import count_parameters
+    from reprlab.encoder import SentenceEncoder
+    from reprlab.text.beir import doc_text
+
     speed_texts = [doc_text(d) for d in list(test.corpus.values())[: args.speed_texts]]
     models = {name: SentenceEncoder.from_pretrained(folder, max_length=args.eval_max_length).to(args.device).eval()
               for name, (folder, _, _) in variants.items()}
-    timing = encode_seconds(models, speed_texts, 64)
+    timing = common.encode_seconds(models, speed_texts, 64)
     rows = []
     for name, (folder, plan, search_s) in variants.items():
         model = models[name]
         t0 = time.time()
-        retriever = DenseRetriever(model, batch_size=64)
-        retriever.index_corpus(test.corpus, show_progress=False)
-        ndcg = evaluate_retriever(retriever, test)["ndcg_cut_10"]
+        ndcg = common.evaluate_dense(model, test, batch_size=64)["ndcg_cut_10"]
         eval_s = time.time() - t0
-        seconds = timing[name]
         enc = model.encoder
         total = count_parameters(enc)
         body = total - count_parameters(enc.embeddings)
         rows.append({
             "model": name, "ndcg@10": round(ndcg, 4), "params_m": round(total / 1e6, 2),
-            "non_embedding_m": round(body / 1e6, 2), "encode_s": round(seconds, 2),
+            "non_embedding_m": round(body / 1e6, 2), "encode_s": round(timing[name]["min"], 2),
+            "encode_timing": timing[name].rounded(),
             "layer_heads": enc.config.layer_heads, "layer_intermediate": enc.config.layer_intermediate,
             "plan": plan.summary() if plan else None, "base_loss": plan.base_loss if plan else None,
             "final_loss": plan.final_loss if plan else None, "candidates_tried": len(plan.history) if plan else None,
             "search_s": search_s, "eval_s": round(eval_s, 1),
         })
-        print(f"[approx] {name}: nDCG@10 {ndcg:.4f}, {seconds:.1f} s encode", file=sys.stderr)
+        print(f"[approx] {name}: nDCG@10 {ndcg:.4f}, {timing[name]['min']:.1f} s encode", file=sys.stderr)
     base = rows[0]
     for r in rows:
         r["speedup"] = round(base["encode_s"] / r["encode_s"], 2)
         r["size_ratio"] = round(base["params_m"] / r["params_m"], 2)
         r["non_embedding_size_ratio"] = round(base["non_embedding_m"] / r["non_embedding_m"], 2)
         r["ndcg_change_pct"] = round(100 * (r["ndcg@10"] - base["ndcg@10"]) / base["ndcg@10"], 2)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
     lines = ["| model | SciFact nDCG@10 | change | encode speed-up | size x (all / non-embedding) | what was removed |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['ndcg@10']:.4f} | {r['ndcg_change_pct']:+.2f}% | {r['speedup']}x | "
                      f"{r['size_ratio']}x / {r['non_embedding_size_ratio']}x | {r['plan'] or '-'} |")
     lines.append("| paper (AxFormer, GLUE, BERT) | - | < 0.5% loss | up to 4x | up to 14x | - |")
-    table = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    from reprlab.distill.approx import heldout_split
+    from reprlab.text.beir import load_beir
+
+    args = parse_args(argv)
+    started = time.time()
+    torch.manual_seed(0)
+    if args.work_dir.exists():
+        shutil.rmtree(args.work_dir)
+    scifact = common.data_path("scifact", "beir")
+    judged = sorted(load_beir(scifact, split="train").judged_queries())
+    held = heldout_split(judged[:60] if args.quick else judged, args.heldout_fraction, seed=0)
+    test = load_beir(scifact, split="test")
+    if args.quick:
+        test = common.subsample(test, 20, 100)
+
+    finetuned, finetune_s = finetune(args, scifact, held)
+    print(f"[approx] fine-tuned model {finetuned} ({finetune_s} s); {len(held)} held-out training queries",
+          file=sys.stderr)
+    rows = evaluate(args, search(args, scifact, finetuned, held), test)
+    table = markdown(rows)
     print(table)
-    out = {
-        "benchmark": "approx", "date": datetime.date.today().isoformat(), "machine": machine_summary(),
-        "device": args.device,
-        "torch_threads": torch.get_num_threads(), "args": vars(args), "heldout_queries": len(held),
-        "finetune_s": finetune_s, "rows": rows, "table": table, "wall_s": round(time.time() - started, 1),
-        "command": "python bench/approx.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-    }
-    path = Path(args.output) if args.output else REPO / "bench" / "results" / (
-        "approx-quick.json" if args.quick else "approx.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, out)
-    print(f"wrote {path} (wall {out['wall_s']} s)", file=sys.stderr)
-    return out
+    record = common.write_result("approx", {
+        "benchmark": "approx", "device": args.device, "torch_threads": torch.get_num_threads(),
+        "args": common.settings(args), "heldout_queries": len(held), "finetune_s": finetune_s, "rows": rows,
+        "table": table, "wall_s": round(time.time() - started, 1)}, args, argv)
+    if args.append:
+        common.append_benchmarks(common.section(
+            "Approximate computing (AxFormer) on a SciFact-fine-tuned MiniLM (`bench/approx.py`)", record, table))
+    return record
 
 
 if __name__ == "__main__":

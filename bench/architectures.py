@@ -16,16 +16,14 @@ activation memory (bytes saved for backward, batch 1) at 128, 512 and 2,048 toke
 at 512/2,048 tokens is the same architecture with more positions (random init; Synthesizer's
 position-indexed parameters grow with it), since throughput and memory do not depend on training.
 
-    python bench/architectures.py --quick            # smoke run: 2 variants, 5 steps
+    python bench/architectures.py --quick            # smoke run: 2 variants, 5 steps, 128 tokens
     python bench/architectures.py                    # the full table (2 CPU cores: ~35-40 minutes)
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import sys
 import tempfile
 import time
@@ -34,18 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import common
 from reprlab.analysis.model_info import model_info
 from reprlab.encoder import Encoder, EncoderConfig
-from reprlab.io import atomic_write_json
-from reprlab.logs import machine_summary
 from reprlab.pretrain.corpus import tokenize_chunks
 from reprlab.pretrain.masking import IGNORE_INDEX, MaskingConfig, SpecialTokens, build_masking
 from reprlab.pretrain.mlm import MLMCollate, MLMModel, mlm_loss
 from reprlab.text.tokenizer import Tokenizer
 from reprlab.train import TrainConfig, train
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("REPRLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def variants(hidden: int) -> dict[str, dict]:
@@ -87,10 +81,8 @@ def grouped(paragraphs: list[str], words: int = 1500) -> list[str]:
 
 
 def load_corpora(quick: bool) -> tuple[list[str], list[str]]:
-    guten = DATA / "gutenberg_books10" / "paragraphs.jsonl"
-    wiki = DATA / "wikitext2_raw_valid_test"
-    if not guten.is_file() or not wiki.is_dir():
-        sys.exit(f"needs {guten} and {wiki} (set REPRLAB_SHARED_DATA)")
+    guten = common.data_path("gutenberg_books10", "paragraphs.jsonl")
+    wiki = common.data_path("wikitext2_raw_valid_test")
     by_book: dict[str, list[str]] = {}
     with open(guten, encoding="utf-8") as f:
         for line in f:
@@ -143,34 +135,31 @@ def activation_bytes(encoder: Encoder, length: int, device) -> int:
     return sum(n for (ptr, _), n in seen.items() if ptr not in params)
 
 
-def throughput(encoder: Encoder, length: int, device, tokens: int = 4096, repeats: int = 2) -> float:
-    """Training tokens/s (forward + backward of the encoder, random inputs), best of ``repeats``."""
-    B = max(1, tokens // length)
-    ids = torch.randint(1000, 20000, (B, length), device=device)
+def throughput(encoder: Encoder, length: int, device, tokens: int = 4096, repeats: int = 3) -> common.Timing:
+    """Seconds of one training step (forward + backward of the encoder, random inputs, ``tokens`` tokens),
+    ``repeats`` passes after a warm-up one; tokens/s = ``tokens_per_batch(length) / seconds``."""
+    ids = torch.randint(1000, 20000, (tokens_per_batch(length, tokens) // length, length), device=device)
     mask = torch.ones_like(ids)
     encoder.train()
-    best = float("inf")
-    for i in range(repeats + 1):  # the first call warms up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+
+    def step():
         out = encoder(ids, mask).last_hidden_state
         out.float().pow(2).mean().backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i:
-            best = min(best, time.perf_counter() - start)
         encoder.zero_grad(set_to_none=True)
-    return B * length / best
+
+    return common.timed(step, repeats, warmup=1, sync=torch.cuda.synchronize if device.type == "cuda" else None)
+
+
+def tokens_per_batch(length: int, tokens: int = 4096) -> int:
+    return max(1, tokens // length) * length
 
 
 # ----------------------------------------------------------------------------- main
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--quick", action="store_true", help="2 variants, 5 steps, small data: a smoke run")
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                parents=[common.bench_options(append=True)])
     p.add_argument("--steps", type=int, default=100, help="optimizer steps per variant")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=128)
@@ -182,26 +171,24 @@ def main(argv=None) -> None:
     p.add_argument("--lengths", default="128,512,2048", help="lengths for throughput, memory and FLOPs")
     p.add_argument("--only", default=None, help="comma-separated variant names (default: all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a contended machine)")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    lengths = [int(x) for x in args.lengths.split(",")]
-    H = args.hidden
-    table = variants(H)
-    names = list(table)
+    args = common.parse(p, argv)
+    args.lengths = [int(x) for x in args.lengths.split(",")]
+    table = variants(args.hidden)
+    args.names = list(table)
     if args.quick:
         args.steps, args.eval_chunks = 5, 32
-        names = [n.replace("{q}", str(H // 4)) for n in QUICK]
-        lengths = [x for x in lengths if x <= 128]
+        args.names = [n.replace("{q}", str(args.hidden // 4)) for n in QUICK]
+        args.lengths = [x for x in args.lengths if x <= 128]
     if args.only:
-        names = [n.strip() for n in args.only.split(",")]
-    unknown = [n for n in names if n not in table]
+        args.names = [n.strip() for n in args.only.split(",")]
+    unknown = [n for n in args.names if n not in table]
     if unknown:
-        sys.exit(f"unknown variants {unknown}; choose from {list(table)}")
+        p.error(f"unknown variants {unknown}; choose from {list(table)}")
+    return args
 
-    tok = Tokenizer.from_pretrained("minilm")
+
+def prepare_data(args, tok) -> tuple[list, list, MLMCollate]:
+    """(training chunks, fixed-mask held-out batches, the collate): masking "random" 15%, 80/10/10."""
     special = SpecialTokens.from_tokenizer(tok)
     masking = build_masking("random", MaskingConfig(budget=0.15, mask_prob=0.8, random_prob=0.1))
     train_texts, held_texts = load_corpora(args.quick)
@@ -213,63 +200,78 @@ def main(argv=None) -> None:
     collate = MLMCollate(masking, special)
     eval_batches = [collate(eval_chunks[i: i + 32], np.random.default_rng([12345, i]))
                     for i in range(0, len(eval_chunks), 32)]
+    return train_chunks, eval_batches, collate
 
-    base = dict(vocab_size=tok.vocab_size, hidden_size=H, num_layers=args.layers, num_heads=args.heads,
-                intermediate_size=4 * H, max_position_embeddings=args.seq_len)
+
+def train_variant(name: str, config: EncoderConfig, data: tuple, folder: str, args) -> dict:
+    """Pre-train one variant with the shared budget; its loss, size and FLOPs (no speed yet)."""
+    train_chunks, eval_batches, collate = data
+    torch.manual_seed(args.seed)
+    model = MLMModel.build(Encoder(config), tie=True)
+    start = time.time()
+    state = train(model, train_chunks, collate, mlm_loss, TrainConfig(
+        output_dir=folder, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_ratio=0.1,
+        schedule="linear", seed=args.seed, device=args.device, log_every=5, keep_checkpoints=1))
+    train_seconds = time.time() - start
+    curve = [json.loads(x) for x in Path(folder, "metrics.jsonl").read_text().splitlines()]
+    loss = held_out_loss(model, eval_batches, torch.device(args.device))
+    info = {L: model_info(config.replace(max_position_embeddings=max(L, config.max_position_embeddings)), seq_len=L)
+            for L in args.lengths}
+    return {
+        "variant": name, "attention": config.attention, "attention_kwargs": config.attention_kwargs,
+        "memory": [config.num_memory_tokens, config.memory_mode] if config.num_memory_tokens else None,
+        "held_out_mlm_loss": round(loss, 4), "train_loss_last": round(state.last_loss, 4),
+        "params": model_info(config).total_params,  # at the trained length (Synthesizer's grow with it)
+        "attention_params_per_layer": model_info(config).by_block()["attention"]["params"] // args.layers,
+        "train_seconds": round(train_seconds, 1),
+        "curve": [(r["elapsed"], r["loss"], r["step"]) for r in curve],
+        "flops": {L: info[L].total_flops for L in args.lengths},
+    }
+
+
+def speed_and_memory(config: EncoderConfig, args) -> dict:
+    """Training tokens/s (fastest and median of 3 passes) and activation memory at every length, on a fresh
+    encoder of the same architecture with enough positions."""
+    device = torch.device(args.device)
+    out = {"tokens_per_s": {}, "tokens_per_s_median": {}, "activation_MiB": {}}
+    for L in args.lengths:
+        torch.manual_seed(args.seed)
+        enc = Encoder(config.replace(max_position_embeddings=max(L, config.max_position_embeddings),
+                                     hidden_dropout=0.0, attention_dropout=0.0)).to(device)
+        t = throughput(enc, L, device)
+        out["tokens_per_s"][L] = round(tokens_per_batch(L) / t["min"], 1)
+        out["tokens_per_s_median"][L] = round(tokens_per_batch(L) / t["median"], 1)
+        out["activation_MiB"][L] = round(activation_bytes(enc, L, device) / 2**20, 2)
+    return out
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    tok = Tokenizer.from_pretrained("minilm")
+    data = prepare_data(args, tok)
+    table = variants(args.hidden)
+    base = dict(vocab_size=tok.vocab_size, hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
+                intermediate_size=4 * args.hidden, max_position_embeddings=args.seq_len)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in names:
+        for name in args.names:
             config = EncoderConfig(**base, **table[name])
-            torch.manual_seed(args.seed)
-            model = MLMModel.build(Encoder(config), tie=True)
-            start = time.time()
-            state = train(model, train_chunks, collate, mlm_loss, TrainConfig(
-                output_dir=f"{tmp}/{len(results)}", max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                warmup_ratio=0.1, schedule="linear", seed=args.seed, device=args.device, log_every=5,
-                keep_checkpoints=1))
-            train_seconds = time.time() - start
-            curve = [json.loads(x) for x in Path(f"{tmp}/{len(results)}/metrics.jsonl").read_text().splitlines()]
-            loss = held_out_loss(model, eval_batches, device)
-            info = {L: model_info(config.replace(max_position_embeddings=max(L, config.max_position_embeddings)),
-                                  seq_len=L) for L in lengths}
-            row = {
-                "variant": name, "attention": config.attention, "attention_kwargs": config.attention_kwargs,
-                "memory": [config.num_memory_tokens, config.memory_mode] if config.num_memory_tokens else None,
-                "held_out_mlm_loss": round(loss, 4), "train_loss_last": round(state.last_loss, 4),
-                "params": model_info(config).total_params,  # at the trained length (Synthesizer's grow with it)
-                "attention_params_per_layer": model_info(config).by_block()["attention"]["params"] // args.layers,
-                "train_seconds": round(train_seconds, 1),
-                "curve": [(r["elapsed"], r["loss"], r["step"]) for r in curve],
-                "flops": {L: info[L].total_flops for L in lengths},
-                "tokens_per_s": {}, "activation_MiB": {},
-            }
-            del model
-            for L in lengths:
-                torch.manual_seed(args.seed)
-                enc = Encoder(config.replace(max_position_embeddings=max(L, config.max_position_embeddings),
-                                             hidden_dropout=0.0, attention_dropout=0.0)).to(device)
-                row["tokens_per_s"][L] = round(throughput(enc, L, device), 1)
-                row["activation_MiB"][L] = round(activation_bytes(enc, L, device) / 2**20, 2)
-                del enc
+            row = train_variant(name, config, data, f"{tmp}/{len(results)}", args)
+            row.update(speed_and_memory(config, args))
             results.append(row)
-            print(f"{name}: held-out loss {loss:.3f}, {train_seconds:.0f}s, "
+            print(f"{name}: held-out loss {row['held_out_mlm_loss']:.3f}, {row['train_seconds']:.0f}s, "
                   f"tok/s {row['tokens_per_s']}, act MiB {row['activation_MiB']}", flush=True)
-
-    out = {
-        "benchmark": "architectures", "date": datetime.date.today().isoformat(), "machine": machine_summary(),
-        "command": "python bench/architectures.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "torch_threads": torch.get_num_threads(),
+    out = common.write_result("architectures", {
+        "benchmark": "architectures", "torch_threads": torch.get_num_threads(),
         "setup": {**base, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                  "masking": "random 15% 80/10/10", "train_chunks": len(train_chunks),
-                  "eval_chunks": len(eval_chunks), "quick": args.quick},
-        "results": results,
-    }
-    suffix = "-quick" if args.quick else ""
-    path = REPO / "bench" / "results" / f"architectures{suffix}.json"
-    atomic_write_json(path, out)
+                  "masking": "random 15% 80/10/10", "train_chunks": len(data[0]),
+                  "eval_chunks": sum(len(b["input_ids"]) for b in data[1]), "quick": args.quick},
+        "results": results}, args, argv)
     print(markdown(out))
-    plot(out, REPO / "bench" / "results" / f"architectures{suffix}.png")
-    print(f"wrote {path}")
+    plot(out, common.result_path("architectures", args).with_suffix(".png"))
+    if args.append:
+        common.append_benchmarks(common.section("Encoder building blocks from scratch (`bench/architectures.py`)",
+                                                out, markdown(out)))
 
 
 def markdown(out: dict) -> str:
@@ -290,7 +292,11 @@ def markdown(out: dict) -> str:
 
 
 def plot(out: dict, path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'reprlab[plot]')", file=sys.stderr)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -20,7 +20,7 @@ threshold 0 keeps every block. "slots" is the fraction of (token x layer) slots 
 relative to the full sequence.
 
     flock /tmp/reprlab-heavy.lock python bench/blockskim.py        # full run: 3 + 2 trainings, 2 at a time
-    python bench/blockskim.py --quick                               # smoke run (~3 min)
+    python bench/blockskim.py --quick                               # smoke run: 2 steps, 8 questions
     python bench/blockskim.py --reuse --append                      # re-evaluate saved models, record
 
 ``--eval-set hotpotqa-all`` evaluates instead on the eval side of HotpotQA in the distractor setting:
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime
 import json
 import logging
 import multiprocessing
@@ -44,16 +43,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import common
 from reprlab.io import atomic_write_json
-from reprlab.logs import machine_summary
 from reprlab.qa.block_skim import BlockSkimConfig, BlockSkimReader, run_block_skim_training
 from reprlab.qa.reader import Reader, ReaderConfig, ReaderTrainingConfig, run_reader_training
 from reprlab.qa.squad import HOTPOTQA_CONTEXTS, evaluate_examples, load_hotpotqa_answers, load_squad, split_examples
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-SQUAD = DATA / "squad_v1.1_dev_xquad_en" / "xquad.en.json"
-HOTPOT = DATA / "hotpotqa_dev500_ircot" / "dev_subsampled.jsonl"
+SQUAD = common.data_path("squad_v1.1_dev_xquad_en", "xquad.en.json", check=False)
+HOTPOT = common.data_path("hotpotqa_dev500_ircot", "dev_subsampled.jsonl", check=False)
 EVAL_SETS = {"xquad": "XQuAD-en eval split (SQuAD v1.1 dev subset)",
              "hotpotqa-all": "HotpotQA eval split, all ~10 paragraphs per question"}
 
@@ -136,14 +133,6 @@ def _train_jobs(args, jobs: dict) -> dict[str, float]:
     return times
 
 
-def timed_pass(reader, examples) -> tuple[dict[str, str], float, float, dict]:
-    """Predictions, wall seconds, CPU seconds of this process and the layer statistics of one pass."""
-    stats: dict = {}
-    t0, c0 = time.perf_counter(), time.process_time()
-    predictions = reader.predict(examples, stats=stats)
-    return predictions, time.perf_counter() - t0, time.process_time() - c0, stats
-
-
 def predictor_diagnostics(folder: Path, variant: str, layers: list[int], examples, block_size: int,
                           batch: int = 32) -> list[dict]:
     """How well each trained skim predictor separates answer blocks from the others on ``examples``.
@@ -182,11 +171,9 @@ def predictor_diagnostics(folder: Path, variant: str, layers: list[int], example
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--quick", action="store_true", help="smoke run: few steps, few eval questions")
-    parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "blockskim")
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[
+        common.bench_options(threads=1, work_dir=str(common.REPO / "runs" / "blockskim"))])
     parser.add_argument("--reuse", action="store_true", help="reuse trained models found in --work-dir")
     parser.add_argument("--hotpotqa", action=argparse.BooleanOptionalAction, default=True,
                         help="add the train side of the HotpotQA answers to training")
@@ -218,43 +205,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep-weight", type=float, default=5.0)
     parser.add_argument("--skim-weight", type=float, default=1.0)
     parser.add_argument("--predictor-lr-scale", type=float, default=10.0)
-    parser.add_argument("--repeats", type=int, default=1, help="interleaved timing passes (fastest is kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing passes (>= 3; the fastest is kept)")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N eval questions")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for timing (default 1: on a shared 2-core machine two OpenMP threads "
-                             "stall each other; 0 = torch's default)")
     parser.add_argument("--sequential", action="store_true",
                         help="train the two readers one after the other (default: two processes, one thread each)")
     parser.add_argument("--train-only", action="store_true",
                         help="train (or resume) the readers and stop; evaluate later with --reuse on a quiet machine")
     parser.add_argument("--diagnose-only", action="store_true",
-                        help="only measure the trained predictors' AUC on the eval split and add it to --out")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "blockskim.json")
-    parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+                        help="only measure the trained predictors' AUC on the eval split and add it to --output")
+    parser.add_argument("--out", dest="output", type=Path, help=argparse.SUPPRESS)  # the older name of --output
+    args = common.parse(parser, argv)
     if args.quick:
-        args.max_steps, args.eval_limit, args.repeats = 6, 12, 1
+        args.max_steps, args.eval_limit, args.batch_size, args.max_length, args.stride = 2, 8, 4, 192, 64
         args.thresholds = [0.0, 0.5]
-        args.work_dir = args.work_dir.with_name(args.work_dir.name + "-quick")
-        args.out = args.out.with_name("blockskim-quick.json")
     if args.diagnose_only:
         args.reuse = True  # never train here
-    logging.getLogger("reprlab").setLevel(logging.WARNING)
-    skim_sets = [[int(x) for x in s.split(",")] for s in args.skim_layers]
-    for s in skim_sets:
+    args.skim_sets = [[int(x) for x in s.split(",")] for s in args.skim_layers]
+    for s in args.skim_sets:
         if not set(s) <= set(args.train_layers):
             parser.error(f"skim layers {s} are not all in --train-layers {args.train_layers}")
+    common.require(SQUAD, "XQuAD-en")
+    common.require(HOTPOT, "HotpotQA")
+    return args
 
-    reader_cfg = ReaderConfig(max_length=args.max_length, stride=args.stride)
-    t_start = time.perf_counter()
-    train_times = train_models(args, args.work_dir, reader_cfg)
-    if args.train_only:
-        for name, seconds in train_times.items():  # reused readers report their saved time (nan if none)
-            print(f"{name}: {seconds / 60:.1f} min of training")
-        return
 
+def eval_examples(args) -> tuple[list, dict]:
+    """The eval questions (never trained on) and the training question counts {squad, hotpotqa}."""
     squad_train, squad_eval = split_examples(load_squad(SQUAD), args.eval_fraction)
     hotpot_train = split_examples(load_hotpotqa_answers(HOTPOT, args.hotpotqa_contexts),
                                   args.eval_fraction)[0] if args.hotpotqa else []
@@ -264,94 +240,108 @@ def main(argv: list[str] | None = None) -> None:
         examples = split_examples(load_hotpotqa_answers(HOTPOT, contexts="all"), args.eval_fraction)[1]
     examples = examples[: args.eval_limit] if args.eval_limit else examples
     assert not {e.group for e in examples} & {e.group for e in squad_train + hotpot_train}  # never trained on
+    return examples, {"squad": len(squad_train), "hotpotqa": len(hotpot_train)}
 
-    def diagnostics() -> list[dict]:
-        rows = []
-        for variant in args.variants:
-            rows += predictor_diagnostics(args.work_dir / VARIANTS[variant][2] / "model", variant,
-                                          args.train_layers, examples, args.block_size)
-        return rows
 
-    if args.diagnose_only:
-        result = json.loads(args.out.read_text())
-        result["predictors"] = diagnostics()
-        atomic_write_json(args.out, result)
-        print(predictor_table(result))
-        if args.append:
-            append_section(result)
-        return
+def diagnostics(args, examples) -> list[dict]:
+    rows = []
+    for variant in args.variants:
+        rows += predictor_diagnostics(args.work_dir / VARIANTS[variant][2] / "model", variant,
+                                      args.train_layers, examples, args.block_size)
+    return rows
 
-    device = torch.device(args.device)
+
+def load_readers(args, device) -> tuple[Reader, dict, list]:
+    """The plain reader, one Block Skim reader per (variant, skim-layer set), and every timed
+    (variant, layers, threshold) configuration, the plain reader first."""
     plain = Reader.from_pretrained(args.work_dir / "plain" / "model").to(device).eval()
     skimmers = {}
     configs = [("plain", None, None)]
     for variant in args.variants:
         features, _, name = VARIANTS[variant]
         folder = args.work_dir / name / "model"
-        for k, layers in enumerate(skim_sets):
+        for k, layers in enumerate(args.skim_sets):
             skim = BlockSkimConfig(block_size=args.block_size, skim_layers=layers, threshold=0.0, features=features)
             skimmers[(variant, tuple(layers))] = BlockSkimReader.from_pretrained(folder, skim=skim).to(device).eval()
             # threshold 0 skips nothing: once per variant is enough
             configs += [(variant, tuple(layers), t) for t in args.thresholds if t > 0 or k == 0]
-    best = {c: float("inf") for c in configs}
-    best_cpu = {c: float("inf") for c in configs}
-    results = {}
+    return plain, skimmers, configs
+
+
+def time_readers(args, examples, plain, skimmers, configs) -> list[dict]:
+    """Every configuration over all eval questions, ``--repeats`` interleaved passes (wall and CPU time,
+    fastest kept); EM/F1 and the share of (token x layer) slots run."""
+    def predict(c):
+        name, layers, threshold = c
+        model = plain if name == "plain" else skimmers[(name, layers)]
+        if name != "plain":
+            model.skim_config.threshold = threshold
+        stats: dict = {}
+        return model.predict(examples, stats=stats), stats
+
     with torch.inference_mode():
         plain.predict(examples[:3]), next(iter(skimmers.values())).predict(examples[:3])  # warm-up
-        for rep in range(args.repeats):
-            for c in configs if rep % 2 == 0 else configs[::-1]:
-                name, layers, threshold = c
-                model = plain if name == "plain" else skimmers[(name, layers)]
-                if name != "plain":
-                    model.skim_config.threshold = threshold
-                predictions, seconds, cpu, stats = timed_pass(model, examples)
-                best[c] = min(best[c], seconds)
-                best_cpu[c] = min(best_cpu[c], cpu)
-                if c not in results:
-                    m = evaluate_examples(examples, predictions)
-                    full = stats.get("windows", 0)
-                    slots = stats.get("layer_slots")
-                    results[c] = {
-                        "reader": "plain" if name == "plain" else variant_label(name),
-                        "skim_layers": list(layers) if layers else None, "threshold": threshold,
-                        "exact_match": round(m["exact_match"], 2), "f1": round(m["f1"], 2),
-                        "slots": round(sum(slots) / (len(slots) * slots[0]), 3) if slots else 1.0,
-                        "windows": full,
-                    }
-                print(f"  pass {rep}: {name} {layers or ''} t={threshold} wall {seconds:.1f}s cpu {cpu:.1f}s "
-                      f"F1 {results[c]['f1']:.2f} slots {results[c]['slots']:.2f}", flush=True)
+        timing = common.timed_interleaved({c: (lambda c=c: predict(c)) for c in configs}, args.repeats,
+                                          warmup=0, cpu=True)
     rows = []
-    base, base_cpu = best[configs[0]], best_cpu[configs[0]]
+    base, base_cpu = timing[configs[0]]["min"], timing[configs[0]]["cpu"]["min"]
     for c in configs:
-        row = results[c]
-        row["ms_per_question"] = round(1000 * best[c] / len(examples), 2)
-        row["speedup"] = round(base / best[c], 3)
-        row["cpu_ms_per_question"] = round(1000 * best_cpu[c] / len(examples), 2)
-        row["cpu_speedup"] = round(base_cpu / best_cpu[c], 3)
-        rows.append(row)
-    plain_f1 = rows[0]["f1"]
-    ok = [r for r in rows[1:] if r["speedup"] >= 1.5 and r["f1"] >= plain_f1 - 1.0]
-    ok_cpu = [r for r in rows[1:] if r["cpu_speedup"] >= 1.5 and r["f1"] >= plain_f1 - 1.0]
-    result = {
-        "command": "python bench/blockskim.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_summary(), "date": datetime.date.today().isoformat(), "device": args.device,
-        "train_questions": {"squad": len(squad_train), "hotpotqa": len(hotpot_train)},
-        "eval_set": args.eval_set, "eval_questions": len(examples), "eval_articles": len({e.group for e in examples}),
-        "eval_tokens_per_question": round(sum(len(x.ids) for x in plain.tokenizer.encode_raw(
-            [e.context for e in examples])) / len(examples), 1),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "train_minutes": {k: round(v / 60, 2) for k, v in train_times.items()},
-        "total_minutes": round((time.perf_counter() - t_start) / 60, 2),
-        "rows": rows, "goal_met_by": ok, "goal_met_by_cpu_time": ok_cpu,
-        "predictors": diagnostics(),
-    }
-    atomic_write_json(args.out, result)
-    print(table(result))
+        (predictions, stats), t = timing[c].result, timing[c]
+        m = evaluate_examples(examples, predictions)
+        slots = stats.get("layer_slots")
+        rows.append({
+            "reader": "plain" if c[0] == "plain" else variant_label(c[0]),
+            "skim_layers": list(c[1]) if c[1] else None, "threshold": c[2],
+            "exact_match": round(m["exact_match"], 2), "f1": round(m["f1"], 2),
+            "slots": round(sum(slots) / (len(slots) * slots[0]), 3) if slots else 1.0,
+            "windows": stats.get("windows", 0),
+            "ms_per_question": round(1000 * t["min"] / len(examples), 2), "speedup": round(base / t["min"], 3),
+            "cpu_ms_per_question": round(1000 * t["cpu"]["min"] / len(examples), 2),
+            "cpu_speedup": round(base_cpu / t["cpu"]["min"], 3),
+            "median_ms_per_question": round(1000 * t["median"] / len(examples), 2), "spread": round(t["spread"], 3),
+        })
+        print(f"  {c[0]} {c[1] or ''} t={c[2]} wall {t['min']:.1f}s cpu {t['cpu']['min']:.1f}s "
+              f"F1 {rows[-1]['f1']:.2f} slots {rows[-1]['slots']:.2f}", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.getLogger("reprlab").setLevel(logging.WARNING)
+    out = common.result_path("blockskim", args)
+    t_start = time.perf_counter()
+    train_times = train_models(args, args.work_dir, ReaderConfig(max_length=args.max_length, stride=args.stride))
+    if args.train_only:
+        for name, seconds in train_times.items():  # reused readers report their saved time (nan if none)
+            print(f"{name}: {seconds / 60:.1f} min of training")
+        return
+    examples, train_questions = eval_examples(args)
+    if args.diagnose_only:
+        if not out.is_file():
+            sys.exit(f"--diagnose-only adds to an earlier run's result, and there is none at {out}")
+        result = common.read_result(out)
+        result["predictors"] = diagnostics(args, examples)
+        result = common.write_result("blockskim", result, args, argv)  # keeps the measuring run's command
+    else:
+        plain, skimmers, configs = load_readers(args, torch.device(args.device))
+        rows = time_readers(args, examples, plain, skimmers, configs)
+        plain_f1 = rows[0]["f1"]
+        result = common.write_result("blockskim", {
+            "device": args.device, "train_questions": train_questions, "eval_set": args.eval_set,
+            "eval_questions": len(examples), "eval_articles": len({e.group for e in examples}),
+            "eval_tokens_per_question": round(sum(len(x.ids) for x in plain.tokenizer.encode_raw(
+                [e.context for e in examples])) / len(examples), 1),
+            "settings": common.settings(args),
+            "train_minutes": {k: round(v / 60, 2) for k, v in train_times.items()},
+            "total_minutes": round((time.perf_counter() - t_start) / 60, 2), "rows": rows,
+            "goal_met_by": [r for r in rows[1:] if r["speedup"] >= 1.5 and r["f1"] >= plain_f1 - 1.0],
+            "goal_met_by_cpu_time": [r for r in rows[1:] if r["cpu_speedup"] >= 1.5 and r["f1"] >= plain_f1 - 1.0],
+            "predictors": diagnostics(args, examples)}, args, argv)
+        print(table(result))
+        plot(result, out.with_suffix(".png"))
     print(predictor_table(result))
-    print(f"wrote {args.out}")
-    plot(result, args.out.with_suffix(".png"))
     if args.append:
-        append_section(result)
+        append_section(result, out.with_suffix(".png"))
 
 
 HEADER = ("| reader | skim layers | threshold | EM | F1 | wall ms / q | speedup (wall) | CPU ms / q | speedup (CPU) "
@@ -421,14 +411,7 @@ def goal(rows: list[dict], key: str) -> str:
                                  f"t={r['threshold']:g} ({r[key]:.2f}x, F1 {r['f1']:.2f})" for r in rows)
 
 
-def plot_path(out: str) -> str:
-    """The plot next to the result JSON, as a path from the repository root (for BENCHMARKS.md)."""
-    png = (REPO / out).resolve().with_suffix(".png")  # REPO / an absolute path is that path
-    return str(png.relative_to(REPO)) if png.is_relative_to(REPO) else str(png)
-
-
-def append_section(result: dict) -> None:
-    path = REPO / "BENCHMARKS.md"
+def append_section(result: dict, png: Path) -> None:
     s = result["settings"]
     tq = result["train_questions"]
     eval_set = result.get("eval_set", "xquad")
@@ -470,18 +453,13 @@ def append_section(result: dict) -> None:
         "Goal (>= 1.5x at <= 1 F1 below the plain reader), by wall time: " + goal(result["goal_met_by"], "speedup")
         + "; by CPU time: " + goal(result["goal_met_by_cpu_time"], "cpu_speedup") + ".",
         "",
-        f"![speed vs F1]({plot_path(s['out'])})",
+        f"![speed vs F1]({common.repo_relative(png)})",
         "",
     ]
     if result.get("predictors"):
         lines += ["How well the trained predictors separate the blocks that hold the answer from the others, "
                   "on the same eval questions (every block seen, threshold 0):", "", predictor_table(result), ""]
-    if not path.exists():
-        path.write_text("# reprlab benchmarks\n\nEach section gives the command, the machine and the date.\n",
-                        encoding="utf-8")
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("\n".join(lines))
-    print(f"appended to {path}")
+    common.append_benchmarks("\n".join(lines))
 
 
 if __name__ == "__main__":

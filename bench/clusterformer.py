@@ -2,7 +2,7 @@
 
 Part ``timing``: one forward pass (batch 1, MiniLM-L6 sizes, random weights, 1 thread) of four
 encoders at 512 / 1k / 2k / 4k / 8k tokens, each setting in a fresh subprocess: wall time (fastest
-of ``--repeats``, one pass above 2k tokens) and peak memory (VmHWM, reset through
+of ``--repeats`` >= 3 passes; median and spread in the JSON) and peak memory (VmHWM, reset through
 /proc/self/clear_refs after the model is built, minus the resident size then; on CUDA
 ``max_memory_allocated``).
 
@@ -35,7 +35,7 @@ questions:
     flock /tmp/reprlab-heavy.lock python bench/clusterformer.py --part timing   # ~5 min
     flock /tmp/reprlab-heavy.lock python bench/clusterformer.py --part qa   # stage 1 (~25 min) + 3 encoders (~40 min)
     python bench/clusterformer.py --part qa --stage1-model runs/blockskim/plain/model   # reuse stage 1 (~45 min)
-    python bench/clusterformer.py --quick                                       # smoke run (~2 min)
+    python bench/clusterformer.py --quick                                       # smoke run (256/512 tokens, 2 steps)
     python bench/clusterformer.py --part report --append                        # table + plot from the JSON
 """
 
@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import logging
 import subprocess
@@ -54,13 +53,11 @@ from pathlib import Path
 
 import torch
 
+import common
 from reprlab.io import atomic_write_json
-from reprlab.logs import machine_summary
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-SQUAD = DATA / "squad_v1.1_dev_xquad_en" / "xquad.en.json"
-HOTPOT = DATA / "hotpotqa_dev500_ircot" / "dev_subsampled.jsonl"
+SQUAD = common.data_path("squad_v1.1_dev_xquad_en", "xquad.en.json", check=False)
+HOTPOT = common.data_path("hotpotqa_dev500_ircot", "dev_subsampled.jsonl", check=False)
 KINDS = ("full (SDPA)", "full (math)", "sliding-window", "cluster-former")
 LENGTHS = (512, 1024, 2048, 4096, 8192)
 MATH_LIMIT = 4096
@@ -111,7 +108,7 @@ def measure(kind: str, length: int, device: str, repeats: int) -> dict:
         calibrate_centroids(enc, [(ids, mask)], lambda m, b: m(*b))  # no-op without cluster layers
         enc(ids[:, :256], mask[:, :256])  # warm-up (kernels, allocator)
         times, peaks = [], []
-        for _ in range(repeats):
+        for _ in range(repeats):  # peak memory is reset before each pass, so the loop is this one's own
             if dev.type == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
@@ -126,7 +123,9 @@ def measure(kind: str, length: int, device: str, repeats: int) -> dict:
             times.append(time.perf_counter() - t0)
             peaks.append((torch.cuda.max_memory_allocated() if dev.type == "cuda" else _status("VmHWM")) - base)
             del out
-    return {"kind": kind, "tokens": length, "seconds": min(times), "peak_mb": max(peaks) / 2**20}
+    timing = common.Timing.of(times)  # >= 3 passes
+    return {"kind": kind, "tokens": length, "seconds": timing["min"], "median_s": timing["median"],
+            "spread": timing["spread"], "peak_mb": max(peaks) / 2**20}
 
 
 def run_timing(args) -> list[dict]:
@@ -137,9 +136,8 @@ def run_timing(args) -> list[dict]:
                 rows.append({"kind": kind, "tokens": length, "seconds": None, "peak_mb": None,
                              "note": f"not run: one copy of the scores is {12 * length * length * 4 / 2**30:.1f} GB"})
                 continue
-            repeats = args.repeats if length <= 2048 else 1
             cmd = [sys.executable, __file__, "--measure", kind, str(length), "--device", args.device,
-                   "--repeats", str(repeats), "--threads", str(args.threads)]
+                   "--repeats", str(args.repeats), "--threads", str(args.threads)]
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
             if proc.returncode != 0:
                 why = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
@@ -195,7 +193,7 @@ def run_qa(args) -> dict:
         cfg = ReaderTrainingConfig(
             output_dir=str(work / "squad"), data=[str(SQUAD), str(HOTPOT)], eval_fraction=0.3,
             reader=ReaderConfig(max_length=384, stride=128), epochs=args.squad_epochs, max_steps=args.squad_steps,
-            batch_size=16, lr=1e-4, seed=args.seed, device=args.device, evaluate=False,
+            batch_size=4 if args.quick else 16, lr=1e-4, seed=args.seed, device=args.device, evaluate=False,
             resume=(work / "squad" / "checkpoints").is_dir())  # an interrupted stage 1 continues
         run_reader_training(cfg)
         squad_metrics = None
@@ -227,8 +225,8 @@ def run_qa(args) -> dict:
                 reader=LongReaderConfig(attention=name, window=WINDOW, stride=STRIDE, num_clusters=CLUSTERS,
                                         cluster_layers=list(CLUSTER_LAYERS)),
                 max_train_examples=args.train_questions, max_eval_examples=args.eval_questions,
-                epochs=1.0, max_steps=args.qa_steps, batch_size=4, grad_accum=4, lr=args.lr, seed=args.seed,
-                device=args.device)
+                epochs=1.0, max_steps=args.qa_steps, batch_size=2 if args.quick else 4,
+                grad_accum=1 if args.quick else 4, lr=args.lr, seed=args.seed, device=args.device)
             metrics = run_long_reader_training(cfg).eval_metrics
         train_seconds = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["elapsed"]
         rows.append({"reader": name, "train_seconds": train_seconds, **metrics})
@@ -266,7 +264,11 @@ def qa_table(qa: dict) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'reprlab[plot]')", file=sys.stderr)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -302,7 +304,7 @@ def section(result: dict, png: Path) -> str:
     if result.get("timing"):
         lines += ["One forward pass, batch 1, MiniLM-L6 sizes, time / peak memory above the built model "
                   "(fresh process per cell):", "", timing_table(result["timing"]), "",
-                  f"![time and memory]({png.relative_to(REPO)})", ""]
+                  f"![time and memory]({common.repo_relative(png)})", ""]
     if result.get("qa"):
         qa = result["qa"]
         d = qa["data"]
@@ -315,17 +317,12 @@ def section(result: dict, png: Path) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[
+        common.bench_options(threads=1, work_dir=str(common.REPO / "runs" / "clusterformer"))])
     parser.add_argument("--part", choices=["timing", "qa", "all", "report"], default="all")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--quick", action="store_true", help="smoke run: short inputs, a few steps and questions")
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on the shared 2-core machine two OpenMP threads stall each "
-                             "other when another process runs)")
-    parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "clusterformer")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per cell (>= 3)")
     parser.add_argument("--reuse", action="store_true", help="reuse trained models / eval.json in --work-dir")
     parser.add_argument("--encoders", nargs="+", default=["windows", "softmax", "cluster-former"],
                         choices=["windows", "softmax", "sliding-window", "cluster-former"])
@@ -339,46 +336,45 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--qa-steps", type=int, default=None)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "clusterformer.json")
-    parser.add_argument("--append", action="store_true", help="append the section to BENCHMARKS.md")
+    parser.add_argument("--out", dest="output", type=Path, help=argparse.SUPPRESS)  # the older name of --output
     parser.add_argument("--measure", nargs=2, metavar=("KIND", "TOKENS"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = common.parse(parser, argv)
+    if args.quick and not args.measure:
+        args.lengths = [256, 512]
+        args.squad_steps, args.qa_steps, args.train_questions, args.eval_questions = 2, 1, 4, 4
+    args.train_questions = args.train_questions or None
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.measure:
         print(json.dumps(measure(args.measure[0], int(args.measure[1]), args.device, args.repeats)))
         return
-    if args.quick:
-        args.lengths = [256, 512, 1024]
-        args.repeats = 1
-        args.squad_steps, args.qa_steps, args.train_questions, args.eval_questions = 4, 2, 8, 6
-        args.work_dir = args.work_dir.with_name(args.work_dir.name + "-quick")
-        args.out = args.out.with_name("clusterformer-quick.json")
-    args.train_questions = args.train_questions or None
     logging.getLogger("reprlab").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message="initialised fresh")
-
-    result = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    result.update(benchmark="clusterformer", machine=machine_summary(), device=args.device, threads=args.threads,
-                  date=datetime.date.today().isoformat())
+    path = common.result_path("clusterformer", args)
+    result = {k: v for k, v in common.read_result(path).items() if k not in ("command", "machine", "date")}
+    result.update(benchmark="clusterformer", device=args.device, threads=args.threads)
     if args.part in ("timing", "all"):
         print("timing:", flush=True)
         result["timing"] = run_timing(args)
-        result["timing_command"] = " ".join(["python", "bench/clusterformer.py"] + (argv or sys.argv[1:]))
+        result["timing_command"] = common.command_line(argv)
     if args.part in ("qa", "all"):
+        common.require(SQUAD, "XQuAD-en")
+        common.require(HOTPOT, "HotpotQA")
         print("qa:", flush=True)
         result["qa"] = run_qa(args)
-        result["qa_command"] = " ".join(["python", "bench/clusterformer.py"] + (argv or sys.argv[1:]))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out, result)
-    png = args.out.resolve().with_suffix(".png")
+        result["qa_command"] = common.command_line(argv)
+    result = common.write_result("clusterformer", result, args, argv)
+    png = path.resolve().with_suffix(".png")
     if result.get("timing"):
         plot(result["timing"], png)
         print("\n" + timing_table(result["timing"]))
     if result.get("qa"):
         print("\n" + qa_table(result["qa"]))
     if args.append:
-        with open(REPO / "BENCHMARKS.md", "a") as f:
-            f.write("\n" + section(result, png) + "\n")
+        common.append_benchmarks(section(result, png))
 
 
 if __name__ == "__main__":

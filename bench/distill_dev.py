@@ -8,6 +8,7 @@ folder with ``--model``) and reports nDCG@10 on the SciFact train queries:
     python bench/distill_dev.py --name kd-400 --model /tmp/reprlab-bench-distill/kd/model
     python bench/distill_dev.py --name narrow-kd --method kd --steps 1200 --lr 5e-4 \
         --student config:hidden_size=192,num_heads=6,intermediate_size=768,num_layers=3,embedding_size=384
+    python bench/distill_dev.py --quick --method ckd                 # smoke run: 3 steps, 20 dev queries
 
 A finished run folder (``--work-dir``/``--name``) can then be scored on the test qrels without training
 again: ``bench/distill.py ... --trained kd=WORK_DIR/NAME``.
@@ -16,21 +17,17 @@ again: ``bench/distill.py ... --trained kd=WORK_DIR/NAME``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import sys
 import time
 from pathlib import Path
 
-import torch
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("REPRLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
+import common
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--name", required=True, help="names the result file bench/results/distill-dev-NAME.json")
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[
+        common.bench_options(append=False, work_dir="/tmp/reprlab-distill-dev")])
+    p.add_argument("--name", default=None,
+                   help="names the result file bench/results/distill-dev-NAME.json (required, but for --quick)")
     p.add_argument("--model", default=None, help="evaluate this finished student folder instead of training one")
     p.add_argument("--method", choices=("kd", "ckd", "seed"), default="ckd")
     p.add_argument("--student", default="layers:0,4,5", help="the layers bench/distill.py's auto:3 chose")
@@ -41,54 +38,48 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0, help="training seed (data order, fresh weights)")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--work-dir", default="/tmp/reprlab-distill-dev")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = common.parse(p, argv)
+    if args.name is None and not args.quick:
+        p.error("--name is required (it names the result file)")
+    args.name = args.name or args.method
+    if args.quick:
+        args.steps, args.batch_size = 3, 8
+    return args
 
-    from reprlab.distill.ckd import CKDConfig
-    from reprlab.distill.kd import KDConfig
-    from reprlab.distill.recipe import DistillConfig, run_distillation
-    from reprlab.distill.seed import SEEDConfig
+
+def train(args, scifact: Path):
+    """One student with bench/distill.py's recipe; its ``CKDConfig`` is returned with the model folder."""
+    from reprlab.distill.recipe import run_distillation
+
+    layer_map = [[int(x) for x in pair.split(":")] for pair in args.layer_map.split(",")] if args.layer_map else None
+    config = common.distill_config(
+        args.method, args.student, args.work_dir / args.name, scifact, steps=args.steps, batch_size=args.batch_size,
+        lr=args.lr, device=args.device, seed=args.seed, max_texts=200 if args.quick else None,
+        ckd_weights=args.ckd_weights.split(","), layer_map=layer_map)
+    return run_distillation(config).model_dir, config.ckd
+
+
+def main(argv=None) -> dict:
     from reprlab.encoder import SentenceEncoder
-    from reprlab.io import atomic_write_json
-    from reprlab.retrieval.dense import DenseRetriever
-    from reprlab.retrieval.pipeline import evaluate_retriever
     from reprlab.text.beir import load_beir
 
+    args = parse_args(argv)
     started = time.time()
-    scifact = DATA / "scifact" / "beir"
-    ckd = None
-    if args.model is None:
-        w = [float(x) for x in args.ckd_weights.split(",")]
-        layer_map = None
-        if args.layer_map:
-            layer_map = [[int(x) for x in pair.split(":")] for pair in args.layer_map.split(",")]
-        ckd = CKDConfig(wr_pair=w[0], wr_triplet=w[1], ltr_pair=w[2], ltr_triplet=w[3], window=21, layer_map=layer_map)
-        config = DistillConfig(  # the budget and KD / SEED settings of bench/distill.py
-            method=args.method, corpus=[str(scifact)], output_dir=str(Path(args.work_dir) / args.name),
-            teacher="minilm", student=args.student, max_length=128, max_steps=args.steps, batch_size=args.batch_size,
-            lr=args.lr, warmup_ratio=0.1, device="cpu", seed=args.seed,
-            kd=KDConfig(embedding="cosine", embedding_weight=1.0, score_weight=1.0, scale=20.0), ckd=ckd,
-            seed_method=SEEDConfig(queue_size=2048, student_temperature=0.2, teacher_temperature=0.01))
-        model_dir = run_distillation(config).model_dir
-    else:
-        model_dir = Path(args.model)
+    scifact = common.data_path("scifact", "beir")
+    model_dir, ckd = (Path(args.model), None) if args.model else train(args, scifact)
     train_s = time.time() - started
     dev = load_beir(scifact, split="train")  # the dev split: train qrels
-    retriever = DenseRetriever(SentenceEncoder.from_pretrained(str(model_dir), max_length=256), batch_size=64)
-    retriever.index_corpus(dev.corpus, show_progress=False)
-    ndcg = round(evaluate_retriever(retriever, dev)["ndcg_cut_10"], 4)
-    out = {"benchmark": "distill-dev", "name": args.name, "date": datetime.date.today().isoformat(),
-           "dev": "scifact qrels/train.tsv", "dev_queries": len(dev.judged_queries()), "ndcg@10_dev": ndcg,
-           "ckd": None if ckd is None else vars(ckd), "args": vars(args), "train_s": round(train_s, 1),
-           "wall_s": round(time.time() - started, 1),
-           "command": "python bench/distill_dev.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    path = REPO / "bench" / "results" / f"distill-dev-{args.name}.json"
-    atomic_write_json(path, out)
-    print(f"{args.name}: SciFact dev (train qrels) nDCG@10 {ndcg}  ({out['wall_s']} s) -> {path}")
-    return out
+    if args.quick:
+        dev = common.subsample(dev, 20, 100)
+    model = SentenceEncoder.from_pretrained(str(model_dir), max_length=64 if args.quick else 256).to(args.device)
+    ndcg = round(common.evaluate_dense(model, dev, batch_size=64)["ndcg_cut_10"], 4)
+    record = common.write_result(f"distill-dev-{args.name}", {
+        "benchmark": "distill-dev", "name": args.name, "dev": "scifact qrels/train.tsv",
+        "dev_queries": len(dev.judged_queries()), "ndcg@10_dev": ndcg, "ckd": None if ckd is None else vars(ckd),
+        "args": common.settings(args), "train_s": round(train_s, 1), "wall_s": round(time.time() - started, 1)},
+        args, argv)
+    print(f"{args.name}: SciFact dev (train qrels) nDCG@10 {ndcg}  ({record['wall_s']} s)")
+    return record
 
 
 if __name__ == "__main__":

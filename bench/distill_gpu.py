@@ -18,15 +18,13 @@ inner-product search (nDCG@10) on SciFact dev (the train qrels, the split settin
 SciFact test, Cranfield and CISI.
 
     python bench/distill_gpu.py --train-seconds 300                # on a GPU machine
-    python bench/distill_gpu.py --device cpu --quick --steps 4      # smoke run here
+    python bench/distill_gpu.py --quick                             # smoke run on CPU: 2 steps, 1 seed, subsamples
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import subprocess
 import sys
 import time
@@ -34,33 +32,48 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("REPRLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
+import common
+
 STUDENT = "config:hidden_size=192,num_heads=6,intermediate_size=768,num_layers=3,embedding_size=384"
 
 
-def distill_config(method: str, seed: int, steps: int, output_dir: Path, args):
-    """The recipe of the CPU narrow-student runs (bench/distill_dev.py), on ``args.device``."""
-    from reprlab.distill.ckd import CKDConfig
-    from reprlab.distill.kd import KDConfig
-    from reprlab.distill.recipe import DistillConfig
-
-    return DistillConfig(
-        method=method, corpus=[str(Path(args.data) / "scifact" / "beir")], output_dir=str(output_dir),
-        teacher=args.teacher, student=args.student, max_length=128, max_steps=steps, batch_size=32, lr=args.lr,
-        warmup_ratio=0.1, device=args.device, seed=seed, log_every=10, max_texts=args.max_texts,
-        kd=KDConfig(embedding="cosine", embedding_weight=1.0, score_weight=1.0, scale=20.0),
-        ckd=CKDConfig(wr_pair=100, wr_triplet=10, ltr_pair=100, ltr_triplet=10, window=21))
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[
+        common.bench_options(device=None, threads=2, append=False, work_dir="/tmp/reprlab-distill-gpu")])
+    p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default cuda (cpu with --quick)")
+    p.add_argument("--teacher", default="minilm", help="teacher model folder or name")
+    p.add_argument("--data", type=Path, default=common.data_root(),
+                   help="folder holding scifact/, cranfield/ and cisi/ (BEIR; default $REPRLAB_SHARED_DATA)")
+    p.add_argument("--student", default=STUDENT)
+    p.add_argument("--methods", default="kd,ckd")
+    p.add_argument("--seeds", default=None, help="default 0,1 (0 with --quick)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps per student (default: fill --train-seconds; 2 with --quick)")
+    p.add_argument("--train-seconds", type=float, default=300.0)
+    p.add_argument("--calibration-steps", type=int, default=60, help="steps of the timing run (at least 30)")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--max-texts", type=int, default=None, help="train on the first N texts (64 with --quick)")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: METHOD:SEED:STEPS:FOLDER, train one student
+    args = common.parse(p, argv)
+    args.device = args.device or ("cpu" if args.quick else "cuda")
+    args.seeds = args.seeds or ("0" if args.quick else "0,1")
+    if args.quick:
+        args.steps, args.max_texts = args.steps or 2, args.max_texts or 64
+    return args
 
 
 def train_one(method: str, seed: int, steps: int, output_dir: Path, args) -> dict:
+    """One student with the recipe of the CPU narrow-student runs (bench/distill_dev.py), on ``args.device``."""
     import torch
 
     from reprlab.distill.recipe import run_distillation
 
     torch.set_num_threads(args.threads)
     started = time.time()
-    result = run_distillation(distill_config(method, seed, steps, output_dir, args))
+    config = common.distill_config(method, args.student, output_dir, Path(args.data) / "scifact" / "beir",
+                                   teacher=args.teacher, steps=steps, lr=args.lr, device=args.device, seed=seed,
+                                   max_texts=args.max_texts)
+    result = run_distillation(config)
     return {"method": method, "seed": seed, "steps": result.steps, "final_loss": result.final_loss,
             "train_s": round(time.time() - started, 1), "model": str(result.model_dir)}
 
@@ -107,7 +120,21 @@ def seconds_per_step(folder: Path, jobs: list[tuple[str, int]]) -> float:
     return worst
 
 
-def score(model_dir: str, sets: dict, device: str) -> dict:
+def calibrate(jobs: list[tuple[str, int]], args) -> tuple[int, float]:
+    """Run every job at once for ``--calibration-steps``; (steps filling ``--train-seconds``, seconds per step)."""
+    calib = args.work_dir / "calibration"
+    calib.mkdir(exist_ok=True)
+    done = launch(jobs, args.calibration_steps, calib, args, deadline_s=600)
+    if any("error" in r for r in done):
+        raise SystemExit(f"calibration failed: {done}")
+    per_step = seconds_per_step(calib, jobs)
+    steps = max(100, int(args.train_seconds / per_step) // 100 * 100)
+    print(f"calibration: {per_step * 1000:.1f} ms/step with {len(jobs)} jobs at once -> {steps} steps",
+          file=sys.stderr)
+    return steps, per_step
+
+
+def score(model_dir: str, sets: dict, device: str, max_length: int = 256) -> dict:
     """nDCG@10 of one encoder on every evaluation set, by exact inner-product search over the corpus."""
     import torch
 
@@ -115,7 +142,7 @@ def score(model_dir: str, sets: dict, device: str) -> dict:
     from reprlab.retrieval.metrics import evaluate, to_run
     from reprlab.text.beir import doc_text
 
-    model = SentenceEncoder.from_pretrained(model_dir, max_length=256).to(device)
+    model = SentenceEncoder.from_pretrained(model_dir, max_length=max_length).to(device)
     out, encoded = {}, {}
     for name, (corpus_key, data) in sets.items():
         if corpus_key not in encoded:
@@ -135,78 +162,49 @@ def evaluation_sets(args) -> dict:
     """{name: (corpus key, BeirDataset)}: SciFact dev (train qrels) and test, Cranfield, CISI."""
     from reprlab.text.beir import load_beir
 
-    root = Path(args.data)
+    root = common.require(args.data, "--data")
     sets = {"scifact_dev": ("scifact", load_beir(root / "scifact" / "beir", split="train")),
             "scifact": ("scifact", load_beir(root / "scifact" / "beir", split="test")),
             "cranfield": ("cranfield", load_beir(root / "cranfield" / "beir", split="test")),
             "cisi": ("cisi", load_beir(root / "cisi" / "beir", split="test"))}
     if args.quick:
-        from distill import subsample  # bench/distill.py
-
-        sets = {name: (f"{key}-{name}", subsample(data, 20, 200)) for name, (key, data) in sets.items()}
+        sets = {name: (f"{key}-{name}", common.subsample(data, 10, 50)) for name, (key, data) in sets.items()}
     return sets
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--teacher", default="minilm", help="teacher model folder or name")
-    p.add_argument("--data", default=str(DATA), help="folder holding scifact/, cranfield/ and cisi/ (BEIR)")
-    p.add_argument("--student", default=STUDENT)
-    p.add_argument("--methods", default="kd,ckd")
-    p.add_argument("--seeds", default="0,1")
-    p.add_argument("--steps", type=int, default=None, help="steps per student (default: fill --train-seconds)")
-    p.add_argument("--train-seconds", type=float, default=300.0)
-    p.add_argument("--calibration-steps", type=int, default=60, help="steps of the timing run (at least 30)")
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads per training process")
-    p.add_argument("--max-texts", type=int, default=None, help="train on the first N texts (smoke runs)")
-    p.add_argument("--quick", action="store_true", help="evaluate on small subsamples (smoke runs)")
-    p.add_argument("--work-dir", default="/tmp/reprlab-distill-gpu")
-    p.add_argument("--output", default=str(REPO / "bench" / "results" / "distill-gpu.json"))
-    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: METHOD:SEED:STEPS:FOLDER, train one student
-    args = p.parse_args(argv)
+    args = parse_args(argv)
     if args.one:
         method, seed, steps, folder = args.one.split(":", 3)
         print(json.dumps(train_one(method, int(seed), int(steps), Path(folder), args)))
         return {}
 
-    from reprlab.io import atomic_write_json
-    from reprlab.logs import machine_summary
-
     started = time.time()
     jobs = [(m, int(s)) for m in args.methods.split(",") for s in args.seeds.split(",")]
-    work = Path(args.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
+    if args.quick and args.work_dir.exists():  # a smoke run starts afresh (a full run's folders are kept)
+        import shutil
+
+        shutil.rmtree(args.work_dir)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
     sets = evaluation_sets(args)  # read (and validated) before any training
-    steps, per_step = args.steps, None
-    if steps is None:
-        calib = work / "calibration"
-        calib.mkdir(exist_ok=True)
-        done = launch(jobs, args.calibration_steps, calib, args, deadline_s=600)
-        if any("error" in r for r in done):
-            raise SystemExit(f"calibration failed: {done}")
-        per_step = seconds_per_step(calib, jobs)
-        steps = max(100, int(args.train_seconds / per_step) // 100 * 100)
-        print(f"calibration: {per_step * 1000:.1f} ms/step with {len(jobs)} jobs at once -> {steps} steps",
-              file=sys.stderr)
-    run_dir = work / f"steps{steps}"
+    steps, per_step = (args.steps, None) if args.steps else calibrate(jobs, args)
+    run_dir = args.work_dir / f"steps{steps}"
     run_dir.mkdir(exist_ok=True)
     budget = (per_step or 1.0) * steps * 1.5 + 120
     trained = launch(jobs, steps, run_dir, args, deadline_s=budget)
 
-    rows = [{"model": "teacher", **score(args.teacher, sets, args.device)}]
+    max_length = 64 if args.quick else 256
+    rows = [{"model": "teacher", **score(args.teacher, sets, args.device, max_length)}]
     print(f"teacher: {rows[0]}", file=sys.stderr)
     for r in trained:
         if "error" not in r:
-            rows.append({"model": f"{r['method']} seed {r['seed']}", **score(r["model"], sets, args.device)})
+            rows.append({"model": f"{r['method']} seed {r['seed']}",
+                         **score(r["model"], sets, args.device, max_length)})
             print(f"{rows[-1]}", file=sys.stderr)
-    record = {"benchmark": "distill-gpu", "date": datetime.date.today().isoformat(), "machine": machine_summary(),
-              "command": "python bench/distill_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "student": args.student, "steps": steps, "seconds_per_step": per_step, "jobs_at_once": len(jobs),
-              "texts": "SciFact corpus + queries", "trained": trained, "scores": rows,
-              "wall_s": round(time.time() - started, 1)}
-    atomic_write_json(Path(args.output), record)
+    record = common.write_result("distill-gpu", {
+        "benchmark": "distill-gpu", "student": args.student, "steps": steps, "seconds_per_step": per_step,
+        "jobs_at_once": len(jobs), "texts": "SciFact corpus + queries", "trained": trained, "scores": rows,
+        "wall_s": round(time.time() - started, 1)}, args, argv)
     keys = ["scifact_dev", "scifact", "cranfield", "cisi"]
     print("| model | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
     for row in rows:

@@ -1,12 +1,13 @@
 """Encoding throughput: reprlab's SentenceEncoder vs sentence-transformers on the SciFact corpus.
 
 Same model (all-MiniLM-L6-v2), same max length, same batch size, one run. Each setting runs in its
-own subprocess so that its peak memory is its own; the parent then evaluates every setting's
-vectors on SciFact (nDCG@10), so a faster mode is shown to keep its quality.
+own subprocess so that its peak memory is its own, and is timed over ``--repeat`` (>= 3) passes after a
+warm-up batch (the median is reported); the parent then evaluates every setting's vectors on SciFact
+(nDCG@10), so a faster mode is shown to keep its quality.
 
     python bench/encode.py                       # full corpus, CPU
     python bench/encode.py --device cuda --batch-size 128
-    python bench/encode.py --quick               # 300 documents, smoke run
+    python bench/encode.py --quick               # smoke run: 64 documents, max length 128
 
 On a machine without the evaluation's dependencies (faiss), measure there and evaluate here:
 
@@ -17,22 +18,38 @@ On a machine without the evaluation's dependencies (faiss), measure there and ev
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from reprlab.io import atomic_write_json
-from reprlab.logs import machine_summary
+import common
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact" / "beir"
 SETTINGS = ("sentence-transformers", "reprlab-fp32", "reprlab-bf16", "reprlab-int8")
+QUICK_DOCS, QUICK_MAX_LENGTH = 64, 128
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[common.bench_options()])
+    parser.add_argument("--data", type=Path, default=common.data_path("scifact", "beir", check=False))
+    parser.add_argument("--model", default="minilm", help="model folder or name, the same for every setting")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    parser.add_argument("--repeat", type=int, default=3, help="timed passes over the corpus (>= 3); the median is kept")
+    parser.add_argument("--keep", default=None, help="folder for measure.json and each setting's vectors")
+    parser.add_argument("--no-eval", action="store_true", help="measure only (evaluate later with --evaluate)")
+    parser.add_argument("--evaluate", default=None, metavar="FOLDER",
+                        help="evaluate a --keep folder measured earlier, e.g. on a GPU machine")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one setting in this process
+    args = common.parse(parser, argv)
+    common.require(args.data, "--data")
+    if args.quick and not args.one:
+        args.max_length = min(args.max_length, QUICK_MAX_LENGTH)
+    return args
 
 
 def peak_rss_mb() -> float:
@@ -49,11 +66,8 @@ def flops_per_text(lengths: np.ndarray, hidden=384, inter=1536, layers=6) -> np.
     return layers * lengths * (per_token + attention)
 
 
-def run_one(setting: str, texts: list[str], args) -> dict:
-    """Encode ``texts`` with one setting ``args.repeat`` times; returns timings, memory and the vectors' path."""
-    import torch
-
-    torch.manual_seed(0)
+def encoder_for(setting: str, args):
+    """A function encoding a list of texts with ``setting`` (the model loaded on ``args.device``)."""
     if setting == "sentence-transformers":
         from sentence_transformers import SentenceTransformer
 
@@ -61,54 +75,57 @@ def run_one(setting: str, texts: list[str], args) -> dict:
 
         model = SentenceTransformer(str(resolve_model_path(args.model)), device=args.device)
         model.max_seq_length = args.max_length
-        encode = lambda t: model.encode(t, batch_size=args.batch_size, convert_to_numpy=True)  # noqa: E731
-    else:
-        from reprlab.encoder import SentenceEncoder
+        return lambda t: model.encode(t, batch_size=args.batch_size, convert_to_numpy=True)
+    from reprlab.encoder import SentenceEncoder
 
-        model = SentenceEncoder.from_pretrained(args.model, max_length=args.max_length).to(args.device)
-        precision = setting.split("-")[1]
-        if precision == "int8":
-            if args.device != "cpu":
-                raise SystemExit("reprlab-int8 is a CPU mode (dynamic quantization); drop it with --device cuda")
-            model = model.quantized()
-            precision = "fp32"
-        encode = lambda t: model.encode(t, batch_size=args.batch_size, precision=precision)  # noqa: E731
+    model = SentenceEncoder.from_pretrained(args.model, max_length=args.max_length).to(args.device)
+    precision = setting.split("-")[1]
+    if precision == "int8":
+        if args.device != "cpu":
+            raise SystemExit("reprlab-int8 is a CPU mode (dynamic quantization); drop it with --device cuda")
+        model = model.quantized()
+        precision = "fp32"
+    return lambda t: model.encode(t, batch_size=args.batch_size, precision=precision)
+
+
+def run_one(setting: str, texts: list[str], args) -> dict:
+    """Encode ``texts`` with one setting ``args.repeat`` times; returns timings, memory and the vectors' path."""
+    import torch
+
+    torch.manual_seed(0)
+    encode = encoder_for(setting, args)
     encode(texts[: args.batch_size])  # warm-up (kernels, allocator)
-    if args.device == "cuda":
+    cuda = args.device == "cuda"
+    if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    passes = []
-    for _ in range(args.repeat):
-        t0 = time.perf_counter()
-        vectors = encode(texts)
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        passes.append(time.perf_counter() - t0)
-    seconds = float(np.median(passes))
+    timing = common.timed(lambda: encode(texts), args.repeat, sync=torch.cuda.synchronize if cuda else None)
     out = Path(args.keep or tempfile.mkdtemp()) / f"vectors-{setting}.npy"
-    np.save(out, vectors.astype(np.float32))
-    peak = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else peak_rss_mb()
-    return {"setting": setting, "seconds": seconds, "passes": passes, "docs_per_s": len(texts) / seconds,
-            "peak_mb": peak, "vectors": out.name, "threads": torch.get_num_threads()}
+    np.save(out, timing.result.astype(np.float32))
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()
+    return {"setting": setting, "seconds": timing["median"], "passes": timing["passes"], "spread": timing["spread"],
+            "docs_per_s": len(texts) / timing["median"], "peak_mb": peak, "vectors": out.name,
+            "threads": torch.get_num_threads()}
 
 
-def measure(args, texts: list[str]) -> dict:
+def measure(args, texts: list[str], argv=None) -> dict:
     """Run every setting in its own subprocess; write and return ``measure.json`` in ``args.keep``."""
     results = []
     for setting in args.settings:
-        cmd = [sys.executable, __file__, "--one", setting, "--data", args.data, "--device", args.device,
+        cmd = [sys.executable, __file__, "--one", setting, "--data", str(args.data), "--device", args.device,
                "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--model", args.model,
-               "--repeat", str(args.repeat), "--keep", args.keep] + (["--quick"] * args.quick)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+               "--repeat", str(args.repeat), "--keep", args.keep, "--threads", str(args.threads)]
+        proc = subprocess.run(cmd + ["--quick"] * args.quick, capture_output=True, text=True)
         if proc.returncode:
             print(proc.stderr[-3000:], file=sys.stderr)
             raise SystemExit(f"{setting} failed")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"{setting}: {results[-1]['docs_per_s']:.1f} docs/s", file=sys.stderr)
-    record = {"command": "python bench/encode.py " + " ".join(sys.argv[1:]), "machine": machine_summary(),
-              "date": datetime.date.today().isoformat(), "docs": len(texts), "device": args.device,
-              "batch_size": args.batch_size, "max_length": args.max_length, "repeat": args.repeat,
-              "results": results}
+    from reprlab.io import atomic_write_json
+
+    record = {**common.stamp(argv), "docs": len(texts), "quick": args.quick,
+              "device": args.device, "batch_size": args.batch_size, "max_length": args.max_length,
+              "repeat": args.repeat, "results": results}
     atomic_write_json(Path(args.keep) / "measure.json", record)
     return record
 
@@ -117,7 +134,7 @@ def evaluate_measured(record: dict, folder: Path, data, ids: list[str], texts: l
     """nDCG@10, GFLOP/s, speed ratio and largest difference to the peer for every measured setting.
 
     Queries are encoded once, by reprlab in fp32 on this machine, so the settings differ only in
-    their document vectors.
+    their document vectors. The peer is sentence-transformers when it was measured, else the first setting.
     """
     from reprlab.encoder import SentenceEncoder
     from reprlab.retrieval.index import FaissIndex
@@ -145,52 +162,9 @@ def evaluate_measured(record: dict, folder: Path, data, ids: list[str], texts: l
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
-    parser.add_argument("--model", default="minilm", help="model folder or name, the same for every setting")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
-    parser.add_argument("--repeat", type=int, default=1, help="timed passes over the corpus; the median is kept")
-    parser.add_argument("--quick", action="store_true", help="300 documents")
-    parser.add_argument("--keep", default=None, help="folder for measure.json and each setting's vectors")
-    parser.add_argument("--no-eval", action="store_true", help="measure only (evaluate later with --evaluate)")
-    parser.add_argument("--evaluate", default=None, metavar="FOLDER",
-                        help="evaluate a --keep folder measured earlier, e.g. on a GPU machine")
-    parser.add_argument("--output", default=None,
-                        help="result JSON (default bench/results/encode-quick.json or encode-DEVICE.json)")
-    parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one setting in this process
-    args = parser.parse_args()
-
-    from reprlab.text.beir import doc_text, load_beir
-
-    data = load_beir(args.data, split="test")
-    if args.evaluate:
-        folder = Path(args.evaluate)
-        record = json.loads((folder / "measure.json").read_text())
-        quick = record["docs"] < len(data.corpus)
-    else:
-        quick = args.quick
-    ids = list(data.corpus)[: 300 if quick else None]
-    texts = [doc_text(data.corpus[i]) for i in ids]
-    if args.one:
-        print(json.dumps(run_one(args.one, texts, args)))
-        return
-    if not args.evaluate:
-        args.keep = args.keep or tempfile.mkdtemp()
-        Path(args.keep).mkdir(parents=True, exist_ok=True)
-        record = measure(args, texts)
-        folder = Path(args.keep)
-        if args.no_eval:
-            print(f"measured; evaluate with: python bench/encode.py --evaluate {folder} --data {args.data}")
-            return
-    results = evaluate_measured(record, folder, data, ids, texts, args.model)
-
+def markdown(record: dict, results: list[dict]) -> str:
     lines = [
-        f"### Encoding throughput, SciFact corpus ({len(texts)} docs, max length {record['max_length']}, "
+        f"### Encoding throughput, SciFact corpus ({record['docs']} docs, max length {record['max_length']}, "
         f"batch {record['batch_size']}, {record['device']})",
         "",
         f"`{record['command']}` on {record['machine']}, {record['date']}. "
@@ -203,17 +177,43 @@ def main() -> None:
     for r in results:
         lines.append(f"| {r['setting']} | {r['docs_per_s']:.1f} | {r['ratio']:.2f}x | {r['gflops']:.0f} | "
                      f"{r['peak_mb']:.0f} | {r['ndcg_cut_10']:.4f} | {r['max_abs_diff_vs_base']:.1e} |")
-    table = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    from reprlab.text.beir import doc_text, load_beir
+
+    args = parse_args(argv)
+    data = load_beir(args.data, split="test")
+    if args.evaluate:
+        folder = Path(args.evaluate)
+        record = json.loads((folder / "measure.json").read_text())
+        quick = record.get("quick", record["docs"] < len(data.corpus))
+    else:
+        quick = args.quick
+    ids = list(data.corpus)[: QUICK_DOCS if quick else None]
+    texts = [doc_text(data.corpus[i]) for i in ids]
+    if args.one:
+        print(json.dumps(run_one(args.one, texts, args)))
+        return
+    if not args.evaluate:
+        args.keep = args.keep or tempfile.mkdtemp()
+        Path(args.keep).mkdir(parents=True, exist_ok=True)
+        record = measure(args, texts, argv)
+        folder = Path(args.keep)
+        if args.no_eval:
+            print(f"measured; evaluate with: python bench/encode.py --evaluate {folder} --data {args.data}")
+            return
+    results = evaluate_measured(record, folder, data, ids, texts, args.model)
+    table = markdown(record, results)
     print(table)
-    name = "encode-quick.json" if quick else f"encode-{record['device']}.json"
     record = {**record, "results": results}
     if args.evaluate:
-        record["evaluated"] = {"command": "python bench/encode.py " + " ".join(sys.argv[1:]),
-                               "machine": machine_summary(), "date": datetime.date.today().isoformat()}
-    atomic_write_json(Path(args.output) if args.output else REPO / "bench" / "results" / name, record)
+        record["evaluated"] = common.stamp(argv)
+    args.quick = quick  # a quick measurement evaluated here is still a quick result
+    common.write_result(f"encode-{record['device']}" if not quick else "encode", record, args, argv)
     if args.append:
-        with open(REPO / "BENCHMARKS.md", "a") as f:
-            f.write("\n" + table + "\n")
+        common.append_benchmarks(table)
 
 
 if __name__ == "__main__":

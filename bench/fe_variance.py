@@ -10,24 +10,39 @@ gradient of the K-copy MLM loss is computed for R independent draws of each sche
 random / fully-explored. The 80/10/10 replacement is drawn in both, as in training.
 
     python bench/fe_variance.py                 # MiniLM, 4 chunks x 7 copies, 12 draws per scheme
-    python bench/fe_variance.py --quick         # smoke run
+    python bench/fe_variance.py --quick         # smoke run: 2 chunks of 64 tokens, 3 draws, 2 warm-up steps
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from reprlab.io import atomic_write_json
-from reprlab.logs import machine_summary
+import common
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact" / "beir"
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 parents=[common.bench_options()])
+    ap.add_argument("--data", type=Path, default=common.data_path("scifact", "beir", check=False),
+                    help="BEIR folder whose corpus gives the chunks")
+    ap.add_argument("--model", default="minilm")
+    ap.add_argument("--batch", type=int, default=4, help="chunks in the batch")
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--budget", type=float, default=0.15, help="K = round(1 / budget) copies")
+    ap.add_argument("--reps", type=int, default=12, help="independent mask draws per scheme")
+    ap.add_argument("--head-warmup", type=int, default=30, help="head-only MLM steps before measuring")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", dest="output", type=Path, help=argparse.SUPPRESS)  # the older name of --output
+    args = common.parse(ap, argv)
+    common.require(args.data, "--data")
+    if args.quick:
+        args.batch, args.reps, args.head_warmup, args.max_length = 2, 3, 2, 64
+    return args
 
 
 def flat_grad(model) -> torch.Tensor:
@@ -52,62 +67,46 @@ def random_copies(chunks, masking, special, rng, K):
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(DEFAULT_DATA), help="BEIR folder whose corpus gives the chunks")
-    ap.add_argument("--model", default="minilm")
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--batch", type=int, default=4, help="chunks in the batch")
-    ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--budget", type=float, default=0.15, help="K = round(1 / budget) copies")
-    ap.add_argument("--reps", type=int, default=12, help="independent mask draws per scheme")
-    ap.add_argument("--head-warmup", type=int, default=30, help="head-only MLM steps before measuring")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="smoke run: 2 chunks, 3 draws, 2 warm-up steps")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "fe_variance.json"))
-    args = ap.parse_args()
-    if args.quick:
-        args.batch, args.reps, args.head_warmup, args.max_length = 2, 3, 2, 64
-
+def load_chunks(args, tok, rng) -> tuple[list, list]:
+    """(the measured batch, chunks for the head warm-up): full-length chunks of 600 random corpus texts."""
     from reprlab.pretrain.corpus import read_texts, tokenize_chunks
-    from reprlab.pretrain.masking import MaskingConfig, SpecialTokens, build_masking
-    from reprlab.pretrain.mlm import MLMCollate, MLMModel, mlm_loss
-    from reprlab.encoder import Encoder
-    from reprlab.text.tokenizer import Tokenizer
 
-    torch.manual_seed(args.seed)
-    device = torch.device(args.device)
-    tok = Tokenizer.from_pretrained(args.model)
-    special = SpecialTokens.from_tokenizer(tok)
-    texts = read_texts(args.data)
-    rng = np.random.default_rng(args.seed)
+    texts = read_texts(str(args.data))
     picked = [texts[i] for i in rng.choice(len(texts), size=600, replace=False)]
     chunks = tokenize_chunks(picked, tok, max_length=args.max_length)
     full = [c for c in chunks if len(c) == args.max_length]  # equal lengths: no padding effects
-    batch_chunks = full[: args.batch]
-    warm_chunks = full[args.batch :]
-    model = MLMModel.build(Encoder.from_pretrained(args.model)).to(device)
+    return full[: args.batch], full[args.batch:]
 
-    # head warm-up: encoder frozen, random masking, on chunks other than the measured batch
-    t0 = time.time()
+
+def warm_head(model, warm_chunks, special, args, device, rng) -> list[float]:
+    """Train the fresh MLM head alone (encoder frozen, random masking) on chunks other than the measured
+    batch, then unfreeze the encoder (not its pooler) and switch dropout off; returns the losses."""
+    from reprlab.pretrain.masking import MaskingConfig, build_masking
+    from reprlab.pretrain.mlm import MLMCollate, mlm_loss
+
     model.encoder.requires_grad_(False)
     opt = torch.optim.AdamW([p for p in model.head.parameters() if p.requires_grad], lr=1e-3)
     collate = MLMCollate(build_masking("random", MaskingConfig(budget=args.budget)), special)
     model.train()
-    warm_losses = []
-    for step in range(args.head_warmup):
+    losses = []
+    for _ in range(args.head_warmup):
         items = [warm_chunks[i] for i in rng.choice(len(warm_chunks), size=16, replace=False)]
         batch = {k: v.to(device) for k, v in collate(items, rng).items()}
         loss, _ = mlm_loss(model, batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        warm_losses.append(float(loss.detach()))
+        losses.append(float(loss.detach()))
     model.encoder.requires_grad_(True)
     if model.encoder.pooler is not None:
         model.encoder.pooler.requires_grad_(False)
     model.eval()  # dropout off: the mask is the only randomness
-    warm_s = time.time() - t0
+    return losses
+
+
+def measure(model, batch_chunks, special, args, device) -> dict[str, dict]:
+    """Trace of the gradient covariance over ``args.reps`` mask draws, per masking scheme."""
+    from reprlab.pretrain.masking import MaskingConfig, build_masking
 
     K = int(round(1 / args.budget))
     random_masks = build_masking("random", MaskingConfig(budget=1.0 / K))  # each copy: n / K tokens
@@ -119,7 +118,6 @@ def main() -> None:
         "fully-explored, contiguous segments": lambda r: fe_contiguous.collate(batch_chunks, special, r),
     }
     results = {}
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     for name, make in schemes.items():
         t1 = time.time()
         total = total_sq = None
@@ -143,23 +141,49 @@ def main() -> None:
     base = results["random (K independent masks)"]["grad_variance_trace"]
     for r in results.values():
         r["variance_ratio_random_over_this"] = base / r["grad_variance_trace"]
+    return results
 
-    print(f"\n### Fully-explored MLM: gradient variance (MiniLM + MLM head, {args.batch} SciFact chunks of "
-          f"{args.max_length} tokens, K = {K} copies, {args.reps} draws)\n")
-    print("| masks of the K copies | masked tokens / batch | trace Var[grad] | ratio random / this |")
-    print("|---|---|---|---|")
+
+def markdown(results: dict, args, K: int) -> str:
+    lines = [f"### Fully-explored MLM: gradient variance (MiniLM + MLM head, {args.batch} SciFact chunks of "
+             f"{args.max_length} tokens, K = {K} copies, {args.reps} draws)", "",
+             "| masks of the K copies | masked tokens / batch | trace Var[grad] | ratio random / this |",
+             "|---|---|---|---|"]
     for name, r in results.items():
-        print(f"| {name} | {r['masked_tokens_per_batch']:.0f} | {r['grad_variance_trace']:.4g} | "
-              f"{r['variance_ratio_random_over_this']:.2f} |")
-    out = {
-        "benchmark": "fe_variance", "date": datetime.date.today().isoformat(), "machine": machine_summary(),
-        "device": args.device, "args": vars(args), "copies": K, "trainable_parameters": n_params,
-        "head_warmup_seconds": round(warm_s, 1), "head_warmup_loss_first_last": [warm_losses[:1], warm_losses[-1:]],
-        "results": results,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out, out)
-    print(f"\nwrote {args.out}")
+        lines.append(f"| {name} | {r['masked_tokens_per_batch']:.0f} | {r['grad_variance_trace']:.4g} | "
+                     f"{r['variance_ratio_random_over_this']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    from reprlab.encoder import Encoder
+    from reprlab.pretrain.masking import SpecialTokens
+    from reprlab.pretrain.mlm import MLMModel
+    from reprlab.text.tokenizer import Tokenizer
+
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    tok = Tokenizer.from_pretrained(args.model)
+    special = SpecialTokens.from_tokenizer(tok)
+    rng = np.random.default_rng(args.seed)  # picks the texts, then the warm-up batches and masks
+    batch_chunks, warm_chunks = load_chunks(args, tok, rng)
+    model = MLMModel.build(Encoder.from_pretrained(args.model)).to(device)
+    t0 = time.time()
+    warm_losses = warm_head(model, warm_chunks, special, args, device, rng)
+    warm_s = time.time() - t0
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    results = measure(model, batch_chunks, special, args, device)
+    K = int(round(1 / args.budget))
+    table = markdown(results, args, K)
+    print("\n" + table)
+    record = common.write_result("fe_variance", {
+        "benchmark": "fe_variance", "device": args.device, "args": common.settings(args), "copies": K,
+        "trainable_parameters": n_params, "head_warmup_seconds": round(warm_s, 1),
+        "head_warmup_loss_first_last": [warm_losses[:1], warm_losses[-1:]], "results": results}, args, argv)
+    if args.append:
+        common.append_benchmarks(common.section("Fully-explored MLM: gradient variance (`bench/fe_variance.py`)",
+                                                record, table))
 
 
 if __name__ == "__main__":

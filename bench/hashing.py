@@ -16,36 +16,27 @@ encoding excluded, query hashing included). The hash-table parameters (key bits,
 train Recall@100 is within 0.02 of exact Hamming search's.
 
     flock /tmp/reprlab-heavy.lock python bench/hashing.py              # ~30 min on 2 CPU cores
-    python bench/hashing.py --quick                                    # smoke run, a few minutes
+    python bench/hashing.py --quick                                    # smoke run: 40 queries, ~300 docs, 3 steps
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import sys
 import time
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from reprlab.io import atomic_write_json
-from reprlab.logs import machine_summary
+import common
 from reprlab.retrieval.hashing import BinaryIndex, HashingConfig, run_hashing
 from reprlab.retrieval.index import FaissIndex
 from reprlab.retrieval.metrics import evaluate, to_run
-from reprlab.text.beir import load_beir
+from reprlab.text.beir import doc_text, load_beir
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact" / "beir"
 HEADER = ("| model | index | bits | hash tables (key bits x tables, nflip) | nDCG@10 | R@100 | code B/doc "
           "| index B/doc | codes compared / query | ms / query |\n|---|---|---|---|---|---|---|---|---|---|")
-
-
-def doc_text(doc: dict) -> str:
-    return (doc.get("title", "") + " " + doc.get("text", "")).strip()
 
 
 def encode(model: str, corpus: dict, queries: dict, args, cache: Path) -> dict:
@@ -73,13 +64,11 @@ def encode(model: str, corpus: dict, queries: dict, args, cache: Path) -> dict:
     return {"doc_ids": doc_ids, "docs": docs, "qids": qids, "queries": qs, "encode_s": round(seconds, 1)}
 
 
-def best_time(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+def ms_per_query(search, n_queries: int, repeats: int) -> dict:
+    """Search time per query in ms: the fastest of ``repeats`` passes (the table's number) and the median."""
+    t = common.timed(search, repeats)
+    return {"ms_per_query": round(1000 * t["min"] / n_queries, 3),
+            "ms_per_query_median": round(1000 * t["median"] / n_queries, 3)}
 
 
 def metrics(index, queries: np.ndarray, qids: list[str], qrels: dict, k: int = 100) -> dict:
@@ -112,34 +101,33 @@ def tune_hash(vec: dict, train_q: dict, bits: int, args) -> tuple[dict, list[dic
 def rows_for(name: str, vec: dict, test: dict, train_q: dict, args) -> list[dict]:
     """Float, exact-Hamming and hash-table rows for one model's vectors."""
     n, dim = vec["docs"].shape
+    nq = len(test["qids"])
     rows = []
     flat = FaissIndex(dim)
     flat.add(vec["doc_ids"], vec["docs"])
-    seconds = best_time(lambda: flat.search(test["queries"], 100), args.repeats)
     rows.append({"model": name, "index": "float (Flat, inner product)", "bits": 32 * dim, "params": "",
                  **metrics(flat, test["queries"], test["qids"], test["qrels"]),
                  "code_bytes": 4 * dim, "index_bytes": round(faiss.serialize_index(flat.index).size / n, 1),
-                 "candidates": n, "ms_per_query": round(1000 * seconds / len(test["qids"]), 3)})
+                 "candidates": n, **ms_per_query(lambda: flat.search(test["queries"], 100), nq, args.repeats)})
     print(row_md(rows[-1]), flush=True)
     for bits in args.bits:
         exact = BinaryIndex(dim, bits, seed=args.seed)
         exact.add(vec["doc_ids"], vec["docs"])
-        seconds = best_time(lambda: exact.search(test["queries"], 100), args.repeats)
         rows.append({"model": name, "index": "binary, exact Hamming", "bits": bits, "params": "",
                      **metrics(exact, test["queries"], test["qids"], test["qrels"]),
                      "code_bytes": bits // 8, "index_bytes": round(exact.memory_bytes() / n, 1),
-                     "candidates": n, "ms_per_query": round(1000 * seconds / len(test["qids"]), 3)})
+                     "candidates": n, **ms_per_query(lambda: exact.search(test["queries"], 100), nq, args.repeats)})
         print(row_md(rows[-1]), flush=True)
         chosen, grid = tune_hash(vec, train_q, bits, args)
         hashed = BinaryIndex(dim, bits, "multihash", chosen["hash_bits"], chosen["tables"], chosen["nflip"], args.seed)
         hashed.add(vec["doc_ids"], vec["docs"])
-        seconds = best_time(lambda: hashed.search(test["queries"], 100), args.repeats)
         rows.append({"model": name, "index": "binary, hash tables", "bits": bits,
                      "params": f"{chosen['hash_bits']} x {chosen['tables']}, nflip {chosen['nflip']}",
                      **metrics(hashed, test["queries"], test["qids"], test["qrels"]),
                      "code_bytes": bits // 8, "index_bytes": round(hashed.memory_bytes() / n, 1),
                      "candidates": round(hashed.search_stats(test["queries"])["candidates"], 1),
-                     "ms_per_query": round(1000 * seconds / len(test["qids"]), 3), "tuning": grid})
+                     **ms_per_query(lambda: hashed.search(test["queries"], 100), nq, args.repeats),
+                     "tuning": grid})
         print(row_md(rows[-1]), flush=True)
     return rows
 
@@ -160,34 +148,22 @@ def fine_tune(recipe: str, args, out: Path) -> tuple[str, float]:
         return str(model_dir), float("nan")
     loop = TrainConfig(output_dir="", epochs=args.epochs, batch_size=args.train_batch_size, lr=args.lr,
                        device=args.device, seed=args.seed, max_steps=args.max_steps)
-    common = dict(output_dir=str(out), data=str(args.data), split="train", model="minilm",
+    shared = dict(output_dir=str(out), data=str(args.data), split="train", model="minilm",
                   num_negatives=args.num_negatives, query_max_length=64, passage_max_length=args.max_length,
                   train=loop)
     t0 = time.perf_counter()
     if recipe == "hashing":
-        result = run_hashing(HashingConfig(**common, scale=args.scale, similarity=args.similarity))
+        result = run_hashing(HashingConfig(**shared, scale=args.scale, similarity=args.similarity))
     else:
-        result = run_dpr(DprConfig(**common))
+        result = run_dpr(DprConfig(**shared))
     return result.model_dir, round(time.perf_counter() - t0, 1)
 
 
-def subsample(data, train, n_queries: int, n_docs: int, seed: int):
-    """--quick: a few test queries, their relevant documents, and random others."""
-    rng = np.random.default_rng(seed)
-    qids = sorted(data.judged_queries())[:n_queries]
-    keep = {d for q in qids for d in data.qrels[q]}
-    keep |= {d for q in list(train.judged_queries())[:n_queries] for d in train.qrels[q]}
-    others = [d for d in data.corpus if d not in keep]
-    keep |= set(rng.choice(others, size=max(0, n_docs - len(keep)), replace=False).tolist())
-    corpus = {d: data.corpus[d] for d in data.corpus if d in keep}
-    return corpus, qids
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR SciFact folder")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 40 queries, 600 documents, 3 steps")
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[
+        common.bench_options(work_dir="/tmp/reprlab-bench-hashing")])
+    parser.add_argument("--data", type=Path, default=common.data_path("scifact", "beir", check=False),
+                        help="BEIR SciFact folder")
     parser.add_argument("--bits", type=int, nargs="+", default=[128, 256, 512])
     parser.add_argument("--max-length", type=int, default=256, help="document tokens (encoding and training)")
     parser.add_argument("--batch-size", type=int, default=64, help="encoding batch")
@@ -203,41 +179,56 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nflips", type=int, nargs="+", default=[0, 1, 2], help="bucket radii to tune over")
     parser.add_argument("--recall-slack", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/reprlab-bench-hashing"),
-                        help="fine-tuned models and cached vectors (outside the repo)")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
-    args = parser.parse_args(argv)
+    parser.add_argument("--repeats", type=int, default=5, help="timed search passes (>= 3; the fastest is shown)")
+    parser.add_argument("--workdir", dest="work_dir", type=Path, help=argparse.SUPPRESS)  # older name
+    parser.add_argument("--out", dest="output", type=Path, help=argparse.SUPPRESS)  # older name of --output
+    args = common.parse(parser, argv)
+    common.require(args.data, "--data")
     if args.quick:
-        args.max_length, args.max_steps, args.repeats = 64, 3, 2
-        args.workdir = args.workdir / "quick"
-    args.out = args.out or REPO / "bench" / "results" / ("hashing-quick.json" if args.quick else "hashing.json")
-    faiss.omp_set_num_threads(1)  # single-threaded search timings on a shared machine
-    command = "python bench/hashing.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        args.max_length, args.max_steps, args.repeats, args.train_batch_size = 64, 3, 3, 8
+    return args
 
+
+def load_data(args):
+    """(test split, train split, corpus, test query ids, train query ids); a quick run keeps 40 of each
+    and their documents plus 200 random others."""
     data, train = load_beir(args.data, split="test"), load_beir(args.data, split="train")
-    corpus, test_qids = data.corpus, sorted(data.judged_queries())
-    train_qids = sorted(train.judged_queries())
+    test_qids, train_qids = sorted(data.judged_queries()), sorted(train.judged_queries())
+    corpus = data.corpus
     if args.quick:
-        corpus, test_qids = subsample(data, train, 40, 600, args.seed)
         train_qids = train_qids[:40]
-    tag = f"L{args.max_length}-n{len(corpus)}"
-    queries = {q: data.queries[q] for q in test_qids} | {q: train.queries[q] for q in train_qids}
+        small = common.subsample(data, 40, 200, args.seed,
+                                 keep_docs=[d for q in train_qids for d in train.qrels[q]])
+        corpus, test_qids = small.corpus, sorted(small.qrels)
+    return data, train, corpus, test_qids, train_qids
 
-    models = {"MiniLM": ("minilm", None)}
-    timings = {}
-    for recipe, name in [("hashing", "MiniLM + angular loss")] + ([("dpr", "MiniLM + DPR cosine loss")]
-                                                                 if args.dpr_control else []):
-        out = args.workdir / f"{recipe}-e{args.epochs}-s{args.max_steps}-lr{args.lr}-L{args.max_length}" \
-                             f"{f'-x{args.scale}-{args.similarity}' if recipe == 'hashing' else ''}"
+
+def train_models(args) -> tuple[dict, dict]:
+    """{row name: (model, its run folder)}: MiniLM as is, the angular-loss fine-tune and, with
+    ``--dpr-control``, the DPR fine-tune; and their training seconds."""
+    models, timings = {"MiniLM": ("minilm", None)}, {}
+    recipes = [("hashing", "MiniLM + angular loss")] + ([("dpr", "MiniLM + DPR cosine loss")]
+                                                        if args.dpr_control else [])
+    for recipe, name in recipes:
+        out = args.work_dir / f"{recipe}-e{args.epochs}-s{args.max_steps}-lr{args.lr}-L{args.max_length}" \
+                              f"{f'-x{args.scale}-{args.similarity}' if recipe == 'hashing' else ''}"
         model_dir, seconds = fine_tune(recipe, args, out)
         models[name] = (model_dir, out)
         timings[f"train {recipe} s"] = seconds
+    return models, timings
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    faiss.omp_set_num_threads(1)  # single-threaded search timings on a shared machine
+    data, train, corpus, test_qids, train_qids = load_data(args)
+    tag = f"L{args.max_length}-n{len(corpus)}"
+    queries = {q: data.queries[q] for q in test_qids} | {q: train.queries[q] for q in train_qids}
+    models, timings = train_models(args)
     rows = []
     print(HEADER, flush=True)
     for name, (model, out) in models.items():
-        cache = (args.workdir / "minilm" if out is None else out) / f"vectors-{tag}"
+        cache = (args.work_dir / "minilm" if out is None else out) / f"vectors-{tag}"
         vec = encode(model, corpus, queries, args, cache)
         timings[f"encode {name} s"] = vec["encode_s"]
         pos = {q: i for i, q in enumerate(vec["qids"])}
@@ -246,22 +237,18 @@ def main(argv: list[str] | None = None) -> None:
         train_q = {"qids": train_qids, "queries": take(train_qids), "qrels": {q: train.qrels[q] for q in train_qids}}
         rows += rows_for(name, vec, test, train_q, args)
 
-    result = {"command": command.strip(), "machine": machine_summary(), "date": datetime.date.today().isoformat(),
-              "faiss": faiss.__version__, "faiss_threads": 1, "docs": len(corpus), "test_queries": len(test_qids),
-              "train_queries": len(train_qids), "settings": {k: (str(v) if isinstance(v, Path) else v)
-                                                             for k, v in vars(args).items()},
-              "timings": timings, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out, result)
-    print(f"timings: {json.dumps(timings)}\nwrote {args.out}")
+    result = common.write_result("hashing", {
+        "faiss": faiss.__version__, "faiss_threads": 1, "docs": len(corpus), "test_queries": len(test_qids),
+        "train_queries": len(train_qids), "settings": common.settings(args), "timings": timings, "rows": rows},
+        args, argv)
+    print(f"timings: {json.dumps(timings)}")
     if args.append:
-        append_section(result)
+        common.append_benchmarks(section(result))
 
 
-def append_section(result: dict) -> None:
+def section(result: dict) -> str:
     s = result["settings"]
-    lines = [
-        "",
+    return "\n".join([
         "## Semantic hashing on SciFact (SimHash codes, exact Hamming and hash tables)",
         "",
         f"Command: `flock /tmp/reprlab-heavy.lock {result['command']}` (from the repo root). "
@@ -279,13 +266,7 @@ def append_section(result: dict) -> None:
         HEADER,
         *map(row_md, result["rows"]),
         "",
-    ]
-    path = REPO / "BENCHMARKS.md"
-    if not path.exists():
-        path.write_text("# reprlab benchmarks\n\nEach section gives the command, the machine and the date.\n",
-                        encoding="utf-8")
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("\n".join(lines))
+    ])
 
 
 if __name__ == "__main__":

@@ -16,13 +16,12 @@ time (each fits in well under 30 minutes on 2 CPU cores)::
     python bench/pretraining.py --parts random,wwm                # two schemes
     python bench/pretraining.py --parts cmlm
     python bench/pretraining.py --table                           # print what is there
-    python bench/pretraining.py --quick                           # smoke run of every part
+    python bench/pretraining.py --quick                           # smoke run of every part (3 steps each)
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import shutil
 import time
@@ -30,11 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from reprlab.io import atomic_write_json
-from reprlab.logs import machine_summary
+import common
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data" / "scifact"
 SCHEMES = ("random", "wwm", "span", "pmi", "fully-explored")
 PARTS = ("zero-shot", "none", *SCHEMES, "cmlm")
 
@@ -82,7 +78,7 @@ def run_part(part: str, data, args) -> dict:
     from reprlab.pretrain.masking import MaskingConfig, build_masking
     from reprlab.pretrain.mlm import MLMConfig, run_mlm
 
-    work = Path(args.work) / part
+    work = args.work_dir / part
     if work.exists():
         shutil.rmtree(work)
     record: dict = {"part": part}
@@ -170,12 +166,14 @@ def table(results: dict, args) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None) -> argparse.Namespace:
+    scifact = common.data_path("scifact", check=False)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 parents=[common.bench_options(append=False,
+                                                               work_dir="/tmp/reprlab-bench-pretraining")])
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from: {', '.join(PARTS)}")
-    ap.add_argument("--data", default=str(SHARED / "beir"))
-    ap.add_argument("--sentences", default=str(SHARED / "corpus_sentences.jsonl"))
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--data", type=Path, default=scifact / "beir")
+    ap.add_argument("--sentences", type=Path, default=scifact / "corpus_sentences.jsonl")
     ap.add_argument("--steps", type=int, default=60, help="pre-training optimizer steps (MLM and CMLM)")
     ap.add_argument("--rows", type=int, default=14, help="masked rows per MLM step (fully-explored: texts x copies)")
     ap.add_argument("--max-length", type=int, default=128)
@@ -192,45 +190,53 @@ def main() -> None:
     ap.add_argument("--ft-max-length", type=int, default=128)
     ap.add_argument("--eval-max-length", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--work", default="/tmp/reprlab-bench-pretraining", help="scratch folder for the models")
-    ap.add_argument("--quick", action="store_true", help="smoke run on a 400-document slice, a few steps each")
     ap.add_argument("--table", action="store_true", help="only print the table of the saved results")
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+    ap.add_argument("--work", dest="work_dir", type=Path, help=argparse.SUPPRESS)  # the older name of --work-dir
+    ap.add_argument("--out", dest="output", type=Path, help=argparse.SUPPRESS)  # the older name of --output
+    args = common.parse(ap, argv)
     if args.quick:
         args.steps, args.ft_steps, args.max_texts, args.eval_max_length, args.head_warmup = 3, 3, 200, 64, 1
-        args.work = args.work + "-quick"
-    name = "pretraining_quick.json" if args.quick else "pretraining.json"
-    out = Path(args.out or REPO / "bench" / "results" / name)
-    saved = json.loads(out.read_text()) if out.is_file() else {"results": {}}
-    if not args.table:
-        import logging
+        args.max_length, args.ft_max_length, args.ft_batch, args.cmlm_batch = 64, 64, 8, 8
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        ap.error(f"unknown parts {unknown}; choose from {', '.join(PARTS)}")
+    return args
 
-        import torch
 
-        from reprlab.text.beir import load_beir
+def run_parts(args, out: Path, argv=None) -> dict:
+    """Run every ``--parts`` entry on SciFact test (a slice in a quick run) and merge each record into ``out``
+    as soon as it is done; returns the merged results."""
+    import logging
 
-        logging.getLogger("reprlab").setLevel("INFO")
-        torch.manual_seed(args.seed)
-        data = load_beir(args.data, split="test")
-        if args.quick:  # a slice: every judged document plus the first others, and 30 queries
-            qids = list(data.judged_queries())[:30]
-            keep = {d for q in qids for d in data.qrels[q]} | set(list(data.corpus)[:400])
-            data.corpus = {d: data.corpus[d] for d in data.corpus if d in keep}
-            data.qrels = {q: data.qrels[q] for q in qids}
-        for part in [p.strip() for p in args.parts.split(",") if p.strip()]:
-            if part not in PARTS:
-                raise SystemExit(f"unknown part {part!r}; choose from {', '.join(PARTS)}")
-            print(f"=== {part}", flush=True)
-            record = run_part(part, data, args)
-            record.update(date=datetime.date.today().isoformat(), machine=machine_summary(), device=args.device)
-            # re-read before merging: another run may have recorded other parts meanwhile
-            saved = json.loads(out.read_text()) if out.is_file() else {"results": {}}
-            saved["results"][part] = record
-            saved["args"] = {k: v for k, v in vars(args).items() if k not in ("parts", "table")}
-            out.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(out, saved)
-            print(json.dumps({k: v for k, v in record.items() if k != "pmi_vocab"}), flush=True)
+    import torch
+
+    from reprlab.text.beir import load_beir
+
+    logging.getLogger("reprlab").setLevel("INFO")
+    torch.manual_seed(args.seed)
+    data = load_beir(common.require(args.data, "--data"), split="test")
+    if args.quick:  # every judged document of 20 queries plus 100 others
+        data = common.subsample(data, 20, 100)
+    saved = {}
+    for part in [p.strip() for p in args.parts.split(",") if p.strip()]:
+        print(f"=== {part}", flush=True)
+        record = run_part(part, data, args)
+        record.update(device=args.device, **common.stamp(argv))
+        # re-read before merging: another run may have recorded other parts meanwhile
+        saved = {k: v for k, v in common.read_result(out).items() if k not in ("machine", "date", "command")}
+        saved.setdefault("results", {})[part] = record
+        saved["args"] = {k: v for k, v in common.settings(args).items() if k not in ("parts", "table")}
+        common.write_result("pretraining", saved, args, argv)
+        print(json.dumps({k: v for k, v in record.items() if k != "pmi_vocab"}), flush=True)
+    return saved
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    out = common.result_path("pretraining", args)
+    saved = common.read_result(out) if args.table else run_parts(args, out, argv)
+    saved = saved or {"results": {}}
     print()
     print(table(saved["results"], argparse.Namespace(**{**vars(args), **saved.get("args", {})})))
     print(f"\nresults: {out}")

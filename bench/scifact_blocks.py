@@ -13,7 +13,7 @@
 
 Every number comes from one run of this script, on the same machine, with the same settings.
 
-    python bench/scifact_blocks.py --quick                                # smoke: 200 docs, 2 steps
+    python bench/scifact_blocks.py --quick                                # smoke: ~100 docs, 2 steps, D~=96
     python bench/scifact_blocks.py --threads 1 --parts zero-shot          # (a): ~20 min on 2 cores
     python bench/scifact_blocks.py --threads 1 --parts tuned --tune minilm,hire   # (b) baseline + (c)
     python bench/scifact_blocks.py --threads 1 --parts tuned --tune 192,96        # (b) converted models
@@ -26,29 +26,22 @@ the long benchmark can run as several heavy jobs of under ~30 minutes each.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+import common
 from reprlab.analysis.model_info import model_info
 from reprlab.encoder import SentenceEncoder
-from reprlab.io import atomic_write_json
-from reprlab.logs import machine_summary
 from reprlab.nn.collaborative import cp_relative_error, to_collaborative
 from reprlab.retrieval.dense import DenseRetriever
 from reprlab.retrieval.dpr import DprConfig, run_dpr
 from reprlab.retrieval.pipeline import evaluate_retriever
-from reprlab.text.beir import BeirDataset, load_beir
+from reprlab.text.beir import BeirDataset, doc_text, load_beir
 from reprlab.train import TrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("REPRLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 METRICS = ("ndcg_cut_10", "recall_100")
 
 
@@ -81,11 +74,10 @@ def fine_tune(folder: Path, out: Path, data_dir: Path, args, device: str) -> tup
     return model, {"steps": result.steps, "train_seconds": round(seconds, 1)}
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--quick", action="store_true", help="a 200-document slice and 2 fine-tuning steps")
-    p.add_argument("--data", default=str(DATA / "scifact" / "beir"))
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                parents=[common.bench_options(append=False)])
+    p.add_argument("--data", type=Path, default=common.data_path("scifact", "beir", check=False))
     p.add_argument("--dims", default="192,96", help="collaborative widths D~ to convert to")
     p.add_argument("--cp-iters", type=int, default=100, help="ALS sweeps of the CP decomposition")
     p.add_argument("--max-length", type=int, default=256, help="tokens per document at evaluation")
@@ -95,36 +87,38 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--negatives", type=int, default=0, help="BM25 hard negatives per query (0 = in-batch only)")
     p.add_argument("--train-max-length", type=int, default=128, help="passage tokens during fine-tuning")
-    p.add_argument("--parts", default="zero-shot,tuned", help="zero-shot, tuned and/or speed")
+    p.add_argument("--parts", default=None,
+                   help="zero-shot, tuned and/or speed (default zero-shot,tuned; all three with --quick)")
     p.add_argument("--speed-docs", type=int, default=500, help="documents encoded by the speed part (3 passes)")
     p.add_argument("--tune", default="minilm,hire,dims", help="models to fine-tune: minilm, hire, dims or widths")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a contended machine)")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dims = [int(d) for d in args.dims.split(",") if d]
-    data_dir = Path(args.data)
-    if not (data_dir / "corpus.jsonl").is_file():
-        sys.exit(f"no BEIR folder at {data_dir} (set --data or REPRLAB_SHARED_DATA)")
-    data = load_beir(data_dir, split="test")
+    args = common.parse(p, argv)
+    common.require(args.data / "corpus.jsonl", "--data (a BEIR folder)")
+    args.parts = args.parts or ("zero-shot,tuned,speed" if args.quick else "zero-shot,tuned")
     if args.quick:
-        keep = {d for q in list(data.qrels)[:30] for d in data.qrels[q]}
-        keep |= set(list(data.corpus)[:200])
-        data.corpus = {k: v for k, v in data.corpus.items() if k in keep}
-        data.qrels = {q: data.qrels[q] for q in list(data.qrels)[:30]}
-        dims, args.max_steps, args.max_length, args.cp_iters = dims[-1:], 2, 128, 10
+        args.dims, args.max_steps, args.max_length, args.cp_iters = args.dims.split(",")[-1], 2, 64, 10
+        args.speed_docs, args.batch_size, args.train_max_length = min(args.speed_docs, 32), 8, 64
+    return args
 
-    parts = {x.strip() for x in args.parts.split(",")}
+
+def plan(args) -> tuple[list[int], set[str], list[str]]:
+    """(collaborative widths, parts to run, models to fine-tune) from ``--dims``, ``--parts`` and ``--tune``."""
+    dims = [int(d) for d in args.dims.split(",") if d]
     tune = [x.strip() for x in args.tune.split(",")]
-    if "dims" in tune:
-        tune = [t for t in tune if t != "dims"] + [str(d) for d in dims]
-    needed = set(dims) if parts & {"zero-shot", "speed"} else {int(t) for t in tune if t.isdigit()}
+    tune = [t for t in tune if t != "dims"] + ([str(d) for d in dims] if "dims" in tune else [])
+    return dims, {x.strip() for x in args.parts.split(",")}, tune
 
-    rows, tuned_rows = [], []
-    base = SentenceEncoder.from_pretrained("minilm").eval()
+
+def load_data(args) -> BeirDataset:
+    """SciFact test; a quick run keeps the judged documents of 20 queries and 80 others."""
+    data = load_beir(args.data, split="test")
+    return common.subsample(data, 20, 80) if args.quick else data
+
+
+def convert(base: SentenceEncoder, widths: set[int], args) -> tuple[dict, dict]:
+    """MiniLM and its collaborative conversions: ({key: (row name, encoder)}, {D~: conversion record})."""
     models = {"minilm": ("MiniLM (softmax, D~=384)", base)}
     conversion = {}
-    for D in sorted(needed, reverse=True):
+    for D in sorted(widths, reverse=True):
         start = time.perf_counter()
         enc = to_collaborative(base.encoder, D, n_iter_max=args.cp_iters, dtype=torch.float32).eval()
         conversion[D] = {"seconds": round(time.perf_counter() - start, 1),
@@ -134,69 +128,83 @@ def main(argv=None) -> None:
                                                                   max_length=args.max_length))
         print(f"converted to D~={D} in {conversion[D]['seconds']}s; CP error per layer "
               f"{conversion[D]['cp_error_per_layer']}", flush=True)
-    if "zero-shot" in parts:
-        for key in ["minilm"] + [str(D) for D in dims]:
-            name, model = models[key]
-            D = model.encoder.config.attention_kwargs.get("shared_dim", 384)
-            scores = evaluate(model, data, args.max_length, 32)
-            rows.append({"model": name, "shared_dim": D, **sizes(model), **scores,
-                         **({"conversion": conversion[D]} if D in conversion else {})})
+    return models, conversion
+
+
+def zero_shot(models: dict, conversion: dict, dims: list[int], data: BeirDataset, args) -> list[dict]:
+    """(a): every model as converted, no training."""
+    rows = []
+    for key in ["minilm"] + [str(D) for D in dims]:
+        name, model = models[key]
+        D = model.encoder.config.attention_kwargs.get("shared_dim", 384)
+        rows.append({"model": name, "shared_dim": D, **sizes(model), **evaluate(model, data, args.max_length, 32),
+                     **({"conversion": conversion[D]} if D in conversion else {})})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def speed(models: dict, dims: list[int], data: BeirDataset, args) -> list[dict]:
+    """Encode speed alone: the same documents, 3 interleaved passes per model (the fastest is reported)."""
+    texts = [doc_text(d) for d in list(data.corpus.values())[: args.speed_docs]]
+    keys = ["minilm"] + [str(D) for D in dims]
+    for key in keys:
+        models[key][1].max_length = args.max_length
+
+    def encode(model):
+        with torch.inference_mode():
+            model.encode(texts, batch_size=32, show_progress=False)
+
+    timing = common.timed_interleaved({k: (lambda m=models[k][1]: encode(m)) for k in keys}, warmup=0)
+    rows = []
+    for key in keys:
+        rows.append({"model": models[key][0], "docs": len(texts), "docs_per_s": round(len(texts) / timing[key]["min"], 1),
+                     "speed_vs_minilm": round(timing["minilm"]["min"] / timing[key]["min"], 3),
+                     "median_docs_per_s": round(len(texts) / timing[key]["median"], 1),
+                     "spread": round(timing[key]["spread"], 3)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def tuned(models: dict, tune: list[str], data: BeirDataset, args) -> list[dict]:
+    """(b) and (c): the same DPR fine-tune of every ``--tune`` model, then the same evaluation."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for i, key in enumerate(tune):
+            if key == "hire":
+                name, model = "MiniLM + HIRE pooling", SentenceEncoder.from_pretrained("minilm", pooling="hire")
+            else:
+                name, model = models[key]
+            folder = tmp / f"start-{i}"
+            model.save_pretrained(folder)
+            model, info = fine_tune(folder, tmp / f"tuned-{i}", args.data, args, args.device)
+            rows.append({"model": name, **info, **sizes(model), **evaluate(model, data, args.max_length, 32)})
             print(rows[-1], flush=True)
+    return rows
 
-    speed_rows = []
-    if "speed" in parts:  # encode speed alone, interleaved repeats on the same documents (a quiet machine)
-        docs = list(data.corpus.values())[: args.speed_docs]
-        texts = [(d.get("title", "") + " " + d.get("text", "")).strip() for d in docs]
-        keys = ["minilm"] + [str(D) for D in dims]
-        best = {k: float("inf") for k in keys}
-        for rep in range(3):
-            for key in keys if rep % 2 == 0 else keys[::-1]:
-                model = models[key][1]
-                model.max_length = args.max_length
-                start = time.perf_counter()
-                with torch.inference_mode():
-                    model.encode(texts, batch_size=32, show_progress=False)
-                best[key] = min(best[key], time.perf_counter() - start)
-        for key in keys:
-            speed_rows.append({"model": models[key][0], "docs": len(texts),
-                               "docs_per_s": round(len(texts) / best[key], 1),
-                               "speed_vs_minilm": round(best["minilm"] / best[key], 3)})
-            print(speed_rows[-1], flush=True)
 
-    if "tuned" in parts:
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            for i, key in enumerate(tune):
-                if key == "hire":
-                    name, model = "MiniLM + HIRE pooling", SentenceEncoder.from_pretrained("minilm", pooling="hire")
-                else:
-                    name, model = models[key]
-                folder = tmp / f"start-{i}"
-                model.save_pretrained(folder)
-                tuned, info = fine_tune(folder, tmp / f"tuned-{i}", data_dir, args, args.device)
-                scores = evaluate(tuned, data, args.max_length, 32)
-                tuned_rows.append({"model": name, **info, **sizes(tuned), **scores})
-                print(tuned_rows[-1], flush=True)
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    dims, parts, tune = plan(args)
+    data = load_data(args)
+    widths = set(dims) if parts & {"zero-shot", "speed"} else {int(t) for t in tune if t.isdigit()}
+    models, conversion = convert(SentenceEncoder.from_pretrained("minilm").eval(), widths, args)
+    new = {"zero_shot": zero_shot(models, conversion, dims, data, args) if "zero-shot" in parts else [],
+           "speed": speed(models, dims, data, args) if "speed" in parts else [],
+           "tuned": tuned(models, tune, data, args) if "tuned" in parts else []}
+    old = common.read_result(common.result_path("scifact_blocks", args))
+    stamp = common.stamp(argv)
 
-    path = REPO / "bench" / "results" / f"scifact_blocks{'-quick' if args.quick else ''}.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    command = "python bench/scifact_blocks.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    stamp = {"date": datetime.date.today().isoformat(), "command": command}
-
-    def merged(key, new_rows):
+    def merged(key):  # this run's rows (stamped with this run) replace the saved rows of the same models
         keep = {r["model"]: r for r in old.get(key, [])}
-        keep.update({r["model"]: {**r, **stamp} for r in new_rows})
+        keep.update({r["model"]: {**r, **stamp} for r in new[key]})
         return list(keep.values())
 
-    out = {
-        "benchmark": "scifact_blocks", "machine": machine_summary(), "torch_threads": torch.get_num_threads(),
-        "settings": {k: v for k, v in vars(args).items()}, "docs": len(data.corpus), "queries": len(data.qrels),
-        "zero_shot": merged("zero_shot", rows), "tuned": merged("tuned", tuned_rows),
-        "speed": merged("speed", speed_rows),
-    }
-    atomic_write_json(path, out)
+    out = common.write_result("scifact_blocks", {
+        "benchmark": "scifact_blocks", "torch_threads": torch.get_num_threads(), "settings": common.settings(args),
+        "docs": len(data.corpus), "queries": len(data.qrels), "zero_shot": merged("zero_shot"),
+        "tuned": merged("tuned"), "speed": merged("speed")}, args, argv)
     print(markdown(out))
-    print(f"wrote {path}")
 
 
 def markdown(out: dict) -> str:

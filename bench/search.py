@@ -10,63 +10,31 @@
 
     python bench/search.py                      # writes bench/results/search.json, prints markdown
     python bench/search.py --append             # ... and appends a section to BENCHMARKS.md
+    python bench/search.py --quick              # smoke run: 2,000 vectors, 50 queries, a SciFact subsample
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import statistics
-import sys
-import time
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from reprlab.io import atomic_write_json
-from reprlab.logs import machine_summary
+import common
 from reprlab.retrieval.bm25 import BM25Index, tokenize
 from reprlab.retrieval.index import FaissIndex, ShardedIndex
 from reprlab.retrieval.metrics import evaluate, to_run
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def timed(fn, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def best_of(fn, repeats: int):
-    """(fastest seconds of ``repeats`` calls of ``fn``, the last call's result)."""
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
-
-
-def paired_times(ours, raw, repeats: int) -> tuple[list[float], list[float]]:
-    """Seconds of ``ours()`` and ``raw()`` over interleaved repeats (after one warm-up each).
+def paired_times(ours, raw, repeats: int) -> tuple[common.Timing, common.Timing]:
+    """Timings of ``ours()`` and ``raw()`` over interleaved repeats (after one warm-up each).
 
     The machine is shared, so other processes add noise: the ratio is taken on the fastest run of each
     (as ``timeit`` advises), and the medians are kept in the JSON.
     """
-    ours(), raw()
-    t_ours: list[float] = []
-    t_raw: list[float] = []
-    for r in range(repeats):
-        pair = [(ours, t_ours), (raw, t_raw)]
-        for fn, sink in pair if r % 2 == 0 else pair[::-1]:
-            sink.extend(timed(fn, 1))
-    return t_ours, t_raw
+    t = common.timed_interleaved({"ours": ours, "raw": raw}, repeats, warmup=1)
+    return t["ours"], t["raw"]
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
@@ -75,6 +43,23 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
 
 # ------------------------------------------------------------------------------------------------
 # (a) dense
+
+
+def build_dense(factory: str, ids: list[str], x: np.ndarray):
+    """(our index over ``x``, its raw FAISS peer): the very same FAISS object, or for the sharded index one
+    raw flat index over the same vectors."""
+    dim = x.shape[1]
+    if factory.endswith("shards"):
+        index = ShardedIndex(dim, 4, "Flat")
+        raw = faiss.IndexFlatIP(dim)
+        raw.add(x)
+    else:
+        index = FaissIndex(dim, factory)
+        raw = index.index
+    index.add(ids, x)
+    if factory == "HNSW32":
+        index.set_search_params(efSearch=128)
+    return index, raw
 
 
 def bench_dense(n_docs: int, n_queries: int, dim: int, ks: list[int], repeats: int) -> list[dict]:
@@ -87,40 +72,23 @@ def bench_dense(n_docs: int, n_queries: int, dim: int, ks: list[int], repeats: i
     rows = []
     truth = {}
     for factory in ("Flat", "HNSW32", "Flat x4 shards"):
-        start = time.perf_counter()
-        if factory.endswith("shards"):
-            index = ShardedIndex(dim, 4, "Flat")
-            raw = faiss.IndexFlatIP(dim)  # the peer: one raw flat index over the same vectors
-            raw.add(x)
-        else:
-            index = FaissIndex(dim, factory)
-            raw = index.index  # the very same FAISS object
-        index.add(ids, x)
-        if factory == "HNSW32":
-            index.set_search_params(efSearch=128)
-        build_s = time.perf_counter() - start
+        build = common.timed(lambda: build_dense(factory, ids, x))  # median of 3 builds; the last is searched
+        index, raw = build.result
         for k in ks:
             t_ours, t_raw = paired_times(lambda: index.search(queries, k), lambda: raw.search(queries, k), repeats)
             found = index.search(queries, k)[1]
             if factory == "Flat":
                 truth[k] = found
-            rows.append(
-                {
-                    "docs": n_docs,
-                    "queries": n_queries,
-                    "dim": dim,
-                    "index": factory,
-                    "k": k,
-                    "build_s": round(build_s, 3),
-                    "ours_ms": round(1000 * min(t_ours), 2),
-                    "raw_faiss_ms": round(1000 * min(t_raw), 2),
-                    "ratio": round(min(t_ours) / min(t_raw), 3),
-                    "ours_median_ms": round(1000 * statistics.median(t_ours), 2),
-                    "raw_faiss_median_ms": round(1000 * statistics.median(t_raw), 2),
-                    "repeats": repeats,
-                    "recall_vs_flat": round(recall_at(found, truth[k]), 4),
-                }
-            )
+            rows.append({
+                "docs": n_docs, "queries": n_queries, "dim": dim, "index": factory, "k": k,
+                "build_s": round(build["median"], 3), "build_spread": round(build["spread"], 3),
+                "ours_ms": round(1000 * t_ours["min"], 2), "raw_faiss_ms": round(1000 * t_raw["min"], 2),
+                "ratio": round(t_ours["min"] / t_raw["min"], 3),
+                "ours_median_ms": round(1000 * t_ours["median"], 2),
+                "raw_faiss_median_ms": round(1000 * t_raw["median"], 2),
+                "ours_spread": round(t_ours["spread"], 3), "raw_faiss_spread": round(t_raw["spread"], 3),
+                "repeats": repeats, "recall_vs_flat": round(recall_at(found, truth[k]), 4),
+            })
             print(dense_row(rows[-1]), flush=True)
     return rows
 
@@ -142,39 +110,28 @@ DENSE_HEADER = (
 # (b) BM25
 
 
-def read_beir(folder: Path, split: str = "test"):
-    corpus = [json.loads(line) for line in open(folder / "corpus.jsonl", encoding="utf-8")]
-    queries = {}
-    for line in open(folder / "queries.jsonl", encoding="utf-8"):
-        row = json.loads(line)
-        queries[row["_id"]] = row["text"]
-    qrels: dict[str, dict[str, int]] = {}
-    with open(folder / "qrels" / f"{split}.tsv", encoding="utf-8") as f:
-        next(f)
-        for line in f:
-            q, d, score = line.rstrip("\n").split("\t")
-            qrels.setdefault(q, {})[d] = int(score)
-    return corpus, queries, qrels
-
-
-def bench_bm25(folder: Path, repeats: int, k: int = 100) -> list[dict]:
+def bench_bm25(data, name: str, repeats: int, k: int = 100) -> list[dict]:
+    """reprlab's BM25Index and rank_bm25 on one BEIR dataset: index and query seconds (fastest of
+    ``repeats``, tokenization included), nDCG@10 and Recall@100."""
     from rank_bm25 import BM25Okapi
 
-    corpus, queries, qrels = read_beir(folder)
-    doc_ids = [d["_id"] for d in corpus]
-    texts = [(d.get("title", "") + " " + d["text"]).strip() for d in corpus]
-    qids = [q for q in queries if q in qrels]
-    qtexts = [queries[q] for q in qids]
-    name = folder.parent.name if folder.name == "beir" else folder.name
+    from reprlab.text.beir import doc_text
+
+    doc_ids = list(data.corpus)
+    texts = [doc_text(data.corpus[d]) for d in doc_ids]
+    qids = list(data.judged_queries())
+    qtexts = [data.queries[q] for q in qids]
+    qrels = data.qrels
 
     def build_ours():
         index = BM25Index()  # Anserini: k1=0.9, b=0.4, Snowball English stemmer, Lucene stopwords
         index.add(doc_ids, texts)
         return index
 
-    ours_index, bm25 = best_of(build_ours, repeats)
-    ours_query, (scores, ids) = best_of(lambda: bm25.search(qtexts, k), repeats)
-    ours = evaluate(qrels, to_run(qids, scores, ids), metrics=("ndcg@10", "recall@100"))
+    t_index = common.timed(build_ours, repeats)
+    bm25 = t_index.result
+    t_query = common.timed(lambda: bm25.search(qtexts, k), repeats)
+    ours = evaluate(qrels, to_run(qids, *t_query.result), metrics=("ndcg@10", "recall@100"))
 
     # rank_bm25 with the same tokens and k1/b (its idf differs: log((N - df + .5) / (df + .5)), floored)
     table = np.array(doc_ids, dtype=object)
@@ -187,9 +144,11 @@ def bench_bm25(folder: Path, repeats: int, k: int = 100) -> list[dict]:
             run[q] = {d: float(v) for d, v in zip(table[top].tolist(), s[top].tolist())}
         return run
 
-    peer_index, okapi = best_of(lambda: BM25Okapi(tokenize(texts), k1=bm25.k1, b=bm25.b), repeats)
-    peer_query, run = best_of(search_peer, repeats)
-    peer = evaluate(qrels, run, metrics=("ndcg@10", "recall@100"))
+    t_peer_index = common.timed(lambda: BM25Okapi(tokenize(texts), k1=bm25.k1, b=bm25.b), repeats)
+    okapi = t_peer_index.result
+    t_peer_query = common.timed(search_peer, repeats)
+    peer = evaluate(qrels, t_peer_query.result, metrics=("ndcg@10", "recall@100"))
+    ours_index, ours_query, peer_index, peer_query = (t["min"] for t in (t_index, t_query, t_peer_index, t_peer_query))
 
     rows = []
     for system, t_index, t_query, quality in (
@@ -232,43 +191,43 @@ BM25_HEADER = (
 # ------------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data",
-        nargs="+",
-        type=Path,
-        default=[REPO.parent / "shared" / "data" / "scifact" / "beir"],
-        help="BEIR folders for the BM25 comparison (default ../shared/data/scifact/beir)",
-    )
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     parents=[common.bench_options(device=None, threads=None)])
+    parser.add_argument("--data", nargs="+", type=Path, default=[common.data_path("scifact", "beir", check=False)],
+                        help="BEIR folders for the BM25 comparison (default $REPRLAB_SHARED_DATA/scifact/beir)")
     parser.add_argument("--sizes", nargs="+", type=int, default=[5183, 100_000], help="dense corpus sizes")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--k", nargs="+", type=int, default=[10, 100])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--bm25-repeats", type=int, default=3)
-    parser.add_argument(
-        "--threads", type=int, default=0,
-        help="FAISS OpenMP threads (0 = FAISS default; 1 = stable timings on a busy machine)",
-    )
+    parser.add_argument("--threads", type=int, default=0,
+                        help="FAISS OpenMP threads (0 = FAISS default; 1 = stable timings on a busy machine)")
     parser.add_argument("--skip-dense", action="store_true")
     parser.add_argument("--skip-bm25", action="store_true")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "search.json")
-    parser.add_argument("--append", action="store_true", help="append the tables to BENCHMARKS.md")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", dest="output", type=Path, help=argparse.SUPPRESS)  # the older name of --output
+    args = common.parse(parser, argv)
+    if args.quick:
+        args.sizes, args.queries, args.k, args.repeats = [2000], 50, [10], 3
+    return args
 
+
+def bm25_data(folder: Path, quick: bool):
+    """(a BEIR folder's test split, or a subsample of it in a quick run; its name for the table)."""
+    from reprlab.text.beir import load_beir
+
+    data = load_beir(common.require(folder, "--data"), split="test")
+    if quick:
+        data = common.subsample(data, 50, 500)
+    return data, folder.parent.name if folder.name == "beir" else folder.name
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
-    command = "python bench/search.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    result = {
-        "command": command.strip(),
-        "machine": machine_summary(),
-        "date": datetime.date.today().isoformat(),
-        "faiss": faiss.__version__,
-        "faiss_threads": faiss.omp_get_max_threads(),
-        "dense": [],
-        "bm25": [],
-    }
+    result = {"faiss": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(), "dense": [], "bm25": []}
     if not args.skip_dense:
         print(DENSE_HEADER)
         for n in args.sizes:
@@ -276,17 +235,14 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_bm25:
         print(BM25_HEADER)
         for folder in args.data:
-            result["bm25"] += bench_bm25(folder, args.bm25_repeats)
-    atomic_write_json(args.out, result)
-    print(f"wrote {args.out}")
+            result["bm25"] += bench_bm25(*bm25_data(folder, args.quick), args.bm25_repeats)
+    result = common.write_result("search", result, args, argv)
     if args.append:
-        append_section(result)
+        common.append_benchmarks(section(result))
 
 
-def append_section(result: dict) -> None:
-    path = REPO / "BENCHMARKS.md"
+def section(result: dict) -> str:
     lines = [
-        "",
         "## Search: reprlab Index vs raw FAISS, BM25 (bm25s) vs rank_bm25",
         "",
         f"Command: `{result['command']}` (from the repo root). Machine: {result['machine']}. "
@@ -313,13 +269,7 @@ def append_section(result: dict) -> None:
             *map(bm25_row, result["bm25"]),
             "",
         ]
-    if not path.exists():
-        path.write_text(
-            "# reprlab benchmarks\n\nEach section gives the command, the machine and the date.\n", encoding="utf-8"
-        )
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("\n".join(lines))
-    print(f"appended to {path}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

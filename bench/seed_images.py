@@ -10,19 +10,18 @@ for the same number of steps. All training goes through the shared loop. Every e
 linear-probe accuracy: a logistic regression on its pooled backbone features of the 60k training
 images, evaluated on the 10k test images (labels are used only by the teacher and the probes).
 
-Data: the 60k training set from Debian's ``dataset-fashion-mnist`` (``apt-get install
-dataset-fashion-mnist``, files under /usr/share/datasets/fashion-mnist) and the 10k test set from
-../shared/data/fashion_mnist_test.
+Data: the 60k training set and the 10k test set of Debian's ``dataset-fashion-mnist``, as copied to
+$REPRLAB_SHARED_DATA/fashion_mnist_train and fashion_mnist_test (``--train-data`` may point at the
+package's own folder, /usr/share/datasets/fashion-mnist after ``apt-get install dataset-fashion-mnist``).
 
     flock /tmp/reprlab-heavy.lock python bench/seed_images.py     # the recorded run (CPU)
-    python bench/seed_images.py --quick                           # smoke run
+    python bench/seed_images.py --quick                           # smoke run: 2,048 / 1,000 images, 1 epoch
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,12 +30,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reprlab.io import atomic_write_json
-from reprlab.logs import machine_summary
+import common
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("REPRLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
-TRAIN_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[
+        common.bench_options(work_dir="/tmp/reprlab-bench-seed-images")])
+    p.add_argument("--train-data", type=Path, default=common.data_path("fashion_mnist_train", check=False),
+                   help="folder of train-images-idx3-ubyte.gz and train-labels-idx1-ubyte.gz")
+    p.add_argument("--teacher-epochs", type=float, default=2.0)
+    p.add_argument("--student-epochs", type=float, default=2.0)
+    p.add_argument("--batch-size", type=int, default=256)
+    args = common.parse(p, argv)
+    if args.quick:
+        args.teacher_epochs = args.student_epochs = 1.0
+        args.batch_size = 128
+    return args
 
 
 class Classifier(nn.Module):
@@ -136,58 +145,43 @@ def macs(encoder) -> int:
     return total
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--teacher-epochs", type=float, default=2.0)
-    p.add_argument("--student-epochs", type=float, default=2.0)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--work-dir", default="/tmp/reprlab-bench-seed-images")
-    p.add_argument("--output", default=None)
-    args = p.parse_args(argv)
+def load_images(args) -> tuple[torch.Tensor, ...]:
+    """(train images, train labels, test images, test labels); a quick run keeps 2,048 and 1,000."""
+    from reprlab.distill.image import load_fashion_mnist
 
-    from reprlab.distill.image import ConvEncoder, load_fashion_mnist
+    common.require(args.train_data / "train-images-idx3-ubyte.gz", "the 60k Fashion-MNIST training set")
+    train_x, train_y = load_fashion_mnist(args.train_data, "train")
+    test_x, test_y = load_fashion_mnist(common.data_path("fashion_mnist_test"), "test")
+    if args.quick:
+        train_x, train_y, test_x, test_y = train_x[:2048], train_y[:2048], test_x[:1000], test_y[:1000]
+    return train_x, train_y, test_x, test_y
+
+
+def train_encoders(args, train_x, train_y) -> tuple[dict, dict]:
+    """The supervised teacher and the three students (random, SimCLR alone, SEED from the teacher), all
+    through the shared loop with the same steps; ({row name: encoder}, {run: seconds})."""
+    from reprlab.distill.image import ConvEncoder
     from reprlab.distill.seed import SEED, SEEDConfig
     from reprlab.train import TrainConfig, train
 
-    started = time.time()
-    torch.manual_seed(0)
-    if not (TRAIN_DIR / "train-images-idx3-ubyte.gz").is_file():
-        sys.exit(f"the 60k training set is missing: apt-get install dataset-fashion-mnist (expected {TRAIN_DIR})")
-    train_x, train_y = load_fashion_mnist(TRAIN_DIR, "train")
-    test_x, test_y = load_fashion_mnist(DATA / "fashion_mnist_test", "test")
-    if args.quick:
-        train_x, train_y = train_x[:2048], train_y[:2048]
-        test_x, test_y = test_x[:1000], test_y[:1000]
-        args.teacher_epochs = args.student_epochs = 1.0
-        args.batch_size = 128
-    n = len(train_x)
-    data = list(range(n))
-    work = Path(args.work_dir)
-    import shutil
-
-    if work.exists():
-        shutil.rmtree(work)
+    data = list(range(len(train_x)))
 
     def loop(name, epochs, lr):
-        return TrainConfig(output_dir=str(work / name), epochs=epochs, batch_size=args.batch_size, lr=lr,
+        return TrainConfig(output_dir=str(args.work_dir / name), epochs=epochs, batch_size=args.batch_size, lr=lr,
                            weight_decay=1e-4, warmup_ratio=0.05, schedule="cosine", device=args.device,
                            log_every=50, seed=0)
 
+    def student(seed=1):
+        torch.manual_seed(seed)
+        return ConvEncoder(channels=(8, 16, 32), dim=128)
+
     timings = {}
-    # teacher: supervised
     t0 = time.time()
     torch.manual_seed(0)
     teacher = ConvEncoder(channels=(32, 64, 128), dim=128)
     train(Classifier(teacher), data, ImageCollate(train_x, train_y), supervised_loss,
           loop("teacher", args.teacher_epochs, 3e-3))
     timings["teacher"] = round(time.time() - t0, 1)
-
-    def student(seed=1):
-        torch.manual_seed(seed)
-        return ConvEncoder(channels=(8, 16, 32), dim=128)
-
     encoders = {"teacher (supervised, 32-64-128)": teacher, "student, random init": student()}
     t0 = time.time()
     ssl = student()
@@ -201,8 +195,11 @@ def main(argv=None) -> dict:
     train(seed, data, ImageCollate(train_x, train_y), seed_loss_fn, loop("seed", args.student_epochs, 3e-3))
     timings["seed"] = round(time.time() - t0, 1)
     encoders["student, SEED from the teacher"] = seeded
+    return encoders, timings
 
-    device = torch.device(args.device)
+
+def probe_rows(encoders: dict, train_x, train_y, test_x, test_y, device) -> list[dict]:
+    """Linear-probe accuracy, parameters and multiply-adds of every encoder."""
     rows = []
     for name, enc in encoders.items():
         enc.to(device)
@@ -211,25 +208,37 @@ def main(argv=None) -> dict:
         rows.append({"encoder": name, "params": sum(p.numel() for p in enc.parameters()), "macs": macs(enc),
                      "feature_dim": enc.feature_dim, "linear_probe_acc": round(acc, 4)})
         print(f"[seed_images] {name}: linear probe {acc:.4f}", file=sys.stderr)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
     lines = ["| encoder | params | MACs / image | probe features | linear-probe accuracy |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['encoder']} | {r['params']:,} | {r['macs'] / 1e6:.2f} M | {r['feature_dim']} | "
                      f"{100 * r['linear_probe_acc']:.2f}% |")
-    table = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    started = time.time()
+    torch.manual_seed(0)
+    train_x, train_y, test_x, test_y = load_images(args)
+    if args.work_dir.exists():
+        shutil.rmtree(args.work_dir)
+    encoders, timings = train_encoders(args, train_x, train_y)
+    rows = probe_rows(encoders, train_x, train_y, test_x, test_y, torch.device(args.device))
+    table = markdown(rows)
     print(table)
-    out = {
-        "benchmark": "seed_images", "date": datetime.date.today().isoformat(), "machine": machine_summary(),
-        "device": args.device, "torch_threads": torch.get_num_threads(), "args": vars(args), "rows": rows,
-        "train_seconds": timings, "table": table, "wall_s": round(time.time() - started, 1),
-        "train_images": n, "test_images": len(test_x),
-        "command": "python bench/seed_images.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-    }
-    path = Path(args.output) if args.output else REPO / "bench" / "results" / (
-        "seed_images-quick.json" if args.quick else "seed_images.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, out)
-    print(f"wrote {path} (wall {out['wall_s']} s)", file=sys.stderr)
-    return out
+    record = common.write_result("seed_images", {
+        "benchmark": "seed_images", "device": args.device, "torch_threads": torch.get_num_threads(),
+        "args": common.settings(args), "rows": rows, "train_seconds": timings, "table": table,
+        "wall_s": round(time.time() - started, 1), "train_images": len(train_x), "test_images": len(test_x)},
+        args, argv)
+    if args.append:
+        common.append_benchmarks(common.section(
+            "SEED on images: Fashion-MNIST, a small CNN with and without SEED (`bench/seed_images.py`)", record, table))
+    return record
 
 
 if __name__ == "__main__":

@@ -11,41 +11,22 @@ at twice the batch (64 queries and 64 passages per step: as many passages as a b
 negative each), the other settings as for every row.
 
     python bench/train_retrieval.py --epochs 3 --batch-size 32 --lr 5e-5
-    python bench/train_retrieval.py --quick          # 60 training queries, 400 documents: smoke run
+    python bench/train_retrieval.py --quick          # smoke run: 40 training queries, ~200 documents, 1 epoch
+    python bench/train_retrieval.py --quick --rows minilm bm25 dpr ance   # without the peer (needs `datasets`)
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 import time
 from pathlib import Path
 
+import common
 from reprlab.io import atomic_write_json
-from reprlab.logs import machine_summary
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
 ROWS = ("minilm", "bm25", "st-mnrl", "st-mnrl-b64", "dpr", "ance", "ance-top50")
-
-
-def quick_subset(folder: Path, out: Path, n_train: int = 60, n_docs: int = 400) -> Path:
-    """A small BEIR folder: n_train train queries, their positives and the test judgements, padded with other docs."""
-    from reprlab.text.beir import BeirDataset, load_beir, write_beir
-
-    train = load_beir(folder, split="train")
-    test = load_beir(folder, split="test")
-    train_q = list(train.judged_queries())[:n_train]
-    test_q = list(test.judged_queries())[:60]
-    keep = {d for q in train_q for d in train.qrels[q]} | {d for q in test_q for d in test.qrels[q]}
-    keep |= set(list(train.corpus)[: max(0, n_docs - len(keep))])
-    corpus = {d: train.corpus[d] for d in train.corpus if d in keep}
-    queries = {q: train.queries[q] for q in train_q + test_q}
-    write_beir(out, BeirDataset(corpus, queries, {q: train.qrels[q] for q in train_q}), split="train")
-    write_beir(out, BeirDataset(corpus, queries, {q: test.qrels[q] for q in test_q}), split="test")
-    return out
 
 
 def train_pairs(data, exclude):
@@ -133,11 +114,12 @@ def save_rows(path: Path, rows: list[dict]) -> None:
     atomic_write_json(path, [r for r in kept if r["row"] not in names] + rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(DATA / "scifact" / "beir"))
-    parser.add_argument("--zero-shot", nargs="*",
-                        default=[str(DATA / "cranfield" / "beir"), str(DATA / "cisi" / "beir")])
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[common.bench_options(
+        work_dir=str(common.REPO / "runs" / "bench-train-retrieval"))])
+    parser.add_argument("--data", type=Path, default=common.data_path("scifact", "beir", check=False))
+    parser.add_argument("--zero-shot", nargs="*", type=Path, default=[common.data_path(name, "beir", check=False)
+                                                                       for name in ("cranfield", "cisi")])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     parser.add_argument("--epochs", type=float, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -149,96 +131,113 @@ def main() -> None:
     parser.add_argument("--ance-loss", default="softmax", choices=("softmax", "pairwise"))
     parser.add_argument("--dev-fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--out", default=str(REPO / "runs" / "bench-train-retrieval"))
     parser.add_argument("--ance-top-k", type=int, default=200, help="ANCE: ANN depth negatives are sampled from")
-    parser.add_argument("--reuse", action="store_true", help="keep rows already in <out>/results.json (same settings)")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--results", default=None,
-                        help="JSON path (default bench/results/train_retrieval[-quick].json)")
-    parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
-    args = parser.parse_args()
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep rows already in <work-dir>/results.json (same settings)")
+    parser.add_argument("--results", dest="output", type=Path, help=argparse.SUPPRESS)  # the older name of --output
+    args = common.parse(parser, argv)
+    common.require(args.data, "--data")
+    if args.quick:
+        args.epochs, args.batch_size, args.max_length, args.refresh_every = 1, 8, 64, 3
+    else:
+        for folder in args.zero_shot:
+            common.require(folder, "--zero-shot")
+    return args
 
-    import logging
 
-    import torch
-
-    from reprlab.logs import setup_cli_logging
-    from reprlab.retrieval.ance import AnceConfig, run_ance
-    from reprlab.retrieval.dpr import DprConfig, run_dpr
+def prepare(args) -> tuple[Path, object, list[str], dict]:
+    """(the BEIR folder trained on, its train split, the dev query ids held out of training, the test sets);
+    a quick run trains on a small folder (40 train + 30 test queries, their documents and 100 others) and is
+    scored on its test side only."""
     from reprlab.retrieval.pipeline import holdout
     from reprlab.text.beir import load_beir
-    from reprlab.train import TrainConfig
 
-    setup_cli_logging(logging.INFO)
-    torch.manual_seed(args.seed)
-    out = Path(args.out + ("-quick" if args.quick else ""))
-    out.mkdir(parents=True, exist_ok=True)
-    data_dir = quick_subset(Path(args.data), out / "data") if args.quick else Path(args.data)
+    data_dir = args.data
+    if args.quick:
+        data_dir = common.write_subsample(args.data, args.work_dir / "data", {"train": 40, "test": 30}, 100)
     train_data = load_beir(data_dir, split="train")
     dev = holdout(list(train_data.judged_queries()), args.dev_fraction)
     eval_sets = {"scifact": load_beir(data_dir, split="test")}
     if not args.quick:
         eval_sets.update({Path(p).parent.name: load_beir(p, split="test") for p in args.zero_shot})
+    return data_dir, train_data, dev, eval_sets
 
-    def loop(name):
-        return TrainConfig(output_dir=str(out / name), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                           warmup_ratio=0.1, seed=args.seed, device=args.device, log_every=5,
-                           checkpoint_every=25, resume=True)  # a cut run resumes
 
+def train_row(row: str, args, data_dir: Path, train_data, dev: list[str]) -> tuple[str, dict]:
+    """Train one row (nothing for the zero-shot ones); (retriever spec or model folder, info)."""
+    from reprlab.retrieval.ance import AnceConfig, run_ance
+    from reprlab.retrieval.dpr import DprConfig, run_dpr
+    from reprlab.train import TrainConfig
+
+    out = args.work_dir
+    loop = TrainConfig(output_dir=str(out / row), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       warmup_ratio=0.1, seed=args.seed, device=args.device, log_every=5,
+                       checkpoint_every=25, resume=True)  # a cut run resumes
+    t0 = time.time()
+    info: dict = {}
+    if row in ("minilm", "bm25"):
+        return row, info
+    if row == "st-mnrl":
+        spec, info["train_seconds"] = run_peer(train_data, set(dev), args, out / row, args.batch_size,
+                                               args.num_negatives)
+    elif row == "st-mnrl-b64":  # the peer's best recipe: in-batch negatives only, batch 64
+        spec, info["train_seconds"] = run_peer(train_data, set(dev), args, out / row, 64, 0)
+    elif row == "dpr":
+        result = run_dpr(DprConfig(output_dir=str(out / row), data=str(data_dir), split="train", model="minilm",
+                                   num_negatives=args.num_negatives, passage_max_length=args.max_length,
+                                   exclude_queries=dev, train=loop))
+        spec, info["train_seconds"] = result.model_dir, time.time() - t0
+    else:  # "ance": the paper's top-200; "ance-top50": negatives from the top 50 (1% of SciFact's corpus)
+        top_k = 50 if row == "ance-top50" else args.ance_top_k
+        result = run_ance(AnceConfig(output_dir=str(out / row), data=str(data_dir), split="train", model="minilm",
+                                     refresh_every=args.refresh_every, num_negatives=args.num_negatives,
+                                     top_k=top_k, skip_top=args.skip_top, loss=args.ance_loss,
+                                     passage_max_length=args.max_length, dev_queries=dev, train=loop))
+        spec, info["train_seconds"] = result.model_dir, time.time() - t0
+        info["refreshes"] = [json.loads(line) for line in open(result.refresh_log)]
+    return spec, info
+
+
+def run_rows(args, data_dir: Path, train_data, dev: list[str], eval_sets: dict) -> list[dict]:
+    """Every ``--rows`` entry trained and scored, each saved to <work-dir>/results.json as soon as it is
+    done (``--reuse`` keeps the saved rows made with the same settings)."""
+    out = args.work_dir
     settings = {k: getattr(args, k) for k in SETTINGS}
+    settings["zero_shot"] = [str(p) for p in args.zero_shot]
     settings["data"] = str(Path(args.data).resolve())
-    results = []
     done = {}
     if args.reuse and (out / "results.json").is_file():
         done = {r["row"]: r for r in json.loads((out / "results.json").read_text())}
+    results = []
     for row in args.rows:
         if row in done:
             if done[row].get("settings") != settings:
                 raise SystemExit(f"{out / 'results.json'}: row {row!r} was made with settings "
-                                 f"{done[row].get('settings')}, not {settings}; use another --out or drop --reuse")
+                                 f"{done[row].get('settings')}, not {settings}; use another --work-dir or "
+                                 "drop --reuse")
             results.append(done[row])
             continue
-        t0 = time.time()
         info: dict = {"row": row, "settings": settings}
         if (out / row / "checkpoints").is_dir() or any((out / row / "st-checkpoints").glob("checkpoint-*")):
             info["resumed"] = True  # its train time covers this invocation only
-        if row in ("minilm", "bm25"):
-            spec = row
-        elif row == "st-mnrl":
-            spec, info["train_seconds"] = run_peer(train_data, set(dev), args, out / row, args.batch_size,
-                                                   args.num_negatives)
-        elif row == "st-mnrl-b64":  # the peer's best recipe: in-batch negatives only, batch 64
-            spec, info["train_seconds"] = run_peer(train_data, set(dev), args, out / row, 64, 0)
-        elif row == "dpr":
-            result = run_dpr(DprConfig(output_dir=str(out / row), data=str(data_dir), split="train", model="minilm",
-                                       num_negatives=args.num_negatives, passage_max_length=args.max_length,
-                                       exclude_queries=dev, train=loop(row)))
-            spec, info["train_seconds"] = result.model_dir, time.time() - t0
-        else:  # "ance": the paper's top-200; "ance-top50": negatives from the top 50 (1% of SciFact's corpus)
-            top_k = 50 if row == "ance-top50" else args.ance_top_k
-            result = run_ance(AnceConfig(output_dir=str(out / row), data=str(data_dir), split="train", model="minilm",
-                                         refresh_every=args.refresh_every, num_negatives=args.num_negatives,
-                                         top_k=top_k, skip_top=args.skip_top, loss=args.ance_loss,
-                                         passage_max_length=args.max_length, dev_queries=dev, train=loop(row)))
-            spec, info["train_seconds"] = result.model_dir, time.time() - t0
-            info["refreshes"] = [json.loads(line) for line in open(result.refresh_log)]
+        spec, trained = train_row(row, args, data_dir, train_data, dev)
+        info.update(trained)
         t1 = time.time()
         info["scores"] = evaluate_model(spec, eval_sets, args)
         info["eval_seconds"] = time.time() - t1
         results.append(info)
         print(f"{row}: {json.dumps(info['scores'])}", file=sys.stderr, flush=True)
         save_rows(out / "results.json", [info])
+    return results
 
-    date = datetime.date.today().isoformat()
-    command = "python bench/train_retrieval.py " + " ".join(sys.argv[1:])
-    sets = list(eval_sets)
+
+def markdown(results: list[dict], sets: list[str], args, stamp: dict) -> str:
     lines = [
         f"### Dense-retrieval training on SciFact ({'quick subset' if args.quick else 'full'}; "
         f"{args.epochs:g} epochs, batch {args.batch_size}, lr {args.lr:g}, max length {args.max_length}, "
         f"{args.num_negatives} hard negative(s), {args.device})",
         "",
-        f"`{command}` on {machine_summary()}, {date}. "
+        f"`{stamp['command']}` on {stamp['machine']}, {stamp['date']}. "
         f"Trained on SciFact train minus a {args.dev_fraction:.0%} dev slice; "
         "nDCG@10 / recall@100 on each test split; Cranfield and CISI are zero-shot.",
         "",
@@ -257,15 +256,28 @@ def main() -> None:
                   "dev nDCG@10): " + "; ".join(
                       f"v{x['version']}: {x['checkpoint_step']}->{x['switched_at_step']}, {x['encode_seconds']:.0f}s, "
                       f"{x.get('dev_ndcg_cut_10', float('nan')):.4f}" for x in ance["refreshes"])]
-    table = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    import logging
+
+    import torch
+
+    from reprlab.logs import setup_cli_logging
+
+    args = parse_args(argv)
+    setup_cli_logging(logging.INFO)
+    torch.manual_seed(args.seed)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    data_dir, train_data, dev, eval_sets = prepare(args)
+    results = run_rows(args, data_dir, train_data, dev, eval_sets)
+    stamp = common.stamp(argv)
+    table = markdown(results, list(eval_sets), args, stamp)
     print(table)
-    path = Path(args.results or REPO / "bench" / "results" / f"train_retrieval{'-quick' if args.quick else ''}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path,
-        {"command": command, "machine": machine_summary(), "date": date, "args": vars(args), "results": results})
+    common.write_result("train_retrieval", {**stamp, "args": common.settings(args), "results": results}, args, argv)
     if args.append:
-        with open(REPO / "BENCHMARKS.md", "a") as f:
-            f.write("\n" + table + "\n")
+        common.append_benchmarks(table)
 
 
 if __name__ == "__main__":
