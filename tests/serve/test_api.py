@@ -41,8 +41,6 @@ def test_filters_keep_only_matching_documents(client):
                                      "filters": [{"field": "title", "op": "prefix", "value": "heart"}]})
     titles = [h["title"] for h in r.json()["results"]]
     assert titles and all(t.startswith("Heart") for t in titles) and len(titles) == 3
-    r = client.post("/search", json={"query": "study", "filters": [{"field": "colour", "value": "red"}]})
-    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "filters.0.field"
 
 
 def test_multihop_returns_two_hop_chains(client, index_dir):
@@ -106,7 +104,7 @@ def test_health_stats_and_page(client):
     ({"query": "gene", "k": "ten"}, "k"),
     ({"query": "gene", "mode": "sparse"}, "mode"),
     ({"query": "gene", "colour": "red"}, "colour"),
-    ({"query": "gene", "filters": [{"field": "1bad", "value": "x"}]}, "filters.0.field"),
+    ({"query": "gene", "filters": [{"field": "colour", "value": "x"}]}, "filters.0.field"),
     ({"query": "gene\ud800"}, "query"),
     ({"k": 3}, "query"),
 ])

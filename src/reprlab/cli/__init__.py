@@ -10,6 +10,8 @@
     reprlab answer --model READER_DIR --question "..." (--context TEXT | --index INDEX_DIR)
     reprlab model-info tiny|minilm_l6|CONFIG.json|MODEL_DIR|minilm [--seq-len 512] [--attention NAME]
     reprlab pmi-vocab --corpus FILE|DIR --out VOCAB.json
+    reprlab serve --index INDEX_DIR [--multihop-index DIR] [--reader DIR] [--backend onnx] [--port 8000]
+    reprlab export onnx --model MODEL_DIR --out DIR [--int8]
     reprlab train|pretrain|distill|compress RECIPE --out RUN_DIR ...   (every registered recipe)
 
 The recipe subcommands are built from the recipe registry (:mod:`reprlab.recipes`) by one mechanism
@@ -38,7 +40,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from reprlab.cli import models, qa, recipes, search
+    from reprlab.cli import models, qa, recipes, search, serve
 
     parser = ArgumentParser(prog="reprlab", description="Learn, compress, search and serve text representations "
                             "(ICLR 2021 methods on one encoder). `reprlab COMMAND --help` lists a command's options.",
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_commands(sub)
     qa.add_commands(sub)
     models.add_commands(sub)
+    serve.add_commands(sub)
     recipes.add_commands(sub)
     return parser
 

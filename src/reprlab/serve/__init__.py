@@ -16,10 +16,17 @@ endpoint computes), ``app`` (the FastAPI layer); the page is ``static/index.html
 """
 
 from reprlab.serve.config import Limits, ServeConfig
-from reprlab.serve.service import Service
 
 
-def create_app(service: Service):
+def __getattr__(name: str):
+    if name == "Service":  # lazily: the CLI reads ServeConfig for its options without loading the service
+        from reprlab.serve.service import Service
+
+        return Service
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def create_app(service):
     """The FastAPI app over ``service`` (imports FastAPI, the ``serve`` extra, only when called)."""
     from reprlab.errors import require
 

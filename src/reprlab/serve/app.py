@@ -215,7 +215,8 @@ def create_app(service: Service) -> FastAPI:
 
     app = FastAPI(title="reprlab", version="1", lifespan=lifespan,
                   description="Search, multi-hop retrieval and question answering over a reprlab index.")
-    M = schemas.request_models(service.limits)
+    M = schemas.request_models(service.limits, sorted(service.slot.current.fields),
+                               getattr(service.reader, "skim_config", None) is not None)
     _add_error_handlers(app)
     _add_search_routes(app, service, M)
     if service.reader is not None:

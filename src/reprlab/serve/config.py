@@ -38,7 +38,7 @@ class ServeConfig:
                                "OUT/ance): the newest is loaded in the background and swapped in")
     multihop_index: str | None = option(None, help="index folder of `reprlab index --multihop` (enables /multihop)")
     reader: str | None = option(None, help="reader folder (`reprlab train reader`; enables /answer)")
-    backend: str = option("torch", help="query encoder: torch, onnx or onnx-int8")
+    backend: str = option("torch", help="query encoder backend (onnx-int8: the quantised ONNX graph)", choices=BACKENDS)
     onnx_model: str | None = option(None, help="ONNX export of the index's model (default: exported at start)")
     batch_wait_ms: float = option(2.0, help="how long the encoder waits for more requests to fill a batch")
     max_batch: int = option(64, help="most texts encoded in one forward pass")

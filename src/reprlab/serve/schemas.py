@@ -7,7 +7,7 @@ request model forbids unknown fields; strings must hold a non-space character an
 """
 
 from types import SimpleNamespace
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Sequence
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -142,15 +142,16 @@ class StatsResponse(BaseModel):
 # ----------------------------------------------------------------------------- requests
 
 
-def request_models(limits: Limits) -> SimpleNamespace:
-    """The request models with ``limits`` as their bounds (see the module docstring)."""
+def request_models(limits: Limits, fields: Sequence[str] = ("id", "title", "text"),
+                   block_skim: bool = True) -> SimpleNamespace:
+    """The request models with ``limits`` as their bounds (see the module docstring); ``fields``: the document
+    fields filters may test; ``block_skim``: whether the reader can skim (else the option may only be false)."""
     QueryText = text_field(limits.max_query_chars, "the query")  # noqa: N806 - types
     K = Annotated[int, Field(ge=1, le=limits.max_k, description="results wanted")]  # noqa: N806
     Mode = Literal["dense", "bm25", "hybrid"]  # noqa: N806
 
     class FieldFilter(Strict):
-        field: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$",
-                           description="a document field (e.g. 'title')")
+        field: Literal[tuple(sorted(fields))] = Field(description="a document field")
         op: Literal["equals", "contains", "prefix"] = Field("contains", description="case-insensitive test")
         value: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_utf8)]
 
@@ -177,7 +178,7 @@ def request_models(limits: Limits) -> SimpleNamespace:
         k: Annotated[int, Field(ge=1, le=limits.max_passages)] = Field(5, description="passages retrieved")
         mode: Mode = "dense"
         top: Annotated[int, Field(ge=1, le=10)] = Field(1, description="answers wanted")
-        block_skim: bool | None = Field(None, description="skim with the reader's Block Skim predictors "
+        block_skim: (bool if block_skim else Literal[False]) | None = Field(None, description="skim with the reader's Block Skim predictors "
                                         "(null: when the reader has them)")
 
     class EncodeRequest(Strict):
