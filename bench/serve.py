@@ -56,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = common.parse(parser, argv)
     common.require(args.data, "--data")
     if args.quick:
-        args.requests, args.max_seconds = 90, 20.0
+        args.requests, args.max_seconds = min(args.requests, 90), min(args.max_seconds, 20.0)
     return args
 
 
