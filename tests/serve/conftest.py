@@ -48,7 +48,7 @@ def reader_dir(tmp_path_factory):
     torch.manual_seed(0)
     encoder = Encoder(EncoderConfig.tiny(vocab_size=30522, max_position_embeddings=512))
     reader = BlockSkimReader(encoder, Tokenizer.from_pretrained("minilm"), ReaderConfig(max_length=128, stride=32),
-                             BlockSkimConfig(skim_layers=[0], threshold=0.5))
+                             BlockSkimConfig(skim_layers=[0], threshold=0.9))
     folder = tmp_path_factory.mktemp("reader") / "reader"
     reader.save_pretrained(folder)
     return folder

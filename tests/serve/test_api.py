@@ -72,6 +72,22 @@ def test_answer_over_given_or_retrieved_passages(client):
     assert retrieved["index_version"] and all(a["passage_id"] for a in retrieved["answers"])
 
 
+def test_block_skim_on_and_off_answer_as_the_library_does(client, reader_dir):
+    from reprlab.qa.reader import load_reader
+
+    question = "Which organ pumps blood?"
+    passage = " ".join(f"Sentence {i} says the heart pumps blood and the liver filters it." for i in range(12))
+    reader = load_reader(reader_dir)
+    skimmed = [(a.start, a.end) for a in reader.answer(question, passage, top_k=3)]
+    reader.skim_config.threshold = 0.0
+    plain = [(a.start, a.end) for a in reader.answer(question, passage, top_k=3)]
+    assert skimmed != plain  # skimming changes what this reader reads
+    for flag, want in ((False, plain), (None, skimmed), (True, skimmed)):  # off first: the threshold comes back
+        body = client.post("/answer", json={"question": question, "passages": [passage], "top": 3,
+                                            "block_skim": flag}).json()
+        assert [(a["start"], a["end"]) for a in body["answers"]] == want and body["block_skim"] == (flag is not False)
+
+
 def test_encode_equals_the_library_encoder(client, tiny_model_dir):
     from reprlab.encoder import SentenceEncoder
 
@@ -106,6 +122,7 @@ def test_health_stats_and_page(client):
     ({"query": "gene", "colour": "red"}, "colour"),
     ({"query": "gene", "filters": [{"field": "colour", "value": "x"}]}, "filters.0.field"),
     ({"query": "gene\ud800"}, "query"),
+    ({"query": "gene", "filters": [{"field": "title", "value": "x\ud800"}]}, "filters.0.value"),
     ({"k": 3}, "query"),
 ])
 def test_bad_search_requests_get_a_422_naming_the_field(client, body, field):
@@ -120,6 +137,9 @@ def test_bad_bodies_are_4xx_with_json(client):
         assert 400 <= r.status_code < 500 and "error" in r.json(), (content[:10], r.status_code)
     r = client.post("/search", content=b'{"query": "' + b"a" * 1_000_001 + b'"}')
     assert r.status_code == 413 and r.json()["errors"][0]["field"] == "body"
+    chunks = (b'{"query": "' + b"a" * 100_000 + (b'"}' if i == 10 else b"") for i in range(11))  # no length given
+    r = client.post("/search", content=chunks, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
     r = client.post("/multihop", content=b'{"question": "q", "bm25_weights": [NaN, 1]}',
                     headers={"Content-Type": "application/json"})
     assert r.status_code in (400, 422)
