@@ -70,3 +70,20 @@ def client(service_config):
 
     with TestClient(create_app(Service.from_config(service_config))) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def plain_reader_dir(tmp_path_factory):
+    """A random tiny plain reader (it reads every block: always an answer span)."""
+    import torch
+
+    from reprlab.encoder import Encoder, EncoderConfig
+    from reprlab.qa.reader import Reader, ReaderConfig
+    from reprlab.text import Tokenizer
+
+    torch.manual_seed(0)
+    reader = Reader(Encoder(EncoderConfig.tiny(vocab_size=30522, max_position_embeddings=512)),
+                    Tokenizer.from_pretrained("minilm"), ReaderConfig(max_length=128, stride=32))
+    folder = tmp_path_factory.mktemp("plain-reader") / "reader"
+    reader.save_pretrained(folder)
+    return folder

@@ -73,20 +73,25 @@ def test_sentence_encoder_backend_and_dense_retriever(minilm_onnx):
     assert found["onnx"] == found["torch"]
 
 
-def test_unfusable_models_and_the_dynamo_exporter_export_their_own_forward(tmp_path):
-    pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript")
+def unfusable_model():
     from reprlab.text import Tokenizer
 
     torch.manual_seed(0)
     config = EncoderConfig.tiny(vocab_size=30522, max_position_embeddings=512, num_memory_tokens=2)
-    model = SentenceEncoder(Encoder(config), Tokenizer.from_pretrained("minilm"), "mean", True, 64)
+    return SentenceEncoder(Encoder(config), Tokenizer.from_pretrained("minilm"), "mean", True, 64)
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", pytest.param("dynamo", marks=pytest.mark.slow)])
+def test_unfusable_models_and_the_dynamo_exporter_export_their_own_forward(tmp_path, exporter):
+    if exporter == "dynamo":
+        pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript")
+    model = unfusable_model()
     assert not fusable(model)
-    for exporter in ("torchscript", "dynamo"):
-        out = export_onnx(model, tmp_path / exporter, exporter=exporter)
-        meta = json.loads((out / "onnx.json").read_text())
-        assert meta["fusions"] == {} and meta["check"]["fp32_max_abs_diff"] < 1e-4
-        np.testing.assert_allclose(OnnxSentenceEncoder.from_pretrained(out).encode(TEXTS, batch_size=3),
-                                   model.encode(TEXTS, batch_size=3), atol=1e-4, rtol=0)
+    out = export_onnx(model, tmp_path / exporter, exporter=exporter)
+    meta = json.loads((out / "onnx.json").read_text())
+    assert meta["fusions"] == {} and meta["check"]["fp32_max_abs_diff"] < 1e-4
+    np.testing.assert_allclose(OnnxSentenceEncoder.from_pretrained(out).encode(TEXTS, batch_size=3),
+                               model.encode(TEXTS, batch_size=3), atol=1e-4, rtol=0)
 
 
 def test_errors_name_what_to_do(tmp_path, tiny_model_dir, minilm_onnx):

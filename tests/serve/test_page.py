@@ -18,11 +18,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture
-def server(service_config):
+def server(index_dir, plain_reader_dir):
     import uvicorn
 
-    from reprlab.serve import Service, create_app
+    from reprlab.serve import ServeConfig, Service, create_app
 
+    service_config = ServeConfig(index=str(index_dir), multihop_index=str(index_dir), reader=str(plain_reader_dir))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
