@@ -104,3 +104,19 @@ def test_errors_name_what_to_do(tmp_path, tiny_model_dir, minilm_onnx):
         OnnxSentenceEncoder.from_pretrained(fp32_only, int8=True)
     with pytest.raises(ConfigError, match="precision"):
         OnnxSentenceEncoder.from_pretrained(minilm_onnx).encode(["x"], precision="fp8")
+
+
+def test_service_with_the_onnx_backend_exports_at_start_and_searches_alike(index_dir):
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from fastapi.testclient import TestClient
+
+    from reprlab.serve import ServeConfig, Service, create_app
+
+    results = {}
+    for backend in ("torch", "onnx"):
+        with TestClient(create_app(Service.from_config(ServeConfig(index=str(index_dir), backend=backend)))) as c:
+            body = c.post("/search", json={"query": "virus in the lung", "k": 5}).json()
+            assert c.get("/stats").json()["backend"] == backend
+        results[backend] = [(h["id"], h["score"]) for h in body["results"]]
+    assert [i for i, _ in results["onnx"]] == [i for i, _ in results["torch"]]
+    np.testing.assert_allclose([s for _, s in results["onnx"]], [s for _, s in results["torch"]], atol=1e-4)
