@@ -89,7 +89,7 @@ def train_models(args, work: Path, reader_cfg: ReaderConfig) -> dict[str, float]
     Joint variants train from MiniLM alongside the plain reader; "frozen" variants then train only
     their predictors on the saved plain reader, for ``--frozen-epochs``."""
     data = [str(SQUAD)] + ([str(HOTPOT)] if args.hotpotqa else [])
-    common = dict(data=data, eval_fraction=args.eval_fraction, hotpotqa_contexts=args.hotpotqa_contexts,
+    shared = dict(data=data, eval_fraction=args.eval_fraction, hotpotqa_contexts=args.hotpotqa_contexts,
                   reader=reader_cfg, max_steps=args.max_steps,
                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, evaluate=False,
                   checkpoint_every=args.checkpoint_every)
@@ -112,7 +112,7 @@ def train_models(args, work: Path, reader_cfg: ReaderConfig) -> dict[str, float]
                 saved = out / "train_time.json"
                 times[name] = json.loads(saved.read_text())["seconds"] if saved.is_file() else float("nan")
                 continue
-            cfg = ReaderTrainingConfig(output_dir=str(out), resume=(out / "checkpoints").is_dir(), **common, **where)
+            cfg = ReaderTrainingConfig(output_dir=str(out), resume=(out / "checkpoints").is_dir(), **shared, **where)
             jobs[name] = (cfg, skim)
         times.update(_train_jobs(args, jobs))
     return times

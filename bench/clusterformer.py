@@ -68,13 +68,6 @@ WINDOW, STRIDE, PREFIX, CLUSTERS, CLUSTER_LAYERS = 256, 128, 66, 16, (2, 4)
 # timing: one setting per subprocess
 
 
-def _status(key: str) -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {key} in /proc/self/status")
-
-
 def encoder_for(kind: str, length: int):
     from reprlab.encoder import Encoder, EncoderConfig
 
@@ -115,13 +108,13 @@ def measure(kind: str, length: int, device: str, repeats: int) -> dict:
                 base = torch.cuda.memory_allocated()
             else:
                 open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
-                base = _status("VmRSS")
+                base = common.memory_bytes("VmRSS")
             t0 = time.perf_counter()
             out = enc(ids, mask).last_hidden_state
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
-            peaks.append((torch.cuda.max_memory_allocated() if dev.type == "cuda" else _status("VmHWM")) - base)
+            peaks.append((torch.cuda.max_memory_allocated() if dev.type == "cuda" else common.memory_bytes("VmHWM")) - base)
             del out
     timing = common.Timing.of(times)  # >= 3 passes
     return {"kind": kind, "tokens": length, "seconds": timing["min"], "median_s": timing["median"],

@@ -10,9 +10,11 @@
   and :func:`write_subsample` (the same as a BEIR folder, for recipes that read folders).
 * Timing: :func:`timed` (at least 3 passes; median, min, max and spread) and :func:`timed_interleaved`
   (several contestants, alternating order); :func:`encode_seconds` times sentence encoders on the same
-  texts.
-* Results: :func:`write_result` writes ``bench/results/<name>.json`` atomically with the machine, the
-  date and the exact command; :func:`append_benchmarks` appends a section to BENCHMARKS.md.
+  texts; :func:`memory_bytes` reads this process's peak memory.
+* Shared recipes: :func:`evaluate_dense` (a sentence encoder on a BEIR set, exact search) and
+  :func:`distill_config` (the one distillation recipe of the three distillation scripts).
+* Results: :func:`write_result` writes ``bench/results/<name>.json`` atomically with :func:`stamp` (the
+  machine, the date and the exact command); :func:`append_benchmarks` appends a section to BENCHMARKS.md.
 
 The scripts run from the repository root as ``python bench/<name>.py``; Python puts ``bench/`` on the
 path, so they ``import common``.
@@ -90,6 +92,7 @@ def bench_options(*, device: str | None = "cpu", threads: int | None = 0, append
     if threads is not None:
         g.add_argument("--threads", type=int, default=threads, help=f"torch threads (0 = torch's default; "
                        f"default {threads}; 1 is steadiest on a shared machine)")
+    p.set_defaults(_torch_threads=threads is not None)  # parse() sets them (a script may own --threads)
     if device is not None:
         g.add_argument("--device", choices=("cpu", "cuda"), default=device, help=f"default {device}")
     if append:
@@ -102,15 +105,20 @@ def bench_options(*, device: str | None = "cpu", threads: int | None = 0, append
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and check the common options: ``--output`` must name a .json file (older commands used
-    ``--output``/``--out`` for folders), a quick run's ``--work-dir`` gets ``-quick`` appended, and
-    ``--threads`` (when set) is applied to torch."""
+    ``--output``/``--out`` for folders), timed passes (``--repeat``/``--repeats``) are at least 3, a quick
+    run's ``--work-dir`` gets ``-quick`` appended, and :func:`bench_options`' ``--threads`` (when not 0)
+    is applied to torch."""
     args = parser.parse_args(argv)
     if args.output is not None and args.output.suffix != ".json":
         parser.error(f"--output {args.output}: give the result JSON file (ending in .json); trained models and "
                      "other files go to --work-dir")
+    for name in ("repeat", "repeats", "bm25_repeats"):  # the scripts' names for timed passes
+        if getattr(args, name, MIN_PASSES) < MIN_PASSES:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: a timing takes at least {MIN_PASSES} "
+                         "passes (median and spread)")
     if args.quick and getattr(args, "work_dir", None) is not None:
         args.work_dir = args.work_dir.with_name(args.work_dir.name + "-quick")
-    if getattr(args, "threads", 0):
+    if vars(args).pop("_torch_threads", False) and args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
@@ -226,6 +234,15 @@ def timed_interleaved(fns: Mapping, repeat: int = MIN_PASSES, warmup: int = 1, s
     return {k: Timing.of(wall[k], results[k], cpu_s[k] if cpu else None) for k in keys}
 
 
+def memory_bytes(key: str = "VmHWM") -> int:
+    """A memory figure of this process from /proc/self/status: ``VmHWM`` (peak resident size) or ``VmRSS``."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
 def encode_seconds(models: Mapping, texts: list[str], batch_size: int, repeat: int = MIN_PASSES) -> dict[str, Timing]:
     """Time each sentence encoder encoding the same ``texts``: one warm-up batch each, then ``repeat``
     interleaved passes over all of them (see :func:`timed_interleaved`)."""
@@ -337,9 +354,9 @@ def write_result(name: str, record: dict, args: argparse.Namespace | None = None
     return record
 
 
-def append_benchmarks(section_markdown: str, path: str | os.PathLike = BENCHMARKS) -> Path:
-    """Append a section (markdown) to BENCHMARKS.md, creating the file with its header if needed."""
-    path = Path(path)
+def append_benchmarks(section_markdown: str, path: str | os.PathLike | None = None) -> Path:
+    """Append a section (markdown) to BENCHMARKS.md (or ``path``), creating the file with its header if needed."""
+    path = Path(path or BENCHMARKS)
     if not path.exists():
         path.write_text("# reprlab benchmarks\n\nEach section gives the command, the machine and the date.\n",
                         encoding="utf-8")

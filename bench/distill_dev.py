@@ -25,7 +25,7 @@ import common
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[
-        common.bench_options(append=False, work_dir="/tmp/reprlab-distill-dev")])
+        common.bench_options(work_dir="/tmp/reprlab-distill-dev")])
     p.add_argument("--name", default=None,
                    help="names the result file bench/results/distill-dev-NAME.json (required, but for --quick)")
     p.add_argument("--model", default=None, help="evaluate this finished student folder instead of training one")
@@ -79,6 +79,11 @@ def main(argv=None) -> dict:
         "args": common.settings(args), "train_s": round(train_s, 1), "wall_s": round(time.time() - started, 1)},
         args, argv)
     print(f"{args.name}: SciFact dev (train qrels) nDCG@10 {ndcg}  ({record['wall_s']} s)")
+    if args.append:
+        common.append_benchmarks(common.section(
+            f"Distillation settings on the dev split: {args.name} (`bench/distill_dev.py`)", record,
+            f"| run | method | student | steps | SciFact dev nDCG@10 ({record['dev_queries']} queries) |\n"
+            f"|---|---|---|---|---|\n| {args.name} | {args.method} | {args.student} | {args.steps} | {ndcg:.4f} |"))
     return record
 
 

@@ -39,8 +39,9 @@ STUDENT = "config:hidden_size=192,num_heads=6,intermediate_size=768,num_layers=3
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[
-        common.bench_options(device=None, threads=2, append=False, work_dir="/tmp/reprlab-distill-gpu")])
+        common.bench_options(device=None, threads=None, work_dir="/tmp/reprlab-distill-gpu")])
     p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default cuda (cpu with --quick)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads per training process")
     p.add_argument("--teacher", default="minilm", help="teacher model folder or name")
     p.add_argument("--data", type=Path, default=common.data_root(),
                    help="folder holding scifact/, cranfield/ and cisi/ (BEIR; default $REPRLAB_SHARED_DATA)")
@@ -205,11 +206,20 @@ def main(argv=None) -> dict:
         "benchmark": "distill-gpu", "student": args.student, "steps": steps, "seconds_per_step": per_step,
         "jobs_at_once": len(jobs), "texts": "SciFact corpus + queries", "trained": trained, "scores": rows,
         "wall_s": round(time.time() - started, 1)}, args, argv)
-    keys = ["scifact_dev", "scifact", "cranfield", "cisi"]
-    print("| model | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
-    for row in rows:
-        print(f"| {row['model']} | " + " | ".join(f"{row[k]:.4f}" for k in keys) + " |")
+    table = markdown(rows)
+    print(table)
+    if args.append:
+        common.append_benchmarks(common.section(
+            "Longer budgets on a GPU: KD vs CKD (`bench/distill_gpu.py`)", record,
+            f"{steps} steps per student, {len(jobs)} jobs at once; nDCG@10:\n\n{table}"))
     return record
+
+
+def markdown(rows: list[dict]) -> str:
+    keys = ["scifact_dev", "scifact", "cranfield", "cisi"]
+    lines = ["| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    lines += [f"| {row['model']} | " + " | ".join(f"{row[k]:.4f}" for k in keys) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -56,13 +56,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def peak_rss_mb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def flops_per_text(lengths: np.ndarray, hidden=384, inter=1536, layers=6) -> np.ndarray:
     """Multiply-adds x 2 of the encoder on texts of these token lengths (projections, FFN, attention)."""
     per_token = 2 * (4 * hidden * hidden + 2 * hidden * inter)
@@ -132,7 +125,7 @@ def run_one(setting: str, texts: list[str], args) -> dict:
     timing = common.timed(lambda: encode(texts), args.repeat, sync=torch.cuda.synchronize if cuda else None)
     out = Path(args.keep or tempfile.mkdtemp()) / f"vectors-{setting}.npy"
     np.save(out, timing.result.astype(np.float32))
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()
+    peak = (torch.cuda.max_memory_allocated() if cuda else common.memory_bytes("VmHWM")) / 2**20
     return {"setting": setting, "seconds": timing["median"], "passes": timing["passes"], "spread": timing["spread"],
             "docs_per_s": len(texts) / timing["median"], "peak_mb": peak, "vectors": out.name,
             "threads": torch.get_num_threads()}

@@ -169,8 +169,7 @@ def table(results: dict, args) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     scifact = common.data_path("scifact", check=False)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 parents=[common.bench_options(append=False,
-                                                               work_dir="/tmp/reprlab-bench-pretraining")])
+                                 parents=[common.bench_options(work_dir="/tmp/reprlab-bench-pretraining")])
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from: {', '.join(PARTS)}")
     ap.add_argument("--data", type=Path, default=scifact / "beir")
     ap.add_argument("--sentences", type=Path, default=scifact / "corpus_sentences.jsonl")
@@ -237,9 +236,11 @@ def main(argv=None) -> None:
     out = common.result_path("pretraining", args)
     saved = common.read_result(out) if args.table else run_parts(args, out, argv)
     saved = saved or {"results": {}}
-    print()
-    print(table(saved["results"], argparse.Namespace(**{**vars(args), **saved.get("args", {})})))
-    print(f"\nresults: {out}")
+    text = table(saved["results"], argparse.Namespace(**{**vars(args), **saved.get("args", {})}))
+    print("\n" + text + f"\n\nresults: {out}")
+    if args.append:
+        common.append_benchmarks(common.section("Domain-adaptive pre-training on SciFact (`bench/pretraining.py`)",
+                                                {**common.stamp(argv), **saved}, text))
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def fine_tune(folder: Path, out: Path, data_dir: Path, args, device: str) -> tup
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                parents=[common.bench_options(append=False)])
+                                parents=[common.bench_options()])
     p.add_argument("--data", type=Path, default=common.data_path("scifact", "beir", check=False))
     p.add_argument("--dims", default="192,96", help="collaborative widths D~ to convert to")
     p.add_argument("--cp-iters", type=int, default=100, help="ALS sweeps of the CP decomposition")
@@ -205,6 +205,9 @@ def main(argv=None) -> None:
         "docs": len(data.corpus), "queries": len(data.qrels), "zero_shot": merged("zero_shot"),
         "tuned": merged("tuned"), "speed": merged("speed")}, args, argv)
     print(markdown(out))
+    if args.append:
+        common.append_benchmarks(common.section(
+            "Collaborative heads and HIRE on MiniLM, SciFact (`bench/scifact_blocks.py`)", out, markdown(out)))
 
 
 def markdown(out: dict) -> str:

@@ -1,0 +1,250 @@
+"""Every bench script's ``--quick`` run, end to end, on the real data of $REPRLAB_SHARED_DATA.
+
+Each case runs ``python bench/<script>.py --quick --threads 1 --output TMP/<script>.json`` (plus
+``--work-dir TMP/work`` where the script keeps models) in a subprocess and checks the JSON it wrote:
+the rows it must hold and a property of the method that a broken run would miss. A case is skipped
+when a data folder it reads is absent or an optional package it needs is not installed. Cases whose
+quick run takes more than ~20 s on 2 cores are marked ``slow`` (``pytest -m slow tests/test_bench_quick.py``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Case:
+    script: str
+    check: Callable[[dict], None]
+    data: tuple[str, ...] = ("scifact",)  # folders under the shared data root
+    packages: tuple[str, ...] = ()  # optional packages the run imports
+    args: tuple[str, ...] = ()
+    work_dir: bool = True  # the script keeps models in --work-dir
+    slow: bool = True
+    name: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.name or self.script
+
+
+def unit(x) -> bool:
+    return 0.0 <= x <= 1.0
+
+
+# ----------------------------------------------------------------------------- what each JSON must hold
+
+
+def check_approx(r):
+    assert [x["model"] for x in r["rows"]] == ["fine-tuned (unpruned)", "AxFormer, paper criterion",
+                                               "AxFormer, loss budget +5%"]
+    base, *pruned = r["rows"]
+    assert base["speedup"] == 1.0 and all(unit(x["ndcg@10"]) for x in r["rows"])
+    assert all(x["candidates_tried"] > 0 and x["params_m"] <= base["params_m"] for x in pruned)
+    assert len(base["encode_timing"]["passes"]) == 3
+
+
+def check_architectures(r):
+    rows = {x["variant"]: x for x in r["results"]}
+    assert list(rows) == ["softmax", "collaborative D~=32"]
+    assert all(math.isfinite(x["held_out_mlm_loss"]) and x["curve"] for x in rows.values())
+    # collaborative heads share the key/query projections: fewer attention parameters per layer
+    assert rows["collaborative D~=32"]["attention_params_per_layer"] < rows["softmax"]["attention_params_per_layer"]
+    assert list(rows["softmax"]["tokens_per_s"]) == ["128"]
+
+
+def check_blockskim(r):
+    rows = r["rows"]
+    assert rows[0]["reader"] == "plain" and rows[0]["speedup"] == 1.0
+    assert {x["reader"] for x in rows[1:]} == {
+        "Block Skim (diagonal)", "Block Skim (diagonal+question)", "Block Skim (diagonal, reader frozen)",
+        "Block Skim (diagonal+question, reader frozen)"}
+    assert {x["threshold"] for x in rows[1:]} == {0.0, 0.5} and all(0 < x["slots"] <= 1 for x in rows)
+    assert r["eval_questions"] == 8 and len(r["predictors"]) == 4 * 3
+    assert all(unit(p["auc"]) for p in r["predictors"])
+
+
+def check_clusterformer(r):
+    cells = {(x["kind"], x["tokens"]): x for x in r["timing"]}
+    assert set(cells) == {(k, n) for k in ("full (SDPA)", "full (math)", "sliding-window", "cluster-former")
+                          for n in (256, 512)}
+    assert all(x["seconds"] is not None and x["median_s"] >= x["seconds"] for x in cells.values())
+    readers = [x["reader"] for x in r["qa"]["rows"]]
+    assert readers == ["windows (stage 1 only)", "windows", "softmax", "cluster-former"]
+    assert all(0 <= x["f1"] <= 100 for x in r["qa"]["rows"])
+
+
+def check_distill(r):
+    rows = {x["model"]: x for x in r["rows"]}
+    assert list(rows) == ["teacher (MiniLM-L6)", "none (layers taken)", "kd", "ckd", "seed"]
+    students = [x for name, x in rows.items() if not name.startswith("teacher")]
+    assert all(x["layers"] == 3 and x["size_ratio"] > 1 for x in students)
+    assert all(unit(x[f"ndcg@10_{c}"]) for x in rows.values() for c in ("scifact", "cranfield", "cisi"))
+    assert r["goal"]["best"] in ("kd", "ckd", "seed")
+
+
+def check_distill_dev(r):
+    assert r["name"] == "ckd" and r["dev_queries"] == 20 and unit(r["ndcg@10_dev"])
+    assert r["ckd"]["window"] == 21 and r["args"]["steps"] == 3
+
+
+def check_distill_gpu(r):
+    assert [x["model"] for x in r["scores"]] == ["teacher", "kd seed 0", "ckd seed 0"]
+    assert all(x["steps"] == 2 and "error" not in x for x in r["trained"])
+    assert all(unit(x[k]) for x in r["scores"] for k in ("scifact_dev", "scifact", "cranfield", "cisi"))
+
+
+def check_encode(r):
+    res = {x["setting"]: x for x in r["results"]}
+    assert list(res) == ["sentence-transformers", "reprlab-fp32", "reprlab-bf16", "reprlab-int8"]
+    assert all(len(x["passes"]) == 3 and x["seconds"] > 0 for x in res.values())
+    # our fp32 encoder reproduces sentence-transformers; bf16 and int8 move the vectors a little
+    assert res["reprlab-fp32"]["max_abs_diff_vs_base"] < 1e-4
+    assert 1e-4 < res["reprlab-int8"]["max_abs_diff_vs_base"] < 0.5
+
+
+def check_fe_variance(r):
+    res = r["results"]
+    assert list(res) == ["random (K independent masks)", "fully-explored, random partition",
+                         "fully-explored, contiguous segments"]
+    assert r["copies"] == 7 and all(x["grad_variance_trace"] > 0 for x in res.values())
+    # the paper's claim: partitioned masks give a lower-variance gradient than independent ones
+    assert res["fully-explored, random partition"]["variance_ratio_random_over_this"] > 1
+
+
+def check_hashing(r):
+    rows = r["rows"]
+    assert {x["model"] for x in rows} == {"MiniLM", "MiniLM + angular loss"} and len(rows) == 2 * (1 + 3 * 2)
+    for x in rows:
+        assert unit(x["ndcg@10"]) and unit(x["recall@100"]) and x["ms_per_query_median"] >= x["ms_per_query"]
+        if x["index"] == "binary, exact Hamming":
+            assert x["candidates"] == r["docs"] and x["code_bytes"] == x["bits"] // 8
+        if x["index"] == "binary, hash tables":
+            assert x["candidates"] <= r["docs"]
+
+
+def check_multihop(r):
+    assert len(r["rows"]) == 6 and r["rows"][0]["retriever"].startswith("BM25")
+    assert all(unit(v) for x in r["rows"] for v in x["all"].values() if isinstance(v, float))
+    assert set(r["sanity_all_questions"]) == {"bm25", "minilm"}
+
+
+def check_pretraining(r):
+    res = r["results"]
+    assert list(res) == ["zero-shot", "none", "random", "wwm", "span", "pmi", "fully-explored", "cmlm"]
+    assert all(res[p]["steps"] == 3 for p in ("random", "wwm", "span", "pmi", "fully-explored", "cmlm"))
+    # the same masked rows per step for every scheme: fully-explored packs 7 copies of 2 texts
+    assert res["fully-explored"]["rows_per_step"] == 14 and res["fully-explored"]["texts_per_step"] == 2
+    assert all(unit(x["ndcg@10"]) for x in res.values()) and res["pmi"]["pmi_vocab"]["size"] > 0
+
+
+def check_scifact_blocks(r):
+    zero = {x["model"]: x for x in r["zero_shot"]}
+    assert list(zero) == ["MiniLM (softmax, D~=384)", "collaborative D~=96"]
+    assert zero["collaborative D~=96"]["attention_params"] < zero["MiniLM (softmax, D~=384)"]["attention_params"]
+    assert [x["model"] for x in r["tuned"]] == ["MiniLM (softmax, D~=384)", "MiniLM + HIRE pooling",
+                                                "collaborative D~=96"]
+    assert all(x["steps"] == 2 and unit(x["ndcg_cut_10"]) for x in r["tuned"])
+    assert r["speed"][0]["speed_vs_minilm"] == 1.0 and len(r["speed"]) == 2
+
+
+def check_search(r):
+    dense = {x["index"]: x for x in r["dense"]}
+    assert list(dense) == ["Flat", "HNSW32", "Flat x4 shards"]
+    assert dense["Flat x4 shards"]["recall_vs_flat"] == 1.0  # sharded search equals flat search
+    assert all(x["ours_median_ms"] >= x["ours_ms"] > 0 for x in dense.values())
+    ours, peer = r["bm25"]
+    assert ours["system"].startswith("reprlab") and peer["system"].startswith("rank_bm25")
+    assert abs(ours["ndcg@10"] - peer["ndcg@10"]) < 0.05  # same tokens and k1/b: close scores
+
+
+def check_seed_images(r):
+    rows = {x["encoder"]: x for x in r["rows"]}
+    assert len(rows) == 4 and r["train_images"] == 2048 and r["test_images"] == 1000
+    teacher = rows["teacher (supervised, 32-64-128)"]
+    assert teacher["macs"] > 10 * rows["student, SEED from the teacher"]["macs"]
+    assert teacher["linear_probe_acc"] > 0.5 and all(0.1 <= x["linear_probe_acc"] <= 1 for x in rows.values())
+
+
+def check_train_retrieval(r):
+    rows = {x["row"]: x for x in r["results"]}
+    assert list(rows) == ["minilm", "bm25", "dpr", "ance"]
+    assert rows["dpr"]["train_seconds"] > 0 and len(rows["ance"]["refreshes"]) >= 1
+    assert all(unit(x["scores"]["scifact"]["ndcg_cut_10"]) for x in rows.values())
+
+
+def check_train_retrieval_peer(r):
+    rows = {x["row"]: x for x in r["results"]}
+    assert list(rows) == ["st-mnrl", "st-mnrl-b64"]
+    assert all(x["train_seconds"] > 0 and unit(x["scores"]["scifact"]["ndcg_cut_10"]) for x in rows.values())
+
+
+# CPU seconds of each quick run on 2 cores (wall time is about the same on a quiet machine): approx 39,
+# architectures 20, blockskim 54, clusterformer 60, distill 67, distill_dev 10, distill_gpu 54, encode 42,
+# fe_variance 21, hashing 29, multihop 55, pretraining 94, scifact_blocks 51, search 4, seed_images 11,
+# train_retrieval 77. The not-slow ones add about a minute to CI.
+QA = ("squad_v1.1_dev_xquad_en", "hotpotqa_dev500_ircot")
+BEIR3 = ("scifact", "cranfield", "cisi")
+CASES = [
+    Case("approx", check_approx),
+    Case("architectures", check_architectures, data=("gutenberg_books10", "wikitext2_raw_valid_test"),
+         work_dir=False),
+    Case("blockskim", check_blockskim, data=QA),
+    Case("clusterformer", check_clusterformer, data=QA),
+    Case("distill", check_distill, data=BEIR3),
+    Case("distill_dev", check_distill_dev, slow=False),
+    Case("distill_gpu", check_distill_gpu, data=BEIR3),
+    Case("encode", check_encode, packages=("sentence_transformers",), work_dir=False),
+    Case("fe_variance", check_fe_variance, work_dir=False, slow=False),
+    Case("hashing", check_hashing),
+    Case("multihop", check_multihop, data=("hotpotqa_dev500_ircot",)),
+    Case("pretraining", check_pretraining),
+    Case("scifact_blocks", check_scifact_blocks, work_dir=False),
+    Case("search", check_search, packages=("rank_bm25",), work_dir=False, slow=False),
+    Case("seed_images", check_seed_images, data=("fashion_mnist_train", "fashion_mnist_test"), slow=False),
+    Case("train_retrieval", check_train_retrieval, args=("--rows", "minilm", "bm25", "dpr", "ance")),
+    Case("train_retrieval", check_train_retrieval_peer, name="train_retrieval-peer",
+         packages=("sentence_transformers", "datasets", "accelerate"), args=("--rows", "st-mnrl", "st-mnrl-b64")),
+]
+
+
+def test_every_bench_script_has_a_case():
+    scripts = {p.stem for p in (REPO / "bench").glob("*.py")} - {"common"}
+    assert scripts == {c.script for c in CASES}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.slow else [])
+                                  for c in CASES])
+def test_quick_run(case: Case, tmp_path, shared_data):
+    root = [shared_data(folder) for folder in case.data][0].parent  # skips when a folder is absent
+    for package in case.packages:
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"bench/{case.script}.py --quick needs the optional package {package!r}")
+    out = tmp_path / f"{case.script}-quick.json"
+    cmd = [sys.executable, f"bench/{case.script}.py", "--quick", "--threads", "1", "--output", str(out),
+           *(["--work-dir", str(tmp_path / "work")] if case.work_dir else []), *case.args]
+    env = {**os.environ, "REPRLAB_SHARED_DATA": str(root)}
+    start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=1200)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}"
+    print(f"bench/{case.script}.py --quick: {time.perf_counter() - start:.0f} s wall, "
+          f"{after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime:.0f} s CPU")
+    record = json.loads(out.read_text())
+    assert record["command"].startswith(f"python bench/{case.script}.py --quick")
+    assert record["machine"] and record["date"]
+    case.check(record)
