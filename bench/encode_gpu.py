@@ -54,7 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--compile", action="store_true", help="packed: torch.compile the layer stack")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--no-eval", action="store_true", help="time only (nDCG needs faiss and pytrec_eval)")
+    parser.add_argument("--no-eval", action="store_true", help="time only (nDCG needs faiss and pytrec_eval); "
+                        "score the --keep folder later with bench/encode.py --evaluate KEEP")
+    parser.add_argument("--keep", type=Path, default=None, help="folder for measure.json and the vectors")
     args = common.parse(parser, argv)
     common.require(args.data, "--data")
     args.precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
@@ -189,7 +191,8 @@ def main(argv=None) -> dict:
     made = encoders(args)
     timings = common.timed_interleaved({name: (lambda f=f: f(texts)) for name, f in made.items()}, args.repeat,
                                        warmup=1, sync=sync)
-    keep = Path(tempfile.mkdtemp(prefix="reprlab-encode-gpu-"))
+    keep = args.keep or Path(tempfile.mkdtemp(prefix="reprlab-encode-gpu-"))
+    keep.mkdir(parents=True, exist_ok=True)
     results = []
     for name, timing in timings.items():
         np.save(keep / f"vectors-{name}.npy", timing.result.astype(np.float32))
@@ -204,6 +207,7 @@ def main(argv=None) -> dict:
         diff = np.abs(timings["reprlab-packed"].result - timings["reprlab-padded"].result).max()
         record["packed_vs_padded_max_abs_diff"] = float(diff)
         print(f"packed vs padded: max abs diff {diff:.2e}", file=sys.stderr)
+    (keep / "measure.json").write_text(json.dumps(record, indent=2))
     if not args.no_eval:
         import encode
 
