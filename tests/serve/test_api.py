@@ -154,5 +154,6 @@ def test_snippet_windows_and_spans():
     text = "Filler words here. " * 30 + "The virus infects lung cells quickly. " + "More filler text. " * 30
     body, spans = snippet(text, query_terms("Which virus infects the lungs?"), width=120)
     assert len(body) <= 120 + 4 and {body[a:b].lower() for a, b in spans} == {"virus", "infects"}
+    assert query_terms("Is vitamin D linked to type 2 diabetes?") == ["vitamin", "linked", "type", "2", "diabetes"]
     short, spans = snippet("Proteins of the cell.", ["protein"])
     assert short == "Proteins of the cell." and spans == [(0, 8)]

@@ -1,6 +1,7 @@
 """Snippets and highlights: where a query's terms occur in a document, for the result list.
 
-A term is a word of the query (letters and digits, lower-cased) that is not a stop word. A
+A term is a word of the query (letters and digits, lower-cased) that is not a stop word nor a single
+letter (the ``d`` of "vitamin D" would light up every "mg/d"). A
 document's snippet is the window of ``width`` characters that holds the most distinct terms (ties:
 the earliest), widened to word boundaries; highlights are the character spans of the terms that
 match a word of the text by prefix (``protein`` matches ``proteins``), in snippet coordinates.
@@ -16,10 +17,10 @@ their there these this to was were what when where which who why will with""".sp
 
 
 def query_terms(query: str) -> list[str]:
-    """The distinct lower-cased words of ``query`` that are not stop words, in order."""
+    """The distinct lower-cased words of ``query`` that are neither stop words nor single letters, in order."""
     terms = []
     for word in WORD.findall(query.lower()):
-        if word not in STOP_WORDS and word not in terms:
+        if word not in STOP_WORDS and word not in terms and (len(word) > 1 or word.isdigit()):
             terms.append(word)
     return terms
 
