@@ -28,7 +28,10 @@ import numpy as np
 
 import common
 
-SETTINGS = ("sentence-transformers", "reprlab-fp32", "reprlab-bf16", "reprlab-int8")
+SETTINGS = ("sentence-transformers", "reprlab-fp32", "reprlab-bf16", "reprlab-int8", "onnx-fp32", "onnx-int8",
+            "onnx-dynamo-fp32", "onnx-dynamo-int8")
+# ONNX settings: the model exported once per run into --keep (reprlab.onnx.export_onnx), by the traced exporter
+# whose graph onnxruntime fuses ("onnx-*") or by torch.export + onnxscript ("onnx-dynamo-*", unfused)
 QUICK_DOCS, QUICK_MAX_LENGTH = 64, 128
 
 
@@ -38,7 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", default="minilm", help="model folder or name, the same for every setting")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    parser.add_argument("--settings", nargs="+", default=[s for s in SETTINGS if "dynamo" not in s], choices=SETTINGS,
+                        help="default: all but the onnx-dynamo-* rows")
     parser.add_argument("--repeat", type=int, default=3, help="timed passes over the corpus (>= 3); the median is kept")
     parser.add_argument("--keep", default=None, help="folder for measure.json and each setting's vectors")
     parser.add_argument("--no-eval", action="store_true", help="measure only (evaluate later with --evaluate)")
@@ -61,6 +65,14 @@ def flops_per_text(lengths: np.ndarray, hidden=384, inter=1536, layers=6) -> np.
 
 def encoder_for(setting: str, args):
     """A function encoding a list of texts with ``setting`` (the model loaded on ``args.device``)."""
+    if setting.startswith("onnx-"):
+        from reprlab.onnx import OnnxSentenceEncoder
+
+        if args.device != "cpu":
+            raise SystemExit(f"{setting} runs ONNX Runtime's CPU provider; drop it with --device cuda")
+        model = OnnxSentenceEncoder.from_pretrained(Path(args.keep) / onnx_folder_name(setting),
+                                                    int8=setting.endswith("int8"), max_length=args.max_length)
+        return lambda t: model.encode(t, batch_size=args.batch_size)
     if setting == "sentence-transformers":
         from sentence_transformers import SentenceTransformer
 
@@ -79,6 +91,24 @@ def encoder_for(setting: str, args):
         model = model.quantized()
         precision = "fp32"
     return lambda t: model.encode(t, batch_size=args.batch_size, precision=precision)
+
+
+def onnx_folder_name(setting: str) -> str:
+    return "onnx-dynamo" if "dynamo" in setting else "onnx"
+
+
+def export_models(args) -> dict:
+    """Export the model once for every exporter the ONNX settings need (into ``--keep``); their export records."""
+    from reprlab.encoder import SentenceEncoder
+    from reprlab.onnx import export_onnx
+
+    records = {}
+    for folder in sorted({onnx_folder_name(s) for s in args.settings if s.startswith("onnx-")}):
+        model = SentenceEncoder.from_pretrained(args.model, max_length=args.max_length)
+        out = export_onnx(model, Path(args.keep) / folder, int8=True, source=args.model,
+                          exporter="dynamo" if folder == "onnx-dynamo" else "torchscript")
+        records[folder] = json.loads((out / "onnx.json").read_text())
+    return records
 
 
 def run_one(setting: str, texts: list[str], args) -> dict:
@@ -104,6 +134,7 @@ def run_one(setting: str, texts: list[str], args) -> dict:
 def measure(args, texts: list[str], argv=None) -> dict:
     """Run every setting in its own subprocess; write and return ``measure.json`` in ``args.keep``."""
     results = []
+    exports = export_models(args)
     for setting in args.settings:
         cmd = [sys.executable, __file__, "--one", setting, "--data", str(args.data), "--device", args.device,
                "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--model", args.model,
@@ -118,7 +149,7 @@ def measure(args, texts: list[str], argv=None) -> dict:
 
     record = {**common.stamp(argv), "docs": len(texts), "quick": args.quick,
               "device": args.device, "batch_size": args.batch_size, "max_length": args.max_length,
-              "repeat": args.repeat, "results": results}
+              "repeat": args.repeat, "onnx_exports": exports, "results": results}
     atomic_write_json(Path(args.keep) / "measure.json", record)
     return record
 

@@ -22,11 +22,13 @@ FLOORS = [
     {"nn", "train"},  # building blocks, the training loop and the recipe contract
     {"hub"},  # model folders (HF layout)
     {"text"},  # tokenizer, readers, splits
+    {"onnx"},  # ONNX export and the ONNX Runtime backend of SentenceEncoder (takes the model; encoder imports it)
     {"encoder"},  # the one transformer stack
     {"retrieval", "pretrain", "distill", "qa", "recsys", "analysis"},  # the methods
     {"demo"},
     {"recipes"},  # the registry, filled: imports every recipe module
-    {"cli", "serve"},
+    {"serve"},  # the HTTP service (reprlab serve): uses the methods; the CLI starts it
+    {"cli"},
 ]
 # modules of the method floor that other method packages may use (the shared services)
 SHARED = {

@@ -132,11 +132,19 @@ def check_distill_gpu(r):
 
 def check_encode(r):
     res = {x["setting"]: x for x in r["results"]}
-    assert list(res) == ["sentence-transformers", "reprlab-fp32", "reprlab-bf16", "reprlab-int8"]
+    onnx = ["onnx-fp32", "onnx-int8"] if importlib.util.find_spec("onnxruntime") else []  # the onnx extra's rows
+    assert list(res) == ["sentence-transformers", "reprlab-fp32", "reprlab-bf16", "reprlab-int8", *onnx]
     assert all(len(x["passes"]) == 3 and x["seconds"] > 0 for x in res.values())
-    # our fp32 encoder reproduces sentence-transformers; bf16 and int8 move the vectors a little
-    assert res["reprlab-fp32"]["max_abs_diff_vs_base"] < 1e-4
-    assert 1e-4 < res["reprlab-int8"]["max_abs_diff_vs_base"] < 0.5
+    # our fp32 encoder (torch or ONNX) reproduces sentence-transformers; bf16 and int8 move the vectors a little
+    assert all(res[s]["max_abs_diff_vs_base"] < 1e-4 for s in ("reprlab-fp32", *onnx[:1]))
+    assert all(1e-4 < res[s]["max_abs_diff_vs_base"] < 0.5 for s in ("reprlab-int8", *onnx[1:]))
+
+
+def check_encode_gpu(r):
+    res = {x["setting"]: x for x in r["results"]}
+    assert list(res) == ["sentence-transformers", "reprlab-padded", "reprlab-packed"]
+    assert r["precision"] == "fp32" and r["packed_vs_padded_max_abs_diff"] < 1e-4  # unpadded = padded
+    assert abs(res["reprlab-packed"]["ndcg_cut_10"] - res["reprlab-padded"]["ndcg_cut_10"]) < 1e-6
 
 
 def check_fe_variance(r):
@@ -202,6 +210,12 @@ def check_seed_images(r):
     assert teacher["linear_probe_acc"] > 0.5 and all(0.1 <= x["linear_probe_acc"] <= 1 for x in rows.values())
 
 
+def check_serve(r):
+    assert [x["concurrency"] for x in r["service"]] == [1, 8, 32]
+    assert all(x["failed"] == 0 and x["rps"] > 0 and x["p99_ms"] >= x["p50_ms"] > 0 for x in r["service"])
+    assert r["in_process"]["qps"] > 0 and len(r["in_process"]["timing"]["passes"]) == 3
+
+
 def check_train_retrieval(r):
     rows = {x["row"]: x for x in r["results"]}
     assert list(rows) == ["minilm", "bm25", "dpr", "ance"]
@@ -248,12 +262,14 @@ CASES = [
     Case("distill_dev", check_distill_dev, slow=False),
     Case("distill_gpu", check_distill_gpu, data=BEIR3),
     Case("encode", check_encode, packages=("sentence_transformers",), work_dir=False),
+    Case("encode_gpu", check_encode_gpu, packages=("sentence_transformers",), work_dir=False),
     Case("fe_variance", check_fe_variance, work_dir=False, slow=False),
     Case("hashing", check_hashing),
     Case("multihop", check_multihop, data=("hotpotqa_dev500_ircot",)),
     Case("pretraining", check_pretraining),
     Case("scifact_blocks", check_scifact_blocks, work_dir=False),
     Case("search", check_search, packages=("rank_bm25",), work_dir=False, slow=False),
+    Case("serve", check_serve, packages=("fastapi", "uvicorn")),
     Case("seed_images", check_seed_images, data=("fashion_mnist_train", "fashion_mnist_test"), slow=False),
     Case("train_retrieval", check_train_retrieval, args=("--rows", "minilm", "bm25", "dpr", "ance")),
     Case("train_retrieval", check_train_retrieval_peer, name="train_retrieval-peer",

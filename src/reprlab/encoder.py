@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from reprlab.text.tokenizer import Batch
 
 PRECISIONS = ("fp32", "bf16", "auto")
+BACKENDS = ("torch", "onnx", "onnx-int8")  # SentenceEncoder.from_pretrained(backend=...); onnx: reprlab.onnx
 ENCODE_PENDING_ROWS = 4096  # SentenceEncoder.encode: vectors kept on the device between copies to the host
 
 ACTIVATIONS = {
@@ -494,13 +495,23 @@ class SentenceEncoder(nn.Module):
         normalize: bool | None = None,
         max_length: int | None = None,
         dtype: torch.dtype | None = None,
+        backend: str = "torch",
         **overrides,
     ) -> "SentenceEncoder":
         """A model folder (HF layout, with or without sentence-transformers files) or ``minilm``.
 
         Pooling, normalisation and max length come from the sentence-transformers files when the
         folder has them (mean, normalised, 256 for all-MiniLM-L6-v2); arguments override them.
+        ``backend="onnx"`` / ``"onnx-int8"`` opens an ONNX export of the model instead (a folder written by
+        ``reprlab export onnx``, or a model folder with one in ``onnx/``): a
+        :class:`reprlab.onnx.OnnxSentenceEncoder`, whose ``encode`` is this class's.
         """
+        if backend != "torch":
+            if backend not in BACKENDS:
+                raise ConfigError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}", field="backend")
+            from reprlab.onnx import load_onnx_encoder
+
+            return load_onnx_encoder(name_or_path, int8=backend == "onnx-int8", max_length=max_length)
         folder = resolve_model_path(name_or_path)
         st = read_sentence_config(folder)
         encoder = load_encoder(Encoder, folder, dtype=dtype, **overrides)

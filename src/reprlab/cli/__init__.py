@@ -14,6 +14,8 @@
     reprlab kg-eval --task link|category|relation --kg DIR --model DIR   (JAKET's three KG tasks)
     reprlab recommend --model DR_MODEL_DIR --user ID [-k 10]
     reprlab analyze cka --model A [--model B] --data DIR --out OUT_DIR [--batch-size 256]
+    reprlab serve --index INDEX_DIR [--multihop-index DIR] [--reader DIR] [--backend onnx] [--port 8000]
+    reprlab export onnx --model MODEL_DIR --out DIR [--int8]
     reprlab train|pretrain|distill|compress RECIPE --out RUN_DIR ...   (every registered recipe)
 
 The recipe subcommands are built from the recipe registry (:mod:`reprlab.recipes`) by one mechanism
@@ -42,7 +44,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from reprlab.cli import analysis, kg, models, qa, reader_distill, recipes, recsys, search
+    from reprlab.cli import analysis, kg, models, qa, reader_distill, recipes, recsys, search, serve
 
     parser = ArgumentParser(prog="reprlab", description="Learn, compress, search and serve text representations "
                             "(ICLR 2021 methods on one encoder). `reprlab COMMAND --help` lists a command's options.",
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_commands(sub)
     kg.add_commands(sub)
     analysis.add_commands(sub)
+    serve.add_commands(sub)
     recipes.add_commands(sub)
     recsys.add_commands(sub)
     return parser

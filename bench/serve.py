@@ -1,0 +1,221 @@
+"""Load test of ``reprlab serve``: /search throughput and latency at concurrency 1, 8 and 32, against
+calling the library in-process, on SciFact.
+
+The peer is the in-process batch encoder: ``DenseRetriever.search(all queries, k=10)`` (queries
+encoded in batches of ``--batch-size``, then one FAISS search), timed over >= 3 passes. The
+service is ``reprlab serve`` on 127.0.0.1 (a subprocess, stopped at the end), searched by a small
+asyncio HTTP/1.1 client with one keep-alive connection per concurrent user (a closed loop: each
+user sends its next query when the previous answer arrives). Every level sends a fixed number of
+requests and stops early at ``--max-seconds``; each level runs ``--repeat`` (>= 3) passes, the
+median requests/s and the latency percentiles over all its requests are kept. Client and server
+share the machine's cores, as they would on one host.
+
+    python bench/serve.py                 # SciFact (5,183 documents, 300 test queries), CPU
+    python bench/serve.py --backend onnx-int8
+    python bench/serve.py --quick         # 300 documents, 60 queries, short levels
+
+Only 127.0.0.1 is used; the server is killed if anything fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+import common
+
+HOST = "127.0.0.1"
+LEVELS = (1, 8, 32)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     parents=[common.bench_options(device=None, work_dir="/tmp/reprlab-bench-serve")])
+    parser.add_argument("--data", type=Path, default=common.data_path("scifact", "beir", check=False))
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"))
+    parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS), help="concurrent users")
+    parser.add_argument("--requests", type=int, default=900, help="requests per pass of a level")
+    parser.add_argument("--max-seconds", type=float, default=60.0, help="a pass stops after this long")
+    parser.add_argument("--repeat", type=int, default=3, help="passes per level (>= 3)")
+    parser.add_argument("--batch-size", type=int, default=64, help="batch size of the in-process encoder and "
+                        "the service's largest batch")
+    parser.add_argument("-k", type=int, default=10)
+    args = common.parse(parser, argv)
+    common.require(args.data, "--data")
+    if args.quick:
+        args.requests, args.max_seconds = min(args.requests, 90), min(args.max_seconds, 20.0)
+    return args
+
+
+def prepare(args):
+    """(index folder, query texts): SciFact's corpus indexed once into --work-dir (reused when present)."""
+    from reprlab.retrieval.dense import DenseRetriever
+    from reprlab.text.beir import load_beir
+
+    data = load_beir(args.data, split="test")
+    if args.quick:
+        data = common.subsample(data, 60, 240)
+    queries = list(data.queries.values())
+    folder = args.work_dir / f"index-{Path(str(args.model)).name}-{len(data.corpus)}"
+    if not (folder / "retriever.json").is_file():
+        retriever = DenseRetriever.from_model(args.model, batch_size=args.batch_size)
+        retriever.index_corpus(data.corpus, show_progress=True)
+        retriever.save(folder)
+    return folder, queries
+
+
+def in_process(args, folder: Path, queries: list[str]) -> dict:
+    """Queries/s of the library: the whole query set searched in one call (batched encoding), >= 3 passes."""
+    from reprlab.encoder import SentenceEncoder
+    from reprlab.retrieval.dense import DenseRetriever
+
+    model = None
+    if args.backend != "torch":
+        model = SentenceEncoder.from_pretrained(args.work_dir / "onnx", backend=args.backend)
+    retriever = DenseRetriever.load(folder, model=model)
+    retriever.batch_size = args.batch_size
+    timing = common.timed(lambda: retriever.search(queries, k=args.k), args.repeat, warmup=1)
+    return {"queries": len(queries), "qps": len(queries) / timing["median"], "timing": timing.rounded()}
+
+
+# ----------------------------------------------------------------------------- the service
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def start_server(args, folder: Path, port: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "reprlab.cli", "--quiet", "serve", "--index", str(folder), "--host", HOST,
+           "--port", str(port), "--backend", args.backend, "--max-batch", str(args.batch_size)]
+    if args.backend != "torch":
+        cmd += ["--onnx-model", str(args.work_dir / "onnx")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 300
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=2):
+                return proc
+        except OSError:
+            if time.time() > deadline:
+                stop_server(proc)
+                raise SystemExit("the server did not answer /health in 300 s")
+            time.sleep(0.5)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+async def user(port: int, bodies: list[bytes], deadline: float, out: list) -> None:
+    """One closed-loop user on one keep-alive connection: send, read the whole answer, send the next."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        for body in bodies:
+            if time.perf_counter() > deadline:
+                break
+            head = (f"POST /search HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n").encode()
+            t0 = time.perf_counter()
+            writer.write(head + body)
+            await writer.drain()
+            header = await reader.readuntil(b"\r\n\r\n")
+            lines = header.decode("latin-1").split("\r\n")
+            length = next(int(v) for k, _, v in (x.partition(":") for x in lines[1:]) if k.lower() == "content-length")
+            await reader.readexactly(length)
+            out.append((int(lines[0].split()[1]), time.perf_counter() - t0))
+    finally:
+        writer.close()
+
+
+async def load(port: int, queries: list[str], users: int, n: int, k: int, max_seconds: float) -> dict:
+    bodies = [json.dumps({"query": queries[i % len(queries)], "k": k}).encode() for i in range(n)]
+    out: list = []
+    t0 = time.perf_counter()
+    deadline = t0 + max_seconds
+    await asyncio.gather(*(user(port, bodies[u::users], deadline, out) for u in range(users)))
+    seconds = time.perf_counter() - t0
+    ok = [s for status, s in out if status == 200]
+    return {"requests": len(out), "ok": len(ok), "seconds": seconds, "rps": len(ok) / seconds, "latency_s": ok}
+
+
+def run_levels(args, port: int, queries: list[str]) -> list[dict]:
+    rows = []
+    asyncio.run(load(port, queries, 4, 40, args.k, 30))  # warm-up
+    for users in args.levels:
+        passes = [asyncio.run(load(port, queries, users, args.requests, args.k, args.max_seconds))
+                  for _ in range(args.repeat)]
+        ms = np.array([s for p in passes for s in p.pop("latency_s")]) * 1000
+        rps = [p["rps"] for p in passes]
+        rows.append({"concurrency": users, "rps": statistics.median(rps), "rps_passes": [round(r, 2) for r in rps],
+                     "spread": (max(rps) - min(rps)) / statistics.median(rps), "failed": sum(p["requests"] - p["ok"]
+                                                                                          for p in passes),
+                     "requests": sum(p["requests"] for p in passes),
+                     **{f"p{q}_ms": float(np.percentile(ms, q)) for q in (50, 95, 99)}})
+        print(f"concurrency {users}: {rows[-1]['rps']:.1f} req/s, p50 {rows[-1]['p50_ms']:.1f} ms, "
+              f"p99 {rows[-1]['p99_ms']:.1f} ms", file=sys.stderr)
+    return rows
+
+
+def markdown(record: dict) -> str:
+    base = record["in_process"]["qps"]
+    lines = [f"| caller | concurrency | queries/s | vs in-process | p50 ms | p95 ms | p99 ms | failed |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| library, in-process batch (batch {record['batch_size']}) | - | {base:.1f} | 1.00x | - | - | - | - |"]
+    for r in record["service"]:
+        lines.append(f"| reprlab serve ({record['backend']}) | {r['concurrency']} | {r['rps']:.1f} | "
+                     f"{r['rps'] / base:.2f}x | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
+                     f"{r['failed']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    folder, queries = prepare(args)
+    if args.backend != "torch" and not (args.work_dir / "onnx" / "onnx.json").is_file():
+        from reprlab.encoder import SentenceEncoder
+        from reprlab.onnx import export_onnx
+
+        export_onnx(SentenceEncoder.from_pretrained(args.model), args.work_dir / "onnx", int8=True, source=args.model)
+    library = in_process(args, folder, queries)
+    print(f"in-process: {library['qps']:.1f} queries/s", file=sys.stderr)
+    port = free_port()
+    proc = start_server(args, folder, port)
+    try:
+        rows = run_levels(args, port, queries)
+    finally:
+        stop_server(proc)
+    record = {"documents": int(folder.name.rsplit("-", 1)[1]), "queries": len(queries), "backend": args.backend,
+              "batch_size": args.batch_size, "k": args.k, "quick": args.quick, "in_process": library, "service": rows,
+              "settings": common.settings(args)}
+    print(markdown(record))
+    name = "serve" if args.backend == "torch" else f"serve-{args.backend}"
+    return common.write_result(name, record, args, argv)
+
+
+if __name__ == "__main__":
+    main()

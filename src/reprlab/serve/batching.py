@@ -1,0 +1,130 @@
+"""Batching of concurrent encode requests: a short queue that forms batches for the query encoder.
+
+Every request that needs vectors (``/search``, ``/multihop``, ``/answer`` with retrieval,
+``/encode``) calls :meth:`EncodeBatcher.encode`. The texts wait in a queue; one worker takes what is
+queued, waits up to ``wait_ms`` for more while the batch is below ``max_batch`` texts, then encodes
+the whole batch in one call of the encoder (in a worker thread, so the event loop keeps accepting
+requests) and hands each request its rows. Under load a batch forms while the previous one is
+being encoded, so the encoder runs full batches, as the in-process batch encoder does; alone, a
+request waits at most ``wait_ms``.
+
+Requests for different encoders or maximum lengths never share a batch (an index swap may change
+the encoder mid-queue). A failure of the encoder fails the requests of that batch only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@dataclass
+class _Pending:
+    encoder: Any
+    texts: list[str]
+    max_length: int | None
+    precision: str
+    future: asyncio.Future
+    key: tuple = field(init=False)
+
+    def __post_init__(self):
+        self.key = (id(self.encoder), self.max_length, self.precision)
+
+
+class EncodeBatcher:
+    """See the module docstring. Start it inside the event loop (:meth:`start`), :meth:`close` at shutdown."""
+
+    def __init__(self, max_batch: int = 64, wait_ms: float = 2.0):
+        self.max_batch = max_batch
+        self.wait = wait_ms / 1000
+        self.batches = 0
+        self.texts = 0
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reprlab-encode")
+        self._lock = threading.Lock()  # the encoder is also called from threads (blocking_encode)
+
+    def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._pool.shutdown(wait=True)
+
+    async def encode(self, encoder, texts: Sequence[str], max_length: int | None = None,
+                     precision: str = "fp32") -> np.ndarray:
+        """Vectors of ``texts`` (N, d) float32, encoded in a batch with whatever else is queued."""
+        if self._queue is None:  # no running worker (e.g. called outside the app's lifespan): encode alone
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._encode_all, encoder, list(texts), max_length, precision)
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(encoder, list(texts), max_length, precision, future))
+        return await future
+
+    def _encode_all(self, encoder, texts: list[str], max_length: int | None, precision: str) -> np.ndarray:
+        with self._lock:
+            self.batches += 1
+            self.texts += len(texts)
+            return encoder.encode(texts, batch_size=self.max_batch, max_length=max_length, show_progress=False,
+                                  precision=precision)
+
+    async def _collect(self) -> list[_Pending]:
+        first = await self._queue.get()
+        batch, size = [first], len(first.texts)
+        deadline = asyncio.get_running_loop().time() + self.wait
+        while size < self.max_batch:
+            timeout = deadline - asyncio.get_running_loop().time()
+            try:
+                item = self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self._queue.get(), timeout)
+            except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                break
+            batch.append(item)
+            size += len(item.texts)
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            groups: dict[tuple, list[_Pending]] = {}
+            for item in batch:
+                groups.setdefault(item.key, []).append(item)
+            for items in groups.values():
+                texts = [t for item in items for t in item.texts]
+                try:
+                    vectors = await loop.run_in_executor(self._pool, self._encode_all, items[0].encoder, texts,
+                                                         items[0].max_length, items[0].precision)
+                except Exception as exc:  # noqa: BLE001 - handed to the requests of this batch
+                    for item in items:
+                        if not item.future.done():
+                            item.future.set_exception(exc)
+                    continue
+                row = 0
+                for item in items:
+                    if not item.future.done():  # a cancelled request (client gone) takes nothing
+                        item.future.set_result(vectors[row: row + len(item.texts)])
+                    row += len(item.texts)
+
+
+class BatchedEncoder:
+    """An encoder for library code that runs in a worker thread (MDR's beam search): its ``encode``
+    goes through the batcher on the event loop ``loop`` and blocks the calling thread until done."""
+
+    def __init__(self, batcher: EncodeBatcher, encoder, loop: asyncio.AbstractEventLoop):
+        self.batcher, self.encoder, self.loop = batcher, encoder, loop
+        self.tokenizer = getattr(encoder, "tokenizer", None)
+
+    def encode(self, texts, batch_size: int = 64, max_length: int | None = None, show_progress=None, **_) -> np.ndarray:
+        future = asyncio.run_coroutine_threadsafe(self.batcher.encode(self.encoder, texts, max_length), self.loop)
+        return future.result()
