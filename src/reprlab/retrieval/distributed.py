@@ -482,13 +482,13 @@ def read_vectors(folder: str | Path) -> tuple[list[str], np.ndarray]:
     return all_ids, np.concatenate(parts)
 
 
-def index_from_shards(folder: str | Path, index, train_rows: int = 262_144) -> None:
+def index_from_shards(folder: str | Path, index, train_rows: int = 262_144, payloads=None) -> None:
     """Add every shard of ``folder`` to ``index`` (any :class:`~reprlab.retrieval.index.Index`), in order.
 
     An index that must be trained first (IVF, PQ) is trained on the first ``train_rows`` vectors, so that
-    the memory needed is that of one shard plus the training sample, not of the whole corpus."""
-    if getattr(index, "index", None) is not None and hasattr(index, "train") and \
-            not getattr(index.index, "is_trained", True):
+    the memory needed is that of one shard plus the training sample, not of the whole corpus.
+    ``payloads(ids) -> list of dicts``, when given, is passed to ``index.add`` (vector databases)."""
+    if hasattr(index, "train") and not getattr(getattr(index, "index", None), "is_trained", True):
         sample, have = [], 0
         for _, vectors in iter_shards(folder):
             sample.append(vectors[: train_rows - have])
@@ -497,4 +497,40 @@ def index_from_shards(folder: str | Path, index, train_rows: int = 262_144) -> N
                 break
         index.train(np.concatenate(sample))
     for ids, vectors in iter_shards(folder):
-        index.add(ids, vectors)
+        if payloads is None:
+            index.add(ids, vectors)
+        else:
+            index.add(ids, vectors, payloads=payloads(ids))
+
+
+def index_corpus(retriever, corpus: Mapping[str, Mapping[str, str]], index, vectors: str | Path | None = None,
+                 engine: str = "local", payloads=None, show_progress: bool | None = None, **options):
+    """Encode ``corpus`` with ``retriever``'s document model into ``index`` and attach both to ``retriever``.
+
+    With ``engine="local"`` and no ``vectors`` folder the corpus is encoded in this process, as
+    ``DenseRetriever.index_corpus`` does. Otherwise the vectors go through shards in ``vectors``
+    (:func:`encode_shards` with ``engine`` and ``options``: resumable), then into the index shard by shard.
+    ``payloads(ids) -> list of dicts`` is given to ``index.add`` when set (vector databases).
+    Returns the :class:`EncodeReport` of the shards, or None for the in-process path.
+    """
+    report = None
+    if vectors is None and engine == "local":
+        ids, x = retriever.encode_corpus(corpus, show_progress)
+        if payloads is None:
+            index.add(ids, x)
+        else:
+            index.add(ids, x, payloads=payloads(ids))
+    else:
+        if vectors is None:
+            raise ConfigError("the ray engine writes vector shards: give the folder for them", field="vectors")
+        if retriever.model_name is None:
+            raise ConfigError("the retriever needs model_name (what each worker loads)", field="model")
+        model = Path(retriever.model_name)
+        model = model / "passage" if (model / "passage").is_dir() else retriever.model_name  # two-tower folders
+        report = encode_shards(corpus, vectors, model=str(model), engine=engine, batch_size=retriever.batch_size,
+                               precision=retriever.precision, doc_prefix=retriever.doc_prefix,
+                               show_progress=show_progress, **options)
+        index_from_shards(vectors, index, payloads=payloads)
+    retriever.index = index
+    retriever.docs = {i: {"title": corpus[i].get("title", ""), "text": corpus[i].get("text", "")} for i in corpus}
+    return report
