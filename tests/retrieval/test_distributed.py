@@ -188,6 +188,19 @@ def test_an_index_built_from_shards_equals_the_in_process_index(tmp_path, tiny_m
     np.testing.assert_array_equal(direct.search(reference[:5], 4)[1], sharded.search(reference[:5], 4)[1])
 
 
+def test_a_trained_index_is_trained_on_the_first_vectors_of_the_shards(tmp_path, tiny_model_dir, monkeypatch):
+    corpus = make_corpus(40)
+    encode_shards(corpus, tmp_path / "v", model=str(tiny_model_dir), shard_size=7, batch_size=8)
+    ids, vectors = read_vectors(tmp_path / "v")
+    index = FaissIndex(vectors.shape[1], factory="IVF2,Flat")
+    seen = []
+    real = index.train
+    monkeypatch.setattr(index, "train", lambda x: (seen.append(x.copy()), real(x)))
+    index_from_shards(tmp_path / "v", index, train_rows=10)  # spans two shards
+    np.testing.assert_array_equal(seen[0], vectors[:10])
+    assert index.ids.tolist() == ids and index.index.is_trained
+
+
 def test_cli_index_through_shards_then_search(tmp_path, tiny_model_dir, capsys):
     corpus = make_corpus()
     path = tmp_path / "corpus.jsonl"
