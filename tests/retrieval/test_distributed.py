@@ -159,8 +159,7 @@ def test_a_manifest_that_does_not_match_its_shards(tmp_path, tiny_model_dir):
     shutil.copy(folder / "shard-00000.parquet", tmp_path / "saved")
     shutil.copy(folder / "shard-00001.parquet", folder / "shard-00000.parquet")
     with pytest.raises(DataFormatError, match=r"shard-00000.parquet: does not match the manifest: shard 1 "
-                                              r"\(manifest: 0\), rows 5 \(manifest: 5\)|shard-00000.parquet: does "
-                                              r"not match the manifest: shard 1 \(manifest: 0\), ids_sha256"):
+                                              r"\(manifest: 0\), ids_sha256"):
         check_folder(folder)
     shutil.copy(tmp_path / "saved", folder / "shard-00000.parquet")
     check_folder(folder)
