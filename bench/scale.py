@@ -115,7 +115,15 @@ def part_encode(args, corpus) -> dict:
         print(f"[encode] {name}: {t['median']:.1f} s ({len(ids) / t['median']:.1f} docs/s), "
               f"x{t['median'] / base['median']:.3f}, max diff {diff:.1e}", file=sys.stderr)
     ray = times["ray (2 actors x 1 thread, incl. start)"]
+    # the fixed cost of a Ray job: the same job on 2 one-line documents (start, 2 model loads, stop)
+    tiny = {i: {"title": "", "text": "a"} for i in ("a", "b")}
+    fixed = common.timed(lambda: (shutil.rmtree(work / "fixed", ignore_errors=True),
+                                  encode_shards(tiny, work / "fixed", model="minilm", engine="ray", shard_size=1,
+                                                num_workers=2, show_progress=False)), repeat=args.repeat)
+    print(f"[encode] fixed cost of a Ray job: {fixed['median']:.1f} s", file=sys.stderr)
     return {**common.stamp(), "docs": len(ids), "shard_size": args.shard_size, "rows": rows,
+            "ray_fixed_s": fixed.rounded(3),
+            "ray_overhead_excluding_fixed": round((ray["median"] - fixed["median"]) / base["median"] - 1, 3),
             "ray_overhead": round(ray["median"] / base["median"] - 1, 3),
             "per_core_docs_per_s_ray": round(len(ids) / ray["median"] / 2, 2),
             "gpu": "no GPU in this session: no per-GPU rate"}
@@ -469,11 +477,12 @@ def main(argv=None) -> dict:
     train, test = load(args)
     record = {"settings": common.settings(args)}
     path = common.result_path("scale", args)
-    if args.part in ("all", "encode"):
-        record["encode"] = part_encode(args, test.corpus)
     if args.part in ("all", "index"):
         record["index"] = part_index(args, train, test)
         plot(record["index"]["rows"], path.with_suffix(".png"))
+        common.write_result("scale", record, args, argv)  # kept if the encode part fails
+    if args.part in ("all", "encode"):
+        record["encode"] = part_encode(args, test.corpus)
     if args.part != "all":  # keep the other part of an earlier run
         record = {**{k: v for k, v in common.read_result(path).items() if k in ("encode", "index")}, **record}
     record = common.write_result("scale", record, args, argv)
