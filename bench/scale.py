@@ -398,22 +398,32 @@ def choose(rows: list[dict], target: float = 0.95) -> dict[str, str]:
     return chosen
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, n: int) -> None:
+    """Recall@10 (test) against queries/s: one line per family in parameter order, the Pareto frontier dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 6))
-    for family in dict.fromkeys(r["family"] for r in rows):
-        pts = sorted((r["qps"], r["recall10_test"]) for r in rows if r["family"] == family)
+    fig, ax = plt.subplots(figsize=(10, 6.5))
+    colors = plt.get_cmap("tab20").colors
+    for f, family in enumerate(dict.fromkeys(r["family"] for r in rows)):
+        pts = [(r["qps"], r["recall10_test"]) for r in rows if r["family"] == family]
         size = next(r["bytes_per_vector"] for r in rows if r["family"] == family)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{family} ({size:.0f} B/vec)")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="os^vD<>ph*"[f % 10], color=colors[f % 20],
+                label=f"{family} ({size:.0f} B/vec)")
+    front, best = [], -1.0
+    for r in sorted(rows, key=lambda r: -r["qps"]):
+        if r["recall10_test"] > best:
+            best = r["recall10_test"]
+            front.append((r["qps"], best))
+    ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linestyle="--", linewidth=1,
+            label="frontier (any memory)")
     ax.axhline(0.95, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log")
-    ax.set_xlabel("queries / s (2 threads, batch of 300)")
+    ax.set_xlabel("queries / s (2 threads, batch of 300 test queries)")
     ax.set_ylabel("recall@10 vs exact (SciFact test queries)")
-    ax.set_title("1M MiniLM-like vectors: recall vs speed (memory per vector in the legend)")
+    ax.set_title(f"{n:,} MiniLM-like vectors (384-d): recall vs speed; memory per vector in the legend")
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
@@ -479,7 +489,7 @@ def main(argv=None) -> dict:
     path = common.result_path("scale", args)
     if args.part in ("all", "index"):
         record["index"] = part_index(args, train, test)
-        plot(record["index"]["rows"], path.with_suffix(".png"))
+        plot(record["index"]["rows"], path.with_suffix(".png"), args.n)
         common.write_result("scale", record, args, argv)  # kept if the encode part fails
     if args.part in ("all", "encode"):
         record["encode"] = part_encode(args, test.corpus)
