@@ -52,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--hnsw", action="store_true", help="include HNSW32 (its 1M build takes ~15 min on 2 cores)")
     p.add_argument("--local-shards", action="store_true", help="also time the local engine writing shards")
+    p.add_argument("--plan", action="store_true", help="print docs/SCALE.md's derived tables from the result JSON")
     args = common.parse(p, argv)
     common.require(args.data, "SciFact BEIR folder")
     if args.quick:
@@ -482,8 +483,46 @@ def markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- docs/SCALE.md tables
+
+
+NODE_RAM_GB, NODE_CORES, TARGET_QPS = 48, 32, 100
+
+
+def plan_tables(record: dict) -> str:
+    """The memory and shard/replica tables of docs/SCALE.md, derived from the measured 1M rows: totals =
+    bytes/vector x N; a shard holds at most NODE_RAM_GB; per-shard q/s = q/s at 1M x 1M / (vectors per
+    shard) x NODE_CORES / 2 (the bench ran on 2 threads); replicas = ceil(TARGET_QPS / per-shard q/s)."""
+    import math
+
+    index = record["index"]
+    n1 = index["n"]
+    chosen = [r for r in index["rows"] if r["chosen_on_dev"]]
+    lines = ["| setting (chosen on dev) | B/vector | recall@10 test | nDCG@10 gap | 1M | 10M | 100M |",
+             "|---|---|---|---|---|---|---|"]
+    for r in chosen:
+        gb = [r["bytes_per_vector"] * n / 1e9 for n in (1e6, 1e7, 1e8)]
+        lines.append(f"| {r['setting']} | {r['bytes_per_vector']:.0f} | {r['recall10_test']:.3f} | "
+                     f"{r['ndcg_gap']:+.4f} | {gb[0]:.2f} GB | {gb[1]:.1f} GB | {gb[2]:.0f} GB |")
+    lines += ["", f"Nodes of {NODE_RAM_GB} GB for the index and {NODE_CORES} cores, {TARGET_QPS} queries/s:", "",
+              "| setting | N | index GB | shards | q/s per shard group | replicas | nodes |", "|---|---|---|---|---|---|---|"]
+    for r in chosen:
+        for n in (1e6, 1e7, 1e8):
+            total = r["bytes_per_vector"] * n / 1e9
+            shards = max(1, math.ceil(total / NODE_RAM_GB))
+            qps = r["qps"] * n1 / (n / shards) * NODE_CORES / 2
+            replicas = max(1, math.ceil(TARGET_QPS / qps))
+            lines.append(f"| {r['setting']} | {n / 1e6:.0f}M | {total:.1f} | {shards} | {qps:,.0f} | {replicas} | "
+                         f"{shards * replicas} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.plan:
+        record = common.read_result(common.result_path("scale", args))
+        print(plan_tables(record))
+        return record
     train, test = load(args)
     record = {"settings": common.settings(args)}
     path = common.result_path("scale", args)
