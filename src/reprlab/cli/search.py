@@ -48,6 +48,28 @@ def _check_index_options(args) -> None:
         raise ReprlabError(f"{stray[0]} is an option of binary indexes: add --binary BITS")
     if args.binary and args.factory != "Flat":
         raise ReprlabError("--factory builds float indexes; a --binary index is searched by --hash-method")
+    _check_scale_options(args)
+
+
+def _check_scale_options(args) -> None:
+    """--engine ray's options only with it, --backend qdrant's only with it, neither with --multihop."""
+    ray = {"--address": (args.address, None), "--num-workers": (args.num_workers, 2),
+           "--gpus-per-worker": (args.gpus_per_worker, 0), "--cpus-per-worker": (args.cpus_per_worker, 1)}
+    stray = [flag for flag, (value, default) in ray.items() if value != default]
+    if stray and args.engine != "ray":
+        raise ReprlabError(f"{stray[0]} is an option of distributed encoding: add --engine ray")
+    qdrant = {"--qdrant-url": (args.qdrant_url, None), "--qdrant-path": (args.qdrant_path, None),
+              "--collection": (args.collection, None), "--quantization": (args.quantization, "none"),
+              "--overwrite-collection": (args.overwrite_collection, False), "--upload-batch": (args.upload_batch, 256)}
+    stray = [flag for flag, (value, default) in qdrant.items() if value != default]
+    if stray and args.backend != "qdrant":
+        raise ReprlabError(f"{stray[0]} is an option of the qdrant backend: add --backend qdrant")
+    if args.backend == "qdrant" and (args.binary or args.factory != "Flat"):
+        raise ReprlabError("--backend qdrant stores float vectors in Qdrant: drop --binary / --factory "
+                           "(--quantization chooses how a server compresses them)")
+    scaled = args.engine != "local" or args.backend != "faiss" or args.vectors
+    if args.multihop and scaled:
+        raise ReprlabError("--multihop builds its index in one process: drop --engine / --backend / --vectors")
 
 
 def cmd_index(args) -> None:
@@ -61,6 +83,8 @@ def cmd_index(args) -> None:
     source = args.data if args.multihop else args.corpus
     corpus = load_hotpotqa(args.data).corpus if args.multihop else read_documents(args.corpus)
     t0 = time.time()
+    if args.engine != "local" or args.backend != "faiss" or args.vectors:
+        return _index_scaled(args, corpus, t0)
     if args.binary:
         retriever = binary_retriever(args.model, corpus, bits=args.binary, method=args.hash_method,
                                      hash_bits=args.hash_bits, tables=args.tables, nflip=args.nflip,
@@ -74,6 +98,46 @@ def cmd_index(args) -> None:
     retriever.save(args.out)
     logger.info(f"indexed {len(corpus)} documents of {source} with {args.model} ({kind}) in {time.time() - t0:.1f}s "
                 f"-> {args.out}")
+
+
+def _index_scaled(args, corpus, t0: float) -> None:
+    """``index`` through vector shards (--engine ray, or --vectors) and/or into Qdrant (--backend qdrant)."""
+    from reprlab.retrieval.binary import BinaryIndex
+    from reprlab.retrieval.dense import DenseRetriever
+    from reprlab.retrieval.distributed import index_corpus
+    from reprlab.retrieval.index import FaissIndex
+    from reprlab.retrieval.qdrant import QdrantIndex, document_payloads, read_metadata
+
+    out = Path(args.out)
+    vectors = args.vectors or (str(out.with_name(out.name + ".vectors")) if args.engine == "ray" else None)
+    retriever = DenseRetriever.from_model(args.model, batch_size=args.batch_size, precision=args.precision)
+    dim, payloads = retriever.doc_model.dim, None
+    if args.backend == "qdrant":
+        path = None if args.qdrant_url else (args.qdrant_path or str(out.with_name(out.name + ".qdrant")))
+        index = QdrantIndex(dim, collection=args.collection or out.name, url=args.qdrant_url, path=path,
+                            quantization=args.quantization, overwrite=args.overwrite_collection,
+                            upload_batch=args.upload_batch)
+        metadata = read_metadata(args.corpus)
+        payloads = lambda ids: document_payloads(corpus, ids, metadata)  # noqa: E731
+        kind = f"qdrant collection {index.collection!r} at {index.where}"
+    elif args.binary:
+        index = BinaryIndex(dim, args.binary, args.hash_method, args.hash_bits, args.tables, args.nflip,
+                            args.hash_seed, args.hash_score)
+        kind = f"{args.binary}-bit SimHash codes, {args.hash_method}"
+    else:
+        index, kind = FaissIndex(dim, factory=args.factory), args.factory
+    try:
+        report = index_corpus(retriever, corpus, index, vectors=vectors, engine=args.engine, payloads=payloads,
+                              shard_size=args.shard_size, dtype=args.vector_dtype, num_workers=args.num_workers,
+                              gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+                              address=args.address)
+        retriever.save(args.out)
+    finally:
+        if isinstance(index, QdrantIndex):
+            index.close()
+    shards = f"; shards in {vectors}: {len(report.encoded)} encoded, {len(report.kept)} kept" if report else ""
+    logger.info(f"indexed {len(corpus)} documents of {args.corpus} with {args.model} ({kind}, engine {args.engine}) "
+                f"in {time.time() - t0:.1f}s -> {args.out}{shards}")
 
 
 def cmd_search(args) -> None:
@@ -234,10 +298,38 @@ def _index_parser(sub) -> None:
     g.add_argument("--hash-seed", type=int, default=0, help="seed of the random hyperplanes (default: 0)")
     g.add_argument("--hash-score", choices=SCORES, default="angular",
                    help="score shown: angular = 1 - hamming/bits, cosine = cos(pi hamming/bits) (default: angular)")
+    _scale_options(p)
     g = p.add_argument_group("multi-hop (MDR)")
     g.add_argument("--multihop", action="store_true", help="index the passages of the HotpotQA file --data")
     g.add_argument("--data", help="HotpotQA file (.json original or .jsonl IRCoT layout), with --multihop")
     p.set_defaults(func=cmd_index)
+
+
+def _scale_options(p) -> None:
+    from reprlab.retrieval.distributed import DTYPES, ENGINES
+    from reprlab.retrieval.qdrant import QUANTIZATIONS
+
+    g = p.add_argument_group("distributed encoding (vector shards; see docs/SCALE.md)")
+    g.add_argument("--engine", choices=ENGINES, default="local",
+                   help="local: this process; ray: a Ray Data actor pool writing vector shards (default: local)")
+    g.add_argument("--vectors", help="folder of the vector shards (Parquet + manifest.json); a killed job resumes "
+                                     "from it (default with --engine ray: OUT.vectors)")
+    g.add_argument("--shard-size", type=int, default=10_000, help="passages per shard (default: 10000)")
+    g.add_argument("--vector-dtype", choices=DTYPES, default="float32", help="dtype in the shards (default: float32)")
+    g.add_argument("--address", help="Ray cluster to join, e.g. auto (default: start a local Ray)")
+    g.add_argument("--num-workers", type=int, default=2, help="encoder actors, each loads the model once (default: 2)")
+    g.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per actor (default: 0, CPU)")
+    g.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (torch threads) per actor (default: 1)")
+    g = p.add_argument_group("vector database")
+    g.add_argument("--backend", choices=("faiss", "qdrant"), default="faiss",
+                   help="faiss: index files in OUT; qdrant: a Qdrant collection, OUT holds its address (default: faiss)")
+    g.add_argument("--qdrant-url", help="Qdrant server or cluster, e.g. http://localhost:6333 (default: local mode)")
+    g.add_argument("--qdrant-path", help="folder of Qdrant's local mode (default: OUT.qdrant)")
+    g.add_argument("--collection", help="collection name (default: the name of OUT)")
+    g.add_argument("--quantization", choices=QUANTIZATIONS, default="none",
+                   help="how a Qdrant server keeps the vectors: none, scalar (int8), binary, pq (default: none)")
+    g.add_argument("--overwrite-collection", action="store_true", help="replace an existing collection of that name")
+    g.add_argument("--upload-batch", type=int, default=256, help="points per upload request (default: 256)")
 
 
 def _search_parser(sub) -> None:

@@ -1,0 +1,543 @@
+"""Scale: Ray vs single-process encoding, and a 1M-vector simulation of the index choices in docs/SCALE.md.
+
+Part ``encode``: the same SciFact documents encoded by MiniLM (a) in one process with 2 torch threads
+(``DenseRetriever.encode_corpus``), (b) by the local engine writing vector shards in one process
+(2 threads), (c) by ``encode_shards(engine="ray")``: a local Ray with 2 CPUs, 2 actors of 1 thread each,
+started and stopped inside each pass, as ``reprlab index --engine ray`` does. Equal cores (2); 3
+interleaved passes; the ratio is the median wall time over the single process's.
+
+Part ``index``: 1M vectors of dimension 384 that resemble MiniLM's: a Gaussian mixture (64 components,
+one shared full covariance) fitted to the MiniLM vectors of SciFact's 5,183 documents, sampled and
+normalised, with the real SciFact documents embedded at random positions. Queries: SciFact's real
+queries (train = the dev side, on which settings are chosen; test = the reported side) and 1,000
+synthetic queries from a mixture fitted to the train queries (dev side too). For Flat, HNSW32, IVF-PQ
+(nlist 4096; m 48 / 96 / 192; several nprobe; with and without an exact rerank of the top 100),
+Flat SQ8 / fp16 (the scalar quantisation of Qdrant and half-precision storage) and binary codes + exact
+rerank (SimHash 256 / 512 / 1024 bits from ``reprlab.retrieval.binary``, and 384 sign bits as Qdrant's
+binary quantisation keeps): build seconds, bytes per vector held in memory, queries/s (2 threads, the
+300 test queries in one batch, median of 3), recall@10 against exact search and SciFact nDCG@10 of the
+test queries over the 1M base. Reranks read the float32 vectors of the candidates (in memory here; on
+disk in the plan). Writes ``bench/results/scale.json`` and the frontier plot ``bench/results/scale.png``.
+
+    flock /tmp/reprlab-heavy.lock nice -n 5 python bench/scale.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import common
+
+DIM = 384
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                parents=[common.bench_options(threads=2, append=False, device=None,
+                                                              work_dir="/tmp/reprlab-bench-scale")])
+    p.add_argument("--part", choices=("all", "encode", "index"), default="all")
+    p.add_argument("--data", type=Path, default=common.data_path("scifact", "beir", check=False))
+    p.add_argument("--encode-docs", type=int, default=1000, help="SciFact documents in the timed encode comparison")
+    p.add_argument("--shard-size", type=int, default=250, help="passages per shard in the encode comparison")
+    p.add_argument("--n", type=int, default=1_000_000, help="vectors in the simulated base (synthetic + real)")
+    p.add_argument("--components", type=int, default=64, help="Gaussian mixture components of the document model")
+    p.add_argument("--synthetic-queries", type=int, default=1000)
+    p.add_argument("--nlist", type=int, default=4096)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--hnsw", action="store_true", help="include HNSW32 (its 1M build takes ~15 min on 2 cores)")
+    p.add_argument("--local-shards", action="store_true", help="also time the local engine writing shards")
+    p.add_argument("--plan", action="store_true", help="print docs/SCALE.md's derived tables from the result JSON")
+    args = common.parse(p, argv)
+    common.require(args.data, "SciFact BEIR folder")
+    if args.quick:
+        args.encode_docs, args.shard_size, args.n, args.components = 40, 10, 20_000, 8
+        args.synthetic_queries, args.nlist, args.hnsw, args.local_shards = 100, 64, True, True
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def load(args):
+    from reprlab.text.beir import load_beir
+
+    train, test = load_beir(args.data, split="train"), load_beir(args.data, split="test")
+    if args.quick:
+        test = common.subsample(test, 20, 150)
+        train = common.subsample(train, 30, 0, keep_docs=list(test.corpus))
+        train.corpus = test.corpus
+    return train, test
+
+
+# ----------------------------------------------------------------------------- part 1: encoding
+
+
+def part_encode(args, corpus) -> dict:
+    import shutil
+
+    import torch
+
+    from reprlab.retrieval.dense import DenseRetriever
+    from reprlab.retrieval.distributed import encode_shards, read_vectors
+
+    ids = sorted(corpus)[: args.encode_docs]
+    sub = {i: corpus[i] for i in ids}
+    torch.set_num_threads(2)
+    single = DenseRetriever.from_model("minilm", batch_size=32)
+    single.encode_corpus({i: sub[i] for i in ids[:32]}, show_progress=False)  # warm-up
+    work = args.work_dir / "encode"
+
+    def run_single():
+        return single.encode_corpus(sub, show_progress=False)[1]
+
+    def run_shards(engine):
+        def go():
+            shutil.rmtree(work / engine, ignore_errors=True)
+            encode_shards(sub, work / engine, model="minilm", engine=engine, shard_size=args.shard_size,
+                          batch_size=32, num_workers=2, cpus_per_worker=1, show_progress=False)
+            return read_vectors(work / engine)[1]
+        return go
+
+    contestants = {"single process (2 threads)": run_single,
+                   "ray (2 actors x 1 thread, incl. start)": run_shards("ray")}
+    if args.local_shards:
+        contestants["local shards (1 process, 2 threads)"] = run_shards("local")
+    times = common.timed_interleaved(contestants, repeat=args.repeat, warmup=0)
+    base = times["single process (2 threads)"]
+    rows = []
+    for name, t in times.items():
+        diff = float(np.abs(t.result - base.result).max())
+        rows.append({"setting": name, "seconds": t.rounded(3), "docs_per_s": round(len(ids) / t["median"], 2),
+                     "ratio": round(t["median"] / base["median"], 3), "max_abs_diff_vs_single": diff})
+        print(f"[encode] {name}: {t['median']:.1f} s ({len(ids) / t['median']:.1f} docs/s), "
+              f"x{t['median'] / base['median']:.3f}, max diff {diff:.1e}", file=sys.stderr)
+    ray = times["ray (2 actors x 1 thread, incl. start)"]
+    # the fixed cost of a Ray job: the same job on 2 one-line documents (start, 2 model loads, stop)
+    tiny = {i: {"title": "", "text": "a"} for i in ("a", "b")}
+    fixed = common.timed(lambda: (shutil.rmtree(work / "fixed", ignore_errors=True),
+                                  encode_shards(tiny, work / "fixed", model="minilm", engine="ray", shard_size=1,
+                                                num_workers=2, show_progress=False)), repeat=args.repeat)
+    print(f"[encode] fixed cost of a Ray job: {fixed['median']:.1f} s", file=sys.stderr)
+    return {**common.stamp(), "docs": len(ids), "shard_size": args.shard_size, "rows": rows,
+            "ray_fixed_s": fixed.rounded(3),
+            "ray_overhead_excluding_fixed": round((ray["median"] - fixed["median"]) / base["median"] - 1, 3),
+            "ray_overhead": round(ray["median"] / base["median"] - 1, 3),
+            "per_core_docs_per_s_ray": round(len(ids) / ray["median"] / 2, 2),
+            "gpu": "no GPU in this session: no per-GPU rate"}
+
+
+# ----------------------------------------------------------------------------- part 2: the 1M simulation
+
+
+def scifact_vectors(args, train, test) -> dict:
+    """MiniLM vectors of the SciFact corpus and of the train and test queries (cached in --work-dir)."""
+    from reprlab.retrieval.dense import DenseRetriever
+
+    cache = args.work_dir / "scifact-minilm.npz"
+    doc_ids = list(test.corpus)
+    qids = {"train": sorted(train.judged_queries()), "test": sorted(test.judged_queries())}
+    if cache.is_file():
+        saved = np.load(cache)
+        if list(saved["doc_ids"]) == doc_ids:
+            return {"doc_ids": doc_ids, "docs": saved["docs"], "qids": qids,
+                    "train": saved["train"], "test": saved["test"]}
+    retriever = DenseRetriever.from_model("minilm", batch_size=32)
+    t0 = time.time()
+    docs = retriever.encode_corpus(test.corpus, show_progress=True)[1]
+    print(f"[index] encoded {len(docs)} SciFact documents in {time.time() - t0:.0f} s", file=sys.stderr)
+    out = {"doc_ids": doc_ids, "docs": docs, "qids": qids,
+           "train": retriever.encode_queries([train.queries[q] for q in qids["train"]]),
+           "test": retriever.encode_queries([test.queries[q] for q in qids["test"]])}
+    np.savez(cache, doc_ids=np.array(doc_ids), docs=docs, train=out["train"], test=out["test"])
+    return out
+
+
+def mixture(x: np.ndarray, components: int, seed: int = 0):
+    from sklearn.mixture import GaussianMixture
+
+    return GaussianMixture(components, covariance_type="tied", max_iter=100, reg_covar=1e-5,
+                           random_state=seed).fit(x)
+
+
+def sample(model, n: int, seed: int) -> np.ndarray:
+    """``n`` unit vectors from a fitted mixture (sampled in chunks, normalised like MiniLM's output)."""
+    rng = np.random.default_rng(seed)
+    chol = np.linalg.cholesky(model.covariances_)  # (d, d), tied covariance
+    counts = rng.multinomial(n, model.weights_)
+    out = np.empty((n, model.means_.shape[1]), np.float32)
+    at = 0
+    for c, count in enumerate(counts):
+        z = rng.standard_normal((count, chol.shape[0])).astype(np.float32)  # (count, d)
+        out[at:at + count] = model.means_[c] + z @ chol.T.astype(np.float32)
+        at += count
+    out = out[rng.permutation(n)]
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out
+
+
+def build_base(args, vec) -> dict:
+    """The base (synthetic + the real documents at random positions) and the query sets."""
+    t0 = time.time()
+    docs_model = mixture(vec["docs"], args.components)
+    query_model = mixture(vec["train"], max(2, args.components // 4))
+    n_real = len(vec["docs"])
+    base = sample(docs_model, args.n, seed=1)
+    rng = np.random.default_rng(2)
+    where = np.sort(rng.choice(args.n, size=n_real, replace=False))
+    base[where] = vec["docs"]
+    ids = np.array([f"syn{i}" for i in range(args.n)], dtype=object)
+    ids[where] = vec["doc_ids"]
+    synthetic_q = sample(query_model, args.synthetic_queries, seed=3)
+    print(f"[index] base of {args.n} vectors ({n_real} real) in {time.time() - t0:.0f} s", file=sys.stderr)
+    return {"x": base, "ids": ids, "real": where,
+            "queries": {"dev": np.concatenate([vec["train"], synthetic_q]), "test": vec["test"]},
+            "synthetic_q": synthetic_q}
+
+
+def realism(vec, base) -> dict:
+    """How the synthetic vectors compare with the real ones: cosine of each real query to its nearest real
+    document vs its nearest synthetic one (of as many), and the mean pairwise cosine of each set."""
+    rng = np.random.default_rng(4)
+    real = vec["docs"]
+    syn_rows = np.setdiff1d(np.arange(len(base["x"])), base["real"])
+    syn = base["x"][rng.choice(syn_rows, size=len(real), replace=False)]
+    q = vec["test"]
+
+    def pair_mean(x):
+        s = x[:2000] @ x[:2000].T
+        return float((s.sum() - np.trace(s)) / (len(s) * (len(s) - 1)))
+
+    return {"query_top1_cosine_real_docs": float((q @ real.T).max(1).mean()),
+            "query_top1_cosine_synthetic_docs": float((q @ syn.T).max(1).mean()),
+            "mean_pairwise_cosine_real_docs": pair_mean(real),
+            "mean_pairwise_cosine_synthetic_docs": pair_mean(syn),
+            "synthetic_query_top1_cosine_real_docs": float((base["synthetic_q"] @ real.T).max(1).mean())}
+
+
+# ----------------------------------------------------------------------------- the index settings
+
+
+def exact_top(x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    import faiss
+
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    return index.search(q, k)
+
+
+def rerank(x: np.ndarray, q: np.ndarray, candidates: np.ndarray, k: int = 10) -> np.ndarray:
+    """Exact inner products of each query with its candidates (Q, R) -> the top-k positions (Q, k)."""
+    out = np.full((len(q), k), -1, np.int64)
+    for a in range(0, len(q), 64):
+        cand = candidates[a:a + 64]  # (B, R)
+        safe = np.where(cand < 0, 0, cand)
+        scores = np.einsum("brd,bd->br", x[safe], q[a:a + 64])  # (B, R)
+        scores[cand < 0] = -np.inf
+        order = np.lexsort((np.where(cand < 0, np.iinfo(np.int64).max, cand), -scores), axis=-1)[:, :k]
+        out[a:a + 64] = np.take_along_axis(cand, order, axis=1)
+    return out
+
+
+class Setting:
+    """One index setting: ``search(q) -> (Q, 10) positions``, bytes per vector in memory, build seconds."""
+
+    def __init__(self, family: str, name: str, search, bytes_per_vector: float, build_s: float, params: dict):
+        self.family, self.name, self.search = family, name, search
+        self.bytes_per_vector, self.build_s, self.params = bytes_per_vector, build_s, params
+
+
+def faiss_bytes(index, n: int) -> float:
+    import faiss
+
+    serialize = faiss.serialize_index_binary if isinstance(index, faiss.IndexBinary) else faiss.serialize_index
+    return float(serialize(index).size) / n
+
+
+def flat_settings(x) -> list:
+    import faiss
+
+    out = []
+    for family, make in (("Flat fp32", lambda: faiss.IndexFlatIP(DIM)),
+                         ("Flat fp16", lambda: faiss.IndexScalarQuantizer(DIM, faiss.ScalarQuantizer.QT_fp16,
+                                                                          faiss.METRIC_INNER_PRODUCT)),
+                         ("Flat SQ8 (Qdrant scalar)", lambda: faiss.IndexScalarQuantizer(
+                             DIM, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT))):
+        t0 = time.time()
+        index = make()
+        index.train(x[:200_000])
+        index.add(x)
+        out.append(Setting(family, family, lambda q, i=index: i.search(q, 10)[1], faiss_bytes(index, len(x)),
+                           time.time() - t0, {}))
+    return out
+
+
+def hnsw_settings(x, ef_values=(16, 32, 64, 128, 256)) -> list:
+    import faiss
+
+    t0 = time.time()
+    index = faiss.IndexHNSWFlat(DIM, 32, faiss.METRIC_INNER_PRODUCT)
+    index.add(x)
+    build = time.time() - t0
+    print(f"[index] HNSW32 built in {build:.0f} s", file=sys.stderr)
+    size = faiss_bytes(index, len(x))
+
+    def search(q, ef):
+        index.hnsw.efSearch = ef
+        return index.search(q, 10)[1]
+
+    return [Setting("HNSW32", f"HNSW32 efSearch {ef}", lambda q, ef=ef: search(q, ef), size, build, {"efSearch": ef})
+            for ef in ef_values]
+
+
+def ivfpq_settings(x, nlist: int, ms=(96, 192), nprobes=(16, 32, 64, 128), rerank_depth=100) -> list:
+    import faiss
+
+    t0 = time.time()
+    train = x[np.random.default_rng(5).choice(len(x), size=min(len(x), 50 * nlist), replace=False)]
+    quantizer = faiss.IndexFlatIP(DIM)
+    clustering = faiss.Clustering(DIM, nlist)
+    clustering.niter, clustering.seed = 10, 0
+    clustering.train(train, quantizer)  # the coarse centroids, shared by every m
+    coarse_s = time.time() - t0
+    out = []
+    for m in ms:
+        t1 = time.time()
+        index = faiss.IndexIVFPQ(quantizer, DIM, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        index.train(train)  # PQ codebooks only: the quantizer is trained
+        index.add(x)
+        build = coarse_s + time.time() - t1
+        print(f"[index] IVF{nlist},PQ{m} built in {build:.0f} s", file=sys.stderr)
+        size = faiss_bytes(index, len(x))  # codes, list ids and the centroids
+
+        def search(q, nprobe, depth, index=index):
+            index.nprobe = nprobe
+            labels = index.search(q, depth)[1]
+            return labels if depth == 10 else rerank(x, q, labels)
+
+        for nprobe in nprobes:
+            out.append(Setting(f"IVF{nlist},PQ{m}", f"IVF{nlist},PQ{m} nprobe {nprobe}",
+                               lambda q, n=nprobe, s=search: s(q, n, 10), size, build, {"m": m, "nprobe": nprobe}))
+            out.append(Setting(f"IVF{nlist},PQ{m} + rerank {rerank_depth}",
+                               f"IVF{nlist},PQ{m} nprobe {nprobe} + rerank {rerank_depth}",
+                               lambda q, n=nprobe, s=search: s(q, n, rerank_depth), size, build,
+                               {"m": m, "nprobe": nprobe, "rerank": rerank_depth}))
+    return out
+
+
+def binary_settings(x, bits_list=(512, 1024), depths=(300, 1000)) -> list:
+    import faiss
+
+    from reprlab.retrieval.binary import BinaryIndex
+
+    out = []
+    for bits in bits_list:
+        t0 = time.time()
+        index = BinaryIndex(DIM, bits, method="flat", seed=0)
+        index.add([str(i) for i in range(len(x))], x)
+        build = time.time() - t0
+        size = faiss_bytes(index.index, len(x))
+        for depth in depths:
+            out.append(Setting(f"SimHash {bits} bits + rerank", f"SimHash {bits} bits + rerank {depth}",
+                               lambda q, d=depth, i=index: rerank(x, q, i.search_labels(i.encode(q), d)[1]),
+                               size, build, {"bits": bits, "rerank": depth}))
+    t0 = time.time()
+    signs = faiss.IndexBinaryFlat(DIM)
+    signs.add(np.packbits(x > 0, axis=1))
+    build = time.time() - t0
+    for depth in depths:
+        out.append(Setting("sign bits 384 + rerank (Qdrant binary)", f"sign bits 384 + rerank {depth}",
+                           lambda q, d=depth: rerank(x, q, signs.search(np.packbits(q > 0, axis=1), d)[1]),
+                           faiss_bytes(signs, len(x)), build, {"bits": DIM, "rerank": depth}))
+    return out
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / 10 for f, t in zip(found, truth)]))
+
+
+def ndcg(positions: np.ndarray, base, qids: list[str], qrels) -> float:
+    from reprlab.retrieval.metrics import evaluate
+
+    run = {q: {str(base["ids"][p]): float(10 - r) for r, p in enumerate(row) if p >= 0}
+           for q, row in zip(qids, positions)}
+    return evaluate({q: qrels[q] for q in qids}, run, metrics=["ndcg_cut_10"])["ndcg_cut_10"]
+
+
+def measure(settings, base, truth, vec, test_qrels, repeat: int) -> list[dict]:
+    rows = []
+    q_dev, q_test = base["queries"]["dev"], base["queries"]["test"]
+    for s in settings:
+        dev, test = s.search(q_dev), s.search(q_test)
+        timing = common.timed(lambda: s.search(q_test), repeat=repeat)
+        row = {"family": s.family, "setting": s.name, **s.params, "bytes_per_vector": round(s.bytes_per_vector, 1),
+               "build_s": round(s.build_s, 1), "qps": round(len(q_test) / timing["median"], 1),
+               "search_s": timing.rounded(4),
+               "recall10_dev": round(recall_at_10(dev, truth["dev"]), 4),
+               "recall10_test": round(recall_at_10(test, truth["test"]), 4),
+               "ndcg10_test": round(ndcg(test, base, vec["qids"]["test"], test_qrels), 4)}
+        rows.append(row)
+        print(f"[index] {s.name}: {row['bytes_per_vector']} B/vec, {row['qps']} q/s, recall@10 dev "
+              f"{row['recall10_dev']} test {row['recall10_test']}, nDCG@10 {row['ndcg10_test']}", file=sys.stderr)
+    return rows
+
+
+def choose(rows: list[dict], target: float = 0.95) -> dict[str, str]:
+    """Per family, the setting chosen on the dev side: recall@10 >= target at the fewest bytes, then most q/s."""
+    chosen = {}
+    for family in dict.fromkeys(r["family"] for r in rows):
+        ok = [r for r in rows if r["family"] == family and r["recall10_dev"] >= target]
+        if ok:
+            best = min(ok, key=lambda r: (r["bytes_per_vector"], -r["qps"]))
+            chosen[family] = best["setting"]
+    return chosen
+
+
+def plot(rows: list[dict], path: Path, n: int) -> None:
+    """Recall@10 (test) against queries/s: one line per family in parameter order, the Pareto frontier dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 6.5))
+    colors = plt.get_cmap("tab20").colors
+    for f, family in enumerate(dict.fromkeys(r["family"] for r in rows)):
+        pts = [(r["qps"], r["recall10_test"]) for r in rows if r["family"] == family]
+        size = next(r["bytes_per_vector"] for r in rows if r["family"] == family)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="os^vD<>ph*"[f % 10], color=colors[f % 20],
+                label=f"{family} ({size:.0f} B/vec)")
+    front, best = [], -1.0
+    for r in sorted(rows, key=lambda r: -r["qps"]):
+        if r["recall10_test"] > best:
+            best = r["recall10_test"]
+            front.append((r["qps"], best))
+    ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linestyle="--", linewidth=1,
+            label="frontier (any memory)")
+    ax.axhline(0.95, color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("queries / s (2 threads, batch of 300 test queries)")
+    ax.set_ylabel("recall@10 vs exact (SciFact test queries)")
+    ax.set_title(f"{n:,} MiniLM-like vectors (384-d): recall vs speed; memory per vector in the legend")
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def part_index(args, train, test) -> dict:
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads or 2)
+    vec = scifact_vectors(args, train, test)
+    base = build_base(args, vec)
+    t0 = time.time()
+    truth = {side: exact_top(base["x"], q, 10)[1] for side, q in base["queries"].items()}
+    print(f"[index] exact top-10 of {sum(len(q) for q in base['queries'].values())} queries in "
+          f"{time.time() - t0:.0f} s", file=sys.stderr)
+    x = base["x"]
+    rows = []
+    makers = [flat_settings] + ([hnsw_settings] if args.hnsw else []) + [lambda x: ivfpq_settings(x, args.nlist),
+                                                                         binary_settings]
+    for make in makers:
+        settings = make(x)
+        rows += measure(settings, base, truth, vec, test.qrels, args.repeat)
+        del settings
+    exact = next(r for r in rows if r["family"] == "Flat fp32")
+    chosen = choose(rows)
+    flat_bytes = exact["bytes_per_vector"]
+    for r in rows:
+        r["memory_vs_flat"] = round(r["bytes_per_vector"] / flat_bytes, 4)
+        r["ndcg_gap"] = round(r["ndcg10_test"] - exact["ndcg10_test"], 4)
+        r["chosen_on_dev"] = chosen.get(r["family"]) == r["setting"]
+    goal = [r for r in rows if r["chosen_on_dev"] and r["memory_vs_flat"] <= 1 / 8 and r["recall10_test"] >= 0.95
+            and abs(r["ndcg_gap"]) <= 0.005 and ("PQ" in r["family"] or "bits" in r["family"])]
+    return {**common.stamp(), "n": args.n, "real_docs": len(vec["docs"]), "dim": DIM, "components": args.components,
+            "queries": {"dev": len(base["queries"]["dev"]), "test": len(base["queries"]["test"])},
+            "nlist": args.nlist, "threads": args.threads, "realism": realism(vec, base), "rows": rows,
+            "chosen_on_dev": chosen, "goal_met_by": [r["setting"] for r in goal]}
+
+
+def markdown(record: dict) -> str:
+    lines = []
+    if "encode" in record:
+        e = record["encode"]
+        lines += [f"Encoding {e['docs']} SciFact documents (shards of {e['shard_size']}), 2 cores:", "",
+                  "| setting | median s | docs/s | ratio | spread | max abs diff vs single |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['setting']} | {r['seconds']['median']:.1f} | {r['docs_per_s']} | {r['ratio']:.3f}x | "
+                  f"{r['seconds']['spread']:.2f} | {r['max_abs_diff_vs_single']:.1e} |" for r in e["rows"]]
+        lines.append("")
+    if "index" in record:
+        lines += ["| setting | B/vector | vs flat | build s | q/s | recall@10 dev | recall@10 test | nDCG@10 test | "
+                  "gap vs exact | chosen on dev |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['setting']} | {r['bytes_per_vector']:.1f} | {r['memory_vs_flat']:.3f} | {r['build_s']:.0f} | "
+                  f"{r['qps']:.0f} | {r['recall10_dev']:.3f} | {r['recall10_test']:.3f} | {r['ndcg10_test']:.4f} | "
+                  f"{r['ndcg_gap']:+.4f} | {'**yes**' if r['chosen_on_dev'] else ''} |" for r in record["index"]["rows"]]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- docs/SCALE.md tables
+
+
+NODE_RAM_GB, NODE_CORES, TARGET_QPS = 48, 32, 100
+
+
+def plan_tables(record: dict) -> str:
+    """The memory and shard/replica tables of docs/SCALE.md, derived from the measured 1M rows: totals =
+    bytes/vector x N; a shard holds at most NODE_RAM_GB; per-shard q/s = q/s at 1M x 1M / (vectors per
+    shard) x NODE_CORES / 2 (the bench ran on 2 threads); replicas = ceil(TARGET_QPS / per-shard q/s)."""
+    import math
+
+    index = record["index"]
+    n1 = index["n"]
+    chosen = [r for r in index["rows"] if r["chosen_on_dev"]]
+    lines = ["| setting (chosen on dev) | B/vector | recall@10 test | nDCG@10 gap | 1M | 10M | 100M |",
+             "|---|---|---|---|---|---|---|"]
+    for r in chosen:
+        gb = [r["bytes_per_vector"] * n / 1e9 for n in (1e6, 1e7, 1e8)]
+        lines.append(f"| {r['setting']} | {r['bytes_per_vector']:.0f} | {r['recall10_test']:.3f} | "
+                     f"{r['ndcg_gap']:+.4f} | {gb[0]:.2f} GB | {gb[1]:.1f} GB | {gb[2]:.0f} GB |")
+    lines += ["", f"Nodes of {NODE_RAM_GB} GB for the index and {NODE_CORES} cores, {TARGET_QPS} queries/s:", "",
+              "| setting | N | index GB | shards | q/s per shard group | replicas | nodes |", "|---|---|---|---|---|---|---|"]
+    for r in chosen:
+        for n in (1e6, 1e7, 1e8):
+            total = r["bytes_per_vector"] * n / 1e9
+            shards = max(1, math.ceil(total / NODE_RAM_GB))
+            qps = r["qps"] * n1 / (n / shards) * NODE_CORES / 2
+            replicas = max(1, math.ceil(TARGET_QPS / qps))
+            lines.append(f"| {r['setting']} | {n / 1e6:.0f}M | {total:.1f} | {shards} | {qps:,.0f} | {replicas} | "
+                         f"{shards * replicas} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.plan:
+        record = common.read_result(common.result_path("scale", args))
+        print(plan_tables(record))
+        return record
+    train, test = load(args)
+    record = {"settings": common.settings(args)}
+    path = common.result_path("scale", args)
+    if args.part in ("all", "index"):
+        record["index"] = part_index(args, train, test)
+        plot(record["index"]["rows"], path.with_suffix(".png"), args.n)
+        common.write_result("scale", record, args, argv)  # kept if the encode part fails
+    if args.part in ("all", "encode"):
+        record["encode"] = part_encode(args, test.corpus)
+    if args.part != "all":  # keep the other part of an earlier run
+        record = {**{k: v for k, v in common.read_result(path).items() if k in ("encode", "index")}, **record}
+    record = common.write_result("scale", record, args, argv)
+    print(markdown(record))
+    return record
+
+
+if __name__ == "__main__":
+    main()
