@@ -249,6 +249,31 @@ def check_mutation(r):
     assert kd["counts"].get("killed", 0) > kd["counts"].get("survived", 0)
 
 
+def check_reader_distill(r):
+    assert r["datasets"] and r["distillation"] and r["headline"]
+    for name, row in r["headline"].items():
+        assert isinstance(row, dict) and row, name
+
+
+def check_cka(r):
+    assert r["models"] and r["peer"]["max_abs_diff"] < 1e-6  # our minibatch CKA = ckatorch's on the same batches
+    assert unit(r["findings"]["pc1_share_inside_blocks"])
+
+
+def check_curricula(r):
+    assert r["runs"] and r["selected"] and r["findings"]
+    assert r["dpr"]["rows"]
+
+
+def check_natural_tasks(r):
+    assert r["synthetic"]["records"] and set(r["lms"]) >= {"scratch-ce", "scratch-quad"}
+    assert set(r["probes"]) == {"sst2", "agnews"}
+
+
+def check_scale(r):
+    assert r["encode"]["rows"] and r["index"]["rows"]
+
+
 CASES = [
     Case("approx", check_approx),
     Case("jaket", check_jaket, data=("wn18rr_text", "umls_text"), packages=("torch_geometric", "pykeen")),
@@ -257,6 +282,8 @@ CASES = [
          work_dir=False),
     Case("blockskim", check_blockskim, data=QA),
     Case("clusterformer", check_clusterformer, data=QA),
+    Case("cka", check_cka, data=("fashion_mnist_train", "fashion_mnist_test"), packages=("ckatorch",)),
+    Case("curricula", check_curricula, data=("fashion_mnist_train", "fashion_mnist_test", "scifact")),
     Case("deep_retrieval", check_deep_retrieval, data=("movielens_100k",)),
     Case("distill", check_distill, data=BEIR3),
     Case("distill_dev", check_distill_dev, slow=False),
@@ -266,6 +293,9 @@ CASES = [
     Case("fe_variance", check_fe_variance, work_dir=False, slow=False),
     Case("hashing", check_hashing),
     Case("multihop", check_multihop, data=("hotpotqa_dev500_ircot",)),
+    Case("natural_tasks", check_natural_tasks, data=("sst2", "agnews", "gutenberg_books10", "wikitext2_raw_valid_test")),
+    Case("reader_distill", check_reader_distill, data=QA),
+    Case("scale", check_scale, packages=("ray", "pyarrow")),
     Case("pretraining", check_pretraining),
     Case("scifact_blocks", check_scifact_blocks, work_dir=False),
     Case("search", check_search, packages=("rank_bm25",), work_dir=False, slow=False),
@@ -278,7 +308,7 @@ CASES = [
 
 
 def test_every_bench_script_has_a_case():
-    scripts = {p.stem for p in (REPO / "bench").glob("*.py")} - {"common"}
+    scripts = {p.stem for p in (REPO / "bench").glob("*.py") if "__main__" in p.read_text()}  # not helper modules
     assert scripts == {c.script for c in CASES}
 
 
