@@ -44,3 +44,34 @@ def test_every_registered_recipe_is_in_the_method_table():
     table = (REPO / "docs" / "METHODS.md").read_text()
     missing = [c for c in RECIPES if f"reprlab {c}" not in table]
     assert not missing, f"recipes missing from docs/METHODS.md: {missing}"
+
+
+def _readme_commands() -> list[str]:
+    """The ``reprlab ...`` lines of the README's shell blocks (continuations joined, comments and ``[optional]``
+    parts dropped)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    lines = " ".join(blocks).replace("\\\n", " ").splitlines()
+    out = []
+    for line in lines:
+        line = re.sub(r"\s+#.*$", "", line.strip())
+        line = re.sub(r"\[[^\]]*\]", "", line).strip()
+        if line.startswith("reprlab "):
+            out.append(line)
+    return out
+
+
+def test_readme_commands_parse():
+    """Every command the README shows is accepted by today's CLI (option names drift; this catches it)."""
+    import shlex
+
+    from reprlab.cli import build_parser
+
+    commands = _readme_commands()
+    assert len(commands) > 30
+    parser = build_parser()
+    for command in commands:
+        try:
+            parser.parse_args(shlex.split(command)[1:])
+        except SystemExit as exc:  # argparse's error path
+            raise AssertionError(f"README command does not parse: {command}") from exc
