@@ -307,8 +307,10 @@ def tables(record: dict) -> str:
         out.append("")
     for key, title in (("category", "Categories of held-out WN18RR entities (accuracy)"),
                        ("relation", "UMLS relation types, few-shot (accuracy)")):
-        if record.get(key):
-            out += [f"| {title} | mean | std | runs |", "|---|---|---|---|"]
+        if record.get(key):  # relation rows are named "model | N-shot": a column of their own
+            shots = key == "relation"
+            out += [f"| {title} |{' shots |' if shots else ''} mean | std | runs |",
+                    "|---|---|---|---|" + ("---|" if shots else "")]
             for name, r in record[key].items():
                 out.append(f"| {name} | {r['mean']:.3f} | {r['std']:.3f} | {', '.join(f'{x:.3f}' for x in r['runs'])} |")
             out.append("")
