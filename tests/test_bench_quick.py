@@ -249,6 +249,22 @@ def check_mutation(r):
     assert kd["counts"].get("killed", 0) > kd["counts"].get("survived", 0)
 
 
+def check_natural_tasks(r):
+    assert set(r["lms"]) == {"minilm-head", "minilm-mlm", "scratch-ce", "scratch-quad"}
+    assert all(lm["held_out"]["cross_entropy"] > 0 for lm in r["lms"].values())
+    for task in ("sst2", "agnews"):
+        rec = r["probes"][task]
+        assert set(rec["rows"]) == {f"{lm}/{p}" for lm in r["lms"] for p in ("none", "prompt")}
+        assert unit(rec["minilm_sentence"]["mean"]) and unit(rec["bow"]["mean"])
+        for row in rec["rows"].values():  # every feature probed (in the --jobs pool), all seeds
+            assert {"h", "f", "p_subset", "phi_p", "phi_p_subset", "zero_shot"} <= set(row)
+            assert all(len(row[f]["seeds"]) == len(rec["bow"]["seeds"]) and unit(row[f]["mean"])
+                       for f in row if f != "zero_shot")
+    syn = r["synthetic"]
+    assert {x["loss"] for x in syn["records"]} == {"oracle", "ce", "quad"} and "ce/f" in syn["fits"]
+    assert all(x["errors"]["p_star"] == 0.0 for x in syn["records"] if x["loss"] == "oracle")
+
+
 CASES = [
     Case("approx", check_approx),
     Case("jaket", check_jaket, data=("wn18rr_text", "umls_text"), packages=("torch_geometric", "pykeen")),
@@ -266,6 +282,8 @@ CASES = [
     Case("fe_variance", check_fe_variance, work_dir=False, slow=False),
     Case("hashing", check_hashing),
     Case("multihop", check_multihop, data=("hotpotqa_dev500_ircot",)),
+    Case("natural_tasks", check_natural_tasks, data=("sst2", "agnews", "gutenberg_books10", "wikitext2_raw_valid_test"),
+         packages=("sklearn",), args=("--jobs", "2")),
     Case("pretraining", check_pretraining),
     Case("scifact_blocks", check_scifact_blocks, work_dir=False),
     Case("search", check_search, packages=("rank_bm25",), work_dir=False, slow=False),
