@@ -11,6 +11,7 @@ Parts (each merges its record into the result JSON, so they can run one at a tim
 
     python bench/natural_tasks.py --parts synthetic                 # the HMM world: error vs exact epsilon
     python bench/natural_tasks.py --parts minilm-head               # MiniLM + MLM head (head alone)
+    python bench/natural_tasks.py --parts minilm-mlm                # then the whole MiniLM as a masked LM
     python bench/natural_tasks.py --parts scratch-ce,scratch-quad   # small masked LMs from scratch
     python bench/natural_tasks.py --parts features,probes           # SST-2 / AG News features, probes, table
     python bench/natural_tasks.py --quick                           # smoke run of every part
@@ -35,8 +36,8 @@ import numpy as np
 import common
 
 NAME = "natural_tasks"
-PARTS = ("synthetic", "minilm-head", "scratch-ce", "scratch-quad", "features", "probes")
-LMS = ("minilm-head", "scratch-ce", "scratch-quad")
+PARTS = ("synthetic", "minilm-head", "minilm-mlm", "scratch-ce", "scratch-quad", "features", "probes")
+LMS = ("minilm-head", "minilm-mlm", "scratch-ce", "scratch-quad")
 FEATURE_NAMES = {"h": "h(s) (encoder)", "f": "f(s)", "p_subset": "p_f(s) on words", "phi_p": "Phi p_f(s)",
                  "phi_p_subset": "Phi p_f(s) on words"}
 PROMPTS = {"sst2": "{sentence} . it was {mask} .", "agnews": "{sentence} . this article is about {mask} ."}
@@ -150,6 +151,11 @@ def train_lm(name: str, args) -> dict:
     if name == "minilm-head":
         cfg = dict(model="minilm", loss="ce", max_steps=args.head_steps, head_warmup_steps=args.head_steps,
                    lr=args.head_lr)
+    elif name == "minilm-mlm":  # continues minilm-head: encoder and head together, at a fine-tuning rate
+        start_from = lm_dir("minilm-head", args)
+        if not start_from.is_dir():
+            raise SystemExit("minilm-mlm continues minilm-head: run --parts minilm-head first")
+        cfg = dict(model=str(start_from), loss="ce", max_steps=args.mlm_steps, lr=args.mlm_lr)
     else:
         cfg = dict(model=str(scratch_init(args)), loss=name.split("-")[1], max_steps=args.scratch_steps,
                    lr=args.scratch_lr)
@@ -160,7 +166,7 @@ def train_lm(name: str, args) -> dict:
     result = run_mlm(config)
     seconds = time.time() - start
     tok = Tokenizer.from_pretrained(result.model_dir)
-    model = load_mlm_model(result.model_dir)
+    model = load_mlm_model(result.model_dir).to(args.device)
     dist = "quad" if config.loss == "quad" else "softmax"
     held = masked_lm_ce(model, tok, held_out, dist)
     losses = [m["loss"] for m in result.metrics if "loss" in m]
@@ -185,7 +191,8 @@ def fresh_head_reference(args) -> dict:
 
     torch.manual_seed(0)
     _, held_out = corpus(args)
-    return masked_lm_ce(load_mlm_model("minilm"), Tokenizer.from_pretrained("minilm"), held_out, "softmax")
+    return masked_lm_ce(load_mlm_model("minilm").to(args.device), Tokenizer.from_pretrained("minilm"), held_out,
+                        "softmax")
 
 
 # ----------------------------------------------------------------------------- features
@@ -210,7 +217,7 @@ def extract_all(args) -> dict:
         path = args.work_dir / "features" / "minilm-sentence" / f"{task}.npz"
         if not path.is_file():
             start = time.time()
-            enc = SentenceEncoder.from_pretrained("minilm")
+            enc = SentenceEncoder.from_pretrained("minilm").to(args.device)
             arrays = {f"{split}/emb": enc.encode(data[split].texts, batch_size=64, show_progress=False)
                       for split in ("train", "dev", "test")}
             save_npz(path, arrays)
@@ -227,7 +234,7 @@ def extract_all(args) -> dict:
                 if path.is_file():
                     continue
                 torch.manual_seed(0)
-                model = model or load_mlm_model(folder)
+                model = model or load_mlm_model(folder).to(args.device)
                 template = PromptTemplate(PROMPTS[task] if prompt == "prompt" else NO_PROMPT)
                 dist = "quad" if lm.endswith("quad") else "softmax"
                 start = time.time()
@@ -258,14 +265,47 @@ def seed_rows(seed_index: int, args) -> slice:
 
 def probe_accuracies(X: dict, y: dict, args) -> list[float]:
     """Test accuracy of the dev-selected probe, one per seed (each seed its own disjoint training set)."""
+    return probe_unit(X, y, len(args.seeds), args.n_train, list(args.l2_grid))
+
+
+def probe_unit(X: dict, y: dict, n_seeds: int, n_train: int, l2_grid: list[float]) -> list[float]:
+    """:func:`probe_accuracies` with plain arguments (one unit of work of the ``--jobs`` pool)."""
     from reprlab.analysis.natural_tasks import select_probe
 
     out = []
-    for k, _ in enumerate(args.seeds):
-        rows = seed_rows(k, args)
-        probe, _ = select_probe(X["train"][rows], y["train"][rows], X["dev"], y["dev"], args.l2_grid)
+    for k in range(n_seeds):
+        rows = slice(k * n_train, (k + 1) * n_train)
+        probe, _ = select_probe(X["train"][rows], y["train"][rows], X["dev"], y["dev"], l2_grid)
         out.append(probe.accuracy(X["test"], y["test"]))
     return out
+
+
+def npz_probe_unit(path: str, key: str, y: dict, n_seeds: int, n_train: int, l2_grid: list[float]) -> list[float]:
+    """A pool worker: read one feature (``{split}/{key}``) of one .npz file and probe it, on one thread."""
+    one_thread_in_worker()
+    arr = np.load(path)
+    return probe_unit({s: arr[f"{s}/{key}"] for s in y}, y, n_seeds, n_train, l2_grid)
+
+
+def one_thread_in_worker() -> None:
+    """In a ``--jobs`` worker process, one torch thread (the workers share the cores)."""
+    import multiprocessing
+
+    import torch
+
+    if multiprocessing.parent_process() is not None:
+        torch.set_num_threads(1)
+
+
+def map_units(fn, units: list[tuple], jobs: int) -> list:
+    """``[fn(*u) for u in units]``, in ``jobs`` spawned processes when ``jobs`` > 1 (same results, same order)."""
+    if jobs <= 1 or len(units) <= 1:
+        return [fn(*u) for u in units]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(jobs, len(units)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(fn, *zip(*units)))
 
 
 def bow_accuracies(data: dict, y: dict, args) -> list[float]:
@@ -292,10 +332,13 @@ def summary(values: list[float]) -> dict:
 
 
 def run_probes(args) -> dict:
-    """Probe accuracies (3 seeds) of every cached feature, the baselines and zero-shot, per task."""
+    """Probe accuracies (3 seeds) of every cached feature, the baselines and zero-shot, per task.
+
+    The probe fits are independent units (one feature of one LM x prompt x task, all seeds), run in
+    ``--jobs`` processes."""
     from reprlab.analysis.natural_tasks import zero_shot
 
-    results = {}
+    results, units, where = {}, [], []
     for task in ("sst2", "agnews"):
         data = task_data(task, args)
         names = data["names"]
@@ -303,10 +346,11 @@ def run_probes(args) -> dict:
         record = {"sizes": {s: len(data[s]) for s in ("train", "dev", "test")}, "n_train": args.n_train,
                   "majority": float(np.mean(y["test"] == np.bincount(y["train"]).argmax())),
                   "bow": summary(bow_accuracies(data, y, args)), "rows": {}}
+        common_args = (y, len(args.seeds), args.n_train, list(args.l2_grid))
         sent = args.work_dir / "features" / "minilm-sentence" / f"{task}.npz"
         if sent.is_file():
-            arr = np.load(sent)
-            record["minilm_sentence"] = summary(probe_accuracies({s: arr[f"{s}/emb"] for s in y}, y, args))
+            units.append((str(sent), "emb", *common_args))
+            where.append((task, None, "minilm_sentence"))
         classes = [[SUBSETS[task].index(w) for w in ZERO_SHOT[task][n]] for n in names]
         for lm in LMS:
             for prompt in ("none", "prompt"):
@@ -314,12 +358,20 @@ def run_probes(args) -> dict:
                 if not path.is_file():
                     continue
                 arr = np.load(path)
-                row = {f: summary(probe_accuracies({s: arr[f"{s}/{f}"] for s in y}, y, args)) for f in FEATURE_NAMES}
-                row["zero_shot"] = float(np.mean(zero_shot(arr["test/p_subset"], classes) == y["test"]))
-                record["rows"][f"{lm}/{prompt}"] = row
-                print(f"probes {task} {lm} {prompt}: " + ", ".join(f"{f} {row[f]['mean']:.3f}" for f in FEATURE_NAMES)
-                      + f", zero-shot {row['zero_shot']:.3f}", flush=True)
+                record["rows"][f"{lm}/{prompt}"] = {
+                    "zero_shot": float(np.mean(zero_shot(arr["test/p_subset"], classes) == y["test"]))}
+                for f in FEATURE_NAMES:
+                    units.append((str(path), f, *common_args))
+                    where.append((task, f"{lm}/{prompt}", f))
         results[task] = record
+    for (task, key, f), accs in zip(where, map_units(npz_probe_unit, units, args.jobs)):
+        target = results[task] if key is None else results[task]["rows"][key]
+        target[f] = summary(accs)
+    for task, record in results.items():
+        for key, row in record["rows"].items():
+            row.update({f: row.pop(f) for f in (*FEATURE_NAMES, "zero_shot")})  # the table's column order
+            print(f"probes {task} {key}: " + ", ".join(f"{f} {row[f]['mean']:.3f}" for f in FEATURE_NAMES)
+                  + f", zero-shot {row['zero_shot']:.3f}", flush=True)
     return results
 
 
@@ -327,11 +379,17 @@ def run_probes(args) -> dict:
 
 
 def run_synthetic_part(args) -> dict:
-    from reprlab.analysis.natural_tasks import SyntheticConfig, fit_power, run_synthetic
+    from dataclasses import asdict
 
-    config = SyntheticConfig.tiny(seeds=tuple(args.seeds[:1])) if args.quick else SyntheticConfig(seeds=tuple(args.seeds))
+    from reprlab.analysis.natural_tasks import SyntheticConfig, fit_power
+
+    config = SyntheticConfig.tiny(seeds=tuple(args.seeds[:1])) if args.quick else SyntheticConfig(
+        seeds=tuple(args.seeds), **({"steps": args.synthetic_steps, "snapshots": tuple(
+            s for s in SyntheticConfig.snapshots if s <= args.synthetic_steps)} if args.synthetic_steps else {}))
     start = time.time()
-    out = run_synthetic(config, show_progress=True)
+    # run_synthetic's loop over seeds, one process per seed (each seed is independent and seeded)
+    per_seed = map_units(synthetic_seed, [(config, seed) for seed in config.seeds], args.jobs)
+    out = {"config": asdict(config), "records": [r for records in per_seed for r in records]}
     fits = {}
     for loss, feats in (("ce", ("f", "p_subset", "phi_p")), ("quad", ("f", "p_subset", "phi_p"))):
         recs = [r for r in out["records"] if r["loss"] == loss]
@@ -340,6 +398,14 @@ def run_synthetic_part(args) -> dict:
     out["fits"] = fits
     out["seconds"] = round(time.time() - start)
     return out
+
+
+def synthetic_seed(config, seed: int) -> list[dict]:
+    """A pool worker: :func:`run_seed` of one seed on one thread."""
+    from reprlab.analysis.natural_tasks.synthetic import run_seed
+
+    one_thread_in_worker()
+    return run_seed(config, seed)
 
 
 def plot_synthetic(record: dict, path: Path) -> None:
@@ -371,6 +437,49 @@ def plot_synthetic(record: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     print(f"wrote {path}", flush=True)
+
+
+def plot_probes(probes: dict, path: Path) -> None:
+    """Per task: probe accuracy (mean, seed std as error bars) of each feature for each LM x prompt, with the
+    bag-of-words and MiniLM sentence-embedding baselines as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    feats = ("f", "phi_p", "p_subset", "h")
+    fig, axes = plt.subplots(1, len(probes), figsize=(7 * len(probes), 4.6), squeeze=False)
+    for ax, (task, rec) in zip(axes[0], probes.items()):
+        keys = list(rec["rows"])
+        x = np.arange(len(keys))
+        width = 0.8 / (len(feats) + 1)
+        for i, f in enumerate(feats):
+            ax.bar(x + i * width, [100 * rec["rows"][k][f]["mean"] for k in keys], width,
+                   yerr=[100 * rec["rows"][k][f]["std"] for k in keys], label=FEATURE_NAMES[f], capsize=2)
+        ax.bar(x + len(feats) * width, [100 * rec["rows"][k]["zero_shot"] for k in keys], width, label="zero-shot",
+               color="0.6")
+        for name, value, style in (("bag-of-words", rec["bow"], "--"),
+                                   ("MiniLM sentence embedding", rec.get("minilm_sentence"), ":")):
+            if value:
+                ax.axhline(100 * value["mean"], color="k", ls=style, lw=1, label=name)
+        ax.axhline(100 * rec["majority"], color="r", ls="-", lw=0.8, label="majority class")
+        ax.set_xticks(x + 0.4 - width / 2, [k.replace("/", "\n") for k in keys], fontsize=7)
+        ax.set_ylabel(f"{task} test accuracy % ({rec['n_train']} training examples, {len(rec['bow']['seeds'])} seeds)")
+        ax.set_ylim(0, 100)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=8, fontsize=8)
+    fig.suptitle("Linear probes on LM features at the [MASK] (prompt: 's . it was [MASK] .' / "
+                 "'s . this article is about [MASK] .')")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}", flush=True)
+
+
+def plot_all(saved: dict, out: Path) -> None:
+    if "synthetic" in saved:
+        plot_synthetic(saved["synthetic"], out.with_suffix(".png"))
+    if saved.get("probes"):
+        plot_probes(saved["probes"], out.with_name(out.stem + "-probes.png"))
 
 
 # ----------------------------------------------------------------------------- table
@@ -488,15 +597,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=32, help="LM training batch (chunks)")
     ap.add_argument("--head-steps", type=int, default=600, help="MiniLM: steps of head-only training")
     ap.add_argument("--head-lr", type=float, default=2e-3)
+    ap.add_argument("--mlm-steps", type=int, default=2000, help="minilm-mlm: steps of whole-model MLM training")
+    ap.add_argument("--mlm-lr", type=float, default=1e-4)
     ap.add_argument("--scratch-steps", type=int, default=3000, help="from-scratch LMs: training steps")
     ap.add_argument("--scratch-lr", type=float, default=1e-3)
     ap.add_argument("--scratch-hidden", type=int, default=128)
     ap.add_argument("--scratch-layers", type=int, default=4)
-    ap.add_argument("--table", action="store_true", help="only print the table of the saved results")
+    ap.add_argument("--jobs", type=int, default=1, help="processes for the probe fits and the synthetic seeds")
+    ap.add_argument("--synthetic-steps", type=int, default=None,
+                    help="synthetic LMs' training steps (default: SyntheticConfig's, 3000)")
+    ap.add_argument("--table", action="store_true", help="only print the tables of the saved results and redraw their plots")
     args = common.parse(ap, argv)
     if args.quick:
         args.n_train, args.n_dev, args.n_test, args.held_out = 40, 30, 60, 30
-        args.head_steps, args.scratch_steps, args.max_length, args.l2_grid = 3, 3, 32, [1e-2, 1.0]
+        args.head_steps, args.mlm_steps, args.scratch_steps, args.max_length, args.l2_grid = 3, 3, 3, 32, [1e-2, 1.0]
         args.scratch_hidden, args.scratch_layers = 32, 1
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = [p for p in parts if p not in PARTS]
@@ -520,12 +634,25 @@ def run_part(part: str, args) -> dict:
 
 
 def merge(saved: dict, record: dict) -> dict:
+    """``record`` into ``saved``: LMs and probe rows by name (so LMs trained in separate runs, even on
+    separate machines, share one table: the probe data are the same seeded samples), the rest replaced."""
     for key, value in record.items():
         if key == "lms":
             saved.setdefault("lms", {}).update(value)
+        elif key == "probes":
+            for task, rec in value.items():
+                old = saved.get("probes", {}).get(task, {})
+                same_data = (old.get("sizes"), old.get("n_train")) == (rec["sizes"], rec["n_train"])
+                rows = {**(old.get("rows", {}) if same_data else {}), **rec["rows"]}
+                saved.setdefault("probes", {})[task] = {**rec, "rows": {k: rows[k] for k in sorted(rows, key=row_order)}}
         else:
             saved[key] = value
     return saved
+
+
+def row_order(key: str) -> tuple[int, str]:
+    lm, prompt = key.split("/")
+    return (LMS.index(lm) if lm in LMS else len(LMS), prompt)
 
 
 def main(argv=None) -> None:
@@ -545,8 +672,10 @@ def main(argv=None) -> None:
             saved.setdefault("part_seconds", {})[part] = round(time.time() - start)
             saved["args"] = {k: v for k, v in common.settings(args).items() if k not in ("parts", "part_list", "table")}
             common.write_result(NAME, saved, args, argv)
-            if part == "synthetic":
-                plot_synthetic(saved["synthetic"], out.with_suffix(".png"))
+            if part in ("synthetic", "probes"):
+                plot_all({part: saved[part]}, out)
+    else:
+        plot_all(saved, out)
     print(table(saved))
     print(claims(saved))
     print(f"\nresults: {out}")

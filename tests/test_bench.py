@@ -169,3 +169,49 @@ def test_encode_bench_measures_without_faiss_and_evaluates_later(tmp_path, tiny_
     model = SentenceEncoder.from_pretrained(str(tiny_model_dir), max_length=measured["max_length"])
     fresh = common.evaluate_dense(model, load_beir(data), batch_size=8)["ndcg_cut_10"]
     assert fp32["ndcg_cut_10"] == pytest.approx(fresh, abs=1e-6)
+
+
+def load_bench(name: str, monkeypatch):
+    """bench/<name>.py imported by its name, as its spawned pool workers import it (they get sys.path)."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(REPO / "bench"))  # the scripts `import common`
+    return importlib.import_module(name)
+
+
+def test_natural_tasks_merge_keeps_probe_rows_of_other_runs_only_on_the_same_data(monkeypatch):
+    nt = load_bench("natural_tasks", monkeypatch)
+    rec = {"sizes": {"test": 872}, "n_train": 2000, "bow": {"mean": 0.7}}
+    saved = {"lms": {"scratch-ce": {"steps": 4000}},
+             "probes": {"sst2": {**rec, "rows": {"scratch-ce/none": {"f": 1}, "minilm-head/none": {"f": 2}}}}}
+    new = {"lms": {"minilm-head": {"steps": 1500}},
+           "probes": {"sst2": {**rec, "bow": {"mean": 0.8}, "rows": {"minilm-head/none": {"f": 3},
+                                                                      "minilm-mlm/prompt": {"f": 4}}}}}
+    out = nt.merge(saved, new)
+    assert set(out["lms"]) == {"scratch-ce", "minilm-head"}
+    rows = out["probes"]["sst2"]["rows"]
+    # the rerun replaces its own rows, keeps the others, and orders them as the LMs are listed
+    assert rows == {"minilm-head/none": {"f": 3}, "minilm-mlm/prompt": {"f": 4}, "scratch-ce/none": {"f": 1}}
+    assert list(rows) == ["minilm-head/none", "minilm-mlm/prompt", "scratch-ce/none"]
+    assert out["probes"]["sst2"]["bow"] == {"mean": 0.8}
+    # other probe data (here another training size): the old rows do not belong in the table
+    other = {"probes": {"sst2": {**rec, "n_train": 500, "rows": {"minilm-head/none": {"f": 5}}}}}
+    assert nt.merge(out, other)["probes"]["sst2"]["rows"] == {"minilm-head/none": {"f": 5}}
+
+
+def test_natural_tasks_probe_pool_gives_the_sequential_results(tmp_path, monkeypatch):
+    nt = load_bench("natural_tasks", monkeypatch)
+    rng = np.random.default_rng(0)
+    arrays = {f"{s}/f": rng.normal(size=(n, 4)).astype("float32") for s, n in (("train", 60), ("dev", 30), ("test", 30))}
+    np.savez(tmp_path / "f.npz", **arrays)
+    y = {s: (arrays[f"{s}/f"][:, 0] + 0.5 * rng.normal(size=len(arrays[f"{s}/f"])) > 0).astype(int)
+         for s in ("train", "dev", "test")}
+    units = [(str(tmp_path / "f.npz"), "f", y, 3, n, [1e-2, 1.0]) for n in (20, 12)]
+    sequential = nt.map_units(nt.npz_probe_unit, units, 1)
+    assert sequential[0] != sequential[1]  # so that a pool returning the units out of order would be caught
+    assert nt.map_units(nt.npz_probe_unit, units, 2) == sequential
+    # each seed its own disjoint training rows: the same as probing those rows directly
+    from reprlab.analysis.natural_tasks import select_probe
+
+    probe, _ = select_probe(arrays["train/f"][20:40], y["train"][20:40], arrays["dev/f"], y["dev"], [1e-2, 1.0])
+    assert sequential[0][1] == probe.accuracy(arrays["test/f"], y["test"])
