@@ -232,6 +232,11 @@ def run_image_classifier(config: ImageClassifierConfig, callbacks: Sequence = ()
     if len(data.x) < config.train.batch_size:
         raise ConfigError(f"{len(data.x)} training images, fewer than one batch of {config.train.batch_size}",
                           field="train.batch_size")
+    side = min(data.x.shape[-2:])
+    check(side // config.pool_input >= 1, "pool_input", f"pooling {side} x {side} images by {config.pool_input} "
+          "leaves no pixel")
+    check(config.score_folds <= len(data.x), "score_folds",
+          f"more folds than the {len(data.x)} training images, got {config.score_folds}")
     classes = int(max(data.y.max(), data.clean.max())) + 1
     model_config = ResNetConfig(depth=config.depth, width=config.width, pool_input=config.pool_input,
                                 num_classes=max(classes, 2))
