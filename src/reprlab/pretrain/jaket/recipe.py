@@ -122,18 +122,11 @@ class MemoryRefresh:
         if not self.cache:
             return None
         path = Path(self.cache)
-        if path.exists() and not path.is_file():
-            raise ConfigError(f"{path} is not a file (the safetensors cache of description vectors)",
-                              field="memory_cache")
-        if path.is_file():
-            try:
-                with safe_open(str(path), framework="pt") as f:
-                    if f.metadata() == self.cache_key:
-                        logger.info(f"jaket: memory from the cache {path}")
-                        return f.get_tensor("entities"), f.get_tensor("relations")
-            except (SafetensorError, OSError) as exc:
-                raise DataFormatError(f"not a safetensors cache of description vectors ({exc}); delete it to "
-                                      "encode anew", str(path)) from None
+        if self.check_cache(path):
+            with safe_open(str(path), framework="pt") as f:
+                if f.metadata() == self.cache_key:
+                    logger.info(f"jaket: memory from the cache {path}")
+                    return f.get_tensor("entities"), f.get_tensor("relations")
             logger.warning(f"jaket: {path} holds another model's vectors; encoding anew")
         ml = model.spec.desc_max_length
         vectors = (encode_texts(model, self.tokenizer, self.kg.entity_text, ml, self.batch_size, "memory: entities"),
@@ -142,6 +135,22 @@ class MemoryRefresh:
         with atomic_open(path, "wb", encoding=None) as f:
             f.write(_safetensors_bytes({"entities": vectors[0], "relations": vectors[1]}, self.cache_key))
         return vectors
+
+    @staticmethod
+    def check_cache(path: Path) -> bool:
+        """Whether the cache file exists; one that is a folder or not safetensors is an error."""
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"{path} is not a file (the safetensors cache of description vectors)",
+                              field="memory_cache")
+        if not path.is_file():
+            return False
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.metadata()
+        except (SafetensorError, OSError) as exc:
+            raise DataFormatError(f"not a safetensors cache of description vectors ({exc}); delete it to "
+                                  "encode anew", str(path)) from None
+        return True
 
     def on_train_start(self, state, model) -> None:
         if int(model.memory_version) == 0:
@@ -210,6 +219,8 @@ def run_jaket(config: JaketConfig, callbacks: Sequence = (), stop_after: int | N
         total, parts = m(batch, weights)
         return total, {f"loss_{k}": float(v.detach()) for k, v in parts.items()}
 
+    if config.memory_cache:
+        MemoryRefresh.check_cache(Path(config.memory_cache))  # before the run folder is made
     refresh = MemoryRefresh(tokenizer, kg, config.memory_refresh_every, config.memory_batch_size,
                             config.memory_cache, _cache_key(str(folder), spec, kg))
     state = train(model, texts, collate, loss_fn, config.loop_config("jaket"), [refresh, *callbacks],
