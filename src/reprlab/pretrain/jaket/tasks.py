@@ -124,6 +124,7 @@ def link_prediction(vectors: KGVectors, kg: KnowledgeGraph, graph: bool = True, 
     """Train a DistMult decoder (and the module) on ``kg``'s training triples; filtered ranking metrics on ``split``."""
     km, _ = knowledge_module(vectors, seed)
     train_t = kg.split("train", nonempty=True)
+    kg.split(split, nonempty=True)  # the reported split is checked before training
     R, dim = kg.num_relations, vectors.km_shape[0]
     torch.manual_seed(seed)
     relation_w = nn.Parameter(torch.ones(2 * R, dim) + 0.1 * torch.randn(2 * R, dim))
@@ -239,6 +240,7 @@ def relation_prediction(vectors: KGVectors, kg: KnowledgeGraph, shots: int = 5, 
                         seed: int = 0, split: str = "test", labelled: np.ndarray | None = None) -> dict:
     """Fine-tune the module and pair head on few labelled triples; accuracy of relation types on ``split``."""
     km, pair = knowledge_module(vectors, seed)
+    kg.split(split, nonempty=True)  # the reported split is checked before training
     few = few_shot_triples(kg, shots, seed) if labelled is None else np.asarray(labelled).reshape(-1, 3)
     if len(few) == 0:
         raise ConfigError("no labelled triples to fine-tune on", field="shots")
