@@ -162,7 +162,7 @@ def test_pmi_units_contain_whole_vocabulary_ngrams(tokenizer, special):
 def test_bad_settings():
     with pytest.raises(ConfigError, match="budget"):
         MaskingConfig(budget=0.0)
-    with pytest.raises(ConfigError, match="sum"):
+    with pytest.raises(ConfigError, match="more than 1"):
         MaskingConfig(mask_prob=0.9, random_prob=0.2)
     with pytest.raises(ConfigError, match="choose one of"):
         build_masking("nope")
