@@ -176,6 +176,14 @@ def world(tmp_path_factory, tiny_model_dir):
     _damaged_copy(root / "ic" / "model", bad / "ic-w", "model.safetensors")
     _damaged_copy(root / "ic" / "model", bad / "ic-cfg", "config.json")
     (bad / "scores-bad.json").write_text("{not json")
+    # runs with damaged checkpoints (--resume)
+    for run in ("dr", "ic"):
+        for name, file in (("state", "trainer_state.json"), ("weights", "model.safetensors"),
+                           ("tensors", "trainer_state.safetensors")):
+            shutil.copytree(root / run, bad / f"{run}run-{name}")
+            for checkpoint in (bad / f"{run}run-{name}" / "checkpoints").iterdir():
+                data = (checkpoint / file).read_bytes()
+                (checkpoint / file).write_bytes(data[: len(data) // 2])
     # indexes
     for name, file in (("ids", "ids.json"), ("docs", "docs.jsonl"), ("faiss", "index.faiss")):
         _damaged_copy(root / "index", bad / f"index-{name}", file, keep=1 / 3)
@@ -205,7 +213,7 @@ IC_SMALL = ["--depth", "8", "--width", "0.25", "--max-steps", "2", "--batch-size
 def fill(argv: list[str], root: Path) -> list[str]:
     names = {"MODEL": "model", "BEIR": "beir", "INDEX": "index", "DRMODEL": "dr/model", "RATINGS": "ratings",
              "HOTPOT": "hotpot.jsonl", "SQUAD": "squad.json", "FIDDIR": "fid", "IMAGES": "images",
-             "RESNET": "ic/model", "KGDIR": "kg", "VECTORS": "vectors", "ONNXDIR": "onnx"}
+             "RESNET": "ic/model", "KGDIR": "kg", "VECTORS": "vectors", "ONNXDIR": "onnx", "DRRUN": "dr", "ICRUN": "ic"}
     out = []
     for a in argv:
         if a in names:
@@ -272,6 +280,15 @@ CASES = {
     "dr batch beyond data": ([*DRT[:-2], "--max-steps", "2", "--data", "RATINGS", "--batch-size", "1000000",
                               "--out", "OUT/dr18"], ["--batch-size"]),
     "dr out under a file": ([*DRT, "--data", "RATINGS", "--out", "BAD/afile/run"], ["afile"]),
+    "dr resume damaged state": ([*DRT, "--data", "RATINGS", "--out", "BAD/drrun-state", "--resume"],
+                                ["drrun-state", "trainer_state.json"]),
+    "dr resume damaged weights": ([*DRT, "--data", "RATINGS", "--out", "BAD/drrun-weights", "--resume"],
+                                  ["drrun-weights", "damaged"]),
+    "dr resume damaged tensors": ([*DRT, "--data", "RATINGS", "--out", "BAD/drrun-tensors", "--resume"],
+                                  ["drrun-tensors", "damaged"]),
+    "dr resume changed alpha": ([*DRT, "--data", "RATINGS", "--out", "DRRUN", "--resume", "--alpha", "0.5"],
+                                ["(alpha)", "--allow-config-change alpha"]),
+    "dr rerun without resume": ([*DRT, "--data", "RATINGS", "--out", "DRRUN"], ["--resume"]),
     # kg-eval: KG files, ids that do not exist, numbers
     "kg-eval binary descriptions": ([*KGE, "--task", "link", "--kg", "BAD/kg-ent-binary"],
                                     ["entity2text.txt:1", "UTF-8"]),
@@ -419,6 +436,14 @@ CASES = {
                               "OUT/i15"], ["--batch-size"]),
     "ic missing test data": ([*ICL, "--data", "IMAGES", "--test-data", "BAD/emptydir", "--out", "OUT/i16"],
                              ["t10k-images"]),
+    "ic resume damaged state": ([*ICL, "--data", "IMAGES", "--out", "BAD/icrun-state", "--resume"],
+                                ["icrun-state", "trainer_state.json"]),
+    "ic resume damaged weights": ([*ICL, "--data", "IMAGES", "--out", "BAD/icrun-weights", "--resume"],
+                                  ["icrun-weights", "damaged"]),
+    "ic resume damaged tensors": ([*ICL, "--data", "IMAGES", "--out", "BAD/icrun-tensors", "--resume"],
+                                  ["icrun-tensors", "damaged"]),
+    "ic resume changed width": ([*ICL, "--data", "IMAGES", "--out", "ICRUN", "--resume", "--width", "0.5"],
+                                ["(width)", "--allow-config-change width"]),
     # pretrain mlm --loss quad
     "quad binary corpus": ([*MLM[:5], "BAD/binary.jsonl", *MLM[6:], "--out", "OUT/m1"], ["binary.jsonl", "UTF-8"]),
     "quad empty corpus": ([*MLM[:5], "BAD/empty.jsonl", *MLM[6:], "--out", "OUT/m2"], ["empty.jsonl"]),
