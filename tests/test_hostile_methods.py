@@ -133,7 +133,8 @@ def world(tmp_path_factory, tiny_model_dir):
         _damaged_copy(root / "dr" / "model", bad / f"dr-{name}", file)
     # deep retrieval: interaction files
     good = (root / "ratings" / "u.data").read_text()
-    for name, content in (("empty", b""), ("binary", BINARY), ("latin1", good.encode() + "1\t2\t3\tcaf\xe9\n".encode("latin-1")),
+    latin1 = good.encode() + "1\t2\t3\tcaf\xe9\n".encode("latin-1")
+    for name, content in (("empty", b""), ("binary", BINARY), ("latin1", latin1),
                           ("3col", b"1\t2\t3\n"), ("huge-id", (good + "99999999999999999999\t2\t3\t4\n").encode()),
                           ("nan-rating", (good + "1\t2\tnan\t4\n").encode()), ("item-dir", good.encode())):
         (bad / f"r-{name}").mkdir()
@@ -144,7 +145,8 @@ def world(tmp_path_factory, tiny_model_dir):
                                 ("test-empty", "test.tsv", b""), ("train-binary", "train.tsv", BINARY),
                                 ("train-unknown", "train.tsv",
                                  (TINY_KG / "train.tsv").read_bytes() + b"e01\t_hypernym\tzzz\n"),
-                                ("train-2col", "train.tsv", (TINY_KG / "train.tsv").read_bytes() + b"e01\t_hypernym\n")):
+                                ("train-2col", "train.tsv",
+                                 (TINY_KG / "train.tsv").read_bytes() + b"e01\t_hypernym\n")):
         shutil.copytree(TINY_KG, bad / f"kg-{name}")
         (bad / f"kg-{name}" / file).write_bytes(content)
     (bad / "cat-unknown.tsv").write_text("zzz\tnoun.x\n")
@@ -154,7 +156,8 @@ def world(tmp_path_factory, tiny_model_dir):
     (bad / "text-outside.jsonl").write_text('{"text": "a dog", "mentions": [[0, 99, "e01"]]}\n')
     # QA files
     hotpot = (root / "hotpot.jsonl").read_text()
-    (bad / "latin1.jsonl").write_bytes(hotpot.encode() + '{"question_id": "x", "question_text": "caf\xe9"}\n'.encode("latin-1"))
+    latin1_line = '{"question_id": "x", "question_text": "caf\xe9"}\n'.encode("latin-1")
+    (bad / "latin1.jsonl").write_bytes(hotpot.encode() + latin1_line)
     (bad / "trunc.jsonl").write_text(hotpot[: len(hotpot) // 2 + 7])
     (bad / "nocontexts.jsonl").write_text(json.dumps({"question_id": "q1", "question_text": "Where?",
                                                       "answers_objects": [{"spans": ["x"]}]}) + "\n")
@@ -167,7 +170,8 @@ def world(tmp_path_factory, tiny_model_dir):
     raw = gzip.decompress((root / "images" / "train-images-idx3-ubyte.gz").read_bytes())
     raw_labels = gzip.decompress((root / "images" / "train-labels-idx1-ubyte.gz").read_bytes())
     for name, file, content in (
-            ("img-trunc-gz", "train-images-idx3-ubyte.gz", (root / "images" / "train-images-idx3-ubyte.gz").read_bytes()[:500]),
+            ("img-trunc-gz", "train-images-idx3-ubyte.gz",
+             (root / "images" / "train-images-idx3-ubyte.gz").read_bytes()[:500]),
             ("img-not-gz", "train-images-idx3-ubyte.gz", b"garbage, not gzip"),
             ("img-trunc-raw", "train-images-idx3-ubyte.gz", gzip.compress(raw[:1000])),
             ("img-few-labels", "train-labels-idx1-ubyte.gz", gzip.compress(raw_labels[:20]))):
@@ -176,7 +180,9 @@ def world(tmp_path_factory, tiny_model_dir):
     _damaged_copy(root / "ic" / "model", bad / "ic-w", "model.safetensors")
     _damaged_copy(root / "ic" / "model", bad / "ic-cfg", "config.json")
     (bad / "scores-bad.json").write_text("{not json")
-    # runs with damaged checkpoints (--resume)
+    # runs with damaged checkpoints and stage manifests (--resume)
+    assert main([*q, *fill(RDI, root), "--data", str(root / "hotpot.jsonl"), "--out", str(root / "rd")]) == 0
+    _damaged_copy(root / "rd", bad / "rdrun-manifest", "iter-1/manifest.json")
     for run in ("dr", "ic"):
         for name, file in (("state", "trainer_state.json"), ("weights", "model.safetensors"),
                            ("tensors", "trainer_state.safetensors")):
@@ -213,7 +219,7 @@ IC_SMALL = ["--depth", "8", "--width", "0.25", "--max-steps", "2", "--batch-size
 def fill(argv: list[str], root: Path) -> list[str]:
     names = {"MODEL": "model", "BEIR": "beir", "INDEX": "index", "DRMODEL": "dr/model", "RATINGS": "ratings",
              "HOTPOT": "hotpot.jsonl", "SQUAD": "squad.json", "FIDDIR": "fid", "IMAGES": "images",
-             "RESNET": "ic/model", "KGDIR": "kg", "VECTORS": "vectors", "ONNXDIR": "onnx", "DRRUN": "dr", "ICRUN": "ic"}
+             "RESNET": "ic/model", "KGDIR": "kg", "VECTORS": "vectors", "ONNXDIR": "onnx", "DRRUN": "dr", "ICRUN": "ic", "RDRUN": "rd"}
     out = []
     for a in argv:
         if a in names:
@@ -227,14 +233,15 @@ def fill(argv: list[str], root: Path) -> list[str]:
 REC = ["recommend", "--model", "DRMODEL", "--user", "1"]
 DRT = ["train", "deep-retrieval", *DR_SMALL, "--max-steps", "2"]
 KGE = ["kg-eval", "--model", "MODEL", "--steps", "2", "--batch-size", "4"]
-JAK = ["pretrain", "jaket", "--model", "MODEL", "--kg", "KGDIR", "--lm1-layers", "1", "--km-dim", "16", "--km-heads", "2",
-       "--max-length", "32", "--max-steps", "2", "--batch-size", "4", "--device", "cpu"]
+JAK = ["pretrain", "jaket", "--model", "MODEL", "--kg", "KGDIR", "--lm1-layers", "1", "--km-dim", "16",
+       "--km-heads", "2", "--max-length", "32", "--max-steps", "2", "--batch-size", "4", "--device", "cpu"]
 FID = ["train", "fid", "--model", "MODEL", "--n-passages", "2", "--eval-passages", "2", "--evaluate", "none",
-       "--passage-max-length", "32", "--answer-max-length", "4", "--max-steps", "2", "--batch-size", "2", "--device", "cpu"]
+       "--passage-max-length", "32", "--answer-max-length", "4", "--max-steps", "2", "--batch-size", "2",
+       "--device", "cpu"]
 SCO = ["score-passages", "--reader", "FIDDIR", "--candidates", "3", "--max-questions", "2", "--questions", "all"]
 RDI = ["train", "reader-distill", "--reader", "FIDDIR", "--student", "MODEL", "--iterations", "2", "--candidates", "3",
-       "--sample", "2", "--eval-fraction", "0", "--no-evaluate", "--query-max-length", "16", "--passage-max-length", "32",
-       "--max-steps", "2", "--batch-size", "2", "--device", "cpu"]
+       "--sample", "2", "--eval-fraction", "0", "--no-evaluate", "--query-max-length", "16",
+       "--passage-max-length", "32", "--max-steps", "2", "--batch-size", "2", "--device", "cpu"]
 CKA = ["analyze", "cka", "--batch-size", "8", "--max-examples", "32"]
 ICL = ["train", "image-classifier", *IC_SMALL]
 MLM = ["pretrain", "mlm", "--model", "MODEL", "--corpus", "BEIR", "--loss", "quad", "--max-length", "32", "--max-steps",
@@ -324,7 +331,8 @@ CASES = {
     "jaket empty categories": ([*JAK, "--categories", "BAD/cat-empty.tsv", "--out", "OUT/j6"], ["cat-empty.tsv"]),
     "jaket damaged memory cache": ([*JAK, "--memory-cache", "BAD/afile", "--out", "OUT/j7"], ["afile", "safetensors"]),
     "jaket memory cache is a folder": ([*JAK, "--memory-cache", "BAD/emptydir", "--out", "OUT/j8"], ["--memory-cache"]),
-    "jaket all loss weights zero": ([*JAK, "--loss-weights", "0", "0", "0", "0", "--out", "OUT/j9"], ["--loss-weights"]),
+    "jaket all loss weights zero": ([*JAK, "--loss-weights", "0", "0", "0", "0", "--out", "OUT/j9"],
+                                    ["--loss-weights"]),
     "jaket loss weight inf": ([*JAK, "--loss-weights", "inf", "1", "1", "1", "--out", "OUT/j10"], ["--loss-weights"]),
     "jaket km-lr inf": ([*JAK, "--km-lr", "inf", "--out", "OUT/j11"], ["--km-lr"]),
     "jaket km-heads do not divide": ([*JAK, "--km-dim", "15", "--out", "OUT/j12"], ["--km-heads"]),
@@ -341,7 +349,8 @@ CASES = {
     "fid data is a folder": ([*FID, "--data", "BAD/emptydir", "--out", "OUT/f9"], ["emptydir"]),
     "fid n-passages 0": ([*FID, "--data", "HOTPOT", "--n-passages", "0", "--out", "OUT/f10"], ["--n-passages"]),
     "fid num-beams huge": ([*FID, "--data", "HOTPOT", "--num-beams", "1000000", "--out", "OUT/f11"], ["--num-beams"]),
-    "fid answer longer than positions": ([*FID, "--data", "HOTPOT", "--answer-max-length", "100000", "--out", "OUT/f12"],
+    "fid answer longer than positions": ([*FID, "--data", "HOTPOT", "--answer-max-length", "100000",
+                                          "--out", "OUT/f12"],
                                          ["--answer-max-length"]),
     "fid passage longer than positions": ([*FID, "--data", "HOTPOT", "--passage-max-length", "100000", "--out",
                                            "OUT/f13"], ["--passage-max-length"]),
@@ -387,10 +396,15 @@ CASES = {
                                           ["not a reader"]),
     "reader-distill DR model as student": ([*RDI, "--data", "HOTPOT", "--student", "DRMODEL", "--out", "OUT/r8"],
                                            ["config.json"]),
+    "reader-distill resume damaged manifest": ([*RDI, "--data", "HOTPOT", "--out", "BAD/rdrun-manifest", "--resume"],
+                                               ["iter-1/manifest.json", "damaged"]),
+    "reader-distill resume changed temperature": ([*RDI, "--data", "HOTPOT", "--out", "RDRUN", "--resume",
+                                                   "--temperature", "2"], ["temperature"]),
     # analyze cka
     "cka truncated gzip": ([*CKA, "--model", "RESNET", "--data", "BAD/img-trunc-gz", "--out", "OUT/c1"],
                            ["img-trunc-gz", "gzip"]),
-    "cka not gzip": ([*CKA, "--model", "RESNET", "--data", "BAD/img-not-gz", "--out", "OUT/c2"], ["img-not-gz", "gzip"]),
+    "cka not gzip": ([*CKA, "--model", "RESNET", "--data", "BAD/img-not-gz", "--out", "OUT/c2"],
+                     ["img-not-gz", "gzip"]),
     "cka truncated IDX": ([*CKA, "--model", "RESNET", "--data", "BAD/img-trunc-raw", "--out", "OUT/c3"], ["IDX"]),
     "cka truncated ResNet": ([*CKA, "--model", "BAD/ic-w", "--data", "IMAGES", "--out", "OUT/c4"],
                              ["ic-w", "safetensors"]),
