@@ -131,6 +131,15 @@ def world(tmp_path_factory, tiny_model_dir):
     # recommend: damaged model folders
     for name, file in (("cfg", "config.json"), ("w", "model.safetensors"), ("users", "users.json")):
         _damaged_copy(root / "dr" / "model", bad / f"dr-{name}", file)
+    for name, file, edit in (
+            ("few-items", "items.json", lambda d: {**d, "ids": d["ids"][:3]}),
+            ("items-list", "items.json", lambda d: [1, 2]),
+            ("bad-history", "users.json", lambda d: {**d, "histories": [[999, -5], *d["histories"][1:]]}),
+            ("short-users", "users.json", lambda d: {**d, "histories": d["histories"][:2]}),
+            ("no-history-length", "config.json", lambda d: {k: v for k, v in d.items() if k != "history_length"})):
+        shutil.copytree(root / "dr" / "model", bad / f"dr-{name}")
+        path = bad / f"dr-{name}" / file
+        path.write_text(json.dumps(edit(json.loads(path.read_text()))))
     # deep retrieval: interaction files
     good = (root / "ratings" / "u.data").read_text()
     latin1 = good.encode() + "1\t2\t3\tcaf\xe9\n".encode("latin-1")
@@ -265,6 +274,14 @@ CASES = {
     "recommend truncated weights": (["recommend", "--model", "BAD/dr-w", "--user", "1"], ["dr-w", "model.safetensors"]),
     "recommend truncated config": (["recommend", "--model", "BAD/dr-cfg", "--user", "1"], ["dr-cfg", "config.json"]),
     "recommend truncated users": (["recommend", "--model", "BAD/dr-users", "--user", "1"], ["users.json"]),
+    "recommend items disagree with weights": (["recommend", "--model", "BAD/dr-few-items", "--user", "1"],
+                                              ["items.json", "12 items"]),
+    "recommend items not an object": (["recommend", "--model", "BAD/dr-items-list", "--user", "1"], ["items.json"]),
+    "recommend history of unknown items": (["recommend", "--model", "BAD/dr-bad-history", "--user", "1"],
+                                           ["users.json", "outside"]),
+    "recommend users cut short": (["recommend", "--model", "BAD/dr-short-users", "--user", "9"], ["users.json"]),
+    "recommend config without history length": (["recommend", "--model", "BAD/dr-no-history-length", "--user", "1"],
+                                                ["config.json", "history_length"]),
     # train deep-retrieval: interaction files and numbers
     "dr empty u.data": ([*DRT, "--data", "BAD/r-empty", "--out", "OUT/dr1"], ["u.data", "empty"]),
     "dr binary u.data": ([*DRT, "--data", "BAD/r-binary", "--out", "OUT/dr2"], ["u.data", "UTF-8"]),

@@ -296,6 +296,24 @@ def _read_json(path: Path) -> dict:
         raise ModelLoadError(f"{path} is damaged ({exc})") from exc
 
 
+def _check_folder(folder: Path, meta, items, users, num_items: int) -> None:
+    """The JSON files of a model folder agree with each other and with the weights (``num_items`` items)."""
+    def need(ok: bool, name: str, what: str) -> None:
+        if not ok:
+            raise ModelLoadError(f"{folder / name} is damaged: {what}; save the model again")
+
+    for key in ("history_length", "beam"):
+        need(isinstance(meta.get(key), int) and meta[key] >= 1, "config.json", f"{key!r} must be a positive integer")
+    need(isinstance(items, dict), "items.json", "expected an object with ids, titles and popularity")
+    for key in ("ids", "titles", "popularity"):
+        need(isinstance(items.get(key), list) and len(items[key]) == num_items, "items.json",
+             f"{key!r} must list the model's {num_items} items")
+    need(isinstance(users, dict) and isinstance(users.get("ids"), list) and isinstance(users.get("histories"), list)
+         and len(users["ids"]) == len(users["histories"]), "users.json", "expected ids and histories of equal length")
+    need(all(isinstance(h, list) and all(isinstance(i, int) and 0 <= i < num_items for i in h)
+             for h in users["histories"]), "users.json", f"a history names an item outside 0..{num_items - 1}")
+
+
 @dataclass
 class Recommendation:
     item: int  # raw item id
@@ -330,7 +348,9 @@ class Recommender:
         except (OSError, SafetensorError, RuntimeError) as exc:
             raise ModelLoadError(f"{folder}/model.safetensors is missing, damaged or does not fit config.json "
                                  f"({str(exc).splitlines()[0]})") from exc
-        return cls(model, meta, _read_json(folder / "items.json"), _read_json(folder / "users.json"))
+        items, users = _read_json(folder / "items.json"), _read_json(folder / "users.json")
+        _check_folder(folder, meta, items, users, model.config.num_items)
+        return cls(model, meta, items, users)
 
     @torch.no_grad()
     def recommend(self, user: int, k: int = 10, beam: int | None = None, rerank: bool = True) -> list[Recommendation]:
