@@ -138,3 +138,16 @@ def check_output(path: str | os.PathLike, kind: str = "folder") -> Path:
     if path.parent.is_dir():  # what a killed writer of this output left next to it
         remove_stale(path.parent)
     return path
+
+
+def read_utf8(path: str | os.PathLike) -> str:
+    """The text of a UTF-8 file, or a DataFormatError naming the file and the line of the first bad byte."""
+    from reprlab.errors import DataFormatError
+
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataFormatError(f"not UTF-8 text ({exc.reason} at byte {exc.start}); convert it to UTF-8",
+                              str(path), line) from None

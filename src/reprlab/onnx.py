@@ -304,8 +304,12 @@ class OnnxSentenceEncoder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(folder / meta["files"][variant]), options,
-                                       providers=["CPUExecutionProvider"])
+        try:
+            session = ort.InferenceSession(str(folder / meta["files"][variant]), options,
+                                           providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own error types (InvalidProtobuf, Fail, ...): a damaged graph
+            raise ModelLoadError(f"{folder / meta['files'][variant]}: ONNX Runtime cannot load it "
+                                 f"({str(exc).splitlines()[0][:200]}); export it again") from exc
         return cls(session, Tokenizer.from_pretrained(folder), meta, variant, folder, max_length)
 
     def encode(self, texts: Sequence[str], batch_size: int = 32, max_length: int | None = None,

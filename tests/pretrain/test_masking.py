@@ -162,7 +162,7 @@ def test_pmi_units_contain_whole_vocabulary_ngrams(tokenizer, special):
 def test_bad_settings():
     with pytest.raises(ConfigError, match="budget"):
         MaskingConfig(budget=0.0)
-    with pytest.raises(ConfigError, match="sum"):
+    with pytest.raises(ConfigError, match="more than 1"):
         MaskingConfig(mask_prob=0.9, random_prob=0.2)
     with pytest.raises(ConfigError, match="choose one of"):
         build_masking("nope")
@@ -179,16 +179,22 @@ def test_config_bounds_and_messages():
     for ok in (dict(mask_prob=0.0, random_prob=0.0), dict(mask_prob=0.5, random_prob=0.5), dict(span_p=1.0),
                dict(span_max=1), dict(fe_copies=2), dict(fe_layout="contiguous")):
         MaskingConfig(**ok)
-    for budget in (0.0, 1.0, 1.5):
-        with pytest.raises(ConfigError, match=r"^masking budget must be in \(0, 1\)"):
+    for budget in (0.0, 1.0, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match=r"^budget: masking budget must be in \(0, 1\)"):
             MaskingConfig(budget=budget)
-    for probs in (dict(mask_prob=-0.1), dict(random_prob=-0.1), dict(mask_prob=0.9, random_prob=0.2)):
-        with pytest.raises(ConfigError, match="^mask_prob and random_prob must be >= 0 and sum to at most 1$"):
+    for field, probs in (("mask_prob", dict(mask_prob=-0.1)), ("random_prob", dict(random_prob=-0.1)),
+                         ("mask_prob", dict(mask_prob=float("nan"))), ("random_prob", dict(random_prob=1.5))):
+        with pytest.raises(ConfigError, match=rf"^{field}: must be in \[0, 1\], got") as info:
             MaskingConfig(**probs)
-    for span in (dict(span_p=0.0), dict(span_p=1.5), dict(span_max=0)):
-        with pytest.raises(ConfigError, match=r"^span_p must be in \(0, 1\] and span_max >= 1$"):
+        assert info.value.field == field
+    with pytest.raises(ConfigError, match=r"^random_prob: mask_prob 0.9 \+ random_prob 0.2 is more than 1$"):
+        MaskingConfig(mask_prob=0.9, random_prob=0.2)
+    for span in (dict(span_p=0.0), dict(span_p=1.5), dict(span_p=float("nan"))):
+        with pytest.raises(ConfigError, match=r"^span_p: must be in \(0, 1\], got"):
             MaskingConfig(**span)
-    with pytest.raises(ConfigError, match="^fe_copies must be at least 2$"):
+    with pytest.raises(ConfigError, match=r"^span_max: must be at least 1, got 0$"):
+        MaskingConfig(span_max=0)
+    with pytest.raises(ConfigError, match="^fe_copies: must be at least 2, got 1$"):
         MaskingConfig(fe_copies=1)
     with pytest.raises(ConfigError, match="choose one of: random, wwm, span, pmi, fully-explored$"):
         build_masking("nope")

@@ -297,7 +297,8 @@ def test_resume_starts_from_the_newest_checkpoint_and_cleans_up_after_killed_wri
         train(Model(), DATA, collate, loss_fn, cfg(out))
     with pytest.raises(ConfigError, match=rf"^the run in {out} was started with other settings \(batch_size, lr\); "
                                           r"resume with the same ones, name the change with allow_config_change "
-                                          r"\(--allow-config-change\), or choose a new output folder$"):
+                                          r"\(--allow-config-change batch_size lr\), or choose a new output "
+                                          r"folder$"):
         train(Model(), DATA, collate, loss_fn, cfg(out, resume=True, lr=0.3, batch_size=8))
 
 

@@ -229,9 +229,15 @@ def difficulty(config: ImageClassifierConfig, data: ImageData, model_config: Res
 def run_image_classifier(config: ImageClassifierConfig, callbacks: Sequence = (),
                          stop_after: int | None = None) -> ImageClassifierResult:
     data = load_training_images(config)
+    test = load_fashion_mnist(config.test_data, "test") if config.test_data else None  # checked before training
     if len(data.x) < config.train.batch_size:
         raise ConfigError(f"{len(data.x)} training images, fewer than one batch of {config.train.batch_size}",
                           field="train.batch_size")
+    side = min(data.x.shape[-2:])
+    check(side // config.pool_input >= 1, "pool_input", f"pooling {side} x {side} images by {config.pool_input} "
+          "leaves no pixel")
+    check(config.score_folds <= len(data.x), "score_folds",
+          f"more folds than the {len(data.x)} training images, got {config.score_folds}")
     classes = int(max(data.y.max(), data.clean.max())) + 1
     model_config = ResNetConfig(depth=config.depth, width=config.width, pool_input=config.pool_input,
                                 num_classes=max(classes, 2))
@@ -256,9 +262,8 @@ def run_image_classifier(config: ImageClassifierConfig, callbacks: Sequence = ()
     model.cpu()
     if len(data.dev_x):
         result.dev_accuracy = predict(model, data.dev_x, data.dev_y)[0]
-    if config.test_data:
-        test_x, test_y = load_fashion_mnist(config.test_data, "test")
-        result.test_accuracy = predict(model, test_x, test_y)[0]
+    if test is not None:
+        result.test_accuracy = predict(model, *test)[0]
     if state.rank == 0:
         atomic_write_json(out / "results.json", {"dev_accuracy": result.dev_accuracy,
                                                  "test_accuracy": result.test_accuracy, "steps": state.step,

@@ -68,6 +68,26 @@ def _command(args) -> str:
     return " ".join(x for x in (args.command, getattr(args, "recipe", None)) if x)
 
 
+def _flag_of(parser: argparse.ArgumentParser, args, dest: str | None) -> str | None:
+    """The option string of ``dest`` in the (sub)command that ran, e.g. ``--batch-size`` for ``batch_size``."""
+    names = [getattr(args, "command", None), getattr(args, "recipe", None)]
+    while parser is not None and dest:
+        found = next((a for a in parser._actions if a.dest == dest and a.option_strings), None)
+        if found is not None:
+            return max(found.option_strings, key=len)
+        subs = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        name = names.pop(0) if names else None
+        parser = subs.choices.get(name) if subs is not None and name else None
+    return None
+
+
+def _config_message(parser, args, exc: ConfigError) -> str:
+    options = getattr(args, "options", None)
+    if options is None and (flag := _flag_of(parser, args, exc.field)):
+        return f"{flag}: {exc.detail}"
+    return explain(options, exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     from reprlab.logs import setup_cli_logging
 
@@ -78,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except ConfigError as exc:
-        print(f"{where}: error: {explain(getattr(args, 'options', None), exc)}", file=sys.stderr)
+        print(f"{where}: error: {_config_message(parser, args, exc)}", file=sys.stderr)
         return 2
     except ReprlabError as exc:
         print(f"{where}: error: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 
 from reprlab.cli_format import print_table
 
@@ -28,6 +29,8 @@ def cmd_kg_eval(args) -> None:
     for name in ("steps", "shots", "batch_size"):
         if getattr(args, name) < 1:
             raise ConfigError(f"must be at least 1, got {getattr(args, name)}", field=name)
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise ConfigError(f"must be a positive number, got {args.lr}", field="lr")
     if args.task == "category" and not args.categories:
         raise ConfigError("the category task needs --categories (a TSV entity<TAB>category)", field="categories")
     kg = read_kg(args.kg, args.descriptions)

@@ -46,6 +46,8 @@ class ScorePassagesConfig:
         check(self.max_questions is None or self.max_questions >= 1, "max_questions", "must be at least 1")
         check_choice(self.questions, SIDES, "questions")
         check_fractions(self.eval_fraction, self.dev_fraction)
+        self.ks = [int(k) for k in self.ks]
+        check(len(self.ks) > 0 and min(self.ks) >= 1, "ks", f"must be positive cut-offs, got {self.ks}")
 
 
 def cmd_score_passages(args) -> None:
@@ -87,7 +89,8 @@ def cmd_score_passages(args) -> None:
         return
     print(f"{len(records)} questions scored -> {config.out}")
     if rows:
-        print(f"gold recall among the {config.candidates} candidates ({len(judged)} questions with gold passages):")
+        found = max(len(r.passages) for r in records)  # fewer than --candidates when the pool is smaller
+        print(f"gold recall among the {found} candidates ({len(judged)} questions with gold passages):")
         print_table(rows, ["ranking", *[f"R@{k}" for k in config.ks]])
 
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from reprlab.cli_format import print_table, short
-from reprlab.errors import ReprlabError
+from reprlab.errors import ConfigError, ReprlabError
 from reprlab.io import check_output
 
 logger = logging.getLogger("reprlab")
@@ -67,6 +67,13 @@ def _check_scale_options(args) -> None:
     if args.backend == "qdrant" and (args.binary or args.factory != "Flat"):
         raise ReprlabError("--backend qdrant stores float vectors in Qdrant: drop --binary / --factory "
                            "(--quantization chooses how a server compresses them)")
+    if args.shard_size < 1:
+        raise ConfigError(f"must be a positive integer, got {args.shard_size}", field="shard_size")
+    if args.vectors:
+        vectors, out = Path(args.vectors).resolve(), Path(args.out).resolve()
+        if vectors == out or out in vectors.parents or vectors in out.parents:
+            raise ReprlabError(f"--vectors {args.vectors} and --out {args.out} overlap: the index is written as a "
+                               "whole folder, so the shards need a folder of their own")
     scaled = args.engine != "local" or args.backend != "faiss" or args.vectors
     if args.multihop and scaled:
         raise ReprlabError("--multihop builds its index in one process: drop --engine / --backend / --vectors")

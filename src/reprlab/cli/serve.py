@@ -24,6 +24,9 @@ def cmd_serve(args) -> None:
     config: ServeConfig = config_from_args(args.options, args)
     if not 0 < args.port < 65536:
         raise ReprlabError(f"--port must be in 1..65535, got {args.port}")
+    if args.max_connections < 1:
+        raise ReprlabError(f"--max-connections must be at least 1, got {args.max_connections}")
+    _check_address(args.host, args.port)  # before loading anything: a busy port or a bad host fails at once
     uvicorn = require("uvicorn", "serve")
     require("fastapi", "serve")
     service = Service.from_config(config)
@@ -34,10 +37,28 @@ def cmd_serve(args) -> None:
                 limit_concurrency=args.max_connections, timeout_keep_alive=5)
 
 
+def _check_address(host: str, port: int) -> None:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ReprlabError(f"--host {host}: cannot be resolved ({exc})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as exc:
+            raise ReprlabError(f"--host {host} --port {port}: cannot listen there ({exc.strerror})") from None
+
+
 def cmd_export_onnx(args) -> None:
     from reprlab.encoder import SentenceEncoder
     from reprlab.onnx import export_onnx
 
+    if args.max_length is not None and args.max_length < 2:
+        raise ReprlabError(f"--max-length must be at least 2 ([CLS] and [SEP]), got {args.max_length}")
     check_output(args.out, "folder")
     require("onnxruntime", "onnx")
     model = SentenceEncoder.from_pretrained(args.model, max_length=args.max_length)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -37,6 +38,9 @@ from reprlab.errors import ConfigError, ModelLoadError
 from reprlab.io import atomic_dir
 
 MODEL_TYPE = "reprlab-resnet"
+
+
+MAX_PARAMETERS = 2e8  # about 0.8 GB of fp32 weights; the paper's widest ResNets have a few million
 
 
 @dataclass
@@ -58,6 +62,14 @@ class ResNetConfig:
             raise ConfigError("in_channels must be >= 1 and num_classes >= 2", field="num_classes")
         if self.pool_input < 1:
             raise ConfigError(f"pool_input must be >= 1, got {self.pool_input}", field="pool_input")
+        if self.parameters_estimate() > MAX_PARAMETERS:
+            raise ConfigError(f"depth {self.depth} x width {self.width} gives about {self.parameters_estimate():.2e} "
+                              f"weights, more than the {MAX_PARAMETERS:.1e} this recipe allows (4 bytes each, "
+                              "plus gradients and optimizer state)", field="width")
+
+    def parameters_estimate(self) -> float:
+        """The 3 x 3 convolution weights, which are nearly all of them: 2 per block, 9 c^2 each."""
+        return sum(2 * self.blocks_per_stage * 9 * self.channels(s) ** 2 for s in range(3))
 
     @property
     def blocks_per_stage(self) -> int:
@@ -143,6 +155,8 @@ class ResNet(nn.Module):
         model = cls(config)
         try:
             model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        except SafetensorError as exc:
+            raise ModelLoadError(f"{folder}/model.safetensors: damaged or not safetensors ({exc})") from exc
         except (OSError, RuntimeError) as exc:
             raise ModelLoadError(f"{folder}: the weights do not fit the config ({str(exc).splitlines()[0]})") from exc
         return model

@@ -63,15 +63,21 @@ class MaskingConfig:
 
     def __post_init__(self):
         if not 0.0 < self.budget < 1.0:
-            raise ConfigError(f"masking budget must be in (0, 1), got {self.budget}")
-        if self.mask_prob < 0 or self.random_prob < 0 or self.mask_prob + self.random_prob > 1:
-            raise ConfigError("mask_prob and random_prob must be >= 0 and sum to at most 1")
-        if not 0.0 < self.span_p <= 1.0 or self.span_max < 1:
-            raise ConfigError("span_p must be in (0, 1] and span_max >= 1")
+            raise ConfigError(f"masking budget must be in (0, 1), got {self.budget}", field="budget")
+        for name in ("mask_prob", "random_prob"):  # written so that nan fails too
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"must be in [0, 1], got {getattr(self, name)}", field=name)
+        if self.mask_prob + self.random_prob > 1:
+            raise ConfigError(f"mask_prob {self.mask_prob} + random_prob {self.random_prob} is more than 1",
+                              field="random_prob")
+        if not 0.0 < self.span_p <= 1.0:
+            raise ConfigError(f"must be in (0, 1], got {self.span_p}", field="span_p")
+        if self.span_max < 1:
+            raise ConfigError(f"must be at least 1, got {self.span_max}", field="span_max")
         if self.fe_layout not in ("random", "contiguous"):
-            raise ConfigError(f"unknown fe_layout {self.fe_layout!r}; choose random or contiguous")
+            raise ConfigError(f"unknown fe_layout {self.fe_layout!r}; choose random or contiguous", field="fe_layout")
         if self.fe_copies is not None and self.fe_copies < 2:
-            raise ConfigError("fe_copies must be at least 2")
+            raise ConfigError(f"must be at least 2, got {self.fe_copies}", field="fe_copies")
 
 
 @dataclass

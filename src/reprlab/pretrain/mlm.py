@@ -209,7 +209,18 @@ class MLMConfig(RecipeConfig):
         check(0.0 < self.budget < 1.0, "budget", f"must be in (0, 1), got {self.budget}")
         check(self.max_length >= 3, "max_length", f"must be at least 3, got {self.max_length}")
         check(self.head_warmup_steps >= 0, "head_warmup_steps", f"must be >= 0, got {self.head_warmup_steps}")
+        check(self.train.max_steps is None or self.head_warmup_steps < self.train.max_steps, "head_warmup_steps",
+              f"must be fewer than --max-steps {self.train.max_steps} (the encoder would never train), got "
+              f"{self.head_warmup_steps}")
+        check(self.output_embedding_size is None or 1 <= self.output_embedding_size <= 16384, "output_embedding_size",
+              f"must be 1..16384 (a vocabulary x size matrix), got {self.output_embedding_size}")
+        for name in ("pmi_min_count", "pmi_size"):
+            check(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
+        check(self.fe_copies is None or self.fe_copies <= self.max_length - 2, "fe_copies",
+              f"must be at most the {self.max_length - 2} positions of a chunk (--max-length minus [CLS]/[SEP]), "
+              f"got {self.fe_copies}")
         check_choice(self.loss, LOSSES, "loss")
+        self.masking_config()  # its checks name the fields (mask_prob, span_p, ...), before any work
 
     def masking_config(self) -> MaskingConfig:
         return MaskingConfig(budget=self.budget, mask_prob=self.mask_prob, random_prob=self.random_prob,

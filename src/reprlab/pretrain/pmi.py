@@ -39,6 +39,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from reprlab.errors import ConfigError, DataFormatError, ReprlabError
+from reprlab.io import read_utf8
 from reprlab.io import atomic_write_json
 from reprlab.logs import progress
 from reprlab.pretrain.corpus import split_words
@@ -77,8 +78,9 @@ class PMIConfig:
                               f"got {len(self.proportions)}")
         if self.score not in SCORES:
             raise ConfigError(f"unknown PMI score {self.score!r}; choose one of: {', '.join(SCORES)}")
-        if self.min_count < 1 or self.size < 1:
-            raise ConfigError("min_count and size must be at least 1")
+        for name in ("min_count", "size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"must be at least 1, got {getattr(self, name)}", field=name)
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,7 @@ class PMIVocab:
         if not path.is_file():
             raise ReprlabError(f"PMI vocabulary {path} does not exist; build one with `reprlab pmi-vocab`")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_utf8(path))
         except json.JSONDecodeError as exc:
             raise DataFormatError(f"not valid JSON ({exc.msg})", str(path), exc.lineno) from exc
         if not isinstance(data, dict) or data.get("format") != FORMAT:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from reprlab.errors import ConfigError, DataFormatError
+from reprlab.io import read_utf8
 from reprlab.text.hotpotqa import HotpotData, HotpotQuestion, load_hotpotqa
 
 logger = logging.getLogger("reprlab")
@@ -145,7 +146,7 @@ def load_squad(path: str | Path, check_spans: bool = True) -> list[QAExample]:
     if not path.is_file():
         raise DataFormatError("no such file; give a SQuAD v1.1 JSON file", str(path))
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_utf8(path))
     except json.JSONDecodeError as exc:
         raise DataFormatError(f"not valid JSON ({exc.msg})", str(path), exc.lineno) from exc
     articles = _need(data, "data", list, path, "top level")

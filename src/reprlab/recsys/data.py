@@ -77,6 +77,8 @@ def _number(text: str, what: str, path: str, lineno: int, integer: bool) -> floa
     if integer:
         if not _INT.match(text):
             raise DataFormatError(f"{what} {text!r} is not an integer", path, lineno)
+        if abs(int(text)) >= 2 ** 63:
+            raise DataFormatError(f"{what} {text!r} is out of range (a 64-bit integer)", path, lineno)
         return int(text)
     try:
         value = float(text)
@@ -120,8 +122,10 @@ def read_interactions(path: str | Path) -> Interactions:
 def read_titles(folder: str | Path) -> dict[int, str]:
     """MovieLens ``u.item``: item id -> title (``{}`` when the folder has no ``u.item``)."""
     path = Path(folder) / "u.item"
-    if not path.is_file():
+    if not path.exists():
         return {}
+    if not path.is_file():
+        raise DataFormatError("is not a file (MovieLens u.item: 'item id|title|...' lines)", str(path))
     titles = {}
     for lineno, line in enumerate(path.read_text(encoding="latin-1").splitlines(), 1):
         if not line.strip():

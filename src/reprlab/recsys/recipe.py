@@ -63,6 +63,9 @@ from reprlab.train.recipe import (
 
 logger = logging.getLogger("reprlab")
 FORMAT = "reprlab-deep-retrieval"
+# The path tables (the inverse index, the path sizes of the M-step) hold one entry per path, K^D of them:
+# 2^24 paths is ~0.5 GB of tables, far more paths than items for any data set this recipe reads.
+MAX_PATHS = 2 ** 24
 
 
 @recipe_config
@@ -111,6 +114,9 @@ class DeepRetrievalConfig(RecipeConfig):
         check(0 < self.em_decay <= 1, "em_decay", f"must be in (0, 1], got {self.em_decay}")
         check(self.em_candidates >= self.paths_per_item, "em_candidates",
               f"must be at least paths_per_item ({self.paths_per_item}), got {self.em_candidates}")
+        check(self.width ** self.depth <= MAX_PATHS, "width",
+              f"K^D = {self.width}^{self.depth} paths is more than the {MAX_PATHS} the path tables are sized for; "
+              "choose a smaller --width (0: automatic) or --depth")
 
     def model_config(self, num_items: int, num_users: int) -> DRModelConfig:
         width = self.width or max(2, math.ceil(num_items ** (1.0 / self.depth) - 1e-9))
@@ -200,7 +206,11 @@ def fit(model: DeepRetrieval, data, config: DeepRetrievalConfig, callbacks: Sequ
         stop_after: int | None = None):
     """Train ``model`` on the training examples of ``data`` (a :class:`~reprlab.recsys.data.LeaveLastOut`, or
     anything with its ``examples`` / ``batch`` interface) with the EM step; returns (loop state, learner)."""
-    collate = ExampleCollate(data, "train", config.history_length, config.negatives)
+    negatives = config.negatives
+    if negatives >= data.num_items:  # as many draws as items: the full softmax is exact and cheaper
+        logger.info(f"deep retrieval: --negatives {negatives} >= the {data.num_items} items; using the full softmax")
+        negatives = 0
+    collate = ExampleCollate(data, "train", config.history_length, negatives)
     every = config.em_every or max(1, len(collate) // config.train.batch_size)
     learner = PathLearner(model, every, config.em_beam, config.em_candidates, config.em_decay, config.alpha,
                           config.em_iterations)
@@ -223,6 +233,7 @@ def fit(model: DeepRetrieval, data, config: DeepRetrievalConfig, callbacks: Sequ
 def run_deep_retrieval(config: DeepRetrievalConfig, callbacks: Sequence = (),
                        stop_after: int | None = None) -> DeepRetrievalResult:
     data = load_leave_last_out(config.data, config.min_rating)
+    titles = read_titles(interactions_file(config.data).parent)  # read (and checked) before training
     model = build_model(config, data)
     state, learner = fit(model, data, config, callbacks, stop_after)
     out = Path(config.output_dir)
@@ -236,7 +247,7 @@ def run_deep_retrieval(config: DeepRetrievalConfig, callbacks: Sequence = (),
             setattr(result, split, evaluate_model(model, data, split, beam=config.beam,
                                                   history_length=config.history_length))
     if state.rank == 0:
-        save_folder(out / "model", model, data, config)
+        save_folder(out / "model", model, data, config, titles)
     result.model_dir = out / "model"
     return result
 
@@ -258,9 +269,10 @@ def evaluate_model(model: DeepRetrieval, data, split: str, *, beam: int, history
 # ----------------------------------------------------------------------------- the model folder
 
 
-def save_folder(folder: Path, model: DeepRetrieval, data: LeaveLastOut, config: DeepRetrievalConfig) -> None:
-    source = interactions_file(config.data)
-    titles = read_titles(source.parent)
+def save_folder(folder: Path, model: DeepRetrieval, data: LeaveLastOut, config: DeepRetrievalConfig,
+                titles: dict[int, str] | None = None) -> None:
+    if titles is None:
+        titles = read_titles(interactions_file(config.data).parent)
     c = model.config
     with atomic_dir(folder) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
@@ -282,6 +294,24 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"{path} is damaged ({exc})") from exc
+
+
+def _check_folder(folder: Path, meta, items, users, num_items: int) -> None:
+    """The JSON files of a model folder agree with each other and with the weights (``num_items`` items)."""
+    def need(ok: bool, name: str, what: str) -> None:
+        if not ok:
+            raise ModelLoadError(f"{folder / name} is damaged: {what}; save the model again")
+
+    for key in ("history_length", "beam"):
+        need(isinstance(meta.get(key), int) and meta[key] >= 1, "config.json", f"{key!r} must be a positive integer")
+    need(isinstance(items, dict), "items.json", "expected an object with ids, titles and popularity")
+    for key in ("ids", "titles", "popularity"):
+        need(isinstance(items.get(key), list) and len(items[key]) == num_items, "items.json",
+             f"{key!r} must list the model's {num_items} items")
+    need(isinstance(users, dict) and isinstance(users.get("ids"), list) and isinstance(users.get("histories"), list)
+         and len(users["ids"]) == len(users["histories"]), "users.json", "expected ids and histories of equal length")
+    need(all(isinstance(h, list) and all(isinstance(i, int) and 0 <= i < num_items for i in h)
+             for h in users["histories"]), "users.json", f"a history names an item outside 0..{num_items - 1}")
 
 
 @dataclass
@@ -318,7 +348,9 @@ class Recommender:
         except (OSError, SafetensorError, RuntimeError) as exc:
             raise ModelLoadError(f"{folder}/model.safetensors is missing, damaged or does not fit config.json "
                                  f"({str(exc).splitlines()[0]})") from exc
-        return cls(model, meta, _read_json(folder / "items.json"), _read_json(folder / "users.json"))
+        items, users = _read_json(folder / "items.json"), _read_json(folder / "users.json")
+        _check_folder(folder, meta, items, users, model.config.num_items)
+        return cls(model, meta, items, users)
 
     @torch.no_grad()
     def recommend(self, user: int, k: int = 10, beam: int | None = None, rerank: bool = True) -> list[Recommendation]:
@@ -330,6 +362,7 @@ class Recommender:
             known = sorted(self.user_index)
             raise ReprlabError(f"user {user} is not in this model's data ({len(known)} users, ids {known[0]}.."
                                f"{known[-1]}); a new user needs a model trained on their interactions")
+        k = min(k, len(self.item_ids))  # more than every item would only allocate padding
         u = self.user_index[user]
         length = self.meta["history_length"]
         history = torch.tensor(self.histories[u], dtype=torch.long)

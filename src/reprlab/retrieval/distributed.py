@@ -349,8 +349,12 @@ def encode_shards(corpus: Mapping[str, Mapping[str, str]], folder: str | Path, m
     for name, value in (("num_workers", num_workers), ("cpus_per_worker", cpus_per_worker)):
         if isinstance(value, bool) or int(value) != value or value < 1:
             raise ConfigError(f"must be a positive integer, got {value!r}", field=name)
-    if gpus_per_worker < 0:
+    if not (gpus_per_worker >= 0 and np.isfinite(gpus_per_worker)):
         raise ConfigError(f"must be >= 0, got {gpus_per_worker!r}", field="gpus_per_worker")
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise ConfigError(f"{folder} is a file; give a folder for the vector shards", field="vectors")
+    if address and engine == "ray":
+        _check_reachable(address)
     if not corpus:
         raise ReprlabError("the corpus is empty: nothing to encode")
     encoding = Encoding(str(model), precision, int(batch_size), doc_prefix, dtype)
@@ -404,6 +408,21 @@ def _encode_local(folder: Path, todo: list[Shard], ids, texts, encoding: Encodin
             batch = {key: [value] for key, value in row.items()}
             yield from writer(batch)["shard"].tolist()
             bar.update(1)
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A Ray address ``host:port`` (or ``ray://host:port``) that nothing answers on is an error now, not a
+    join that retries for minutes; ``auto`` and other forms are left to Ray."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"nothing answers at {address} ({exc}); start the Ray head there or give --address auto",
+                          field="address") from None
 
 
 def _encode_ray(folder: Path, todo: list[Shard], ids, texts, encoding: Encoding, num_workers: int = 2,

@@ -112,10 +112,20 @@ class QdrantIndex(Index):
             raise ConfigError(f"the qdrant index supports metric 'ip' (inner product), got {metric!r}")
         if quantization not in QUANTIZATIONS:
             raise ConfigError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
-        if int(upload_batch) != upload_batch or upload_batch < 1 or int(retries) != retries or retries < 0:
-            raise ConfigError(f"upload_batch must be >= 1 and retries >= 0, got {upload_batch!r}, {retries!r}")
+        if int(upload_batch) != upload_batch or upload_batch < 1:
+            raise ConfigError(f"must be >= 1, got {upload_batch!r}", field="upload_batch")
+        if int(retries) != retries or retries < 0:
+            raise ConfigError(f"must be >= 0, got {retries!r}", field="retries")
         if url and path:
             raise ConfigError("give a server url or a local path, not both")
+        if not str(collection) or len(str(collection)) > 255 or set(str(collection)) & {"/", "\0"}:
+            raise ConfigError(f"{collection!r} is not a collection name (1 to 255 characters, no '/')",
+                              field="collection")
+        if path and Path(path).exists() and not Path(path).is_dir():
+            raise ConfigError(f"{path} is a file; local mode keeps the collection in a folder", field="qdrant_path")
+        if quantization != "none" and not url:
+            raise ConfigError(f"{quantization!r} quantization is kept by a Qdrant server; local mode stores the "
+                              "vectors as they are (give --qdrant-url, or leave it out)", field="quantization")
         self._dim, self.collection, self.metric, self.quantization = int(dim), str(collection), metric, quantization
         self.url, self.path = url, (str(Path(path).resolve()) if path else None)
         self.upload_batch, self.retries, self.retry_delay = int(upload_batch), int(retries), float(retry_delay)

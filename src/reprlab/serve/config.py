@@ -47,8 +47,9 @@ class ServeConfig:
 
     def __post_init__(self):
         check(self.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        check(self.batch_wait_ms >= 0, "batch_wait_ms", f"must be >= 0, got {self.batch_wait_ms}")
+        check(0 <= self.batch_wait_ms <= 60_000, "batch_wait_ms",
+              f"must be 0..60000 (a request waits this long at most), got {self.batch_wait_ms}")
         check(self.max_batch >= 1, "max_batch", f"must be at least 1, got {self.max_batch}")
-        check(self.watch_seconds > 0, "watch_seconds", f"must be > 0, got {self.watch_seconds}")
+        check(0 < self.watch_seconds < float("inf"), "watch_seconds", f"must be > 0, got {self.watch_seconds}")
         check(self.onnx_model is None or self.backend != "torch", "onnx_model",
               "an ONNX export is used with --backend onnx or onnx-int8")

@@ -65,6 +65,9 @@ class Service:
 
         from reprlab.serve.state import newest_version
 
+        if config.watch and not Path(config.watch).is_dir():
+            raise ConfigError(f"{config.watch} is not a folder (new index versions index-vNNNN/ appear in a "
+                              "folder; create it first if they come later)", field="watch")
         encoders = Encoders(config.backend, config.onnx_model)
         index = Path(config.index)
         watch = config.watch

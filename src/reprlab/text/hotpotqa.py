@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 from reprlab.errors import DataFormatError
+from reprlab.io import read_utf8
 # the split rule's names, for the modules that still import them from here (reprlab.retrieval.mdr)
 from reprlab.text.splits import EVAL_FRACTION, hash_fraction  # noqa: F401
 
@@ -181,7 +182,7 @@ class _Corpus:
 
 def _records(path: Path) -> Iterator[tuple[int, object]]:
     """(line number, parsed record) for a JSON list file or a JSONL file."""
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     stripped = text.lstrip()
     if not stripped:
         raise DataFormatError("the file is empty; give a HotpotQA JSON list or a JSONL file", str(path))

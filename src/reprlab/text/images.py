@@ -15,6 +15,7 @@ their images here.
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +30,14 @@ def read_idx(path: str | Path) -> np.ndarray:
     """An IDX file (``*-idx3-ubyte`` images or ``*-idx1-ubyte`` labels, optionally ``.gz``) as uint8 numpy."""
     path = Path(path)
     if not path.is_file():
-        raise DataFormatError("file not found; Fashion-MNIST's training set comes with the Debian package "
+        raise DataFormatError("file not found; Fashion-MNIST comes with the Debian package "
                               "dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)", path=str(path))
     raw = path.read_bytes()
     if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:  # not gzip, or cut short
+            raise DataFormatError(f"not a complete gzip file ({exc})", path=str(path)) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataFormatError("not an unsigned-byte IDX file (bad magic number)", path=str(path))
     ndim = raw[3]

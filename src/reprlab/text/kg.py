@@ -68,10 +68,14 @@ class KnowledgeGraph:
     def num_relations(self) -> int:
         return len(self.relations)
 
-    def split(self, name: str) -> np.ndarray:
+    def split(self, name: str, nonempty: bool = False) -> np.ndarray:
+        """The triples of split ``name`` (n, 3); ``nonempty``: a split without triples is an error naming its file."""
         if name not in self.triples:
             raise ReprlabError(f"{self.path}: the knowledge graph has no {name!r} split "
                                f"(it has: {', '.join(self.triples) or 'none'})")
+        if nonempty and not len(self.triples[name]):
+            raise DataFormatError(f"no triples in the {name!r} split (head<TAB>relation<TAB>tail lines)",
+                                  str(Path(self.path or ".") / f"{name}.tsv"))
         return self.triples[name]
 
     def edges(self, splits=("train",)) -> np.ndarray:
@@ -93,25 +97,34 @@ class KnowledgeGraph:
         return out
 
 
+def _lines(path: Path):
+    """(line number, text) of a UTF-8 file; a line that is not UTF-8 is a DataFormatError at that line."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataFormatError(f"not UTF-8 text ({exc.reason} at byte {exc.start} of the line)",
+                                      str(path), n) from None
+
+
 def _tsv(path: Path, columns: int) -> list[tuple[int, list[str]]]:
     """(line number, fields) of a TSV file; a line with another number of fields is a DataFormatError."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if len(parts) != columns or not all(p.strip() for p in parts[: columns - 1]):
-                raise DataFormatError(f"expected {columns} tab-separated fields, got {len(parts)}: {line[:80]!r}",
-                                      str(path), n)
-            rows.append((n, [p.strip() for p in parts]))
+    for n, line in _lines(path):
+        line = line.rstrip("\n").rstrip("\r")
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != columns or not all(p.strip() for p in parts[: columns - 1]):
+            raise DataFormatError(f"expected {columns} tab-separated fields, got {len(parts)}: {line[:80]!r}",
+                                  str(path), n)
+        rows.append((n, [p.strip() for p in parts]))
     return rows
 
 
 def _ids(path: Path) -> list[tuple[int, str]]:
-    with open(path, encoding="utf-8") as f:
-        return [(n, line.strip()) for n, line in enumerate(f, 1) if line.strip()]
+    return [(n, line.strip()) for n, line in _lines(path) if line.strip()]
 
 
 def _texts(path: Path, what: str) -> dict[str, str]:
@@ -317,27 +330,26 @@ def read_linked_text(path: str | Path, kg: KnowledgeGraph) -> list[LinkedText]:
     import json
 
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                text, mentions = row["text"], [(int(a), int(b), str(e)) for a, b, e in row.get("mentions", [])]
-                entity = str(row.get("entity", ""))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise DataFormatError(f"expected {{\"text\", \"mentions\": [[start, end, entity], ...]}} ({exc})",
-                                      str(path), n) from exc
-            for a, b, e in mentions:
-                if e not in kg.entity_index:
-                    raise DataFormatError(f"unknown entity {e!r} in a mention", str(path), n)
-                if not 0 <= a < b <= len(text):
-                    raise DataFormatError(f"mention [{a}, {b}) is outside the text of {len(text)} characters",
-                                          str(path), n)
-            if entity and entity not in kg.entity_index:
-                raise DataFormatError(f"unknown entity {entity!r}", str(path), n)
-            out.append(LinkedText(kg.entity_index.get(entity, -1), text,
-                                  sorted((a, b, kg.entity_index[e]) for a, b, e in mentions)))
+    for n, line in _lines(Path(path)):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            text, mentions = row["text"], [(int(a), int(b), str(e)) for a, b, e in row.get("mentions", [])]
+            entity = str(row.get("entity", ""))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise DataFormatError(f"expected {{\"text\", \"mentions\": [[start, end, entity], ...]}} ({exc})",
+                                  str(path), n) from exc
+        for a, b, e in mentions:
+            if e not in kg.entity_index:
+                raise DataFormatError(f"unknown entity {e!r} in a mention", str(path), n)
+            if not 0 <= a < b <= len(text):
+                raise DataFormatError(f"mention [{a}, {b}) is outside the text of {len(text)} characters",
+                                      str(path), n)
+        if entity and entity not in kg.entity_index:
+            raise DataFormatError(f"unknown entity {entity!r}", str(path), n)
+        out.append(LinkedText(kg.entity_index.get(entity, -1), text,
+                              sorted((a, b, kg.entity_index[e]) for a, b, e in mentions)))
     if not out:
         raise DataFormatError("no linked texts", str(path))
     return out

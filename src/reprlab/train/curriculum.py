@@ -53,6 +53,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from reprlab.errors import ConfigError, DataFormatError
+from reprlab.io import read_utf8
 from reprlab.train.recipe import option
 
 
@@ -205,7 +206,7 @@ def read_scores(path: str | Path, n: int | None = None) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataFormatError("score file not found", path=str(path))
-    text = path.read_text()
+    text = read_utf8(path)
     higher = "harder"
     try:
         if path.suffix == ".json":
@@ -257,6 +258,9 @@ class CurriculumConfig:
         if self.sampling not in SAMPLINGS:
             raise ConfigError(f"unknown sampling {self.sampling!r}; choose one of: {', '.join(SAMPLINGS)}",
                               field="sampling")
+        if self.scores and self.ordering not in (Ordering.CURRICULUM.value, Ordering.ANTI.value):
+            raise ConfigError(f"a score file orders the examples only with the curriculum or anti-curriculum "
+                              f"ordering; the {self.ordering} ordering would ignore it", field="scores")
 
     @property
     def active(self) -> bool:

@@ -240,9 +240,11 @@ def _start(config: TrainConfig, state: TrainState, model, optimizer, scheduler, 
         folder = existing[-1][1]
         changed = config_changes(read_state(folder)["config"], dataclasses.asdict(config), config.allow_config_change)
         if changed:
-            raise ConfigError(f"the run in {output_dir} was started with other settings ({', '.join(changed)}); "
+            names = [k.removeprefix("extra.config.") for k in changed]  # a recipe's own fields, as typed
+            raise ConfigError(f"the run in {output_dir} was started with other settings ({', '.join(names)}); "
                               "resume with the same ones, name the change with allow_config_change "
-                              "(--allow-config-change), or choose a new output folder")
+                              f"(--allow-config-change {' '.join(n.rsplit('.', 1)[-1] for n in names)}), or choose "
+                              "a new output folder")
         load_checkpoint(folder, model, optimizer, scheduler, callbacks, state)
         logger.info(f"resumed from {folder} at step {state.step}")
     metrics_path = output_dir / config.metrics_file

@@ -14,14 +14,16 @@ language module alone as a sentence-encoder folder in ``OUT/model/encoder``.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from reprlab.encoder import Encoder, SentenceEncoder
+from reprlab.errors import ConfigError, DataFormatError
 from reprlab.hub import read_sentence_config, resolve_model_path
 from reprlab.io import atomic_open
 from reprlab.nn.kg import COMPOSITIONS
@@ -77,9 +79,11 @@ class JaketConfig(RecipeConfig):
         check(0.0 <= self.entity_mask_prob <= 1.0, "entity_mask_prob", f"must be in [0, 1], got {self.entity_mask_prob}")
         check(self.relation_batch >= 0 and self.category_batch >= 0, "relation_batch", "batches must be >= 0")
         self.loss_weights = [float(w) for w in self.loss_weights]
-        check(len(self.loss_weights) == 4 and all(w >= 0 for w in self.loss_weights), "loss_weights",
-              f"give 4 non-negative weights (mlm, entity, category, relation), got {self.loss_weights}")
-        check(self.km_lr > 0, "km_lr", f"must be positive, got {self.km_lr}")
+        check(len(self.loss_weights) == 4 and all(math.isfinite(w) and w >= 0 for w in self.loss_weights),
+              "loss_weights", f"give 4 non-negative weights (mlm, entity, category, relation), got {self.loss_weights}")
+        check(any(w > 0 for w in self.loss_weights), "loss_weights",
+              f"at least one weight must be positive (all zero trains nothing), got {self.loss_weights}")
+        check(math.isfinite(self.km_lr) and self.km_lr > 0, "km_lr", f"must be positive, got {self.km_lr}")
 
     def spec(self, kg: KnowledgeGraph, categories: list[str]) -> JaketSpec:
         return JaketSpec(self.lm1_layers, self.km_dim, self.km_layers, self.km_heads, self.composition,
@@ -118,7 +122,7 @@ class MemoryRefresh:
         if not self.cache:
             return None
         path = Path(self.cache)
-        if path.is_file():
+        if self.check_cache(path):
             with safe_open(str(path), framework="pt") as f:
                 if f.metadata() == self.cache_key:
                     logger.info(f"jaket: memory from the cache {path}")
@@ -131,6 +135,22 @@ class MemoryRefresh:
         with atomic_open(path, "wb", encoding=None) as f:
             f.write(_safetensors_bytes({"entities": vectors[0], "relations": vectors[1]}, self.cache_key))
         return vectors
+
+    @staticmethod
+    def check_cache(path: Path) -> bool:
+        """Whether the cache file exists; one that is a folder or not safetensors is an error."""
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"{path} is not a file (the safetensors cache of description vectors)",
+                              field="memory_cache")
+        if not path.is_file():
+            return False
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.metadata()
+        except (SafetensorError, OSError) as exc:
+            raise DataFormatError(f"not a safetensors cache of description vectors ({exc}); delete it to "
+                                  "encode anew", str(path)) from None
+        return True
 
     def on_train_start(self, state, model) -> None:
         if int(model.memory_version) == 0:
@@ -176,8 +196,12 @@ def category_labels(kg: KnowledgeGraph, categories: dict[str, str]) -> tuple[lis
 @register("pretrain jaket", JaketConfig, help="JAKET: joint pre-training of a knowledge-graph module and the encoder")
 def run_jaket(config: JaketConfig, callbacks: Sequence = (), stop_after: int | None = None) -> JaketResult:
     kg = read_kg(config.kg, config.descriptions)
+    kg.split("train", nonempty=True)  # the graph and the relation loss read the training triples
     texts = read_linked_text(config.text, kg) if config.text else link_mentions(kg)
     names, labels = category_labels(kg, read_categories(config.categories, kg)) if config.categories else ([], {})
+    if config.categories and not labels:
+        raise DataFormatError("no entity of the training triples has a category here, so the category loss would "
+                              "be empty (leave --categories out for no such loss)", str(config.categories))
     folder = resolve_model_path(config.model)
     tokenizer = Tokenizer.from_pretrained(folder)
     torch.manual_seed(config.train.seed)  # fresh KM and heads start alike in every run of a config
@@ -195,6 +219,8 @@ def run_jaket(config: JaketConfig, callbacks: Sequence = (), stop_after: int | N
         total, parts = m(batch, weights)
         return total, {f"loss_{k}": float(v.detach()) for k, v in parts.items()}
 
+    if config.memory_cache:
+        MemoryRefresh.check_cache(Path(config.memory_cache))  # before the run folder is made
     refresh = MemoryRefresh(tokenizer, kg, config.memory_refresh_every, config.memory_batch_size,
                             config.memory_cache, _cache_key(str(folder), spec, kg))
     state = train(model, texts, collate, loss_fn, config.loop_config("jaket"), [refresh, *callbacks],

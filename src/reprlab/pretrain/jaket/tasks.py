@@ -123,7 +123,8 @@ def link_prediction(vectors: KGVectors, kg: KnowledgeGraph, graph: bool = True, 
                     max_queries: int | None = None) -> dict:
     """Train a DistMult decoder (and the module) on ``kg``'s training triples; filtered ranking metrics on ``split``."""
     km, _ = knowledge_module(vectors, seed)
-    train_t = kg.split("train")
+    train_t = kg.split("train", nonempty=True)
+    kg.split(split, nonempty=True)  # the reported split is checked before training
     R, dim = kg.num_relations, vectors.km_shape[0]
     torch.manual_seed(seed)
     relation_w = nn.Parameter(torch.ones(2 * R, dim) + 0.1 * torch.randn(2 * R, dim))
@@ -153,7 +154,7 @@ def evaluate_links(km, relation_w, bias, vectors, kg, edges, split="test", max_q
     for h, r, t in kg.edges(tuple(kg.triples)):
         known_tails.setdefault((int(h), int(r)), set()).add(int(t))
         known_heads.setdefault((int(t), int(r)), set()).add(int(h))
-    test = kg.split(split)[:max_queries]
+    test = kg.split(split, nonempty=True)[:max_queries]
     ranks = []
     for s in range(0, len(test), 256):
         b = test[s:s + 256]
@@ -227,7 +228,7 @@ def category_prediction(vectors: KGVectors, kg: KnowledgeGraph, categories: dict
 def few_shot_triples(kg: KnowledgeGraph, shots: int, seed: int) -> np.ndarray:
     """``shots`` training triples of each relation (all of a relation's when it has fewer), seeded."""
     rng = np.random.default_rng(seed)
-    train_t = kg.split("train")
+    train_t = kg.split("train", nonempty=True)
     picked = []
     for r in range(kg.num_relations):
         rows = np.flatnonzero(train_t[:, 1] == r)
@@ -239,6 +240,7 @@ def relation_prediction(vectors: KGVectors, kg: KnowledgeGraph, shots: int = 5, 
                         seed: int = 0, split: str = "test", labelled: np.ndarray | None = None) -> dict:
     """Fine-tune the module and pair head on few labelled triples; accuracy of relation types on ``split``."""
     km, pair = knowledge_module(vectors, seed)
+    kg.split(split, nonempty=True)  # the reported split is checked before training
     few = few_shot_triples(kg, shots, seed) if labelled is None else np.asarray(labelled).reshape(-1, 3)
     if len(few) == 0:
         raise ConfigError("no labelled triples to fine-tune on", field="shots")
@@ -264,7 +266,7 @@ def relation_prediction(vectors: KGVectors, kg: KnowledgeGraph, shots: int = 5, 
 def evaluate_relations(km, pair, vectors, kg, graph_triples, split="test") -> dict:
     km.eval()
     z, g = _run_km(km, vectors, graph_triples)
-    test = kg.split(split)
+    test = kg.split(split, nonempty=True)
     h, r, t = (torch.as_tensor(test[:, i]) for i in range(3))
     pred = (pair(torch.cat([z[h], z[t], z[h] * z[t]], -1)) @ g.T).argmax(1)
     holds: dict[tuple[int, int], set[int]] = {}

@@ -53,6 +53,7 @@ logger = logging.getLogger("reprlab")
 FID_CONFIG_FILE = "fid_config.json"
 DECODER_FILE = "decoder.safetensors"
 IGNORE = -100  # label of padding positions
+MAX_BEAMS = 64  # beam search holds every passage's cross-attention keys and values once per beam
 
 
 def fid_input(question: str, title: str, text: str) -> str:
@@ -73,7 +74,8 @@ class FidConfig:
     def __post_init__(self):
         check(self.passage_max_length >= 8, "passage_max_length", f"must be at least 8, got {self.passage_max_length}")
         check(self.answer_max_length >= 1, "answer_max_length", f"must be at least 1, got {self.answer_max_length}")
-        check(self.num_beams >= 1, "num_beams", f"must be at least 1, got {self.num_beams}")
+        check(1 <= self.num_beams <= MAX_BEAMS, "num_beams", f"must be 1..{MAX_BEAMS} (the passages' keys and values "
+              f"are held once per beam), got {self.num_beams}")
         if self.decoder_layers is not None:
             self.decoder_layers = [int(i) for i in self.decoder_layers]
             check(len(self.decoder_layers) > 0 and min(self.decoder_layers) >= 0, "decoder_layers",
@@ -126,6 +128,9 @@ class FidReader(nn.Module):
         if self.config.passage_max_length > ec.max_position_embeddings:
             raise ConfigError(f"passage_max_length {self.config.passage_max_length} exceeds the encoder's "
                               f"{ec.max_position_embeddings} positions", field="passage_max_length")
+        if self.config.answer_max_length + 1 > ec.max_position_embeddings:  # [CLS] + the answer in the decoder
+            raise ConfigError(f"answer_max_length {self.config.answer_max_length} does not fit the encoder's "
+                              f"{ec.max_position_embeddings} positions (with [CLS])", field="answer_max_length")
         layers = self.config.decoder_layers or list(range(ec.num_layers))
         if max(layers) >= ec.num_layers:
             raise ConfigError(f"decoder_layers {layers} names a layer the {ec.num_layers}-layer encoder lacks",

@@ -113,8 +113,10 @@ class FidCollate:
         self.reader, self.n = reader, n_passages
 
     def __call__(self, items: Sequence[ReaderExample], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        # slots: n_passages, or fewer when no question of the batch has that many (a pool smaller than n)
+        n = min(self.n, max(len(it.passages) for it in items))
         batch = self.reader.featurize([it.question for it in items],
-                                      [[(t, c) for _, t, c in it.passages] for it in items], self.n)
+                                      [[(t, c) for _, t, c in it.passages] for it in items], n)
         answers = [it.answers[int(rng.integers(len(it.answers)))] for it in items]
         inputs, labels = self.reader.targets(answers)
         return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,

@@ -280,6 +280,7 @@ def run_reader_distill(config: ReaderDistillConfig, callbacks: Sequence = (), st
     if any(out.glob("iter-*/manifest.json")) and not config.train.resume:
         raise ConfigError(f"{out} already holds iterations; pass --resume to continue that run or choose a new "
                           "output folder", field="output_dir")
+    DualEncoder.from_pretrained(config.student, shared=True)  # a bad student folder fails before any stage runs
     run = _Run(config, callbacks, stop_after)
     recall, teacher = {}, {}
     if config.evaluate:

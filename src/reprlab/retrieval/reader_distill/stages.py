@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from reprlab.errors import ConfigError
+from reprlab.errors import ConfigError, DataFormatError
 from reprlab.io import atomic_write_json
 from reprlab.logs import progress
 from reprlab.retrieval.reader_distill.losses import distillation_loss
@@ -38,7 +38,14 @@ class Manifest:
         self.stages: dict[str, dict] = {}
         path = self.folder / MANIFEST
         if path.is_file():
-            recorded = json.loads(path.read_text(encoding="utf-8"))
+            try:
+                recorded = json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise DataFormatError(f"damaged ({exc}); delete {self.folder} to redo that iteration",
+                                      str(path)) from None
+            if not isinstance(recorded, dict) or not isinstance(recorded.get("stages", {}), dict):
+                raise DataFormatError(f"not an iteration manifest; delete {self.folder} to redo that iteration",
+                                      str(path))
             if recorded.get("settings") != settings:
                 old, new = recorded.get("settings", {}), settings
                 changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
