@@ -18,17 +18,19 @@ same activations; values must agree and the time is compared (median of 3 passes
 
 The CPU grid (the recorded run; 2 cores) cuts the paper's: 14 x 14 inputs (``pool_input=2``), 1/16 of
 the training set for the width and depth axes, a fixed budget of 350 optimizer steps of 128, widths
-x1, x2, x4 at depth 8 (x8 cut), depths 8, 20, 32, 44 at width x1 (56 and deeper cut), data sizes full,
-1/4, 1/16 at R8 x2 with the same steps (so the larger sets get fewer epochs), 2 seeds for R8 x1 and
-R44 x1 only, and CKA on 2,048 test images. ``--grid gpu`` is closer to the paper's and meant for one
+x0.5, x1, x2 at depth 8 (x4 and wider cut: R8 x4 alone is about 15 minutes here), depths 8, 20, 32, 44
+at width x1 (56 and deeper cut), data sizes full, 1/4, 1/16 at R8 x2 with the same steps (so the
+larger sets get fewer epochs), 2 seeds for R8 x1 and R44 x1 only, and CKA on 2,048 test images; the
+grid is in order of priority, and the recorded run's ``--train-budget-min`` cut its tail (the result
+lists the models cut). ``--grid gpu`` is closer to the paper's and meant for one
 GPU (not run so far): 28 x 28 inputs, 2,500 steps of 128; R26 at widths x1-x8 (2 seeds each); width
 x1 at depths 8-56; R26 x4 on full, 1/4 and 1/16 of the data. Both cut the paper's CIFAR-10, its widths
 to x10, depths to 110 and 300 epochs. ``--train-budget-min`` starts no new training after a time (the
 grid is in order of priority) and lists the models cut; ``--shard I/N`` trains a share of the grid
 (parallel processes) for a later run to reuse.
 
-    flock /tmp/reprlab-heavy.lock nice -n 5 python bench/cka.py --threads 2 --train-budget-min 10 \
-        --text-examples 512                                                        # the recorded CPU run
+    flock /tmp/reprlab-heavy.lock nice -n 5 python bench/cka.py --threads 2 --train-budget-min 6.5 \
+        --no-text                                                                  # the recorded CPU run
     python bench/cka.py --quick                                                    # smoke run, about a minute
 """
 
@@ -77,13 +79,13 @@ def grid(kind: str, quick: bool) -> tuple[list[Spec], dict]:
         d = [Spec(n, 1, 1.0, 0, "depth") for n in (56, 8, 38, 14)] + [Spec(56, 1, 1.0, 1, "depth")]
         f = [Spec(26, 4, fr, s, "data") for s in (0, 1) for fr in (1 / 16, 1 / 4)]
         return w + d + f, dict(steps=2500, batch_size=128, pool_input=1, reference=(26, 1.0))
-    # in order of priority (a --train-budget-min cut drops the last ones): one model per size first,
-    # then the second seeds, then the data axis
-    first = [Spec(8, 1, 1 / 16, 0, "width"), Spec(8, 2, 1 / 16, 0, "width"), Spec(8, 4, 1 / 16, 0, "width"),
-             Spec(20, 1, 1 / 16, 0, "depth"), Spec(44, 1, 1 / 16, 0, "depth")]
-    second = [Spec(8, 1, 1 / 16, 1, "width"), Spec(44, 1, 1 / 16, 1, "depth"), Spec(32, 1, 1 / 16, 0, "depth")]
-    data = [Spec(8, 2, fr, 0, "data") for fr in (1 / 4, 1.0)]
-    return first + second + data, dict(steps=350, batch_size=128, pool_input=2, reference=(8, 1 / 16))
+    # in order of priority (a --train-budget-min cut drops the last ones): the depth axis and its second
+    # seed first, then the width axis, then the data axis
+    first = [Spec(8, 1, 1 / 16, 0, "width"), Spec(8, 2, 1 / 16, 0, "width"), Spec(20, 1, 1 / 16, 0, "depth"),
+             Spec(44, 1, 1 / 16, 0, "depth"), Spec(44, 1, 1 / 16, 1, "depth"), Spec(8, 1, 1 / 16, 1, "width"),
+             Spec(8, 0.5, 1 / 16, 0, "width")]
+    later = [Spec(32, 1, 1 / 16, 0, "depth"), Spec(8, 2, 1.0, 0, "data"), Spec(8, 2, 1 / 4, 0, "data")]
+    return first + later, dict(steps=350, batch_size=128, pool_input=2, reference=(8, 1 / 16))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -99,6 +101,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--text-models", nargs="*", default=[], help="fine-tuned text encoders compared with MiniLM")
     p.add_argument("--text-examples", type=int, default=1024, help="SciFact abstracts the text CKA reads")
     p.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True, help="time ckatorch on the same work")
+    p.add_argument("--peer-model", default="r20-x1-f0.0625-s0", help="the model whose block outputs the ckatorch "
+                   "comparison reads (default: R20 x1 of the CPU grid; the widest model when it is not in the grid)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per model (default: the grid's)")
     p.add_argument("--shard", default=None, help="I/N: only train models I, I+N, ... of the grid, then stop (parallel "
                    "training; a run without --shard reuses the trained models)")
@@ -169,8 +173,9 @@ def main(argv=None) -> dict:
         records[name]["deletion"] = parts.guarded(errors, f"deletion {name}", parts.block_deletion, records[name],
                                                   test_x, test_y, args) or []
     text = (parts.guarded(errors, "text", parts.text_part, args) or []) if args.text else []
-    peer = parts.guarded(errors, "peer", parts.peer_comparison, records[largest[-1]], test_x, args) \
-        if args.peer and largest else None
+    peer_model = records.get(args.peer_model) or (records[largest[0]] if largest else None)
+    peer = parts.guarded(errors, "peer", parts.peer_comparison, peer_model, test_x, args) \
+        if args.peer and peer_model else None
     findings = parts.findings(records, seeds)
     figures = parts.guarded(errors, "plots", parts.plots, records, seeds, text, args, settings) or []
     table = parts.markdown(records, seeds, text, peer, findings, settings, args)

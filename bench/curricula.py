@@ -60,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--noise", type=float, nargs="+", default=list(NOISE))
+    p.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS),
+                   help="the step budgets run (shares of --steps)")
     p.add_argument("--budget-min", type=float, default=None, help="start no new image run after this many minutes "
                    "(seeds are the outer loop, so a cut costs the last seeds; the runs done are reported)")
     p.add_argument("--dpr-seeds", type=int, nargs="+", default=[0, 1])
@@ -114,11 +116,13 @@ def image_runs(args) -> list[dict]:
 
     rows, started = [], time.time()
     settings = [("standard", None)] + [(o, p) for o in ORDERINGS[1:] for p in PACINGS[:1 if args.quick else None]]
-    total = len(args.noise) * len(BUDGETS) * len(settings) * len(args.seeds)
+    total = len(args.noise) * len(args.budgets) * len(settings) * len(args.seeds)
     scores: dict = {}  # noise -> score file, computed when a run first needs it
     for seed in args.seeds:  # the outer loop: a time budget cuts whole seeds last
         for noise in args.noise:
             for budget, share in BUDGETS.items():
+                if budget not in args.budgets:
+                    continue
                 steps = max(2, round(share * args.steps))
                 for ordering, pacing in settings:
                     tag = "std" if pacing is None else f"{ordering}-{pacing[0]}-{pacing[1]:g}-{pacing[2]:g}"
@@ -153,7 +157,7 @@ def image_runs(args) -> list[dict]:
 
 
 def planned_runs(args) -> int:
-    return len(args.noise) * len(BUDGETS) * (1 + 3 * (1 if args.quick else len(PACINGS))) * len(args.seeds)
+    return len(args.noise) * len(args.budgets) * (1 + 3 * (1 if args.quick else len(PACINGS))) * len(args.seeds)
 
 
 def _mean_sd(xs):
