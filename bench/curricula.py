@@ -220,6 +220,9 @@ def plot_images(table: list[dict], path: Path) -> None:
         for j, budget in enumerate(budgets):
             ax = axes[i][j]
             cells = [t for t in table if t["noise"] == noise and t["budget"] == budget]
+            if not cells:  # a setting the run left out
+                ax.axis("off")
+                continue
             ax.bar(range(len(cells)), [100 * c["test"] for c in cells], yerr=[100 * c["test_sd"] for c in cells],
                    color=[colours[c["ordering"]] for c in cells], capsize=3)
             low = min(100 * c["test"] for c in cells)
