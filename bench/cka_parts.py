@@ -26,10 +26,22 @@ def largest(records: dict, axis: str) -> str | None:
     return max(cands, key=lambda r: (r["width"] ** 2 * r["depth"], r["depth"]))["name"] if cands else None
 
 
-def _load(record):
+def _load(record, device: str = "cpu"):
     from reprlab.analysis.cka_report import load_model
 
-    return load_model(record["model"])
+    loaded = load_model(record["model"])
+    loaded.module.to(device)
+    return loaded
+
+
+def guarded(errors: dict, what: str, fn, *args):
+    """``fn(*args)``, or None with the error recorded under ``what`` (one failed analysis keeps the others)."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - reported in the result, the run goes on
+        errors[what] = f"{type(exc).__name__}: {exc}"
+        print(f"{what} failed: {errors[what]}", flush=True)
+        return None
 
 
 def _blocks_of(matrix, threshold):
@@ -87,12 +99,13 @@ def _layer_features(model, layers, images, batch=256) -> list[torch.Tensor]:
     from reprlab.analysis.activations import LayerRecorder
 
     model.eval()
+    device = next(model.parameters()).device
     out = [[] for _ in layers]
     with LayerRecorder(model, layers, pool="mean") as rec:
         for start in range(0, len(images), batch):
-            model(images[start:start + batch])
+            model(images[start:start + batch].to(device))
             for i, a in enumerate(rec.outputs()):
-                out[i].append(a.float())
+                out[i].append(a.float().cpu())
     return [torch.cat(o) for o in out]
 
 
@@ -115,10 +128,10 @@ def _softmax_probe(train_f, train_y, test_f, test_y, l2=1e-3, iters=100) -> floa
         return float(((b @ w + bias).argmax(-1) == test_y).float().mean())
 
 
-def layer_probes(record, train_x, train_y, test_x, test_y, quick: bool) -> list[float]:
+def layer_probes(record, train_x, train_y, test_x, test_y, args) -> list[float]:
     """Linear-probe test accuracy of every layer (spatial-mean features; 5,000 training / 2,000 test images)."""
-    n_train, n_test = (512, 256) if quick else (5000, 2000)
-    model = _load(record)
+    n_train, n_test = (512, 256) if args.quick else (5000, 2000)
+    model = _load(record, args.device)
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(train_x), generator=g)[:n_train]
     tr = _layer_features(model.module, model.layers, train_x[idx])
@@ -129,12 +142,12 @@ def layer_probes(record, train_x, train_y, test_x, test_y, quick: bool) -> list[
 
 
 @torch.no_grad()
-def block_deletion(record, test_x, test_y, quick: bool) -> list[dict]:
+def block_deletion(record, test_x, test_y, args) -> list[dict]:
     """Test accuracy (2,000 images) with each identity-shortcut residual block removed, no retraining."""
     from reprlab.analysis.image_classifier import predict
 
-    n = 256 if quick else 2000
-    model = _load(record).module
+    n = 256 if args.quick else 2000
+    model = _load(record, args.device).module
     base = predict(model, test_x[:n], test_y[:n])[0]
     layer_index = {name: i for i, name in enumerate(record["layers"])}
     in_block = {i for b in record.get("blocks", []) for i in range(b["start"], b["end"] + 1)}
@@ -184,37 +197,50 @@ def text_part(args) -> list[dict]:
 
 
 def peer_comparison(record, test_x, args) -> dict:
-    """The layer x layer minibatch CKA of one model's block outputs: ours vs ckatorch on the same activations."""
+    """The layer x layer minibatch CKA of one model's block outputs: ours vs ckatorch on the same activations,
+    on ``args.device`` (and on the CPU too when that is a GPU). Both sides get the activations already on
+    the device; a pass ends when its matrix is on the host."""
     from reprlab.analysis.activations import LayerRecorder
-    from reprlab.analysis.cka import linear_cka, minibatch_cka
+    from reprlab.analysis.cka import cka, gram_linear, minibatch_cka
 
     ckatorch = __import__("ckatorch")
-    loaded = _load(record)
+    loaded = _load(record, args.device)
     model = loaded.module.eval()
     layers = [n for n in loaded.layers if not n.endswith("act1")]
     n = 256 if args.quick else 512
     batch = args.cka_batch
-    acts: list[list[torch.Tensor]] = []
+    acts: list[list[torch.Tensor]] = []  # per minibatch: per layer (batch, features) on the host
     with torch.no_grad(), LayerRecorder(model, layers) as rec:
         for start in range(0, n, batch):
-            model(test_x[start:start + batch])
-            acts.append([a.float() for a in rec.outputs()])
+            model(test_x[start:start + batch].to(args.device))
+            acts.append([a.float().flatten(1).cpu() for a in rec.outputs()])
+    grams = [gram_linear(torch.cat([b[i] for b in acts]).to(args.device)) for i in range(len(layers))]  # (n, n) each
+    full = np.array([[cka(gx, gy, debiased=True) for gy in grams] for gx in grams])  # the full-data reference
+    del grams
+    out = {"model": record["name"], "layers": len(layers), "examples": n, "batch": batch, "by_device": {}}
+    for device in dict.fromkeys([args.device, "cpu"]):
+        on = [[a.to(device) for a in b] for b in acts]
+        stacked = [torch.stack([b[i] for b in on]) for i in range(len(layers))]  # (batches, batch, d) per layer
 
-    def ours():
-        return minibatch_cka(acts).a
+        def ours():
+            return minibatch_cka(on, device=device).a
 
-    def peer():
-        stacked = [torch.stack([b[i] for b in acts]) for i in range(len(layers))]  # (batches, n, d) per layer
-        return np.array([[float(ckatorch.cka_batch(x, y)) for y in stacked] for x in stacked])
+        def peer():
+            return np.array([[float(ckatorch.cka_batch(x, y)) for y in stacked] for x in stacked])
 
-    timings = common.timed_interleaved({"reprlab": ours, "ckatorch": peer}, repeat=3, warmup=0)
-    a, b = timings["reprlab"].result, timings["ckatorch"].result
-    full = np.array([[linear_cka(torch.cat([bb[i] for bb in acts]), torch.cat([bb[j] for bb in acts]), debiased=True)
-                      for j in range(len(layers))] for i in range(len(layers))])
-    return {"model": record["name"], "layers": len(layers), "examples": n, "batch": batch,
+        sync = torch.cuda.synchronize if device == "cuda" else None
+        timings = common.timed_interleaved({"reprlab": ours, "ckatorch": peer}, repeat=3, warmup=int(device != "cpu"),
+                                           sync=sync)
+        a, b = timings["reprlab"].result, timings["ckatorch"].result
+        out["by_device"][device] = {
             "max_abs_diff": float(np.abs(a - b).max()), "max_abs_diff_full_data": float(np.abs(a - full).max()),
             "reprlab_s": timings["reprlab"].rounded(), "ckatorch_s": timings["ckatorch"].rounded(),
             "speedup": round(timings["ckatorch"]["median"] / timings["reprlab"]["median"], 2)}
+        print(f"peer on {device}: {out['by_device'][device]}", flush=True)
+        del on, stacked
+    out.update(out["by_device"][args.device])  # the headline: the device the bench ran on
+    out["device"] = args.device
+    return out
 
 
 # ----------------------------------------------------------------------------- findings, figures, table
@@ -244,7 +270,7 @@ def findings(records: dict, seeds: list[dict]) -> dict:
     }
 
 
-def plots(records: dict, seeds: list[dict], text: list[dict], args, largest_names) -> list[str]:
+def plots(records: dict, seeds: list[dict], text: list[dict], args, settings: dict) -> list[str]:
     from reprlab.errors import require
 
     require("matplotlib", "plot")
@@ -255,12 +281,17 @@ def plots(records: dict, seeds: list[dict], text: list[dict], args, largest_name
 
     suffix = "-quick" if args.quick else ""
     written = []
-    rows = [("width", sorted((r for r in records.values() if r["seed"] == 0 and r["axis"] in ("width", "depth")
-                              and r["depth"] == 8 and r["fraction"] != 1), key=lambda r: r["width"])),
-            ("depth", sorted((r for r in records.values() if r["seed"] == 0 and r["width"] == 1), key=lambda r: r["depth"])),
-            ("data", sorted((r for r in records.values() if r["seed"] == 0 and r["depth"] == 8 and r["width"] == 2),
-                            key=lambda r: -r["fraction"]))]
+    depth0, fraction0 = settings["reference"]  # the width axis' depth and data share
+    seed0 = [r for r in records.values() if r["seed"] == 0]
+    data_axis = [r for r in seed0 if r["axis"] == "data"]
+    dw = (data_axis[0]["depth"], data_axis[0]["width"]) if data_axis else None
+    rows = [("width", sorted((r for r in seed0 if r["depth"] == depth0 and r["fraction"] == fraction0
+                              and r["axis"] in ("width", "depth")), key=lambda r: r["width"])),
+            ("depth", sorted((r for r in seed0 if r["width"] == 1 and r["fraction"] == fraction0), key=lambda r: r["depth"])),
+            ("data", sorted((r for r in seed0 if dw and (r["depth"], r["width"]) == dw), key=lambda r: -r["fraction"]))]
     rows = [(axis, rs) for axis, rs in rows if rs]
+    if not rows:
+        return written
     cols = max(len(rs) for _, rs in rows)
     fig, axes = plt.subplots(len(rows), cols, figsize=(3.0 * cols, 2.9 * len(rows)), squeeze=False)
     for i, (axis, rs) in enumerate(rows):
@@ -311,6 +342,15 @@ def plots(records: dict, seeds: list[dict], text: list[dict], args, largest_name
     return written
 
 
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "?"
+
+
 def _save(fig, name: str) -> str:
     import matplotlib.pyplot as plt
 
@@ -336,11 +376,17 @@ def markdown(records, seeds, text, peer, found, settings, args) -> str:
     lines += ["", "| finding | number |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in found.items() if k != "share_of_layers_in_blocks"]
     if peer:
-        lines += ["", f"Peer: layer x layer minibatch CKA of {peer['model']} ({peer['layers']} layers, "
-                  f"{peer['examples']} images in minibatches of {peer['batch']}): reprlab "
-                  f"{peer['reprlab_s']['median']:.2f} s vs ckatorch {peer['ckatorch_s']['median']:.2f} s (median of 3), "
-                  f"speed-up {peer['speedup']}x; max |difference| {peer['max_abs_diff']:.2e}; minibatch vs full-data "
-                  f"CKA max |difference| {peer['max_abs_diff_full_data']:.3f}."]
+        lines += ["", f"Peer (ckatorch {_version('ckatorch')}): layer x layer minibatch CKA of {peer['model']} "
+                  f"({peer['layers']} block outputs, {peer['examples']} test images in minibatches of {peer['batch']}), "
+                  "median of 3 passes (min-max):", "",
+                  "| device | reprlab s | ckatorch s | speed-up | max abs difference | vs full-data CKA |",
+                  "|---|---|---|---|---|---|"]
+        for device, p in peer["by_device"].items():
+            lines.append(f"| {device} | {p['reprlab_s']['median']:.4f} ({p['reprlab_s']['min']:.4f}-"
+                         f"{p['reprlab_s']['max']:.4f}) | {p['ckatorch_s']['median']:.4f} ({p['ckatorch_s']['min']:.4f}-"
+                         f"{p['ckatorch_s']['max']:.4f}) | {p['speedup']}x | {p['max_abs_diff']:.2e} | "
+                         f"{p['max_abs_diff_full_data']:.3f} |")
+        lines.append("")
     for t in text:
         extra = f", CKA with MiniLM layer by layer {t['diagonal_with_minilm']}" if "diagonal_with_minilm" in t else ""
         lines.append(f"Text: {Path(t['model']).name}: blocks {[(b['start'], b['end']) for b in t['blocks']]}, "

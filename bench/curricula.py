@@ -18,7 +18,11 @@ positive (curriculum), its reverse and random with the same pacing; nDCG@10 on t
 DPR recipe has no curriculum option, because ``retrieval.dpr`` may not import another method module
 (``train.curriculum``) under the architecture rules.
 
-    flock /tmp/reprlab-heavy.lock nice -n 5 python bench/curricula.py --threads 1     # the recorded run
+``--budget-min`` starts no new image run after a time; the seeds are the outer loop, so a cut costs the
+last seeds' runs, and the result counts the runs done against ``runs_planned``.
+
+    flock /tmp/reprlab-heavy.lock nice -n 5 python bench/curricula.py --parts images --threads 2 \
+        --budget-min 10.5                                                                # the recorded run
     python bench/curricula.py --quick                                                   # smoke run
 """
 
@@ -56,6 +60,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--noise", type=float, nargs="+", default=list(NOISE))
+    p.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS),
+                   help="the step budgets run (shares of --steps)")
+    p.add_argument("--budget-min", type=float, default=None, help="start no new image run after this many minutes "
+                   "(seeds are the outer loop, so a cut costs the last seeds; the runs done are reported)")
     p.add_argument("--dpr-seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--dpr-epochs", type=float, default=1.0)
     p.add_argument("--dpr-passage-length", type=int, default=128)
@@ -88,7 +96,7 @@ def scores_for(args, noise: float) -> Path:
     path = args.work_dir / f"scores-noise{noise:g}.json"
     if path.is_file():
         return path
-    config = _image_config(args, args.work_dir / "scoring", noise, args.steps, 0)
+    config = _image_config(args, args.work_dir / f"scoring-noise{noise:g}", noise, args.steps, 0)
     data = load_training_images(config)
     t0 = time.time()
     loop = config.loop_config("scoring")
@@ -97,7 +105,7 @@ def scores_for(args, noise: float) -> Path:
     atomic_write_json(path, {"scores": scores.tolist(), "higher": "harder", "seconds": round(time.time() - t0, 1),
                              "noisy_mean_rank": float(np.argsort(np.argsort(scores))[noisy].mean() / len(scores))
                              if noisy.any() else None})
-    shutil.rmtree(args.work_dir / "scoring", ignore_errors=True)
+    shutil.rmtree(args.work_dir / f"scoring-noise{noise:g}", ignore_errors=True)
     return path
 
 
@@ -106,22 +114,28 @@ def image_runs(args) -> list[dict]:
     from reprlab.analysis.image_classifier import run_image_classifier
     from reprlab.train.curriculum import CurriculumConfig
 
-    rows = []
+    rows, started = [], time.time()
     settings = [("standard", None)] + [(o, p) for o in ORDERINGS[1:] for p in PACINGS[:1 if args.quick else None]]
-    total = len(args.noise) * len(BUDGETS) * len(settings) * len(args.seeds)
-    for noise in args.noise:
-        scores = scores_for(args, noise)
-        for budget, share in BUDGETS.items():
-            steps = max(2, round(share * args.steps))
-            for ordering, pacing in settings:
-                for seed in args.seeds:
+    total = len(args.noise) * len(args.budgets) * len(settings) * len(args.seeds)
+    scores: dict = {}  # noise -> score file, computed when a run first needs it
+    for seed in args.seeds:  # the outer loop: a time budget cuts whole seeds last
+        for noise in args.noise:
+            for budget, share in BUDGETS.items():
+                if budget not in args.budgets:
+                    continue
+                steps = max(2, round(share * args.steps))
+                for ordering, pacing in settings:
                     tag = "std" if pacing is None else f"{ordering}-{pacing[0]}-{pacing[1]:g}-{pacing[2]:g}"
                     out = args.work_dir / "runs" / f"noise{noise:g}-{budget.replace('/', 'of')}-{tag}-s{seed}"
                     done = out / "results.json"
+                    if not done.is_file() and args.budget_min is not None and time.time() - started > 60 * args.budget_min:
+                        continue
                     if not done.is_file():
+                        if pacing is not None and noise not in scores:
+                            scores[noise] = scores_for(args, noise)
                         curriculum = CurriculumConfig() if pacing is None else CurriculumConfig(
                             ordering=ordering, pacing=pacing[0], pacing_a=pacing[1], pacing_b=pacing[2],
-                            scores=str(scores))
+                            scores=str(scores[noise]))
                         t0 = time.time()
                         shutil.rmtree(out, ignore_errors=True)
                         run_image_classifier(_image_config(args, out, noise, steps, seed, curriculum=curriculum))
@@ -136,8 +150,14 @@ def image_runs(args) -> list[dict]:
                                  "seconds": result.get("seconds")})
                     if len(rows) % 20 == 0 or len(rows) == total:
                         print(f"[{len(rows)}/{total}] noise {noise} {budget} {tag} s{seed}: test "
-                              f"{result['test_accuracy']:.4f}", flush=True)
+                              f"{result['test_accuracy']:.4f} ({time.time() - started:.0f} s)", flush=True)
+    if len(rows) < total:
+        print(f"{total - len(rows)} of {total} runs cut by the time budget", flush=True)
     return rows
+
+
+def planned_runs(args) -> int:
+    return len(args.noise) * len(args.budgets) * (1 + 3 * (1 if args.quick else len(PACINGS))) * len(args.seeds)
 
 
 def _mean_sd(xs):
@@ -200,6 +220,9 @@ def plot_images(table: list[dict], path: Path) -> None:
         for j, budget in enumerate(budgets):
             ax = axes[i][j]
             cells = [t for t in table if t["noise"] == noise and t["budget"] == budget]
+            if not cells:  # a setting the run left out
+                ax.axis("off")
+                continue
             ax.bar(range(len(cells)), [100 * c["test"] for c in cells], yerr=[100 * c["test_sd"] for c in cells],
                    color=[colours[c["ordering"]] for c in cells], capsize=3)
             low = min(100 * c["test"] for c in cells)
@@ -323,8 +346,9 @@ def main(argv=None) -> dict:
         table = select(rows)
         found = image_findings(table)
         path = common.RESULTS / f"curricula{'-quick' if args.quick else ''}.png"
-        plot_images(table, path)
-        figures.append(str(path.relative_to(common.REPO)))
+        if table:
+            plot_images(table, path)
+            figures.append(str(path.relative_to(common.REPO)))
     if "dpr" in args.parts:
         dpr = dpr_part(args)
     text = markdown(table, found, dpr, args)
@@ -332,7 +356,7 @@ def main(argv=None) -> dict:
     scores = {p.name: json.loads(p.read_text()).get("noisy_mean_rank") for p in sorted(args.work_dir.glob("scores-*"))}
     record = common.write_result("curricula", {
         "benchmark": "curricula", "args": common.settings(args), "torch_threads": torch.get_num_threads(),
-        "runs": rows, "selected": table, "findings": found, "dpr": dpr, "figures": figures, "table": text,
+        "runs": rows, "runs_planned": planned_runs(args) if "images" in args.parts else 0, "selected": table, "findings": found, "dpr": dpr, "figures": figures, "table": text,
         "noisy_examples_mean_difficulty_rank": scores, "wall_s": round(time.time() - started, 1)}, args, argv)
     if args.append:
         common.append_benchmarks(common.section("When do curricula work? (`bench/curricula.py`)", record, text))

@@ -70,3 +70,27 @@ def test_learned_epoch_scoring_curriculum_and_test_accuracy(tmp_path):
     x = torch.rand(5, 1, 28, 28)
     acc, losses, correct = predict(model, x, torch.zeros(5, dtype=torch.long))
     assert losses.shape == (5,) and acc == pytest.approx(np.mean(correct))
+
+
+def test_evaluation_stays_on_the_training_device(tmp_path, monkeypatch):
+    """The dev and test images are scored where the model trained, not after a move to the CPU (a wide ResNet
+    trained on a GPU takes minutes on a CPU for 10k test images)."""
+    import reprlab.analysis.image_classifier as ic
+
+    data = _images(tmp_path, n=64)
+    seen = []
+    real_predict = ic.predict
+
+    def predict_spy(model, x, y, batch_size=512):
+        seen.append(next(model.parameters()).device)
+        return real_predict(model, x, y, batch_size)
+
+    def no_move(self):
+        raise AssertionError("the trained model was moved to the CPU for evaluation")
+
+    monkeypatch.setattr(ic, "predict", predict_spy)
+    monkeypatch.setattr(ResNet, "cpu", no_move)
+    result = run_image_classifier(ImageClassifierConfig(output_dir=str(tmp_path / "run"), data=data, depth=8,
+                                                        width=0.25, dev_fraction=0.3, max_steps=2, batch_size=16,
+                                                        device="cpu"))
+    assert result.dev_accuracy is not None and seen == [torch.device("cpu")]
