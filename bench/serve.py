@@ -10,7 +10,7 @@ requests and stops early at ``--max-seconds``; each level runs ``--repeat`` (>= 
 median requests/s and the latency percentiles over all its requests are kept. Client and server
 share the machine's cores, as they would on one host.
 
-    python bench/serve.py                 # SciFact (5,183 documents, 300 test queries), CPU
+    python bench/serve.py                 # SciFact (5,183 documents, its 300 judged test queries), CPU
     python bench/serve.py --backend onnx-int8
     python bench/serve.py --quick         # 300 documents, 60 queries, short levels
 
@@ -72,7 +72,7 @@ def prepare(args):
     data = load_beir(args.data, split="test")
     if args.quick:
         data = common.subsample(data, 60, 240)
-    queries = list(data.queries.values())
+    queries = eval_queries(data)
     folder = args.work_dir / f"index-{Path(str(args.model)).name}-{len(data.corpus)}"
     if not (folder / "retriever.json").is_file():
         retriever = DenseRetriever.from_model(args.model, batch_size=args.batch_size)
@@ -82,6 +82,12 @@ def prepare(args):
             index_from_vectors(retriever, data.corpus, args.doc_vectors)
         retriever.save(folder)
     return folder, queries
+
+
+def eval_queries(data) -> list[str]:
+    """The texts of the judged queries of the split (``load_beir`` returns every query of queries.jsonl: for
+    SciFact 1,109, of which 300 are judged in test), so the service and the library get the same queries."""
+    return [data.queries[q] for q in sorted(data.judged_queries())]
 
 
 def index_from_vectors(retriever, corpus, path: Path) -> None:

@@ -88,3 +88,15 @@ def test_serve_bench_builds_its_index_from_cached_vectors(tiny_beir, tiny_model_
     np.savez(tmp_path / "w.npz", doc_ids=np.array(ids[::-1]), docs=vectors[::-1])
     with pytest.raises(SystemExit, match="not the corpus' ids"):
         serve_bench.index_from_vectors(cached, corpus, tmp_path / "w.npz")
+
+
+def test_serve_bench_loads_the_judged_test_queries_only():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import serve as serve_bench
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    data = BeirDataset(corpus={"d0": {"title": "", "text": "a"}},
+                       queries={"q2": "second", "q1": "first", "train-only": "not judged in test"},
+                       qrels={"q1": {"d0": 1}, "q2": {"d0": 1}})
+    assert serve_bench.eval_queries(data) == ["first", "second"]
