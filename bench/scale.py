@@ -41,14 +41,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 parents=[common.bench_options(threads=2, append=False, device=None,
                                                               work_dir="/tmp/reprlab-bench-scale")])
-    p.add_argument("--part", choices=("all", "encode", "index"), default="all")
+    p.add_argument("--part", choices=("all", "encode", "index", "vectors"), default="all",
+                   help="vectors: only encode and cache SciFact's MiniLM vectors in --work-dir (as part index does)")
     p.add_argument("--data", type=Path, default=common.data_path("scifact", "beir", check=False))
     p.add_argument("--encode-docs", type=int, default=1000, help="SciFact documents in the timed encode comparison")
     p.add_argument("--shard-size", type=int, default=250, help="passages per shard in the encode comparison")
     p.add_argument("--n", type=int, default=1_000_000, help="vectors in the simulated base (synthetic + real)")
     p.add_argument("--components", type=int, default=64, help="Gaussian mixture components of the document model")
+    p.add_argument("--gmm-iter", type=int, default=100, help="EM iterations of the mixture fits (after k-means)")
+    p.add_argument("--train-queries", type=int, default=0,
+                   help="SciFact train queries on the dev side (0 = all 809; a seeded sample otherwise)")
     p.add_argument("--synthetic-queries", type=int, default=1000)
     p.add_argument("--nlist", type=int, default=4096)
+    p.add_argument("--flat", nargs="+", default=["fp32", "fp16", "sq8"], choices=("fp32", "fp16", "sq8"),
+                   help="flat codecs (fp32 is the exact reference and always runs)")
+    p.add_argument("--pq-m", type=int, nargs="+", default=[96, 192], help="IVF-PQ sub-quantisers (bytes per code)")
+    p.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64, 128])
+    p.add_argument("--bits", type=int, nargs="+", default=[512, 1024], help="SimHash code lengths")
+    p.add_argument("--rerank-depths", type=int, nargs="+", default=[300, 1000],
+                   help="candidates of the binary codes reranked exactly")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--hnsw", action="store_true", help="include HNSW32 (its 1M build takes ~15 min on 2 cores)")
     p.add_argument("--local-shards", action="store_true", help="also time the local engine writing shards")
@@ -58,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.encode_docs, args.shard_size, args.n, args.components = 40, 10, 20_000, 8
         args.synthetic_queries, args.nlist, args.hnsw, args.local_shards = 100, 64, True, True
+    if "fp32" not in args.flat:
+        args.flat = ["fp32", *args.flat]
     args.work_dir.mkdir(parents=True, exist_ok=True)
     return args
 
@@ -156,11 +169,16 @@ def scifact_vectors(args, train, test) -> dict:
     return out
 
 
-def mixture(x: np.ndarray, components: int, seed: int = 0):
+def mixture(x: np.ndarray, components: int, max_iter: int = 100, seed: int = 0):
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
 
-    return GaussianMixture(components, covariance_type="tied", max_iter=100, reg_covar=1e-5,
-                           random_state=seed).fit(x)
+    with warnings.catch_warnings():  # a capped --gmm-iter stops before convergence on purpose
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return GaussianMixture(components, covariance_type="tied", max_iter=max_iter, reg_covar=1e-5,
+                               random_state=seed).fit(x)
 
 
 def sample(model, n: int, seed: int) -> np.ndarray:
@@ -182,8 +200,8 @@ def sample(model, n: int, seed: int) -> np.ndarray:
 def build_base(args, vec) -> dict:
     """The base (synthetic + the real documents at random positions) and the query sets."""
     t0 = time.time()
-    docs_model = mixture(vec["docs"], args.components)
-    query_model = mixture(vec["train"], max(2, args.components // 4))
+    docs_model = mixture(vec["docs"], args.components, args.gmm_iter)
+    query_model = mixture(vec["train"], max(2, args.components // 4), args.gmm_iter)
     n_real = len(vec["docs"])
     base = sample(docs_model, args.n, seed=1)
     rng = np.random.default_rng(2)
@@ -194,8 +212,15 @@ def build_base(args, vec) -> dict:
     synthetic_q = sample(query_model, args.synthetic_queries, seed=3)
     print(f"[index] base of {args.n} vectors ({n_real} real) in {time.time() - t0:.0f} s", file=sys.stderr)
     return {"x": base, "ids": ids, "real": where,
-            "queries": {"dev": np.concatenate([vec["train"], synthetic_q]), "test": vec["test"]},
+            "queries": {"dev": np.concatenate([train_queries(args, vec["train"]), synthetic_q]), "test": vec["test"]},
             "synthetic_q": synthetic_q}
+
+
+def train_queries(args, train: np.ndarray) -> np.ndarray:
+    """The SciFact train queries of the dev side: all, or a seeded sample of ``--train-queries``."""
+    if not 0 < args.train_queries < len(train):
+        return train
+    return train[np.sort(np.random.default_rng(6).choice(len(train), size=args.train_queries, replace=False))]
 
 
 def realism(vec, base) -> dict:
@@ -257,15 +282,16 @@ def faiss_bytes(index, n: int) -> float:
     return float(serialize(index).size) / n
 
 
-def flat_settings(x) -> list:
+def flat_settings(x, codecs=("fp32", "fp16", "sq8")) -> list:
     import faiss
 
     out = []
-    for family, make in (("Flat fp32", lambda: faiss.IndexFlatIP(DIM)),
-                         ("Flat fp16", lambda: faiss.IndexScalarQuantizer(DIM, faiss.ScalarQuantizer.QT_fp16,
-                                                                          faiss.METRIC_INNER_PRODUCT)),
-                         ("Flat SQ8 (Qdrant scalar)", lambda: faiss.IndexScalarQuantizer(
-                             DIM, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT))):
+    makers = {"fp32": ("Flat fp32", lambda: faiss.IndexFlatIP(DIM)),
+              "fp16": ("Flat fp16", lambda: faiss.IndexScalarQuantizer(DIM, faiss.ScalarQuantizer.QT_fp16,
+                                                                       faiss.METRIC_INNER_PRODUCT)),
+              "sq8": ("Flat SQ8 (Qdrant scalar)", lambda: faiss.IndexScalarQuantizer(
+                  DIM, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT))}
+    for family, make in (makers[c] for c in codecs):
         t0 = time.time()
         index = make()
         index.train(x[:200_000])
@@ -444,8 +470,9 @@ def part_index(args, train, test) -> dict:
           f"{time.time() - t0:.0f} s", file=sys.stderr)
     x = base["x"]
     rows = []
-    makers = [flat_settings] + ([hnsw_settings] if args.hnsw else []) + [lambda x: ivfpq_settings(x, args.nlist),
-                                                                         binary_settings]
+    makers = [lambda x: flat_settings(x, args.flat)] + ([hnsw_settings] if args.hnsw else []) + [
+        lambda x: ivfpq_settings(x, args.nlist, ms=args.pq_m, nprobes=args.nprobe),
+        lambda x: binary_settings(x, bits_list=args.bits, depths=args.rerank_depths)]
     for make in makers:
         settings = make(x)
         rows += measure(settings, base, truth, vec, test.qrels, args.repeat)
@@ -460,6 +487,7 @@ def part_index(args, train, test) -> dict:
     goal = [r for r in rows if r["chosen_on_dev"] and r["memory_vs_flat"] <= 1 / 8 and r["recall10_test"] >= 0.95
             and abs(r["ndcg_gap"]) <= 0.005 and ("PQ" in r["family"] or "bits" in r["family"])]
     return {**common.stamp(), "n": args.n, "real_docs": len(vec["docs"]), "dim": DIM, "components": args.components,
+            "gmm_iter": args.gmm_iter,
             "queries": {"dev": len(base["queries"]["dev"]), "test": len(base["queries"]["test"])},
             "nlist": args.nlist, "threads": args.threads, "realism": realism(vec, base), "rows": rows,
             "chosen_on_dev": chosen, "goal_met_by": [r["setting"] for r in goal]}
@@ -524,16 +552,21 @@ def main(argv=None) -> dict:
         print(plan_tables(record))
         return record
     train, test = load(args)
-    record = {"settings": common.settings(args)}
+    if args.part == "vectors":
+        vec = scifact_vectors(args, train, test)
+        print(f"[vectors] {len(vec['docs'])} documents, {len(vec['train'])} + {len(vec['test'])} queries cached in "
+              f"{args.work_dir}", file=sys.stderr)
+        return vec
     path = common.result_path("scale", args)
+    # a one-part run keeps the other part of an earlier run (read before any write of this run)
+    kept = {} if args.part == "all" else {k: v for k, v in common.read_result(path).items() if k in ("encode", "index")}
+    record = {"settings": common.settings(args), **kept}
     if args.part in ("all", "index"):
         record["index"] = part_index(args, train, test)
         plot(record["index"]["rows"], path.with_suffix(".png"), args.n)
         common.write_result("scale", record, args, argv)  # kept if the encode part fails
     if args.part in ("all", "encode"):
         record["encode"] = part_encode(args, test.corpus)
-    if args.part != "all":  # keep the other part of an earlier run
-        record = {**{k: v for k, v in common.read_result(path).items() if k in ("encode", "index")}, **record}
     record = common.write_result("scale", record, args, argv)
     print(markdown(record))
     return record

@@ -10,7 +10,7 @@ requests and stops early at ``--max-seconds``; each level runs ``--repeat`` (>= 
 median requests/s and the latency percentiles over all its requests are kept. Client and server
 share the machine's cores, as they would on one host.
 
-    python bench/serve.py                 # SciFact (5,183 documents, 300 test queries), CPU
+    python bench/serve.py                 # SciFact (5,183 documents, its 300 judged test queries), CPU
     python bench/serve.py --backend onnx-int8
     python bench/serve.py --quick         # 300 documents, 60 queries, short levels
 
@@ -53,6 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64, help="batch size of the in-process encoder and "
                         "the service's largest batch")
     parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--doc-vectors", type=Path, default=None,
+                        help="an .npz of the corpus' vectors from the same model (arrays doc_ids and docs, as "
+                        "bench/scale.py caches them in its --work-dir): the index is built from them instead of "
+                        "encoding the corpus again (the vectors must list the corpus' ids in its order)")
     args = common.parse(parser, argv)
     common.require(args.data, "--data")
     if args.quick:
@@ -68,13 +72,36 @@ def prepare(args):
     data = load_beir(args.data, split="test")
     if args.quick:
         data = common.subsample(data, 60, 240)
-    queries = list(data.queries.values())
+    queries = eval_queries(data)
     folder = args.work_dir / f"index-{Path(str(args.model)).name}-{len(data.corpus)}"
     if not (folder / "retriever.json").is_file():
         retriever = DenseRetriever.from_model(args.model, batch_size=args.batch_size)
-        retriever.index_corpus(data.corpus, show_progress=True)
+        if args.doc_vectors is None:
+            retriever.index_corpus(data.corpus, show_progress=True)
+        else:
+            index_from_vectors(retriever, data.corpus, args.doc_vectors)
         retriever.save(folder)
     return folder, queries
+
+
+def eval_queries(data) -> list[str]:
+    """The texts of the judged queries of the split (``load_beir`` returns every query of queries.jsonl: for
+    SciFact 1,109, of which 300 are judged in test), so the service and the library get the same queries."""
+    return [data.queries[q] for q in sorted(data.judged_queries())]
+
+
+def index_from_vectors(retriever, corpus, path: Path) -> None:
+    """Fill ``retriever``'s exact index with the cached vectors of ``corpus`` (what ``index_corpus`` would encode)."""
+    from reprlab.retrieval.index import FaissIndex
+
+    saved = np.load(path)
+    ids = list(corpus)
+    if [str(i) for i in saved["doc_ids"]] != ids:
+        raise SystemExit(f"--doc-vectors {path}: its doc_ids are not the corpus' ids in the corpus' order")
+    vectors = np.ascontiguousarray(saved["docs"], dtype=np.float32)  # (N, d)
+    retriever.index = FaissIndex(vectors.shape[1])
+    retriever.index.add(ids, vectors)
+    retriever.docs = {i: {"title": corpus[i].get("title", ""), "text": corpus[i].get("text", "")} for i in ids}
 
 
 def in_process(args, folder: Path, queries: list[str]) -> dict:
@@ -162,33 +189,44 @@ async def load(port: int, queries: list[str], users: int, n: int, k: int, max_se
     return {"requests": len(out), "ok": len(ok), "seconds": seconds, "rps": len(ok) / seconds, "latency_s": ok}
 
 
+def batch_counts(port: int) -> tuple[int, int]:
+    """(batches, texts) the service's query batcher has encoded so far (from ``GET /stats``)."""
+    with urllib.request.urlopen(f"http://{HOST}:{port}/stats", timeout=10) as response:
+        stats = json.loads(response.read())
+    return int(stats["batches"]), int(stats["batched_texts"])
+
+
 def run_levels(args, port: int, queries: list[str]) -> list[dict]:
     rows = []
     asyncio.run(load(port, queries, 4, 40, args.k, 30))  # warm-up
     for users in args.levels:
+        before = batch_counts(port)
         passes = [asyncio.run(load(port, queries, users, args.requests, args.k, args.max_seconds))
                   for _ in range(args.repeat)]
+        after = batch_counts(port)
         ms = np.array([s for p in passes for s in p.pop("latency_s")]) * 1000
         rps = [p["rps"] for p in passes]
         rows.append({"concurrency": users, "rps": statistics.median(rps), "rps_passes": [round(r, 2) for r in rps],
                      "spread": (max(rps) - min(rps)) / statistics.median(rps), "failed": sum(p["requests"] - p["ok"]
                                                                                           for p in passes),
                      "requests": sum(p["requests"] for p in passes),
+                     "mean_batch": (after[1] - before[1]) / max(1, after[0] - before[0]),
                      **{f"p{q}_ms": float(np.percentile(ms, q)) for q in (50, 95, 99)}})
         print(f"concurrency {users}: {rows[-1]['rps']:.1f} req/s, p50 {rows[-1]['p50_ms']:.1f} ms, "
-              f"p99 {rows[-1]['p99_ms']:.1f} ms", file=sys.stderr)
+              f"p99 {rows[-1]['p99_ms']:.1f} ms, mean batch {rows[-1]['mean_batch']:.1f}", file=sys.stderr)
     return rows
 
 
 def markdown(record: dict) -> str:
     base = record["in_process"]["qps"]
-    lines = [f"| caller | concurrency | queries/s | vs in-process | p50 ms | p95 ms | p99 ms | failed |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| library, in-process batch (batch {record['batch_size']}) | - | {base:.1f} | 1.00x | - | - | - | - |"]
+    lines = ["| caller | concurrency | queries/s (spread) | vs in-process | p50 ms | p95 ms | p99 ms | mean batch | "
+             "failed |", "|---|---|---|---|---|---|---|---|---|",
+             f"| library, in-process batch (batch {record['batch_size']}) | - | {base:.1f} "
+             f"({record['in_process']['timing']['spread']:.0%}) | 1.00x | - | - | - | {record['batch_size']} | - |"]
     for r in record["service"]:
-        lines.append(f"| reprlab serve ({record['backend']}) | {r['concurrency']} | {r['rps']:.1f} | "
-                     f"{r['rps'] / base:.2f}x | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
-                     f"{r['failed']} |")
+        lines.append(f"| reprlab serve ({record['backend']}) | {r['concurrency']} | {r['rps']:.1f} "
+                     f"({r['spread']:.0%}) | {r['rps'] / base:.2f}x | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
+                     f"{r['mean_batch']:.1f} | {r['failed']} |")
     return "\n".join(lines)
 
 

@@ -64,3 +64,39 @@ def test_serve_bench_quick(tiny_beir, tiny_model_dir, tmp_path):
     assert [r["concurrency"] for r in record["service"]] == [1, 4]
     assert all(r["failed"] == 0 and r["requests"] == 3 * 24 and r["rps"] > 0 for r in record["service"])
     assert record["in_process"]["qps"] > 0 and record["command"].startswith("python bench/serve.py")
+
+
+def test_serve_bench_builds_its_index_from_cached_vectors(tiny_beir, tiny_model_dir, tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import serve as serve_bench
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    from reprlab.retrieval.dense import DenseRetriever
+    from reprlab.text.beir import load_beir
+
+    corpus = load_beir(tiny_beir, split="test").corpus
+    encoded = DenseRetriever.from_model(str(tiny_model_dir), batch_size=8)
+    ids, vectors = encoded.encode_corpus(corpus, show_progress=False)
+    encoded.index_corpus(corpus, show_progress=False)
+    cached = DenseRetriever.from_model(str(tiny_model_dir))
+    np.savez(tmp_path / "v.npz", doc_ids=np.array(ids), docs=vectors)
+    serve_bench.index_from_vectors(cached, corpus, tmp_path / "v.npz")
+    probe = vectors[:5] + 0.01
+    assert cached.index.search(probe, 4)[1].tolist() == encoded.index.search(probe, 4)[1].tolist()
+    assert cached.docs == encoded.docs
+    np.savez(tmp_path / "w.npz", doc_ids=np.array(ids[::-1]), docs=vectors[::-1])
+    with pytest.raises(SystemExit, match="not the corpus' ids"):
+        serve_bench.index_from_vectors(cached, corpus, tmp_path / "w.npz")
+
+
+def test_serve_bench_loads_the_judged_test_queries_only():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import serve as serve_bench
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    data = BeirDataset(corpus={"d0": {"title": "", "text": "a"}},
+                       queries={"q2": "second", "q1": "first", "train-only": "not judged in test"},
+                       qrels={"q1": {"d0": 1}, "q2": {"d0": 1}})
+    assert serve_bench.eval_queries(data) == ["first", "second"]
