@@ -247,7 +247,7 @@ def wait_for_no_ray(since: float, seconds: float = 30.0) -> list:
     return left
 
 
-@pytest.mark.slow
+# not slow (~20 s): CI runs it, the test extra installs ray
 def test_ray_shards_equal_the_single_process_vectors_and_resume(tmp_path, tiny_model_dir):
     pytest.importorskip("ray")
     corpus = make_corpus()
