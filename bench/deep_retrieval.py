@@ -62,10 +62,44 @@ def options(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3, help="training seeds of the headline comparison")
     p.add_argument("--sizes", default="10000,100000,1000000", help="synthetic catalogue sizes")
     p.add_argument("--passes", type=int, default=3, help="timed passes (>= 3)")
+    g = p.add_argument_group("grids and sizes (to fit a time budget; the defaults are the full run)")
+    g.add_argument("--tt-grid", default="0.003:10:0,0.003:20:0,0.001:20:256,0.003:20:256,0.003:40:256",
+                   help="two-tower settings tried on validation, lr:epochs:negatives (0 negatives: full softmax)")
+    g.add_argument("--dr-schedules", default="0.003:10,0.003:20",
+                   help="DR lr:epochs tried on validation (D=2, J=1, no penalty, B=20, reranker)")
+    g.add_argument("--dr-shapes", default="2:1,2:3,3:1,3:3", help="DR shapes D:J (K: the smallest with K^D >= N)")
+    g.add_argument("--dr-alphas", default="0.001,0.01,0.1", help="size-penalty weights tried on validation (and 0)")
+    g.add_argument("--beams", default="10,20,50", help="B values served")
+    g.add_argument("--scaling-examples", type=int, default=300_000, help="synthetic training examples per size")
+    g.add_argument("--scaling-epochs", type=float, default=2, help="epochs on the synthetic examples")
+    g.add_argument("--scaling-alphas", default="0.001,0.01,0.1",
+                   help="size-penalty weights tried on validation at the smallest synthetic size")
     args = common.parse(p, argv)
+    if args.passes < common.MIN_PASSES:
+        p.error(f"--passes {args.passes}: a timing takes at least {common.MIN_PASSES} passes")
     if args.quick:
         args.seeds, args.sizes = 1, "2000,8000"
+        args.tt_grid, args.dr_schedules, args.dr_shapes, args.dr_alphas = "0.003:1:256", "0.003:1", "2:1", "0.01"
+        args.beams, args.scaling_examples, args.scaling_epochs, args.scaling_alphas = "10,20", 20_000, 1, "0"
+    try:
+        args.tt_grid = [(float(a), float(e), int(n)) for a, e, n in _triples(args.tt_grid, 3)]
+        args.dr_schedules = [(float(a), float(e)) for a, e in _triples(args.dr_schedules, 2)]
+        args.dr_shapes = [(int(d), int(j)) for d, j in _triples(args.dr_shapes, 2)]
+        args.dr_alphas = [float(a) for a in args.dr_alphas.split(",")]
+        args.scaling_alphas = [float(a) for a in args.scaling_alphas.split(",")]
+        args.beams = [int(b) for b in args.beams.split(",")]
+    except ValueError as exc:
+        p.error(f"a grid option is malformed ({exc}); see --help for the format")
     return args
+
+
+def _triples(text: str, size: int) -> list[list[str]]:
+    """``"a:b,c:d"`` -> [["a", "b"], ["c", "d"]], each of ``size`` fields."""
+    out = [item.split(":") for item in text.split(",") if item.strip()]
+    bad = [":".join(x) for x in out if len(x) != size]
+    if bad or not out:
+        raise ValueError(f"{text!r}: want comma-separated items of {size} colon-separated fields")
+    return out
 
 
 # ----------------------------------------------------------------------------- training
@@ -165,20 +199,20 @@ def movielens_baselines(data, args, work: Path) -> tuple[list[dict], dict, TwoTo
     pop = data.popularity()
     rows.append({"method": "popularity", "setting": "training counts",
                  **measure(lambda b: popularity_topk(pop, b, 50), data, "test", args.passes)})
-    grid = [(3e-3, 1, 256)] if args.quick else [(3e-3, 10, 0), (3e-3, 20, 0), (1e-3, 20, 256), (3e-3, 20, 256),
-                                                 (3e-3, 40, 256)]
-    val = {}
+    grid = args.tt_grid
+    val, trained = {}, {}
     for lr, epochs, negatives in grid:
-        model, _ = fit_two_tower(data, work / "two-tower", lr=lr, epochs=epochs, seed=0, negatives=negatives)
+        model, seconds = fit_two_tower(data, work / "two-tower", lr=lr, epochs=epochs, seed=0, negatives=negatives)
+        trained[(lr, epochs, negatives)] = (model, seconds)
         val[(lr, epochs, negatives)] = quality(brute(model), data, "val")
         print(f"two-tower lr {lr} epochs {epochs} negatives {negatives}: val {val[(lr, epochs, negatives)]}",
               flush=True)
     lr, epochs, negatives = max(val, key=lambda k: val[k]["recall@20"])
     chosen["two_tower"] = {"lr": lr, "epochs": epochs, "negatives": negatives, "val": val[(lr, epochs, negatives)],
                            "grid": {f"lr={a} epochs={e} negatives={n}": v for (a, e, n), v in val.items()}}
-    tt, seconds = fit_two_tower(data, work / "two-tower", lr=lr, epochs=epochs, seed=0, negatives=negatives)
+    tt, seconds = trained[(lr, epochs, negatives)]  # seed 0: the grid's model is the one to report
     softmax = f"{negatives} sampled negatives" if negatives else "full softmax"
-    rows.append({"method": "two-tower brute force", "setting": f"lr {lr}, {epochs} epochs, {softmax}",
+    rows.append({"method": "two-tower brute force", "setting": f"lr {lr}, {epochs:g} epochs, {softmax}",
                  "train_s": round(seconds, 1), **measure(brute(tt), data, "test", args.passes)})
     nlist = round(math.sqrt(data.num_items))
     ivf = IVFTwoTower(tt, nlist=nlist)
@@ -214,12 +248,11 @@ def implicit_rows(data, args, chosen: dict) -> list[dict]:
 
 
 def dr_grid(args) -> tuple[list[tuple[int, int]], list[float], list[tuple[float, float]], list[int]]:
-    if args.quick:
-        return [(2, 1)], [0.01], [(3e-3, 1)], [10, 20]
-    return [(2, 1), (2, 3), (3, 1), (3, 3)], [1e-3, 1e-2, 1e-1], [(3e-3, 10), (3e-3, 20)], [10, 20, 50]
+    return args.dr_shapes, args.dr_alphas, args.dr_schedules, args.beams
 
 
-def movielens_dr(data, args, work: Path, chosen: dict) -> list[dict]:
+def movielens_dr(data, args, work: Path, chosen: dict, models: dict) -> list[dict]:
+    """The DR rows; ``models`` gets the seed-0 models by (D, J, alpha), for the headline."""
     shapes, alphas, schedules, beams = dr_grid(args)
     n = data.num_items
     base = dict(negatives=256, batch_size=256, weight_decay=0.0, warmup_ratio=0.0, max_grad_norm=None)
@@ -233,10 +266,10 @@ def movielens_dr(data, args, work: Path, chosen: dict) -> list[dict]:
         return fit_dr(data, work / "dr", model_config(depth, paths, seed), alpha=alpha, lr=lr, epochs=epochs, **base)
 
     # the learning rate and epochs, on validation, for D = 2, J = 1, no penalty (B = 20, reranker)
-    val = {}
+    val, first = {}, {}
     for lr, epochs in schedules:
-        model, _, _ = train_one(2, 1, 0.0, lr, epochs)
-        val[(lr, epochs)] = quality(dr_recommender(model, 20, True), data, "val")
+        first[(lr, epochs)] = train_one(2, 1, 0.0, lr, epochs)
+        val[(lr, epochs)] = quality(dr_recommender(first[(lr, epochs)][0], 20, True), data, "val")
         print(f"DR lr {lr} epochs {epochs}: val {val[(lr, epochs)]}", flush=True)
     lr, epochs = max(val, key=lambda k: val[k]["recall@20"])
     chosen["dr_schedule"] = {"lr": lr, "epochs": epochs, "grid": {f"lr={a} epochs={e}": v for (a, e), v in val.items()}}
@@ -244,7 +277,11 @@ def movielens_dr(data, args, work: Path, chosen: dict) -> list[dict]:
     for depth, paths in shapes:
         trained = {}
         for alpha in [0.0, *alphas]:
-            model, seconds, stats = train_one(depth, paths, alpha, lr, epochs)
+            if (depth, paths, alpha) == (2, 1, 0.0):  # trained above with this schedule and seed
+                model, seconds, stats = first[(lr, epochs)]
+            else:
+                model, seconds, stats = train_one(depth, paths, alpha, lr, epochs)
+            models[(depth, paths, alpha)] = model
             trained[alpha] = (model, seconds, stats, quality(dr_recommender(model, 20, True), data, "val"))
             print(f"DR D={depth} J={paths} alpha={alpha}: val {trained[alpha][3]}, paths {stats}", flush=True)
         best = max(alphas, key=lambda a: trained[a][3]["recall@20"])
@@ -262,8 +299,9 @@ def movielens_dr(data, args, work: Path, chosen: dict) -> list[dict]:
     return rows
 
 
-def headline(data, args, work: Path, chosen: dict, dr_rows: list[dict]) -> dict:
-    """The DR row chosen on validation among those scoring <= 20% of the items, against brute force, over seeds."""
+def headline(data, args, work: Path, chosen: dict, dr_rows: list[dict], tt0: TwoTower, models: dict) -> dict:
+    """The DR row chosen on validation among those scoring <= 20% of the items, against brute force, over seeds
+    (seed 0: the models already trained with the chosen settings, ``tt0`` and ``models``)."""
     n = data.num_items
     eligible = [r for r in dr_rows if r["val"]["items_scored"] <= 0.2 * n]
     pick = max(eligible or dr_rows, key=lambda r: r["val"]["recall@20"])  # none eligible: the goal is not met
@@ -272,10 +310,14 @@ def headline(data, args, work: Path, chosen: dict, dr_rows: list[dict]) -> dict:
                 lr=chosen["dr_schedule"]["lr"], epochs=chosen["dr_schedule"]["epochs"], alpha=pick["alpha"])
     dr_hits, tt_hits, dr_recall, tt_recall, scored = [], [], [], [], []
     for seed in range(args.seeds):
-        tt, _ = fit_two_tower(data, work / "two-tower", lr=tt_setting["lr"], epochs=tt_setting["epochs"], seed=seed,
-                              negatives=tt_setting["negatives"])
-        config = DRModelConfig(num_items=n, depth=pick["D"], width=pick["K"], paths_per_item=pick["J"], seed=seed)
-        model, _, _ = fit_dr(data, work / "dr", config, **base)
+        if seed == 0:
+            tt, model = tt0, models[(pick["D"], pick["J"], pick["alpha"])]
+        else:
+            tt, _ = fit_two_tower(data, work / "two-tower", lr=tt_setting["lr"], epochs=tt_setting["epochs"],
+                                  seed=seed, negatives=tt_setting["negatives"])
+            config = DRModelConfig(num_items=n, depth=pick["D"], width=pick["K"], paths_per_item=pick["J"], seed=seed)
+            model, _, _ = fit_dr(data, work / "dr", config, **base)
+        print(f"headline seed {seed} trained", flush=True)
         rec = dr_recommender(model, pick["B"], pick["reranker"], prior=torch.from_numpy(data.popularity()).float())
         tt_hits.append(per_user_hits(brute(tt), data, "test"))
         dr_hits.append(per_user_hits(rec, data, "test"))
@@ -294,24 +336,25 @@ def headline(data, args, work: Path, chosen: dict, dr_rows: list[dict]) -> dict:
 def part_movielens(args) -> dict:
     data = load_leave_last_out(common.require(args.data, "MovieLens-100k"))
     work = args.work_dir / "movielens"
-    rows, chosen, _ = movielens_baselines(data, args, work)
-    dr_rows = movielens_dr(data, args, work, chosen)
+    rows, chosen, tt = movielens_baselines(data, args, work)
+    models: dict = {}
+    dr_rows = movielens_dr(data, args, work, chosen, models)
     return {"items": data.num_items, "users": data.num_users, "test_users": len(data.examples("test")),
             "train_pairs": len(data.examples("train")), "rows": rows + dr_rows, "chosen_on_validation": chosen,
-            "headline": headline(data, args, work, chosen, dr_rows)}
+            "headline": headline(data, args, work, chosen, dr_rows, tt, models)}
 
 
 # ----------------------------------------------------------------------------- scaling
 
 
-def part_scaling(args) -> dict:
+def part_scaling(args, save=None) -> dict:
+    """The scaling points; ``save(part)`` is called after each size (the record so far)."""
     sizes = [int(x) for x in args.sizes.split(",")]
-    examples = 20_000 if args.quick else 300_000
-    epochs = 1 if args.quick else 2
+    examples, epochs = args.scaling_examples, args.scaling_epochs
     settings = dict(lr=3e-3, epochs=epochs, batch_size=1024, negatives=1024, weight_decay=0.0, warmup_ratio=0.0,
                     max_grad_norm=None)
-    alphas = [0.0] if args.quick else [1e-3, 1e-2, 1e-1]
-    points, alpha = [], None
+    alphas = args.scaling_alphas
+    points, alpha, alpha_val = [], None, {}
     for n in sizes:
         cat = SyntheticCatalogue(num_items=n, train_examples=examples, eval_examples=1000 if args.quick else 2000,
                                  seed=0)
@@ -326,13 +369,17 @@ def part_scaling(args) -> dict:
         config = DRModelConfig(num_items=n, depth=depth, width=width, paths_per_item=1, user_input="features",
                                feature_dim=cat.feature_dim, dim=32, hidden=128, node_dim=16)
         if alpha is None:  # the penalty, on validation, at the smallest size; kept for the larger ones
-            val = {}
+            val, fitted = {}, {}
             for a in alphas:
-                model, _, stats = fit_dr(cat, work / "dr", config, alpha=a, **settings)
-                val[a] = quality(dr_recommender(model, 50, True), cat, "val")
-                print(f"synthetic {n}: alpha {a}: val {val[a]} paths {stats}", flush=True)
+                fitted[a] = fit_dr(cat, work / "dr", config, alpha=a, **settings)
+                val[a] = quality(dr_recommender(fitted[a][0], 50, True), cat, "val")
+                print(f"synthetic {n}: alpha {a}: val {val[a]} paths {fitted[a][2]}", flush=True)
             alpha = max(val, key=lambda a: val[a]["recall@20"])
-        dr, dr_seconds, stats = fit_dr(cat, work / "dr", config, alpha=alpha, **settings)
+            alpha_val = {str(a): v for a, v in val.items()}
+            dr, dr_seconds, stats = fitted.pop(alpha)
+            fitted.clear()
+        else:
+            dr, dr_seconds, stats = fit_dr(cat, work / "dr", config, alpha=alpha, **settings)
         nlist = int(math.sqrt(n))  # k-means on 256 x nlist vectors: minutes at 1M items on one core
         ivf = IVFTwoTower(tt, nlist=nlist)
         nprobe = max(1, round(nlist / 50))  # about 2% of the lists
@@ -351,7 +398,9 @@ def part_scaling(args) -> dict:
         print(f"synthetic {n}: {point}", flush=True)
         points.append(point)
         shutil.rmtree(work, ignore_errors=True)
-    return {"points": points, "alpha_chosen_on_validation_at": sizes[0]}
+        if save is not None:
+            save({"points": points, "alpha_chosen_on_validation_at": sizes[0], "alpha_val": alpha_val})
+    return {"points": points, "alpha_chosen_on_validation_at": sizes[0], "alpha_val": alpha_val}
 
 
 def plot(scaling: dict, path: Path) -> None:
@@ -440,9 +489,14 @@ def main(argv=None) -> None:
     stamp = {"command": common.command_line(argv), "date": time.strftime("%Y-%m-%d")}
     if "movielens" in parts:
         record["movielens"] = {**stamp, **part_movielens(args)}
+        common.write_result(NAME, record, args, argv)  # kept if the scaling part is cut short
     if "scaling" in parts:
-        record["scaling"] = {**stamp, **part_scaling(args)}
-        plot(record["scaling"], path.with_name(path.stem + "_scaling.png"))
+        def save(part: dict) -> None:
+            record["scaling"] = {**stamp, **part}
+            common.write_result(NAME, record, args, argv)
+            plot(record["scaling"], path.with_name(path.stem + "_scaling.png"))
+
+        save(part_scaling(args, save))
     written = common.write_result(NAME, record, args, argv)
     path.with_name(path.stem + "-tables.md").write_text(tables(written))
 
