@@ -606,13 +606,20 @@ def plot(record: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(record["datasets"])
-    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 4.5), squeeze=False)
     for ax, name in zip(axes[0], names):
-        rows = record["datasets"][name]["recall"]
+        d = record["datasets"][name]
+        rows = d["recall"]
         labels = list(rows)
-        ax.barh(labels, [rows[r]["recall@5"] for r in labels], color="tab:blue")
-        ax.set_xlim(0, 1)
-        ax.set_title(f"{name}: gold recall@5 ({record['side']} side)")
+        y = np.arange(len(labels))
+        for i, k in enumerate(KS):
+            bars = ax.barh(y + (i - 1) * 0.27, [rows[r][f"recall@{k}"] for r in labels], height=0.27,
+                           label=f"recall@{k}")
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+        ax.set_yticks(y, labels)
+        ax.set_xlim(0, 1.1)
+        ax.set_title(f"{name}: gold recall, {record['side']} side ({d['questions']} questions, pool {d['pool']})")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=len(KS), fontsize=8)
         ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
