@@ -105,7 +105,7 @@ def options() -> argparse.ArgumentParser:
     g.add_argument("--read-k", type=int, default=10, help="passages the reader reads in the EM/F1 rows")
     g.add_argument("--read-questions", type=int, default=None,
                    help="questions of the reported side the reader answers in the EM/F1 rows and the preliminary "
-                   "test (the first ones; default: all; recall is always over all of them)")
+                   "test (the first ones; default: all; 0: no reader rows; recall is always over all of them)")
     g.add_argument("--probe-k", type=int, nargs="+", default=[1, 2, 5])
     g.add_argument("--probe-candidates", type=int, default=20)
     return p
@@ -518,7 +518,7 @@ def evaluate_dataset(args, name: str, path: Path, fid_model: Path | None, retrie
     out["recall"] = {**recall, **{k: v for k, v in recorded.items() if k not in recall}}
     out["recall"] = dict(sorted(out["recall"].items(), key=row_key))
     out["against_minilm"] = paired_differences(rankings, questions, ks=KS)
-    reader = FidReader.from_pretrained(fid_model) if fid_model else None
+    reader = FidReader.from_pretrained(fid_model) if fid_model and args.read_questions != 0 else None
     if reader is not None:
         k = 2 if args.quick else args.read_k
         read = questions[: args.read_questions] if args.read_questions else questions
