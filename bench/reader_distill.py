@@ -76,6 +76,11 @@ def options() -> argparse.ArgumentParser:
     g.add_argument("--passage-max-length", type=int, default=160)
     g.add_argument("--fid-bf16", action=argparse.BooleanOptionalAction, default=False,
                    help="train the FiD reader under bfloat16 autocast")
+    g.add_argument("--fid-from", type=Path, default=None,
+                   help="use this FiD reader instead of training one: a checkpoint folder of `reprlab train fid` "
+                   "(OUT/checkpoints/checkpoint-N, its trainer_state.json beside the weights) or its OUT/model; "
+                   "it must have been trained with the same split fractions, on files that include the reported ones "
+                   "(checked), so that no reported question was trained on")
     g = p.add_argument_group("distillation")
     g.add_argument("--first-retriever", default="bm25")
     g.add_argument("--iterations", type=int, default=3)
@@ -93,8 +98,14 @@ def options() -> argparse.ArgumentParser:
     g.add_argument("--ext-iterations", type=int, default=1)
     g.add_argument("--ext-signal", choices=("span", "question-attention"), default="span")
     g.add_argument("--dpr-epochs", type=float, default=3.0)
+    g.add_argument("--max-questions", type=int, default=None,
+                   help="training questions per file for distillation and DPR (the first ones of the train side; "
+                   "default: all)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--read-k", type=int, default=10, help="passages the reader reads in the EM/F1 rows")
+    g.add_argument("--read-questions", type=int, default=None,
+                   help="questions of the reported side the reader answers in the EM/F1 rows and the preliminary "
+                   "test (the first ones; default: all; 0: no reader rows; recall is always over all of them)")
     g.add_argument("--probe-k", type=int, nargs="+", default=[1, 2, 5])
     g.add_argument("--probe-candidates", type=int, default=20)
     return p
@@ -105,7 +116,7 @@ def options() -> argparse.ArgumentParser:
 
 def data_files(args) -> dict[str, Path]:
     """The two files, or (``--quick``) small copies: 40 HotpotQA questions, XQuAD's first two articles."""
-    files = {name: common.data_path(*parts) for name, parts in DATA_FILES.items() if name in args.datasets}
+    files = {name: common.data_path(*DATA_FILES[name]) for name in dict.fromkeys(args.datasets)}  # in the given order
     if not args.quick:
         return files
     out = args.work_dir / "data"
@@ -157,8 +168,53 @@ def loop_args(args, **kw) -> dict:
 # ----------------------------------------------------------------------------- readers
 
 
+def fid_recipe_settings(source: Path) -> tuple[dict, dict]:
+    """(the `reprlab train fid` config a FiD checkpoint or model folder was trained with, the training state:
+    step and total steps, or {} for a finished model)."""
+    if (source / "trainer_state.json").is_file():  # a training-loop checkpoint
+        state = json.loads((source / "trainer_state.json").read_text())
+        return state["config"]["extra"]["config"], {"step": state["step"], "total_steps": state["total_steps"]}
+    config = source.parent / "train_config.json"  # OUT/model: the loop's config is in OUT
+    if not config.is_file():
+        sys.exit(f"--fid-from {source}: no trainer_state.json there and no train_config.json beside it, so the "
+                 "split it was trained on cannot be checked")
+    return json.loads(config.read_text())["extra"]["config"], {}
+
+
+def imported_fid_reader(args, files) -> tuple[Path, dict]:
+    """``--fid-from``: the reader as a FiD model folder, after checking it never trained on a reported question."""
+    import torch
+    from safetensors.torch import load_model
+
+    from reprlab.qa.fid import FidConfig, FidReader
+
+    source = args.fid_from.resolve()
+    trained, state = fid_recipe_settings(source)
+    wanted = dict(eval_fraction=args.eval_fraction, dev_fraction=args.dev_fraction)
+    found = dict(eval_fraction=trained["eval_fraction"], dev_fraction=trained["dev_fraction"])
+    if found != wanted or not set(map(str, files.values())) <= set(trained["data"]):
+        found["data"], wanted["data"] = sorted(trained["data"]), sorted(map(str, files.values()))
+        sys.exit(f"--fid-from {source} was trained with {found}, this run reports on {wanted}")
+    weights = source / "model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    info = {"from": str(source), "sha256": digest, **state, "recipe": trained}
+    if not state:  # already a model folder
+        return source, info
+    folder = stage_dir(args, "fid-imported", {"from": str(source), "sha256": digest})
+    if not (folder / "model").is_dir():
+        torch.manual_seed(0)
+        reader = FidReader.from_encoder(trained.get("model", "minilm"), FidConfig.from_dict(trained["fid"]))
+        load_model(reader, str(weights))  # strict: every tensor of the reader, nothing else
+        reader.save_pretrained(folder / "model")
+    return folder / "model", info
+
+
 def train_fid_reader(args, files) -> Path:
     from reprlab.qa.fid import FidConfig, FidTrainingConfig, run_fid
+
+    if args.fid_from is not None:
+        model, args.fid_info = imported_fid_reader(args, files)
+        return model
 
     fid = FidConfig(passage_max_length=48 if args.quick else args.passage_max_length, answer_max_length=24,
                     decoder_layers=[0] if args.quick else None)
@@ -242,7 +298,7 @@ def distill(args, name: str, path: Path, reader: Path, kind: str) -> tuple[Path,
                   iterations=2 if args.quick else iterations, candidates=3 if args.quick else args.candidates,
                   sample=2 if args.quick else args.sample, loss=args.loss, temperature=args.temperature,
                   passage_max_length=args.distill_passage_length, eval_fraction=args.eval_fraction,
-                  dev_fraction=args.dev_fraction, ks=list(KS), scoring=score)
+                  dev_fraction=args.dev_fraction, ks=list(KS), scoring=score, max_questions=args.max_questions)
     folder = stage_dir(args, f"{name}-distill-{kind}", {k: str(v) for k, v in config.items()} | {
         "epochs": args.distill_epochs, "lr": args.distill_lr, "batch": args.distill_batch_size})
     t0 = time.time()
@@ -261,11 +317,14 @@ def train_dpr(args, name: str, path: Path) -> Path:
 
     settings = dict(data=str(path), epochs=args.dpr_epochs, eval=args.eval_fraction, dev=args.dev_fraction,
                     length=args.distill_passage_length, quick=args.quick, encoder=args.encoder, bf16=args.bf16)
+    if args.max_questions:
+        settings["max_questions"] = args.max_questions
     folder = stage_dir(args, f"{name}-dpr", settings)
     if (folder / "run" / "model").is_dir():
         return folder / "run" / "model"
     data = load_open_qa(path)
-    train_q = [q for q in data.split(args.eval_fraction, args.dev_fraction).train if q.gold]
+    train_q = data.split(args.eval_fraction, args.dev_fraction).train
+    train_q = [q for q in train_q[: args.max_questions] if q.gold]  # the questions distillation trains on
     ranked = rank_pool("bm25", data.corpus, train_q, 30)
 
     def passage(d):
@@ -417,6 +476,30 @@ def recall_rows(args, data, questions, retrievers: dict) -> tuple[dict, dict]:
     return rows, rankings
 
 
+def paired_differences(rankings: dict, questions, base: str = "minilm", ks=(5,), resamples: int = 2000) -> dict:
+    """Each retriever against ``base`` on the same questions: the mean per-question gold-recall difference at k,
+    its 95% paired-bootstrap interval (questions resampled, seed 0), and the questions won / lost. One trained
+    model per row, so this is the spread over questions, not over training seeds."""
+    from reprlab.qa.open_qa import gold_recall
+
+    judged = [q for q in questions if q.gold]
+    rng = np.random.default_rng(0)
+    draws = rng.integers(0, len(judged), size=(resamples, len(judged)))
+    out = {}
+    for name, ranking in rankings.items():
+        if name == base or base not in rankings:
+            continue
+        for k in ks:
+            diff = np.array([gold_recall(ranking[q.id], q.gold, k) - gold_recall(rankings[base][q.id], q.gold, k)
+                             for q in judged])
+            means = diff[draws].mean(axis=1)
+            out.setdefault(name, {})[f"recall@{k}"] = {
+                "difference": float(diff.mean()), "ci95": [float(np.quantile(means, 0.025)),
+                                                           float(np.quantile(means, 0.975))],
+                "won": int((diff > 0).sum()), "lost": int((diff < 0).sum())}
+    return out
+
+
 def row_key(item) -> tuple:
     group = item[0].rsplit("-iter", 1)[0]
     return (ROW_ORDER.index(group) if group in ROW_ORDER else len(ROW_ORDER), item[0])
@@ -434,12 +517,15 @@ def evaluate_dataset(args, name: str, path: Path, fid_model: Path | None, retrie
     recall, rankings = recall_rows(args, data, questions, retrievers)
     out["recall"] = {**recall, **{k: v for k, v in recorded.items() if k not in recall}}
     out["recall"] = dict(sorted(out["recall"].items(), key=row_key))
-    reader = FidReader.from_pretrained(fid_model) if fid_model else None
+    out["against_minilm"] = paired_differences(rankings, questions, ks=KS)
+    reader = FidReader.from_pretrained(fid_model) if fid_model and args.read_questions != 0 else None
     if reader is not None:
         k = 2 if args.quick else args.read_k
-        out["reader"] = {r: read_rows(args, reader, data, questions, rankings[r], k) for r in rankings}
+        read = questions[: args.read_questions] if args.read_questions else questions
+        out["read_questions"] = len(read)
+        out["reader"] = {r: read_rows(args, reader, data, read, rankings[r], k) for r in rankings}
         if "probe" in args.stages:
-            out["probe"] = probe(args, reader, data, questions)
+            out["probe"] = probe(args, reader, data, read)
     return out
 
 
@@ -452,19 +538,34 @@ def headline(result: dict) -> dict:
     for name, d in result["datasets"].items():
         r = d["recall"]
         distilled = [k for k in r if k.startswith("distill-fid")]
-        if not distilled or "dpr" not in r:
+        if not distilled:
             continue
         best = max(("bm25", "minilm"), key=lambda k: r[k]["recall@5"])
         final = sorted(distilled)[-1]
-        gap = r["dpr"]["recall@5"] - r[best]["recall@5"]
         out[name] = {"distilled": final, "recall@5": r[final]["recall@5"], "best_baseline": best,
-                     "baseline_recall@5": r[best]["recall@5"], "dpr_recall@5": r["dpr"]["recall@5"],
-                     "gap_closed": (r[final]["recall@5"] - r[best]["recall@5"]) / gap if gap > 0 else None}
+                     "baseline_recall@5": r[best]["recall@5"], "minilm_recall@5": r["minilm"]["recall@5"],
+                     "ratio_to_minilm": r[final]["recall@5"] / r["minilm"]["recall@5"] if r["minilm"]["recall@5"]
+                     else None}
+        if "dpr" in r:
+            gap = r["dpr"]["recall@5"] - r[best]["recall@5"]
+            out[name].update({"dpr_recall@5": r["dpr"]["recall@5"],
+                              "gap_closed": (r[final]["recall@5"] - r[best]["recall@5"]) / gap if gap > 0 else None})
     return out
 
 
 def markdown(record: dict) -> str:
     lines = []
+    for run, info in record.get("distillation", {}).items():
+        lines += [f"### {run}: the teacher's gold recall among each iteration's candidates (training questions with "
+                  "gold passages) vs the order of the retriever that found them", "",
+                  "| iteration | questions | teacher R@2 | retriever R@2 | teacher R@5 | retriever R@5 |",
+                  "|---|---|---|---|---|---|"]
+        for it, t in info.get("teacher_candidate_recall", {}).items():
+            if t:
+                lines.append(f"| {it} | {t['questions']} | {t['teacher']['recall@2']:.3f} | "
+                             f"{t['retriever']['recall@2']:.3f} | {t['teacher']['recall@5']:.3f} | "
+                             f"{t['retriever']['recall@5']:.3f} |")
+        lines.append("")
     for name, t in record.get("teachers_on_dev", {}).items():
         lines += [f"### {name}: teachers on the dev slice ({t['questions']} questions, gold recall among "
                   f"{t['candidates']} candidates; the student's score std {t['student_score_std']:.2f})", "",
@@ -475,12 +576,20 @@ def markdown(record: dict) -> str:
                          f"{'' if std is None else f'{std:.3g}'} | {'' if temp is None else f'{temp:.3g}'} |")
         lines.append("")
     for name, d in record["datasets"].items():
-        lines += [f"### {name} ({record['side']} side: {d['questions']} questions, pool {d['pool']} passages)", "",
-                  "| retriever | R@2 | R@5 | R@10 | reader EM | reader F1 |", "|---|---|---|---|---|---|"]
+        read = f"; the reader answers the first {d['read_questions']}" if d.get("read_questions") else ""
+        lines += [f"### {name} ({record['side']} side: {d['questions']} questions, pool {d['pool']} passages{read})",
+                  "", "| retriever | R@2 | R@5 | R@10 | reader EM | reader F1 |", "|---|---|---|---|---|---|"]
         for r, m in d["recall"].items():
             em = d.get("reader", {}).get(r)
             read = f"{em['exact_match']:.1f} | {em['f1']:.1f}" if em else "– | –"
             lines.append(f"| {r} | {m['recall@2']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | {read} |")
+        if d.get("against_minilm"):
+            lines += ["", "| retriever minus MiniLM (same questions) | k | mean difference | 95% paired bootstrap | "
+                      "won / lost |", "|---|---|---|---|---|"]
+            for r, by_k in d["against_minilm"].items():
+                for k, m in by_k.items():
+                    lines.append(f"| {r} | {k.split('@')[1]} | {m['difference']:+.3f} | [{m['ci95'][0]:+.3f}, "
+                                 f"{m['ci95'][1]:+.3f}] | {m['won']} / {m['lost']} |")
         if "probe" in d:
             lines += ["", "| top-k by | k | EM | F1 | gold recall@k |", "|---|---|---|---|---|"]
             for key, m in d["probe"].items():
@@ -497,13 +606,20 @@ def plot(record: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(record["datasets"])
-    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 4.5), squeeze=False)
     for ax, name in zip(axes[0], names):
-        rows = record["datasets"][name]["recall"]
+        d = record["datasets"][name]
+        rows = d["recall"]
         labels = list(rows)
-        ax.barh(labels, [rows[r]["recall@5"] for r in labels], color="tab:blue")
-        ax.set_xlim(0, 1)
-        ax.set_title(f"{name}: gold recall@5 ({record['side']} side)")
+        y = np.arange(len(labels))
+        for i, k in enumerate(KS):
+            bars = ax.barh(y + (i - 1) * 0.27, [rows[r][f"recall@{k}"] for r in labels], height=0.27,
+                           label=f"recall@{k}")
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+        ax.set_yticks(y, labels)
+        ax.set_xlim(0, 1.1)
+        ax.set_title(f"{name}: gold recall, {record['side']} side ({d['questions']} questions, pool {d['pool']})")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=len(KS), fontsize=8)
         ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -527,6 +643,9 @@ def main(argv=None) -> dict:
         else None
     ext_model = train_extractive_reader(args, files) if {"extractive", "distill-extractive"} & stages else None
     record = {"settings": common.settings(args), "side": args.side, "datasets": {}, "distillation": {}}
+    if getattr(args, "fid_info", None):
+        record["fid_reader"] = args.fid_info
+    tag = "reader_distill" if args.side == "eval" else "reader_distill-dev"
     if "teachers" in stages:
         record["teachers_on_dev"] = teacher_table(args, files, fid_model, ext_model)
     for name, path in files.items():
@@ -545,9 +664,10 @@ def main(argv=None) -> dict:
             retrievers["dpr"] = train_dpr(args, name, path)
         if "evaluate" in args.stages:
             record["datasets"][name] = evaluate_dataset(args, name, path, fid_model, retrievers, recorded)
+        record["wall_seconds"] = time.time() - t0
+        common.write_result(tag, record, args, argv)  # each dataset's rows as soon as they are done
     record["headline"] = headline(record) if record["datasets"] else {}
     record["wall_seconds"] = time.time() - t0
-    tag = "reader_distill" if args.side == "eval" else "reader_distill-dev"
     written = common.write_result(tag, record, args, argv)
     if record["datasets"]:
         plot(record, common.result_path(tag, args).with_suffix(".png"))

@@ -1,0 +1,61 @@
+"""bench/reader_distill.py's ``--fid-from``: a FiD reader taken from a `reprlab train fid` checkpoint is the
+checkpoint's weights, and one trained on another split is refused (no reported question may have been trained on)."""
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from reprlab.qa.fid import FidConfig, FidReader
+from reprlab.qa.fid.recipe import FidTrainingConfig, run_fid
+
+from .conftest import CONTEXTS, QAS, write_squad
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(REPO / "bench"))  # the script imports its neighbour `common`
+    try:
+        spec = importlib.util.spec_from_file_location("bench_reader_distill", REPO / "bench" / "reader_distill.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+
+def test_fid_from_a_checkpoint_is_its_weights_and_another_split_is_refused(bench, tiny_encoder_dir, tmp_path):
+    qas = [(f"Question {i} about the game?", a) for i, (_, a) in enumerate(QAS * 3)]
+    data = write_squad(tmp_path / "s.json", qas=qas, contexts=CONTEXTS * 3)
+    run_fid(FidTrainingConfig(output_dir=str(tmp_path / "run"), data=[str(data)], model=str(tiny_encoder_dir),
+                              n_passages=2, eval_passages=2, eval_fraction=0.3, dev_fraction=0.1, evaluate="none",
+                              fid=FidConfig(passage_max_length=40), max_steps=3, checkpoint_every=2, batch_size=2,
+                              lr=1e-2, device="cpu"))
+    checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-00000002"
+    args = argparse.Namespace(fid_from=checkpoint, eval_fraction=0.3, dev_fraction=0.1, work_dir=tmp_path / "work")
+    folder, info = bench.imported_fid_reader(args, {"squad": data})
+    assert info["step"] == 2 and info["total_steps"] == 3 and len(info["sha256"]) == 64
+    saved = load_file(str(checkpoint / "model.safetensors"))
+    imported = FidReader.from_pretrained(folder).state_dict()
+    assert set(saved) <= set(imported)
+    assert all(torch.equal(imported[k], v) for k, v in saved.items())
+    fresh = FidReader.from_encoder(tiny_encoder_dir, FidConfig(passage_max_length=40)).state_dict()
+    assert any(not torch.equal(fresh[k], v) for k, v in saved.items())  # the checkpoint is not the initial reader
+    # the finished model folder (train_config.json beside it) is taken as it is
+    assert bench.imported_fid_reader(args_with(args, fid_from=tmp_path / "run" / "model"), {"squad": data})[0] == \
+        (tmp_path / "run" / "model").resolve()
+    for wrong in ({"eval_fraction": 0.2}, {"dev_fraction": 0.0}):
+        with pytest.raises(SystemExit, match="was trained with"):
+            bench.imported_fid_reader(args_with(args, **wrong), {"squad": data})
+    with pytest.raises(SystemExit, match="was trained with"):
+        bench.imported_fid_reader(args, {"squad": data, "other": tmp_path / "other.json"})
+
+
+def args_with(args, **changes):
+    return argparse.Namespace(**{**vars(args), **changes})
