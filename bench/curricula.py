@@ -135,7 +135,7 @@ def image_runs(args) -> list[dict]:
                             scores[noise] = scores_for(args, noise)
                         curriculum = CurriculumConfig() if pacing is None else CurriculumConfig(
                             ordering=ordering, pacing=pacing[0], pacing_a=pacing[1], pacing_b=pacing[2],
-                            scores=str(scores[noise]))
+                            scores=str(scores[noise]) if ordering in ("curriculum", "anti-curriculum") else None)
                         t0 = time.time()
                         shutil.rmtree(out, ignore_errors=True)
                         run_image_classifier(_image_config(args, out, noise, steps, seed, curriculum=curriculum))
