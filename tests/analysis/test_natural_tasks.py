@@ -36,7 +36,6 @@ from reprlab.errors import ConfigError, DataFormatError
 from reprlab.pretrain.mlm import MLMModel
 from reprlab.text.classification import read_classification_tsv
 from reprlab.text.tokenizer import Tokenizer
-from tests.conftest import shared_path
 
 SST2_PROMPT = PromptTemplate("{sentence} . it was {mask} .")
 
@@ -290,8 +289,8 @@ def test_reader_takes_both_layouts_and_names_the_bad_line(tmp_path):
         read_classification_tsv(ag).label_ids(["World"])
 
 
-def test_reader_on_the_real_files():
-    test = read_classification_tsv(shared_path("sst2", "test.tsv"))
+def test_reader_on_the_real_files(shared_data):
+    test = read_classification_tsv(shared_data("sst2", "test.tsv"))
     assert len(test) == 872 and test.names() == ["0", "1"]
-    ag = read_classification_tsv(shared_path("agnews", "test.tsv"))
+    ag = read_classification_tsv(shared_data("agnews", "test.tsv"))
     assert len(ag) == 7600 and ag.names() == ["Business", "Sci/Tech", "Sports", "World"]

@@ -325,19 +325,17 @@ def test_score_passages_writes_a_run_with_provenance(tmp_path, fid_dir, capsys):
 
 
 @pytest.mark.slow
-def test_the_bench_quick_run_writes_every_table(tmp_path):
+def test_the_bench_quick_run_writes_every_table(tmp_path, shared_data):
     """bench/reader_distill.py --quick on the shared data (a tiny random encoder: the code path, not the numbers)."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    from tests.conftest import SHARED_DATA, shared_path
-
-    shared_path("hotpotqa_dev500_ircot")
+    data_root = shared_data("hotpotqa_dev500_ircot").parent
     repo = Path(__file__).resolve().parents[2]
     out = tmp_path / "rd.json"
-    env = {**os.environ, "REPRLAB_SHARED_DATA": str(SHARED_DATA)}
+    env = {**os.environ, "REPRLAB_SHARED_DATA": str(data_root)}
     proc = subprocess.run([sys.executable, "bench/reader_distill.py", "--quick", "--work-dir", str(tmp_path / "w"),
                            "--output", str(out)], cwd=repo, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
