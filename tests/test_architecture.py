@@ -9,6 +9,7 @@ moment it is written.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,12 @@ def test_no_function_over_100_lines():
                 if n > 100:
                     long.append(f"{name}.{node.name}: {n} lines")
     assert not long, "functions over 100 lines:\n" + "\n".join(long)
+
+
+def test_no_test_imports_the_tests_folder_as_a_package():
+    """`make test` runs a plain `pytest`, which cannot import `tests.conftest` (there is no tests/__init__.py);
+    `python -m pytest` can, so such an import passes locally and fails in CI. Use the conftest fixtures."""
+    tests = Path(__file__).resolve().parent
+    bad = [str(p.relative_to(tests)) for p in tests.rglob("*.py")
+           if re.search(r"^\s*(from tests[. ]|import tests\b)", p.read_text(encoding="utf-8"), flags=re.M)]
+    assert not bad, f"these test files import the tests folder as a package: {bad}"
