@@ -28,34 +28,11 @@ from hypothesis import strategies as st
 from reprlab.cli import main
 from reprlab.demo import demo_data_path
 
-TINY_KG = Path(__file__).resolve().parent / "data" / "tiny_kg"  # a 15-entity KG in the WN18RR layout
+DATA = Path(__file__).resolve().parent / "data"  # tiny_ratings/, tiny_hotpot.jsonl: shared with test_recipes.py
+TINY_KG = DATA / "tiny_kg"  # a 15-entity KG in the WN18RR layout
 BINARY = b"\xff\xfe\x00\x81garbage\x00"
 
 # ----------------------------------------------------------------------------- the world, built once
-
-
-def _ratings(folder: Path) -> None:
-    """A MovieLens-style folder: u.data (10 users x 8 ratings of 12 items) and u.item."""
-    folder.mkdir()
-    rows = [f"{u}\t{(u * 5 + 3 * j) % 12 + 1}\t{4 + (u + j) % 2 if j % 5 else 3}\t{1000 + 10 * j + u}\n"
-            for u in range(1, 11) for j in range(8)]
-    (folder / "u.data").write_text("".join(rows))
-    (folder / "u.item").write_text("".join(f"{i}|Movie {i} (1999)|01-Jan-1999||http://x|0|1\n" for i in range(1, 13)))
-
-
-def _hotpot(path: Path) -> None:
-    lines = []
-    for i in range(8):
-        city = ["Paris", "Lyon", "Nice", "Lille"][i % 4]
-        contexts = [{"id": f"{i}a", "title": f"Band {i}", "paragraph_text": f"Band {i} was formed by Ann Lee {i}.",
-                     "is_supporting": True},
-                    {"id": f"{i}b", "title": f"Other {i}", "paragraph_text": "The committee met in spring.",
-                     "is_supporting": False},
-                    {"id": f"{i}c", "title": f"Ann Lee {i}", "paragraph_text": f"Ann Lee {i} was born in {city}.",
-                     "is_supporting": True}]
-        lines.append({"question_id": f"q{i}", "question_text": f"Where was the founder of Band {i} born?",
-                      "answers_objects": [{"spans": [city]}], "contexts": contexts})
-    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
 
 
 def _squad(path: Path) -> None:
@@ -106,8 +83,8 @@ def world(tmp_path_factory, tiny_model_dir):
     shutil.copytree(demo_data_path(), beir)
     kg = root / "kg"
     shutil.copytree(TINY_KG, kg)
-    _ratings(root / "ratings")
-    _hotpot(root / "hotpot.jsonl")
+    shutil.copytree(DATA / "tiny_ratings", root / "ratings")
+    shutil.copy(DATA / "tiny_hotpot.jsonl", root / "hotpot.jsonl")
     _squad(root / "squad.json")
     _images(root / "images")
     torch.manual_seed(0)

@@ -29,6 +29,11 @@ TINY_KG = Path(__file__).resolve().parent / "data" / "tiny_kg"  # a 15-entity KG
 LOOP = dict(batch_size=4, lr=1e-3, log_every=1, device="cpu", warmup_steps=1)
 
 
+DATA = Path(__file__).resolve().parent / "data"
+TINY_HOTPOT = DATA / "tiny_hotpot.jsonl"  # 8 two-hop questions (both layouts' fields)
+TINY_RATINGS = DATA / "tiny_ratings"  # MovieLens layout: 10 users x 8 ratings of 12 items
+
+
 def _sentences(tmp: Path) -> str:
     path = tmp / "sentences.jsonl"
     rows = [{"sentences": [f"Sentence {i} is about topic {i % 3}.", f"It follows sentence {i}.",
@@ -49,34 +54,6 @@ def _squad(tmp: Path) -> str:
     path = tmp / "squad.json"
     path.write_text(json.dumps({"version": "1.1", "data": [{"title": "T", "paragraphs": paragraphs}]}))
     return str(path)
-
-
-def _hotpot(tmp: Path) -> str:
-    lines = []
-    for i in range(8):
-        city = ["Paris", "Lyon", "Nice", "Lille"][i % 4]
-        contexts = [{"id": f"{i}a", "title": f"Band {i}", "paragraph_text": f"Band {i} was formed by Ann Lee {i}.",
-                     "is_supporting": True},
-                    {"id": f"{i}b", "title": f"Other {i}", "paragraph_text": "The committee met in spring.",
-                     "is_supporting": False},
-                    {"id": f"{i}c", "title": f"Ann Lee {i}", "paragraph_text": f"Ann Lee {i} was born in {city}.",
-                     "is_supporting": True}]
-        lines.append({"question_id": f"q{i}", "question_text": f"Where was the founder of Band {i} born?",
-                      "answers_objects": [{"spans": [city]}], "contexts": contexts})
-    path = tmp / "hotpot.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
-    return str(path)
-
-
-def _ratings(tmp: Path) -> str:
-    """A tiny MovieLens-style folder: u.data (10 users x 8 ratings of 12 items) and u.item."""
-    folder = tmp / "ratings"
-    folder.mkdir(exist_ok=True)
-    rows = [f"{u}\t{(u * 5 + 3 * j) % 12 + 1}\t{4 + (u + j) % 2 if j % 5 else 3}\t{1000 + 10 * j + u}\n"
-            for u in range(1, 11) for j in range(8)]
-    (folder / "u.data").write_text("".join(rows))
-    (folder / "u.item").write_text("".join(f"{i}|Movie {i} (1999)|01-Jan-1999||http://x|0|1\n" for i in range(1, 13)))
-    return str(folder)
 
 
 def _images(tmp: Path, n: int = 64) -> str:
@@ -115,15 +92,15 @@ def tiny_configs(tmp: Path, model: Path) -> dict:
                                    stride=16, num_clusters=4, memory_size=256, memory_per_step=64, refresh_every=2,
                                    max_question_length=16)
     return {
-        "train mdr": dict(data=_hotpot(tmp), model=str(model), eval_fraction=0.0, num_negatives=1,
+        "train mdr": dict(data=str(TINY_HOTPOT), model=str(model), eval_fraction=0.0, num_negatives=1,
                           negative_sources=("distractors",), max_question_length=16, max_query_length=32,
                           max_passage_length=32, evaluate=False),
         "train reader": dict(data=[_squad(tmp)], model=str(model), eval_fraction=0.0, reader=reader),
-        "train long-reader": dict(data=_hotpot(tmp), model=str(model), eval_fraction=0.0, reader=long_reader,
+        "train long-reader": dict(data=str(TINY_HOTPOT), model=str(model), eval_fraction=0.0, reader=long_reader,
                                   calibration_examples=2, evaluate=False),
-        "train fid": dict(data=[_hotpot(tmp)], model=str(model), n_passages=2, eval_passages=2, evaluate="none",
+        "train fid": dict(data=[str(TINY_HOTPOT)], model=str(model), n_passages=2, eval_passages=2, evaluate="none",
                           fid=fid),
-        "train reader-distill": dict(data=_hotpot(tmp), reader=str(teacher), student=str(model), iterations=2,
+        "train reader-distill": dict(data=str(TINY_HOTPOT), reader=str(teacher), student=str(model), iterations=2,
                                      candidates=3, sample=2, eval_fraction=0.0, evaluate=False, query_max_length=16,
                                      passage_max_length=32),
         "train dpr": dict(data=demo, split="test", model=str(model), num_negatives=1, mine_depth=5,
@@ -139,7 +116,7 @@ def tiny_configs(tmp: Path, model: Path) -> dict:
         "distill kd": dict(corpus=[demo], teacher=str(model), student="layers:0", max_length=24),
         "distill ckd": dict(corpus=[demo], teacher=str(model), student="layers:0", max_length=24),
         "distill seed": dict(corpus=[demo], teacher=str(model), student="layers:0", max_length=24),
-        "train deep-retrieval": dict(data=_ratings(tmp), depth=2, width=3, paths_per_item=2, dim=8, hidden=8,
+        "train deep-retrieval": dict(data=str(TINY_RATINGS), depth=2, width=3, paths_per_item=2, dim=8, hidden=8,
                                      node_dim=4, history_length=4, negatives=3, em_every=1, em_beam=3,
                                      em_candidates=3, alpha=0.01, evaluate=False),
         "train image-classifier": dict(data=_images(tmp), depth=8, width=0.25, label_noise=0.2, score_folds=2,
