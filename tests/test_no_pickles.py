@@ -29,11 +29,11 @@ def is_pickle(path: Path) -> bool:
 def written(tmp_path_factory, tiny_model_dir):
     """A folder holding what every writing command produces on tiny inputs."""
     root = tmp_path_factory.mktemp("written")
-    from test_recipes import _ratings, _squad
+    from test_recipes import TINY_RATINGS, _squad
 
     beir, model = str(demo_data_path()), str(tiny_model_dir)
     squad = _squad(root)
-    ratings = _ratings(root)
+    ratings = str(TINY_RATINGS)
     loop = ["--max-steps", "2", "--batch-size", "4", "--checkpoint-every", "1", "--device", "cpu"]
     commands = [
         ["index", "--corpus", beir, "--model", model, "--out", f"{root}/index"],

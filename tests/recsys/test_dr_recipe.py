@@ -4,6 +4,7 @@ mapping, the model folder, and clear errors."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,15 +14,15 @@ from reprlab.cli import main
 from reprlab.errors import ConfigError, ModelLoadError, ReprlabError
 from reprlab.recsys.path_mapping import path_codes
 from reprlab.recsys.recipe import DeepRetrievalConfig, Recommender, run_deep_retrieval
-from test_recipes import _ratings
 
+RATINGS = str(Path(__file__).resolve().parents[1] / "data" / "tiny_ratings")  # 10 users x 8 ratings of 12 items
 LOOP = dict(batch_size=4, lr=1e-2, log_every=1, device="cpu", warmup_steps=0)
 TINY = dict(depth=2, width=3, paths_per_item=2, dim=8, hidden=8, node_dim=4, history_length=4, negatives=3,
             em_every=2, em_beam=3, em_candidates=4, alpha=0.01)
 
 
 def config(tmp_path, out, **kw):
-    return DeepRetrievalConfig(output_dir=str(tmp_path / out), data=_ratings(tmp_path), **{**TINY, **LOOP, **kw})
+    return DeepRetrievalConfig(output_dir=str(tmp_path / out), data=RATINGS, **{**TINY, **LOOP, **kw})
 
 
 def test_training_moves_the_mapping_and_logs_path_statistics(tmp_path):
@@ -80,7 +81,7 @@ def test_resume_without_the_streaming_scores_would_differ(tmp_path):
 
 
 def test_cli_trains_and_recommends_with_titles(tmp_path, capsys):
-    data = _ratings(tmp_path)
+    data = RATINGS
     out = tmp_path / "run"
     argv = ["-q", "train", "deep-retrieval", "--data", data, "--out", str(out), "--max-steps", "4",
             "--batch-size", "4", "--depth", "2", "--width", "3", "--dim", "8", "--hidden", "8", "--node-dim", "4",
@@ -99,7 +100,7 @@ def test_cli_trains_and_recommends_with_titles(tmp_path, capsys):
 
 
 def test_recommend_errors_are_one_clear_line(tmp_path, capsys):
-    data = _ratings(tmp_path)
+    data = RATINGS
     run_deep_retrieval(config(tmp_path, "run", max_steps=2, evaluate=False))
     model = str(tmp_path / "run" / "model")
     assert main(["-q", "recommend", "--model", model, "--user", "999"]) == 2
