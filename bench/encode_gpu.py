@@ -57,6 +57,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-eval", action="store_true", help="time only (nDCG needs faiss and pytrec_eval); "
                         "score the --keep folder later with bench/encode.py --evaluate KEEP")
     parser.add_argument("--keep", type=Path, default=None, help="folder for measure.json and the vectors")
+    parser.add_argument("--keep-fp16", action="store_true",
+                        help="store the kept vectors in float16 (half the bytes to bring back from a GPU machine; "
+                             "they are scored in float32 after the round trip)")
+    parser.add_argument("--evaluate", type=Path, default=None, metavar="KEEP",
+                        help="score a --no-eval run's KEEP folder here (needs faiss and pytrec_eval) and record it")
     args = common.parse(parser, argv)
     common.require(args.data, "--data")
     args.precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
@@ -185,6 +190,8 @@ def main(argv=None) -> dict:
 
     args = parse_args(argv)
     data = load_beir(args.data, split="test")
+    if args.evaluate:
+        return evaluate_kept(args, data, argv)
     ids = list(data.corpus)[: QUICK_DOCS if args.quick else None]
     texts = [doc_text(data.corpus[i]) for i in ids]
     sync = torch.cuda.synchronize if args.device == "cuda" else None
@@ -195,12 +202,12 @@ def main(argv=None) -> dict:
     keep.mkdir(parents=True, exist_ok=True)
     results = []
     for name, timing in timings.items():
-        np.save(keep / f"vectors-{name}.npy", timing.result.astype(np.float32))
+        np.save(keep / f"vectors-{name}.npy", timing.result.astype(np.float16 if args.keep_fp16 else np.float32))
         results.append({"setting": name, "seconds": timing["median"], "passes": timing["passes"],
                         "spread": timing["spread"], "docs_per_s": len(texts) / timing["median"],
                         "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else float("nan"),
                         "vectors": f"vectors-{name}.npy"})
-    record = {**common.stamp(argv), "docs": len(texts), "device": args.device, "precision": args.precision,
+    record = {**common.stamp(argv), "docs": len(texts), "vectors_dtype": "float16" if args.keep_fp16 else "float32", "device": args.device, "precision": args.precision,
               "batch_size": args.batch_size, "token_budget": args.token_budget, "compile": args.compile,
               "max_length": args.max_length, "repeat": args.repeat, "quick": args.quick, "results": results}
     if {"reprlab-padded", "reprlab-packed"} <= set(timings):
@@ -214,6 +221,24 @@ def main(argv=None) -> dict:
         record["results"] = encode.evaluate_measured(record, keep, data, ids, texts, args.model)
         print(encode.markdown(record, record["results"]))
     return common.write_result(f"encode-gpu-{args.device}", record, args, argv)
+
+
+def evaluate_kept(args, data, argv) -> dict:
+    """Score the vectors a ``--no-eval`` run kept (on another machine) and write its result JSON here."""
+    import encode
+    from reprlab.text.beir import doc_text
+
+    record = json.loads((args.evaluate / "measure.json").read_text())
+    ids = list(data.corpus)[: record["docs"]]
+    texts = [doc_text(data.corpus[i]) for i in ids]
+    folder = Path(tempfile.mkdtemp(prefix="reprlab-encode-gpu-eval-"))
+    for r in record["results"]:  # float32 copies: a float16 round trip is scored as float32 vectors
+        np.save(folder / r["vectors"], np.load(args.evaluate / r["vectors"]).astype(np.float32))
+    record["results"] = encode.evaluate_measured(record, folder, data, ids, texts, args.model)
+    record["evaluated"] = common.stamp(argv)
+    print(encode.markdown(record, record["results"]))
+    args.quick = record["quick"]
+    return common.write_result(f"encode-gpu-{record['device']}", record, args, argv)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,25 @@ def test_packed_encoder_equals_the_padded_one(tiny_beir, tiny_model_dir, tmp_pat
     assert record["results"][0]["ndcg_cut_10"] == pytest.approx(record["results"][1]["ndcg_cut_10"], abs=1e-6)
 
 
+def test_vectors_kept_in_fp16_are_scored_here_like_the_direct_run(tiny_beir, tiny_model_dir, tmp_path):
+    """A GPU run keeps fp16 vectors (--no-eval --keep-fp16); --evaluate scores them on this machine."""
+    common = ["--quick", "--model", str(tiny_model_dir), "--data", str(tiny_beir), "--settings", "reprlab-padded",
+              "reprlab-packed", "--token-budget", "64"]
+    direct = tmp_path / "direct.json"
+    run(["bench/encode_gpu.py", *common, "--output", str(direct)])
+    keep = tmp_path / "keep"
+    run(["bench/encode_gpu.py", *common, "--no-eval", "--keep-fp16", "--keep", str(keep),
+         "--output", str(tmp_path / "measured.json")])
+    assert np.load(keep / "vectors-reprlab-packed.npy").dtype == np.float16
+    later = tmp_path / "later.json"
+    run(["bench/encode_gpu.py", "--evaluate", str(keep), "--model", str(tiny_model_dir), "--data", str(tiny_beir),
+         "--output", str(later)])
+    a, b = json.loads(direct.read_text()), json.loads(later.read_text())
+    assert b["vectors_dtype"] == "float16" and b["evaluated"]["command"].startswith("python bench/encode_gpu.py --evaluate")
+    for x, y in zip(a["results"], b["results"]):
+        assert x["setting"] == y["setting"] and y["ndcg_cut_10"] == pytest.approx(x["ndcg_cut_10"], abs=0.02)
+
+
 def test_packed_batches_respect_the_token_budget(tiny_model_dir):
     sys.path.insert(0, str(REPO / "bench"))
     try:
