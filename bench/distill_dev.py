@@ -17,6 +17,7 @@ again: ``bench/distill.py ... --trained kd=WORK_DIR/NAME``.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -38,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0, help="training seed (data order, fresh weights)")
+    p.add_argument("--train-only", action="store_true",
+                   help="train, write WORK_DIR/NAME/trained.json and stop; score later with --model WORK_DIR/NAME/model "
+                        "(which reads trained.json back), e.g. on another machine or in another process")
     args = common.parse(p, argv)
     if args.name is None and not args.quick:
         p.error("--name is required (it names the result file)")
@@ -61,13 +65,26 @@ def train(args, scifact: Path):
 
 def main(argv=None) -> dict:
     from reprlab.encoder import SentenceEncoder
+    from reprlab.io import atomic_write_json
     from reprlab.text.beir import load_beir
 
     args = parse_args(argv)
     started = time.time()
     scifact = common.data_path("scifact", "beir")
-    model_dir, ckd = (Path(args.model), None) if args.model else train(args, scifact)
-    train_s = time.time() - started
+    if args.model:
+        model_dir, ckd, train_s = Path(args.model), None, None
+        trained = model_dir.parent / "trained.json"
+        if trained.is_file():  # trained by --train-only: its seconds and CKD settings
+            done = json.loads(trained.read_text())
+            ckd, train_s = done["ckd"], done["train_s"]
+    else:
+        model_dir, ckd = train(args, scifact)
+        ckd, train_s = None if ckd is None else vars(ckd), round(time.time() - started, 1)
+        if args.train_only:
+            atomic_write_json(model_dir.parent / "trained.json", {"ckd": ckd, "train_s": train_s, "model": str(model_dir),
+                                                                  "command": common.command_line(argv)})
+            print(f"{args.name}: trained in {train_s} s -> {model_dir}")
+            return {"train_s": train_s, "model": str(model_dir)}
     dev = load_beir(scifact, split="train")  # the dev split: train qrels
     if args.quick:
         dev = common.subsample(dev, 20, 100)
@@ -75,8 +92,8 @@ def main(argv=None) -> dict:
     ndcg = round(common.evaluate_dense(model, dev, batch_size=64)["ndcg_cut_10"], 4)
     record = common.write_result(f"distill-dev-{args.name}", {
         "benchmark": "distill-dev", "name": args.name, "dev": "scifact qrels/train.tsv",
-        "dev_queries": len(dev.judged_queries()), "ndcg@10_dev": ndcg, "ckd": None if ckd is None else vars(ckd),
-        "args": common.settings(args), "train_s": round(train_s, 1), "wall_s": round(time.time() - started, 1)},
+        "dev_queries": len(dev.judged_queries()), "ndcg@10_dev": ndcg, "ckd": ckd,
+        "args": common.settings(args), "train_s": train_s, "wall_s": round(time.time() - started, 1)},
         args, argv)
     print(f"{args.name}: SciFact dev (train qrels) nDCG@10 {ndcg}  ({record['wall_s']} s)")
     if args.append:

@@ -345,3 +345,22 @@ def test_quick_run(case: Case, tmp_path, shared_data):
     assert record["command"].startswith(f"python bench/{case.script}.py --quick")
     assert record["machine"] and record["date"]
     case.check(record)
+
+
+def test_distill_dev_trains_in_one_process_and_scores_in_another(tmp_path, shared_data):
+    """--train-only writes trained.json beside the model; --model reads it back (seconds, CKD settings)."""
+    root = shared_data("scifact").parent
+    env = {**os.environ, "REPRLAB_SHARED_DATA": str(root)}
+    base = [sys.executable, "bench/distill_dev.py", "--quick", "--threads", "1", "--name", "t", "--method", "ckd",
+            "--work-dir", str(tmp_path / "work")]
+    proc = subprocess.run([*base, "--train-only"], cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trained = json.loads(next((tmp_path).glob("work*/t/trained.json")).read_text())
+    assert trained["train_s"] > 0 and trained["ckd"]["window"] == 21
+    out = tmp_path / "scored.json"
+    proc = subprocess.run([*base, "--model", trained["model"], "--output", str(out)], cwd=REPO, capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["train_s"] == trained["train_s"] and record["ckd"] == trained["ckd"]
+    assert 0.0 <= record["ndcg@10_dev"] <= 1.0
