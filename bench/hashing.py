@@ -10,19 +10,29 @@ with DPR's cosine loss, to separate "fine-tuned" from "fine-tuned for angular si
 
 Evaluated on ``qrels/test.tsv`` (300 queries): nDCG@10, Recall@100, bytes per document (the code,
 and the whole FAISS index as serialised: hash tables store ids per table), codes compared per query
-and search time per query (single FAISS thread, 300 queries at k=100, fastest of repeats; query
-encoding excluded, query hashing included). The hash-table parameters (key bits, Hamming radius
+and search time per query (single FAISS thread, 300 queries at k=100, median and spread of ``--repeats``
+(>= 3) passes; query encoding excluded, query hashing included). The hash-table parameters (key bits, Hamming radius
 ``nflip``) are chosen per model and code length on the *train* queries: the fewest candidates whose
 train Recall@100 is within 0.02 of exact Hamming search's.
 
     flock /tmp/reprlab-heavy.lock python bench/hashing.py              # ~30 min on 2 CPU cores
     python bench/hashing.py --quick                                    # smoke run: 40 queries, ~300 docs, 3 steps
+
+Training and encoding can run on a GPU machine and the rest here: ``--device cuda --save-vectors DIR``
+fine-tunes, encodes and writes every model's corpus and query vectors (``hashing_vectors.py``: one .npz
+in parts, with the ids, the settings and the training seconds), then stops; ``--vectors DIR`` loads
+them instead of training and encoding, checks that they were made with this run's settings on this
+corpus, and builds the codes, tables and timings; the result JSON records where the vectors came from.
+
+    python bench/hashing.py --device cuda --dpr-control --save-vectors OUT/hash     # on the GPU machine
+    flock /tmp/reprlab-heavy.lock python bench/hashing.py --vectors OUT/hash --dpr-control --out bench/results/hashing.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +40,7 @@ import faiss
 import numpy as np
 
 import common
+import hashing_vectors
 from reprlab.retrieval.binary import BinaryIndex
 from reprlab.retrieval.hashing import HashingConfig, run_hashing
 from reprlab.retrieval.index import FaissIndex
@@ -37,10 +48,13 @@ from reprlab.retrieval.metrics import evaluate, to_run
 from reprlab.text.beir import doc_text, load_beir
 
 HEADER = ("| model | index | bits | hash tables (key bits x tables, nflip) | nDCG@10 | R@100 | code B/doc "
-          "| index B/doc | codes compared / query | ms / query |\n|---|---|---|---|---|---|---|---|---|---|")
+          "| index B/doc | codes compared / query | ms / query (median, spread) |\n|---|---|---|---|---|---|---|---|---|---|")
+# settings that change the vectors: a --vectors file must have been made with the same ones
+VECTOR_SETTINGS = ("quick", "max_length", "epochs", "max_steps", "train_batch_size", "lr", "num_negatives", "scale",
+                   "similarity", "seed", "dpr_control")
 
 
-def encode(model: str, corpus: dict, queries: dict, args, cache: Path) -> dict:
+def encode(model: str, corpus: dict, queries: dict, args, cache: Path, name: str = "") -> dict:
     """Corpus and query vectors of ``model`` (cached as .npy under ``cache``)."""
     import torch
 
@@ -57,7 +71,7 @@ def encode(model: str, corpus: dict, queries: dict, args, cache: Path) -> dict:
     encoder = SentenceEncoder.from_pretrained(model, max_length=args.max_length).to(args.device)
     t0 = time.perf_counter()
     docs = encoder.encode([doc_text(corpus[i]) for i in doc_ids], batch_size=args.batch_size, show_progress=True,
-                          desc=f"corpus ({Path(model).name})")
+                          desc=f"corpus ({name or Path(model).name})")
     qs = encoder.encode([queries[q] for q in qids], batch_size=args.batch_size, show_progress=False)
     seconds = time.perf_counter() - t0
     np.save(files["docs"], docs)
@@ -66,10 +80,12 @@ def encode(model: str, corpus: dict, queries: dict, args, cache: Path) -> dict:
 
 
 def ms_per_query(search, n_queries: int, repeats: int) -> dict:
-    """Search time per query in ms: the fastest of ``repeats`` passes (the table's number) and the median."""
-    t = common.timed(search, repeats)
-    return {"ms_per_query": round(1000 * t["min"] / n_queries, 3),
-            "ms_per_query_median": round(1000 * t["median"] / n_queries, 3)}
+    """Search time per query in ms over ``repeats`` (>= 3) passes: the median (the table's number), the
+    fastest and slowest, and the spread (max - min) / median; one untimed pass first."""
+    t = common.timed(search, repeats, warmup=1)
+    return {"ms_per_query": round(1000 * t["median"] / n_queries, 3), "ms_per_query_min": round(1000 * t["min"] / n_queries, 3),
+            "ms_per_query_max": round(1000 * t["max"] / n_queries, 3), "ms_per_query_spread": round(t["spread"], 3),
+            "passes": len(t["passes"])}
 
 
 def metrics(index, queries: np.ndarray, qids: list[str], qrels: dict, k: int = 100) -> dict:
@@ -136,17 +152,17 @@ def rows_for(name: str, vec: dict, test: dict, train_q: dict, args) -> list[dict
 def row_md(r: dict) -> str:
     return (f"| {r['model']} | {r['index']} | {r['bits']} | {r['params'] or '-'} | {r['ndcg@10']:.3f} | "
             f"{r['recall@100']:.3f} | {r['code_bytes']} | {r['index_bytes']:.0f} | {r['candidates']:.0f} | "
-            f"{r['ms_per_query']:.3f} |")
+            f"{r['ms_per_query']:.3f} ({100 * r['ms_per_query_spread']:.0f}%) |")
 
 
-def fine_tune(recipe: str, args, out: Path) -> tuple[str, float]:
+def fine_tune(recipe: str, args, out: Path) -> tuple[str, float | None]:
     """Fine-tune MiniLM on the train qrels with the angular (``hashing``) or cosine (``dpr``) loss."""
     from reprlab.retrieval.dpr import DprConfig, run_dpr
     from reprlab.train.loop import TrainConfig
 
     model_dir = out / "model"
     if (model_dir / "model.safetensors").is_file():
-        return str(model_dir), float("nan")
+        return str(model_dir), None  # reused: not timed
     loop = TrainConfig(output_dir="", epochs=args.epochs, batch_size=args.train_batch_size, lr=args.lr,
                        device=args.device, seed=args.seed, max_steps=args.max_steps)
     shared = dict(output_dir=str(out), data=str(args.data), split="train", model="minilm",
@@ -180,11 +196,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--nflips", type=int, nargs="+", default=[0, 1, 2], help="bucket radii to tune over")
     parser.add_argument("--recall-slack", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=5, help="timed search passes (>= 3; the fastest is shown)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed search passes (>= 3; median and spread shown)")
+    parser.add_argument("--save-vectors", type=Path, metavar="DIR",
+                        help="train and encode, write every model's vectors to DIR (hashing_vectors.py), stop")
+    parser.add_argument("--vectors", type=Path, metavar="DIR",
+                        help="load the vectors of --save-vectors from DIR instead of training and encoding")
+    parser.add_argument("--vectors-dtype", choices=hashing_vectors.DTYPES, default="float32",
+                        help="dtype of the saved vectors (float16 halves the file but flips a few code bits: "
+                             "see hashing_vectors.py)")
+    parser.add_argument("--part-mib", type=float, default=15.0, help="largest part of the saved vectors file, MiB")
     parser.add_argument("--workdir", dest="work_dir", type=Path, help=argparse.SUPPRESS)  # older name
     parser.add_argument("--out", dest="output", type=Path, help=argparse.SUPPRESS)  # older name of --output
     args = common.parse(parser, argv)
     common.require(args.data, "--data")
+    if args.vectors and args.save_vectors:
+        parser.error("--vectors and --save-vectors: give one (save on the training machine, load on the other)")
     if args.quick:
         args.max_length, args.max_steps, args.repeats, args.train_batch_size = 64, 3, 3, 8
     return args
@@ -219,19 +245,60 @@ def train_models(args) -> tuple[dict, dict]:
     return models, timings
 
 
+def model_vectors(args, corpus: dict, queries: dict) -> tuple[dict, dict, dict]:
+    """({row name: vectors}, timings, where the vectors came from): trained and encoded here, or loaded
+    with ``--vectors`` (checked against this run's settings, corpus and queries)."""
+    if args.vectors:
+        vecs, record = hashing_vectors.load(args.vectors)
+        made = record["settings"]
+        differ = {k: (made.get(k), getattr(args, k)) for k in VECTOR_SETTINGS if made.get(k) != getattr(args, k)}
+        if differ:
+            sys.exit(f"--vectors {args.vectors}: made with other settings (theirs, this run's): {differ}")
+        doc_ids = next(iter(vecs.values()))["doc_ids"]
+        qids = set(next(iter(vecs.values()))["qids"])
+        if doc_ids != list(corpus) or not set(queries) <= qids:
+            sys.exit(f"--vectors {args.vectors}: made on another corpus or other queries "
+                     f"({len(doc_ids)} documents, {len(qids)} queries; this run: {len(corpus)}, {len(queries)})")
+        source = {"from": "--vectors", "files": sorted(p.name for p in Path(args.vectors).iterdir()
+                                                       if hashing_vectors.PART.match(p.name)),
+                  "dtype": record["dtype"], **{k: record[k] for k in ("command", "machine", "date", "torch")}}
+        return vecs, record["timings"], source
+    models, timings = train_models(args)
+    tag = f"L{args.max_length}-n{len(corpus)}"
+    vecs = {}
+    for name, (model, out) in models.items():
+        cache = (args.work_dir / "minilm" if out is None else out) / f"vectors-{tag}"
+        vecs[name] = encode(model, corpus, queries, args, cache, name)
+        timings[f"encode {name} s"] = vecs[name]["encode_s"]
+    return vecs, timings, {"from": "trained and encoded in this run"}
+
+
+def save_vectors(args, vecs: dict, timings: dict, argv) -> None:
+    """``--save-vectors``: every model's vectors, the ids, settings and timings, in parts under the folder."""
+    import torch
+
+    first = next(iter(vecs.values()))
+    record = {**common.stamp(argv), "torch": torch.__version__, "settings": common.settings(args), "timings": timings}
+    paths = hashing_vectors.save(args.save_vectors, {name: {"docs": v["docs"], "queries": v["queries"]}
+                                                     for name, v in vecs.items()},
+                                 first["doc_ids"], first["qids"], record, args.vectors_dtype,
+                                 int(args.part_mib * 2**20))
+    for path in paths:
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB)", flush=True)
+    print(f"timings: {json.dumps(timings)}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     faiss.omp_set_num_threads(1)  # single-threaded search timings on a shared machine
     data, train, corpus, test_qids, train_qids = load_data(args)
-    tag = f"L{args.max_length}-n{len(corpus)}"
     queries = {q: data.queries[q] for q in test_qids} | {q: train.queries[q] for q in train_qids}
-    models, timings = train_models(args)
+    vecs, timings, source = model_vectors(args, corpus, queries)
+    if args.save_vectors:
+        return save_vectors(args, vecs, timings, argv)
     rows = []
     print(HEADER, flush=True)
-    for name, (model, out) in models.items():
-        cache = (args.work_dir / "minilm" if out is None else out) / f"vectors-{tag}"
-        vec = encode(model, corpus, queries, args, cache)
-        timings[f"encode {name} s"] = vec["encode_s"]
+    for name, vec in vecs.items():
         pos = {q: i for i, q in enumerate(vec["qids"])}
         take = lambda ids: vec["queries"][[pos[q] for q in ids]]  # noqa: E731
         test = {"qids": test_qids, "queries": take(test_qids), "qrels": {q: data.qrels[q] for q in test_qids}}
@@ -240,8 +307,8 @@ def main(argv: list[str] | None = None) -> None:
 
     result = common.write_result("hashing", {
         "faiss": faiss.__version__, "faiss_threads": 1, "docs": len(corpus), "test_queries": len(test_qids),
-        "train_queries": len(train_qids), "settings": common.settings(args), "timings": timings, "rows": rows},
-        args, argv)
+        "train_queries": len(train_qids), "settings": common.settings(args), "vectors": source,
+        "timings": timings, "rows": rows}, args, argv)
     print(f"timings: {json.dumps(timings)}")
     if args.append:
         common.append_benchmarks(section(result))
@@ -258,16 +325,23 @@ def section(result: dict) -> str:
         f"{result['docs']} documents, {result['test_queries']} test queries (`qrels/test.tsv`); fine-tuning on "
         f"`qrels/train.tsv` ({s['epochs']} epoch, batch {s['train_batch_size']}, lr {s['lr']}, "
         f"{s['num_negatives']} BM25 hard negative, max length {s['max_length']}; angular loss "
-        f"{s['similarity']} x {s['scale']}); codes from {s['bits']}-bit random hyperplanes (seed {s['seed']}). "
+        f"{s['similarity']} x {s['scale']}{'; DPR control: cosine x 20' if s['dpr_control'] else ''}); codes from {s['bits']}-bit random hyperplanes (seed {s['seed']}). "
         "Hash tables: `IndexBinaryMultiHash`, parameters chosen on the train queries (fewest codes compared "
         f"with train Recall@100 within {s['recall_slack']} of exact Hamming). ms/query: 300 queries at k=100, "
-        "fastest of repeats, query hashing included, query encoding excluded. Timings (s): "
-        + ", ".join(f"{k} {v}" for k, v in result["timings"].items()) + ".",
+        f"median of {s['repeats']} passes (spread = (max - min) / median), query hashing included, query encoding "
+        f"excluded. Timings (s{vectors_where(result)}): " + ", ".join(f"{k} {v}" for k, v in result["timings"].items()) + ".",
         "",
         HEADER,
         *map(row_md, result["rows"]),
         "",
     ])
+
+
+def vectors_where(result: dict) -> str:
+    v = result.get("vectors", {})
+    if v.get("from") != "--vectors":
+        return ""
+    return f"; training and encoding on {v['machine']}, {v['date']}, `{v['command']}`, vectors sent as {v['dtype']}"
 
 
 if __name__ == "__main__":

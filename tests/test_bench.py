@@ -215,3 +215,79 @@ def test_natural_tasks_probe_pool_gives_the_sequential_results(tmp_path, monkeyp
 
     probe, _ = select_probe(arrays["train/f"][20:40], y["train"][20:40], arrays["dev/f"], y["dev"], [1e-2, 1.0])
     assert sequential[0][1] == probe.accuracy(arrays["test/f"], y["test"])
+
+
+# ----------------------------------------------------------------------------- hashing: vectors made elsewhere
+
+
+def hashing_models(n_docs: int = 50, n_queries: int = 7, dim: int = 16) -> dict:
+    rng = np.random.default_rng(0)
+    return {name: {"docs": rng.normal(size=(n_docs, dim)).astype("float32"),
+                   "queries": rng.normal(size=(n_queries, dim)).astype("float32")}
+            for name in ("MiniLM", "MiniLM + angular loss", "MiniLM + DPR cosine loss")}
+
+
+def test_hashing_vectors_round_trip_through_parts(tmp_path, monkeypatch):
+    hv = load_bench("hashing_vectors", monkeypatch)
+    models, doc_ids, qids = hashing_models(), [f"d{i}" for i in range(50)], [f"q{j}" for j in range(7)]
+    record = {"settings": {"seed": 3}, "timings": {"train hashing s": 1.5}}
+    paths = hv.save(tmp_path, models, doc_ids, qids, record, part_bytes=2_000)
+    assert len(paths) > 2 and all(p.stat().st_size <= 2_000 for p in paths)
+    loaded, rec = hv.load(tmp_path)
+    assert list(loaded) == list(models) and rec["dtype"] == "float32" and rec["timings"] == record["timings"]
+    for name, vec in models.items():  # float32: bit for bit, each model its own arrays, in order
+        assert loaded[name]["doc_ids"] == doc_ids and loaded[name]["qids"] == qids
+        assert np.array_equal(loaded[name]["docs"], vec["docs"]) and np.array_equal(loaded[name]["queries"], vec["queries"])
+    # a new save replaces the parts of the old one (here: fewer parts, float16, rounded)
+    assert len(hv.save(tmp_path, models, doc_ids, qids, record, dtype="float16")) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [f"{hv.NAME}.1-of-1"]
+    loaded, rec = hv.load(tmp_path)
+    docs = loaded["MiniLM"]["docs"]
+    assert rec["dtype"] == "float16" and docs.dtype == np.float32
+    assert not np.array_equal(docs, models["MiniLM"]["docs"])
+    assert np.allclose(docs, models["MiniLM"]["docs"], rtol=1e-3, atol=1e-4)
+
+
+def test_hashing_vectors_refuse_missing_or_damaged_parts(tmp_path, monkeypatch):
+    hv = load_bench("hashing_vectors", monkeypatch)
+    models = hashing_models()
+    paths = hv.save(tmp_path, models, [f"d{i}" for i in range(50)], [f"q{j}" for j in range(7)], {}, part_bytes=4_000)
+    damaged = bytearray(paths[1].read_bytes())
+    damaged[100:110] = bytes(10)
+    paths[1].write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match="cannot be read"):
+        hv.load(tmp_path)
+    paths[1].unlink()
+    with pytest.raises(FileNotFoundError, match=r"part\(s\) \[2\]"):
+        hv.load(tmp_path)
+    with pytest.raises(ValueError, match="do not match"):
+        hv.save(tmp_path, models, ["d0"], ["q0"], {})
+
+
+def test_hashing_bench_uses_saved_vectors_only_with_its_own_settings_and_corpus(tmp_path, monkeypatch):
+    hashing = load_bench("hashing", monkeypatch)
+    models = hashing_models()
+    settings = {k: 0 for k in hashing.VECTOR_SETTINGS}
+    doc_ids, qids = [f"d{i}" for i in range(50)], [f"q{j}" for j in range(7)]
+    hv = hashing.hashing_vectors
+    hv.save(tmp_path, models, doc_ids, qids, {"settings": settings, "timings": {"train dpr s": 2.0}, "command": "c",
+                                              "machine": "m", "date": "d", "torch": "t"}, dtype="float16")
+    args = __import__("argparse").Namespace(vectors=tmp_path, **settings)
+    corpus, queries = dict.fromkeys(doc_ids), dict.fromkeys(qids[:5])  # the bench may use a subset of the queries
+    vecs, timings, source = hashing.model_vectors(args, corpus, queries)
+    assert list(vecs) == list(models) and timings == {"train dpr s": 2.0}
+    assert source["from"] == "--vectors" and source["dtype"] == "float16" and source["machine"] == "m"
+    with pytest.raises(SystemExit, match="other settings"):
+        hashing.model_vectors(__import__("argparse").Namespace(**{**vars(args), "lr": 1}), corpus, queries)
+    with pytest.raises(SystemExit, match="another corpus"):
+        hashing.model_vectors(args, dict.fromkeys(doc_ids[::-1]), queries)
+    with pytest.raises(SystemExit, match="another corpus"):
+        hashing.model_vectors(args, corpus, dict.fromkeys(["q-unknown"]))
+
+
+def test_hashing_search_time_is_the_median_of_the_passes_with_its_spread(monkeypatch):
+    hashing = load_bench("hashing", monkeypatch)
+    monkeypatch.setattr(hashing.common, "timed", lambda fn, repeat, warmup=0: hashing.common.Timing.of([1.0, 9.0, 2.0]))
+    t = hashing.ms_per_query(lambda: None, n_queries=1000, repeats=3)
+    assert t == {"ms_per_query": 2.0, "ms_per_query_min": 1.0, "ms_per_query_max": 9.0, "ms_per_query_spread": 4.0,
+                 "passes": 3}
