@@ -29,9 +29,10 @@ each question over all of its ~10 paragraphs (~1,300 word pieces, about 5 window
 gets after retrieval, where most blocks cannot hold the answer. ``--hotpotqa-contexts all`` trains on
 such inputs too (windows without the answer point at [CLS]); give such a run its own ``--work-dir``.
 
-Train on a GPU, time here: ``--train-only --device cuda`` trains the same recipe (seed, steps, batches) on
-a GPU; ``bench/blockskim_transfer.py`` carries the plain reader and frozen-* predictors back in a few files
-and rebuilds the ``--work-dir`` for ``--reuse`` (the result JSON's ``readers`` says where each was trained).
+Train on a GPU, time here: ``--train-only --device cuda`` trains the same recipe (seed, steps, batches)
+on a GPU; ``--export-to`` (bench/blockskim_transfer.py) carries the plain reader and the frozen-*
+predictors back in a few files, and ``--import-from`` rebuilds the ``--work-dir`` for ``--reuse`` (the
+result JSON's ``readers`` says where each reader was trained).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import blockskim_transfer
 import common
 from reprlab.io import atomic_write_json
 from reprlab.qa.block_skim import BlockSkimConfig, BlockSkimReader
@@ -86,6 +88,7 @@ def variant_label(variant: str) -> str:
 def _train_one(name: str, cfg: ReaderTrainingConfig, skim: BlockSkimConfig | None, threads: int) -> float:
     torch.set_num_threads(threads)
     logging.getLogger("reprlab").setLevel(logging.WARNING)
+    print(f"training {name} on {cfg.train.device} ...", flush=True)
     t0 = time.perf_counter()
     if skim is None:
         run_reader_training(cfg)
@@ -234,6 +237,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="train (or resume) the readers and stop; evaluate later with --reuse on a quiet machine")
     parser.add_argument("--diagnose-only", action="store_true",
                         help="only measure the trained predictors' AUC on the eval split and add it to --output")
+    parser.add_argument("--export-to", type=Path, metavar="DIR",
+                        help="after training (or --reuse), write the plain reader as float16 shards + runs.tar.gz "
+                             "(frozen-* predictors, configs) into DIR, to carry the runs to another machine")
+    parser.add_argument("--shard-mib", type=float, default=15.0, help="largest --export-to shard, MiB")
+    parser.add_argument("--import-from", type=Path, metavar="DIR",
+                        help="rebuild --work-dir from an --export-to folder (float32 weights from the float16 "
+                             "copy; data files checked by sha256) and stop; then evaluate with --reuse")
     parser.add_argument("--out", dest="output", type=Path, help=argparse.SUPPRESS)  # the older name of --output
     args = common.parse(parser, argv)
     if args.quick:
@@ -364,8 +374,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.getLogger("reprlab").setLevel(logging.WARNING)
     out = common.result_path("blockskim", args)
+    if args.import_from:
+        blockskim_transfer.import_runs(args.import_from, args.work_dir)
+        return
     t_start = time.perf_counter()
     train_times = train_models(args, args.work_dir, ReaderConfig(max_length=args.max_length, stride=args.stride))
+    if args.export_to:
+        blockskim_transfer.export_runs(args.work_dir, args.export_to, args.shard_mib)
     if args.train_only:
         for name, seconds in train_times.items():  # reused readers report their saved time (nan if none)
             print(f"{name}: {seconds / 60:.1f} min of training")
@@ -402,8 +417,9 @@ def main(argv: list[str] | None = None) -> None:
         append_section(result, out.with_suffix(".png"))
 
 
-HEADER = ("| reader | skim layers | threshold | EM | F1 | wall ms / q (median) | min-max | speedup (wall; per-pass range) "
-          "| CPU ms / q (median) | speedup (CPU; per-pass range) | fastest wall ms / q | slots run |\n"
+HEADER = ("| reader | skim layers | threshold | EM | F1 | wall ms / q (median) | min-max "
+          "| speedup (wall; per-pass range) | CPU ms / q (median) | speedup (CPU; per-pass range) "
+          "| fastest wall ms / q | slots run |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 

@@ -1,7 +1,8 @@
-"""Carry bench/blockskim.py's trained readers from the machine that trained them (e.g. a lent GPU machine
-whose returned files must each stay under 16 MiB) to the one that times them, as a few small files.
+"""bench/blockskim.py's ``--export-to`` / ``--import-from``: carry its trained readers from the machine
+that trained them (e.g. a lent GPU machine whose returned files must each stay under 16 MiB) to the one
+that times them, as a few small files.
 
-``export`` (on the training machine) writes into ``--out``:
+``--export-to DIR`` (on the training machine, after ``--train-only``) writes into DIR:
 
 - ``plain-fp16-NN.safetensors``: the plain reader's ``model.safetensors`` in float16, cut into shards of
   at most ``--shard-mib`` (a tensor larger than the room left is cut by rows; each part is named
@@ -13,20 +14,19 @@ whose returned files must each stay under 16 MiB) to the one that times them, as
 
 The frozen variants (``frozen-*``) train their predictors on the plain reader and leave its weights as
 they are: export checks that their ``model.safetensors`` equals the plain reader's, tensor for tensor, so
-one copy travels. ``import`` rebuilds the ``--work-dir`` layout ``--reuse`` expects, with float32 weights
-cast back from the float16 copy (so both readers share the exact same rounded weights; the comparison
+one copy travels. ``--import-from DIR`` rebuilds the ``--work-dir`` layout ``--reuse`` expects, with
+float32 weights cast back from the float16 copy (so both readers share the exact same rounded weights; the comparison
 stays fair, and the record says so): each run's ``train_config.json`` gets this machine's paths for its
 data files (after their sha256 matched) and for the plain reader it started from, and ``imported.json``
 says where, on what and how the run was trained and carried. Nothing else in the recipe changes, so
 ``--reuse`` accepts the runs by its usual check (``run_differences``).
 
-    python bench/blockskim_transfer.py export --work-dir runs/blockskim-long --out $OUT/bs     # GPU machine
-    python bench/blockskim_transfer.py import --from ~/bs --work-dir runs/blockskim-long       # here
+    python bench/blockskim.py --train-only --device cuda --work-dir runs/blockskim-long ... --export-to $OUT/bs
+    python bench/blockskim.py --import-from ~/bs --work-dir runs/blockskim-long      # here; then --reuse as usual
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import hashlib
 import io
@@ -157,7 +157,8 @@ def export_runs(work: Path, out: Path, shard_mib: float = 15.0) -> list[Path]:
         "runs": [r.name for r in runs], "tensors": {k: str(v.dtype).removeprefix("torch.") for k, v in plain.items()},
         "shapes": {k: list(v.shape) for k, v in plain.items()},
         "shards": {p.name: sha256(p) for p in shards}, "weights": "float16 copy of the float32 plain reader",
-        "machine": machine_summary(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_summary(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "torch": torch.__version__,
     }
     bundle = out / BUNDLE
@@ -255,25 +256,3 @@ def import_runs(source: Path, work: Path) -> list[Path]:
         folders.append(run)
         print(f"imported {run}", flush=True)
     return folders
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="action", required=True)
-    exp = sub.add_parser("export", help="write the shards and runs.tar.gz of --work-dir into --out")
-    exp.add_argument("--work-dir", type=Path, required=True, help="bench/blockskim.py's --work-dir")
-    exp.add_argument("--out", type=Path, required=True, help="folder for the files that travel")
-    exp.add_argument("--shard-mib", type=float, default=15.0, help="largest shard, MiB (default 15)")
-    imp = sub.add_parser("import", help="rebuild --work-dir from an export")
-    imp.add_argument("--from", dest="source", type=Path, required=True, help="the folder export wrote")
-    imp.add_argument("--work-dir", type=Path, required=True,
-                     help="the --work-dir bench/blockskim.py --reuse will be given (the same string)")
-    args = parser.parse_args(argv)
-    if args.action == "export":
-        export_runs(args.work_dir, args.out, args.shard_mib)
-    else:
-        import_runs(args.source, args.work_dir)
-
-
-if __name__ == "__main__":
-    main()

@@ -44,8 +44,8 @@ def test_shards_stay_under_the_limit_and_import_equals_a_direct_fp16_cast(tmp_pa
     assert not torch.equal(back["scale"], state["scale"])  # it did go through fp16
     files = transfer.write_shards(state, tmp_path, "w", shard_mib=0.08)  # 0.08 MiB files (64 KiB header room)
     assert all(f.stat().st_size < 0.08 * 2**20 for f in files) and len(files) >= 2
-    back = transfer.unshard_state([load_file(str(f)) for f in files], {k: "float32" for k in state if k != "position_ids"}
-                                  | {"position_ids": "int64"})
+    dtypes = {k: "float32" for k in state if k != "position_ids"} | {"position_ids": "int64"}
+    back = transfer.unshard_state([load_file(str(f)) for f in files], dtypes)
     assert all(torch.equal(back[k], v) for k, v in cast(state).items())
 
 
