@@ -493,10 +493,15 @@ def imported_note(result: dict) -> str:
     carried = {k: r["imported"] for k, r in result.get("readers", {}).items() if "imported" in r}
     if not carried:
         return ""
-    first = next(iter(carried.values()))["trained_on"]
-    return (f" The readers ({', '.join(carried)}) were trained with the same recipe on device {first['device']} "
+    record = next(iter(carried.values()))
+    first = record["trained_on"]
+    note = (f" The readers ({', '.join(carried)}) were trained with the same recipe on device {first['device']} "
             f"({first['gpu'] or first['machine']}) and carried here as a float16 copy cast back to float32: every "
             "reader shares the exact same rounded weights.")
+    if not record.get("start_model", {}).get("same", True):
+        note += (" They started from that machine's all-MiniLM-L6-v2, whose weights are not byte-identical to the "
+                 "shipped package's here (a stand-in; both sha256 in the JSON's readers).")
+    return note
 
 
 def append_section(result: dict, png: Path) -> None:

@@ -124,6 +124,17 @@ def write_shards(state: dict[str, torch.Tensor], out: Path, stem: str, shard_mib
 # ----------------------------------------------------------------------------- export
 
 
+def start_model_sha256(name: str) -> str | None:
+    """sha256 of the weights a run started from when it is a named model (``minilm``), else None: a lent
+    machine may hold a stand-in of the shipped MiniLM (e.g. float32 rebuilt from float16), which the run's
+    config (``model="minilm"``) does not show."""
+    if name != "minilm":
+        return None
+    from reprlab.hub import resolve_model_path
+
+    return sha256(resolve_model_path(name) / WEIGHTS)
+
+
 def run_folders(work: Path) -> list[Path]:
     """The run folders of a work dir: ``plain`` first, then every folder holding a trained model."""
     runs = sorted(p.parent.parent for p in work.glob(f"*/model/{WEIGHTS}"))
@@ -153,7 +164,7 @@ def export_runs(work: Path, out: Path, shard_mib: float = 15.0) -> list[Path]:
     manifest = {
         # the work dir as training wrote it into the runs' configs (a frozen run's start model is under it)
         "work_dir": str(Path(json.loads((work / "plain" / "train_config.json").read_text())["output_dir"]).parent),
-        "data_root": str(root), "data_sha256": data,
+        "data_root": str(root), "start_model_sha256": start_model_sha256("minilm"), "data_sha256": data,
         "runs": [r.name for r in runs], "tensors": {k: str(v.dtype).removeprefix("torch.") for k, v in plain.items()},
         "shapes": {k: list(v.shape) for k, v in plain.items()},
         "shards": {p.name: sha256(p) for p in shards}, "weights": "float16 copy of the float32 plain reader",
@@ -251,6 +262,9 @@ def import_runs(source: Path, work: Path) -> list[Path]:
                 "weights": "float32 cast back from a float16 copy of the trained plain reader (the same rounded "
                            "weights in every imported run)",
                 "paths_replaced": changed, "data_sha256": manifest["data_sha256"], "shards": manifest["shards"],
+                "start_model": {"minilm_sha256_there": manifest["start_model_sha256"],
+                                "minilm_sha256_here": start_model_sha256("minilm"),
+                                "same": manifest["start_model_sha256"] == start_model_sha256("minilm")},
                 "imported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             })
         folders.append(run)

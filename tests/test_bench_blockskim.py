@@ -106,6 +106,7 @@ def test_export_then_import_rebuilds_the_runs_for_reuse(trained, tmp_path, monke
         imported = json.loads((local / name / "imported.json").read_text())
         assert imported["trained_on"]["device"] == "cuda" and "float16" in imported["weights"]
         assert imported["paths_replaced"]["data"][0][0] == str(there / "qa" / "a.json")
+        assert imported["start_model"]["same"] and len(imported["start_model"]["minilm_sha256_here"]) == 64
     frozen = json.loads((local / "blockskim-question-frozen" / "train_config.json").read_text())["extra"]["config"]
     assert frozen["model"] == str(local / "plain" / "model")  # the plain reader it started from, here
     original = json.loads((work / "plain" / "train_config.json").read_text())["extra"]["config"]
