@@ -14,8 +14,9 @@ diagonal blocks, and diagonal blocks + question attention) adds skim predictors 
 predictors, for ``--frozen-epochs``, on the saved plain reader, whose weights stay as they are.
 Evaluation: the eval split, one question at a time (all its
 windows in one batch; max_length 384, stride 128), EM/F1 as the official SQuAD v1.1 script, wall
-and CPU time per question (tokenization + model + decoding, one torch thread), fastest of
-``--repeats`` interleaved passes. Block Skim is timed for every (skim layers, threshold) pair;
+and CPU time per question (tokenization + model + decoding, one torch thread): the median of
+``--repeats`` (>= 3) interleaved passes, with their min-max spread and the fastest pass; the JSON keeps every
+pass. Block Skim is timed for every (skim layers, threshold) pair;
 threshold 0 keeps every block. "slots" is the fraction of (token x layer) slots the model ran,
 relative to the full sequence.
 
@@ -27,6 +28,11 @@ relative to the full sequence.
 each question over all of its ~10 paragraphs (~1,300 word pieces, about 5 windows), the input a reader
 gets after retrieval, where most blocks cannot hold the answer. ``--hotpotqa-contexts all`` trains on
 such inputs too (windows without the answer point at [CLS]); give such a run its own ``--work-dir``.
+
+Train on a GPU, time here: ``--train-only --device cuda`` trains the same recipe (seed, steps, batches)
+on a GPU; ``--export-to`` (bench/blockskim_transfer.py) carries the plain reader and the frozen-*
+predictors back in a few files, and ``--import-from`` rebuilds the ``--work-dir`` for ``--reuse`` (the
+result JSON's ``readers`` says where each reader was trained).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import blockskim_transfer
 import common
 from reprlab.io import atomic_write_json
 from reprlab.qa.block_skim import BlockSkimConfig, BlockSkimReader
@@ -81,6 +88,7 @@ def variant_label(variant: str) -> str:
 def _train_one(name: str, cfg: ReaderTrainingConfig, skim: BlockSkimConfig | None, threads: int) -> float:
     torch.set_num_threads(threads)
     logging.getLogger("reprlab").setLevel(logging.WARNING)
+    print(f"training {name} on {cfg.train.device} ...", flush=True)
     t0 = time.perf_counter()
     if skim is None:
         run_reader_training(cfg)
@@ -220,7 +228,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--keep-weight", type=float, default=5.0)
     parser.add_argument("--skim-weight", type=float, default=1.0)
     parser.add_argument("--predictor-lr-scale", type=float, default=10.0)
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing passes (>= 3; the fastest is kept)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved timing passes (>= 3): median, min-max spread and fastest reported")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N eval questions")
     parser.add_argument("--sequential", action="store_true",
                         help="train the two readers one after the other (default: two processes, one thread each)")
@@ -228,6 +237,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="train (or resume) the readers and stop; evaluate later with --reuse on a quiet machine")
     parser.add_argument("--diagnose-only", action="store_true",
                         help="only measure the trained predictors' AUC on the eval split and add it to --output")
+    parser.add_argument("--export-to", type=Path, metavar="DIR",
+                        help="after training (or --reuse), write the plain reader as float16 shards + runs.tar.gz "
+                             "(frozen-* predictors, configs) into DIR, to carry the runs to another machine")
+    parser.add_argument("--shard-mib", type=float, default=15.0, help="largest --export-to shard, MiB")
+    parser.add_argument("--import-from", type=Path, metavar="DIR",
+                        help="rebuild --work-dir from an --export-to folder (float32 weights from the float16 "
+                             "copy; data files checked by sha256) and stop; then evaluate with --reuse")
     parser.add_argument("--out", dest="output", type=Path, help=argparse.SUPPRESS)  # the older name of --output
     args = common.parse(parser, argv)
     if args.quick:
@@ -266,6 +282,20 @@ def diagnostics(args, examples) -> list[dict]:
     return rows
 
 
+def reader_provenance(args) -> dict:
+    """{run folder: where its reader was trained}: the training device of each run, and its ``imported.json``
+    when bench/blockskim_transfer.py carried it here from another machine."""
+    out = {}
+    for name in ["plain"] + [VARIANTS[v][2] for v in args.variants]:
+        run, record = args.work_dir / name, {}
+        if (run / "train_config.json").is_file():
+            record["device"] = json.loads((run / "train_config.json").read_text()).get("device")
+        if (run / "imported.json").is_file():
+            record["imported"] = json.loads((run / "imported.json").read_text())
+        out[name] = record
+    return out
+
+
 def load_readers(args, device) -> tuple[Reader, dict, list]:
     """The plain reader, one Block Skim reader per (variant, skim-layer set), and every timed
     (variant, layers, threshold) configuration, the plain reader first."""
@@ -284,8 +314,8 @@ def load_readers(args, device) -> tuple[Reader, dict, list]:
 
 
 def time_readers(args, examples, plain, skimmers, configs) -> list[dict]:
-    """Every configuration over all eval questions, ``--repeats`` interleaved passes (wall and CPU time,
-    fastest kept); EM/F1 and the share of (token x layer) slots run."""
+    """Every configuration over all eval questions, ``--repeats`` interleaved passes (wall and CPU time:
+    :func:`timing_columns`); EM/F1 and the share of (token x layer) slots run."""
     def predict(c):
         name, layers, threshold = c
         model = plain if name == "plain" else skimmers[(name, layers)]
@@ -299,7 +329,6 @@ def time_readers(args, examples, plain, skimmers, configs) -> list[dict]:
         timing = common.timed_interleaved({c: (lambda c=c: predict(c)) for c in configs}, args.repeats,
                                           warmup=0, cpu=True)
     rows = []
-    base, base_cpu = timing[configs[0]]["min"], timing[configs[0]]["cpu"]["min"]
     for c in configs:
         (predictions, stats), t = timing[c].result, timing[c]
         m = evaluate_examples(examples, predictions)
@@ -309,23 +338,49 @@ def time_readers(args, examples, plain, skimmers, configs) -> list[dict]:
             "skim_layers": list(c[1]) if c[1] else None, "threshold": c[2],
             "exact_match": round(m["exact_match"], 2), "f1": round(m["f1"], 2),
             "slots": round(sum(slots) / (len(slots) * slots[0]), 3) if slots else 1.0,
-            "windows": stats.get("windows", 0),
-            "ms_per_question": round(1000 * t["min"] / len(examples), 2), "speedup": round(base / t["min"], 3),
-            "cpu_ms_per_question": round(1000 * t["cpu"]["min"] / len(examples), 2),
-            "cpu_speedup": round(base_cpu / t["cpu"]["min"], 3),
-            "median_ms_per_question": round(1000 * t["median"] / len(examples), 2), "spread": round(t["spread"], 3),
+            "windows": stats.get("windows", 0), **timing_columns(t, timing[configs[0]], len(examples)),
         })
-        print(f"  {c[0]} {c[1] or ''} t={c[2]} wall {t['min']:.1f}s cpu {t['cpu']['min']:.1f}s "
-              f"F1 {rows[-1]['f1']:.2f} slots {rows[-1]['slots']:.2f}", flush=True)
+        print(f"  {c[0]} {c[1] or ''} t={c[2]} wall {t['median']:.1f}s (median; {t['min']:.1f}-{t['max']:.1f}) "
+              f"cpu {t['cpu']['median']:.1f}s F1 {rows[-1]['f1']:.2f} slots {rows[-1]['slots']:.2f}", flush=True)
     return rows
+
+
+def timing_columns(t: dict, base: dict, n_questions: int) -> dict:
+    """A row's timing fields from its :class:`common.Timing` ``t`` and the plain reader's ``base`` (same passes).
+
+    ``ms_per_question`` / ``cpu_ms_per_question``: the median pass, per question, with ``*_min`` / ``*_max``
+    (the spread; ``spread`` = (max - min) / median); ``speedup`` / ``cpu_speedup``: the plain reader's median
+    over this one's, with ``*_min`` / ``*_max`` the range of the per-pass ratios (pass r of both ran in the
+    same interleaved sweep); ``fastest_*``: from the fastest passes; ``passes_s`` / ``cpu_passes_s``: every
+    pass, seconds for all questions."""
+    out = {}
+    for prefix, mine, ref in (("", t, base), ("cpu_", t["cpu"], base["cpu"])):
+        ratios = [b / x for b, x in zip(ref["passes"], mine["passes"])]
+        out.update({
+            f"{prefix}ms_per_question": round(1000 * mine["median"] / n_questions, 2),
+            f"{prefix}ms_min": round(1000 * mine["min"] / n_questions, 2),
+            f"{prefix}ms_max": round(1000 * mine["max"] / n_questions, 2),
+            f"{prefix}spread": round(mine["spread"], 3),
+            f"{prefix}speedup": round(ref["median"] / mine["median"], 3),
+            f"{prefix}speedup_min": round(min(ratios), 3), f"{prefix}speedup_max": round(max(ratios), 3),
+            f"{prefix}fastest_ms_per_question": round(1000 * mine["min"] / n_questions, 2),
+            f"{prefix}fastest_speedup": round(ref["min"] / mine["min"], 3),
+            f"{prefix}passes_s": [round(x, 4) for x in mine["passes"]],
+        })
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.getLogger("reprlab").setLevel(logging.WARNING)
     out = common.result_path("blockskim", args)
+    if args.import_from:
+        blockskim_transfer.import_runs(args.import_from, args.work_dir)
+        return
     t_start = time.perf_counter()
     train_times = train_models(args, args.work_dir, ReaderConfig(max_length=args.max_length, stride=args.stride))
+    if args.export_to:
+        blockskim_transfer.export_runs(args.work_dir, args.export_to, args.shard_mib)
     if args.train_only:
         for name, seconds in train_times.items():  # reused readers report their saved time (nan if none)
             print(f"{name}: {seconds / 60:.1f} min of training")
@@ -342,7 +397,10 @@ def main(argv: list[str] | None = None) -> None:
         rows = time_readers(args, examples, plain, skimmers, configs)
         plain_f1 = rows[0]["f1"]
         result = common.write_result("blockskim", {
-            "device": args.device, "train_questions": train_questions, "eval_set": args.eval_set,
+            "device": args.device, "readers": reader_provenance(args),
+            "timing": f"median of {args.repeats} interleaved passes; min-max spread, per-pass speedup range and "
+                      "fastest pass beside it; every pass in passes_s / cpu_passes_s (seconds, all questions)",
+            "train_questions": train_questions, "eval_set": args.eval_set,
             "eval_questions": len(examples), "eval_articles": len({e.group for e in examples}),
             "eval_tokens_per_question": round(sum(len(x.ids) for x in plain.tokenizer.encode_raw(
                 [e.context for e in examples])) / len(examples), 1),
@@ -359,8 +417,10 @@ def main(argv: list[str] | None = None) -> None:
         append_section(result, out.with_suffix(".png"))
 
 
-HEADER = ("| reader | skim layers | threshold | EM | F1 | wall ms / q | speedup (wall) | CPU ms / q | speedup (CPU) "
-          "| slots run |\n|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| reader | skim layers | threshold | EM | F1 | wall ms / q (median) | min-max "
+          "| speedup (wall; per-pass range) | CPU ms / q (median) | speedup (CPU; per-pass range) "
+          "| fastest wall ms / q | slots run |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def table(result: dict) -> str:
@@ -369,8 +429,10 @@ def table(result: dict) -> str:
         layers = ",".join(map(str, r["skim_layers"])) if r["skim_layers"] else "-"
         threshold = "-" if r["threshold"] is None else f"{r['threshold']:g}"
         lines.append(f"| {r['reader']} | {layers} | {threshold} | {r['exact_match']:.2f} | {r['f1']:.2f} | "
-                     f"{r['ms_per_question']:.1f} | {r['speedup']:.2f}x | {r['cpu_ms_per_question']:.1f} | "
-                     f"{r['cpu_speedup']:.2f}x | {r['slots']:.2f} |")
+                     f"{r['ms_per_question']:.1f} | {r['ms_min']:.1f}-{r['ms_max']:.1f} | {r['speedup']:.2f}x "
+                     f"({r['speedup_min']:.2f}-{r['speedup_max']:.2f}) | {r['cpu_ms_per_question']:.1f} | "
+                     f"{r['cpu_speedup']:.2f}x ({r['cpu_speedup_min']:.2f}-{r['cpu_speedup_max']:.2f}) | "
+                     f"{r['fastest_ms_per_question']:.1f} | {r['slots']:.2f} |")
     return "\n".join(lines)
 
 
@@ -426,6 +488,22 @@ def goal(rows: list[dict], key: str) -> str:
                                  f"t={r['threshold']:g} ({r[key]:.2f}x, F1 {r['f1']:.2f})" for r in rows)
 
 
+def imported_note(result: dict) -> str:
+    """A sentence for readers trained elsewhere (bench/blockskim_transfer.py's imported.json), or ""."""
+    carried = {k: r["imported"] for k, r in result.get("readers", {}).items() if "imported" in r}
+    if not carried:
+        return ""
+    record = next(iter(carried.values()))
+    first = record["trained_on"]
+    note = (f" The readers ({', '.join(carried)}) were trained with the same recipe on device {first['device']} "
+            f"({first['gpu'] or first['machine']}) and carried here as a float16 copy cast back to float32: every "
+            "reader shares the exact same rounded weights.")
+    if not record.get("start_model", {}).get("same", True):
+        note += (" They started from that machine's all-MiniLM-L6-v2, whose weights are not byte-identical to the "
+                 "shipped package's here (a stand-in; both sha256 in the JSON's readers).")
+    return note
+
+
 def append_section(result: dict, png: Path) -> None:
     s = result["settings"]
     tq = result["train_questions"]
@@ -445,7 +523,7 @@ def append_section(result: dict, png: Path) -> None:
         f"Command: `flock /tmp/reprlab-heavy.lock {result['command']}` (from the repo root). "
         f"Machine: {result['machine']}. Date: {result['date']}. Total {result['total_minutes']:.0f} min "
         "(training wall minutes: " + ", ".join(f"{k} {v}" for k, v in result["train_minutes"].items())
-        + ").",
+        + ")." + imported_note(result),
         "",
         f"**Little training data**: {tq['squad']} SQuAD questions (train side of the article split) + "
         f"{tq['hotpotqa']} {hotpot}, about 1% of SQuAD's training set, so "
@@ -453,8 +531,9 @@ def append_section(result: dict, png: Path) -> None:
         "trained alike from all-MiniLM-L6-v2 "
         f"({s['epochs']:g} epochs, batch {s['batch_size']}, lr {s['lr']:g}). Eval: "
         f"{held_out}, eval fraction {s['eval_fraction']}), one question at a time, max_length "
-        f"{s['max_length']}, stride {s['stride']}; wall time = tokenization + model + decoding, fastest of "
-        f"{s['repeats']} interleaved passes. Block Skim: blocks of {s['block_size']} context tokens, predictors "
+        f"{s['max_length']}, stride {s['stride']}; wall time = tokenization + model + decoding, median of "
+        f"{s['repeats']} interleaved passes (min-max and the per-pass speedup range beside it; every pass in the "
+        "JSON). Block Skim: blocks of {s['block_size']} context tokens, predictors "
         f"trained after layers {s['train_layers']} (keep weight {s['keep_weight']:g}, predictor lr x"
         f"{s['predictor_lr_scale']:g}), skipping after the "
         "layers shown; threshold = skip a block when P(keep) < threshold (0 keeps all). slots run = "
