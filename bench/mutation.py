@@ -7,8 +7,8 @@ killed. Survivors are listed per module in the JSON, with their diffs, to be kil
 explained (an equivalent mutant: a change that computes the same thing, e.g. a different epsilon that no
 input reaches, or an error message's wording).
 
-Each module runs in a fresh copy of the repository (``git archive`` of HEAD plus the working tree's
-``src`` and ``tests``), so nothing here touches the checkout. Where a file holds more than the mechanism
+Each module runs in a fresh copy of the repository (its top-level files and the working tree's ``src`` and
+``tests``; no git needed), so nothing here touches the checkout. Where a file holds more than the mechanism
 (configs, I/O, printing), only the functions named in ``MODULES`` are mutated: the copy marks the others
 with mutmut's ``# pragma: no mutate block``.
 
@@ -85,7 +85,7 @@ test fails. *Score* = killed / all mutants (a mutant no test reaches counts as s
 counts the survivors shown below to be equivalent (they compute the same thing on every input the code can get,
 or change only an error message's wording). Each remaining survivor is listed with the reason it is left.
 
-Command: `{command}` (under the shared lock; a module runs in a fresh copy of the repository). Date: {date}.
+Command: `{command}` ({how}; a module runs in a fresh copy of the repository). Date: {date}.
 Machine: {machine_line}. JSON: `bench/results/mutation.json` (every survivor's diff)."""
 
 # Surviving mutants that compute the same thing as the original on every input the code can get (or differ only in
@@ -131,10 +131,10 @@ def mark_out_of_scope(path: Path, keep: list[str]) -> None:
 
 def prepare(workdir: Path, sources: list[str], tests: list[str], scope: list[str] | None = None) -> None:
     """A copy of the repository whose pyproject.toml tells mutmut what to mutate and which tests to run."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD"], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(workdir)], input=archive, check=True)
+    for path in REPO.iterdir():  # the top-level files (pyproject.toml...): no git needed, a bare copy will do
+        if path.is_file() and path.name != ".git":  # (a worktree's .git is a file)
+            shutil.copy2(path, workdir / path.name)
     for part in ("src", "tests"):  # the working tree's code, committed or not
-        shutil.rmtree(workdir / part)
         shutil.copytree(REPO / part, workdir / part, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     if scope is not None:
         for source in sources:
@@ -284,7 +284,11 @@ def markdown(record: dict) -> str:
 
     A module cut by its time limit shows how far it got (its score is over the mutants it checked); one that gave
     no result (crashed, or not started for lack of time) is named with the reason."""
-    out = [MD_HEAD.format(**record, machine_line=record["machine"] if isinstance(record["machine"], str)
+    jobs = record.get("settings", {}).get("jobs", 1)
+    how = ("under the shared lock" if jobs == 1 else
+           f"{jobs} modules at once, each test process on one thread; mutmut runs the quickest-tested mutants first, "
+           "so those a time limit leaves unchecked are the slow ones")
+    out = [MD_HEAD.format(**record, how=how, machine_line=record["machine"] if isinstance(record["machine"], str)
                           else json.dumps(record["machine"])), "",
            "| module | mutants | killed | survived | equivalent | score | score, equivalent as killed |",
            "|---|---|---|---|---|---|---|"]
@@ -351,12 +355,14 @@ def weight(name: str) -> int:
 
 def share_children(modules: list[str], processes: int, jobs: int) -> dict[str, int]:
     """mutmut's ``--max-children`` per module: when every module runs at once, ``processes`` split by
-    :func:`weight` (so the big ones end about when the small ones do); otherwise ``processes // jobs`` each."""
+    :func:`weight` (at least 2 each); otherwise ``processes // jobs`` each. More processes than cores keeps every
+    core busy after the small modules end (a mutant's time limit counts CPU seconds, so crowding cannot time it
+    out)."""
     if jobs < len(modules):
         return {m: max(1, processes // jobs) for m in modules}
     weights = {m: weight(m) for m in modules}
     total = sum(weights.values())
-    return {m: max(1, round(processes * w / total)) for m, w in weights.items()}
+    return {m: max(2, round(processes * w / total)) for m, w in weights.items()}
 
 
 def run_part(name: str, children: int, parts: Path, limit: float | None, deadline: float | None) -> dict:
@@ -415,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="mutants tested at once per module (default: with --jobs 1, 2; otherwise --processes "
                              "shared among the modules by their size)")
     parser.add_argument("--processes", type=int, default=None,
-                        help="test processes in all, for the default --children (default: 1.5 x the CPU count)")
+                        help="test processes in all, for the default --children (default: 2.5 x the CPU count)")
     parser.add_argument("--time-limit", type=float, default=None,
                         help="seconds a module may run; then it stops and reports the mutants it checked")
     parser.add_argument("--deadline", type=float, default=None,
@@ -439,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         common.write_result("mutation", record, args, argv)
     else:
         t0 = time.time()
-        processes = args.processes or round(1.5 * (os.cpu_count() or 2))
+        processes = args.processes or round(2.5 * (os.cpu_count() or 2))
         children = ({m: args.children for m in modules} if args.children else
                     {m: 2 for m in modules} if args.jobs == 1 else share_children(modules, processes, args.jobs))
         from reprlab.io import atomic_write_json
