@@ -284,7 +284,7 @@ def markdown(record: dict) -> str:
 
     A module cut by its time limit shows how far it got (its score is over the mutants it checked); one that gave
     no result (crashed, or not started for lack of time) is named with the reason."""
-    jobs = record.get("settings", {}).get("jobs", 1)
+    jobs = min(record.get("settings", {}).get("jobs", 1), len(record["modules"]))
     how = ("under the shared lock" if jobs == 1 else
            f"{jobs} modules at once, each test process on one thread; mutmut runs the quickest-tested mutants first, "
            "so those a time limit leaves unchecked are the slow ones")
@@ -372,8 +372,8 @@ def run_part(name: str, children: int, parts: Path, limit: float | None, deadlin
     left = None if deadline is None else deadline - time.time()
     limit = left if limit is None else limit if left is None else min(limit, left)
     try:
-        if limit is not None and limit < 60:
-            raise TimeoutError(f"not started: {max(limit, 0):.0f} s left of the run's --deadline")
+        if left is not None and left < 60:
+            raise TimeoutError(f"not started: {max(left, 0):.0f} s left of the run's --deadline")
         row = run_module(name, children, limit, parts / f"{name}.log")
     except Exception as exc:  # one module's failure must not lose the others' results
         row = {"module": name, "error": "".join(traceback.format_exception_only(exc)).strip()}

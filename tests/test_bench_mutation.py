@@ -80,10 +80,12 @@ def test_a_module_gets_no_start_without_time_left(tmp_path, monkeypatch):
     monkeypatch.setattr(mutation, "run_module", lambda *a, **k: pytest.fail("started"))
     row = mutation.run_part("kd", 2, tmp_path, limit=300, deadline=time.time() + 30)
     assert "not started" in row["error"] and json.loads((tmp_path / "kd.json").read_text()) == row
-    seen = {}
-    monkeypatch.setattr(mutation, "run_module", lambda name, c, limit, log: seen.setdefault("limit", limit) and {})
+    limits = []
+    monkeypatch.setattr(mutation, "run_module", lambda name, c, limit, log: limits.append(limit) or {})
     mutation.run_part("kd", 2, tmp_path, limit=300, deadline=time.time() + 120)
-    assert 100 < seen["limit"] <= 120  # the run's deadline shortens the module's own limit
+    assert 100 < limits[-1] <= 120  # the run's deadline shortens the module's own limit
+    mutation.run_part("kd", 2, tmp_path, limit=30, deadline=None)
+    assert limits[-1] == 30  # a short limit of its own still runs
 
 
 def test_children_follow_module_size():
