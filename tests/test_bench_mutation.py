@@ -88,13 +88,16 @@ def test_a_module_gets_no_start_without_time_left(tmp_path, monkeypatch):
     assert limits[-1] == 30  # a short limit of its own still runs
 
 
-def test_children_follow_module_size():
+def test_children_follow_module_size(monkeypatch):
     mods = ["training-loop", "kd", "metrics"]
     shared = mutation.share_children(mods, 24, jobs=3)
     weights = {m: mutation.weight(m) for m in mods}
     big, small = max(weights, key=weights.get), min(weights, key=weights.get)
     assert shared[big] > shared[small] >= 1 and abs(sum(shared.values()) - 24) <= 3
     assert mutation.share_children(mods, 24, jobs=2) == {m: 12 for m in mods}  # queued: equal shares
+    monkeypatch.setitem(mutation.MODULES, "new", (["distill/kd.py"], ["tests/distill/test_kd.py"], ["KDLoss"]))
+    lines = len((REPO / "src/reprlab/distill/kd.py").read_text().splitlines())
+    assert 10 < mutation.weight("new") < lines  # not measured: the lines of the named functions
 
 
 def test_mutmut_env_puts_the_copy_first_and_drops_this_checkout(monkeypatch):
