@@ -163,6 +163,7 @@ def _mutmut(args: list[str], work: Path, env: dict, log, deadline: float | None)
     mutants checked so far keep theirs). True when it finished on its own."""
     proc = subprocess.Popen([sys.executable, "-m", "mutmut", *args], cwd=work, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
+    RUNNING.add(proc.pid)
     try:
         proc.wait(timeout=None if deadline is None else max(1.0, deadline - time.time()))
         return True
@@ -178,6 +179,22 @@ def _mutmut(args: list[str], work: Path, env: dict, log, deadline: float | None)
             pass
         proc.wait()
         return False
+    finally:
+        RUNNING.discard(proc.pid)
+
+
+RUNNING: set[int] = set()  # process groups of the mutmut runs under way
+
+
+def _stop_all(signum, frame) -> None:
+    """On SIGTERM (e.g. an outer ``timeout``): kill every mutmut run's process group (they are in sessions of their
+    own, so nothing else would stop them), then exit; the modules that ended have their parts already."""
+    for pgid in list(RUNNING):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os._exit(128 + signum)
 
 
 def _statuses(work: Path, env: dict) -> dict[str, str]:
@@ -467,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(parts / "run.json", {**common.stamp(argv), "modules": modules,
                                                 "settings": {**common.settings(args), "children": children}})
         print(f"{len(modules)} modules, {args.jobs} at a time; mutmut children {children}", flush=True)
+        signal.signal(signal.SIGTERM, _stop_all)
         run_parts(modules, parts, args.jobs, children, args.time_limit,
                   None if args.deadline is None else t0 + args.deadline)
         record = common.write_result("mutation", merge(parts), args, argv)

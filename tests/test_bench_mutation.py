@@ -143,3 +143,33 @@ def test_the_copy_needs_no_git(tmp_path, monkeypatch):
     assert (tmp_path / "tests" / "conftest.py").is_file() and not (tmp_path / ".git").exists()
     marked = (tmp_path / "src" / "reprlab" / "train" / "loop.py").read_text()
     assert "def train(" in marked and mutation.NO_MUTATE in marked  # the other functions are out of scope
+
+
+def test_sigterm_stops_the_mutmut_runs(tmp_path):
+    """An outer ``timeout`` must not leave mutmut runs (in sessions of their own) burning the machine's cores."""
+    (tmp_path / "fake" / "mutmut").mkdir(parents=True)
+    (tmp_path / "fake" / "mutmut" / "__init__.py").write_text("")
+    (tmp_path / "fake" / "mutmut" / "__main__.py").write_text(
+        "import os, time\nopen('pid', 'w').write(str(os.getpid()))\ntime.sleep(60)\n")
+    driver = textwrap.dedent(f"""
+        import os, signal, sys, threading, time
+        sys.path.insert(0, {str(REPO / "bench")!r})
+        import mutation
+        signal.signal(signal.SIGTERM, mutation._stop_all)
+        env = {{**os.environ, "PYTHONPATH": {str(tmp_path / "fake")!r}}}
+        threading.Thread(target=mutation._mutmut, args=(["run"], {str(tmp_path)!r}, env, None, None), daemon=True).start()
+        time.sleep(60)
+    """)
+    import subprocess
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "bench")])}
+    proc = subprocess.Popen([sys.executable, "-c", driver], env=env)
+    for _ in range(100):
+        if (tmp_path / "pid").is_file() and (tmp_path / "pid").read_text():
+            break
+        time.sleep(0.1)
+    child = int((tmp_path / "pid").read_text())
+    proc.terminate()
+    assert proc.wait(timeout=20) == 128 + 15
+    time.sleep(0.5)
+    status = Path(f"/proc/{child}/status")
+    assert not status.exists() or "\nState:\tZ" in status.read_text()  # gone, or a zombie nobody reaped yet
