@@ -184,3 +184,14 @@ def test_loads_a_folder_saved_by_sentence_transformers(ours, minilm_path, tmp_pa
     back = SentenceEncoder.from_pretrained(tmp_path / "st")
     assert (back.pooling.mode, back.normalize, back.max_length) == ("mean", True, 128)
     np.testing.assert_allclose(back.encode(TEXTS), model.encode(TEXTS), atol=1e-5, rtol=0)
+
+
+def test_tokenizer_says_once_when_max_length_is_cut_to_the_model_limit(caplog):
+    tok = Tokenizer.from_pretrained("minilm")
+    long = "word " * 700
+    with caplog.at_level("WARNING", logger="reprlab"):
+        assert tok([long], max_length=400).input_ids.shape[1] == 400  # inside the limit: no word
+        assert not caplog.records
+        assert tok([long], max_length=2048).input_ids.shape[1] == tok.model_max_length
+        tok([long], max_length=2048)
+    assert len(caplog.records) == 1 and "2048" in caplog.text and str(tok.model_max_length) in caplog.text

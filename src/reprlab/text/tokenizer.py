@@ -14,6 +14,7 @@ torch.Size([2, 5])
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,7 @@ class Tokenizer:
         self._tok.no_padding()
         self._tok.no_truncation()
         self.model_max_length = model_max_length
+        self._warned_clamp = False
         self.source = source
         vocab = tokenizer.get_vocab()
 
@@ -150,6 +152,11 @@ class Tokenizer:
             raise ReprlabError("no texts to tokenize: the list is empty")
         if pairs is not None and len(pairs) != len(texts):
             raise ReprlabError(f"{len(texts)} texts but {len(pairs)} pair texts")
+        if max_length is not None and max_length > self.model_max_length and not getattr(self, "_warned_clamp", False):
+            self._warned_clamp = True  # once per tokenizer: a loop over batches would repeat it
+            logging.getLogger("reprlab").warning(
+                "max_length %d is longer than the model's %d positions: inputs are cut at %d tokens",
+                max_length, self.model_max_length, self.model_max_length)
         max_length = min(max_length or self.model_max_length, self.model_max_length)
         self._tok.enable_truncation(max_length, stride=stride, strategy=truncation)
         try:
