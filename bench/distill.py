@@ -172,12 +172,12 @@ def score_models(args, models: dict, datasets: dict, timing: dict, train_seconds
         scores = {k: round(common.evaluate_dense(model, d, args.eval_batch_size)["ndcg_cut_10"], 4)
                   for k, d in datasets.items()}
         eval_s = time.time() - t0
-        seconds = timing["teacher"]["min"] if model is teacher else timing["student"]["min"]
+        seconds = timing["teacher"]["median"] if model is teacher else timing["student"]["median"]
         total, body = parameters(model)
         rows.append({
             "model": name, "layers": model.encoder.config.num_layers, "params_m": round(total / 1e6, 2),
             "size_ratio": round(t_params / total, 2), "non_embedding_size_ratio": round(t_body / body, 2),
-            "encode_s": round(seconds, 2), "speed_ratio": round(timing["teacher"]["min"] / seconds, 2),
+            "encode_s": round(seconds, 2), "speed_ratio": round(timing["teacher"]["median"] / seconds, 2),
             **{f"ndcg@10_{k}": v for k, v in scores.items()},
             "scifact_vs_teacher": None, "eval_s": round(eval_s, 1), "train_s": train_seconds.get(name),
         })
