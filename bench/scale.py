@@ -273,7 +273,7 @@ def train_rows(args, n: int) -> np.ndarray:
     return np.sort(np.random.default_rng(6).choice(n, size=args.train_queries, replace=False))
 
 
-def realism(vec, base) -> dict:
+def realism(vec, base, truth=None) -> dict:
     """How the synthetic vectors compare with the real ones: cosine of each real query to its nearest real
     document vs its nearest synthetic one (of as many), and the mean pairwise cosine of each set."""
     rng = np.random.default_rng(4)
@@ -286,7 +286,11 @@ def realism(vec, base) -> dict:
         s = x[:2000] @ x[:2000].T
         return float((s.sum() - np.trace(s)) / (len(s) * (len(s) - 1)))
 
-    return {"query_top1_cosine_real_docs": float((q @ real.T).max(1).mean()),
+    is_real = np.zeros(len(base["x"]), bool)
+    is_real[base["real"]] = True
+    shares = {} if truth is None else {  # the base rate of real documents among the exact neighbours
+        f"real_share_of_exact_top10_{side}": float(is_real[t].mean()) for side, t in truth.items()}
+    return {**shares, "query_top1_cosine_real_docs": float((q @ real.T).max(1).mean()),
             "query_top1_cosine_synthetic_docs": float((q @ syn.T).max(1).mean()),
             "mean_pairwise_cosine_real_docs": pair_mean(real),
             "mean_pairwise_cosine_synthetic_docs": pair_mean(syn),
@@ -371,7 +375,7 @@ def part_index(args, train, test) -> dict:
                                                        store.dtype.itemsize * DIM, "mmap": True},
             "queries": {"dev": len(base["queries"]["dev"]), "dev_real": len(base["dev_qids"]),
                         "test": len(base["queries"]["test"])},
-            "nlist": args.nlist, "threads": args.threads, "realism": realism(vec, base), "rows": rows,
+            "nlist": args.nlist, "threads": args.threads, "realism": realism(vec, base, truth), "rows": rows,
             "chosen_on_dev": chosen, "goal_met_by": [r["setting"] for r in goal]}
 
 
