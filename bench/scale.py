@@ -1,23 +1,26 @@
 """Scale: Ray vs single-process encoding, and a 1M-vector simulation of the index choices in docs/SCALE.md.
 
-Part ``encode``: the same SciFact documents encoded by MiniLM (a) in one process with 2 torch threads
-(``DenseRetriever.encode_corpus``), (b) by the local engine writing vector shards in one process
-(2 threads), (c) by ``encode_shards(engine="ray")``: a local Ray with 2 CPUs, 2 actors of 1 thread each,
-started and stopped inside each pass, as ``reprlab index --engine ray`` does. Equal cores (2); 3
-interleaved passes; the ratio is the median wall time over the single process's.
+Part ``encode``: the same SciFact documents (the first ``--encode-docs`` by id, ``--max-length`` tokens)
+encoded by MiniLM (a) in one process with 2 torch threads (``DenseRetriever.encode_corpus``), (b) by
+``encode_shards(engine="ray")``: a local Ray with 2 CPUs, 2 actors of 1 thread each, started and stopped
+inside each pass, as ``reprlab index --engine ray`` does, (c) optionally the local engine writing shards.
+Equal cores (2); 3 interleaved passes; the ratio is the median wall time over the single process's. The
+fixed cost of a Ray job is timed on 2 one-line documents, whole and split into start / job / stop; the
+per-document rate ratio is (Ray - fixed) / single.
 
 Part ``index``: 1M vectors of dimension 384 that resemble MiniLM's: a Gaussian mixture (64 components,
 one shared full covariance) fitted to the MiniLM vectors of SciFact's 5,183 documents, sampled and
 normalised, with the real SciFact documents embedded at random positions. Queries: SciFact's real
-queries (train = the dev side, on which settings are chosen; test = the reported side) and 1,000
-synthetic queries from a mixture fitted to the train queries (dev side too). For Flat, HNSW32, IVF-PQ
-(nlist 4096; m 48 / 96 / 192; several nprobe; with and without an exact rerank of the top 100),
-Flat SQ8 / fp16 (the scalar quantisation of Qdrant and half-precision storage) and binary codes + exact
-rerank (SimHash 256 / 512 / 1024 bits from ``reprlab.retrieval.binary``, and 384 sign bits as Qdrant's
-binary quantisation keeps): build seconds, bytes per vector held in memory, queries/s (2 threads, the
-300 test queries in one batch, median of 3), recall@10 against exact search and SciFact nDCG@10 of the
-test queries over the 1M base. Reranks read the float32 vectors of the candidates (in memory here; on
-disk in the plan). Writes ``bench/results/scale.json`` and the frontier plot ``bench/results/scale.png``.
+queries (train = the dev side, on which settings are chosen; test = the reported side) and synthetic
+queries from a mixture fitted to the train queries (dev side too). For Flat, HNSW32, IVF-PQ (several
+nlist / m / nprobe, alone and + an exact rerank of the top R), Flat SQ8 / fp16 and binary codes + exact
+rerank (SimHash from ``reprlab.retrieval.binary``, and 384 sign bits as Qdrant's binary quantisation
+keeps): build seconds, bytes per vector held in RAM, queries/s (2 threads, the 300 test queries in one
+batch, median of 3), recall@10 against exact search, nDCG@10 of the real dev and test queries over the
+1M base. Reranks read the exact vectors of the candidates from a memory-mapped ``.npy`` file
+(``--rerank-dtype``, float16 by default: on disk, not counted in RAM; see ``bench/scale_index.py``). A
+setting is chosen on dev: recall@10 >= 0.95 and dev nDCG@10 within 0.005 of exact, fewest bytes, most q/s.
+Writes ``bench/results/scale.json`` and the frontier plot ``bench/results/scale.png``.
 
     flock /tmp/reprlab-heavy.lock nice -n 5 python bench/scale.py
 """
@@ -33,8 +36,9 @@ from pathlib import Path
 import numpy as np
 
 import common
+import scale_index as si
 
-DIM = 384
+DIM = si.DIM
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=common.data_path("scifact", "beir", check=False))
     p.add_argument("--encode-docs", type=int, default=1000, help="SciFact documents in the timed encode comparison")
     p.add_argument("--shard-size", type=int, default=250, help="passages per shard in the encode comparison")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="passage tokens in the encode comparison (default: the model's, 256)")
     p.add_argument("--n", type=int, default=1_000_000, help="vectors in the simulated base (synthetic + real)")
     p.add_argument("--components", type=int, default=64, help="Gaussian mixture components of the document model")
     p.add_argument("--gmm-iter", type=int, default=100, help="EM iterations of the mixture fits (after k-means)")
@@ -60,6 +66,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bits", type=int, nargs="+", default=[512, 1024], help="SimHash code lengths")
     p.add_argument("--rerank-depths", type=int, nargs="+", default=[300, 1000],
                    help="candidates of the binary codes reranked exactly")
+    p.add_argument("--pq-rerank", type=int, nargs="+", default=[100, 300, 1000],
+                   help="candidates of IVF-PQ reranked exactly (each a setting)")
+    p.add_argument("--rerank-dtype", choices=("float16", "float32"), default="float16",
+                   help="dtype of the memory-mapped vector file the reranks read (on disk, not in RAM)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--hnsw", action="store_true", help="include HNSW32 (its 1M build takes ~15 min on 2 cores)")
     p.add_argument("--local-shards", action="store_true", help="also time the local engine writing shards")
@@ -100,9 +110,14 @@ def part_encode(args, corpus) -> dict:
     ids = sorted(corpus)[: args.encode_docs]
     sub = {i: corpus[i] for i in ids}
     torch.set_num_threads(2)
+    t0 = time.time()
     single = DenseRetriever.from_model("minilm", batch_size=32)
+    single.doc_model.max_length = args.max_length or single.doc_model.max_length
+    load_s = time.time() - t0  # outside the single process's timed passes: reported beside them
     single.encode_corpus({i: sub[i] for i in ids[:32]}, show_progress=False)  # warm-up
     work = args.work_dir / "encode"
+    options = dict(model="minilm", batch_size=32, num_workers=2, cpus_per_worker=1, show_progress=False,
+                   max_length=args.max_length)
 
     def run_single():
         return single.encode_corpus(sub, show_progress=False)[1]
@@ -110,8 +125,7 @@ def part_encode(args, corpus) -> dict:
     def run_shards(engine):
         def go():
             shutil.rmtree(work / engine, ignore_errors=True)
-            encode_shards(sub, work / engine, model="minilm", engine=engine, shard_size=args.shard_size,
-                          batch_size=32, num_workers=2, cpus_per_worker=1, show_progress=False)
+            encode_shards(sub, work / engine, engine=engine, shard_size=args.shard_size, **options)
             return read_vectors(work / engine)[1]
         return go
 
@@ -129,18 +143,53 @@ def part_encode(args, corpus) -> dict:
         print(f"[encode] {name}: {t['median']:.1f} s ({len(ids) / t['median']:.1f} docs/s), "
               f"x{t['median'] / base['median']:.3f}, max diff {diff:.1e}", file=sys.stderr)
     ray = times["ray (2 actors x 1 thread, incl. start)"]
-    # the fixed cost of a Ray job: the same job on 2 one-line documents (start, 2 model loads, stop)
-    tiny = {i: {"title": "", "text": "a"} for i in ("a", "b")}
-    fixed = common.timed(lambda: (shutil.rmtree(work / "fixed", ignore_errors=True),
-                                  encode_shards(tiny, work / "fixed", model="minilm", engine="ray", shard_size=1,
-                                                num_workers=2, show_progress=False)), repeat=args.repeat)
-    print(f"[encode] fixed cost of a Ray job: {fixed['median']:.1f} s", file=sys.stderr)
-    return {**common.stamp(), "docs": len(ids), "shard_size": args.shard_size, "rows": rows,
-            "ray_fixed_s": fixed.rounded(3),
-            "ray_overhead_excluding_fixed": round((ray["median"] - fixed["median"]) / base["median"] - 1, 3),
+    fixed, parts = ray_fixed_cost(work, options, args.repeat)
+    per_doc = (ray["median"] - fixed["median"]) / base["median"]
+    return {**common.stamp(), "docs": len(ids), "shard_size": args.shard_size,
+            "max_length": int(single.doc_model.max_length), "single_model_load_s": round(load_s, 2), "rows": rows,
+            "ray_fixed_s": fixed.rounded(3), "ray_fixed_parts_s": parts,
+            "ray_per_doc_ratio": round(per_doc, 3), "ray_overhead_excluding_fixed": round(per_doc - 1, 3),
             "ray_overhead": round(ray["median"] / base["median"] - 1, 3),
+            "ray_overhead_on_running_cluster": round(
+                (ray["median"] - fixed["median"] + parts["job_on_running_ray"]["median"]) / base["median"] - 1, 3),
             "per_core_docs_per_s_ray": round(len(ids) / ray["median"] / 2, 2),
-            "gpu": "no GPU in this session: no per-GPU rate"}
+            "gpu": "no GPU run: the device machine lent to this session has no ray or faiss package"}
+
+
+def ray_fixed_cost(work: Path, options: dict, repeat: int):
+    """The fixed cost of a Ray job: the same job on 2 one-line documents, (a) as ``reprlab index --engine ray``
+    runs it (start a local Ray, 2 actors load the model, stop), and (b) split: ``ray.init``, the job on the
+    running Ray, 2 s after its start (actor processes, model loads, Ray Data's scheduling), ``ray.shutdown``:
+    what ``--address`` (joining a running cluster) saves is (a) minus the job alone."""
+    import shutil
+
+    import ray
+
+    from reprlab.retrieval.distributed import encode_shards
+
+    tiny = {i: {"title": "", "text": "a"} for i in ("a", "b")}
+
+    def job():
+        shutil.rmtree(work / "fixed", ignore_errors=True)
+        encode_shards(tiny, work / "fixed", engine="ray", shard_size=1, **options)
+
+    fixed = common.timed(job, repeat=repeat)
+    split = {"ray_init": [], "job_on_running_ray": [], "ray_shutdown": []}
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        time.sleep(2)  # a running cluster is idle when a job joins it: let the prestarted workers settle
+        t1 = time.perf_counter()
+        job()
+        t2 = time.perf_counter()
+        ray.shutdown()
+        for key, seconds in zip(split, (t1 - t0, t2 - t1, time.perf_counter() - t2)):
+            split[key].append(seconds)
+    parts = {key: common.Timing.of(v).rounded(3) for key, v in split.items()}
+    print(f"[encode] fixed cost of a Ray job: {fixed['median']:.1f} s = start "
+          f"{parts['ray_init']['median']:.1f} + job {parts['job_on_running_ray']['median']:.1f} + stop "
+          f"{parts['ray_shutdown']['median']:.1f} s", file=sys.stderr)
+    return fixed, parts
 
 
 # ----------------------------------------------------------------------------- part 2: the 1M simulation
@@ -211,19 +260,20 @@ def build_base(args, vec) -> dict:
     ids[where] = vec["doc_ids"]
     synthetic_q = sample(query_model, args.synthetic_queries, seed=3)
     print(f"[index] base of {args.n} vectors ({n_real} real) in {time.time() - t0:.0f} s", file=sys.stderr)
-    return {"x": base, "ids": ids, "real": where,
-            "queries": {"dev": np.concatenate([train_queries(args, vec["train"]), synthetic_q]), "test": vec["test"]},
+    rows = train_rows(args, len(vec["train"]))
+    return {"x": base, "ids": ids, "real": where, "dev_qids": [vec["qids"]["train"][i] for i in rows],
+            "queries": {"dev": np.concatenate([vec["train"][rows], synthetic_q]), "test": vec["test"]},
             "synthetic_q": synthetic_q}
 
 
-def train_queries(args, train: np.ndarray) -> np.ndarray:
-    """The SciFact train queries of the dev side: all, or a seeded sample of ``--train-queries``."""
-    if not 0 < args.train_queries < len(train):
-        return train
-    return train[np.sort(np.random.default_rng(6).choice(len(train), size=args.train_queries, replace=False))]
+def train_rows(args, n: int) -> np.ndarray:
+    """The rows of the SciFact train queries on the dev side: all, or a seeded sample of ``--train-queries``."""
+    if not 0 < args.train_queries < n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(6).choice(n, size=args.train_queries, replace=False))
 
 
-def realism(vec, base) -> dict:
+def realism(vec, base, truth=None) -> dict:
     """How the synthetic vectors compare with the real ones: cosine of each real query to its nearest real
     document vs its nearest synthetic one (of as many), and the mean pairwise cosine of each set."""
     rng = np.random.default_rng(4)
@@ -236,193 +286,18 @@ def realism(vec, base) -> dict:
         s = x[:2000] @ x[:2000].T
         return float((s.sum() - np.trace(s)) / (len(s) * (len(s) - 1)))
 
-    return {"query_top1_cosine_real_docs": float((q @ real.T).max(1).mean()),
+    is_real = np.zeros(len(base["x"]), bool)
+    is_real[base["real"]] = True
+    shares = {} if truth is None else {  # the base rate of real documents among the exact neighbours
+        f"real_share_of_exact_top10_{side}": float(is_real[t].mean()) for side, t in truth.items()}
+    return {**shares, "query_top1_cosine_real_docs": float((q @ real.T).max(1).mean()),
             "query_top1_cosine_synthetic_docs": float((q @ syn.T).max(1).mean()),
             "mean_pairwise_cosine_real_docs": pair_mean(real),
             "mean_pairwise_cosine_synthetic_docs": pair_mean(syn),
             "synthetic_query_top1_cosine_real_docs": float((base["synthetic_q"] @ real.T).max(1).mean())}
 
 
-# ----------------------------------------------------------------------------- the index settings
-
-
-def exact_top(x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    import faiss
-
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    return index.search(q, k)
-
-
-def rerank(x: np.ndarray, q: np.ndarray, candidates: np.ndarray, k: int = 10) -> np.ndarray:
-    """Exact inner products of each query with its candidates (Q, R) -> the top-k positions (Q, k)."""
-    out = np.full((len(q), k), -1, np.int64)
-    for a in range(0, len(q), 64):
-        cand = candidates[a:a + 64]  # (B, R)
-        safe = np.where(cand < 0, 0, cand)
-        scores = np.einsum("brd,bd->br", x[safe], q[a:a + 64])  # (B, R)
-        scores[cand < 0] = -np.inf
-        order = np.lexsort((np.where(cand < 0, np.iinfo(np.int64).max, cand), -scores), axis=-1)[:, :k]
-        out[a:a + 64] = np.take_along_axis(cand, order, axis=1)
-    return out
-
-
-class Setting:
-    """One index setting: ``search(q) -> (Q, 10) positions``, bytes per vector in memory, build seconds."""
-
-    def __init__(self, family: str, name: str, search, bytes_per_vector: float, build_s: float, params: dict):
-        self.family, self.name, self.search = family, name, search
-        self.bytes_per_vector, self.build_s, self.params = bytes_per_vector, build_s, params
-
-
-def faiss_bytes(index, n: int) -> float:
-    import faiss
-
-    serialize = faiss.serialize_index_binary if isinstance(index, faiss.IndexBinary) else faiss.serialize_index
-    return float(serialize(index).size) / n
-
-
-def flat_settings(x, codecs=("fp32", "fp16", "sq8")) -> list:
-    import faiss
-
-    out = []
-    makers = {"fp32": ("Flat fp32", lambda: faiss.IndexFlatIP(DIM)),
-              "fp16": ("Flat fp16", lambda: faiss.IndexScalarQuantizer(DIM, faiss.ScalarQuantizer.QT_fp16,
-                                                                       faiss.METRIC_INNER_PRODUCT)),
-              "sq8": ("Flat SQ8 (Qdrant scalar)", lambda: faiss.IndexScalarQuantizer(
-                  DIM, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT))}
-    for family, make in (makers[c] for c in codecs):
-        t0 = time.time()
-        index = make()
-        index.train(x[:200_000])
-        index.add(x)
-        out.append(Setting(family, family, lambda q, i=index: i.search(q, 10)[1], faiss_bytes(index, len(x)),
-                           time.time() - t0, {}))
-    return out
-
-
-def hnsw_settings(x, ef_values=(16, 32, 64, 128, 256)) -> list:
-    import faiss
-
-    t0 = time.time()
-    index = faiss.IndexHNSWFlat(DIM, 32, faiss.METRIC_INNER_PRODUCT)
-    index.add(x)
-    build = time.time() - t0
-    print(f"[index] HNSW32 built in {build:.0f} s", file=sys.stderr)
-    size = faiss_bytes(index, len(x))
-
-    def search(q, ef):
-        index.hnsw.efSearch = ef
-        return index.search(q, 10)[1]
-
-    return [Setting("HNSW32", f"HNSW32 efSearch {ef}", lambda q, ef=ef: search(q, ef), size, build, {"efSearch": ef})
-            for ef in ef_values]
-
-
-def ivfpq_settings(x, nlist: int, ms=(96, 192), nprobes=(16, 32, 64, 128), rerank_depth=100) -> list:
-    import faiss
-
-    t0 = time.time()
-    train = x[np.random.default_rng(5).choice(len(x), size=min(len(x), 50 * nlist), replace=False)]
-    quantizer = faiss.IndexFlatIP(DIM)
-    clustering = faiss.Clustering(DIM, nlist)
-    clustering.niter, clustering.seed = 10, 0
-    clustering.train(train, quantizer)  # the coarse centroids, shared by every m
-    coarse_s = time.time() - t0
-    out = []
-    for m in ms:
-        t1 = time.time()
-        index = faiss.IndexIVFPQ(quantizer, DIM, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
-        index.train(train)  # PQ codebooks only: the quantizer is trained
-        index.add(x)
-        build = coarse_s + time.time() - t1
-        print(f"[index] IVF{nlist},PQ{m} built in {build:.0f} s", file=sys.stderr)
-        size = faiss_bytes(index, len(x))  # codes, list ids and the centroids
-
-        def search(q, nprobe, depth, index=index):
-            index.nprobe = nprobe
-            labels = index.search(q, depth)[1]
-            return labels if depth == 10 else rerank(x, q, labels)
-
-        for nprobe in nprobes:
-            out.append(Setting(f"IVF{nlist},PQ{m}", f"IVF{nlist},PQ{m} nprobe {nprobe}",
-                               lambda q, n=nprobe, s=search: s(q, n, 10), size, build, {"m": m, "nprobe": nprobe}))
-            out.append(Setting(f"IVF{nlist},PQ{m} + rerank {rerank_depth}",
-                               f"IVF{nlist},PQ{m} nprobe {nprobe} + rerank {rerank_depth}",
-                               lambda q, n=nprobe, s=search: s(q, n, rerank_depth), size, build,
-                               {"m": m, "nprobe": nprobe, "rerank": rerank_depth}))
-    return out
-
-
-def binary_settings(x, bits_list=(512, 1024), depths=(300, 1000)) -> list:
-    import faiss
-
-    from reprlab.retrieval.binary import BinaryIndex
-
-    out = []
-    for bits in bits_list:
-        t0 = time.time()
-        index = BinaryIndex(DIM, bits, method="flat", seed=0)
-        index.add([str(i) for i in range(len(x))], x)
-        build = time.time() - t0
-        size = faiss_bytes(index.index, len(x))
-        for depth in depths:
-            out.append(Setting(f"SimHash {bits} bits + rerank", f"SimHash {bits} bits + rerank {depth}",
-                               lambda q, d=depth, i=index: rerank(x, q, i.search_labels(i.encode(q), d)[1]),
-                               size, build, {"bits": bits, "rerank": depth}))
-    t0 = time.time()
-    signs = faiss.IndexBinaryFlat(DIM)
-    signs.add(np.packbits(x > 0, axis=1))
-    build = time.time() - t0
-    for depth in depths:
-        out.append(Setting("sign bits 384 + rerank (Qdrant binary)", f"sign bits 384 + rerank {depth}",
-                           lambda q, d=depth: rerank(x, q, signs.search(np.packbits(q > 0, axis=1), d)[1]),
-                           faiss_bytes(signs, len(x)), build, {"bits": DIM, "rerank": depth}))
-    return out
-
-
-# ----------------------------------------------------------------------------- measuring
-
-
-def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / 10 for f, t in zip(found, truth)]))
-
-
-def ndcg(positions: np.ndarray, base, qids: list[str], qrels) -> float:
-    from reprlab.retrieval.metrics import evaluate
-
-    run = {q: {str(base["ids"][p]): float(10 - r) for r, p in enumerate(row) if p >= 0}
-           for q, row in zip(qids, positions)}
-    return evaluate({q: qrels[q] for q in qids}, run, metrics=["ndcg_cut_10"])["ndcg_cut_10"]
-
-
-def measure(settings, base, truth, vec, test_qrels, repeat: int) -> list[dict]:
-    rows = []
-    q_dev, q_test = base["queries"]["dev"], base["queries"]["test"]
-    for s in settings:
-        dev, test = s.search(q_dev), s.search(q_test)
-        timing = common.timed(lambda: s.search(q_test), repeat=repeat)
-        row = {"family": s.family, "setting": s.name, **s.params, "bytes_per_vector": round(s.bytes_per_vector, 1),
-               "build_s": round(s.build_s, 1), "qps": round(len(q_test) / timing["median"], 1),
-               "search_s": timing.rounded(4),
-               "recall10_dev": round(recall_at_10(dev, truth["dev"]), 4),
-               "recall10_test": round(recall_at_10(test, truth["test"]), 4),
-               "ndcg10_test": round(ndcg(test, base, vec["qids"]["test"], test_qrels), 4)}
-        rows.append(row)
-        print(f"[index] {s.name}: {row['bytes_per_vector']} B/vec, {row['qps']} q/s, recall@10 dev "
-              f"{row['recall10_dev']} test {row['recall10_test']}, nDCG@10 {row['ndcg10_test']}", file=sys.stderr)
-    return rows
-
-
-def choose(rows: list[dict], target: float = 0.95) -> dict[str, str]:
-    """Per family, the setting chosen on the dev side: recall@10 >= target at the fewest bytes, then most q/s."""
-    chosen = {}
-    for family in dict.fromkeys(r["family"] for r in rows):
-        ok = [r for r in rows if r["family"] == family and r["recall10_dev"] >= target]
-        if ok:
-            best = min(ok, key=lambda r: (r["bytes_per_vector"], -r["qps"]))
-            chosen[family] = best["setting"]
-    return chosen
+# ----------------------------------------------------------------------------- the frontier
 
 
 def plot(rows: list[dict], path: Path, n: int) -> None:
@@ -435,7 +310,7 @@ def plot(rows: list[dict], path: Path, n: int) -> None:
     fig, ax = plt.subplots(figsize=(10, 6.5))
     colors = plt.get_cmap("tab20").colors
     for f, family in enumerate(dict.fromkeys(r["family"] for r in rows)):
-        pts = [(r["qps"], r["recall10_test"]) for r in rows if r["family"] == family]
+        pts = sorted((r["qps"], r["recall10_test"]) for r in rows if r["family"] == family)
         size = next(r["bytes_per_vector"] for r in rows if r["family"] == family)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="os^vD<>ph*"[f % 10], color=colors[f % 20],
                 label=f"{family} ({size:.0f} B/vec)")
@@ -461,35 +336,46 @@ def plot(rows: list[dict], path: Path, n: int) -> None:
 def part_index(args, train, test) -> dict:
     import faiss
 
+    from reprlab.retrieval.rerank import open_vectors, save_vectors
+
     faiss.omp_set_num_threads(args.threads or 2)
     vec = scifact_vectors(args, train, test)
     base = build_base(args, vec)
     t0 = time.time()
-    truth = {side: exact_top(base["x"], q, 10)[1] for side, q in base["queries"].items()}
+    truth = {side: si.exact_top(base["x"], q, 10)[1] for side, q in base["queries"].items()}
     print(f"[index] exact top-10 of {sum(len(q) for q in base['queries'].values())} queries in "
           f"{time.time() - t0:.0f} s", file=sys.stderr)
     x = base["x"]
+    # the reranks read the exact vectors from this file through a memory map: not counted in RAM
+    store = open_vectors(save_vectors(args.work_dir / f"base-{args.rerank_dtype}.npy", x, args.rerank_dtype))
+    judged = {"dev": (base["dev_qids"], train.qrels), "test": (vec["qids"]["test"], test.qrels)}
     rows = []
-    makers = [lambda x: flat_settings(x, args.flat)] + ([hnsw_settings] if args.hnsw else []) + [
-        lambda x: ivfpq_settings(x, args.nlist, ms=args.pq_m, nprobes=args.nprobe),
-        lambda x: binary_settings(x, bits_list=args.bits, depths=args.rerank_depths)]
+    makers = [lambda x: si.flat_settings(x, truth, args.flat)] + ([si.hnsw_settings] if args.hnsw else []) + [
+        lambda x: si.ivfpq_settings(x, store, base["queries"], args.nlist, ms=args.pq_m, nprobes=args.nprobe,
+                                    depths=args.pq_rerank),
+        lambda x: si.binary_settings(x, store, bits_list=args.bits, depths=args.rerank_depths)]
     for make in makers:
         settings = make(x)
-        rows += measure(settings, base, truth, vec, test.qrels, args.repeat)
+        rows += si.measure(settings, base, truth, judged, args.repeat)
         del settings
     exact = next(r for r in rows if r["family"] == "Flat fp32")
-    chosen = choose(rows)
+    chosen = si.choose(rows)
     flat_bytes = exact["bytes_per_vector"]
     for r in rows:
         r["memory_vs_flat"] = round(r["bytes_per_vector"] / flat_bytes, 4)
         r["ndcg_gap"] = round(r["ndcg10_test"] - exact["ndcg10_test"], 4)
+        r["ndcg_gap_dev"] = round(r["ndcg10_dev"] - exact["ndcg10_dev"], 4)
         r["chosen_on_dev"] = chosen.get(r["family"]) == r["setting"]
+        if "rerank" in r:
+            r["disk_bytes_per_vector"] = store.dtype.itemsize * DIM
     goal = [r for r in rows if r["chosen_on_dev"] and r["memory_vs_flat"] <= 1 / 8 and r["recall10_test"] >= 0.95
             and abs(r["ndcg_gap"]) <= 0.005 and ("PQ" in r["family"] or "bits" in r["family"])]
     return {**common.stamp(), "n": args.n, "real_docs": len(vec["docs"]), "dim": DIM, "components": args.components,
-            "gmm_iter": args.gmm_iter,
-            "queries": {"dev": len(base["queries"]["dev"]), "test": len(base["queries"]["test"])},
-            "nlist": args.nlist, "threads": args.threads, "realism": realism(vec, base), "rows": rows,
+            "gmm_iter": args.gmm_iter, "rerank_file": {"dtype": args.rerank_dtype, "bytes_per_vector":
+                                                       store.dtype.itemsize * DIM, "mmap": True},
+            "queries": {"dev": len(base["queries"]["dev"]), "dev_real": len(base["dev_qids"]),
+                        "test": len(base["queries"]["test"])},
+            "nlist": args.nlist, "threads": args.threads, "realism": realism(vec, base, truth), "rows": rows,
             "chosen_on_dev": chosen, "goal_met_by": [r["setting"] for r in goal]}
 
 
@@ -503,10 +389,12 @@ def markdown(record: dict) -> str:
                   f"{r['seconds']['spread']:.2f} | {r['max_abs_diff_vs_single']:.1e} |" for r in e["rows"]]
         lines.append("")
     if "index" in record:
-        lines += ["| setting | B/vector | vs flat | build s | q/s | recall@10 dev | recall@10 test | nDCG@10 test | "
-                  "gap vs exact | chosen on dev |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| setting | B/vector in RAM | vs flat | build s | q/s (spread) | recall@10 dev | nDCG@10 gap dev | "
+                  "recall@10 test | nDCG@10 test | gap vs exact | chosen on dev |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['setting']} | {r['bytes_per_vector']:.1f} | {r['memory_vs_flat']:.3f} | {r['build_s']:.0f} | "
-                  f"{r['qps']:.0f} | {r['recall10_dev']:.3f} | {r['recall10_test']:.3f} | {r['ndcg10_test']:.4f} | "
+                  f"{r['qps']:,.0f} ({r['search_s']['spread']:.0%}) | {r['recall10_dev']:.3f} | "
+                  f"{r['ndcg_gap_dev']:+.4f} | {r['recall10_test']:.3f} | {r['ndcg10_test']:.4f} | "
                   f"{r['ndcg_gap']:+.4f} | {'**yes**' if r['chosen_on_dev'] else ''} |" for r in record["index"]["rows"]]
     return "\n".join(lines)
 
@@ -526,12 +414,14 @@ def plan_tables(record: dict) -> str:
     index = record["index"]
     n1 = index["n"]
     chosen = [r for r in index["rows"] if r["chosen_on_dev"]]
-    lines = ["| setting (chosen on dev) | B/vector | recall@10 test | nDCG@10 gap | 1M | 10M | 100M |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| setting (chosen on dev) | B/vector in RAM | recall@10 test | nDCG@10 gap | 1M | 10M | 100M | "
+             "rerank file on disk (1M / 10M / 100M) |", "|---|---|---|---|---|---|---|---|"]
     for r in chosen:
         gb = [r["bytes_per_vector"] * n / 1e9 for n in (1e6, 1e7, 1e8)]
+        disk = r.get("disk_bytes_per_vector")
+        disk = " / ".join(f"{disk * n / 1e9:.1f} GB" for n in (1e6, 1e7, 1e8)) if disk else "-"
         lines.append(f"| {r['setting']} | {r['bytes_per_vector']:.0f} | {r['recall10_test']:.3f} | "
-                     f"{r['ndcg_gap']:+.4f} | {gb[0]:.2f} GB | {gb[1]:.1f} GB | {gb[2]:.0f} GB |")
+                     f"{r['ndcg_gap']:+.4f} | {gb[0]:.2f} GB | {gb[1]:.1f} GB | {gb[2]:.0f} GB | {disk} |")
     lines += ["", f"Nodes of {NODE_RAM_GB} GB for the index and {NODE_CORES} cores, {TARGET_QPS} queries/s:", "",
               "| setting | N | index GB | shards | q/s per shard group | replicas | nodes |", "|---|---|---|---|---|---|---|"]
     for r in chosen:

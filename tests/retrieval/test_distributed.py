@@ -84,6 +84,22 @@ def test_float16_shards_round_to_half_precision(tmp_path, tiny_model_dir):
     np.testing.assert_array_equal(vectors, reference.astype(np.float16).astype(np.float32))
 
 
+def test_max_length_truncates_like_the_single_process_and_is_part_of_the_job(tmp_path, tiny_model_dir):
+    corpus = {f"d{i}": {"title": "", "text": " ".join(WORDS * 3)} for i in range(4)}  # ~45 tokens each
+    short = DenseRetriever.from_model(str(tiny_model_dir), batch_size=8)
+    short.doc_model.max_length = 8
+    _, reference = short.encode_corpus(corpus, show_progress=False)
+    _, untruncated = single_process(tiny_model_dir, corpus)
+    assert np.abs(reference - untruncated).max() > 1e-3  # the setting matters on these passages
+    encode_shards(corpus, tmp_path / "v", model=str(tiny_model_dir), shard_size=2, batch_size=8, max_length=8)
+    np.testing.assert_allclose(read_vectors(tmp_path / "v")[1], reference, atol=1e-6, rtol=0)
+    assert read_manifest(tmp_path / "v")["max_length"] == 8
+    with pytest.raises(ConfigError, match="another job: its max length"):
+        encode_shards(corpus, tmp_path / "v", model=str(tiny_model_dir), shard_size=2, max_length=16)
+    with pytest.raises(ConfigError, match="max_length"):
+        encode_shards(corpus, tmp_path / "w", model=str(tiny_model_dir), max_length=1)
+
+
 def test_a_stopped_job_resumes_and_writes_only_the_missing_shards(tmp_path, tiny_model_dir):
     corpus = make_corpus()
     first = encode_shards(corpus, tmp_path / "v", model=str(tiny_model_dir), shard_size=5, stop_after=2)

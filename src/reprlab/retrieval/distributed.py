@@ -121,20 +121,32 @@ class Encoding:
     batch_size: int = 64
     doc_prefix: str = ""
     dtype: str = "float32"
+    max_length: int | None = None  # passage tokens; None = the model's own (256 for MiniLM)
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown vector dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}", field="dtype")
+        if self.max_length is not None and (isinstance(self.max_length, bool) or int(self.max_length) != self.max_length
+                                            or self.max_length < 2):
+            raise ConfigError(f"must be an integer >= 2 ([CLS] and [SEP]), got {self.max_length!r}", field="max_length")
+
+    def load(self):
+        """The model as every writer loads it (the digest covers its max length, so it is part of the job)."""
+        from reprlab.encoder import SentenceEncoder
+
+        return SentenceEncoder.from_pretrained(self.model, max_length=self.max_length)
 
 
 # --------------------------------------------------------------------------------------------
 # the manifest
 
 
-def new_manifest(ids: Sequence[str], shards: list[Shard], encoding: Encoding, model_sha256: str, dim: int) -> dict:
+def new_manifest(ids: Sequence[str], shards: list[Shard], encoding: Encoding, model_sha256: str, dim: int,
+                 max_length: int | None = None) -> dict:
     return {
         "format": FORMAT, "version": FORMAT_VERSION,
         "model": encoding.model, "model_sha256": model_sha256, "dim": int(dim), "dtype": encoding.dtype,
+        "max_length": max_length,
         "precision": encoding.precision, "doc_prefix": encoding.doc_prefix,
         "count": len(ids), "shard_size": shards[0].rows if shards else 0, "ids_sha256": ids_digest(ids),
         "shards": [{"file": s.file, "start": s.start, "rows": s.rows, "ids_sha256": s.ids_sha256, "written": False}
@@ -165,9 +177,11 @@ def read_manifest(folder: str | Path) -> dict:
 
 def check_resumable(manifest: dict, expected: dict, folder: Path) -> None:
     """A folder may be resumed only by the same job: same model weights, settings and corpus."""
-    for key, what in (("model_sha256", "model weights"), ("dim", "dimension"), ("dtype", "vector dtype"),
+    for key, what in (("max_length", "max length (passage tokens)"), ("model_sha256", "model weights"), ("dim", "dimension"), ("dtype", "vector dtype"),
                       ("precision", "precision"), ("doc_prefix", "document prefix"), ("ids_sha256", "corpus ids"),
                       ("shard_size", "shard size"), ("count", "number of passages")):
+        if key == "max_length" and key not in manifest:  # written before max_length was recorded
+            continue
         if manifest.get(key) != expected.get(key):
             old, new = manifest.get(key), expected.get(key)
             show = (lambda v: str(v)[:12]) if key.endswith("sha256") else repr
@@ -262,13 +276,11 @@ class ShardEncoder:
     def __init__(self, folder: str, encoding: Encoding, threads: int = 0, device: str | None = None):
         import torch
 
-        from reprlab.encoder import SentenceEncoder
-
         if threads:
             torch.set_num_threads(int(threads))
         self.folder = Path(folder)
         self.encoding = encoding
-        self.model = SentenceEncoder.from_pretrained(encoding.model)
+        self.model = encoding.load()
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(device)
@@ -321,7 +333,7 @@ def encode_shards(corpus: Mapping[str, Mapping[str, str]], folder: str | Path, m
                   engine: str = "local", shard_size: int = 10_000, dtype: str = "float32", batch_size: int = 64,
                   precision: str = "fp32", doc_prefix: str = "", num_workers: int = 2, gpus_per_worker: float = 0,
                   cpus_per_worker: int = 1, address: str | None = None, stop_after: int | None = None,
-                  show_progress: bool | None = None) -> EncodeReport:
+                  show_progress: bool | None = None, max_length: int | None = None) -> EncodeReport:
     """Encode ``corpus`` (``{id: {"title", "text"}}``, in its order) into vector shards under ``folder``.
 
     Args:
@@ -335,13 +347,13 @@ def encode_shards(corpus: Mapping[str, Mapping[str, str]], folder: str | Path, m
         address: the Ray cluster to join (``"auto"``, ``"ray://host:10001"``); None starts a local Ray
             with ``num_workers * cpus_per_worker`` CPUs, stopped at the end.
         stop_after: stop once this many shards were encoded in this call, as if killed (tests).
+        max_length: passage tokens kept (None: the model's own); part of the job, like the model.
 
     Resumes a folder written by the same job (same model weights, settings and corpus); a folder of
     another job is a ConfigError, a shard file that does not match the manifest a DataFormatError.
     """
     import time
 
-    from reprlab.encoder import SentenceEncoder
     from reprlab.text.beir import doc_text
 
     if engine not in ENGINES:
@@ -357,15 +369,15 @@ def encode_shards(corpus: Mapping[str, Mapping[str, str]], folder: str | Path, m
         _check_reachable(address)
     if not corpus:
         raise ReprlabError("the corpus is empty: nothing to encode")
-    encoding = Encoding(str(model), precision, int(batch_size), doc_prefix, dtype)
+    encoding = Encoding(str(model), precision, int(batch_size), doc_prefix, dtype, max_length)
     t0 = time.time()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale(folder)  # temporary shard files of a killed writer
     ids = list(corpus)
     shards = plan_shards(ids, shard_size)
-    reference = SentenceEncoder.from_pretrained(encoding.model)  # the driver's copy: digest and dimension
-    manifest = new_manifest(ids, shards, encoding, model_digest(reference), reference.dim)
+    reference = encoding.load()  # the driver's copy: digest and dimension
+    manifest = new_manifest(ids, shards, encoding, model_digest(reference), reference.dim, int(reference.max_length))
     del reference
     if (folder / MANIFEST).exists():
         old = read_manifest(folder)
