@@ -8,6 +8,11 @@ requests) and hands each request its rows. Under load a batch forms while the pr
 being encoded, so the encoder runs full batches, as the in-process batch encoder does; alone, a
 request waits at most ``wait_ms``.
 
+A request may also ask for a search (:meth:`EncodeBatcher.encode_search`: ``/search``, ``/answer``):
+its vector is then searched in the index it names, in the same worker-thread call, with one index
+search per (index, depth) of the batch rather than one per request (a batch of queries is one matrix
+product). Each request gets the rows of its own query, the same results as a search of that query alone.
+
 Requests for different encoders or maximum lengths never share a batch (an index swap may change
 the encoder mid-queue). A failure of the encoder fails the requests of that batch only.
 """
@@ -30,6 +35,8 @@ class _Pending:
     max_length: int | None
     precision: str
     future: asyncio.Future
+    index: Any = None  # search the vectors in this index (encode_search) ...
+    depth: int = 0  # ... to this depth
     key: tuple = field(init=False)
 
     def __post_init__(self):
@@ -69,8 +76,24 @@ class EncodeBatcher:
             return await asyncio.get_running_loop().run_in_executor(
                 self._pool, self._encode_all, encoder, list(texts), max_length, precision)
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(encoder, list(texts), max_length, precision, future))
+        self._queue.put_nowait(_Pending(encoder, list(texts), max_length, precision, future))
         return await future
+
+    async def encode_search(self, encoder, text: str, index, depth: int, max_length: int | None = None,
+                            precision: str = "fp32") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(vector (d,), scores (1, depth), ids (1, depth)) of ``text``: encoded in a batch with whatever else is
+        queued, and searched in ``index`` with the other queries of the batch for the same index and depth."""
+        if self._queue is None:  # no running worker: encode and search alone
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._encode_search_alone, encoder, text, index, depth, max_length, precision)
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(encoder, [text], max_length, precision, future, index, depth))
+        return await future
+
+    def _encode_search_alone(self, encoder, text, index, depth, max_length, precision):
+        vectors = self._encode_all(encoder, [text], max_length, precision)  # (1, d)
+        scores, ids = index.search(vectors, depth)  # (1, depth), (1, depth)
+        return vectors[0], scores, ids
 
     def _encode_all(self, encoder, texts: list[str], max_length: int | None, precision: str) -> np.ndarray:
         with self._lock:
@@ -101,20 +124,34 @@ class EncodeBatcher:
             for item in batch:
                 groups.setdefault(item.key, []).append(item)
             for items in groups.values():
-                texts = [t for item in items for t in item.texts]
                 try:
-                    vectors = await loop.run_in_executor(self._pool, self._encode_all, items[0].encoder, texts,
-                                                         items[0].max_length, items[0].precision)
+                    results = await loop.run_in_executor(self._pool, self._process, items)
                 except Exception as exc:  # noqa: BLE001 - handed to the requests of this batch
                     for item in items:
                         if not item.future.done():
                             item.future.set_exception(exc)
                     continue
-                row = 0
-                for item in items:
+                for item, result in zip(items, results):
                     if not item.future.done():  # a cancelled request (client gone) takes nothing
-                        item.future.set_result(vectors[row: row + len(item.texts)])
-                    row += len(item.texts)
+                        item.future.set_result(result)
+
+    def _process(self, items: list[_Pending]) -> list:
+        """Each item's result: its vectors' rows, or (vector, scores, ids) for a search (runs in the worker thread)."""
+        vectors = self._encode_all(items[0].encoder, [t for item in items for t in item.texts], items[0].max_length,
+                                   items[0].precision)  # (texts of the batch, d)
+        starts = np.cumsum([0] + [len(item.texts) for item in items])
+        results = [vectors[a:b] for a, b in zip(starts[:-1], starts[1:])]
+        searches: dict[tuple, list[int]] = {}
+        for i, item in enumerate(items):
+            if item.index is not None:
+                searches.setdefault((id(item.index), item.depth), []).append(i)
+        for positions in searches.values():
+            first = items[positions[0]]
+            rows = starts[positions]  # a search request has one text: its row
+            scores, ids = first.index.search(vectors[rows], first.depth)  # (n, depth), (n, depth)
+            for j, i in enumerate(positions):
+                results[i] = (vectors[rows[j]], scores[j:j + 1], ids[j:j + 1])
+        return results
 
 
 class BatchedEncoder:

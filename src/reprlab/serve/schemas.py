@@ -161,6 +161,8 @@ def request_models(limits: Limits, fields: Sequence[str] = ("id", "title", "text
         mode: Mode = Field("dense", description="dense, bm25, or hybrid (reciprocal-rank fusion of both)")
         filters: list[FieldFilter] = Field(default_factory=list, max_length=8,
                                            description="every filter must hold for a document to be returned")
+        highlight: bool = Field(True, description="snippets around the query's terms, with the terms highlighted "
+                                "(false: each snippet is the text's beginning and nothing is highlighted; faster)")
 
     class MultihopRequest(Strict):
         question: QueryText
