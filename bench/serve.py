@@ -10,7 +10,9 @@ service is ``reprlab serve`` on 127.0.0.1 (a subprocess, stopped at the end), se
 asyncio HTTP/1.1 client with one keep-alive connection per concurrent user (a closed loop: each
 user sends its next query when the previous answer arrives). Every level sends a fixed number of
 requests and stops early at ``--max-seconds``; each level runs ``--repeat`` (>= 3) passes, the
-median requests/s and the latency percentiles over all its requests are kept. Client and server
+median requests/s and the latency percentiles over all its requests are kept. The library's passes
+and the levels' passes are interleaved (pass r: the library, then every level once), so that a
+change of load on the shared machine hits both sides alike. Client and server
 share the machine's cores, as they would on one host; the CPU seconds each used per request are
 recorded (the client's own, the server's in all its threads and in its event-loop thread, from
 /proc), so that a reader sees what the client cost and where the server's time went.
@@ -111,9 +113,9 @@ def index_from_vectors(retriever, corpus, path: Path) -> None:
     retriever.docs = {i: {"title": corpus[i].get("title", ""), "text": corpus[i].get("text", "")} for i in ids}
 
 
-def in_process(args, folder: Path, queries: list[str]) -> dict:
-    """Queries/s of the library: the whole query set searched in one call (batched encoding), and each
-    query's hits built as the service builds them, >= 3 passes."""
+def library_pass(args, folder: Path, queries: list[str]):
+    """One pass of the library (a function to time): the whole query set searched in one call (batched
+    encoding), and each query's hits built as the service builds them."""
     from reprlab.encoder import SentenceEncoder
     from reprlab.retrieval.dense import DenseRetriever
     from reprlab.serve.highlight import query_terms
@@ -132,9 +134,7 @@ def in_process(args, folder: Path, queries: list[str]) -> dict:
                  for rank, (d, s) in enumerate(zip(row_ids, row_scores), 1) if d is not None]
                 for q, row_ids, row_scores in zip(queries, ids, scores)]
 
-    timing = common.timed(search_and_respond, args.repeat, warmup=1, cpu=True)
-    return {"queries": len(queries), "qps": len(queries) / timing["median"], "timing": timing.rounded(),
-            "cpu_ms_per_query": 1000 * timing["cpu"]["median"] / len(queries)}
+    return search_and_respond
 
 
 # ----------------------------------------------------------------------------- the service
@@ -210,11 +210,11 @@ async def load(port: int, queries: list[str], users: int, n: int, k: int, max_se
     return {"requests": len(out), "ok": len(ok), "seconds": seconds, "rps": len(ok) / seconds, "latency_s": ok}
 
 
-def batch_counts(port: int) -> tuple[int, int]:
-    """(batches, texts) the service's query batcher has encoded so far (from ``GET /stats``)."""
+def batch_counts(port: int) -> tuple[int, int, float]:
+    """(batches, texts, busy seconds) of the service's query batcher so far (from ``GET /stats``)."""
     with urllib.request.urlopen(f"http://{HOST}:{port}/stats", timeout=10) as response:
         stats = json.loads(response.read())
-    return int(stats["batches"]), int(stats["batched_texts"])
+    return int(stats["batches"]), int(stats["batched_texts"]), float(stats.get("batch_seconds", "nan"))
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -229,31 +229,50 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
         return float("nan"), float("nan")
 
 
-def run_levels(args, port: int, queries: list[str], server_pid: int) -> list[dict]:
-    rows = []
-    asyncio.run(load(port, queries, 4, 40, args.k, 30, args.highlight))  # warm-up
-    for users in args.levels:
-        before, server_before, client_before = batch_counts(port), cpu_seconds(server_pid), time.process_time()
-        passes = [asyncio.run(load(port, queries, users, args.requests, args.k, args.max_seconds, args.highlight))
-                  for _ in range(args.repeat)]
-        after, server_after, client_after = batch_counts(port), cpu_seconds(server_pid), time.process_time()
-        sent = sum(p["requests"] for p in passes)
-        cpu = {"client_cpu_ms": 1000 * (client_after - client_before) / sent,
-               "server_cpu_ms": 1000 * (server_after[0] - server_before[0]) / sent,
-               "server_loop_cpu_ms": 1000 * (server_after[1] - server_before[1]) / sent,
-               "wall_ms": 1000 * sum(p["seconds"] for p in passes) / sent}
-        ms = np.array([s for p in passes for s in p.pop("latency_s")]) * 1000
-        rps = [p["rps"] for p in passes]
-        rows.append({"concurrency": users, "rps": statistics.median(rps), "rps_passes": [round(r, 2) for r in rps],
-                     "spread": (max(rps) - min(rps)) / statistics.median(rps), "failed": sum(p["requests"] - p["ok"]
-                                                                                          for p in passes),
-                     "requests": sum(p["requests"] for p in passes),
-                     "mean_batch": (after[1] - before[1]) / max(1, after[0] - before[0]),
-                     **{f"p{q}_ms": float(np.percentile(ms, q)) for q in (50, 95, 99)}, "per_request": cpu})
-        print(f"concurrency {users}: {rows[-1]['rps']:.1f} req/s, p50 {rows[-1]['p50_ms']:.1f} ms, "
-              f"p99 {rows[-1]['p99_ms']:.1f} ms, mean batch {rows[-1]['mean_batch']:.1f}; per request: "
-              + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()), file=sys.stderr)
-    return rows
+def run_interleaved(args, port: int, queries: list[str], server_pid: int, library) -> tuple[dict, list[dict]]:
+    """(library timing, one row per level). Pass r times the library once, then one pass of every level
+    (in reverse order every other pass), so that a change of load on the shared machine hits both sides
+    alike; the server is idle while the library runs."""
+    library()  # warm-up of both sides
+    asyncio.run(load(port, queries, 4, 40, args.k, 30, args.highlight))
+    lib_wall, lib_cpu = [], []
+    levels: dict[int, dict] = {u: {"passes": [], "counts": np.zeros(8)} for u in args.levels}
+    for r in range(args.repeat):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        library()
+        lib_wall.append(time.perf_counter() - start)
+        lib_cpu.append(time.process_time() - cpu_start)
+        for users in args.levels if r % 2 == 0 else args.levels[::-1]:
+            before = (*batch_counts(port), *cpu_seconds(server_pid), time.process_time())
+            levels[users]["passes"].append(asyncio.run(load(port, queries, users, args.requests, args.k,
+                                                            args.max_seconds, args.highlight)))
+            after = (*batch_counts(port), *cpu_seconds(server_pid), time.process_time())
+            levels[users]["counts"][:6] += np.subtract(after, before)
+    timing = common.Timing.of(lib_wall, cpu=lib_cpu)
+    library_record = {"queries": len(queries), "qps": len(queries) / timing["median"], "timing": timing.rounded(),
+                      "cpu_ms_per_query": 1000 * timing["cpu"]["median"] / len(queries)}
+    print(f"in-process: {library_record['qps']:.1f} queries/s", file=sys.stderr)
+    return library_record, [level_row(users, levels[users]["passes"], levels[users]["counts"]) for users in args.levels]
+
+
+def level_row(users: int, passes: list[dict], counts) -> dict:
+    """A level's row: median requests/s of its passes, latency percentiles over all its requests, and per
+    request: the client's and the server's CPU, the server's event-loop CPU and the encoder's busy time."""
+    batches, texts, busy, server_cpu, loop_cpu, client_cpu = counts[:6]
+    sent = sum(p["requests"] for p in passes)
+    cpu = {"client_cpu_ms": 1000 * client_cpu / sent, "server_cpu_ms": 1000 * server_cpu / sent,
+           "server_loop_cpu_ms": 1000 * loop_cpu / sent, "encoder_busy_ms": 1000 * busy / sent,
+           "wall_ms": 1000 * sum(p["seconds"] for p in passes) / sent}
+    ms = np.array([s for p in passes for s in p.pop("latency_s")]) * 1000
+    rps = [p["rps"] for p in passes]
+    row = {"concurrency": users, "rps": statistics.median(rps), "rps_passes": [round(r, 2) for r in rps],
+           "spread": (max(rps) - min(rps)) / statistics.median(rps), "failed": sum(p["requests"] - p["ok"] for p in passes),
+           "requests": sent, "mean_batch": texts / max(1, batches),
+           **{f"p{q}_ms": float(np.percentile(ms, q)) for q in (50, 95, 99)}, "per_request": cpu}
+    print(f"concurrency {users}: {row['rps']:.1f} req/s, p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
+          f"mean batch {row['mean_batch']:.1f}; per request: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()),
+          file=sys.stderr)
+    return row
 
 
 def markdown(record: dict) -> str:
@@ -282,12 +301,11 @@ def main(argv=None) -> dict:
         from reprlab.onnx import export_onnx
 
         export_onnx(SentenceEncoder.from_pretrained(args.model), args.work_dir / "onnx", int8=True, source=args.model)
-    library = in_process(args, folder, queries)
-    print(f"in-process: {library['qps']:.1f} queries/s", file=sys.stderr)
+    library = library_pass(args, folder, queries)
     port = free_port()
     proc = start_server(args, folder, port)
     try:
-        rows = run_levels(args, port, queries, proc.pid)
+        library, rows = run_interleaved(args, port, queries, proc.pid, library)
     finally:
         stop_server(proc)
     record = {"documents": int(folder.name.rsplit("-", 1)[1]), "queries": len(queries), "backend": args.backend,

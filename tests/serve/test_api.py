@@ -62,8 +62,8 @@ def test_term_spans_equal_the_plain_reference():
             assert term_spans(text, terms) == term_spans_plain(text, terms), (text, terms)
     assert term_spans(texts[2], ["ana", "an"]) == [(0, 2, "an"), (3, 5, "an"), (6, 8, "an"), (9, 16, "ana"),
                                                  (17, 20, "ana"), (21, 29, "ana"), (30, 38, "ana")]
-    long = "word " * 100
-    assert leading_snippet(long) == snippet(long, [])[0] and len(leading_snippet(long)) <= 282
+    for long in ("word " * 100, "a " + "x" * 300, "y" * 100 + " " + "z" * 300):  # cut at a space, or not
+        assert leading_snippet(long) == snippet(long, [])[0] and len(leading_snippet(long)) <= 282
     assert leading_snippet("short text") == "short text"
 
 

@@ -98,14 +98,17 @@ def test_batched_search_gives_each_request_the_hits_of_its_query_alone():
     async def main():
         batcher = EncodeBatcher(max_batch=64, wait_ms=50)
         batcher.start()
-        try:
-            return await asyncio.gather(*(batcher.encode_search(encoder, text, index, depth)
+        try:  # an /encode request of 3 texts joins the batch first: the search rows start at 3
+            return await asyncio.gather(batcher.encode(encoder, ["e1", "e22", "e333"]),
+                                        *(batcher.encode_search(encoder, text, index, depth)
                                           for text, index, depth in requests))
         finally:
             await batcher.close()
 
-    out = asyncio.run(main())
-    assert encoder.calls == [[text for text, _, _ in requests]]  # one forward pass for the 30 queries
+    encoded, *out = asyncio.run(main())
+    # one forward pass for the 3 texts and the 30 queries
+    assert encoder.calls == [["e1", "e22", "e333"] + [text for text, _, _ in requests]]
+    np.testing.assert_array_equal(encoded, encoder.encode(["e1", "e22", "e333"]))
     # one index search per (index, depth) of the batch, holding all the queries of that group
     assert sorted(first.calls + second.calls) == sorted([(10, 5), (10, 12), (5, 5), (5, 12)])
     for (text, index, depth), (vector, scores, ids) in zip(requests, out):

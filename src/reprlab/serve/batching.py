@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -51,6 +52,7 @@ class EncodeBatcher:
         self.wait = wait_ms / 1000
         self.batches = 0
         self.texts = 0
+        self.seconds = 0.0  # wall time spent in batches (encoding and searching)
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reprlab-encode")
@@ -137,6 +139,13 @@ class EncodeBatcher:
 
     def _process(self, items: list[_Pending]) -> list:
         """Each item's result: its vectors' rows, or (vector, scores, ids) for a search (runs in the worker thread)."""
+        start = time.perf_counter()
+        try:
+            return self._process_batch(items)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _process_batch(self, items: list[_Pending]) -> list:
         vectors = self._encode_all(items[0].encoder, [t for item in items for t in item.texts], items[0].max_length,
                                    items[0].precision)  # (texts of the batch, d)
         starts = np.cumsum([0] + [len(item.texts) for item in items])

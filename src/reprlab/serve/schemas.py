@@ -137,6 +137,8 @@ class StatsResponse(BaseModel):
     latency: dict[str, Latency] = Field(description="over the last 2,000 answers of each endpoint")
     batches: int = Field(description="forward passes of the query encoder")
     batched_texts: int = Field(description="texts those passes encoded")
+    batch_seconds: float = Field(description="wall seconds the batcher's worker spent encoding (and searching) "
+                                 "batches: busy time of the query encoder")
 
 
 # ----------------------------------------------------------------------------- requests
