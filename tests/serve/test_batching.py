@@ -126,3 +126,52 @@ def test_search_outside_the_running_batcher_searches_alone():
     want_scores, want_ids = index.index.search(encoder.encode(["a query"]), 4)
     assert ids.tolist() == want_ids.tolist() and index.calls == [(1, 4)]
     np.testing.assert_allclose(scores, want_scores, atol=1e-6)
+
+
+def test_two_workers_encode_two_batches_at_once():
+    import threading
+    import time
+
+    class Slow(Fake):
+        """Takes 0.2 s per batch and records how many batches were being encoded at once."""
+
+        def __init__(self, tag):
+            super().__init__(tag)
+            self.now, self.most, self.lock = 0, 0, threading.Lock()
+
+        def encode(self, texts, **kw):
+            with self.lock:
+                self.now += 1
+                self.most = max(self.most, self.now)
+            time.sleep(0.2)
+            with self.lock:
+                self.now -= 1
+            return super().encode(texts, **kw)
+
+    a = Slow(1.0)
+
+    async def main():
+        batcher = EncodeBatcher(max_batch=2, wait_ms=20, workers=2)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.encode(a, [str(i) * (i + 1)]) for i in range(4)))
+        finally:
+            await batcher.close()
+
+    out = asyncio.run(main())
+    assert [int(v[0, 1]) for v in out] == [1, 2, 3, 4] and sorted(map(len, a.calls)) == [2, 2]
+    assert a.most == 2  # the two batches were encoded at the same time
+
+
+def test_truncated_tokenizing_is_safe_from_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reprlab.text import Tokenizer
+
+    tok = Tokenizer.from_pretrained("minilm")
+    texts = [" ".join(["word"] * n) for n in range(5, 60, 5)]
+    want = {m: [e.ids for e in tok.encode_truncated(texts, m)] for m in (8, 16, 32)}
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda m: (m, [e.ids for e in tok.encode_truncated(texts, m)]), [8, 16, 32] * 40))
+    assert all(ids == want[m] for m, ids in got)
+    assert max(map(len, want[8])) == 8 and len(tok.encode_raw(texts)[-1].ids) > 32  # truncation reset after

@@ -13,6 +13,12 @@ its vector is then searched in the index it names, in the same worker-thread cal
 search per (index, depth) of the batch rather than one per request (a batch of queries is one matrix
 product). Each request gets the rows of its own query, the same results as a search of that query alone.
 
+With ``workers`` > 1 several batches are encoded at once, each by its own worker thread with
+``threads`` torch threads: on a small CPU, two workers of one thread each keep both cores busy
+without the threads of one forward pass waiting for each other (a forward pass split over 2 threads
+stalls whenever the event loop or the client takes one of the cores), and a batch forms while the
+other is encoded.
+
 Requests for different encoders or maximum lengths never share a batch (an index swap may change
 the encoder mid-queue). A failure of the encoder fails the requests of that batch only.
 """
@@ -47,28 +53,34 @@ class _Pending:
 class EncodeBatcher:
     """See the module docstring. Start it inside the event loop (:meth:`start`), :meth:`close` at shutdown."""
 
-    def __init__(self, max_batch: int = 64, wait_ms: float = 2.0):
+    def __init__(self, max_batch: int = 64, wait_ms: float = 2.0, workers: int = 1, threads: int | None = None):
         self.max_batch = max_batch
         self.wait = wait_ms / 1000
+        self.workers = workers
         self.batches = 0
         self.texts = 0
-        self.seconds = 0.0  # wall time spent in batches (encoding and searching)
+        self.seconds = 0.0  # wall time spent in batches (encoding and searching), summed over the workers
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reprlab-encode")
-        self._lock = threading.Lock()  # the encoder is also called from threads (blocking_encode)
+        self._free: asyncio.Semaphore | None = None
+        self._running: set[asyncio.Task] = set()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reprlab-encode",
+                                        initializer=_set_threads, initargs=(threads,))
+        self._lock = threading.Lock()  # the counters (workers, and blocking callers, update them)
 
     def start(self) -> None:
         self._queue = asyncio.Queue()
+        self._free = asyncio.Semaphore(self.workers)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for task in [self._task, *self._running]:
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         self._pool.shutdown(wait=True)
 
     async def encode(self, encoder, texts: Sequence[str], max_length: int | None = None,
@@ -101,8 +113,8 @@ class EncodeBatcher:
         with self._lock:
             self.batches += 1
             self.texts += len(texts)
-            return encoder.encode(texts, batch_size=self.max_batch, max_length=max_length, show_progress=False,
-                                  precision=precision)
+        return encoder.encode(texts, batch_size=self.max_batch, max_length=max_length, show_progress=False,
+                              precision=precision)
 
     async def _collect(self) -> list[_Pending]:
         first = await self._queue.get()
@@ -119,9 +131,22 @@ class EncodeBatcher:
         return batch
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Form a batch whenever a worker is free (what queued while all were busy, and up to ``wait`` more)."""
         while True:
-            batch = await self._collect()
+            await self._free.acquire()
+            try:
+                batch = await self._collect()
+            except BaseException:
+                self._free.release()
+                raise
+            task = asyncio.get_running_loop().create_task(self._answer(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _answer(self, batch: list[_Pending]) -> None:
+        """Encode (and search) ``batch`` on one worker, then hand each request its result."""
+        loop = asyncio.get_running_loop()
+        try:
             groups: dict[tuple, list[_Pending]] = {}
             for item in batch:
                 groups.setdefault(item.key, []).append(item)
@@ -136,6 +161,8 @@ class EncodeBatcher:
                 for item, result in zip(items, results):
                     if not item.future.done():  # a cancelled request (client gone) takes nothing
                         item.future.set_result(result)
+        finally:
+            self._free.release()
 
     def _process(self, items: list[_Pending]) -> list:
         """Each item's result: its vectors' rows, or (vector, scores, ids) for a search (runs in the worker thread)."""
@@ -143,7 +170,8 @@ class EncodeBatcher:
         try:
             return self._process_batch(items)
         finally:
-            self.seconds += time.perf_counter() - start
+            with self._lock:
+                self.seconds += time.perf_counter() - start
 
     def _process_batch(self, items: list[_Pending]) -> list:
         vectors = self._encode_all(items[0].encoder, [t for item in items for t in item.texts], items[0].max_length,
@@ -161,6 +189,14 @@ class EncodeBatcher:
             for j, i in enumerate(positions):
                 results[i] = (vectors[rows[j]], scores[j:j + 1], ids[j:j + 1])
         return results
+
+
+def _set_threads(threads: int | None) -> None:
+    """A worker's torch intra-op threads (``None``: torch's default): set once in each worker thread."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 class BatchedEncoder:

@@ -54,10 +54,15 @@ class Service:
 
     def __init__(self, slot: IndexSlot, encoders: Encoders, limits: Limits | None = None,
                  multihop: IndexVersion | None = None, reader=None, watcher: VersionWatcher | None = None,
-                 max_batch: int = 64, batch_wait_ms: float = 2.0):
+                 max_batch: int = 64, batch_wait_ms: float = 2.0, encode_workers: int = 1,
+                 encode_threads: int | None = None):
         self.slot, self.encoders, self.limits = slot, encoders, limits or Limits()
         self.multihop, self.reader, self.watcher = multihop, reader, watcher
-        self.batcher = EncodeBatcher(max_batch, batch_wait_ms)
+        if encode_threads is None and encode_workers > 1:
+            import torch
+
+            encode_threads = max(1, torch.get_num_threads() // encode_workers)
+        self.batcher = EncodeBatcher(max_batch, batch_wait_ms, encode_workers, encode_threads)
         self.stats = Stats()
         self.reader_lock = threading.Lock()
 
@@ -87,7 +92,8 @@ class Service:
             from reprlab.qa.reader import load_reader
 
             reader = load_reader(config.reader)
-        return cls(slot, encoders, config.limits, multihop, reader, watcher, config.max_batch, config.batch_wait_ms)
+        return cls(slot, encoders, config.limits, multihop, reader, watcher, config.max_batch, config.batch_wait_ms,
+                   config.encode_workers, config.encode_threads)
 
     @property
     def endpoints(self) -> list[str]:
