@@ -42,8 +42,8 @@ class ServeConfig:
     onnx_model: str | None = option(None, help="ONNX export of the index's model (default: exported at start)")
     batch_wait_ms: float = option(2.0, help="how long the encoder waits for more requests to fill a batch")
     max_batch: int = option(64, help="most texts encoded in one forward pass")
-    encode_workers: int = option(2, help="batches encoded at once, each by its own worker thread (2 keeps a small "
-                                 "CPU busy while a batch forms; 1: one batch at a time)")
+    encode_workers: int = option(1, help="batches encoded at once, each by its own worker thread (more than 1: "
+                                 "measured slower on 2 cores, where the workers contend for the GIL; bench/serve.py)")
     encode_threads: int | None = option(None, help="torch threads of each encode worker (default: the machine's "
                                         "torch threads divided among the workers, at least 1)")
     watch_seconds: float = option(2.0, help="how often a folder of index versions is checked for a new one")
