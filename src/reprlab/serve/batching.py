@@ -14,10 +14,9 @@ search per (index, depth) of the batch rather than one per request (a batch of q
 product). Each request gets the rows of its own query, the same results as a search of that query alone.
 
 With ``workers`` > 1 several batches are encoded at once, each by its own worker thread with
-``threads`` torch threads: on a small CPU, two workers of one thread each keep both cores busy
-without the threads of one forward pass waiting for each other (a forward pass split over 2 threads
-stalls whenever the event loop or the client takes one of the cores), and a batch forms while the
-other is encoded.
+``threads`` torch threads, so that no forward pass is split over cores the event loop also needs.
+Measured on 2 cores (BENCHMARKS.md, Serving) it is slower than one worker of 2 threads: the
+workers' forward passes take turns on the GIL. The service's default is one worker.
 
 Requests for different encoders or maximum lengths never share a batch (an index swap may change
 the encoder mid-queue). A failure of the encoder fails the requests of that batch only.
