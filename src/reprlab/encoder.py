@@ -437,11 +437,7 @@ class SentenceEncoder(nn.Module):
                               field="precision")
         max_length = min(max_length or self.max_length, self.encoder.config.max_position_embeddings)
         tok = self.tokenizer
-        tok._tok.enable_truncation(max_length)
-        try:
-            encodings = tok.encode_raw(texts)
-        finally:
-            tok._tok.no_truncation()
+        encodings = tok.encode_truncated(texts, max_length)
         lengths = np.array([len(e.ids) for e in encodings])
         order = np.argsort(-lengths, kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)

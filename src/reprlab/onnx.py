@@ -327,11 +327,7 @@ class OnnxSentenceEncoder:
             raise ConfigError(f"must be at least 1, got {batch_size}", field="batch_size")
         max_length = min(max_length or self.max_length, self.max_positions)
         tok = self.tokenizer
-        tok._tok.enable_truncation(max_length)
-        try:
-            encodings = tok.encode_raw(list(texts))
-        finally:
-            tok._tok.no_truncation()
+        encodings = tok.encode_truncated(texts, max_length)
         order = np.argsort(-np.array([len(e.ids) for e in encodings]), kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         with progress(total=len(texts), show=show_progress, desc=desc, unit="text") as bar:

@@ -36,6 +36,37 @@ def test_hits_highlight_the_query_terms(client):
     assert marked and all(m.startswith(("protein", "virus")) for m in marked)
 
 
+def test_highlight_false_skips_the_terms_but_not_the_results(client):
+    from reprlab.serve.highlight import leading_snippet
+
+    query = {"query": "protein virus in the lung", "k": 5}
+    marked = client.post("/search", json=query).json()["results"]
+    plain = client.post("/search", json={**query, "highlight": False}).json()["results"]
+    assert [(h["id"], h["score"], h["title"]) for h in plain] == [(h["id"], h["score"], h["title"]) for h in marked]
+    assert any(h["highlights"] for h in marked)
+    assert all(h["highlights"] == [] and h["title_highlights"] == [] for h in plain)
+    texts = {h["id"]: h for h in client.post("/search", json={**query, "k": 30}).json()["results"]}
+    assert all(h["snippet"] == leading_snippet(texts[h["id"]]["snippet"]) for h in plain)  # short texts: whole
+
+
+def test_term_spans_equal_the_plain_reference():
+    from reprlab.serve.highlight import leading_snippet, term_spans, term_spans_plain
+
+    texts = ["Proteins and protein-coding genes: the PROTEOME of 2 cells (type 2 diabetes, T2D).",
+             "Ärzte prüfen Proteine; naïve T-cells in the lung's Lungen, ΣΑΣ and σας, İstanbul 5mg/d.",
+             "an an an anatomy ana analysis analyses", ""]
+    queries = [["protein", "prot", "genes", "2", "type"], ["prot", "protein"], ["an", "ana", "anal"],
+               ["ärzte", "naïve", "lung", "σας", "i̇stanbul", "5mg"], ["cells", "t2d", "d"], []]
+    for text in texts:
+        for terms in queries:
+            assert term_spans(text, terms) == term_spans_plain(text, terms), (text, terms)
+    assert term_spans(texts[2], ["ana", "an"]) == [(0, 2, "an"), (3, 5, "an"), (6, 8, "an"), (9, 16, "ana"),
+                                                 (17, 20, "ana"), (21, 29, "ana"), (30, 38, "ana")]
+    for long in ("word " * 100, "a " + "x" * 300, "y" * 100 + " " + "z" * 300):  # cut at a space, or not
+        assert leading_snippet(long) == snippet(long, [])[0] and len(leading_snippet(long)) <= 282
+    assert leading_snippet("short text") == "short text"
+
+
 def test_filters_keep_only_matching_documents(client):
     r = client.post("/search", json={"query": "study", "k": 10, "mode": "bm25",
                                      "filters": [{"field": "title", "op": "prefix", "value": "heart"}]})

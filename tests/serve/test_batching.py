@@ -56,3 +56,122 @@ def test_a_batch_closes_at_max_batch(max_batch):
     out = asyncio.run(main())
     assert [int(v[0, 1]) for v in out] == [1, 2, 3, 4, 5]
     assert all(len(call) <= max_batch for call in a.calls) and sum(map(len, a.calls)) == 5
+
+
+class Vectors:
+    """An encoder whose vector of a text is a fixed random unit vector of it (seeded by the text)."""
+
+    def __init__(self, dim: int = 16):
+        self.dim, self.calls = dim, []
+
+    def encode(self, texts, batch_size=32, max_length=None, show_progress=None, precision="fp32"):
+        self.calls.append(list(texts))
+        rows = [np.random.default_rng(sum(map(ord, t)) + len(t)).standard_normal(self.dim) for t in texts]
+        v = np.array(rows, dtype=np.float32)  # (N, d)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+class Counted:
+    """An index that counts its search calls and the queries of each."""
+
+    def __init__(self, index):
+        self.index, self.calls = index, []
+
+    def search(self, queries, k):
+        self.calls.append((len(queries), k))
+        return self.index.search(queries, k)
+
+
+def _index(seed: int, n: int = 200, dim: int = 16):
+    from reprlab.retrieval.index import FaissIndex
+
+    docs = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)  # (n, d)
+    index = FaissIndex(dim)
+    index.add([f"s{seed}-d{i}" for i in range(n)], docs)
+    return Counted(index)
+
+
+def test_batched_search_gives_each_request_the_hits_of_its_query_alone():
+    encoder, first, second = Vectors(), _index(0), _index(1)
+    requests = [(f"query number {i} " + "x" * i, first if i % 3 else second, 5 if i % 2 else 12) for i in range(30)]
+
+    async def main():
+        batcher = EncodeBatcher(max_batch=64, wait_ms=50)
+        batcher.start()
+        try:  # an /encode request of 3 texts joins the batch first: the search rows start at 3
+            return await asyncio.gather(batcher.encode(encoder, ["e1", "e22", "e333"]),
+                                        *(batcher.encode_search(encoder, text, index, depth)
+                                          for text, index, depth in requests))
+        finally:
+            await batcher.close()
+
+    encoded, *out = asyncio.run(main())
+    # one forward pass for the 3 texts and the 30 queries
+    assert encoder.calls == [["e1", "e22", "e333"] + [text for text, _, _ in requests]]
+    np.testing.assert_array_equal(encoded, encoder.encode(["e1", "e22", "e333"]))
+    # one index search per (index, depth) of the batch, holding all the queries of that group
+    assert sorted(first.calls + second.calls) == sorted([(10, 5), (10, 12), (5, 5), (5, 12)])
+    for (text, index, depth), (vector, scores, ids) in zip(requests, out):
+        alone = encoder.encode([text])  # (1, d)
+        want_scores, want_ids = index.index.search(alone, depth)  # (1, depth)
+        np.testing.assert_allclose(vector, alone[0], rtol=0, atol=0)
+        assert ids.shape == (1, depth) and ids.tolist() == want_ids.tolist()
+        np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+
+
+def test_search_outside_the_running_batcher_searches_alone():
+    encoder, index = Vectors(), _index(2)
+    batcher = EncodeBatcher()
+    vector, scores, ids = asyncio.run(batcher.encode_search(encoder, "a query", index, 4))
+    want_scores, want_ids = index.index.search(encoder.encode(["a query"]), 4)
+    assert ids.tolist() == want_ids.tolist() and index.calls == [(1, 4)]
+    np.testing.assert_allclose(scores, want_scores, atol=1e-6)
+
+
+def test_two_workers_encode_two_batches_at_once():
+    import threading
+    import time
+
+    class Slow(Fake):
+        """Takes 0.2 s per batch and records how many batches were being encoded at once."""
+
+        def __init__(self, tag):
+            super().__init__(tag)
+            self.now, self.most, self.lock = 0, 0, threading.Lock()
+
+        def encode(self, texts, **kw):
+            with self.lock:
+                self.now += 1
+                self.most = max(self.most, self.now)
+            time.sleep(0.2)
+            with self.lock:
+                self.now -= 1
+            return super().encode(texts, **kw)
+
+    a = Slow(1.0)
+
+    async def main():
+        batcher = EncodeBatcher(max_batch=2, wait_ms=20, workers=2)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.encode(a, [str(i) * (i + 1)]) for i in range(4)))
+        finally:
+            await batcher.close()
+
+    out = asyncio.run(main())
+    assert [int(v[0, 1]) for v in out] == [1, 2, 3, 4] and sorted(map(len, a.calls)) == [2, 2]
+    assert a.most == 2  # the two batches were encoded at the same time
+
+
+def test_truncated_tokenizing_is_safe_from_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reprlab.text import Tokenizer
+
+    tok = Tokenizer.from_pretrained("minilm")
+    texts = [" ".join(["word"] * n) for n in range(5, 60, 5)]
+    want = {m: [e.ids for e in tok.encode_truncated(texts, m)] for m in (8, 16, 32)}
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda m: (m, [e.ids for e in tok.encode_truncated(texts, m)]), [8, 16, 32] * 40))
+    assert all(ids == want[m] for m, ids in got)
+    assert max(map(len, want[8])) == 8 and len(tok.encode_raw(texts)[-1].ids) > 32  # truncation reset after

@@ -33,8 +33,8 @@ def cmd_serve(args) -> None:
     version = service.slot.current
     logger.info(f"serving {version.name} ({len(version.index)} documents, {config.backend} encoder) "
                 f"on http://{args.host}:{args.port}/ (OpenAPI at /docs)")
-    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning",
-                limit_concurrency=args.max_connections, timeout_keep_alive=5)
+    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning", access_log=False,
+                limit_concurrency=args.max_connections, timeout_keep_alive=5)  # uvloop and httptools when installed
 
 
 def _check_address(host: str, port: int) -> None:

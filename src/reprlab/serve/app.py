@@ -7,8 +7,8 @@ index, ``/answer`` without a reader), so the OpenAPI schema lists exactly what i
 Every answer that is not a success is JSON (:class:`~reprlab.serve.schemas.ErrorResponse`): 422
 for a request outside the schema (each field at fault named, dotted), 400 for a request the
 library refuses (e.g. a filter on a field the documents lack), 413 for a body over the limit,
-404/405 for unknown paths and methods. CPU work (index search, BM25, MDR, the reader) runs in
-worker threads; query encoding goes through the batcher.
+404/405 for unknown paths and methods. CPU work (BM25, filters, MDR, the reader) runs in worker
+threads; query encoding and the dense index search go through the batcher (one search per batch).
 """
 
 import logging
@@ -132,10 +132,16 @@ def _add_search_routes(app: FastAPI, service: Service, M) -> None:
         t0 = time.perf_counter()
         version = service.slot.current  # this request's version, to its end
         service.check_filters(version, req.filters)
-        vector = await service.query_vector(version, req.query) if req.mode != "bm25" else None
-        found = await run_in_threadpool(service.search, version, req.query, vector, req.mode, req.k, req.filters)
+        dense = await service.dense_run(version, req.query, req.mode, req.k, req.filters) if req.mode != "bm25" \
+            else None  # encoded and searched with the batch this request joins
+        if req.mode == "dense" and not req.filters:  # ranked already: no worker thread needed
+            found = service.search(version, req.query, None, req.mode, req.k, dense=dense)
+        else:
+            found = await run_in_threadpool(service.search, version, req.query, None, req.mode, req.k, req.filters,
+                                            dense)
         return {"query": req.query, "mode": req.mode, "index_version": version.name,
-                "took_ms": (time.perf_counter() - t0) * 1000, "results": service.hits(version, found, req.query)}
+                "took_ms": (time.perf_counter() - t0) * 1000,
+                "results": service.hits(version, found, req.query, req.highlight)}
 
     @app.post("/encode", response_model=schemas.EncodeResponse, responses=ERRORS, tags=["search"],
               summary="vectors of texts by the index's query encoder (batched with concurrent requests)")
@@ -169,8 +175,8 @@ def _add_answer_route(app: FastAPI, service: Service, M) -> None:
         passages = list(req.passages) if req.passages is not None else None
         if passages is None:
             version = service.slot.current
-            vector = await service.query_vector(version, req.question) if req.mode != "bm25" else None
-            found = await run_in_threadpool(service.search, version, req.question, vector, req.mode, req.k)
+            dense = await service.dense_run(version, req.question, req.mode, req.k) if req.mode != "bm25" else None
+            found = await run_in_threadpool(service.search, version, req.question, None, req.mode, req.k, (), dense)
             version_name, ids = version.name, [f.id for f in found]
             passages = [version.docs[i].get("text", "") or " " for i in ids]
             titles = [version.docs[i].get("title", "") or "" for i in ids]
@@ -194,7 +200,7 @@ def _add_info_routes(app: FastAPI, service: Service) -> None:
                 "backend": service.encoders.backend, "index_version": version.name, "documents": len(version.index),
                 "swaps": service.slot.swaps, "endpoints": service.endpoints, "requests": dict(s.requests),
                 "errors": dict(s.errors), "latency": s.latency(), "batches": service.batcher.batches,
-                "batched_texts": service.batcher.texts}
+                "batched_texts": service.batcher.texts, "batch_seconds": service.batcher.seconds}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():

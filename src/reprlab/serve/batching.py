@@ -8,6 +8,16 @@ requests) and hands each request its rows. Under load a batch forms while the pr
 being encoded, so the encoder runs full batches, as the in-process batch encoder does; alone, a
 request waits at most ``wait_ms``.
 
+A request may also ask for a search (:meth:`EncodeBatcher.encode_search`: ``/search``, ``/answer``):
+its vector is then searched in the index it names, in the same worker-thread call, with one index
+search per (index, depth) of the batch rather than one per request (a batch of queries is one matrix
+product). Each request gets the rows of its own query, the same results as a search of that query alone.
+
+With ``workers`` > 1 several batches are encoded at once, each by its own worker thread with
+``threads`` torch threads, so that no forward pass is split over cores the event loop also needs.
+Measured on 2 cores (BENCHMARKS.md, Serving) it is slower than one worker of 2 threads: the
+workers' forward passes take turns on the GIL. The service's default is one worker.
+
 Requests for different encoders or maximum lengths never share a batch (an index swap may change
 the encoder mid-queue). A failure of the encoder fails the requests of that batch only.
 """
@@ -16,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -30,6 +41,8 @@ class _Pending:
     max_length: int | None
     precision: str
     future: asyncio.Future
+    index: Any = None  # search the vectors in this index (encode_search) ...
+    depth: int = 0  # ... to this depth
     key: tuple = field(init=False)
 
     def __post_init__(self):
@@ -39,27 +52,34 @@ class _Pending:
 class EncodeBatcher:
     """See the module docstring. Start it inside the event loop (:meth:`start`), :meth:`close` at shutdown."""
 
-    def __init__(self, max_batch: int = 64, wait_ms: float = 2.0):
+    def __init__(self, max_batch: int = 64, wait_ms: float = 2.0, workers: int = 1, threads: int | None = None):
         self.max_batch = max_batch
         self.wait = wait_ms / 1000
+        self.workers = workers
         self.batches = 0
         self.texts = 0
+        self.seconds = 0.0  # wall time spent in batches (encoding and searching), summed over the workers
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reprlab-encode")
-        self._lock = threading.Lock()  # the encoder is also called from threads (blocking_encode)
+        self._free: asyncio.Semaphore | None = None
+        self._running: set[asyncio.Task] = set()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reprlab-encode",
+                                        initializer=_set_threads, initargs=(threads,))
+        self._lock = threading.Lock()  # the counters (workers, and blocking callers, update them)
 
     def start(self) -> None:
         self._queue = asyncio.Queue()
+        self._free = asyncio.Semaphore(self.workers)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for task in [self._task, *self._running]:
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         self._pool.shutdown(wait=True)
 
     async def encode(self, encoder, texts: Sequence[str], max_length: int | None = None,
@@ -69,15 +89,31 @@ class EncodeBatcher:
             return await asyncio.get_running_loop().run_in_executor(
                 self._pool, self._encode_all, encoder, list(texts), max_length, precision)
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(encoder, list(texts), max_length, precision, future))
+        self._queue.put_nowait(_Pending(encoder, list(texts), max_length, precision, future))
         return await future
+
+    async def encode_search(self, encoder, text: str, index, depth: int, max_length: int | None = None,
+                            precision: str = "fp32") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(vector (d,), scores (1, depth), ids (1, depth)) of ``text``: encoded in a batch with whatever else is
+        queued, and searched in ``index`` with the other queries of the batch for the same index and depth."""
+        if self._queue is None:  # no running worker: encode and search alone
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._encode_search_alone, encoder, text, index, depth, max_length, precision)
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(encoder, [text], max_length, precision, future, index, depth))
+        return await future
+
+    def _encode_search_alone(self, encoder, text, index, depth, max_length, precision):
+        vectors = self._encode_all(encoder, [text], max_length, precision)  # (1, d)
+        scores, ids = index.search(vectors, depth)  # (1, depth), (1, depth)
+        return vectors[0], scores, ids
 
     def _encode_all(self, encoder, texts: list[str], max_length: int | None, precision: str) -> np.ndarray:
         with self._lock:
             self.batches += 1
             self.texts += len(texts)
-            return encoder.encode(texts, batch_size=self.max_batch, max_length=max_length, show_progress=False,
-                                  precision=precision)
+        return encoder.encode(texts, batch_size=self.max_batch, max_length=max_length, show_progress=False,
+                              precision=precision)
 
     async def _collect(self) -> list[_Pending]:
         first = await self._queue.get()
@@ -94,27 +130,72 @@ class EncodeBatcher:
         return batch
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Form a batch whenever a worker is free (what queued while all were busy, and up to ``wait`` more)."""
         while True:
-            batch = await self._collect()
+            await self._free.acquire()
+            try:
+                batch = await self._collect()
+            except BaseException:
+                self._free.release()
+                raise
+            task = asyncio.get_running_loop().create_task(self._answer(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _answer(self, batch: list[_Pending]) -> None:
+        """Encode (and search) ``batch`` on one worker, then hand each request its result."""
+        loop = asyncio.get_running_loop()
+        try:
             groups: dict[tuple, list[_Pending]] = {}
             for item in batch:
                 groups.setdefault(item.key, []).append(item)
             for items in groups.values():
-                texts = [t for item in items for t in item.texts]
                 try:
-                    vectors = await loop.run_in_executor(self._pool, self._encode_all, items[0].encoder, texts,
-                                                         items[0].max_length, items[0].precision)
+                    results = await loop.run_in_executor(self._pool, self._process, items)
                 except Exception as exc:  # noqa: BLE001 - handed to the requests of this batch
                     for item in items:
                         if not item.future.done():
                             item.future.set_exception(exc)
                     continue
-                row = 0
-                for item in items:
+                for item, result in zip(items, results):
                     if not item.future.done():  # a cancelled request (client gone) takes nothing
-                        item.future.set_result(vectors[row: row + len(item.texts)])
-                    row += len(item.texts)
+                        item.future.set_result(result)
+        finally:
+            self._free.release()
+
+    def _process(self, items: list[_Pending]) -> list:
+        """Each item's result: its vectors' rows, or (vector, scores, ids) for a search (runs in the worker thread)."""
+        start = time.perf_counter()
+        try:
+            return self._process_batch(items)
+        finally:
+            with self._lock:
+                self.seconds += time.perf_counter() - start
+
+    def _process_batch(self, items: list[_Pending]) -> list:
+        vectors = self._encode_all(items[0].encoder, [t for item in items for t in item.texts], items[0].max_length,
+                                   items[0].precision)  # (texts of the batch, d)
+        starts = np.cumsum([0] + [len(item.texts) for item in items])
+        results = [vectors[a:b] for a, b in zip(starts[:-1], starts[1:])]
+        searches: dict[tuple, list[int]] = {}
+        for i, item in enumerate(items):
+            if item.index is not None:
+                searches.setdefault((id(item.index), item.depth), []).append(i)
+        for positions in searches.values():
+            first = items[positions[0]]
+            rows = starts[positions]  # a search request has one text: its row
+            scores, ids = first.index.search(vectors[rows], first.depth)  # (n, depth), (n, depth)
+            for j, i in enumerate(positions):
+                results[i] = (vectors[rows[j]], scores[j:j + 1], ids[j:j + 1])
+        return results
+
+
+def _set_threads(threads: int | None) -> None:
+    """A worker's torch intra-op threads (``None``: torch's default): set once in each worker thread."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 class BatchedEncoder:

@@ -137,6 +137,8 @@ class StatsResponse(BaseModel):
     latency: dict[str, Latency] = Field(description="over the last 2,000 answers of each endpoint")
     batches: int = Field(description="forward passes of the query encoder")
     batched_texts: int = Field(description="texts those passes encoded")
+    batch_seconds: float = Field(description="wall seconds the batcher's worker spent encoding (and searching) "
+                                 "batches: busy time of the query encoder")
 
 
 # ----------------------------------------------------------------------------- requests
@@ -161,6 +163,8 @@ def request_models(limits: Limits, fields: Sequence[str] = ("id", "title", "text
         mode: Mode = Field("dense", description="dense, bm25, or hybrid (reciprocal-rank fusion of both)")
         filters: list[FieldFilter] = Field(default_factory=list, max_length=8,
                                            description="every filter must hold for a document to be returned")
+        highlight: bool = Field(True, description="snippets around the query's terms, with the terms highlighted "
+                                "(false: each snippet is the text's beginning and nothing is highlighted; faster)")
 
     class MultihopRequest(Strict):
         question: QueryText

@@ -5,7 +5,8 @@ optional multi-hop index and reader, the encoders and the batcher. Its methods a
 functions of a request's values and a *version*, read once per request by the caller, so a
 request uses one version from its first step to its last.
 
-* search: dense (the batcher's query vector against the version's index), BM25, or hybrid
+* search: dense (the query encoded and searched in the version's index by the batcher, one index
+  search per batch of concurrent queries: :meth:`Service.dense_run`), BM25, or hybrid
   (reciprocal-rank fusion of both, :func:`reprlab.retrieval.fusion.rrf`, each searched to depth
   100 or more); filters keep the documents whose fields pass every test, searching up to
   :data:`FILTER_DEPTH` results of each retriever;
@@ -13,6 +14,9 @@ request uses one version from its first step to its last.
   encoder behind the batcher, optionally with BM25 fusion (:class:`~reprlab.retrieval.mdr.SparseFusion`);
 * answer: the reader over given passages, or over the top-k passages of a search (retrieve then
   read); Block Skim readers skim unless asked not to (threshold 0 reads every block).
+
+A search's hits carry snippets with the query's terms highlighted unless the request asks for none
+(``highlight: false``): then each snippet is its text's beginning, found without looking at the terms.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from reprlab.retrieval.fusion import rrf
 from reprlab.retrieval.metrics import to_run
 from reprlab.serve.batching import EncodeBatcher
 from reprlab.serve.config import Limits, ServeConfig
-from reprlab.serve.highlight import query_terms, snippet, term_spans
+from reprlab.serve.highlight import leading_snippet, query_terms, snippet, term_spans
 from reprlab.serve.state import Encoders, IndexSlot, IndexVersion, Stats, VersionWatcher, load_version
 
 logger = logging.getLogger("reprlab")
@@ -50,10 +54,15 @@ class Service:
 
     def __init__(self, slot: IndexSlot, encoders: Encoders, limits: Limits | None = None,
                  multihop: IndexVersion | None = None, reader=None, watcher: VersionWatcher | None = None,
-                 max_batch: int = 64, batch_wait_ms: float = 2.0):
+                 max_batch: int = 64, batch_wait_ms: float = 2.0, encode_workers: int = 1,
+                 encode_threads: int | None = None):
         self.slot, self.encoders, self.limits = slot, encoders, limits or Limits()
         self.multihop, self.reader, self.watcher = multihop, reader, watcher
-        self.batcher = EncodeBatcher(max_batch, batch_wait_ms)
+        if encode_threads is None and encode_workers > 1:
+            import torch
+
+            encode_threads = max(1, torch.get_num_threads() // encode_workers)
+        self.batcher = EncodeBatcher(max_batch, batch_wait_ms, encode_workers, encode_threads)
         self.stats = Stats()
         self.reader_lock = threading.Lock()
 
@@ -83,7 +92,8 @@ class Service:
             from reprlab.qa.reader import load_reader
 
             reader = load_reader(config.reader)
-        return cls(slot, encoders, config.limits, multihop, reader, watcher, config.max_batch, config.batch_wait_ms)
+        return cls(slot, encoders, config.limits, multihop, reader, watcher, config.max_batch, config.batch_wait_ms,
+                   config.encode_workers, config.encode_threads)
 
     @property
     def endpoints(self) -> list[str]:
@@ -96,19 +106,31 @@ class Service:
 
     # ------------------------------------------------------------------------------------- search
 
-    async def query_vector(self, version: IndexVersion, text: str) -> np.ndarray:
+    @staticmethod
+    def dense_depth(version: IndexVersion, mode: str, k: int, filters: Sequence = ()) -> int:
+        """How deep ``search`` searches the dense index for a request (filters and hybrid fusion look deeper)."""
+        depth = min(len(version.index), FILTER_DEPTH) if filters else k
+        return max(depth, HYBRID_DEPTH) if mode == "hybrid" else depth
+
+    async def dense_run(self, version: IndexVersion, text: str, mode: str, k: int,
+                        filters: Sequence = ()) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (1, depth), ids (1, depth)) of ``text`` in the dense index, to the depth ``search`` needs:
+        encoded and searched in one batch with the concurrent requests (the batcher)."""
         r = version.retriever
-        return (await self.batcher.encode(r.model, [r.query_prefix + text], None, r.precision))[0]
+        _, scores, ids = await self.batcher.encode_search(r.model, r.query_prefix + text, version.index,
+                                                          self.dense_depth(version, mode, k, filters), None,
+                                                          r.precision)
+        return scores, ids
 
     def search(self, version: IndexVersion, query: str, vector: np.ndarray | None, mode: str, k: int,
-               filters: Sequence = ()) -> list[Found]:
-        """The top ``k`` documents of ``version`` for ``query`` (``vector``: its dense query vector)."""
-        n = len(version.index)
-        depth = min(n, FILTER_DEPTH) if filters else k
+               filters: Sequence = (), dense: tuple[np.ndarray, np.ndarray] | None = None) -> list[Found]:
+        """The top ``k`` documents of ``version`` for ``query`` (``vector``: its dense query vector; or ``dense``:
+        its dense results already searched to :meth:`dense_depth`, as :meth:`dense_run` gives them)."""
+        depth = min(len(version.index), FILTER_DEPTH) if filters else k
         runs = []
         if mode in ("dense", "hybrid"):
-            runs.append(version.index.search(vector[None].astype(np.float32),
-                                             max(depth, HYBRID_DEPTH) if mode == "hybrid" else depth))
+            runs.append(dense if dense is not None else version.index.search(
+                vector[None].astype(np.float32), self.dense_depth(version, mode, k, filters)))
         if mode in ("bm25", "hybrid"):
             runs.append(version.bm25.search([query], max(depth, HYBRID_DEPTH) if mode == "hybrid" else depth))
         if mode == "hybrid":
@@ -126,8 +148,9 @@ class Service:
                 raise ConfigError(f"documents of this index have no field {f.field!r}; they have: "
                                   f"{', '.join(sorted(version.fields))}", field=f"filters.{i}.field")
 
-    def hits(self, version: IndexVersion, found: Sequence[Found], query: str) -> list[dict]:
-        terms = query_terms(query)
+    def hits(self, version: IndexVersion, found: Sequence[Found], query: str, highlight: bool = True) -> list[dict]:
+        """The response's hits; ``highlight=False``: snippets are the texts' beginnings, nothing highlighted."""
+        terms = query_terms(query) if highlight else None
         return [hit(rank, f.id, f.score, version.docs.get(f.id, {}), terms) for rank, f in enumerate(found, 1)]
 
     # ------------------------------------------------------------------------------------- multi-hop
@@ -199,10 +222,15 @@ def passes(doc_id: str, doc: dict, filters: Sequence) -> bool:
     return True
 
 
-def hit(rank: int, doc_id: str, score: float, doc: dict, terms: list[str]) -> dict[str, Any]:
-    """A result as the response's ``Hit``: title, snippet and the query's terms highlighted in both."""
+def hit(rank: int, doc_id: str, score: float, doc: dict, terms: list[str] | None) -> dict[str, Any]:
+    """A result as the response's ``Hit``: title, snippet and the query's terms highlighted in both
+    (``terms=None``: no highlighting; the snippet is the text's beginning, :func:`leading_snippet`)."""
     title = doc.get("title", "") or ""
+    score = float(score) if np.isfinite(score) else 0.0
+    if terms is None:
+        return {"rank": rank, "id": doc_id, "score": score, "title": title,
+                "snippet": leading_snippet(doc.get("text", "") or ""), "highlights": [], "title_highlights": []}
     text, spans = snippet(doc.get("text", "") or "", terms)
-    return {"rank": rank, "id": doc_id, "score": float(score) if np.isfinite(score) else 0.0, "title": title,
+    return {"rank": rank, "id": doc_id, "score": score, "title": title,
             "snippet": text, "highlights": [{"start": a, "end": b} for a, b in spans],
             "title_highlights": [{"start": a, "end": b} for a, b, _ in term_spans(title, terms)]}

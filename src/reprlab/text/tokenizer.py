@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +28,8 @@ from tokenizers import Tokenizer as _HFTokenizer
 
 from reprlab.errors import ModelLoadError, ReprlabError
 from reprlab.hub import resolve_model_path
+
+_TRUNCATION_LOCK = threading.Lock()  # encode_truncated: one truncation setting at a time
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
@@ -127,6 +130,16 @@ class Tokenizer:
                     shutil.copyfile(self.source / name, folder / name)
         else:
             self._tok.save(str(folder / "tokenizer.json"))
+
+    def encode_truncated(self, texts: Sequence[str], max_length: int) -> list[Encoding]:
+        """Unpadded encodings (with special tokens) of at most ``max_length`` tokens. Safe to call from
+        several threads at once: the truncation is a setting of the shared tokenizer, set and reset under a lock."""
+        with _TRUNCATION_LOCK:
+            self._tok.enable_truncation(max_length)
+            try:
+                return self._tok.encode_batch(list(texts))
+            finally:
+                self._tok.no_truncation()
 
     def encode_raw(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[Encoding]:
         """Untruncated, unpadded encodings (with special tokens)."""
