@@ -171,11 +171,12 @@ class Tokenizer:
                 "max_length %d is longer than the model's %d positions: inputs are cut at %d tokens",
                 max_length, self.model_max_length, self.model_max_length)
         max_length = min(max_length or self.model_max_length, self.model_max_length)
-        self._tok.enable_truncation(max_length, stride=stride, strategy=truncation)
-        try:
-            encodings = self.encode_raw(texts, pairs)
-        finally:
-            self._tok.no_truncation()
+        with _TRUNCATION_LOCK:  # the truncation is a setting of the shared tokenizer (see encode_truncated)
+            self._tok.enable_truncation(max_length, stride=stride, strategy=truncation)
+            try:
+                encodings = self.encode_raw(texts, pairs)
+            finally:
+                self._tok.no_truncation()
         sample = list(range(len(encodings)))
         if return_overflowing:
             flat, sample = [], []
