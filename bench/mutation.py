@@ -91,7 +91,27 @@ Machine: {machine_line}. JSON: `bench/results/mutation.json` (every survivor's d
 # Surviving mutants that compute the same thing as the original on every input the code can get (or differ only in
 # an error message's wording): mutant name -> why. mutmut numbers mutants per function in source order, so the names
 # hold as long as the mutated code does not change; a name whose diff no longer matches is reported unclassified.
-EQUIVALENT: dict[str, str] = {}
+_MDR = "reprlab.retrieval.mdr.search.x_multihop_search__mutmut_"
+_LOSSES = "reprlab.retrieval.losses.x_"
+_PAD = ("the hop-2 padding: its slots keep a None id (the index found nothing there) and rank_chains skips None ids "
+        "before it reads a score, so the fill value and the float dtype of the empty slots are never read")
+_PAD_OBJECT = "np.full with a None fill value makes an object array anyway: the same array"
+EQUIVALENT: dict[str, str] = {
+    _MDR + "95": _PAD, _MDR + "96": _PAD + " (a float64 s2 holds the float32 scores exactly)", _MDR + "99": _PAD
+    + " (a float64 s2 holds the float32 scores exactly)", _MDR + "100": _PAD, _MDR + "103": _PAD_OBJECT,
+    _MDR + "106": _PAD_OBJECT,
+    _MDR + "20": "fusing hop 1 at weight 0 ranks the dense list's top B in dense order with the dense scores (a BM25-only "
+                 "candidate gets the list's lowest dense score + 0 and ties go to the dense list), i.e. the dense search; "
+                 "only an unneeded BM25 search is added",
+    _MDR + "25": "as for hop 1: fusing hop 2 at weight 0 gives the dense hop-2 lists; only an unneeded BM25 search is added",
+    _LOSSES + "_distributed__mutmut_3": "world size 1 counted as distributed: all_gather over one rank returns the tensor "
+                                        "itself and the rank is 0, so the loss is the same",
+    _LOSSES + "contrastive_loss__mutmut_20": "an empty (0, H) negatives tensor is concatenated: the same candidates (and "
+                                             "an empty id slice)",
+    _LOSSES + "contrastive_loss__mutmut_30": "torch.cat's default dim is 0",
+    _LOSSES + "pairwise_loss__mutmut_16": "sum over dim +1 of the 2-D (B, H) product is dim -1",
+    _LOSSES + "pairwise_loss__mutmut_28": "einsum subscripts in upper case name the same axes",
+}
 # Survivors that are not equivalent but are left, with the reason (e.g. a retry bound no test input reaches).
 LEFT: dict[str, str] = {}
 
