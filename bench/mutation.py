@@ -339,6 +339,8 @@ def markdown(record: dict) -> str:
             f"{r['module']} (cut at {r['seconds']:.0f} s: {checked} of {r['mutants']} checked)"
         out.append(f"| {name} | {checked} | {r['killed']} | {checked - r['killed']} | "
                    f"{r['equivalent']} | {_pct(r['score'])} | {_pct(r['score_equivalent_as_killed'])} |")
+    if record.get("notes"):  # how a run assembled from several (e.g. under a lock budget) came together
+        out += [""] + [f"- {note}" for note in record["notes"]]
     for r in record["modules"]:
         if "error" in r:
             continue
@@ -457,7 +459,7 @@ def merge(parts: Path, modules: list[str] | None = None) -> dict:
         rows.append(classify(json.loads(path.read_text())) if path.is_file() else
                     {"module": name, "error": "no part: the run stopped before this module wrote its result"})
     return {**{k: run[k] for k in ("machine", "date", "command")}, "settings": run.get("settings", {}),
-            "modules": rows}
+            **({"notes": run["notes"]} if run.get("notes") else {}), "modules": rows}
 
 
 def main(argv: list[str] | None = None) -> int:

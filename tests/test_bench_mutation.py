@@ -173,3 +173,15 @@ def test_sigterm_stops_the_mutmut_runs(tmp_path):
     time.sleep(0.5)
     status = Path(f"/proc/{child}/status")
     assert not status.exists() or "\nState:\tZ" in status.read_text()  # gone, or a zombie nobody reaped yet
+
+
+def test_notes_of_an_assembled_run_reach_the_markdown(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"machine": "m", "date": "d", "command": "a; b", "modules": ["kd"],
+                                                   "notes": ["kd comes from run b"]}))
+    (tmp_path / "kd.json").write_text(json.dumps(fake_row("kd")))
+    record = mutation.merge(tmp_path)
+    assert record["notes"] == ["kd comes from run b"]
+    text = mutation.markdown(record)
+    assert "\n- kd comes from run b\n" in text and text.index("kd comes") < text.index("### kd")
+    (tmp_path / "run.json").write_text(json.dumps({"machine": "m", "date": "d", "command": "c", "modules": ["kd"]}))
+    assert "notes" not in mutation.merge(tmp_path)
