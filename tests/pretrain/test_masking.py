@@ -343,3 +343,15 @@ def test_pmi_units_start_at_the_first_word_and_pieces_of_no_word_match_nothing(t
     odd = TokenizedText(np.array([101, 1000, 1001, 1002, 102]), np.array([-1, -1, 0, 1, -1]), ["lumpur", "kuala"])
     units = masking.units(odd, maskable_positions(odd.ids, special.special_ids), np.random.default_rng(0))
     assert [u.tolist() for u in units] == [[1], [2], [3]]
+
+
+def test_random_tokens_redraw_special_tokens_uniformly():
+    from reprlab.pretrain.masking import random_tokens
+
+    # a vocabulary of six where four are special: most first draws are redrawn, until none is special
+    special = SpecialTokens(3, 0, 6, (0, 1, 2, 3))
+    out = random_tokens(2000, special, np.random.default_rng(0))
+    values, counts = np.unique(out, return_counts=True)
+    assert values.tolist() == [4, 5] and 800 < counts[0] < 1200  # each redrawn token drawn on its own
+    only_zero = SpecialTokens(1, 1, 3, (1, 2))  # id 0 is an ordinary token here
+    assert (random_tokens(50, only_zero, np.random.default_rng(1)) == 0).all()
