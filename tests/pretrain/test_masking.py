@@ -353,5 +353,13 @@ def test_random_tokens_redraw_special_tokens_uniformly():
     out = random_tokens(2000, special, np.random.default_rng(0))
     values, counts = np.unique(out, return_counts=True)
     assert values.tolist() == [4, 5] and 800 < counts[0] < 1200  # each redrawn token drawn on its own
-    only_zero = SpecialTokens(1, 1, 3, (1, 2))  # id 0 is an ordinary token here
-    assert (random_tokens(50, only_zero, np.random.default_rng(1)) == 0).all()
+    # id 0 is an ordinary token here, drawn as often as id 5 (first draws and redraws alike)
+    zero_ok = SpecialTokens(1, 1, 6, (1, 2, 3, 4))
+    values, counts = np.unique(random_tokens(2000, zero_ok, np.random.default_rng(1)), return_counts=True)
+    assert values.tolist() == [0, 5] and 900 < counts[0] < 1100
+
+
+def test_an_unknown_fe_layout_is_refused_naming_the_field():
+    with pytest.raises(ConfigError, match=r"^fe_layout: unknown fe_layout 'zigzag'; choose random or contiguous$") as e:
+        MaskingConfig(fe_layout="zigzag")
+    assert e.value.field == "fe_layout"
