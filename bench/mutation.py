@@ -176,6 +176,11 @@ LEFT: dict[str, str] = {
         "error with a single block; not killed yet",
 }
 
+# Survivors of a recorded run killed by a test written after it (not yet re-run): mutant name -> the test. Each was
+# checked by applying the mutant to a copy of src and running the test; the next run counts them as killed.
+KILLED_AFTER: dict[str, str] = {}
+
+
 def mark_out_of_scope(path: Path, keep: list[str]) -> None:
     """Put mutmut's no-mutate pragma on every function of ``path`` (a copy) not named in ``keep``.
 
@@ -358,11 +363,15 @@ def classify(row: dict) -> dict:
     for name, survivor in row["survivors"].items():
         survivor["equivalent"] = EQUIVALENT.get(name)
         survivor["left"] = LEFT.get(name)
+        survivor["killed_after"] = KILLED_AFTER.get(name)
     equivalent = sum(1 for s in row["survivors"].values() if s["equivalent"])
+    after = sum(1 for s in row["survivors"].values() if s["killed_after"] and not s["equivalent"])
     n, killed = row.get("checked", row["mutants"]), row["killed"]
     row["equivalent"] = equivalent
+    row["killed_after"] = after
     row["score"] = round(killed / n, 4) if n else None
     row["score_equivalent_as_killed"] = round((killed + equivalent) / n, 4) if n else None
+    row["score_with_new_tests"] = round((killed + equivalent + after) / n, 4) if n else None
     return row
 
 
@@ -388,18 +397,20 @@ def markdown(record: dict) -> str:
            "so those a time limit leaves unchecked are the slow ones")
     out = [MD_HEAD.format(**record, how=how, machine_line=record["machine"] if isinstance(record["machine"], str)
                           else json.dumps(record["machine"])), "",
-           "| module | mutants | killed | survived | equivalent | score | score, equivalent as killed |",
-           "|---|---|---|---|---|---|---|"]
+           "| module | mutants | killed | survived | equivalent | score | score, equivalent as killed | "
+           "killed by a test written after the run | score with those and the equivalent |",
+           "|---|---|---|---|---|---|---|---|---|"]
     missing = [r for r in record["modules"] if "error" in r]
     for r in record["modules"]:
         if "error" in r:
-            out.append(f"| {r['module']} | no result: {r['error'].splitlines()[-1][:100]} | | | | | |")
+            out.append(f"| {r['module']} | no result: {r['error'].splitlines()[-1][:100]} | | | | | | | |")
             continue
         checked = r.get("checked", r["mutants"])
         name = r["module"] if r.get("finished", True) else \
             f"{r['module']} (cut at {r['seconds']:.0f} s: {checked} of {r['mutants']} checked)"
         out.append(f"| {name} | {checked} | {r['killed']} | {checked - r['killed']} | "
-                   f"{r['equivalent']} | {_pct(r['score'])} | {_pct(r['score_equivalent_as_killed'])} |")
+                   f"{r['equivalent']} | {_pct(r['score'])} | {_pct(r['score_equivalent_as_killed'])} | "
+                   f"{r.get('killed_after', 0)} | {_pct(r.get('score_with_new_tests', r['score_equivalent_as_killed']))} |")
     if record.get("notes"):  # how a run assembled from several (e.g. under a lock budget) came together
         out += [""] + [f"- {note}" for note in record["notes"]]
     for r in record["modules"]:
@@ -417,6 +428,7 @@ def markdown(record: dict) -> str:
         for name, s in r["survivors"].items():
             change = " / ".join(line[1:].strip() for line in s["diff"].splitlines() if line.startswith("+"))
             why = (f"equivalent: {s['equivalent']}" if s["equivalent"] else
+                   f"killed after the run by `{s['killed_after']}`" if s.get("killed_after") else
                    f"left: {s['left']}" if s["left"] else "NOT CLASSIFIED")
             out.append(f"- `{short_name(name)}` ({s['status']}): `{change[:150]}` -- {why}")
     if missing:

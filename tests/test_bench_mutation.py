@@ -185,3 +185,11 @@ def test_notes_of_an_assembled_run_reach_the_markdown(tmp_path):
     assert "\n- kd comes from run b\n" in text and text.index("kd comes") < text.index("### kd")
     (tmp_path / "run.json").write_text(json.dumps({"machine": "m", "date": "d", "command": "c", "modules": ["kd"]}))
     assert "notes" not in mutation.merge(tmp_path)
+
+
+def test_a_survivor_killed_by_a_later_test_is_counted_apart(monkeypatch):
+    monkeypatch.setattr(mutation, "KILLED_AFTER", {"reprlab.m.x\u01c1f__mutmut_1": "tests/x.py::test_f"})
+    row = fake_row("kd")  # 10 checked, 8 killed, the survivor named above
+    assert row["killed_after"] == 1 and row["score"] == 0.8 and row["score_with_new_tests"] == 0.9
+    text = mutation.markdown({"machine": "m", "date": "d", "command": "c", "modules": [row]})
+    assert "| 1 | 90.0% |" in text and "killed after the run by `tests/x.py::test_f`" in text
