@@ -81,19 +81,17 @@ MD_HEAD = """## Mutation testing of the core mechanisms
 
 Does a test fail when the code of a mechanism is broken? mutmut 3 changes one thing at a time in each module
 (an operator, a constant, an argument, a call's result) and runs the module's tests; a mutant is *killed* when a
-test fails. *Score* = killed / all mutants (a mutant no test reaches counts as surviving); the last column also
+test fails. *Score* = killed / all mutants (a mutant no test reaches counts as surviving); the next column also
 counts the survivors shown below to be equivalent (they compute the same thing on every input the code can get,
-or change only an error message's wording). Each remaining survivor is listed with the reason it is left.
+or change only an error message's wording); the last two count the survivors that a test written after the run
+kills (checked by hand, not yet by a re-run) and the score with those and the equivalent ones. Each remaining
+survivor is listed with the reason it is left.
 
 Command: `{command}` ({how}; a module runs in a fresh copy of the repository). Date: {date}.
 Machine: {machine_line}. JSON: `bench/results/mutation.json` (every survivor's diff)."""
 
-# Surviving mutants that compute the same thing as the original on every input the code can get (or differ only in
-# an error message's wording): mutant name -> why. mutmut numbers mutants per function in source order, so the names
-# hold as long as the mutated code does not change; a name whose diff no longer matches is reported unclassified.
-EQUIVALENT: dict[str, str] = {}
-# Survivors that are not equivalent but are left, with the reason (e.g. a retry bound no test input reaches).
-LEFT: dict[str, str] = {}
+from mutation_notes import EQUIVALENT, KILLED_AFTER, LEFT  # noqa: E402  (the notes on survivors)
+
 
 def mark_out_of_scope(path: Path, keep: list[str]) -> None:
     """Put mutmut's no-mutate pragma on every function of ``path`` (a copy) not named in ``keep``.
@@ -277,11 +275,15 @@ def classify(row: dict) -> dict:
     for name, survivor in row["survivors"].items():
         survivor["equivalent"] = EQUIVALENT.get(name)
         survivor["left"] = LEFT.get(name)
+        survivor["killed_after"] = KILLED_AFTER.get(name)
     equivalent = sum(1 for s in row["survivors"].values() if s["equivalent"])
+    after = sum(1 for s in row["survivors"].values() if s["killed_after"] and not s["equivalent"])
     n, killed = row.get("checked", row["mutants"]), row["killed"]
     row["equivalent"] = equivalent
+    row["killed_after"] = after
     row["score"] = round(killed / n, 4) if n else None
     row["score_equivalent_as_killed"] = round((killed + equivalent) / n, 4) if n else None
+    row["score_with_new_tests"] = round((killed + equivalent + after) / n, 4) if n else None
     return row
 
 
@@ -307,18 +309,22 @@ def markdown(record: dict) -> str:
            "so those a time limit leaves unchecked are the slow ones")
     out = [MD_HEAD.format(**record, how=how, machine_line=record["machine"] if isinstance(record["machine"], str)
                           else json.dumps(record["machine"])), "",
-           "| module | mutants | killed | survived | equivalent | score | score, equivalent as killed |",
-           "|---|---|---|---|---|---|---|"]
+           "| module | mutants | killed | survived | equivalent | score | score, equivalent as killed | "
+           "killed by a test written after the run | score with those and the equivalent |",
+           "|---|---|---|---|---|---|---|---|---|"]
     missing = [r for r in record["modules"] if "error" in r]
     for r in record["modules"]:
         if "error" in r:
-            out.append(f"| {r['module']} | no result: {r['error'].splitlines()[-1][:100]} | | | | | |")
+            out.append(f"| {r['module']} | no result: {r['error'].splitlines()[-1][:100]} | | | | | | | |")
             continue
         checked = r.get("checked", r["mutants"])
         name = r["module"] if r.get("finished", True) else \
             f"{r['module']} (cut at {r['seconds']:.0f} s: {checked} of {r['mutants']} checked)"
         out.append(f"| {name} | {checked} | {r['killed']} | {checked - r['killed']} | "
-                   f"{r['equivalent']} | {_pct(r['score'])} | {_pct(r['score_equivalent_as_killed'])} |")
+                   f"{r['equivalent']} | {_pct(r['score'])} | {_pct(r['score_equivalent_as_killed'])} | "
+                   f"{r.get('killed_after', 0)} | {_pct(r.get('score_with_new_tests', r['score_equivalent_as_killed']))} |")
+    if record.get("notes"):  # how a run assembled from several (e.g. under a lock budget) came together
+        out += [""] + [f"- {note}" for note in record["notes"]]
     for r in record["modules"]:
         if "error" in r:
             continue
@@ -334,6 +340,7 @@ def markdown(record: dict) -> str:
         for name, s in r["survivors"].items():
             change = " / ".join(line[1:].strip() for line in s["diff"].splitlines() if line.startswith("+"))
             why = (f"equivalent: {s['equivalent']}" if s["equivalent"] else
+                   f"killed after the run by `{s['killed_after']}`" if s.get("killed_after") else
                    f"left: {s['left']}" if s["left"] else "NOT CLASSIFIED")
             out.append(f"- `{short_name(name)}` ({s['status']}): `{change[:150]}` -- {why}")
     if missing:
@@ -437,7 +444,7 @@ def merge(parts: Path, modules: list[str] | None = None) -> dict:
         rows.append(classify(json.loads(path.read_text())) if path.is_file() else
                     {"module": name, "error": "no part: the run stopped before this module wrote its result"})
     return {**{k: run[k] for k in ("machine", "date", "command")}, "settings": run.get("settings", {}),
-            "modules": rows}
+            **({"notes": run["notes"]} if run.get("notes") else {}), "modules": rows}
 
 
 def main(argv: list[str] | None = None) -> int:

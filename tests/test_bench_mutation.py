@@ -173,3 +173,23 @@ def test_sigterm_stops_the_mutmut_runs(tmp_path):
     time.sleep(0.5)
     status = Path(f"/proc/{child}/status")
     assert not status.exists() or "\nState:\tZ" in status.read_text()  # gone, or a zombie nobody reaped yet
+
+
+def test_notes_of_an_assembled_run_reach_the_markdown(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"machine": "m", "date": "d", "command": "a; b", "modules": ["kd"],
+                                                   "notes": ["kd comes from run b"]}))
+    (tmp_path / "kd.json").write_text(json.dumps(fake_row("kd")))
+    record = mutation.merge(tmp_path)
+    assert record["notes"] == ["kd comes from run b"]
+    text = mutation.markdown(record)
+    assert "\n- kd comes from run b\n" in text and text.index("kd comes") < text.index("### kd")
+    (tmp_path / "run.json").write_text(json.dumps({"machine": "m", "date": "d", "command": "c", "modules": ["kd"]}))
+    assert "notes" not in mutation.merge(tmp_path)
+
+
+def test_a_survivor_killed_by_a_later_test_is_counted_apart(monkeypatch):
+    monkeypatch.setattr(mutation, "KILLED_AFTER", {"reprlab.m.x\u01c1f__mutmut_1": "tests/x.py::test_f"})
+    row = fake_row("kd")  # 10 checked, 8 killed, the survivor named above
+    assert row["killed_after"] == 1 and row["score"] == 0.8 and row["score_with_new_tests"] == 0.9
+    text = mutation.markdown({"machine": "m", "date": "d", "command": "c", "modules": [row]})
+    assert "| 1 | 90.0% |" in text and "killed after the run by `tests/x.py::test_f`" in text

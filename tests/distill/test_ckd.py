@@ -262,3 +262,12 @@ def test_config_checks():
         with pytest.raises(ConfigError, match=r"\[student_state, teacher_state\] pairs"):
             CKDConfig(layer_map=bad)
     assert CKDConfig(layer_map=[[0, 0], [3, 6]]).pairs(3, 6) == [(0, 0), (3, 6)]
+
+
+def test_the_pair_temperature_reaches_both_pair_terms():
+    s, t, mask = small_pair()
+    _, terms = ckd_loss(s, t, mask, CKDConfig(window=3, pair_temperature=0.25))
+    wr = sum(word_pair_loss(a, b, mask, 0.25) for a, b in zip(s, t)) / 3
+    torch.testing.assert_close(terms["wr_pair"], wr)
+    torch.testing.assert_close(terms["ltr_pair"], layer_pair_loss(torch.stack(s, 2), torch.stack(t, 2), mask, 0.25))
+    assert abs(float(terms["wr_pair"]) - float(ckd_loss(s, t, mask, CKDConfig(window=3))[1]["wr_pair"])) > 1e-4

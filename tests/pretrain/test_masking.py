@@ -276,3 +276,90 @@ def test_apply_and_collate_details(special):
         assert batch["attention_mask"].tolist() == [[1, 1, 0, 0, 0, 0, 0, 0], [1] * 8]
         assert batch["input_ids"][0].tolist() == [101, 102] + [special.pad_id] * 6
         assert all(batch[k].dtype == torch.int64 for k in ("input_ids", "attention_mask", "labels", "source"))
+
+
+# ----------------------------------------------------------------------------- by hand (mutation testing)
+
+
+def _pieces_seq(sizes):
+    """[CLS] pieces [SEP]: word k has sizes[k] pieces."""
+    return _seq([k for k, size in enumerate(sizes) for _ in range(size)])
+
+
+def test_span_masking_cuts_a_word_only_when_no_whole_word_fits():
+    special = SpecialTokens(103, 0, 30522, (0, 101, 102, 103))
+    masking = make("span", None, budget=0.25)
+    # ten 3-piece words and ten 1-piece words (40 pieces, target 10): whole words can always reach the target
+    mixed = _pieces_seq([3, 1] * 10)
+    maskable = maskable_positions(mixed.ids, special.special_ids)
+    units = {tuple(u.tolist()) for u in word_units(mixed, maskable)}
+    for seed in range(20):
+        (chosen,) = masking.select(mixed, maskable, np.random.default_rng(seed))
+        assert sum(len(c) for c in chosen) == 10
+        for span in chosen:  # every span is a run of whole words
+            covered = [u for u in units if set(u) <= set(span.tolist())]
+            assert sum(len(u) for u in covered) == len(span), (seed, span)
+    # 2-piece words only and an odd target (20 pieces, target 5): two whole words, then the first piece of a third
+    pairs = _pieces_seq([2] * 10)
+    maskable = maskable_positions(pairs.ids, special.special_ids)
+    starts = {int(u[0]) for u in word_units(pairs, maskable)}
+    for seed in range(10):
+        (chosen,) = masking.select(pairs, maskable, np.random.default_rng(seed))
+        assert all(len(c) for c in chosen) and sum(len(c) for c in chosen) == 5
+        flat = np.concatenate(chosen)
+        assert len(np.unique(flat)) == 5  # no piece twice
+        cut = [c for c in chosen if len(c) % 2]
+        assert len(cut) == 1 and len(cut[0]) == 1 and int(cut[0][0]) in starts  # a word's first piece
+
+
+def test_fully_explored_partitions_by_hand():
+    masking = make("fully-explored", None, fe_copies=3, fe_layout="random")
+    parts = masking.partition(10, np.random.default_rng(4))
+    order = np.random.default_rng(4).permutation(10)
+    assert [p.tolist() for p in parts] == [sorted(order[a:b].tolist()) for a, b in ((0, 3), (3, 7), (7, 10))]
+    contiguous = make("fully-explored", None, fe_copies=3, fe_layout="contiguous")
+    shift = int(np.random.default_rng(4).integers(10))
+    assert shift != 0
+    order = np.roll(np.arange(10), -shift)  # the segments start at a random offset and wrap around
+    assert [p.tolist() for p in contiguous.partition(10, np.random.default_rng(4))] == \
+        [sorted(order[a:b].tolist()) for a, b in ((0, 3), (3, 7), (7, 10))]
+    assert [p.tolist() for p in contiguous.partition(0, np.random.default_rng(4))] == [[], [], []]
+    # K = round(1 / budget), at least 2
+    assert make("fully-explored", None, budget=0.5).copies == 2
+    assert make("fully-explored", None, budget=0.15).copies == 7
+
+
+def test_pmi_units_start_at_the_first_word_and_pieces_of_no_word_match_nothing(tokenizer, special):
+    rng = np.random.default_rng(0)
+    fillers = [f"w{i}" for i in range(20)]
+    texts = [" ".join(rng.choice(fillers, 3)) + " kuala lumpur " + " ".join(rng.choice(fillers, 3)) for _ in range(60)]
+    vocab = build_pmi_vocab(texts, PMIConfig(min_count=5, size=50), tokenizer=tokenizer)
+    masking = make("pmi", vocab, budget=0.3)
+    text = "kuala lumpur was the meeting"
+    seq = tokenize_chunks([text], tokenizer)[0]
+    units = masking.units(seq, maskable_positions(seq.ids, special.special_ids), np.random.default_rng(0))
+    assert " ".join(seq.words[w] for w in sorted({int(seq.word_ids[p]) for p in units[0]})) == "kuala lumpur"
+    # a piece of no word (word id -1) is no word of an n-gram: "[?] lumpur kuala" has no unit of two
+    odd = TokenizedText(np.array([101, 1000, 1001, 1002, 102]), np.array([-1, -1, 0, 1, -1]), ["lumpur", "kuala"])
+    units = masking.units(odd, maskable_positions(odd.ids, special.special_ids), np.random.default_rng(0))
+    assert [u.tolist() for u in units] == [[1], [2], [3]]
+
+
+def test_random_tokens_redraw_special_tokens_uniformly():
+    from reprlab.pretrain.masking import random_tokens
+
+    # a vocabulary of six where four are special: most first draws are redrawn, until none is special
+    special = SpecialTokens(3, 0, 6, (0, 1, 2, 3))
+    out = random_tokens(2000, special, np.random.default_rng(0))
+    values, counts = np.unique(out, return_counts=True)
+    assert values.tolist() == [4, 5] and 800 < counts[0] < 1200  # each redrawn token drawn on its own
+    # id 0 is an ordinary token here, drawn as often as id 5 (first draws and redraws alike)
+    zero_ok = SpecialTokens(1, 1, 6, (1, 2, 3, 4))
+    values, counts = np.unique(random_tokens(2000, zero_ok, np.random.default_rng(1)), return_counts=True)
+    assert values.tolist() == [0, 5] and 900 < counts[0] < 1100
+
+
+def test_an_unknown_fe_layout_is_refused_naming_the_field():
+    with pytest.raises(ConfigError, match=r"^fe_layout: unknown fe_layout 'zigzag'; choose random or contiguous$") as e:
+        MaskingConfig(fe_layout="zigzag")
+    assert e.value.field == "fe_layout"

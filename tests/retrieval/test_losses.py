@@ -151,3 +151,21 @@ def test_pairwise_loss_over_several_queries_and_negatives():
     q, p, neg = torch.randn(B, H, generator=g), torch.randn(B, H, generator=g), torch.randn(B * n, H, generator=g)
     terms = [F.softplus(0.5 * (q[b] @ neg[b * n + j] - q[b] @ p[b])) for b in range(B) for j in range(n)]
     torch.testing.assert_close(pairwise_loss(q, p, neg, scale=0.5), torch.stack(terms).mean())
+
+
+def test_a_two_rank_world_gathers_only_when_asked(monkeypatch):
+    """In-process stand-in for a 2-rank world (this is rank 1; the other rank's vectors come first): gather=False
+    scores against the local candidates only; gather=True against every rank's, the label offset by rank * B."""
+    import reprlab.retrieval.losses as losses
+
+    torch.manual_seed(5)
+    q, p, n = torch.randn(3, 4), torch.randn(3, 4), torch.randn(6, 4)
+    other = {id(p): torch.randn(3, 4), id(n): torch.randn(6, 4)}
+    monkeypatch.setattr(losses, "_distributed", lambda: True)
+    monkeypatch.setattr(losses.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(losses, "gather_with_grad", lambda x: torch.cat([other[id(x)], x]))
+    local = reference_nll(q, torch.cat([p, n]), [0, 1, 2], 2.0)
+    assert float(contrastive_loss(q, p, n, scale=2.0, gather=False)) == pytest.approx(local, rel=1e-5)
+    everyone = torch.cat([other[id(p)], p, other[id(n)], n])
+    assert float(contrastive_loss(q, p, n, scale=2.0)) == pytest.approx(reference_nll(q, everyone, [3, 4, 5], 2.0),
+                                                                      rel=1e-5)

@@ -3,6 +3,7 @@
 import dataclasses
 import hashlib
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from reprlab.encoder import SentenceEncoder
-from reprlab.errors import ConfigError
+from reprlab.errors import ConfigError, ModelLoadError
 from reprlab.text.beir import doc_text
 from reprlab.retrieval.index import FaissIndex, ShardedIndex
 from reprlab.retrieval.mdr import (
@@ -482,3 +483,106 @@ def test_bm25_fusion_with_zero_weights_is_the_dense_search():
     assert [[c.passages for c in q] for q in fused] == [[c.passages for c in q] for q in dense]
     with pytest.raises(ConfigError, match="weights"):
         SparseFusion(None, -1.0, 0.0)
+
+
+# ----------------------------------------------------------------------------- what the beam search passes on (mutation testing)
+
+
+class SpyEncoder(HashEncoder):
+    """HashEncoder that records each call's texts and settings; ``sep`` gives it a tokenizer with that separator."""
+
+    def __init__(self, dim=8, sep=None):
+        super().__init__(dim)
+        self.calls = []
+        if sep is not None:
+            self.tokenizer = SimpleNamespace(sep_id=7, convert_ids_to_tokens=lambda ids: [sep for _ in ids])
+
+    def encode(self, texts, batch_size=32, max_length=None, show_progress=None):
+        self.calls.append((list(texts), batch_size, max_length, show_progress))
+        return super().encode(texts)
+
+
+class SpyIndex:
+    """An index that records each search's (rows, k, params) and answers from a real one."""
+
+    def __init__(self, index):
+        self.index, self.calls = index, []
+
+    def search(self, queries, k, **params):
+        self.calls.append((len(queries), k, params))
+        return self.index.search(queries, k)
+
+
+def test_beam_search_defaults_and_what_it_asks_of_the_encoder_and_the_index():
+    enc, corpus = SpyEncoder(), toy_corpus()
+    index = SpyIndex(index_corpus(enc, corpus))
+    enc.calls.clear()
+    question = "what connects passage 11 and passage 4?"
+    (chains,) = multihop_search(enc, question, index, corpus, search_params={"efSearch": 7})  # one question as a str
+    assert len(chains) == 10  # top_k 10
+    (q_texts, *q_settings), (h2_texts, *h2_settings) = enc.calls
+    assert q_texts == [question] and q_settings == [64, 64, False]  # batch size, question length, no progress bar
+    assert len(h2_texts) == 10 and h2_settings == [64, 256, False]  # beam 10; hop-2 query length 256
+    # hop 1: the top B; hop 2: B + 1 (the hop-1 passage itself is dropped); the search params reach both
+    assert index.calls == [(1, 10, {"efSearch": 7}), (10, 11, {"efSearch": 7})]
+    index.calls.clear()
+    multihop_search(enc, [question], index, corpus, beam_size=3, exclude_hop1=False)
+    assert index.calls == [(1, 3, {}), (3, 3, {})]  # nothing to drop: B is enough
+    bm25 = bm25_for_corpus(corpus)
+    index.calls.clear()
+    multihop_search(enc, [question], index, corpus, beam_size=3, search_params={"nprobe": 2},
+                    sparse=SparseFusion(bm25, 0.5, 0.5, depth=6))
+    assert index.calls == [(1, 6, {"nprobe": 2}), (3, 6, {"nprobe": 2})]  # fused: depth-long dense lists
+
+
+def test_beam_search_keeps_an_unordered_pair_once_by_default():
+    enc, corpus = HashEncoder(), toy_corpus()
+    index = index_corpus(enc, corpus)
+    (chains,) = multihop_search(enc, ["which topic links passage 3 to another?"], index, corpus,
+                                beam_size=len(corpus), top_k=None)
+    n = len(corpus)
+    assert len(chains) == n * (n - 1) // 2 == len({frozenset(c.passages) for c in chains})
+
+
+def test_hop2_queries_use_the_encoders_separator_and_the_title_setting():
+    corpus = toy_corpus()
+    enc = SpyEncoder(sep="</s>")
+    index = index_corpus(enc, corpus)
+    question = "title 7 and what else?"
+    for title in (True, False):
+        enc.calls.clear()
+        multihop_search(enc, [question], index, corpus, beam_size=2, hop2_title=title)
+        hop1 = index.search(enc.encode([question]), 2)[1][0]
+        assert enc.calls[1][0] == [hop2_query(question, corpus[p], "</s>", title) for p in hop1]
+    assert "title" not in enc.calls[1][0][0].split("</s>")[1]
+
+
+def test_precomputed_hop1_with_padding_anywhere_equals_the_dense_beam():
+    enc, corpus = HashEncoder(), toy_corpus()
+    index = index_corpus(enc, corpus)
+    questions = ["what connects passage 11 and passage 4?", "topic 2 and title 9"]
+    dense = multihop_search(enc, questions, index, corpus, beam_size=3, top_k=None)
+    s1, ids1 = index.search(enc.encode(questions), 3)  # (Q, 3)
+    gap = np.full((2, 1), None, dtype=object)
+    ids = np.concatenate([ids1[:, :1], gap, ids1[:, 1:]], axis=1)  # (Q, 4): a None between real passages
+    scores = np.concatenate([s1[:, :1], np.full((2, 1), -np.inf, dtype=np.float32), s1[:, 1:]], axis=1)
+    given = multihop_search(enc, questions, index, corpus, beam_size=3, top_k=None, hop1=(scores, ids))
+    assert [[(c.passages, c.scores) for c in q] for q in given] == [[(c.passages, c.scores) for c in q] for q in dense]
+
+
+def test_beam_search_and_fusion_refusals_name_the_problem():
+    enc, corpus = HashEncoder(), toy_corpus()
+    index = index_corpus(enc, corpus)
+    with pytest.raises(ConfigError, match="beam_size"):
+        multihop_search(enc, ["q"], index, corpus, beam_size=0)
+    with pytest.raises(ModelLoadError, match="not in the corpus"):
+        multihop_search(enc, ["q"], index, {p: corpus[p] for p in ["p0", "p1"]}, beam_size=len(corpus))
+    assert SparseFusion(None, 0.1, 0.1, depth=1).depth == 1
+    with pytest.raises(ConfigError, match="depth"):
+        SparseFusion(None, 0.1, 0.1, depth=0)
+
+
+def test_single_hop_chains_top_k():
+    scores, ids = np.array([3.0, 2.0, 1.0]), np.array(["a", "b", "c"], dtype=object)
+    assert [c.passages for c in chains_from_ranking(scores, ids, top_k=2)] == [("a", "b"), ("a", "c")]
+    assert len(chains_from_ranking(scores, ids)) == 3

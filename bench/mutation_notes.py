@@ -1,0 +1,135 @@
+"""The verdicts on the survivors of ``bench/mutation.py``'s runs: equivalent mutants, survivors left with a reason,
+and survivors killed by a test written after the run. Kept apart from the runner so that the notes can grow with each
+run without the runner growing. Keys are mutmut's mutant names (``module.x_function__mutmut_N``, methods as
+``x\u01c1Class\u01c1method``).
+"""
+
+from __future__ import annotations
+
+# Surviving mutants that compute the same thing as the original on every input the code can get (or differ only in
+# an error message's wording): mutant name -> why. mutmut numbers mutants per function in source order, so the names
+# hold as long as the mutated code does not change; a name whose diff no longer matches is reported unclassified.
+_MDR = "reprlab.retrieval.mdr.search.x_multihop_search__mutmut_"
+_LOSSES = "reprlab.retrieval.losses.x_"
+_PAD = ("the hop-2 padding: its slots keep a None id (the index found nothing there) and rank_chains skips None ids "
+        "before it reads a score, so the fill value and the float dtype of the empty slots are never read")
+_PAD_OBJECT = "np.full with a None fill value makes an object array anyway: the same array"
+_MASK = "reprlab.pretrain.masking."
+_KD = "reprlab.distill.kd."
+_BS = "reprlab.qa.block_skim."
+_ISIN = "np.isin compares values, so the dtype given to the special ids' array does not change which ids match"
+_INTEGERS = "rng.integers(V, size=n) draws from [0, V) like rng.integers(0, V, size=n): the same numbers (checked)"
+_INT64 = ("np.full with an int fill value and no dtype is int64 (numpy's default integer on 64-bit platforms, Windows "
+          "included since numpy 2): the same array")
+_EMPTY = "the empty array is only iterated (no element), so its dtype is never used"
+_TAKEN = "the taken flags as float 0/1: they are only set to True and read as truth values, the same as bool"
+_IMPORT = ("runs when the module is imported, before mutmut switches a mutant on, so no test can see it under mutmut "
+           "(a broken registry fails test_registry_has_every_scheme and every build_masking test)")
+_TIE = "<= instead of < on a uniform draw: differs only when rng.random() returns the threshold exactly (~2^-53)"
+_STABLE = ("a non-stable argsort of the keep mask: positions travel with their columns, so only the order of the "
+           "attention's sums could change (and CPU torch sorts this stably anyway)")
+_NB = ("block_pos is (B, blocks, block size), so shape[2] is the block size, >= 1 (and >= 0 is always true): nb is only "
+       "compared with 0, so this differs only for a batch without any context block")
+EQUIVALENT: dict[str, str] = {
+    _MDR + "95": _PAD, _MDR + "96": _PAD + " (a float64 s2 holds the float32 scores exactly)", _MDR + "99": _PAD
+    + " (a float64 s2 holds the float32 scores exactly)", _MDR + "100": _PAD, _MDR + "103": _PAD_OBJECT,
+    _MDR + "106": _PAD_OBJECT,
+    _MDR + "20": "fusing hop 1 at weight 0 ranks the dense list's top B in dense order with the dense scores (a BM25-only "
+                 "candidate gets the list's lowest dense score + 0 and ties go to the dense list), i.e. the dense search; "
+                 "only an unneeded BM25 search is added",
+    _MDR + "25": "as for hop 1: fusing hop 2 at weight 0 gives the dense hop-2 lists; only an unneeded BM25 search is added",
+    _LOSSES + "_distributed__mutmut_3": "world size 1 counted as distributed: all_gather over one rank returns the tensor "
+                                        "itself and the rank is 0, so the loss is the same",
+    _LOSSES + "contrastive_loss__mutmut_20": "an empty (0, H) negatives tensor is concatenated: the same candidates (and "
+                                             "an empty id slice)",
+    _LOSSES + "contrastive_loss__mutmut_30": "torch.cat's default dim is 0",
+    _LOSSES + "pairwise_loss__mutmut_16": "sum over dim +1 of the 2-D (B, H) product is dim -1",
+    _LOSSES + "pairwise_loss__mutmut_28": "einsum subscripts in upper case name the same axes",
+    # masking
+    _MASK + "x_fill_budget__mutmut_4": "at total == target no unit fits any more (each has >= 1 piece): the loop goes "
+                                       "on without taking anything, an early exit only",
+    _MASK + "x_maskable_positions__mutmut_8": _ISIN, _MASK + "x_maskable_positions__mutmut_10": _ISIN,
+    _MASK + "x_random_tokens__mutmut_5": _INTEGERS, _MASK + "x_random_tokens__mutmut_18": _INTEGERS,
+    _MASK + "x\u01c1FullyExploredMasking\u01c1partition__mutmut_27": "the shift of an empty sequence: np.roll of an "
+                                                                      "empty array is empty",
+    _MASK + "x\u01c1Masking\u01c1collate__mutmut_32": _INT64, _MASK + "x\u01c1Masking\u01c1collate__mutmut_35": _INT64,
+    _MASK + "x\u01c1Masking\u01c1collate__mutmut_39": _INT64, _MASK + "x\u01c1Masking\u01c1collate__mutmut_42": _INT64,
+    _MASK + "x\u01c1RandomTokenMasking\u01c1select__mutmut_8": "rng.choice(maskable, size=0, replace=False) is an empty "
+        "int64 array and draws nothing from the generator (checked): the same as the np.empty branch",
+    _MASK + "x\u01c1RandomTokenMasking\u01c1select__mutmut_11": "replace=None is falsy: the same draw without "
+                                                                 "replacement (checked: same numbers)",
+    _MASK + "x\u01c1RandomTokenMasking\u01c1select__mutmut_17": _EMPTY, _MASK + "x\u01c1RandomTokenMasking\u01c1select__mutmut_19": _EMPTY,
+    _MASK + "x\u01c1SpanMasking\u01c1select__mutmut_14": _TAKEN, _MASK + "x\u01c1SpanMasking\u01c1select__mutmut_16": _TAKEN,
+    _MASK + "x\u01c1SpanMasking\u01c1select__mutmut_68": "at total == target the fallback's first step finds need = 0 "
+                                                          "and stops: nothing is added",
+    # block skim
+    _BS + "x__compact__mutmut_16": "argsort's default dim is -1, which is dim 1 of the 2-D keep mask",
+    _BS + "x__compact__mutmut_18": "argsort of the bool mask ~keep (False before True) orders like its int8 copy",
+    **{f"reprlab.retrieval.metrics.x__parse__mutmut_{i}": "the spec string _parse returns for mrr@k is never read: "
+       "evaluate scores every cut-off group with the literal 'recip_rank' on the truncated run" for i in (19, 20)},
+    # kd: every input is 2-D ((B, D) embeddings, (B, C) scores and masks)
+    **{_KD + f"x_embedding_cosine__mutmut_{i}": "cosine_similarity over dim 1 (its default, or +1) of 2-D embeddings is "
+       "dim -1" for i in (8, 9)},
+    **{_KD + f"x_score_distillation__mutmut_{i}": "log_softmax with no dim (None) picks dim 1 for 2-D input, and +1 is -1 "
+       "there" for i in (26, 28, 29, 33, 35, 36)},
+    **{_KD + f"x_score_distillation__mutmut_{i}": "a sum over dim +1 of a 2-D (B, C) tensor is the sum over dim -1"
+       for i in (51, 61, 67)},
+    _KD + "x_score_distillation__mutmut_58": "with no row of two candidates every term is exactly 0 (one real candidate has "
+        "probability 1 under both softmaxes; masked terms are filled with 0), so x 1.0 is x 0.0, gradient included",
+    _KD + "x\u01c1KDLoss\u01c1__init____mutmut_12": "nn.Linear(bias=None): None is falsy, so no bias, as with False",
+    # ckd
+    "reprlab.distill.ckd.x\u01c1CKDConfig\u01c1__post_init____mutmut_19": "an error message's wording (XX added)",
+}
+# Survivors that are not equivalent but are left, with the reason (e.g. a retry bound no test input reaches).
+_MASK_RETRY = ("the bound on random retries before the fallback: changing it changes only which random spans are drawn "
+               "once the loop gives up; the budget, whole words and no overlap (what the tests state) hold either way, "
+               "and a test could see it only by pinning the random stream")
+_DDP = ("reached only inside spawned DDP ranks (mutmut sees no test call it in-process); the second pass, which gives "
+        "such mutants every test of the module, was cut by the module's time limit")
+_DEVICE = "the device of an arange: on CPU (where the tests run) None is the same device; only a CUDA run can tell"
+LEFT: dict[str, str] = {
+    **{_LOSSES + f"gather_ids__mutmut_{i}": _DDP for i in range(1, 14)},
+    **{_LOSSES + f"gather_with_grad__mutmut_{i}": _DDP for i in range(1, 8)},
+    _MASK + "x_register_masking__mutmut_1": _IMPORT, _MASK + "x_register_masking__mutmut_2": _IMPORT,
+    **{_MASK + f"x\u01c1SpanMasking\u01c1select__mutmut_{i}": _MASK_RETRY for i in (22, 25, 26, 28, 29, 32)},
+    _MASK + "x\u01c1Masking\u01c1apply__mutmut_10": _TIE, _MASK + "x\u01c1Masking\u01c1apply__mutmut_12": _TIE,
+    _MASK + "x\u01c1PMIMasking\u01c1units__mutmut_18": "a piece of no word looked up as 'XXXX' instead of '': differs only "
+        "if the PMI vocabulary holds an n-gram with that word next to such a piece",
+    _BS + "x__compact__mutmut_10": "at least 2 columns instead of 1: differs only when no row keeps more than one column "
+                                   "(one more, masked, column); no test batch skims that far",
+    _BS + "x__compact__mutmut_17": _STABLE, _BS + "x__compact__mutmut_21": _STABLE,
+    _KD + "x_in_batch_scores__mutmut_6": _DEVICE.replace("an arange", "torch.eye"),
+    _KD + "x_in_batch_scores__mutmut_9": _DEVICE.replace("an arange", "torch.eye"),
+    _BS + "x__compact__mutmut_48": _DEVICE, _BS + "x__compact__mutmut_50": _DEVICE,
+    _BS + "x\u01c1BlockSkimReader\u01c1skim_forward__mutmut_23": _DEVICE,
+    _BS + "x\u01c1BlockSkimReader\u01c1skim_forward__mutmut_25": _DEVICE,
+    _BS + "x\u01c1BlockSkimReader\u01c1skim_forward__mutmut_16": _NB, _BS + "x\u01c1BlockSkimReader\u01c1skim_forward__mutmut_39": _NB,
+    _BS + "x\u01c1BlockSkimReader\u01c1skim_forward__mutmut_40": "no skimming with exactly one context block: not killed "
+        "yet (needs a skim test whose context is a single block)",
+    _BS + "x\u01c1BlockSkimReader\u01c1skim_forward__mutmut_71": "> instead of >= for the keep threshold: differs only when "
+        "a block's keep probability equals the threshold exactly",
+    _BS + "x\u01c1BlockSkimReader\u01c1skim_forward__mutmut_90": "clamp(min=1) on the block index of columns outside the "
+        "context, which (col_block >= 0) masks out anyway: the same with two or more blocks (the tests' case), an index "
+        "error with a single block; not killed yet",
+}
+
+# Survivors of a recorded run killed by a test written after it (not yet re-run): mutant name -> the test. Each was
+# checked by applying the mutant to a copy of src and running the test; the next run counts them as killed.
+_T_MASK = "tests/pretrain/test_masking.py::"
+_SPAN_T = _T_MASK + "test_span_masking_cuts_a_word_only_when_no_whole_word_fits"
+_FE_T = _T_MASK + "test_fully_explored_partitions_by_hand"
+_TOKENS_T = _T_MASK + "test_random_tokens_redraw_special_tokens_uniformly"
+KILLED_AFTER: dict[str, str] = {
+    **{_MASK + f"x\u01c1SpanMasking\u01c1select__mutmut_{i}": _SPAN_T for i in (30, 31, 60, *range(69, 86))},
+    _MASK + "x\u01c1FullyExploredMasking\u01c1__init____mutmut_8": _FE_T,
+    **{_MASK + f"x\u01c1FullyExploredMasking\u01c1partition__mutmut_{i}": _FE_T for i in (14, 15, 23, 24, 34, 36)},
+    **{_MASK + f"x\u01c1PMIMasking\u01c1units__mutmut_{i}":
+       _T_MASK + "test_pmi_units_start_at_the_first_word_and_pieces_of_no_word_match_nothing" for i in (15, 16, 17)},
+    **{_MASK + f"x_random_tokens__mutmut_{i}": _TOKENS_T for i in (8, 10, 11, *range(14, 18), *range(19, 28))},
+    **{_MASK + f"x\u01c1MaskingConfig\u01c1__post_init____mutmut_{i}":
+       _T_MASK + "test_an_unknown_fe_layout_is_refused_naming_the_field" for i in (66, 67, 69, 70, 71)},
+    **{_LOSSES + f"contrastive_loss__mutmut_{i}": "tests/retrieval/test_losses.py::test_a_two_rank_world_gathers_only_"
+       "when_asked" for i in (14, 24)},
+    **{f"reprlab.distill.ckd.x_ckd_loss__mutmut_{i}": "tests/distill/test_ckd.py::test_the_pair_temperature_reaches_"
+       "both_pair_terms" for i in (26, 79)},
+}
