@@ -18,6 +18,8 @@ position-indexed parameters grow with it), since throughput and memory do not de
 
     python bench/architectures.py --quick            # smoke run: 2 variants, 5 steps, 128 tokens
     python bench/architectures.py                    # the full table (2 CPU cores: ~35-40 minutes)
+    python bench/architectures.py --speed-only       # sizes, FLOPs, throughput and memory only (no training,
+                                                     # ~5 minutes at 1 thread): bench/results/architectures-speed.json
 """
 
 from __future__ import annotations
@@ -135,7 +137,8 @@ def activation_bytes(encoder: Encoder, length: int, device) -> int:
     return sum(n for (ptr, _), n in seen.items() if ptr not in params)
 
 
-def throughput(encoder: Encoder, length: int, device, tokens: int = 4096, repeats: int = 3) -> common.Timing:
+def throughput(encoder: Encoder, length: int, device, tokens: int = 4096, repeats: int = common.MIN_PASSES
+               ) -> common.Timing:
     """Seconds of one training step (forward + backward of the encoder, random inputs, ``tokens`` tokens),
     ``repeats`` passes after a warm-up one; tokens/s = ``tokens_per_batch(length) / seconds``."""
     ids = torch.randint(1000, 20000, (tokens_per_batch(length, tokens) // length, length), device=device)
@@ -171,6 +174,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lengths", default="128,512,2048", help="lengths for throughput, memory and FLOPs")
     p.add_argument("--only", default=None, help="comma-separated variant names (default: all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=common.MIN_PASSES, help="timed passes per throughput cell (>= 3)")
+    p.add_argument("--speed-only", action="store_true",
+                   help="no training: sizes, FLOPs, throughput and activation memory of every variant (written to "
+                        "bench/results/architectures-speed.json unless --output)")
     args = common.parse(p, argv)
     args.lengths = [int(x) for x in args.lengths.split(",")]
     table = variants(args.hidden)
@@ -203,6 +210,19 @@ def prepare_data(args, tok) -> tuple[list, list, MLMCollate]:
     return train_chunks, eval_batches, collate
 
 
+def sizes(name: str, config: EncoderConfig, args) -> dict:
+    """Parameters (at the trained length: Synthesizer's grow with it) and forward FLOPs at every length."""
+    info = {L: model_info(config.replace(max_position_embeddings=max(L, config.max_position_embeddings)), seq_len=L)
+            for L in args.lengths}
+    return {
+        "variant": name, "attention": config.attention, "attention_kwargs": config.attention_kwargs,
+        "memory": [config.num_memory_tokens, config.memory_mode] if config.num_memory_tokens else None,
+        "params": model_info(config).total_params,
+        "attention_params_per_layer": model_info(config).by_block()["attention"]["params"] // args.layers,
+        "flops": {L: info[L].total_flops for L in args.lengths},
+    }
+
+
 def train_variant(name: str, config: EncoderConfig, data: tuple, folder: str, args) -> dict:
     """Pre-train one variant with the shared budget; its loss, size and FLOPs (no speed yet)."""
     train_chunks, eval_batches, collate = data
@@ -215,43 +235,68 @@ def train_variant(name: str, config: EncoderConfig, data: tuple, folder: str, ar
     train_seconds = time.time() - start
     curve = [json.loads(x) for x in Path(folder, "metrics.jsonl").read_text().splitlines()]
     loss = held_out_loss(model, eval_batches, torch.device(args.device))
-    info = {L: model_info(config.replace(max_position_embeddings=max(L, config.max_position_embeddings)), seq_len=L)
-            for L in args.lengths}
-    return {
-        "variant": name, "attention": config.attention, "attention_kwargs": config.attention_kwargs,
-        "memory": [config.num_memory_tokens, config.memory_mode] if config.num_memory_tokens else None,
-        "held_out_mlm_loss": round(loss, 4), "train_loss_last": round(state.last_loss, 4),
-        "params": model_info(config).total_params,  # at the trained length (Synthesizer's grow with it)
-        "attention_params_per_layer": model_info(config).by_block()["attention"]["params"] // args.layers,
-        "train_seconds": round(train_seconds, 1),
-        "curve": [(r["elapsed"], r["loss"], r["step"]) for r in curve],
-        "flops": {L: info[L].total_flops for L in args.lengths},
-    }
+    return {**sizes(name, config, args), "held_out_mlm_loss": round(loss, 4),
+            "train_loss_last": round(state.last_loss, 4), "train_seconds": round(train_seconds, 1),
+            "curve": [(r["elapsed"], r["loss"], r["step"]) for r in curve]}
 
 
 def speed_and_memory(config: EncoderConfig, args) -> dict:
-    """Training tokens/s (fastest and median of 3 passes) and activation memory at every length, on a fresh
-    encoder of the same architecture with enough positions."""
+    """Training tokens/s (fastest and median of ``--repeats`` passes; every pass's seconds in ``step_seconds``)
+    and activation memory at every length, on a fresh encoder of the same architecture with enough positions."""
     device = torch.device(args.device)
-    out = {"tokens_per_s": {}, "tokens_per_s_median": {}, "activation_MiB": {}}
+    out = {"tokens_per_s": {}, "tokens_per_s_median": {}, "tokens_per_batch": {}, "step_seconds": {},
+           "activation_MiB": {}}
     for L in args.lengths:
         torch.manual_seed(args.seed)
         enc = Encoder(config.replace(max_position_embeddings=max(L, config.max_position_embeddings),
                                      hidden_dropout=0.0, attention_dropout=0.0)).to(device)
-        t = throughput(enc, L, device)
+        t = throughput(enc, L, device, repeats=args.repeats)
         out["tokens_per_s"][L] = round(tokens_per_batch(L) / t["min"], 1)
         out["tokens_per_s_median"][L] = round(tokens_per_batch(L) / t["median"], 1)
+        out["tokens_per_batch"][L] = tokens_per_batch(L)
+        out["step_seconds"][L] = t.rounded()
         out["activation_MiB"][L] = round(activation_bytes(enc, L, device) / 2**20, 2)
     return out
+
+
+def speed_only(args, base: dict, argv=None) -> None:
+    """``--speed-only``: every variant's sizes, FLOPs, throughput and activation memory, no training."""
+    table = variants(args.hidden)
+    results = []
+    for name in args.names:
+        config = EncoderConfig(**base, **table[name])
+        results.append({**sizes(name, config, args), **speed_and_memory(config, args)})
+        print(f"{name}: tok/s median {results[-1]['tokens_per_s_median']}", flush=True)
+    if not args.output:
+        args.output = common.result_path("architectures-speed", args)
+    out = common.write_result("architectures-speed", {
+        "benchmark": "architectures --speed-only", "torch_threads": torch.get_num_threads(),
+        "setup": {**base, "repeats": args.repeats, "quick": args.quick}, "results": results}, args, argv)
+    print(speed_markdown(out))
+
+
+def speed_markdown(out: dict) -> str:
+    """Median training tokens/s (spread of the passes) and activation memory per variant and length."""
+    lengths = list(out["results"][0]["flops"])
+    lines = ["| variant | " + " | ".join(f"tok/s @{L} (spread)" for L in lengths) + " | "
+             + " | ".join(f"act. MiB @{L}" for L in lengths) + " |", "|---|" + "---|" * (2 * len(lengths))]
+    for r in out["results"]:
+        cells = [f"{r['tokens_per_s_median'][L]:,.0f} ({r['step_seconds'][L]['spread']:.0%})" for L in lengths]
+        cells += [f"{r['activation_MiB'][L]:.1f}" for L in lengths]
+        lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     tok = Tokenizer.from_pretrained("minilm")
-    data = prepare_data(args, tok)
     table = variants(args.hidden)
     base = dict(vocab_size=tok.vocab_size, hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
                 intermediate_size=4 * args.hidden, max_position_embeddings=args.seq_len)
+    if args.speed_only:
+        speed_only(args, base, argv)
+        return
+    data = prepare_data(args, tok)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.names:

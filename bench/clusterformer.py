@@ -1,8 +1,9 @@
 """Cluster-Former benchmark: cost of long inputs, and QA over all HotpotQA paragraphs without windows.
 
 Part ``timing``: one forward pass (batch 1, MiniLM-L6 sizes, random weights, 1 thread) of four
-encoders at 512 / 1k / 2k / 4k / 8k tokens, each setting in a fresh subprocess: wall time (fastest
-of ``--repeats`` >= 3 passes; median and spread in the JSON) and peak memory (VmHWM, reset through
+encoders at 512 / 1k / 2k / 4k / 8k tokens (``--lengths``), each setting in a fresh subprocess: wall time
+(``--repeats`` >= 3 passes: the table gives the median and the spread (max - min) / median; the JSON also
+keeps every pass and the fastest as ``seconds``) and peak memory (VmHWM, reset through
 /proc/self/clear_refs after the model is built, minus the resident size then; on CUDA
 ``max_memory_allocated``).
 
@@ -118,7 +119,7 @@ def measure(kind: str, length: int, device: str, repeats: int) -> dict:
             del out
     timing = common.Timing.of(times)  # >= 3 passes
     return {"kind": kind, "tokens": length, "seconds": timing["min"], "median_s": timing["median"],
-            "spread": timing["spread"], "peak_mb": max(peaks) / 2**20}
+            "spread": timing["spread"], "passes": timing["passes"], "peak_mb": max(peaks) / 2**20}
 
 
 def run_timing(args) -> list[dict]:
@@ -235,7 +236,13 @@ def run_qa(args) -> dict:
 # report
 
 
+def median_s(row: dict) -> float:
+    """The median of a cell's passes (records older than 2026-12-04 kept only the fastest, ``seconds``)."""
+    return row.get("median_s", row["seconds"])
+
+
 def timing_table(rows: list[dict]) -> str:
+    """Median seconds (spread) / peak MB per encoder and length."""
     lengths = sorted({r["tokens"] for r in rows})
     out = ["| encoder | " + " | ".join(f"{n} tok" for n in lengths) + " |", "|---|" + "---|" * len(lengths)]
     for kind in KINDS:
@@ -243,7 +250,8 @@ def timing_table(rows: list[dict]) -> str:
         for n in lengths:
             r = next((r for r in rows if r["kind"] == kind and r["tokens"] == n), None)
             ok = r is not None and r["seconds"] is not None
-            cells.append(f"{r['seconds']:.2f} s / {r['peak_mb']:.0f} MB" if ok else "n/a")
+            spread = f" ({r['spread']:.0%})" if ok and "spread" in r else ""
+            cells.append(f"{median_s(r):.2f} s{spread} / {r['peak_mb']:.0f} MB" if ok else "n/a")
         out.append(f"| {kind} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -269,13 +277,13 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for kind, style in zip(KINDS, ("o-", "s--", "^-", "D-")):
-        pts = sorted((r["tokens"], r["seconds"], r["peak_mb"]) for r in rows if r["kind"] == kind and r["seconds"])
+        pts = sorted((r["tokens"], median_s(r), r["peak_mb"]) for r in rows if r["kind"] == kind and r["seconds"])
         if not pts:
             continue
         n, s, m = zip(*pts)
         axes[0].plot(n, s, style, label=kind)
         axes[1].plot(n, [max(x, 1.0) for x in m], style, label=kind)
-    for ax, title in zip(axes, ("forward time (s)", "peak memory above the model (MB)")):
+    for ax, title in zip(axes, ("forward time (s, median of the passes)", "peak memory above the model (MB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("tokens (batch 1)")

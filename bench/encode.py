@@ -8,6 +8,7 @@ warm-up batch (the median is reported); the parent then evaluates every setting'
     python bench/encode.py                       # full corpus, CPU
     python bench/encode.py --device cuda --batch-size 128
     python bench/encode.py --quick               # smoke run: 64 documents, max length 128
+    python bench/encode.py --docs 300            # the first 300 documents only (no nDCG@10: a partial corpus)
 
 On a machine without the evaluation's dependencies (faiss), measure there and evaluate here:
 
@@ -43,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--settings", nargs="+", default=[s for s in SETTINGS if "dynamo" not in s], choices=SETTINGS,
                         help="default: all but the onnx-dynamo-* rows")
+    parser.add_argument("--docs", type=int, default=None, metavar="N",
+                        help="time the first N corpus documents only (default all); nDCG@10 is then not computed "
+                             "(a partial corpus would score against absent documents)")
     parser.add_argument("--repeat", type=int, default=3, help="timed passes over the corpus (>= 3); the median is kept")
     parser.add_argument("--keep", default=None, help="folder for measure.json and each setting's vectors")
     parser.add_argument("--no-eval", action="store_true", help="measure only (evaluate later with --evaluate)")
@@ -51,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one setting in this process
     args = common.parse(parser, argv)
     common.require(args.data, "--data")
+    if args.docs is not None and args.docs < 1:
+        parser.error(f"--docs {args.docs}: give a positive number of documents")
     if args.quick and not args.one:
         args.max_length = min(args.max_length, QUICK_MAX_LENGTH)
     return args
@@ -137,6 +143,7 @@ def measure(args, texts: list[str], argv=None) -> dict:
     exports = export_models(args)
     for setting in args.settings:
         cmd = [sys.executable, __file__, "--one", setting, "--data", str(args.data), "--device", args.device,
+               *(["--docs", str(args.docs)] if args.docs else []),
                "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--model", args.model,
                "--repeat", str(args.repeat), "--keep", args.keep, "--threads", str(args.threads)]
         proc = subprocess.run(cmd + ["--quick"] * args.quick, capture_output=True, text=True)
@@ -147,7 +154,7 @@ def measure(args, texts: list[str], argv=None) -> dict:
         print(f"{setting}: {results[-1]['docs_per_s']:.1f} docs/s", file=sys.stderr)
     from reprlab.io import atomic_write_json
 
-    record = {**common.stamp(argv), "docs": len(texts), "quick": args.quick,
+    record = {**common.stamp(argv), "docs": len(texts), "partial": args.partial, "quick": args.quick,
               "device": args.device, "batch_size": args.batch_size, "max_length": args.max_length,
               "repeat": args.repeat, "onnx_exports": exports, "results": results}
     atomic_write_json(Path(args.keep) / "measure.json", record)
@@ -159,6 +166,7 @@ def evaluate_measured(record: dict, folder: Path, data, ids: list[str], texts: l
 
     Queries are encoded once, by reprlab in fp32 on this machine, so the settings differ only in
     their document vectors. The peer is sentence-transformers when it was measured, else the first setting.
+    A ``--docs`` sample (``partial``) gets no nDCG@10 (None): most judged documents are not in it.
     """
     from reprlab.encoder import SentenceEncoder
     from reprlab.retrieval.index import FaissIndex
@@ -169,17 +177,20 @@ def evaluate_measured(record: dict, folder: Path, data, ids: list[str], texts: l
     lengths = np.array([min(len(e.ids), max_length) for e in qmodel.tokenizer.encode_raw(texts)])
     total_flops = float(flops_per_text(lengths).sum())
     queries = data.judged_queries()
-    q_vectors = qmodel.encode(list(queries.values()), batch_size=64)
+    partial = record.get("partial", False)
+    q_vectors = None if partial else qmodel.encode(list(queries.values()), batch_size=64)
     results = record["results"]
     peer = [r for r in results if r["setting"] == "sentence-transformers"]
     base = peer[0] if peer else results[0]
     base_vectors = np.load(folder / base["vectors"])
     for r in results:
         vectors = np.load(folder / r["vectors"])
-        index = FaissIndex(vectors.shape[1])
-        index.add(ids, vectors)
-        run = to_run(list(queries), *index.search(q_vectors, 100))
-        r["ndcg_cut_10"] = evaluate(data.qrels, run, metrics=("ndcg_cut_10",))["ndcg_cut_10"]
+        r["ndcg_cut_10"] = None
+        if not partial:
+            index = FaissIndex(vectors.shape[1])
+            index.add(ids, vectors)
+            run = to_run(list(queries), *index.search(q_vectors, 100))
+            r["ndcg_cut_10"] = evaluate(data.qrels, run, metrics=("ndcg_cut_10",))["ndcg_cut_10"]
         r["gflops"] = total_flops / r["seconds"] / 1e9
         r["ratio"] = r["docs_per_s"] / base["docs_per_s"]
         r["max_abs_diff_vs_base"] = float(np.abs(vectors - base_vectors).max())
@@ -195,12 +206,15 @@ def markdown(record: dict, results: list[dict]) -> str:
         f"Ratio = docs/s relative to sentence-transformers in the same run; median of {record['repeat']} "
         "timed passes after a warm-up batch.",
         "",
-        "| setting | docs/s | ratio | GFLOP/s | peak memory (MB) | nDCG@10 | max abs diff vs ST |",
-        "|---|---|---|---|---|---|---|",
+        "| setting | docs/s | ratio | spread of the passes | GFLOP/s | peak memory (MB) | nDCG@10 "
+        "| max abs diff vs ST |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        lines.append(f"| {r['setting']} | {r['docs_per_s']:.1f} | {r['ratio']:.2f}x | {r['gflops']:.0f} | "
-                     f"{r['peak_mb']:.0f} | {r['ndcg_cut_10']:.4f} | {r['max_abs_diff_vs_base']:.1e} |")
+        ndcg = "-" if r["ndcg_cut_10"] is None else f"{r['ndcg_cut_10']:.4f}"
+        spread = f"{r['spread']:.0%}" if "spread" in r else "-"
+        lines.append(f"| {r['setting']} | {r['docs_per_s']:.1f} | {r['ratio']:.2f}x | {spread} | {r['gflops']:.0f} | "
+                     f"{r['peak_mb']:.0f} | {ndcg} | {r['max_abs_diff_vs_base']:.1e} |")
     return "\n".join(lines)
 
 
@@ -213,9 +227,12 @@ def main(argv=None) -> None:
         folder = Path(args.evaluate)
         record = json.loads((folder / "measure.json").read_text())
         quick = record.get("quick", record["docs"] < len(data.corpus))
+        n_docs = record["docs"]
     else:
         quick = args.quick
-    ids = list(data.corpus)[: QUICK_DOCS if quick else None]
+        n_docs = QUICK_DOCS if quick else args.docs
+    ids = list(data.corpus)[:n_docs]
+    args.partial = not quick and len(ids) < len(data.corpus)
     texts = [doc_text(data.corpus[i]) for i in ids]
     if args.one:
         print(json.dumps(run_one(args.one, texts, args)))
@@ -235,7 +252,9 @@ def main(argv=None) -> None:
     if args.evaluate:
         record["evaluated"] = common.stamp(argv)
     args.quick = quick  # a quick measurement evaluated here is still a quick result
-    common.write_result(f"encode-{record['device']}" if not quick else "encode", record, args, argv)
+    name = "encode" if quick else f"encode-{record['device']}"
+    name += f"-{record['docs']}docs" if record.get("partial") else ""  # never overwrites a whole-corpus record
+    common.write_result(name, record, args, argv)
     if args.append:
         common.append_benchmarks(table)
 

@@ -171,6 +171,24 @@ def test_encode_bench_measures_without_faiss_and_evaluates_later(tmp_path, tiny_
     assert fp32["ndcg_cut_10"] == pytest.approx(fresh, abs=1e-6)
 
 
+def test_encode_bench_docs_times_the_first_n_documents_in_every_setting_without_ndcg(tmp_path, tiny_model_dir):
+    data = tiny_beir(tmp_path / "beir")
+    keep, out = tmp_path / "keep", tmp_path / "encode.json"
+    run(["bench/encode.py", "--model", str(tiny_model_dir), "--data", str(data), "--settings", "reprlab-fp32",
+         "reprlab-bf16", "--repeat", "3", "--batch-size", "4", "--threads", "1", "--docs", "7", "--keep", str(keep),
+         "--output", str(out)])
+    record = json.loads(out.read_text())
+    assert record["docs"] == 7 and record["partial"] is True
+    for r in record["results"]:
+        # each setting's own process encoded only the sample, 3 timed passes
+        assert np.load(keep / r["vectors"]).shape[0] == 7 and len(r["passes"]) == 3
+        assert r["docs_per_s"] == pytest.approx(7 / r["seconds"])
+        assert r["ndcg_cut_10"] is None  # 33 of the 40 documents are absent: no quality figure
+    proc = subprocess.run([sys.executable, "bench/encode.py", "--data", str(data), "--docs", "0"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "--docs 0" in proc.stderr
+
+
 def load_bench(name: str, monkeypatch):
     """bench/<name>.py imported by its name, as its spawned pool workers import it (they get sys.path)."""
     import importlib
@@ -291,3 +309,14 @@ def test_hashing_search_time_is_the_median_of_the_passes_with_its_spread(monkeyp
     t = hashing.ms_per_query(lambda: None, n_queries=1000, repeats=3)
     assert t == {"ms_per_query": 2.0, "ms_per_query_min": 1.0, "ms_per_query_max": 9.0, "ms_per_query_spread": 4.0,
                  "passes": 3}
+
+
+def test_clusterformer_table_gives_the_median_and_spread_and_reads_older_records(monkeypatch):
+    cf = load_bench("clusterformer", monkeypatch)
+    new = {"kind": "full (SDPA)", "tokens": 512, "seconds": 0.30, "median_s": 0.36, "spread": 0.25,
+           "passes": [0.36, 0.30, 0.39], "peak_mb": 11.0}
+    old = {"kind": "sliding-window", "tokens": 512, "seconds": 0.26, "peak_mb": 12.0}  # fastest only (2026-11-26)
+    table = cf.timing_table([new, old])
+    assert "| full (SDPA) | 0.36 s (25%) / 11 MB |" in table  # the median, not the fastest pass
+    assert "| sliding-window | 0.26 s / 12 MB |" in table
+    assert "| cluster-former | n/a |" in table

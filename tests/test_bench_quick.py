@@ -67,6 +67,17 @@ def check_architectures(r):
     assert list(rows["softmax"]["tokens_per_s"]) == ["128"]
 
 
+def check_architectures_speed(r):
+    rows = {x["variant"]: x for x in r["results"]}
+    assert list(rows) == ["softmax", "collaborative D~=32"]
+    assert all("held_out_mlm_loss" not in x and "curve" not in x for x in rows.values())  # nothing was trained
+    for x in rows.values():
+        step = x["step_seconds"]["128"]
+        assert len(step["passes"]) == 3 and step["min"] <= step["median"] <= step["max"]
+        assert x["tokens_per_s_median"]["128"] == pytest.approx(x["tokens_per_batch"]["128"] / step["median"], rel=1e-3)
+    assert rows["collaborative D~=32"]["attention_params_per_layer"] < rows["softmax"]["attention_params_per_layer"]
+
+
 def check_blockskim(r):
     rows = r["rows"]
     assert rows[0]["reader"] == "plain" and rows[0]["speedup"] == 1.0
@@ -83,6 +94,7 @@ def check_clusterformer(r):
     assert set(cells) == {(k, n) for k in ("full (SDPA)", "full (math)", "sliding-window", "cluster-former")
                           for n in (256, 512)}
     assert all(x["seconds"] is not None and x["median_s"] >= x["seconds"] for x in cells.values())
+    assert all(len(x["passes"]) == 3 and min(x["passes"]) == x["seconds"] for x in cells.values())
     readers = [x["reader"] for x in r["qa"]["rows"]]
     assert readers == ["windows (stage 1 only)", "windows", "softmax", "cluster-former"]
     assert all(0 <= x["f1"] <= 100 for x in r["qa"]["rows"])
@@ -293,6 +305,8 @@ CASES = [
     Case("mutation", check_mutation, packages=("mutmut",), work_dir=False, args=()),
     Case("architectures", check_architectures, data=("gutenberg_books10", "wikitext2_raw_valid_test"),
          work_dir=False),
+    Case("architectures", check_architectures_speed, data=("scifact",), work_dir=False, slow=False,
+         args=("--speed-only",), name="architectures-speed"),
     Case("blockskim", check_blockskim, data=QA),
     Case("clusterformer", check_clusterformer, data=QA),
     Case("cka", check_cka, data=("fashion_mnist_train", "fashion_mnist_test"), packages=("ckatorch",)),
