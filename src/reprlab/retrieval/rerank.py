@@ -49,7 +49,7 @@ def save_vectors(path: str | Path, vectors: np.ndarray, dtype: str = "float16", 
 def open_vectors(path: str | Path) -> np.ndarray:
     """The vectors of a ``.npy`` file as a read-only memory map (float16 or float32, 2-D), or a DataFormatError."""
     try:
-        store = np.load(path, mmap_mode="r")
+        store = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise DataFormatError(f"not a .npy vector file ({exc})", path=str(path)) from exc
     if store.ndim != 2 or store.dtype.name not in DTYPES:
