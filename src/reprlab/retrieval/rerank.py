@@ -71,8 +71,8 @@ def rerank(store, queries: np.ndarray, candidates: np.ndarray, k: int = 10,
     """Exact top-``k`` of each query among its candidates: (scores (Q, k) float32, positions (Q, k) int64).
 
     ``store`` is any (N, dim) array (an :func:`open_vectors` memory map in practice); ``candidates`` (Q, R)
-    holds positions into it, -1 for none (a repeated position counts once). Rows are read once per query batch, in ascending position order
-    (sequential-ish reads on disk), and scored in float32."""
+    holds positions into it, -1 for none (a repeated position counts once). Each query batch reads its
+    distinct rows once, in ascending position order (near-sequential disk reads), and scores in float32."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     candidates = np.asarray(candidates, dtype=np.int64)
     _check(store, queries, candidates)
