@@ -59,6 +59,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="passes per level (>= 3)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size of the in-process encoder and "
                         "the service's largest batch")
+    parser.add_argument("--server-max-batch", type=int, default=None,
+                        help="the service's largest batch (default --batch-size)")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the server process only (repeatable)")
+    parser.add_argument("--server-args", default="", help="more `reprlab serve` options, one string")
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--highlight", action="store_true", help="requests ask for highlighted snippets "
                         "(the in-process side computes them too); default: plain snippets on both sides")
@@ -148,10 +153,12 @@ def free_port() -> int:
 
 def start_server(args, folder: Path, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "reprlab.cli", "--quiet", "serve", "--index", str(folder), "--host", HOST,
-           "--port", str(port), "--backend", args.backend, "--max-batch", str(args.batch_size)]
+           "--port", str(port), "--backend", args.backend,
+           "--max-batch", str(args.server_max_batch or args.batch_size), *args.server_args.split()]
     if args.backend != "torch":
         cmd += ["--onnx-model", str(args.work_dir / "onnx")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    env = {**os.environ, **dict(item.split("=", 1) for item in args.server_env)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, env=env)
     deadline = time.time() + 300
     while True:
         if proc.poll() is not None:

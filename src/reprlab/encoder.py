@@ -383,6 +383,7 @@ class SentenceEncoder(nn.Module):
         self.pooling = pooling
         self.normalize = normalize
         self.max_length = max_length
+        self.unpadded = True  # encode() skips the padding where it can (inference_vectors); False: padded forward
 
     @property
     def dim(self) -> int:
@@ -400,6 +401,20 @@ class SentenceEncoder(nn.Module):
         out = self.encoder(input_ids, attention_mask, output_hidden_states=wants_all, token_type_ids=token_type_ids)
         vectors = self.pooling(out.last_hidden_state, attention_mask.bool(), out.hidden_states)  # (B, H)
         return F.normalize(vectors, dim=-1) if self.normalize else vectors
+
+    def inference_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``forward``'s vectors for inference (what ``encode`` runs): padding-free (``reprlab.nn.unpadded``:
+        the per-token matrix products skip the padding) when ``self.unpadded`` is on, the batch has padding and
+        the stack is a plain :class:`Encoder` that the path supports; else the padded ``forward``."""
+        from reprlab.nn.unpadded import supports_unpadded, unpadded_forward
+
+        if (self.unpadded and not self.training and type(self.encoder) is Encoder
+                and not getattr(self.pooling, "needs_hidden_states", False)
+                and not bool(attention_mask.all()) and supports_unpadded(self.encoder)):
+            last = unpadded_forward(self.encoder, input_ids, attention_mask)  # (B, T, H), padding rows 0
+            vectors = self.pooling(last, attention_mask.bool(), None)  # (B, H)
+            return F.normalize(vectors, dim=-1) if self.normalize else vectors
+        return self(input_ids, attention_mask)
 
     def embed(self, texts: list[str], max_length: int | None = None) -> torch.Tensor:
         """Differentiable vectors of ``texts`` (training path)."""
@@ -461,7 +476,7 @@ class SentenceEncoder(nn.Module):
                 for start in range(0, len(texts), batch_size):
                     idx = order[start : start + batch_size]
                     batch = tok.pad([encodings[i] for i in idx]).to(device)
-                    pending.append((idx, self(batch.input_ids, batch.attention_mask).float()))
+                    pending.append((idx, self.inference_vectors(batch.input_ids, batch.attention_mask).float()))
                     if sum(len(i) for i, _ in pending) >= ENCODE_PENDING_ROWS:  # a few hundred batches at most
                         flush()
                     bar.update(len(idx))
