@@ -91,6 +91,7 @@ def test_merge_keeps_the_earlier_rows_of_settings_not_measured_again_in_table_or
     si = _scale_index()
     old = {"machine": "m", "date": "d0", "command": "python bench/scale.py --old",
            "rows": [_row("Flat fp32", "Flat fp32", qps=20.0), _row("IVF1024,PQ48 nprobe 256", "IVF1024,PQ48", nprobe=256),
+                    _row("IVF1024,PQ96 nprobe 256", "IVF1024,PQ96", nprobe=256),
                     _row("sign bits 384 + rerank 1000", "sign bits 384 + rerank", rerank=1000, bits=384)]}
     new = [_row("Flat fp32", "Flat fp32", qps=22.0),
            _row("sign bits 384 + rerank 5000", "sign bits 384 + rerank", rerank=5000, bits=384),
@@ -100,7 +101,7 @@ def test_merge_keeps_the_earlier_rows_of_settings_not_measured_again_in_table_or
     rows, runs = si.merge(old, new, {"command": "python bench/scale.py --merge", "flat_fp32_qps": 22.0})
     assert [r["setting"] for r in rows] == [
         "Flat fp32", "HNSW32 efSearch 64", "IVF1024,PQ48 nprobe 256", "IVF1024,PQ48 nprobe 512",
-        "IVF4096,PQ48 nprobe 256", "sign bits 384 + rerank 1000", "sign bits 384 + rerank 5000"]
+        "IVF1024,PQ96 nprobe 256", "IVF4096,PQ48 nprobe 256", "sign bits 384 + rerank 1000", "sign bits 384 + rerank 5000"]
     by = {r["setting"]: r for r in rows}
     assert by["Flat fp32"]["qps"] == 22.0 and by["Flat fp32"]["run"] == 1  # measured again: this run's row
     assert by["IVF1024,PQ48 nprobe 256"]["run"] == 0 and by["IVF1024,PQ48 nprobe 512"]["run"] == 1
