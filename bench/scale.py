@@ -437,13 +437,16 @@ def markdown(record: dict) -> str:
                   f"{r['seconds']['spread']:.2f} | {r['max_abs_diff_vs_single']:.1e} |" for r in e["rows"]]
         lines.append("")
     if "index" in record:
+        runs = "runs" in record["index"]  # a merged part: the run of each row (index.runs)
         lines += ["| setting | B/vector in RAM | vs flat | build s | q/s (spread) | recall@10 dev | nDCG@10 gap dev | "
-                  "recall@10 test | nDCG@10 test | gap vs exact | chosen on dev |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "recall@10 test | nDCG@10 test | gap vs exact | chosen on dev |" + (" run |" if runs else ""),
+                  "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if runs else "")]
         lines += [f"| {r['setting']} | {r['bytes_per_vector']:.1f} | {r['memory_vs_flat']:.3f} | {r['build_s']:.0f} | "
                   f"{r['qps']:,.0f} ({r['search_s']['spread']:.0%}) | {r['recall10_dev']:.3f} | "
                   f"{r['ndcg_gap_dev']:+.4f} | {r['recall10_test']:.3f} | {r['ndcg10_test']:.4f} | "
-                  f"{r['ndcg_gap']:+.4f} | {'**yes**' if r['chosen_on_dev'] else ''} |" for r in record["index"]["rows"]]
+                  f"{r['ndcg_gap']:+.4f} | {'**yes**' if r['chosen_on_dev'] else ''} |"
+                  + (f" {r['run']} |" if runs else "")
+                  for r in record["index"]["rows"]]
     return "\n".join(lines)
 
 
