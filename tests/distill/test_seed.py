@@ -64,6 +64,10 @@ def test_teacher_gets_no_gradient_and_stays_in_eval_mode():
     assert seed.head is not None and seed.head.weight.grad is not None  # 6 -> 8 projection
     for name, value in teacher.state_dict().items():  # batch-norm running stats untouched too
         assert torch.equal(value, before[name]), name
+    # frozen, not only unused: an optimizer or DDP built from the trainable parameters gets the student and head only
+    # (DDP would otherwise wait for teacher gradients that never come)
+    trainable = {id(p) for p in seed.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in [*student.parameters(), *seed.head.parameters()]}
 
 
 def test_seed_loss_zero_at_equality_positive_otherwise():

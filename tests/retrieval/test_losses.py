@@ -223,3 +223,11 @@ def test_the_gathers_of_a_two_rank_world_in_process(monkeypatch):
         torch.testing.assert_close(grad, ref)
     unmasked = contrastive_loss(q, p, neg, scale=3.0)
     assert abs(unmasked.item() - got.item()) > 1e-3  # the masked id of rank 0 matters here
+
+    # gather=False in the same world: this rank's candidates and ids only (a local id, 14, masked for query 0)
+    local = contrastive_loss(q, p, neg, scale=3.0, gather=False, candidate_ids=torch.cat([ids_p, ids_n]),
+                             query_positive_ids=torch.tensor([[2, 14], [3, -1]]))
+    logits = 3.0 * q2 @ torch.cat([p2, neg2]).T  # (B, B + Bn), targets 0 and 1
+    masked = torch.zeros(B, B + B * n, dtype=torch.bool)
+    masked[0, B + 2] = True  # id 14: this rank's third negative
+    torch.testing.assert_close(local, F.cross_entropy(logits.masked_fill(masked, float("-inf")), torch.tensor([0, 1])))
