@@ -101,6 +101,10 @@ EQUIVALENT: dict[str, str] = {
                                      "with either default (0 or 1 <= step)",
     **{_CK + f"unflatten__mutmut_{i}": "get('__int_keys__') with None or no default: None is falsy, as False"
        for i in (20, 22)},
+    _CK + "list_checkpoints__mutmut_21": _WORDING, _CK + "list_checkpoints__mutmut_22": _WORDING,
+    _CK + "rng_state__mutmut_14": "numpy's key stored as float64 instead of int64: its values (< 2^32) are exact in "
+                                  "float64 and set_rng_state casts them to uint32 (the round-trip test's draws are "
+                                  "identical)",
     # seed: the student/teacher vectors are (B, D), the logits (B, 1 + K), all 2-D
     _SEED + "x__gather__mutmut_4": "world size 1 counted as distributed: all_gather over one rank returns the keys "
                                    "themselves, the same queue",
@@ -127,6 +131,8 @@ LEFT: dict[str, str] = {
                                   "and CI's); only a non-UTF-8 locale can tell",
     **{_CK + f"set_rng_state__mutmut_{i}": "the CUDA generators' states: restored only where CUDA is available, so only "
        "a machine with CUDA can tell" for i in range(24, 32)},
+    **{_CK + f"rng_state__mutmut_{i}": "the CUDA generators' states: saved only where CUDA is available, so only a "
+       "machine with CUDA can tell" for i in (24, 25, 26)},
     _MASK + "x_register_masking__mutmut_1": _IMPORT, _MASK + "x_register_masking__mutmut_2": _IMPORT,
     **{_MASK + f"x\u01c1SpanMasking\u01c1select__mutmut_{i}": _MASK_RETRY for i in (22, 25, 26, 28, 29, 32)},
     _MASK + "x\u01c1Masking\u01c1apply__mutmut_10": _TIE, _MASK + "x\u01c1Masking\u01c1apply__mutmut_12": _TIE,
@@ -184,4 +190,6 @@ KILLED_AFTER: dict[str, str] = {
        "save" for i in (84, 86, 87)},
     _CK + "trim_metrics__mutmut_15": _T_CK + "test_trim_metrics",
     **{_CK + f"unflatten__mutmut_{i}": _T_CK + "test_flatten_by_hand_and_back" for i in (13, 37)},
+    **{_LOOP + f"_checkpoint_due__mutmut_{i}": _T_CK + "test_checkpoint_time_is_due_at_the_minute_and_rank_0_decides"
+       for i in (12, 20)},
 }

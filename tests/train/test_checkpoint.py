@@ -413,3 +413,23 @@ def test_an_old_checkpoint_that_cannot_be_removed_does_not_stop_the_save(tmp_pat
     folder = save_checkpoint(TrainState(step=5, output_dir=out), model, opt, sched, [], cfg(out, keep_checkpoints=1))
     assert folder == out / "checkpoints" / "checkpoint-00000005" and read_state(folder)["step"] == 5
     assert link.is_symlink() and (elsewhere / "trainer_state.json").is_file()
+
+
+def test_checkpoint_time_is_due_at_the_minute_and_rank_0_decides(monkeypatch):
+    """Due once checkpoint_minutes have passed, the boundary included; in a multi-process run every rank takes rank
+    0's verdict (its clock), broadcast from rank 0: here a stand-in 2-rank world in which this process is rank 1,
+    whose own clock says not yet, and rank 0's says due."""
+    import reprlab.train.loop as loop
+
+    state = loop.TrainState(step=3)
+    one = cfg("x", checkpoint_every=0, checkpoint_minutes=1)
+    monkeypatch.setattr(loop.time, "time", lambda: 1000.0)
+    assert loop._checkpoint_due(one, state, 940.0)  # exactly 60 s: due
+    verdicts = {0: 1.0, 1: 0.0}  # each rank's own clock: rank 0 due, rank 1 (this process) not
+
+    def broadcast(tensor, src, group=None, async_op=False):
+        tensor.fill_(verdicts[src])
+
+    monkeypatch.setattr(loop.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(loop.dist, "broadcast", broadcast)
+    assert loop._checkpoint_due(one, state, 999.0)  # 1 s on this rank's clock, but rank 0 decides
