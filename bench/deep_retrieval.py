@@ -70,6 +70,9 @@ def options(argv=None) -> argparse.Namespace:
     g.add_argument("--dr-shapes", default="2:1,2:3,3:1,3:3", help="DR shapes D:J (K: the smallest with K^D >= N)")
     g.add_argument("--dr-alphas", default="0.001,0.01,0.1", help="size-penalty weights tried on validation (and 0)")
     g.add_argument("--beams", default="10,20,50", help="B values served")
+    g.add_argument("--dr-em-stop", type=float, default=0.8,
+                   help="share of DR's training steps after which the item->path mapping is frozen (the recipe's "
+                        "--em-stop; 1: M-steps to the last step, as before 2026-12-04's round 4)")
     g.add_argument("--scaling-examples", type=int, default=300_000, help="synthetic training examples per size")
     g.add_argument("--scaling-epochs", type=float, default=2, help="epochs on the synthetic examples")
     g.add_argument("--scaling-alphas", default="0.001,0.01,0.1",
@@ -255,7 +258,8 @@ def movielens_dr(data, args, work: Path, chosen: dict, models: dict) -> list[dic
     """The DR rows; ``models`` gets the seed-0 models by (D, J, alpha), for the headline."""
     shapes, alphas, schedules, beams = dr_grid(args)
     n = data.num_items
-    base = dict(negatives=256, batch_size=256, weight_decay=0.0, warmup_ratio=0.0, max_grad_norm=None)
+    base = dict(negatives=256, batch_size=256, weight_decay=0.0, warmup_ratio=0.0, max_grad_norm=None,
+                em_stop=args.dr_em_stop)
 
     def model_config(depth, paths, seed=0):
         width = max(2, math.ceil(n ** (1.0 / depth) - 1e-9))
@@ -307,7 +311,8 @@ def headline(data, args, work: Path, chosen: dict, dr_rows: list[dict], tt0: Two
     pick = max(eligible or dr_rows, key=lambda r: r["val"]["recall@20"])  # none eligible: the goal is not met
     tt_setting = chosen["two_tower"]
     base = dict(negatives=256, batch_size=256, weight_decay=0.0, warmup_ratio=0.0, max_grad_norm=None,
-                lr=chosen["dr_schedule"]["lr"], epochs=chosen["dr_schedule"]["epochs"], alpha=pick["alpha"])
+                em_stop=args.dr_em_stop, lr=chosen["dr_schedule"]["lr"], epochs=chosen["dr_schedule"]["epochs"],
+                alpha=pick["alpha"])
     dr_hits, tt_hits, dr_recall, tt_recall, scored = [], [], [], [], []
     for seed in range(args.seeds):
         if seed == 0:
@@ -325,7 +330,8 @@ def headline(data, args, work: Path, chosen: dict, dr_rows: list[dict], tt0: Two
         dr_recall.append(float(dr_hits[-1].mean()))
         scored.append(quality(rec, data, "test")["items_scored"])
     dr_mean, tt_mean = float(np.mean(dr_recall)), float(np.mean(tt_recall))
-    return {"setting": {k: pick[k] for k in ("D", "K", "J", "alpha", "B", "reranker")}, "seeds": args.seeds,
+    return {"setting": {**{k: pick[k] for k in ("D", "K", "J", "alpha", "B", "reranker")}, "em_stop": args.dr_em_stop},
+            "seeds": args.seeds,
             "dr_recall@20": [round(x, 4) for x in dr_recall], "two_tower_recall@20": [round(x, 4) for x in tt_recall],
             "dr_mean": round(dr_mean, 4), "two_tower_mean": round(tt_mean, 4), "ratio": round(dr_mean / tt_mean, 4),
             "ratio_95ci_users": bootstrap_ratio(np.mean(dr_hits, 0), np.mean(tt_hits, 0)),

@@ -17,6 +17,11 @@ _PAD_OBJECT = "np.full with a None fill value makes an object array anyway: the 
 _MASK = "reprlab.pretrain.masking."
 _KD = "reprlab.distill.kd."
 _BS = "reprlab.qa.block_skim."
+_SEED = "reprlab.distill.seed."
+_CK = "reprlab.train.checkpoint.x_"
+_LOOP = "reprlab.train.loop.x_"
+_LAST = "rsplit('.') with no maxsplit, or 2, then [-1]: the same last component"
+_WORDING = "an error message's wording (XX added or upper case)"
 _ISIN = "np.isin compares values, so the dtype given to the special ids' array does not change which ids match"
 _INTEGERS = "rng.integers(V, size=n) draws from [0, V) like rng.integers(0, V, size=n): the same numbers (checked)"
 _INT64 = ("np.full with an int fill value and no dtype is int64 (numpy's default integer on 64-bit platforms, Windows "
@@ -79,17 +84,55 @@ EQUIVALENT: dict[str, str] = {
     _KD + "x\u01c1KDLoss\u01c1__init____mutmut_12": "nn.Linear(bias=None): None is falsy, so no bias, as with False",
     # ckd
     "reprlab.distill.ckd.x\u01c1CKDConfig\u01c1__post_init____mutmut_19": "an error message's wording (XX added)",
+    _LOSSES + "gather_ids__mutmut_12": "torch.cat's default dim is 0",
+    _LOSSES + "gather_with_grad__mutmut_5": "torch.cat's default dim is 0",
+    # training loop: the resume mechanism
+    _CK + "comparable__mutmut_8": _LAST, _CK + "comparable__mutmut_11": _LAST,
+    _CK + "config_changes__mutmut_15": _LAST, _CK + "config_changes__mutmut_18": _LAST,
+    _LOOP + "_start__mutmut_48": _LAST, _LOOP + "_start__mutmut_51": _LAST,
+    _CK + "load_checkpoint__mutmut_20": _WORDING, _CK + "load_checkpoint__mutmut_21": _WORDING,
+    _CK + "read_state__mutmut_9": _WORDING, _CK + "read_state__mutmut_10": _WORDING,
+    _CK + "read_state__mutmut_7": "'UTF-8' and 'utf-8' name the same codec",
+    **{_CK + f"save_checkpoint__mutmut_{i}": "keep_checkpoints is validated >= 0, and at 0 the slice [:-0] is empty: "
+       "nothing is removed either way" for i in (78, 81)},
+    _CK + "set_rng_state__mutmut_15": "numpy's key as float64 instead of uint32: the values (< 2^32) are exact in "
+                                      "float64 and set_state casts them back (the round-trip test's draws are identical)",
+    _CK + "trim_metrics__mutmut_12": "trim_metrics runs only on resume at step >= 1, where a line without a step is kept "
+                                     "with either default (0 or 1 <= step)",
+    **{_CK + f"unflatten__mutmut_{i}": "get('__int_keys__') with None or no default: None is falsy, as False"
+       for i in (20, 22)},
+    _CK + "list_checkpoints__mutmut_21": _WORDING, _CK + "list_checkpoints__mutmut_22": _WORDING,
+    _CK + "rng_state__mutmut_14": "numpy's key stored as float64 instead of int64: its values (< 2^32) are exact in "
+                                  "float64 and set_rng_state casts them to uint32 (the round-trip test's draws are "
+                                  "identical)",
+    # seed: the student/teacher vectors are (B, D), the logits (B, 1 + K), all 2-D
+    _SEED + "x__gather__mutmut_4": "world size 1 counted as distributed: all_gather over one rank returns the keys "
+                                   "themselves, the same queue",
+    _SEED + "x__gather__mutmut_16": "torch.cat's default dim is 0",
+    **{_SEED + f"x_seed_loss__mutmut_{i}": "a sum over dim +1 of the 2-D (B, D) product or (B, 1 + K) terms is the sum "
+       "over dim -1" for i in (12, 26, 51, 57)},
+    **{_SEED + f"x_seed_loss__mutmut_{i}": "log_softmax of the 2-D (B, 1 + K) logits over dim +1, or with no dim (PyTorch "
+       "then picks dim 1 for 2-D input, with a warning), is over dim -1" for i in (32, 34, 36, 40, 42, 44)},
+    **{_SEED + f"x\u01c1SEED\u01c1__init____mutmut_{i}": "the queue's initial random rows are never read: "
+       "queue_contents returns only the slots enqueue has filled (normalize's default dim is 1 anyway)" for i in (83, 85)},
+    **{_SEED + f"x\u01c1SEED\u01c1embed_student__mutmut_{i}": "normalize over dim 1 (its default, or +1) of the 2-D (B, D) "
+       "student vectors is dim -1" for i in (12, 13)},
 }
 # Survivors that are not equivalent but are left, with the reason (e.g. a retry bound no test input reaches).
 _MASK_RETRY = ("the bound on random retries before the fallback: changing it changes only which random spans are drawn "
                "once the loop gives up; the budget, whole words and no overlap (what the tests state) hold either way, "
                "and a test could see it only by pinning the random stream")
-_DDP = ("reached only inside spawned DDP ranks (mutmut sees no test call it in-process); the second pass, which gives "
-        "such mutants every test of the module, was cut by the module's time limit")
 _DEVICE = "the device of an arange: on CPU (where the tests run) None is the same device; only a CUDA run can tell"
 LEFT: dict[str, str] = {
-    **{_LOSSES + f"gather_ids__mutmut_{i}": _DDP for i in range(1, 14)},
-    **{_LOSSES + f"gather_with_grad__mutmut_{i}": _DDP for i in range(1, 8)},
+    **{_LOSSES + f"contrastive_loss__mutmut_{i}": _DEVICE for i in (44, 46)},
+    **{_CK + f"load_checkpoint__mutmut_{i}": "load_model's device: without it (or None) the weights load on the CPU, "
+       "where the tests' models live; only a model on a GPU can tell" for i in (9, 12)},
+    _CK + "read_state__mutmut_5": "read_text's encoding None is the locale's: the same under a UTF-8 locale (the tests' "
+                                  "and CI's); only a non-UTF-8 locale can tell",
+    **{_CK + f"set_rng_state__mutmut_{i}": "the CUDA generators' states: restored only where CUDA is available, so only "
+       "a machine with CUDA can tell" for i in range(24, 32)},
+    **{_CK + f"rng_state__mutmut_{i}": "the CUDA generators' states: saved only where CUDA is available, so only a "
+       "machine with CUDA can tell" for i in (24, 25, 26)},
     _MASK + "x_register_masking__mutmut_1": _IMPORT, _MASK + "x_register_masking__mutmut_2": _IMPORT,
     **{_MASK + f"x\u01c1SpanMasking\u01c1select__mutmut_{i}": _MASK_RETRY for i in (22, 25, 26, 28, 29, 32)},
     _MASK + "x\u01c1Masking\u01c1apply__mutmut_10": _TIE, _MASK + "x\u01c1Masking\u01c1apply__mutmut_12": _TIE,
@@ -119,6 +162,7 @@ _T_MASK = "tests/pretrain/test_masking.py::"
 _SPAN_T = _T_MASK + "test_span_masking_cuts_a_word_only_when_no_whole_word_fits"
 _FE_T = _T_MASK + "test_fully_explored_partitions_by_hand"
 _TOKENS_T = _T_MASK + "test_random_tokens_redraw_special_tokens_uniformly"
+_T_CK = "tests/train/test_checkpoint.py::"
 KILLED_AFTER: dict[str, str] = {
     **{_MASK + f"x\u01c1SpanMasking\u01c1select__mutmut_{i}": _SPAN_T for i in (30, 31, 60, *range(69, 86))},
     _MASK + "x\u01c1FullyExploredMasking\u01c1__init____mutmut_8": _FE_T,
@@ -132,4 +176,20 @@ KILLED_AFTER: dict[str, str] = {
        "when_asked" for i in (14, 24)},
     **{f"reprlab.distill.ckd.x_ckd_loss__mutmut_{i}": "tests/distill/test_ckd.py::test_the_pair_temperature_reaches_"
        "both_pair_terms" for i in (26, 79)},
+    _SEED + "x\u01c1SEED\u01c1__init____mutmut_6": "tests/distill/test_seed.py::test_teacher_gets_no_gradient_and_stays_"
+                                                   "in_eval_mode",
+    **{_LOSSES + f"contrastive_loss__mutmut_{i}": "tests/retrieval/test_losses.py::test_the_gathers_of_a_two_rank_world_"
+       "in_process" for i in (54, 58)},
+    **{_CK + f"comparable__mutmut_{i}": _T_CK + "test_nested_settings_benign_leaves_and_the_refusal_names_them"
+       for i in (5, 9, 10)},
+    **{_LOOP + f"_start__mutmut_{i}": _T_CK + "test_nested_settings_benign_leaves_and_the_refusal_names_them"
+       for i in (35, 36, 37, 45, 49, 50, 68)},
+    _CK + "load_checkpoint__mutmut_18": _T_CK + "test_fresh_runs_and_damaged_checkpoints",
+    _CK + "load_checkpoint__mutmut_51": _T_CK + "test_load_checkpoint_skips_callbacks_without_state",
+    **{_CK + f"save_checkpoint__mutmut_{i}": _T_CK + "test_an_old_checkpoint_that_cannot_be_removed_does_not_stop_the_"
+       "save" for i in (84, 86, 87)},
+    _CK + "trim_metrics__mutmut_15": _T_CK + "test_trim_metrics",
+    **{_CK + f"unflatten__mutmut_{i}": _T_CK + "test_flatten_by_hand_and_back" for i in (13, 37)},
+    **{_LOOP + f"_checkpoint_due__mutmut_{i}": _T_CK + "test_checkpoint_time_is_due_at_the_minute_and_rank_0_decides"
+       for i in (12, 20)},
 }

@@ -15,12 +15,16 @@ queries (train = the dev side, on which settings are chosen; test = the reported
 queries from a mixture fitted to the train queries (dev side too). For Flat, HNSW32, IVF-PQ (several
 nlist / m / nprobe, alone and + an exact rerank of the top R), Flat SQ8 / fp16 and binary codes + exact
 rerank (SimHash from ``reprlab.retrieval.binary``, and 384 sign bits as Qdrant's binary quantisation
-keeps): build seconds, bytes per vector held in RAM, queries/s (2 threads, the 300 test queries in one
-batch, median of 3), recall@10 against exact search, nDCG@10 of the real dev and test queries over the
-1M base. Reranks read the exact vectors of the candidates from a memory-mapped ``.npy`` file
-(``--rerank-dtype``, float16 by default: on disk, not counted in RAM; see ``bench/scale_index.py``). A
-setting is chosen on dev: recall@10 >= 0.95 and dev nDCG@10 within 0.005 of exact, fewest bytes, most q/s.
-Writes ``bench/results/scale.json`` and the frontier plot ``bench/results/scale.png``.
+keeps; ``--ivf`` gives several nlist, each with its nprobes): build seconds, bytes per vector held in RAM,
+queries/s (2 threads, the 300 test queries in one batch, median of 3), recall@10 against exact search,
+nDCG@10 of the real dev and test queries over the 1M base. Reranks read the exact vectors of the
+candidates from a memory-mapped ``.npy`` file (``--rerank-dtype``, float16 by default: on disk, not
+counted in RAM; see ``bench/scale_index.py``). A setting is chosen on dev: recall@10 >= 0.95 and dev
+nDCG@10 within 0.005 of exact, fewest bytes, most q/s.
+Writes ``bench/results/scale.json`` and the frontier plot ``bench/results/scale.png``. ``--merge`` adds
+settings to an earlier index part: it rebuilds the same base (seeded; it stops unless the base's fingerprint,
+or for an older result its realism figures, match), measures only this run's settings (and flat fp32 again,
+the reference) and keeps the earlier rows of the others; each row's ``run`` points into ``index.runs``.
 
     flock /tmp/reprlab-heavy.lock nice -n 5 python bench/scale.py
 """
@@ -58,31 +62,57 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-queries", type=int, default=0,
                    help="SciFact train queries on the dev side (0 = all 809; a seeded sample otherwise)")
     p.add_argument("--synthetic-queries", type=int, default=1000)
-    p.add_argument("--nlist", type=int, default=4096)
+    p.add_argument("--nlist", type=int, default=4096, help="IVF lists (with --nprobe; --ivf gives several)")
     p.add_argument("--flat", nargs="+", default=["fp32", "fp16", "sq8"], choices=("fp32", "fp16", "sq8"),
                    help="flat codecs (fp32 is the exact reference and always runs)")
     p.add_argument("--pq-m", type=int, nargs="+", default=[96, 192], help="IVF-PQ sub-quantisers (bytes per code)")
     p.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64, 128])
+    p.add_argument("--ivf", nargs="+", metavar="NLIST:NPROBE,...", default=None,
+                   help="IVF grids, e.g. 1024:256,512 4096:256,1024 (replaces --nlist / --nprobe)")
     p.add_argument("--bits", type=int, nargs="+", default=[512, 1024], help="SimHash code lengths")
     p.add_argument("--rerank-depths", type=int, nargs="+", default=[300, 1000],
                    help="candidates of the binary codes reranked exactly")
+    p.add_argument("--sign-rerank", type=int, nargs="+", default=None,
+                   help="candidates of the 384 sign bits reranked exactly (default: --rerank-depths)")
     p.add_argument("--pq-rerank", type=int, nargs="+", default=[100, 300, 1000],
                    help="candidates of IVF-PQ reranked exactly (each a setting)")
     p.add_argument("--rerank-dtype", choices=("float16", "float32"), default="float16",
                    help="dtype of the memory-mapped vector file the reranks read (on disk, not in RAM)")
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--hnsw", action="store_true", help="include HNSW32 (its 1M build takes ~15 min on 2 cores)")
+    p.add_argument("--hnsw", action="store_true", help="include HNSW32 (its 1M build takes a few minutes on 2 cores)")
+    p.add_argument("--ef-search", type=int, nargs="+", default=[32, 64, 128, 256, 512], help="HNSW32's efSearch values")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the earlier index part's rows (same base, checked) for the settings this run skips")
     p.add_argument("--local-shards", action="store_true", help="also time the local engine writing shards")
     p.add_argument("--plan", action="store_true", help="print docs/SCALE.md's derived tables from the result JSON")
     args = common.parse(p, argv)
     common.require(args.data, "SciFact BEIR folder")
     if args.quick:
         args.encode_docs, args.shard_size, args.n, args.components = 40, 10, 20_000, 8
-        args.synthetic_queries, args.nlist, args.hnsw, args.local_shards = 100, 64, True, True
+        args.synthetic_queries, args.hnsw, args.local_shards = 100, True, True
+        args.ivf = args.ivf or ["64:8,32", "128:16,64"]
+    args.ivf = args.ivf or [f"{args.nlist}:{','.join(map(str, args.nprobe))}"]
+    try:
+        grid = ivf_grid(args.ivf)
+    except ValueError:
+        p.error(f"--ivf takes NLIST:NPROBE,NPROBE... (e.g. 1024:256,512), got {args.ivf}")
+    if any(not 1 <= n <= nlist for nlist, nprobes in grid for n in nprobes):
+        p.error(f"--ivf: every nprobe must be in 1..nlist, got {args.ivf}")
+    if args.merge and args.part != "index":
+        p.error("--merge keeps the rows of an earlier index part: use it with --part index")
     if "fp32" not in args.flat:
         args.flat = ["fp32", *args.flat]
     args.work_dir.mkdir(parents=True, exist_ok=True)
     return args
+
+
+def ivf_grid(specs: list[str]) -> list[tuple[int, list[int]]]:
+    """``["1024:256,512"]`` -> ``[(1024, [256, 512])]`` (a ValueError on anything else)."""
+    grid = []
+    for spec in specs:
+        nlist, nprobes = spec.split(":")
+        grid.append((int(nlist), [int(n) for n in nprobes.split(",")]))
+    return grid
 
 
 def load(args):
@@ -333,7 +363,9 @@ def plot(rows: list[dict], path: Path, n: int) -> None:
     print(f"wrote {path}", file=sys.stderr)
 
 
-def part_index(args, train, test) -> dict:
+def part_index(args, train, test, earlier: dict | None = None) -> dict:
+    """The 1M simulation; with ``earlier`` (an index part of the same base, or the run stops before measuring
+    anything), its rows for the settings this run skips are kept beside this run's."""
     import faiss
 
     from reprlab.retrieval.rerank import open_vectors, save_vectors
@@ -341,6 +373,13 @@ def part_index(args, train, test) -> dict:
     faiss.omp_set_num_threads(args.threads or 2)
     vec = scifact_vectors(args, train, test)
     base = build_base(args, vec)
+    world = {"n": args.n, "real_docs": len(vec["docs"]), "dim": DIM, "components": args.components,
+             "gmm_iter": args.gmm_iter, "queries": {"dev": len(base["queries"]["dev"]), "dev_real":
+                                                    len(base["dev_qids"]), "test": len(base["queries"]["test"])},
+             "rerank_file": {"dtype": args.rerank_dtype, "bytes_per_vector": np.dtype(args.rerank_dtype).itemsize * DIM,
+                             "mmap": True}, "base_sha256": si.fingerprint(base)}
+    if earlier is not None and (why := si.same_base(earlier, {**world, "realism": realism(vec, base)})):
+        sys.exit(f"--merge: the earlier index part was measured on another base ({why}); run without --merge")
     t0 = time.time()
     truth = {side: si.exact_top(base["x"], q, 10)[1] for side, q in base["queries"].items()}
     print(f"[index] exact top-10 of {sum(len(q) for q in base['queries'].values())} queries in "
@@ -350,33 +389,42 @@ def part_index(args, train, test) -> dict:
     store = open_vectors(save_vectors(args.work_dir / f"base-{args.rerank_dtype}.npy", x, args.rerank_dtype))
     judged = {"dev": (base["dev_qids"], train.qrels), "test": (vec["qids"]["test"], test.qrels)}
     rows = []
-    makers = [lambda x: si.flat_settings(x, truth, args.flat)] + ([si.hnsw_settings] if args.hnsw else []) + [
-        lambda x: si.ivfpq_settings(x, store, base["queries"], args.nlist, ms=args.pq_m, nprobes=args.nprobe,
-                                    depths=args.pq_rerank),
-        lambda x: si.binary_settings(x, store, bits_list=args.bits, depths=args.rerank_depths)]
+    makers = [lambda x: si.flat_settings(x, truth, args.flat)]
+    makers += [lambda x: si.hnsw_settings(x, args.ef_search)] if args.hnsw else []
+    makers += [lambda x, nlist=nlist, nprobes=nprobes: si.ivfpq_settings(
+        x, store, base["queries"], nlist, ms=args.pq_m, nprobes=nprobes, depths=args.pq_rerank)
+        for nlist, nprobes in ivf_grid(args.ivf)]
+    makers += [lambda x: si.binary_settings(x, store, bits_list=args.bits, depths=args.rerank_depths,
+                                            sign_depths=args.sign_rerank)]
     for make in makers:
         settings = make(x)
         rows += si.measure(settings, base, truth, judged, args.repeat)
         del settings
+    runs = {}
+    if earlier is not None:
+        flat_qps = next(r["qps"] for r in rows if r["family"] == "Flat fp32")
+        rows, runs["runs"] = si.merge(earlier, rows, {**common.stamp(), "flat_fp32_qps": flat_qps})
+    chosen, goal = finish(rows, world["rerank_file"]["bytes_per_vector"])
+    return {**common.stamp(), **world, "ivf": args.ivf, "threads": args.threads,
+            "realism": realism(vec, base, truth), "rows": rows, "chosen_on_dev": chosen, "goal_met_by": goal, **runs}
+
+
+def finish(rows: list[dict], disk_bytes: int) -> tuple[dict, list[str]]:
+    """Adds to each row its memory and nDCG gaps against flat fp32 and whether the dev rule chose it; returns the
+    choices and the chosen compressed settings that meet the issue's goal on the test side."""
     exact = next(r for r in rows if r["family"] == "Flat fp32")
     chosen = si.choose(rows)
-    flat_bytes = exact["bytes_per_vector"]
     for r in rows:
-        r["memory_vs_flat"] = round(r["bytes_per_vector"] / flat_bytes, 4)
+        r["memory_vs_flat"] = round(r["bytes_per_vector"] / exact["bytes_per_vector"], 4)
         r["ndcg_gap"] = round(r["ndcg10_test"] - exact["ndcg10_test"], 4)
         r["ndcg_gap_dev"] = round(r["ndcg10_dev"] - exact["ndcg10_dev"], 4)
         r["chosen_on_dev"] = chosen.get(r["family"]) == r["setting"]
         if "rerank" in r:
-            r["disk_bytes_per_vector"] = store.dtype.itemsize * DIM
-    goal = [r for r in rows if r["chosen_on_dev"] and r["memory_vs_flat"] <= 1 / 8 and r["recall10_test"] >= 0.95
-            and abs(r["ndcg_gap"]) <= 0.005 and ("PQ" in r["family"] or "bits" in r["family"])]
-    return {**common.stamp(), "n": args.n, "real_docs": len(vec["docs"]), "dim": DIM, "components": args.components,
-            "gmm_iter": args.gmm_iter, "rerank_file": {"dtype": args.rerank_dtype, "bytes_per_vector":
-                                                       store.dtype.itemsize * DIM, "mmap": True},
-            "queries": {"dev": len(base["queries"]["dev"]), "dev_real": len(base["dev_qids"]),
-                        "test": len(base["queries"]["test"])},
-            "nlist": args.nlist, "threads": args.threads, "realism": realism(vec, base, truth), "rows": rows,
-            "chosen_on_dev": chosen, "goal_met_by": [r["setting"] for r in goal]}
+            r["disk_bytes_per_vector"] = disk_bytes
+    goal = [r["setting"] for r in rows if r["chosen_on_dev"] and r["memory_vs_flat"] <= 1 / 8
+            and r["recall10_test"] >= 0.95 and abs(r["ndcg_gap"]) <= 0.005
+            and ("PQ" in r["family"] or "bits" in r["family"])]
+    return chosen, goal
 
 
 def markdown(record: dict) -> str:
@@ -389,13 +437,16 @@ def markdown(record: dict) -> str:
                   f"{r['seconds']['spread']:.2f} | {r['max_abs_diff_vs_single']:.1e} |" for r in e["rows"]]
         lines.append("")
     if "index" in record:
+        runs = "runs" in record["index"]  # a merged part: the run of each row (index.runs)
         lines += ["| setting | B/vector in RAM | vs flat | build s | q/s (spread) | recall@10 dev | nDCG@10 gap dev | "
-                  "recall@10 test | nDCG@10 test | gap vs exact | chosen on dev |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "recall@10 test | nDCG@10 test | gap vs exact | chosen on dev |" + (" run |" if runs else ""),
+                  "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if runs else "")]
         lines += [f"| {r['setting']} | {r['bytes_per_vector']:.1f} | {r['memory_vs_flat']:.3f} | {r['build_s']:.0f} | "
                   f"{r['qps']:,.0f} ({r['search_s']['spread']:.0%}) | {r['recall10_dev']:.3f} | "
                   f"{r['ndcg_gap_dev']:+.4f} | {r['recall10_test']:.3f} | {r['ndcg10_test']:.4f} | "
-                  f"{r['ndcg_gap']:+.4f} | {'**yes**' if r['chosen_on_dev'] else ''} |" for r in record["index"]["rows"]]
+                  f"{r['ndcg_gap']:+.4f} | {'**yes**' if r['chosen_on_dev'] else ''} |"
+                  + (f" {r['run']} |" if runs else "")
+                  for r in record["index"]["rows"]]
     return "\n".join(lines)
 
 
@@ -450,9 +501,11 @@ def main(argv=None) -> dict:
     path = common.result_path("scale", args)
     # a one-part run keeps the other part of an earlier run (read before any write of this run)
     kept = {} if args.part == "all" else {k: v for k, v in common.read_result(path).items() if k in ("encode", "index")}
+    if args.merge and "index" not in kept:
+        sys.exit(f"--merge: {path} has no index part to merge with")
     record = {"settings": common.settings(args), **kept}
     if args.part in ("all", "index"):
-        record["index"] = part_index(args, train, test)
+        record["index"] = part_index(args, train, test, earlier=kept.get("index") if args.merge else None)
         plot(record["index"]["rows"], path.with_suffix(".png"), args.n)
         common.write_result("scale", record, args, argv)  # kept if the encode part fails
     if args.part in ("all", "encode"):

@@ -73,7 +73,11 @@ def flat_settings(x, truth, codecs=("fp32", "fp16", "sq8")) -> list:
     return out
 
 
-def hnsw_settings(x, ef_values=(16, 32, 64, 128, 256)) -> list:
+def hnsw_settings(x, ef_values=(32, 64, 128, 256, 512)) -> list:
+    """HNSW32 (faiss ``IndexHNSWFlat``, M = 32, efConstruction 40) over the float32 vectors, at each efSearch.
+    Its memory is the serialised index: the vectors (1,536 B) plus the graph (``graph_bytes_per_vector``: the
+    neighbour lists, 2M = 64 ids at level 0 and M more per upper level, their offsets and the levels), so it is
+    above flat fp32 and the graph alone is above the 1/8 budget (192 B) whatever codes it were built over."""
     import faiss
 
     t0 = time.time()
@@ -82,20 +86,37 @@ def hnsw_settings(x, ef_values=(16, 32, 64, 128, 256)) -> list:
     build = time.time() - t0
     print(f"[index] HNSW32 built in {build:.0f} s", file=sys.stderr)
     size = faiss_bytes(index, len(x))
+    graph = (index.hnsw.neighbors.size() * 4 + index.hnsw.offsets.size() * 8 + index.hnsw.levels.size() * 4) / len(x)
 
     def search(q, ef):
         index.hnsw.efSearch = ef
         return index.search(q, 10)[1]
 
-    return [Setting("HNSW32", f"HNSW32 efSearch {ef}", lambda q, ef=ef: search(q, ef), size, build, {"efSearch": ef})
-            for ef in ef_values]
+    return [Setting("HNSW32", f"HNSW32 efSearch {ef}", lambda q, ef=ef: search(q, ef), size, build,
+                    {"efSearch": ef, "graph_bytes_per_vector": round(graph, 1)}) for ef in ef_values]
+
+
+def list_of_each(index, n: int) -> np.ndarray:
+    """(n,) the inverted list each vector was added to (read from the IVF index, not searched again)."""
+    import faiss
+
+    lists = np.full(n, -1, np.int64)
+    invlists = index.invlists
+    for li in range(index.nlist):
+        size = invlists.list_size(li)
+        if size:
+            lists[faiss.rev_swig_ptr(invlists.get_ids(li), size)] = li
+    return lists
 
 
 def ivfpq_settings(x, store, queries: dict, nlist: int, ms=(96, 192), nprobes=(16, 32, 64, 128),
                    depths=(100,)) -> list:
     """IVF-PQ at each m and nprobe, alone and + an exact rerank of the top R (each of ``depths``) from
     ``store``. The dev/test candidates come from one search per (m, nprobe) at the deepest R (its prefixes
-    are the shallower ones); each setting's timing runs its own search + rerank."""
+    are the shallower ones); each setting's timing runs its own search + rerank. The coarse quantiser and the
+    PQ codebooks are trained on a uniform sample of the base as it is (50 x nlist vectors; the real documents
+    in it at their share of the base, 0.5%, never singled out: which documents are real is test-side
+    knowledge)."""
     import faiss
 
     t0 = time.time()
@@ -105,7 +126,7 @@ def ivfpq_settings(x, store, queries: dict, nlist: int, ms=(96, 192), nprobes=(1
     clustering.niter, clustering.seed = 10, 0
     clustering.train(train, quantizer)  # the coarse centroids, shared by every m
     coarse_s = time.time() - t0
-    lists = quantizer.search(x, 1)[1][:, 0]  # (N,) the list of each vector, for the diagnosis
+    lists = None  # (N,) the list of each vector, for the diagnosis
     out = []
     for m in ms:
         t1 = time.time()
@@ -113,6 +134,7 @@ def ivfpq_settings(x, store, queries: dict, nlist: int, ms=(96, 192), nprobes=(1
         index.train(train)  # PQ codebooks only: the quantizer is trained
         index.add(x)
         build = coarse_s + time.time() - t1
+        lists = list_of_each(index, len(x)) if lists is None else lists
         print(f"[index] IVF{nlist},PQ{m} built in {build:.0f} s", file=sys.stderr)
         size = faiss_bytes(index, len(x))  # codes, list ids and the centroids
 
@@ -134,8 +156,8 @@ def ivfpq_settings(x, store, queries: dict, nlist: int, ms=(96, 192), nprobes=(1
                     f"IVF{nlist},PQ{m} + rerank", f"{name} + rerank {depth}",
                     lambda q, n=nprobe, d=depth, s=search: s(q, n, d), size, build, {**params, "rerank": depth},
                     results=lambda side, d=deep, r=depth: rerank(store, queries[side], d[side][:, :r]),
-                    diagnose=lambda side, missed, d=deep, p=probed, r=depth: miss_causes(
-                        missed, lists, p[side], d[side][:, :r])))
+                    diagnose=lambda side, missed, d=deep, p=probed, r=depth, li=lists: miss_causes(
+                        missed, li, p[side], d[side][:, :r])))
     return out
 
 
@@ -149,7 +171,9 @@ def miss_causes(missed: list[list[int]], lists: np.ndarray, probed: np.ndarray, 
             "probed_but_below_R": round(below_r / max(total, 1), 3)}
 
 
-def binary_settings(x, store, bits_list=(512, 1024), depths=(300, 1000)) -> list:
+def binary_settings(x, store, bits_list=(512, 1024), depths=(300, 1000), sign_depths=None) -> list:
+    """SimHash codes of each length (``reprlab.retrieval.binary``) + an exact rerank of the top R (each of
+    ``depths``), and 384 sign bits (Qdrant's binary quantisation) + a rerank of each of ``sign_depths``."""
     import faiss
 
     from reprlab.retrieval.binary import BinaryIndex
@@ -169,7 +193,7 @@ def binary_settings(x, store, bits_list=(512, 1024), depths=(300, 1000)) -> list
     signs = faiss.IndexBinaryFlat(DIM)
     signs.add(np.packbits(x > 0, axis=1))
     build = time.time() - t0
-    for depth in depths:
+    for depth in depths if sign_depths is None else sign_depths:
         out.append(Setting("sign bits 384 + rerank (Qdrant binary)", f"sign bits 384 + rerank {depth}",
                            lambda q, d=depth: rerank(store, q, signs.search(np.packbits(q > 0, axis=1), d)[1]),
                            faiss_bytes(signs, len(x)), build, {"bits": DIM, "rerank": depth}))
@@ -235,3 +259,60 @@ def choose(rows: list[dict], target: float = 0.95, ndcg_tolerance: float = 0.005
             best = min(ok, key=lambda r: (r["bytes_per_vector"], -r["qps"]))
             chosen[family] = best["setting"]
     return chosen
+
+
+# ----------------------------------------------------------------------------- merging with an earlier run
+
+BASE_KEYS = ("n", "real_docs", "dim", "components", "gmm_iter", "queries", "rerank_file")
+
+
+def fingerprint(base) -> str:
+    """sha256 of the base and the dev and test queries (float32 bytes): equal only for the same simulated world."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for a in (base["x"], base["queries"]["dev"], base["queries"]["test"]):
+        digest.update(memoryview(np.ascontiguousarray(a, dtype=np.float32)).cast("B"))  # no copy
+    return digest.hexdigest()
+
+
+def same_base(old: dict, new: dict) -> str | None:
+    """Why the earlier index part ``old`` was not measured on the same base and queries as ``new`` (None when it
+    was): the settings that make the base, then the fingerprint or, for an earlier result without one, the
+    realism figures (cosines computed from the base and the queries, equal to 1e-9)."""
+    import math
+
+    for key in BASE_KEYS:
+        if old.get(key) != new.get(key):
+            return f"{key} was {old.get(key)}, is {new.get(key)}"
+    if "base_sha256" in old:
+        return None if old["base_sha256"] == new["base_sha256"] else "the base's sha256 differs"
+    keys = sorted(set(old.get("realism", {})) & set(new.get("realism", {})))
+    if not keys:
+        return "it has neither a fingerprint nor realism figures to compare"
+    differ = [k for k in keys if not math.isclose(old["realism"][k], new["realism"][k], rel_tol=1e-9)]
+    return f"realism figures differ: {differ}" if differ else None
+
+
+def table_order(row: dict) -> tuple:
+    """Flat (fp32 first), HNSW, IVF-PQ by nlist and m, SimHash, sign bits; then by nprobe / efSearch / rerank."""
+    import re
+
+    family = row["family"]
+    kind = next(i for i, p in enumerate(("Flat", "HNSW", "IVF", "SimHash", "sign", "")) if family.startswith(p))
+    ivf = re.match(r"IVF(\d+),PQ(\d+)", family)
+    nlist, m = (int(g) for g in ivf.groups()) if ivf else (0, 0)
+    return (kind, family != "Flat fp32", nlist, m, row.get("bits", 0), row.get("nprobe", 0), row.get("efSearch", 0),
+            row.get("rerank", 0))
+
+
+def merge(old: dict, rows: list[dict], run: dict) -> tuple[list[dict], list[dict]]:
+    """This run's rows plus the earlier index part's rows for the settings this run did not measure, in table
+    order, and the runs: each row's ``run`` indexes that list (the earlier runs, then ``run``)."""
+    runs = old.get("runs") or [{key: old.get(key) for key in ("machine", "date", "command")}
+                               | {"flat_fp32_qps": next(r["qps"] for r in old["rows"] if r["family"] == "Flat fp32")}]
+    measured = {r["setting"] for r in rows}
+    kept = [{"run": 0, **r} for r in old["rows"] if r["setting"] not in measured]
+    for r in rows:
+        r["run"] = len(runs)
+    return sorted(kept + rows, key=table_order), [*runs, run]

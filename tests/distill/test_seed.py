@@ -64,6 +64,10 @@ def test_teacher_gets_no_gradient_and_stays_in_eval_mode():
     assert seed.head is not None and seed.head.weight.grad is not None  # 6 -> 8 projection
     for name, value in teacher.state_dict().items():  # batch-norm running stats untouched too
         assert torch.equal(value, before[name]), name
+    # frozen, not only unused: an optimizer or DDP built from the trainable parameters gets the student and head only
+    # (DDP would otherwise wait for teacher gradients that never come)
+    trainable = {id(p) for p in seed.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in [*student.parameters(), *seed.head.parameters()]}
 
 
 def test_seed_loss_zero_at_equality_positive_otherwise():
@@ -222,3 +226,25 @@ def test_every_rank_enqueues_all_ranks_teacher_keys_in_rank_order(tmp_path):
     both = torch.cat([torch.arange(12.0).view(3, 4), torch.arange(12.0).view(3, 4) + 100])
     torch.testing.assert_close(load_file(tmp_path / "q.safetensors")["queue"],
                                F.normalize(Linear(4, 3, seed=1)(both), dim=-1))
+
+
+def test_the_gather_of_a_two_rank_world_in_process(monkeypatch):
+    """``_gather`` itself, in this process (where mutation testing sees it called: the gloo test above runs it only
+    in spawned ranks): torch.distributed's all_gather is replaced by a stand-in 2-rank world in which this process
+    is rank 1 and rank 0 pushed known keys; the queue must get rank 0's keys, then this rank's."""
+    import reprlab.distill.seed as seed_module
+
+    other = F.normalize(torch.randn(3, 3), dim=-1)
+
+    def all_gather(tensor_list, tensor, group=None, async_op=False):  # in place into the list, in rank order
+        tensor_list[0].copy_(other)
+        tensor_list[1].copy_(tensor)
+
+    monkeypatch.setattr(seed_module.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(seed_module.dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(seed_module.dist, "all_gather", all_gather)
+    seed = SEED(Linear(4, 3), Linear(4, 3, seed=1), SEEDConfig(queue_size=16)).train()
+    x = torch.randn(3, 4)
+    seed(x)
+    mine = F.normalize(seed.teacher(x), dim=-1)
+    torch.testing.assert_close(seed.queue_contents(), torch.cat([other, mine]))

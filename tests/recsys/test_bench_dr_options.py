@@ -29,6 +29,7 @@ def test_defaults_are_the_full_grid(bench):
     assert args.dr_alphas == [1e-3, 1e-2, 1e-1] and args.scaling_alphas == [1e-3, 1e-2, 1e-1]
     assert args.beams == [10, 20, 50] and args.seeds == 3 and args.sizes == "10000,100000,1000000"
     assert (args.scaling_examples, args.scaling_epochs) == (300_000, 2)
+    assert args.dr_em_stop == 0.8
 
 
 def test_a_cut_grid_is_parsed_and_quick_overrides_it(bench):

@@ -18,7 +18,7 @@ from reprlab.recsys.recipe import DeepRetrievalConfig, Recommender, run_deep_ret
 RATINGS = str(Path(__file__).resolve().parents[1] / "data" / "tiny_ratings")  # 10 users x 8 ratings of 12 items
 LOOP = dict(batch_size=4, lr=1e-2, log_every=1, device="cpu", warmup_steps=0)
 TINY = dict(depth=2, width=3, paths_per_item=2, dim=8, hidden=8, node_dim=4, history_length=4, negatives=3,
-            em_every=2, em_beam=3, em_candidates=4, alpha=0.01)
+            em_every=2, em_beam=3, em_candidates=4, alpha=0.01, em_stop=1.0)
 
 
 def config(tmp_path, out, **kw):
@@ -172,3 +172,14 @@ def test_the_learner_credits_each_users_beam_paths_to_that_users_item():
     for item, scores in expected.items():
         best = max(scores, key=lambda c: (scores[c], -c))
         assert path_codes(model.item_paths[item], 4).tolist() == [best]
+
+
+def test_em_stop_freezes_the_mapping_for_the_last_steps(tmp_path):
+    """With ``em_stop`` 0.5 of 8 steps, M-steps run at steps 2 and 4 only; steps 5..8 train the model on the final
+    mapping (with 1.0 the last M-step falls on the last step, and the saved model never trained on it)."""
+    late = run_deep_retrieval(config(tmp_path, "late", max_steps=8, em_stop=1.0, evaluate=False))
+    assert [m["step"] for m in late.metrics if "paths_changed" in m] == [2, 4, 6, 8]
+    early = run_deep_retrieval(config(tmp_path, "early", max_steps=8, em_stop=0.5, evaluate=False))
+    assert [m["step"] for m in early.metrics if "paths_changed" in m] == [2, 4]
+    with pytest.raises(ConfigError, match="em_stop"):
+        config(tmp_path, "bad", em_stop=1.5)

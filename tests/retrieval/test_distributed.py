@@ -228,6 +228,49 @@ def test_cli_index_through_shards_then_search(tmp_path, tiny_model_dir, capsys):
     assert "doc" in capsys.readouterr().out
 
 
+def stored_vectors(index):
+    """The vectors (float index) or codes (binary index) an index folder holds, in insertion order."""
+    import faiss
+
+    inner = index.index
+    if isinstance(inner, faiss.IndexBinary):
+        return faiss.vector_to_array(inner.xb).reshape(inner.ntotal, -1)  # (N, bits / 8) codes
+    return inner.reconstruct_n(0, inner.ntotal)  # (N, dim)
+
+
+@pytest.mark.parametrize("extra", [[], ["--binary", "256"], ["--vectors", "VEC"],
+                                   pytest.param(["--engine", "ray"], marks=pytest.mark.slow)],  # ~20 s: a local Ray
+                         ids=["in-process", "binary", "local shards", "ray"])
+def test_cli_index_max_length_reaches_every_engine(tmp_path, tiny_model_dir, extra):
+    if "ray" in extra:
+        pytest.importorskip("ray")
+    corpus = {f"d{i}": {"title": "", "text": " ".join(WORDS[i:] * 3)} for i in range(4)}  # ~30-45 tokens each
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"_id": i, **d}) + "\n" for i, d in corpus.items()))
+    short = DenseRetriever.from_model(str(tiny_model_dir), batch_size=8)
+    short.doc_model.max_length = 8
+    ids, truncated = short.encode_corpus(corpus, show_progress=False)
+    _, full = single_process(tiny_model_dir, corpus)
+    extra = [str(tmp_path / "vec") if e == "VEC" else e for e in extra]
+    assert main(["-q", "index", "--corpus", str(path), "--model", str(tiny_model_dir), "--out", str(tmp_path / "idx"),
+                 "--max-length", "8", *extra]) == 0
+    index = DenseRetriever.load(tmp_path / "idx").index
+    assert index.ids.tolist() == ids
+    got = stored_vectors(index)
+    if "--binary" in extra:
+        expected, untruncated = index.encode(truncated), index.encode(full)
+        assert not np.array_equal(expected, untruncated)  # the setting matters to the codes
+        np.testing.assert_array_equal(got, expected)
+    else:
+        assert np.abs(truncated - full).max() > 1e-3
+        np.testing.assert_allclose(got, truncated, atol=1e-6, rtol=0)
+
+
+def test_cli_index_max_length_below_two_is_refused(tmp_path, capsys):
+    assert main(["index", "--corpus", str(tmp_path), "--out", str(tmp_path / "o"), "--max-length", "1"]) == 2
+    assert "--max-length" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--num-workers", "4"], "--num-workers is an option of distributed encoding: add --engine ray"),
     (["--quantization", "scalar"], "--quantization is an option of the qdrant backend: add --backend qdrant"),

@@ -169,3 +169,65 @@ def test_a_two_rank_world_gathers_only_when_asked(monkeypatch):
     everyone = torch.cat([other[id(p)], p, other[id(n)], n])
     assert float(contrastive_loss(q, p, n, scale=2.0)) == pytest.approx(reference_nll(q, everyone, [3, 4, 5], 2.0),
                                                                       rel=1e-5)
+
+
+def test_the_gathers_of_a_two_rank_world_in_process(monkeypatch):
+    """``_distributed``, ``gather_with_grad`` and ``gather_ids`` themselves, in this process (where mutation testing
+    sees them called: the gloo test above runs them only in spawned ranks): torch.distributed's collectives are
+    replaced by a stand-in 2-rank world in which this process is rank 1 and rank 0 holds known vectors and ids.
+    The loss, its false-negative masking (a relevant id on rank 0) and the gradients of this rank's own vectors
+    must equal the plain single-process computation over both ranks' candidates."""
+    import torch.distributed.nn.functional as dist_nn
+
+    import reprlab.retrieval.losses as losses
+
+    g = torch.Generator().manual_seed(8)
+    B, n, H = 2, 2, 4
+    q, p, neg = (torch.randn(s, H, generator=g, requires_grad=True) for s in (B, B, B * n))
+    p0, n0 = torch.randn(B, H, generator=g), torch.randn(B * n, H, generator=g)  # rank 0's positives, negatives
+    ids_p, ids_n, ids_p0, ids_n0 = torch.tensor([2, 3]), torch.tensor([12, 13, 14, 15]), torch.tensor([0, 1]), \
+        torch.tensor([10, 11, 20, 21])
+    relevant = torch.tensor([[2, 20], [3, -1]])  # query 0 of this rank also finds rank 0's negative 20 relevant
+    vectors = {B: p0, B * n: n0}  # rank 0's tensor of each size (positives B rows, negatives B*n)
+    ids = {B: ids_p0, B * n: ids_n0}
+
+    def all_gather_with_grad(tensor, group=None):  # autograd all_gather: one tensor per rank, in rank order
+        return vectors[tensor.size(0)], tensor
+
+    def all_gather(tensor_list, tensor, group=None, async_op=False):  # in place into the list, in rank order
+        tensor_list[0].copy_(ids[tensor.size(0)])
+        tensor_list[1].copy_(tensor)
+
+    monkeypatch.setattr(losses.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(losses.dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(losses.dist, "get_rank", lambda group=None: 1)
+    monkeypatch.setattr(losses.dist, "all_gather", all_gather)
+    monkeypatch.setattr(dist_nn, "all_gather", all_gather_with_grad)
+    assert losses._distributed()
+    torch.testing.assert_close(losses.gather_ids(ids_n), torch.tensor([10, 11, 20, 21, 12, 13, 14, 15]))
+    torch.testing.assert_close(losses.gather_with_grad(p), torch.cat([p0, p]))
+
+    got = contrastive_loss(q, p, neg, scale=3.0, candidate_ids=torch.cat([ids_p, ids_n]), query_positive_ids=relevant)
+    got.backward()
+    grads = [t.grad.clone() for t in (q, p, neg)]
+    q2, p2, neg2 = (t.detach().clone().requires_grad_(True) for t in (q, p, neg))
+    docs = torch.cat([p0, p2, n0, neg2])  # every rank's positives, then every rank's negatives
+    logits = 3.0 * q2 @ docs.T  # (B, 2B + 2Bn); this rank's queries have targets 2 and 3 (after rank 0's 2)
+    masked = torch.zeros(B, 2 * B + 2 * B * n, dtype=torch.bool)
+    masked[0, 2 * B + 2] = True  # id 20: rank 0's third negative, relevant to query 0
+    logits = logits.masked_fill(masked, float("-inf"))
+    want = F.cross_entropy(logits, torch.tensor([2, 3]))
+    want.backward()
+    torch.testing.assert_close(got, want)
+    for grad, ref in zip(grads, (q2.grad, p2.grad, neg2.grad)):
+        torch.testing.assert_close(grad, ref)
+    unmasked = contrastive_loss(q, p, neg, scale=3.0)
+    assert abs(unmasked.item() - got.item()) > 1e-3  # the masked id of rank 0 matters here
+
+    # gather=False in the same world: this rank's candidates and ids only (a local id, 14, masked for query 0)
+    local = contrastive_loss(q, p, neg, scale=3.0, gather=False, candidate_ids=torch.cat([ids_p, ids_n]),
+                             query_positive_ids=torch.tensor([[2, 14], [3, -1]]))
+    logits = 3.0 * q2 @ torch.cat([p2, neg2]).T  # (B, B + Bn), targets 0 and 1
+    masked = torch.zeros(B, B + B * n, dtype=torch.bool)
+    masked[0, B + 2] = True  # id 14: this rank's third negative
+    torch.testing.assert_close(local, F.cross_entropy(logits.masked_fill(masked, float("-inf")), torch.tensor([0, 1])))

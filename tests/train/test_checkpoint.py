@@ -51,6 +51,10 @@ def test_flatten_by_hand_and_back():
     top = {}
     assert flatten(t, top) == {"__tensor__": "tensor"} and torch.equal(top["tensor"], t)
     assert unflatten(flatten({"1": 2, "a": {}}, {}), {}) == {"1": 2, "a": {}}
+    # tensors inside a list and a tuple (e.g. the CUDA generators' states, a callback's buffers) come back too
+    nested = {"a": [t, (t + 1, 2)]}
+    back = unflatten(json.loads(json.dumps(flatten(nested, tensors := {}))), tensors)
+    assert torch.equal(back["a"][0], t) and torch.equal(back["a"][1][0], t + 1) and back["a"][1][1] == 2
 
 
 def test_flatten_refuses_what_json_cannot_hold():
@@ -142,6 +146,9 @@ def test_trim_metrics(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     trim_metrics(path, 3)
     assert path.read_text() == '{"step": 1}\n{"step": 3, "loss": 1.0}\n{"other": 1}\n'
+    path.write_text('{"step": 1}\n{"step": 2\n{"step": 2}\n')  # a cut line is skipped, not the end of the file
+    trim_metrics(path, 3)
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
 
 
 # ----------------------------------------------------------------------------- the loop's resume rules
@@ -260,8 +267,9 @@ def test_fresh_runs_and_damaged_checkpoints(tmp_path):
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     folder = out / "checkpoints" / "checkpoint-00000002"
     (folder / "trainer_state.safetensors").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="is damaged or does not fit this model"):
+    with pytest.raises(CheckpointError, match="is damaged or does not fit this model") as err:
         train(Model(), DATA, collate, loss_fn, cfg(out, resume=True, max_steps=4, allow_config_change=("max_steps",)))
+    assert f"({str(err.value.__cause__).splitlines()[0]})" in str(err.value)  # the reader's own words: the cause
 
 
 def test_load_checkpoint_skips_callbacks_without_state(tmp_path):
@@ -277,6 +285,13 @@ def test_load_checkpoint_skips_callbacks_without_state(tmp_path):
     state = type("S", (), {})()
     load_checkpoint(tmp_path / "checkpoints" / "checkpoint-00000002", model, opt, sched, [Stateless(), fresh], state)
     assert fresh.steps == 2 and (state.step, state.epoch, state.position) == (2, 0, 8)
+
+    class LoadOnly:  # can load a state, but the checkpoint holds none for its slot: it must not be called
+        def load_state_dict(self, state):
+            raise AssertionError(f"called with {state!r}")
+
+    load_checkpoint(tmp_path / "checkpoints" / "checkpoint-00000002", model, opt, sched, [LoadOnly(), Counter()],
+                    state)
 
 
 def test_resume_starts_from_the_newest_checkpoint_and_cleans_up_after_killed_writers(tmp_path):
@@ -344,3 +359,77 @@ def test_epoch_order():
     expected = torch.randperm(50, generator=torch.Generator().manual_seed(7 * 1_000_003 + 2))
     assert torch.equal(_epoch_order(50, 7, 2, shuffle=True), expected)
     assert not torch.equal(_epoch_order(50, 7, 3, shuffle=True), expected)  # a new order each epoch
+
+
+def test_nested_settings_benign_leaves_and_the_refusal_names_them(tmp_path):
+    """A benign setting nested in a recipe's config (``extra.config.output_dir``) may change on resume; a changed
+    nested setting is named in the refusal with its leaf for --allow-config-change; the resume is logged."""
+    import logging
+
+    stored = {"lr": 1.0, "extra": {"config": {"output_dir": "a", "device": "cpu", "scale": 1.0}}}
+    moved = {"lr": 1.0, "extra": {"config": {"output_dir": "b", "device": "cuda", "scale": 1.0}}}
+    assert config_changes(stored, moved) == []  # benign by its leaf's name, however deep
+    out = tmp_path / "run"
+    train(Model(), DATA, collate, loss_fn, cfg(out, extra={"data": {"path": "a"}, "config": {"scale": 1.0}}),
+          stop_after=3)
+    changed = cfg(out, resume=True, extra={"data": {"path": "b"}, "config": {"scale": 2.0}})
+    with pytest.raises(ConfigError, match=r"other settings \(scale, extra\.data\.path\); .*"
+                                          r"\(--allow-config-change scale path\)"):
+        train(Model(), DATA, collate, loss_fn, changed)
+    records = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
+    reprlab_logger = logging.getLogger("reprlab")
+    reprlab_logger.addHandler(handler)
+    level = reprlab_logger.level
+    reprlab_logger.setLevel(logging.INFO)
+    try:
+        state = train(Model(), DATA, collate, loss_fn,
+                      cfg(out, resume=True, extra={"data": {"path": "b"}, "config": {"scale": 2.0}},
+                          allow_config_change=("path", "scale")))
+    finally:
+        reprlab_logger.removeHandler(handler)
+        reprlab_logger.setLevel(level)
+    assert state.step == 6
+    assert f"resumed from {out / 'checkpoints' / 'checkpoint-00000002'} at step 2" in [r.getMessage() for r in records]
+
+
+def test_an_old_checkpoint_that_cannot_be_removed_does_not_stop_the_save(tmp_path):
+    """Removing checkpoints beyond keep_checkpoints is best effort: one that cannot be removed (here a symbolic link,
+    which rmtree refuses) stays, and the new checkpoint is saved all the same."""
+    from reprlab.train.checkpoint import save_checkpoint
+    from reprlab.train.loop import TrainState
+
+    out = tmp_path / "run"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "trainer_state.json").write_text("{}")
+    (out / "checkpoints").mkdir(parents=True)
+    link = out / "checkpoints" / "checkpoint-00000001"
+    link.symlink_to(elsewhere, target_is_directory=True)
+    model = Model()
+    opt = default_optimizer(model, cfg(out))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    folder = save_checkpoint(TrainState(step=5, output_dir=out), model, opt, sched, [], cfg(out, keep_checkpoints=1))
+    assert folder == out / "checkpoints" / "checkpoint-00000005" and read_state(folder)["step"] == 5
+    assert link.is_symlink() and (elsewhere / "trainer_state.json").is_file()
+
+
+def test_checkpoint_time_is_due_at_the_minute_and_rank_0_decides(monkeypatch):
+    """Due once checkpoint_minutes have passed, the boundary included; in a multi-process run every rank takes rank
+    0's verdict (its clock), broadcast from rank 0: here a stand-in 2-rank world in which this process is rank 1,
+    whose own clock says not yet, and rank 0's says due."""
+    import reprlab.train.loop as loop
+
+    state = loop.TrainState(step=3)
+    one = cfg("x", checkpoint_every=0, checkpoint_minutes=1)
+    monkeypatch.setattr(loop.time, "time", lambda: 1000.0)
+    assert loop._checkpoint_due(one, state, 940.0)  # exactly 60 s: due
+    verdicts = {0: 1.0, 1: 0.0}  # each rank's own clock: rank 0 due, rank 1 (this process) not
+
+    def broadcast(tensor, src, group=None, async_op=False):
+        tensor.fill_(verdicts[src])
+
+    monkeypatch.setattr(loop.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(loop.dist, "broadcast", broadcast)
+    assert loop._checkpoint_due(one, state, 999.0)  # 1 s on this rank's clock, but rank 0 decides

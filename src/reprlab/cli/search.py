@@ -48,6 +48,8 @@ def _check_index_options(args) -> None:
         raise ReprlabError(f"{stray[0]} is an option of binary indexes: add --binary BITS")
     if args.binary and args.factory != "Flat":
         raise ReprlabError("--factory builds float indexes; a --binary index is searched by --hash-method")
+    if args.max_length is not None and args.max_length < 2:
+        raise ConfigError(f"must be at least 2 ([CLS] and [SEP]), got {args.max_length}", field="max_length")
     _check_scale_options(args)
 
 
@@ -81,7 +83,6 @@ def _check_scale_options(args) -> None:
 
 def cmd_index(args) -> None:
     from reprlab.retrieval.binary import binary_retriever
-    from reprlab.retrieval.dense import DenseRetriever
     from reprlab.text.corpus import read_documents
     from reprlab.text.hotpotqa import load_hotpotqa
 
@@ -92,14 +93,13 @@ def cmd_index(args) -> None:
     t0 = time.time()
     if args.engine != "local" or args.backend != "faiss" or args.vectors:
         return _index_scaled(args, corpus, t0)
+    retriever = _retriever(args)
     if args.binary:
-        retriever = binary_retriever(args.model, corpus, bits=args.binary, method=args.hash_method,
+        retriever = binary_retriever(retriever, corpus, bits=args.binary, method=args.hash_method,
                                      hash_bits=args.hash_bits, tables=args.tables, nflip=args.nflip,
-                                     seed=args.hash_seed, score=args.hash_score, batch_size=args.batch_size,
-                                     precision=args.precision)
+                                     seed=args.hash_seed, score=args.hash_score)
         kind = f"{args.binary}-bit SimHash codes, {args.hash_method}"
     else:
-        retriever = DenseRetriever.from_model(args.model, batch_size=args.batch_size, precision=args.precision)
         retriever.index_corpus(corpus, factory=args.factory)
         kind = args.factory
     retriever.save(args.out)
@@ -107,17 +107,27 @@ def cmd_index(args) -> None:
                 f"-> {args.out}")
 
 
+def _retriever(args):
+    """The retriever ``index`` encodes with: --model, --batch-size, --precision, and --max-length passage tokens
+    (the document tower's; queries are encoded at search time with the model's own length)."""
+    from reprlab.retrieval.dense import DenseRetriever
+
+    retriever = DenseRetriever.from_model(args.model, batch_size=args.batch_size, precision=args.precision)
+    if args.max_length is not None:
+        retriever.doc_model.max_length = args.max_length
+    return retriever
+
+
 def _index_scaled(args, corpus, t0: float) -> None:
     """``index`` through vector shards (--engine ray, or --vectors) and/or into Qdrant (--backend qdrant)."""
     from reprlab.retrieval.binary import BinaryIndex
-    from reprlab.retrieval.dense import DenseRetriever
     from reprlab.retrieval.distributed import index_corpus
     from reprlab.retrieval.index import FaissIndex
     from reprlab.retrieval.qdrant import QdrantIndex, document_payloads, read_metadata
 
     out = Path(args.out)
     vectors = args.vectors or (str(out.with_name(out.name + ".vectors")) if args.engine == "ray" else None)
-    retriever = DenseRetriever.from_model(args.model, batch_size=args.batch_size, precision=args.precision)
+    retriever = _retriever(args)
     dim, payloads = retriever.doc_model.dim, None
     if args.backend == "qdrant":
         path = None if args.qdrant_url else (args.qdrant_path or str(out.with_name(out.name + ".qdrant")))
@@ -137,7 +147,7 @@ def _index_scaled(args, corpus, t0: float) -> None:
         report = index_corpus(retriever, corpus, index, vectors=vectors, engine=args.engine, payloads=payloads,
                               shard_size=args.shard_size, dtype=args.vector_dtype, num_workers=args.num_workers,
                               gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
-                              address=args.address)
+                              address=args.address, max_length=args.max_length)
         retriever.save(args.out)
     finally:
         if isinstance(index, QdrantIndex):
@@ -294,6 +304,9 @@ def _index_parser(sub) -> None:
     p.add_argument("--model", default="minilm", help="model folder or 'minilm' (default: minilm)")
     p.add_argument("--out", required=True, help="index folder to write (required)")
     _encoding_options(p)
+    p.add_argument("--max-length", type=int, default=None,
+                   help="passage tokens kept when encoding, with every engine and backend (default: the model's own, "
+                        "256 for minilm)")
     g = p.add_argument_group("binary codes (semantic hashing)")
     g.add_argument("--binary", type=int, metavar="BITS",
                    help="index SimHash codes of BITS bits (a multiple of 8), searched by Hamming distance")

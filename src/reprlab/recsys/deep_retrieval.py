@@ -251,12 +251,11 @@ def _order(scores: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def retrieve(model: DeepRetrieval, index: PathIndex, x: torch.Tensor, *, beam: int, k: int,
-             seen: torch.Tensor | None = None, rerank: bool = True,
-             prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k items for users x (U, dim): beam search, the items on the final paths, then the reranker (or the
-    paths' summed probability). ``seen`` (U, L) (item + 1, 0 = pad) are excluded; ``prior`` (N,) breaks ties
-    without the reranker. Returns (items (U, k), -1 where fewer were found; items scored (U,))."""
+def beam_candidates(model: DeepRetrieval, index: PathIndex, x: torch.Tensor,
+                    beam: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The items on the ``beam`` paths found for users x (U, dim): candidates (U, M) (each user's distinct items
+    in item order, -1 = padding), the summed probability of the retrieved paths each lies on (U, M), and the
+    number of candidates per user (U,)."""
     u, n = x.shape[0], model.config.num_items
     paths, log_p = beam_search(model, x, beam)  # (U, b, D), (U, b)
     row, slot, items = index.gather(path_codes(paths, model.config.width))  # (T,) each
@@ -271,6 +270,18 @@ def retrieve(model: DeepRetrieval, index: PathIndex, x: torch.Tensor, *, beam: i
     cand[r, position] = item
     path_prob = torch.zeros(u, width, dtype=log_p.dtype)
     path_prob[r, position] = prob
+    return cand, path_prob, counts
+
+
+@torch.no_grad()
+def retrieve(model: DeepRetrieval, index: PathIndex, x: torch.Tensor, *, beam: int, k: int,
+             seen: torch.Tensor | None = None, rerank: bool = True,
+             prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k items for users x (U, dim): beam search, the items on the final paths (:func:`beam_candidates`), then
+    the reranker (or the paths' summed probability). ``seen`` (U, L) (item + 1, 0 = pad) are excluded; ``prior``
+    (N,) breaks ties without the reranker. Returns (items (U, k), -1 where fewer were found; items scored (U,))."""
+    u = x.shape[0]
+    cand, path_prob, counts = beam_candidates(model, index, x, beam)  # (U, M), (U, M), (U,)
     if rerank and model.config.reranker:
         scores = model.rerank_scores(x, cand.clamp(min=0).to(x.device)).cpu()  # (U, M)
         tie = None

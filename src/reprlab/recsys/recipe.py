@@ -7,9 +7,13 @@ mapping with :class:`PathLearner`, a loop callback:
 
 * while training, every batch's users are beam-searched (``em_beam`` paths) and the paths'
   probabilities are added to their target items' streaming scores (:class:`~reprlab.recsys.path_mapping.PathScores`);
-* every ``em_every`` steps (default: once per epoch) it runs the M-step
+* every ``em_every`` steps (default: once per epoch), up to ``em_stop`` of the training steps, it runs the M-step
   (:func:`~reprlab.recsys.path_mapping.assign_paths`, penalty ``alpha``) and writes the new mapping into
-  the model's ``item_paths`` buffer; the path-size statistics are logged with that step's metrics.
+  the model's ``item_paths`` buffer; the path-size statistics are logged with that step's metrics;
+* after ``em_stop`` (default 0.8) of the steps the mapping is frozen and the last steps train the structure
+  model and the reranker on the mapping that is saved and served. An M-step moves about a quarter of the
+  items even late in training (MovieLens-100k, D=3, alpha 0.01); with M-steps to the end, the last one fell
+  on the last step and the beam searched a model that had never seen the served mapping.
 
 Exact resume: the mapping is a buffer of the model (in every checkpoint's ``model.safetensors``), the
 streaming scores are the callback's ``state_dict`` (in the checkpoint's trainer state). Under DDP each rank
@@ -93,6 +97,9 @@ class DeepRetrievalConfig(RecipeConfig):
     em_candidates: int = option(16, help="candidate paths kept per item")
     em_decay: float = option(0.999, help="decay of the path scores per step (streaming training)")
     em_iterations: int = option(2, help="coordinate-descent sweeps of each M-step")
+    em_stop: float = option(0.8, help="share of the training steps after which the mapping is frozen (no more "
+                                      "M-steps), so that the last steps train the model on the mapping it serves "
+                                      "(1: M-steps to the end, the last one after the last training step)")
     beam: int = option(20, help="B: paths kept by beam search when evaluating and serving")
     evaluate: bool = option(True, help="report recall/NDCG on the validation and test positives at the end")
     train: TrainConfig = loop(lr=3e-3, batch_size=256, epochs=10, weight_decay=0.0, warmup_ratio=0.0,
@@ -112,6 +119,7 @@ class DeepRetrievalConfig(RecipeConfig):
         check(math.isfinite(self.rerank_weight) and self.rerank_weight >= 0, "rerank_weight",
               f"must be >= 0, got {self.rerank_weight}")
         check(0 < self.em_decay <= 1, "em_decay", f"must be in (0, 1], got {self.em_decay}")
+        check(0 <= self.em_stop <= 1, "em_stop", f"must be in [0, 1], got {self.em_stop}")
         check(self.em_candidates >= self.paths_per_item, "em_candidates",
               f"must be at least paths_per_item ({self.paths_per_item}), got {self.em_candidates}")
         check(self.width ** self.depth <= MAX_PATHS, "width",
@@ -131,18 +139,26 @@ class PathLearner:
     """The EM step as a loop callback (see the module docstring). ``collect`` is called by the loss function."""
 
     def __init__(self, model: DeepRetrieval, every: int, beam: int, candidates: int, decay: float, alpha: float,
-                 iterations: int):
+                 iterations: int, stop: float = 1.0):
         c = model.config
         self.model, self.every, self.beam, self.alpha, self.iterations = model, every, beam, alpha, iterations
+        self.stop = stop  # share of the training steps after which no M-step runs
+        self.total = 0  # the run's training steps (set at the start)
         self.scores = PathScores(c.num_items, c.num_paths, candidates, decay)
         self.step = 0
         self.last_stats: dict[str, float] = path_statistics(path_codes(model.item_paths, c.width), c.num_paths)
 
     def on_train_start(self, state, model) -> None:
-        self.step = state.step
+        self.step, self.total = state.step, state.total_steps
+
+    def frozen(self, step: int) -> bool:
+        """No M-step at or after ``step``: the mapping is final (past ``stop`` of the training steps)."""
+        return step > self.stop * self.total
 
     @torch.no_grad()
     def collect(self, x: torch.Tensor, targets: torch.Tensor) -> None:
+        if self.total and self.frozen(self.step + 1):  # this step's scores would feed no M-step
+            return
         paths, log_p = beam_search(self.model, x.detach(), self.beam)  # (B, b, D), (B, b)
         self.scores.add(targets, path_codes(paths, self.model.config.width), log_p.exp(), self.step)
 
@@ -159,7 +175,7 @@ class PathLearner:
 
     def on_step_end(self, state, model, metrics: dict) -> None:
         self.step = state.step
-        if self.every and state.step % self.every == 0:
+        if self.every and state.step % self.every == 0 and not self.frozen(state.step):
             metrics.update(self.m_step())
 
     def state_dict(self) -> dict:
@@ -213,7 +229,7 @@ def fit(model: DeepRetrieval, data, config: DeepRetrievalConfig, callbacks: Sequ
     collate = ExampleCollate(data, "train", config.history_length, negatives)
     every = config.em_every or max(1, len(collate) // config.train.batch_size)
     learner = PathLearner(model, every, config.em_beam, config.em_candidates, config.em_decay, config.alpha,
-                          config.em_iterations)
+                          config.em_iterations, config.em_stop)
 
     def loss_fn(m, batch):
         loss, metrics, x = m(batch, config.rerank_weight)
