@@ -162,7 +162,7 @@ def _mutmut(args: list[str], work: Path, env: dict, log, deadline: float | None)
     """Run ``mutmut ARGS`` in ``work``; at ``deadline`` interrupt it (mutmut saves each verdict as it comes, so the
     mutants checked so far keep theirs). True when it finished on its own."""
     proc = subprocess.Popen([sys.executable, "-m", "mutmut", *args], cwd=work, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_default_sigint)
     RUNNING.add(proc.pid)
     try:
         proc.wait(timeout=None if deadline is None else max(1.0, deadline - time.time()))
@@ -184,6 +184,12 @@ def _mutmut(args: list[str], work: Path, env: dict, log, deadline: float | None)
 
 
 RUNNING: set[int] = set()  # process groups of the mutmut runs under way
+
+
+def _default_sigint() -> None:
+    """In the child, before exec: SIGINT back to its default. A shell starts background jobs with SIGINT ignored,
+    and Python keeps an ignored SIGINT ignored, so the Ctrl-C that stops mutmut at the deadline would not reach it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _stop_all(signum, frame) -> None:

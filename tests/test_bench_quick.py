@@ -299,6 +299,16 @@ def check_natural_tasks(r):
     assert all(x["errors"]["p_star"] < 0.1 for x in syn["records"] if x["loss"] == "oracle")
 
 
+def check_deep_retrieval_diagnose(r):
+    v = r["variants"]["baseline"]
+    assert r["setting"]["D"] >= 2 and v["total_steps"] > 0 and v["final_paths"] and "m_steps" in v
+
+
+def check_deep_retrieval_serving(r):
+    assert [p["items"] for p in r["points"]] == [2000, 20000]
+    assert all(p["dr"]["ms_per_1000"] > 0 and p["brute_force"]["items_scored"] == p["items"] for p in r["points"])
+
+
 CASES = [
     Case("approx", check_approx),
     Case("jaket", check_jaket, data=("wn18rr_text", "umls_text"), packages=("torch_geometric", "pykeen")),
@@ -312,6 +322,8 @@ CASES = [
     Case("cka", check_cka, data=("fashion_mnist_train", "fashion_mnist_test"), packages=("ckatorch",)),
     Case("curricula", check_curricula, data=("fashion_mnist_train", "fashion_mnist_test", "scifact")),
     Case("deep_retrieval", check_deep_retrieval, data=("movielens_100k",)),
+    Case("deep_retrieval_diagnose", check_deep_retrieval_diagnose, data=("movielens_100k",)),
+    Case("deep_retrieval_serving", check_deep_retrieval_serving, data=("movielens_100k",), work_dir=False),
     Case("distill", check_distill, data=BEIR3),
     Case("distill_dev", check_distill_dev, slow=False),
     Case("distill_gpu", check_distill_gpu, data=BEIR3),
