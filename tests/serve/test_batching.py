@@ -163,6 +163,83 @@ def test_two_workers_encode_two_batches_at_once():
     assert a.most == 2  # the two batches were encoded at the same time
 
 
+def test_a_batch_is_shared_among_the_free_workers():
+    """All requests queued at once (32 closed-loop users right after an answer) go to both workers, not one."""
+    a = _slow_counting(1.0)
+
+    async def main():
+        batcher = EncodeBatcher(max_batch=64, wait_ms=20, workers=2, min_split=4)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.encode(a, [str(i % 10) * (i + 1)]) for i in range(12)))
+        finally:
+            await batcher.close()
+
+    out = asyncio.run(main())
+    assert [int(v[0, 1]) for v in out] == list(range(1, 13))  # every request its own row
+    assert sorted(map(len, a.calls)) == [6, 6] and a.most == 2  # two halves, encoded at the same time
+
+
+def test_a_small_batch_is_not_split():
+    a = _slow_counting(1.0)
+
+    async def main():
+        batcher = EncodeBatcher(max_batch=64, wait_ms=20, workers=2, min_split=4)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.encode(a, ["x" * (i + 1)]) for i in range(7)))
+        finally:
+            await batcher.close()
+
+    asyncio.run(main())
+    assert [len(c) for c in a.calls] == [7]  # 7 texts cannot make two parts of >= 4
+
+
+@pytest.mark.parametrize("sizes, parts, least, want", [
+    ([1] * 32, 2, 4, [16, 16]),
+    ([1] * 32, 3, 4, [11, 11, 10]),
+    ([1] * 7, 2, 4, [7]),  # too few texts for two parts of 4
+    ([1] * 8, 2, 4, [4, 4]),
+    ([10, 1, 1], 2, 4, [10, 2]),  # cut only at request boundaries
+    ([1, 1], 5, 1, [1, 1]),  # never more parts than requests
+    ([3, 3, 3, 3], 1, 1, [12]),
+])
+def test_split_batch(sizes, parts, least, want):
+    from reprlab.serve.batching import _Pending, split_batch
+
+    loop = asyncio.new_event_loop()
+    try:
+        batch = [_Pending(None, ["t"] * n, None, "fp32", loop.create_future()) for n in sizes]
+        got = split_batch(batch, parts, least)
+    finally:
+        loop.close()
+    assert [sum(len(item.texts) for item in part) for part in got] == want
+    assert [item for part in got for item in part] == batch  # every request once, in order
+
+
+def _slow_counting(tag: float):
+    import threading
+    import time
+
+    class Slow(Fake):
+        """Takes 0.2 s per batch and records how many batches were being encoded at once."""
+
+        def __init__(self):
+            super().__init__(tag)
+            self.now, self.most, self.lock = 0, 0, threading.Lock()
+
+        def encode(self, texts, **kw):
+            with self.lock:
+                self.now += 1
+                self.most = max(self.most, self.now)
+            time.sleep(0.2)
+            with self.lock:
+                self.now -= 1
+            return super().encode(texts, **kw)
+
+    return Slow()
+
+
 def test_truncated_tokenizing_is_safe_from_threads():
     from concurrent.futures import ThreadPoolExecutor
 
@@ -175,3 +252,16 @@ def test_truncated_tokenizing_is_safe_from_threads():
         got = list(pool.map(lambda m: (m, [e.ids for e in tok.encode_truncated(texts, m)]), [8, 16, 32] * 40))
     assert all(ids == want[m] for m, ids in got)
     assert max(map(len, want[8])) == 8 and len(tok.encode_raw(texts)[-1].ids) > 32  # truncation reset after
+
+
+def test_default_workers_split_the_torch_threads(monkeypatch):
+    import torch
+
+    from reprlab.serve.config import ServeConfig
+    from reprlab.serve.service import default_workers
+
+    assert ServeConfig(index="x").encode_workers == 0  # automatic unless set
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert default_workers("torch") == 2 and default_workers("onnx-int8") == 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert default_workers("torch") == 1

@@ -14,9 +14,13 @@ search per (index, depth) of the batch rather than one per request (a batch of q
 product). Each request gets the rows of its own query, the same results as a search of that query alone.
 
 With ``workers`` > 1 several batches are encoded at once, each by its own worker thread with
-``threads`` torch threads, so that no forward pass is split over cores the event loop also needs.
-Measured on 2 cores (BENCHMARKS.md, Serving) it is slower than one worker of 2 threads: the
-workers' forward passes take turns on the GIL. The service's default is one worker.
+``threads`` torch threads (torch releases the GIL inside each operation). A batch formed while
+other workers are free too is shared among them (:func:`split_batch`, parts of at least
+``min_split`` texts): under a closed loop of users every request arrives right after the previous
+answers, so without the split one worker would take them all while the other waits. Once the
+workers drift apart, one encodes while the other's requests go out and come back. On 2 cores
+(BENCHMARKS.md, Serving) 2 single-thread workers answer more queries/s at 8 and 32 users than one
+worker of 2 threads; the service's default (``ServeConfig.encode_workers`` = 0) picks 2 for torch.
 
 Requests for different encoders or maximum lengths never share a batch (an index swap may change
 the encoder mid-queue). A failure of the encoder fails the requests of that batch only.
@@ -52,8 +56,10 @@ class _Pending:
 class EncodeBatcher:
     """See the module docstring. Start it inside the event loop (:meth:`start`), :meth:`close` at shutdown."""
 
-    def __init__(self, max_batch: int = 64, wait_ms: float = 2.0, workers: int = 1, threads: int | None = None):
+    def __init__(self, max_batch: int = 64, wait_ms: float = 2.0, workers: int = 1, threads: int | None = None,
+                 min_split: int = 4):
         self.max_batch = max_batch
+        self.min_split = min_split
         self.wait = wait_ms / 1000
         self.workers = workers
         self.batches = 0
@@ -130,7 +136,8 @@ class EncodeBatcher:
         return batch
 
     async def _run(self) -> None:
-        """Form a batch whenever a worker is free (what queued while all were busy, and up to ``wait`` more)."""
+        """Form a batch whenever a worker is free (what queued while all were busy, and up to ``wait`` more);
+        when other workers are free too, the batch is shared among them (parts of >= ``min_split`` texts)."""
         while True:
             await self._free.acquire()
             try:
@@ -138,9 +145,17 @@ class EncodeBatcher:
             except BaseException:
                 self._free.release()
                 raise
-            task = asyncio.get_running_loop().create_task(self._answer(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            parts = [batch]
+            while not self._free.locked() and len(parts) < self.workers:
+                split = split_batch(batch, len(parts) + 1, self.min_split)
+                if len(split) == len(parts):
+                    break
+                await self._free.acquire()  # free, so this does not wait
+                parts = split
+            for part in parts:
+                task = asyncio.get_running_loop().create_task(self._answer(part))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
 
     async def _answer(self, batch: list[_Pending]) -> None:
         """Encode (and search) ``batch`` on one worker, then hand each request its result."""
@@ -209,3 +224,24 @@ class BatchedEncoder:
     def encode(self, texts, batch_size: int = 64, max_length: int | None = None, show_progress=None, **_) -> np.ndarray:
         future = asyncio.run_coroutine_threadsafe(self.batcher.encode(self.encoder, texts, max_length), self.loop)
         return future.result()
+
+
+def split_batch(batch: list[_Pending], parts: int, min_texts: int) -> list[list[_Pending]]:
+    """``batch`` cut at request boundaries into at most ``parts`` runs of about equal text counts, each of at
+    least ``min_texts`` texts (fewer parts when there are too few texts); the requests keep their order."""
+    total = sum(len(item.texts) for item in batch)
+    parts = max(1, min(parts, len(batch), total // max(1, min_texts)))
+    out: list[list[_Pending]] = []
+    current: list[_Pending] = []
+    done = 0  # texts in the finished parts and in current
+    for i, item in enumerate(batch):
+        current.append(item)
+        done += len(item.texts)
+        left = len(batch) - i - 1
+        # close the part once it reaches its share of the texts, keeping a request for every later part
+        if len(out) < parts - 1 and done >= total * (len(out) + 1) / parts and left >= parts - len(out) - 1:
+            out.append(current)
+            current = []
+    if current:
+        out.append(current)
+    return out

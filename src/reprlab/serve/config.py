@@ -42,8 +42,9 @@ class ServeConfig:
     onnx_model: str | None = option(None, help="ONNX export of the index's model (default: exported at start)")
     batch_wait_ms: float = option(2.0, help="how long the encoder waits for more requests to fill a batch")
     max_batch: int = option(64, help="most texts encoded in one forward pass")
-    encode_workers: int = option(1, help="batches encoded at once, each by its own worker thread (more than 1: "
-                                 "measured slower on 2 cores, where the workers contend for the GIL; bench/serve.py)")
+    encode_workers: int = option(0, help="batches encoded at once, each by its own worker thread; a batch formed "
+                                 "while several are free is shared among them (0: 2 for the torch backend on a "
+                                 "machine with >= 2 torch threads, else 1; measured in bench/serve.py)")
     encode_threads: int | None = option(None, help="torch threads of each encode worker (default: the machine's "
                                         "torch threads divided among the workers, at least 1)")
     watch_seconds: float = option(2.0, help="how often a folder of index versions is checked for a new one")
@@ -54,7 +55,7 @@ class ServeConfig:
         check(0 <= self.batch_wait_ms <= 60_000, "batch_wait_ms",
               f"must be 0..60000 (a request waits this long at most), got {self.batch_wait_ms}")
         check(self.max_batch >= 1, "max_batch", f"must be at least 1, got {self.max_batch}")
-        check(1 <= self.encode_workers <= 64, "encode_workers", f"must be 1..64, got {self.encode_workers}")
+        check(0 <= self.encode_workers <= 64, "encode_workers", f"must be 0..64 (0: automatic), got {self.encode_workers}")
         check(self.encode_threads is None or self.encode_threads >= 1, "encode_threads",
               f"must be at least 1, got {self.encode_threads}")
         check(0 < self.watch_seconds < float("inf"), "watch_seconds", f"must be > 0, got {self.watch_seconds}")

@@ -93,7 +93,7 @@ class Service:
 
             reader = load_reader(config.reader)
         return cls(slot, encoders, config.limits, multihop, reader, watcher, config.max_batch, config.batch_wait_ms,
-                   config.encode_workers, config.encode_threads)
+                   config.encode_workers or default_workers(config.backend), config.encode_threads)
 
     @property
     def endpoints(self) -> list[str]:
@@ -208,6 +208,15 @@ class Service:
         if self.watcher is not None:
             self.watcher.stop()
         await self.batcher.close()
+
+
+def default_workers(backend: str) -> int:
+    """Encode workers when not set: 2 for the torch backend when torch has >= 2 threads (each worker then takes
+    half of them; on 2 cores, 2 single-thread workers answered 3-14% more queries/s at 8-32 users than one worker of
+    2 threads, and as fast at 1 user: BENCHMARKS.md, Serving), else 1 (ONNX Runtime threads its own session)."""
+    import torch
+
+    return 2 if backend == "torch" and torch.get_num_threads() >= 2 else 1
 
 
 def passes(doc_id: str, doc: dict, filters: Sequence) -> bool:
