@@ -217,6 +217,14 @@ async def load(port: int, queries: list[str], users: int, n: int, k: int, max_se
     return {"requests": len(out), "ok": len(ok), "seconds": seconds, "rps": len(ok) / seconds, "latency_s": ok}
 
 
+def server_encoder(port: int) -> dict:
+    """The service's query encoder set-up (from ``GET /stats``): backend, workers, threads per worker."""
+    with urllib.request.urlopen(f"http://{HOST}:{port}/stats", timeout=10) as response:
+        stats = json.loads(response.read())
+    return {"backend": stats["backend"], "encode_workers": stats.get("encode_workers"),
+            "encode_threads": stats.get("encode_threads")}
+
+
 def batch_counts(port: int) -> tuple[int, int, float]:
     """(batches, texts, busy seconds) of the service's query batcher so far (from ``GET /stats``)."""
     with urllib.request.urlopen(f"http://{HOST}:{port}/stats", timeout=10) as response:
@@ -312,12 +320,13 @@ def main(argv=None) -> dict:
     port = free_port()
     proc = start_server(args, folder, port)
     try:
+        server = server_encoder(port)
         library, rows = run_interleaved(args, port, queries, proc.pid, library)
     finally:
         stop_server(proc)
     record = {"documents": int(folder.name.rsplit("-", 1)[1]), "queries": len(queries), "backend": args.backend,
               "batch_size": args.batch_size, "k": args.k, "highlight": args.highlight, "quick": args.quick,
-              "in_process": library, "service": rows,
+              "in_process": library, "service": rows, "server_encoder": server,
               "settings": common.settings(args)}
     print(markdown(record))
     name = ("serve" if args.backend == "torch" else f"serve-{args.backend}") + ("-highlight" if args.highlight else "")

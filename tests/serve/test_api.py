@@ -138,6 +138,9 @@ def test_health_stats_and_page(client):
     assert stats["latency"]["/search"]["count"] == 2 and stats["latency"]["/search"]["p50_ms"] > 0
     assert stats["documents"] == 30 and stats["endpoints"] == ["/answer", "/encode", "/health", "/multihop",
                                                                "/search", "/stats"]
+    from reprlab.serve.service import default_workers  # the config leaves the workers automatic
+
+    assert stats["encode_workers"] == default_workers("torch") and stats["encode_threads"] >= 1
     page = client.get("/")
     assert page.status_code == 200 and "<script>" in page.text and "http" not in page.text.split("<script>")[1]
 

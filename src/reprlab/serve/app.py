@@ -200,7 +200,8 @@ def _add_info_routes(app: FastAPI, service: Service) -> None:
                 "backend": service.encoders.backend, "index_version": version.name, "documents": len(version.index),
                 "swaps": service.slot.swaps, "endpoints": service.endpoints, "requests": dict(s.requests),
                 "errors": dict(s.errors), "latency": s.latency(), "batches": service.batcher.batches,
-                "batched_texts": service.batcher.texts, "batch_seconds": service.batcher.seconds}
+                "batched_texts": service.batcher.texts, "batch_seconds": service.batcher.seconds,
+                "encode_workers": service.batcher.workers, "encode_threads": service.batcher.worker_threads()}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():

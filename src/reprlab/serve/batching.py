@@ -62,6 +62,7 @@ class EncodeBatcher:
         self.min_split = min_split
         self.wait = wait_ms / 1000
         self.workers = workers
+        self.threads = threads
         self.batches = 0
         self.texts = 0
         self.seconds = 0.0  # wall time spent in batches (encoding and searching), summed over the workers
@@ -72,6 +73,14 @@ class EncodeBatcher:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reprlab-encode",
                                         initializer=_set_threads, initargs=(threads,))
         self._lock = threading.Lock()  # the counters (workers, and blocking callers, update them)
+
+    def worker_threads(self) -> int:
+        """Torch threads of each worker: the set number, else torch's own."""
+        if self.threads is not None:
+            return self.threads
+        import torch
+
+        return torch.get_num_threads()
 
     def start(self) -> None:
         self._queue = asyncio.Queue()

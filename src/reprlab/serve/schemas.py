@@ -137,8 +137,10 @@ class StatsResponse(BaseModel):
     latency: dict[str, Latency] = Field(description="over the last 2,000 answers of each endpoint")
     batches: int = Field(description="forward passes of the query encoder")
     batched_texts: int = Field(description="texts those passes encoded")
-    batch_seconds: float = Field(description="wall seconds the batcher's worker spent encoding (and searching) "
-                                 "batches: busy time of the query encoder")
+    batch_seconds: float = Field(description="wall seconds the batcher's workers spent encoding (and searching) "
+                                 "batches, summed over the workers: busy time of the query encoder")
+    encode_workers: int = Field(description="batches the query encoder can run at once (worker threads)")
+    encode_threads: int = Field(description="torch threads of each encode worker")
 
 
 # ----------------------------------------------------------------------------- requests
