@@ -15,6 +15,10 @@ mapping with :class:`PathLearner`, a loop callback:
   items even late in training (MovieLens-100k, D=3, alpha 0.01); with M-steps to the end, the last one fell
   on the last step and the beam searched a model that had never seen the served mapping.
 
+The reranker has its own user tower by default (``rerank_tower="own"``): the structure loss trains the
+structure model's tower, the reranker's sampled softmax its own, on the same batches (on MovieLens-100k
+validation, 3 seeds, B=10: recall@20 0.247 against 0.239 with the shared tower).
+
 Exact resume: the mapping is a buffer of the model (in every checkpoint's ``model.safetensors``), the
 streaming scores are the callback's ``state_dict`` (in the checkpoint's trainer state). Under DDP each rank
 collects scores from its own share of the batch and DDP broadcasts rank 0's buffers, so the mapping in use
@@ -89,10 +93,10 @@ class DeepRetrievalConfig(RecipeConfig):
     hidden: int = option(128, help="hidden units of each layer's MLP")
     node_dim: int = option(16, help="size of a node's embedding (the input of the next layers)")
     reranker: bool = option(True, help="train a softmax reranker jointly and rerank the beam's items with it")
-    rerank_tower: str = option("shared", choices=("shared", "own"),
-                               help="the reranker's user tower: 'shared' reads the structure model's user "
-                                    "representation (both losses train that tower), 'own' gives it a separate user "
-                                    "tower of the same kind and sizes, trained on the same batches")
+    rerank_tower: str = option("own", choices=("shared", "own"),
+                               help="the reranker's user tower: 'own' (a separate user tower of the same kind and "
+                                    "sizes, trained on the same batches; chosen on MovieLens validation) or "
+                                    "'shared' (the structure model's user representation, trained by both losses)")
     rerank_weight: float = option(1.0, help="weight of the reranker's loss")
     negatives: int = option(256, help="sampled-softmax negatives of the reranker per batch (0: the full softmax)")
     alpha: float = option(0.0, help="weight of the path-size penalty f(|c|) = |c|^4/4 in the M-step (0: none)")
