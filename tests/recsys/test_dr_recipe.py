@@ -206,7 +206,7 @@ def test_own_rerank_tower_resumes_exactly_and_serves(tmp_path):
 
 
 def test_a_model_folder_saved_before_rerank_tower_loads_as_shared(tmp_path):
-    result = run_deep_retrieval(config(tmp_path, "run", max_steps=3, evaluate=False))
+    result = run_deep_retrieval(config(tmp_path, "run", max_steps=3, evaluate=False, rerank_tower="shared"))
     meta_path = result.model_dir / "config.json"
     meta = json.loads(meta_path.read_text())
     assert meta["model"].pop("rerank_tower") == "shared"
