@@ -30,6 +30,7 @@ one thread (``--threads``), under the shared lock.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import shutil
 import statistics
@@ -73,6 +74,9 @@ def options(argv=None) -> argparse.Namespace:
     g.add_argument("--dr-em-stop", type=float, default=0.8,
                    help="share of DR's training steps after which the item->path mapping is frozen (the recipe's "
                         "--em-stop; 1: M-steps to the last step, as before 2026-12-04's round 4)")
+    g.add_argument("--dr-rerank-tower", choices=("shared", "own"), default="own",
+                   help="DR's reranker has its own user tower ('own', the recipe's default) or reads the structure "
+                        "model's ('shared', the only kind before 2026-12-05)")
     g.add_argument("--scaling-examples", type=int, default=300_000, help="synthetic training examples per size")
     g.add_argument("--scaling-epochs", type=float, default=2, help="epochs on the synthetic examples")
     g.add_argument("--scaling-alphas", default="0.001,0.01,0.1",
@@ -124,7 +128,10 @@ def fit_two_tower(data, work: Path, *, lr: float, epochs: float, seed: int, dim:
 
 
 def fit_dr(data, work: Path, model_config: DRModelConfig, **settings):
-    """DR trained by the recipe's ``fit`` (the EM step included) on any data object; (model, seconds, stats)."""
+    """DR trained by the recipe's ``fit`` (the EM step included) on any data object; (model, seconds, stats).
+    ``settings`` are :class:`DeepRetrievalConfig` fields; ``rerank_tower`` among them also shapes the model."""
+    if "rerank_tower" in settings:
+        model_config = dataclasses.replace(model_config, rerank_tower=settings["rerank_tower"])
     torch.manual_seed(model_config.seed)
     model = DeepRetrieval(model_config)
     shutil.rmtree(work, ignore_errors=True)
@@ -163,7 +170,9 @@ def dr_recommender(model, beam: int, rerank: bool, prior=None):
 
     def recommend(batch):
         x = model.encode(batch)
-        return retrieve(model, index, x, beam=beam, k=50, seen=batch.get("seen"), rerank=rerank, prior=prior)
+        r = model.rerank_input(batch, x) if rerank and model.config.reranker else None
+        return retrieve(model, index, x, beam=beam, k=50, seen=batch.get("seen"), rerank=rerank, prior=prior,
+                        rerank_x=r)
 
     return torch.no_grad()(recommend)
 
@@ -259,7 +268,7 @@ def movielens_dr(data, args, work: Path, chosen: dict, models: dict) -> list[dic
     shapes, alphas, schedules, beams = dr_grid(args)
     n = data.num_items
     base = dict(negatives=256, batch_size=256, weight_decay=0.0, warmup_ratio=0.0, max_grad_norm=None,
-                em_stop=args.dr_em_stop)
+                em_stop=args.dr_em_stop, rerank_tower=args.dr_rerank_tower)
 
     def model_config(depth, paths, seed=0):
         width = max(2, math.ceil(n ** (1.0 / depth) - 1e-9))
@@ -312,7 +321,7 @@ def headline(data, args, work: Path, chosen: dict, dr_rows: list[dict], tt0: Two
     tt_setting = chosen["two_tower"]
     base = dict(negatives=256, batch_size=256, weight_decay=0.0, warmup_ratio=0.0, max_grad_norm=None,
                 em_stop=args.dr_em_stop, lr=chosen["dr_schedule"]["lr"], epochs=chosen["dr_schedule"]["epochs"],
-                alpha=pick["alpha"])
+                alpha=pick["alpha"], rerank_tower=args.dr_rerank_tower)
     dr_hits, tt_hits, dr_recall, tt_recall, scored = [], [], [], [], []
     for seed in range(args.seeds):
         if seed == 0:
@@ -330,7 +339,8 @@ def headline(data, args, work: Path, chosen: dict, dr_rows: list[dict], tt0: Two
         dr_recall.append(float(dr_hits[-1].mean()))
         scored.append(quality(rec, data, "test")["items_scored"])
     dr_mean, tt_mean = float(np.mean(dr_recall)), float(np.mean(tt_recall))
-    return {"setting": {**{k: pick[k] for k in ("D", "K", "J", "alpha", "B", "reranker")}, "em_stop": args.dr_em_stop},
+    return {"setting": {**{k: pick[k] for k in ("D", "K", "J", "alpha", "B", "reranker")}, "em_stop": args.dr_em_stop,
+                        "rerank_tower": args.dr_rerank_tower},
             "seeds": args.seeds,
             "dr_recall@20": [round(x, 4) for x in dr_recall], "two_tower_recall@20": [round(x, 4) for x in tt_recall],
             "dr_mean": round(dr_mean, 4), "two_tower_mean": round(tt_mean, 4), "ratio": round(dr_mean / tt_mean, 4),
@@ -358,7 +368,7 @@ def part_scaling(args, save=None) -> dict:
     sizes = [int(x) for x in args.sizes.split(",")]
     examples, epochs = args.scaling_examples, args.scaling_epochs
     settings = dict(lr=3e-3, epochs=epochs, batch_size=1024, negatives=1024, weight_decay=0.0, warmup_ratio=0.0,
-                    max_grad_norm=None)
+                    max_grad_norm=None, em_stop=args.dr_em_stop, rerank_tower=args.dr_rerank_tower)
     alphas = args.scaling_alphas
     points, alpha, alpha_val = [], None, {}
     for n in sizes:

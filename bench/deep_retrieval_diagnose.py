@@ -77,7 +77,7 @@ def diagnose(dr, tt, data, beams: list[int]) -> dict:
     seen.scatter_(1, batch["seen"], True)
     unseen = ~seen[:, 1:]  # (U, N) items the user may be recommended
     x = dr.encode(batch)
-    rerank = dr.rerank_scores(x, torch.arange(n).expand(u, n))  # (U, N)
+    rerank = dr.rerank_scores(dr.rerank_input(batch, x), torch.arange(n).expand(u, n))  # (U, N)
     tower = tt.query_matrix(batch) @ tt.item_matrix().T  # (U, N)
     everything = _ranks(rerank, targets, unseen), _ranks(tower, targets, unseen)
     out = {"reranker_all": float(((everything[0] > 0) & (everything[0] <= 20)).float().mean()),

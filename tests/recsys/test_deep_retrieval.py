@@ -19,11 +19,12 @@ from reprlab.recsys.deep_retrieval import (
 from reprlab.recsys.path_mapping import PathIndex, path_codes
 
 
-def model_of(depth=3, width=3, items=30, paths=1, seed=0, reranker=True, user_input="user") -> DeepRetrieval:
+def model_of(depth=3, width=3, items=30, paths=1, seed=0, reranker=True, user_input="user",
+             tower="shared") -> DeepRetrieval:
     torch.manual_seed(seed)
     model = DeepRetrieval(DRModelConfig(num_items=items, depth=depth, width=width, paths_per_item=paths,
                                         user_input=user_input, num_users=8, dim=8, hidden=16, node_dim=4,
-                                        reranker=reranker, seed=seed))
+                                        reranker=reranker, seed=seed, rerank_tower=tower))
     for p in model.parameters():  # sharper distributions than the initialisation's, so beams differ
         torch.nn.init.normal_(p, std=0.8)
     return model.eval()
@@ -133,22 +134,24 @@ def test_sampled_softmax_masks_a_negative_equal_to_the_target_and_full_softmax_i
     assert model.rerank_loss(x, targets, None).item() == pytest.approx(full.item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("paths, rerank", [(1, True), (1, False), (3, True), (2, False)])
-def test_batched_retrieval_equals_the_loop_reference(paths, rerank):
-    model = model_of(2, 4, items=40, paths=paths)
-    x = users(model, 8)
+@pytest.mark.parametrize("paths, rerank, tower", [(1, True, "shared"), (1, False, "shared"), (3, True, "shared"),
+                                                  (2, False, "shared"), (1, True, "own"), (3, True, "own")])
+def test_batched_retrieval_equals_the_loop_reference(paths, rerank, tower):
+    model = model_of(2, 4, items=40, paths=paths, tower=tower)
+    batch = {"users": torch.arange(8)}
+    x, r = model.encode(batch), model.rerank_input(batch)
     codes = path_codes(model.item_paths, 4)
     index = PathIndex(codes, 16)
     seen = torch.tensor([[1, 2, 3, 0], [5, 0, 0, 0], [0, 0, 0, 0], [11, 12, 13, 14]] * 2)
     prior = torch.arange(40).flip(0).float()  # ties without the reranker: lower item ids first
     for beam in (1, 3, 16):
-        top, counts = retrieve(model, index, x, beam=beam, k=12, seen=seen, rerank=rerank, prior=prior)
+        top, counts = retrieve(model, index, x, beam=beam, k=12, seen=seen, rerank=rerank, prior=prior, rerank_x=r)
         ref_top, ref_counts = retrieve_reference(model, codes, x, beam=beam, k=12, seen=seen, rerank=rerank,
-                                                 prior=prior)
+                                                 prior=prior, rerank_x=r)
         assert torch.equal(counts, ref_counts)
         assert torch.equal(top, ref_top), (beam, top, ref_top)
     # every path: every item is a candidate and nothing seen comes back
-    top, counts = retrieve(model, index, x, beam=16, k=40, seen=seen, rerank=rerank, prior=prior)
+    top, counts = retrieve(model, index, x, beam=16, k=40, seen=seen, rerank=rerank, prior=prior, rerank_x=r)
     assert (counts == 40).all()
     for row, s in zip(top.tolist(), seen.tolist()):
         assert not {i for i in row if i >= 0} & {v - 1 for v in s if v > 0}
@@ -165,3 +168,63 @@ def test_retrieval_returns_only_items_on_the_beams_paths():
         allowed = {i for i, c in enumerate(codes[:, 0].tolist()) if c in set(path_codes(paths[u], 4).tolist())}
         got = {i for i in top[u].tolist() if i >= 0}
         assert got == allowed and counts[u] == len(allowed)
+
+
+def _grads(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in module.parameters()]
+
+
+def _moved(grads: list[torch.Tensor]) -> bool:
+    return any(bool(g.abs().sum() > 0) for g in grads)
+
+
+@pytest.mark.parametrize("user_input", ["user", "history"])
+def test_the_own_rerank_tower_and_the_structure_tower_each_get_only_their_own_loss(user_input):
+    """With ``rerank_tower="own"`` the structure loss trains the structure model's tower and not the reranker's,
+    the rerank loss the reranker's tower and not the structure model's, and the joint objective is their sum."""
+    model = model_of(2, 4, items=12, tower="own", user_input=user_input).train()
+    batch = {"users": torch.arange(4), "history": torch.tensor([[1, 2, 0], [3, 0, 0], [4, 5, 6], [7, 0, 0]]),
+             "targets": torch.tensor([1, 2, 3, 4]), "negatives": torch.tensor([0, 5, 9, 11])}
+    model.structure_loss(model.encode(batch), batch["targets"]).backward()
+    assert _moved(_grads(model.user)) and not _moved(_grads(model.rerank_tower))
+    model.zero_grad()
+    model.rerank_loss(model.rerank_input(batch), batch["targets"], batch["negatives"]).backward()
+    rerank_only = _grads(model.rerank_tower)
+    assert _moved(rerank_only) and not _moved(_grads(model.user))
+    model.zero_grad()
+    loss, metrics, _ = model(batch)
+    loss.backward()
+    assert set(metrics) == {"structure_loss", "rerank_loss"}
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(_grads(model.rerank_tower), rerank_only))
+
+
+def test_the_shared_tower_gets_both_losses():
+    """The contrast of the test above: with ``rerank_tower="shared"`` the rerank loss reaches the structure
+    model's tower (the coupling that the own tower removes)."""
+    model = model_of(2, 4, items=12, tower="shared").train()
+    batch = {"users": torch.arange(4)}
+    assert not hasattr(model, "rerank_tower")
+    model.rerank_loss(model.rerank_input(batch), torch.tensor([1, 2, 3, 4]), None).backward()
+    assert _moved(_grads(model.user))
+
+
+def test_retrieval_with_an_own_tower_needs_its_input_and_uses_it():
+    model = model_of(2, 4, items=40, tower="own")
+    batch = {"users": torch.arange(5)}
+    x, r = model.encode(batch), model.rerank_input(batch)
+    index = PathIndex(path_codes(model.item_paths, 4), 16)
+    with pytest.raises(ValueError, match="rerank_x"):
+        retrieve(model, index, x, beam=16, k=10)
+    with pytest.raises(ValueError, match="rerank_x"):
+        retrieve_reference(model, path_codes(model.item_paths, 4), x, beam=16, k=10)
+    top, _ = retrieve(model, index, x, beam=16, k=10, rerank_x=r)  # every path: the reranker's top 10 of all items
+    scores = model.rerank_scores(r, torch.arange(40).expand(5, 40))  # (5, 40)
+    assert torch.equal(top, scores.topk(10, dim=1).indices)
+    assert retrieve(model, index, x, beam=16, k=10, rerank=False)[0].shape == (5, 10)  # no reranker: no tower needed
+
+
+def test_a_config_without_rerank_tower_is_the_shared_tower():
+    config = DRModelConfig.from_dict({"num_items": 5, "depth": 2, "width": 3})
+    assert config.rerank_tower == "shared" and not config.own_tower
+    with pytest.raises(ValueError, match="rerank_tower"):
+        DRModelConfig(num_items=5, rerank_tower="separate")

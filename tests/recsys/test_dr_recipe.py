@@ -183,3 +183,33 @@ def test_em_stop_freezes_the_mapping_for_the_last_steps(tmp_path):
     assert [m["step"] for m in early.metrics if "paths_changed" in m] == [2, 4]
     with pytest.raises(ConfigError, match="em_stop"):
         config(tmp_path, "bad", em_stop=1.5)
+
+
+def test_own_rerank_tower_resumes_exactly_and_serves(tmp_path):
+    """``--rerank-tower own``: the second tower is in the checkpoints (exact resume) and the model folder, and
+    ``recommend`` scores with it."""
+    full = run_deep_retrieval(config(tmp_path, "full", max_steps=7, checkpoint_every=4, rerank_tower="own"))
+    run_deep_retrieval(config(tmp_path, "cut", max_steps=7, checkpoint_every=4, rerank_tower="own"), stop_after=5)
+    resumed = run_deep_retrieval(config(tmp_path, "cut", max_steps=7, checkpoint_every=4, rerank_tower="own",
+                                        resume=True))
+    a, b = load_file(full.model_dir / "model.safetensors"), load_file(resumed.model_dir / "model.safetensors")
+    assert any(k.startswith("rerank_tower.") for k in a) and not any(k.startswith("rerank_user.") for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rec = Recommender.load(full.model_dir)
+    assert rec.model.config.rerank_tower == "own"
+    found = rec.recommend(1, k=3)
+    u = rec.user_index[1]
+    history = torch.tensor(rec.histories[u][-4:]) + 1
+    r = rec.model.rerank_input({"history": history.reshape(1, -1), "users": torch.tensor([u])})
+    want = rec.model.rerank_scores(r, torch.tensor([[rec.item_ids.index(f.item) for f in found]]))[0]
+    assert [f.score for f in found] == pytest.approx(want.tolist(), abs=1e-6)
+
+
+def test_a_model_folder_saved_before_rerank_tower_loads_as_shared(tmp_path):
+    result = run_deep_retrieval(config(tmp_path, "run", max_steps=3, evaluate=False, rerank_tower="shared"))
+    meta_path = result.model_dir / "config.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["model"].pop("rerank_tower") == "shared"
+    meta_path.write_text(json.dumps(meta))  # the config.json of a folder written before the option existed
+    rec = Recommender.load(result.model_dir)
+    assert rec.model.config.rerank_tower == "shared" and 1 <= len(rec.recommend(1, k=3)) <= 3

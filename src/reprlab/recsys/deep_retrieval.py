@@ -23,7 +23,10 @@ What it computes:
   exhaustive :func:`exhaustive_search` are its references); the items on the B final paths are the
   candidates, reranked by a softmax model over items trained jointly with a sampled softmax
   (:meth:`DeepRetrieval.rerank_loss`), and the top k are returned (:func:`retrieve`, reference
-  :func:`retrieve_reference`). Without the reranker, candidates are ordered by the summed probability
+  :func:`retrieve_reference`). The reranker reads the user either through the structure model's tower
+  (``rerank_tower="shared"``: a linear map of x, so both losses train that tower) or through its own
+  :class:`~reprlab.recsys.encoders.UserEncoder` (``"own"``: the reranker is then a two-tower model trained
+  beside the structure model on the same batches; neither loss reaches the other's tower). Without the reranker, candidates are ordered by the summed probability
   of their retrieved paths (ties: by ``prior``, e.g. training popularity).
 
 >>> model = DeepRetrieval(DRModelConfig(num_items=20, depth=2, width=4, user_input="user", num_users=3))
@@ -47,6 +50,8 @@ from reprlab.recsys.encoders import USER_INPUTS, UserEncoder
 from reprlab.recsys.metrics import exclude_mask
 from reprlab.recsys.path_mapping import PathIndex, path_codes, random_paths
 
+RERANK_TOWERS = ("shared", "own")
+
 
 @dataclass
 class DRModelConfig:
@@ -64,10 +69,13 @@ class DRModelConfig:
     node_dim: int = 16
     reranker: bool = True
     seed: int = 0  # of the initial random mapping
+    rerank_tower: str = "shared"  # the reranker's user tower: the structure model's ("shared") or its "own"
 
     def __post_init__(self):
         if self.user_input not in USER_INPUTS:
             raise ValueError(f"user_input must be one of {', '.join(USER_INPUTS)}, got {self.user_input!r}")
+        if self.rerank_tower not in RERANK_TOWERS:
+            raise ValueError(f"rerank_tower must be one of {', '.join(RERANK_TOWERS)}, got {self.rerank_tower!r}")
         if min(self.num_items, self.depth, self.width, self.paths_per_item, self.dim, self.hidden, self.node_dim) < 1:
             raise ValueError(f"every size must be positive: {self}")
         if self.paths_per_item > self.num_paths:
@@ -76,6 +84,11 @@ class DRModelConfig:
     @property
     def num_paths(self) -> int:
         return self.width ** self.depth
+
+    @property
+    def own_tower(self) -> bool:
+        """The reranker reads the user through its own tower (not the structure model's x)."""
+        return self.reranker and self.rerank_tower == "own"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -99,8 +112,11 @@ class DeepRetrieval(nn.Module):
         self.nodes = nn.ModuleList([nn.Embedding(c.width, c.node_dim) for _ in range(c.depth - 1)])
         self.layers = nn.ModuleList([_mlp(c.dim + d * c.node_dim, c.hidden, c.width) for d in range(c.depth)])
         self.register_buffer("item_paths", random_paths(c.num_items, c.paths_per_item, c.depth, c.width, c.seed))
-        if c.reranker:
+        if c.own_tower:  # a second user tower, as the two-tower baseline's: u = tower(batch)
+            self.rerank_tower = UserEncoder(c.user_input, c.dim, c.hidden, c.num_items, c.num_users, c.feature_dim)
+        elif c.reranker:  # u = W x + b on the structure model's x
             self.rerank_user = nn.Linear(c.dim, c.dim)
+        if c.reranker:
             self.item_vectors = nn.Embedding(c.num_items, c.dim)
             nn.init.normal_(self.item_vectors.weight, std=0.1)
             self.item_bias = nn.Parameter(torch.zeros(c.num_items))
@@ -134,15 +150,25 @@ class DeepRetrieval(nn.Module):
 
     # ------------------------------------------------------------------ the reranker
 
-    def rerank_scores(self, x: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Softmax-model logits of ``items`` (B, M) for users x (B, dim) -> (B, M)."""
-        u = self.rerank_user(x)  # (B, dim)
+    def rerank_input(self, batch: dict[str, torch.Tensor], x: torch.Tensor | None = None) -> torch.Tensor:
+        """What the reranker reads of the batch's users, r (B, dim): its own tower's output (``rerank_tower``
+        "own"), else the structure model's x (``x`` when given, else encoded)."""
+        if self.config.own_tower:
+            return self.rerank_tower(batch)
+        return self.encode(batch) if x is None else x
+
+    def _rerank_vector(self, r: torch.Tensor) -> torch.Tensor:
+        return r if self.config.own_tower else self.rerank_user(r)  # (B, dim)
+
+    def rerank_scores(self, r: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Softmax-model logits of ``items`` (B, M) for users r (B, dim) (:meth:`rerank_input`) -> (B, M)."""
+        u = self._rerank_vector(r)  # (B, dim)
         return torch.einsum("bmd,bd->bm", self.item_vectors(items), u) + self.item_bias[items]
 
-    def rerank_loss(self, x: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None) -> torch.Tensor:
-        """Sampled softmax: the target against ``negatives`` (S,) shared by the batch (a negative equal to the
-        target is masked out); ``None``: the full softmax over all items."""
-        u = self.rerank_user(x)  # (B, dim)
+    def rerank_loss(self, r: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None) -> torch.Tensor:
+        """Sampled softmax for users r (B, dim) (:meth:`rerank_input`): the target against ``negatives`` (S,)
+        shared by the batch (a negative equal to the target is masked out); ``None``: the full softmax."""
+        u = self._rerank_vector(r)  # (B, dim)
         if negatives is None:
             logits = u @ self.item_vectors.weight.T + self.item_bias  # (B, N)
             return F.cross_entropy(logits, targets)
@@ -160,7 +186,7 @@ class DeepRetrieval(nn.Module):
         metrics = {"structure_loss": float(structure.detach())}
         loss = structure
         if self.config.reranker and rerank_weight:
-            rerank = self.rerank_loss(x, batch["targets"], batch.get("negatives"))
+            rerank = self.rerank_loss(self.rerank_input(batch, x), batch["targets"], batch.get("negatives"))
             metrics["rerank_loss"] = float(rerank.detach())
             loss = loss + rerank_weight * rerank
         return loss, metrics, x
@@ -242,6 +268,14 @@ def exhaustive_search(model: DeepRetrieval, x: torch.Tensor, top: int) -> tuple[
 # ----------------------------------------------------------------------------- retrieval
 
 
+def _reranker_input(model: DeepRetrieval, x: torch.Tensor, rerank_x: torch.Tensor | None) -> torch.Tensor:
+    if rerank_x is not None:
+        return rerank_x
+    if model.config.own_tower:
+        raise ValueError("this model's reranker has its own user tower: pass rerank_x=model.rerank_input(batch)")
+    return x
+
+
 def _order(scores: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
     """Column order of ``scores`` (U, M), best first; equal scores by ``prior`` (U, M), higher first."""
     if prior is None:
@@ -275,15 +309,18 @@ def beam_candidates(model: DeepRetrieval, index: PathIndex, x: torch.Tensor,
 
 @torch.no_grad()
 def retrieve(model: DeepRetrieval, index: PathIndex, x: torch.Tensor, *, beam: int, k: int,
-             seen: torch.Tensor | None = None, rerank: bool = True,
-             prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             seen: torch.Tensor | None = None, rerank: bool = True, prior: torch.Tensor | None = None,
+             rerank_x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k items for users x (U, dim): beam search, the items on the final paths (:func:`beam_candidates`), then
     the reranker (or the paths' summed probability). ``seen`` (U, L) (item + 1, 0 = pad) are excluded; ``prior``
-    (N,) breaks ties without the reranker. Returns (items (U, k), -1 where fewer were found; items scored (U,))."""
+    (N,) breaks ties without the reranker; ``rerank_x`` (U, dim): the reranker's input
+    (:meth:`DeepRetrieval.rerank_input`; required when the reranker has its own tower, else x). Returns
+    (items (U, k), -1 where fewer were found; items scored (U,))."""
     u = x.shape[0]
     cand, path_prob, counts = beam_candidates(model, index, x, beam)  # (U, M), (U, M), (U,)
     if rerank and model.config.reranker:
-        scores = model.rerank_scores(x, cand.clamp(min=0).to(x.device)).cpu()  # (U, M)
+        r = _reranker_input(model, x, rerank_x)  # (U, dim)
+        scores = model.rerank_scores(r, cand.clamp(min=0).to(r.device)).cpu()  # (U, M)
         tie = None
     else:
         scores = path_prob
@@ -301,9 +338,11 @@ def retrieve(model: DeepRetrieval, index: PathIndex, x: torch.Tensor, *, beam: i
 
 @torch.no_grad()
 def retrieve_reference(model: DeepRetrieval, codes: torch.Tensor, x: torch.Tensor, *, beam: int, k: int,
-                       seen: torch.Tensor | None = None, rerank: bool = True,
-                       prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       seen: torch.Tensor | None = None, rerank: bool = True, prior: torch.Tensor | None = None,
+                       rerank_x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`retrieve` one user at a time with Python dicts, from the mapping as codes (N, J)."""
+    if rerank and model.config.reranker:
+        rerank_x = _reranker_input(model, x, rerank_x)  # (U, dim)
     on_path: dict[int, list[int]] = {}
     for item, row in enumerate(codes.tolist()):
         for c in row:
@@ -320,7 +359,7 @@ def retrieve_reference(model: DeepRetrieval, codes: torch.Tensor, x: torch.Tenso
         banned = set() if seen is None else {int(s) - 1 for s in seen[u].tolist() if s > 0}
         cand = sorted(i for i in prob if i not in banned)
         if rerank and model.config.reranker:
-            s = model.rerank_scores(x[u:u + 1], torch.tensor([cand], dtype=torch.long)).reshape(-1).tolist() \
+            s = model.rerank_scores(rerank_x[u:u + 1], torch.tensor([cand], dtype=torch.long)).reshape(-1).tolist() \
                 if cand else []
             ranked = sorted(zip(cand, s), key=lambda t: -t[1])
         else:

@@ -15,6 +15,10 @@ mapping with :class:`PathLearner`, a loop callback:
   items even late in training (MovieLens-100k, D=3, alpha 0.01); with M-steps to the end, the last one fell
   on the last step and the beam searched a model that had never seen the served mapping.
 
+The reranker has its own user tower by default (``rerank_tower="own"``): the structure loss trains the
+structure model's tower, the reranker's sampled softmax its own, on the same batches (on MovieLens-100k
+validation, 3 seeds, B=10: recall@20 0.247 against 0.239 with the shared tower).
+
 Exact resume: the mapping is a buffer of the model (in every checkpoint's ``model.safetensors``), the
 streaming scores are the callback's ``state_dict`` (in the checkpoint's trainer state). Under DDP each rank
 collects scores from its own share of the batch and DDP broadcasts rank 0's buffers, so the mapping in use
@@ -89,6 +93,10 @@ class DeepRetrievalConfig(RecipeConfig):
     hidden: int = option(128, help="hidden units of each layer's MLP")
     node_dim: int = option(16, help="size of a node's embedding (the input of the next layers)")
     reranker: bool = option(True, help="train a softmax reranker jointly and rerank the beam's items with it")
+    rerank_tower: str = option("own", choices=("shared", "own"),
+                               help="the reranker's user tower: 'own' (a separate user tower of the same kind and "
+                                    "sizes, trained on the same batches; chosen on MovieLens validation) or "
+                                    "'shared' (the structure model's user representation, trained by both losses)")
     rerank_weight: float = option(1.0, help="weight of the reranker's loss")
     negatives: int = option(256, help="sampled-softmax negatives of the reranker per batch (0: the full softmax)")
     alpha: float = option(0.0, help="weight of the path-size penalty f(|c|) = |c|^4/4 in the M-step (0: none)")
@@ -132,7 +140,8 @@ class DeepRetrievalConfig(RecipeConfig):
             raise ReprlabError(f"--paths-per-item {self.paths_per_item} exceeds the K^D = {width ** self.depth} paths")
         return DRModelConfig(num_items=num_items, depth=self.depth, width=width, paths_per_item=self.paths_per_item,
                              user_input=self.user_input, num_users=num_users, dim=self.dim, hidden=self.hidden,
-                             node_dim=self.node_dim, reranker=self.reranker, seed=self.train.seed)
+                             node_dim=self.node_dim, reranker=self.reranker, seed=self.train.seed,
+                             rerank_tower=self.rerank_tower)
 
 
 class PathLearner:
@@ -276,8 +285,10 @@ def evaluate_model(model: DeepRetrieval, data, split: str, *, beam: int, history
     index = PathIndex(path_codes(model.item_paths, model.config.width), model.config.num_paths)
 
     def recommend(batch):
-        x = model.encode({key: v.to(device) for key, v in batch.items()})
-        return retrieve(model, index, x, beam=beam, k=k, seen=batch.get("seen"), rerank=rerank, prior=prior)
+        batch = {key: v.to(device) for key, v in batch.items()}
+        x = model.encode(batch)
+        return retrieve(model, index, x, beam=beam, k=k, seen=batch.get("seen"), rerank=rerank, prior=prior,
+                        rerank_x=model.rerank_input(batch, x) if rerank and model.config.reranker else None)
 
     return evaluate(recommend, data, split, k=k, history_length=history_length, max_examples=max_examples)
 
@@ -386,12 +397,15 @@ class Recommender:
         tail = history[-length:] + 1
         recent[0, :len(tail)] = tail
         seen = (history + 1).reshape(1, -1) if len(history) else torch.zeros(1, 1, dtype=torch.long)
-        x = self.model.encode({"history": recent, "users": torch.tensor([u])})
+        batch = {"history": recent, "users": torch.tensor([u])}
+        x = self.model.encode(batch)
+        reranked = rerank and self.model.config.reranker
+        r = self.model.rerank_input(batch, x) if reranked else None  # (1, dim)
         top, _ = retrieve(self.model, self.index, x, beam=beam or self.meta["beam"], k=k, seen=seen, rerank=rerank,
-                          prior=self.prior)
+                          prior=self.prior, rerank_x=r)
         items = [i for i in top[0].tolist() if i >= 0]
-        if rerank and self.model.config.reranker:
-            scores = self.model.rerank_scores(x, torch.tensor([items], dtype=torch.long))[0].tolist() if items else []
+        if reranked:
+            scores = self.model.rerank_scores(r, torch.tensor([items], dtype=torch.long))[0].tolist() if items else []
         else:
             scores = [float("nan")] * len(items)
         return [Recommendation(int(self.item_ids[i]), self.titles[i], float(s)) for i, s in zip(items, scores)]
