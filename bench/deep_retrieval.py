@@ -74,7 +74,7 @@ def options(argv=None) -> argparse.Namespace:
     g.add_argument("--dr-em-stop", type=float, default=0.8,
                    help="share of DR's training steps after which the item->path mapping is frozen (the recipe's "
                         "--em-stop; 1: M-steps to the last step, as before 2026-12-04's round 4)")
-    g.add_argument("--dr-rerank-tower", choices=("shared", "own"), default="own",
+    g.add_argument("--dr-rerank-tower", choices=("shared", "own", "both"), default="own",
                    help="DR's reranker has its own user tower ('own', the recipe's default) or reads the structure "
                         "model's ('shared', the only kind before 2026-12-05)")
     g.add_argument("--scaling-examples", type=int, default=300_000, help="synthetic training examples per size")

@@ -208,6 +208,31 @@ def test_the_shared_tower_gets_both_losses():
     assert _moved(_grads(model.user))
 
 
+def test_both_towers_the_shared_head_trains_the_structure_tower_and_the_own_tower_reranks():
+    """``rerank_tower="both"``: the auxiliary shared head's loss reaches the structure model's tower (not the
+    reranker's); the rerank loss the reranker's tower only; the objective is structure + rerank + auxiliary; the
+    reranker ranks with its own tower and item table."""
+    model = model_of(2, 4, items=12, tower="both").train()
+    batch = {"users": torch.arange(4), "targets": torch.tensor([1, 2, 3, 4]), "negatives": torch.tensor([0, 5, 9])}
+    x = model.encode(batch)
+    model.aux_loss(x, batch["targets"], batch["negatives"]).backward()
+    assert _moved(_grads(model.user)) and not _moved(_grads(model.rerank_tower))
+    assert model.item_vectors.weight.grad is None  # the auxiliary head has its own item table
+    model.zero_grad()
+    model.rerank_loss(model.rerank_input(batch), batch["targets"], batch["negatives"]).backward()
+    assert _moved(_grads(model.rerank_tower)) and not _moved(_grads(model.user))
+    model.zero_grad()
+    with torch.no_grad():
+        loss, metrics, x = model(batch)
+        want = (model.structure_loss(x, batch["targets"])
+                + model.rerank_loss(model.rerank_input(batch), batch["targets"], batch["negatives"])
+                + model.aux_loss(x, batch["targets"], batch["negatives"]))
+    assert set(metrics) == {"structure_loss", "rerank_loss", "aux_loss"} and torch.allclose(loss, want)
+    r = model.rerank_input(batch)
+    assert torch.allclose(model.rerank_scores(r, torch.tensor([[0, 1]] * 4)),
+                          model.rerank_tower(batch) @ model.item_vectors.weight[:2].T + model.item_bias[:2])
+
+
 def test_retrieval_with_an_own_tower_needs_its_input_and_uses_it():
     model = model_of(2, 4, items=40, tower="own")
     batch = {"users": torch.arange(5)}

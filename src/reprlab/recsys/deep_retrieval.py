@@ -26,7 +26,9 @@ What it computes:
   :func:`retrieve_reference`). The reranker reads the user either through the structure model's tower
   (``rerank_tower="shared"``: a linear map of x, so both losses train that tower) or through its own
   :class:`~reprlab.recsys.encoders.UserEncoder` (``"own"``: the reranker is then a two-tower model trained
-  beside the structure model on the same batches; neither loss reaches the other's tower). Without the reranker, candidates are ordered by the summed probability
+  beside the structure model on the same batches; neither loss reaches the other's tower), or ``"both"``: the own
+  tower reranks, and the shared head (a linear map of x and its own item table) is kept as a training-only
+  loss on the structure model's tower. Without the reranker, candidates are ordered by the summed probability
   of their retrieved paths (ties: by ``prior``, e.g. training popularity).
 
 >>> model = DeepRetrieval(DRModelConfig(num_items=20, depth=2, width=4, user_input="user", num_users=3))
@@ -50,7 +52,7 @@ from reprlab.recsys.encoders import USER_INPUTS, UserEncoder
 from reprlab.recsys.metrics import exclude_mask
 from reprlab.recsys.path_mapping import PathIndex, path_codes, random_paths
 
-RERANK_TOWERS = ("shared", "own")
+RERANK_TOWERS = ("shared", "own", "both")
 
 
 @dataclass
@@ -69,7 +71,8 @@ class DRModelConfig:
     node_dim: int = 16
     reranker: bool = True
     seed: int = 0  # of the initial random mapping
-    rerank_tower: str = "shared"  # the reranker's user tower: the structure model's ("shared") or its "own"
+    rerank_tower: str = "shared"  # the reranker's user tower: the structure model's ("shared"), its "own", or
+    # "both" (its own reranks; the shared head trains the structure tower as an auxiliary loss)
 
     def __post_init__(self):
         if self.user_input not in USER_INPUTS:
@@ -88,7 +91,7 @@ class DRModelConfig:
     @property
     def own_tower(self) -> bool:
         """The reranker reads the user through its own tower (not the structure model's x)."""
-        return self.reranker and self.rerank_tower == "own"
+        return self.reranker and self.rerank_tower in ("own", "both")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -116,6 +119,11 @@ class DeepRetrieval(nn.Module):
             self.rerank_tower = UserEncoder(c.user_input, c.dim, c.hidden, c.num_items, c.num_users, c.feature_dim)
         elif c.reranker:  # u = W x + b on the structure model's x
             self.rerank_user = nn.Linear(c.dim, c.dim)
+        if c.reranker and c.rerank_tower == "both":  # the shared head, a training-only loss on x
+            self.aux_user = nn.Linear(c.dim, c.dim)
+            self.aux_item_vectors = nn.Embedding(c.num_items, c.dim)
+            nn.init.normal_(self.aux_item_vectors.weight, std=0.1)
+            self.aux_item_bias = nn.Parameter(torch.zeros(c.num_items))
         if c.reranker:
             self.item_vectors = nn.Embedding(c.num_items, c.dim)
             nn.init.normal_(self.item_vectors.weight, std=0.1)
@@ -168,15 +176,12 @@ class DeepRetrieval(nn.Module):
     def rerank_loss(self, r: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None) -> torch.Tensor:
         """Sampled softmax for users r (B, dim) (:meth:`rerank_input`): the target against ``negatives`` (S,)
         shared by the batch (a negative equal to the target is masked out); ``None``: the full softmax."""
-        u = self._rerank_vector(r)  # (B, dim)
-        if negatives is None:
-            logits = u @ self.item_vectors.weight.T + self.item_bias  # (B, N)
-            return F.cross_entropy(logits, targets)
-        positive = (u * self.item_vectors(targets)).sum(-1) + self.item_bias[targets]  # (B,)
-        negative = u @ self.item_vectors(negatives).T + self.item_bias[negatives]  # (B, S)
-        negative = negative.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
-        logits = torch.cat([positive[:, None], negative], 1)  # (B, 1 + S), the target first
-        return F.cross_entropy(logits, torch.zeros_like(targets))
+        return _softmax_loss(self._rerank_vector(r), self.item_vectors, self.item_bias, targets, negatives)
+
+    def aux_loss(self, x: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None) -> torch.Tensor:
+        """``rerank_tower="both"``: the shared head's sampled softmax on the structure model's x (B, dim), with its
+        own item table; it trains the structure tower as the shared reranker would, and ranks nothing."""
+        return _softmax_loss(self.aux_user(x), self.aux_item_vectors, self.aux_item_bias, targets, negatives)
 
     def forward(self, batch: dict[str, torch.Tensor], rerank_weight: float = 1.0):
         """The training objective of a batch: (loss, metrics, x). ``batch["negatives"]`` (S,) are the sampled
@@ -189,7 +194,24 @@ class DeepRetrieval(nn.Module):
             rerank = self.rerank_loss(self.rerank_input(batch, x), batch["targets"], batch.get("negatives"))
             metrics["rerank_loss"] = float(rerank.detach())
             loss = loss + rerank_weight * rerank
+            if self.config.rerank_tower == "both":
+                aux = self.aux_loss(x, batch["targets"], batch.get("negatives"))
+                metrics["aux_loss"] = float(aux.detach())
+                loss = loss + rerank_weight * aux
         return loss, metrics, x
+
+
+def _softmax_loss(u: torch.Tensor, vectors: nn.Embedding, bias: torch.Tensor, targets: torch.Tensor,
+                  negatives: torch.Tensor | None) -> torch.Tensor:
+    """Softmax over items of users u (B, dim): the full one (``negatives`` None), or the target against the
+    batch's shared ``negatives`` (S,), a negative equal to the target masked out."""
+    if negatives is None:
+        return F.cross_entropy(u @ vectors.weight.T + bias, targets)  # (B, N) logits
+    positive = (u * vectors(targets)).sum(-1) + bias[targets]  # (B,)
+    negative = u @ vectors(negatives).T + bias[negatives]  # (B, S)
+    negative = negative.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
+    logits = torch.cat([positive[:, None], negative], 1)  # (B, 1 + S), the target first
+    return F.cross_entropy(logits, torch.zeros_like(targets))
 
 
 # ----------------------------------------------------------------------------- beam search

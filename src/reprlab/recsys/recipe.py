@@ -93,10 +93,12 @@ class DeepRetrievalConfig(RecipeConfig):
     hidden: int = option(128, help="hidden units of each layer's MLP")
     node_dim: int = option(16, help="size of a node's embedding (the input of the next layers)")
     reranker: bool = option(True, help="train a softmax reranker jointly and rerank the beam's items with it")
-    rerank_tower: str = option("own", choices=("shared", "own"),
+    rerank_tower: str = option("own", choices=("shared", "own", "both"),
                                help="the reranker's user tower: 'own' (a separate user tower of the same kind and "
-                                    "sizes, trained on the same batches; chosen on MovieLens validation) or "
-                                    "'shared' (the structure model's user representation, trained by both losses)")
+                                    "sizes, trained on the same batches; chosen on MovieLens validation), "
+                                    "'shared' (the structure model's user representation, trained by both losses) "
+                                    "or 'both' (the own tower reranks; the shared head is kept as a training-only "
+                                    "loss on the structure model's tower)")
     rerank_weight: float = option(1.0, help="weight of the reranker's loss")
     negatives: int = option(256, help="sampled-softmax negatives of the reranker per batch (0: the full softmax)")
     alpha: float = option(0.0, help="weight of the path-size penalty f(|c|) = |c|^4/4 in the M-step (0: none)")
