@@ -20,16 +20,22 @@ Models (each stage cached in ``--work-dir`` under a hash of its settings, so a r
 * ``dpr``: ``reprlab train dpr`` on the gold passages of the same training questions, BM25 negatives
   (the supervised ceiling).
 
+A stage that is not named still runs when a named one needs its model (a finished one is reused): the FiD
+reader for ``probe``, ``distill-fid`` and the EM/F1 rows (``--read-with fid``), and in the teacher table when
+``fid`` is named or ``--fid-from`` given; the extractive reader for ``teachers``, ``distill-extractive`` and
+the EM/F1 rows with ``--read-with extractive``.
+
 Reported (``--side``, default eval): (1) the paper's preliminary test: the FiD reader's EM/F1 reading
 the top-k of ``--probe-candidates`` first-retriever candidates by retriever score vs by the reader's
 cross-attention score, k in ``--probe-k``, and the gold recall@k of each ranking; (2) gold recall@{2,
-5, 10} of BM25, MiniLM, the distilled retrievers (each iteration) and DPR; (3) the FiD reader's
+5, 10} of BM25, MiniLM, the distilled retrievers (each iteration) and DPR; (3) the reader's (``--read-with``)
 EM/F1 reading the top ``--read-k`` passages of each retriever. The headline: the distilled
 retriever's recall@5 against the best of BM25 / MiniLM, and the share of the gap to DPR it closes.
 
     flock /tmp/reprlab-heavy.lock nice -n 5 python bench/reader_distill.py            # hours on 2 cores
     python bench/reader_distill.py --side dev --stages fid probe                        # choose settings
     python bench/reader_distill.py --quick              # smoke run (tiny random encoder, ~30 s)
+    python bench/reader_distill.py --datasets xquad --side dev --stages extractive teachers   # the extractive teacher
 """
 
 from __future__ import annotations
@@ -97,12 +103,18 @@ def options() -> argparse.ArgumentParser:
     g.add_argument("--ext-epochs", type=float, default=2.0)
     g.add_argument("--ext-iterations", type=int, default=1)
     g.add_argument("--ext-signal", choices=("span", "question-attention"), default="span")
+    g.add_argument("--ext-temperature", type=float, default=None,
+                   help="the extractive teacher's temperature (default: --temperature); the teacher table's "
+                   "'matching T' on the dev slice gives its scores the untrained student's spread")
     g.add_argument("--dpr-epochs", type=float, default=3.0)
     g.add_argument("--max-questions", type=int, default=None,
                    help="training questions per file for distillation and DPR (the first ones of the train side; "
                    "default: all)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--read-k", type=int, default=10, help="passages the reader reads in the EM/F1 rows")
+    g.add_argument("--read-with", choices=("fid", "extractive"), default="fid",
+                   help="the reader of the EM/F1 rows: the FiD reader, or the extractive reader (best span over the "
+                   "top --read-k passages, each read alone with the question; no FiD reader is needed then)")
     g.add_argument("--read-questions", type=int, default=None,
                    help="questions of the reported side the reader answers in the EM/F1 rows and the preliminary "
                    "test (the first ones; default: all; 0: no reader rows; recall is always over all of them)")
@@ -294,9 +306,10 @@ def distill(args, name: str, path: Path, reader: Path, kind: str) -> tuple[Path,
 
     iterations = args.iterations if kind == "fid" else args.ext_iterations
     score = scoring(args) if kind == "fid" else ScoringConfig(signal=args.ext_signal, batch_size=2, bf16=args.bf16)
+    temperature = args.ext_temperature if kind == "extractive" and args.ext_temperature else args.temperature
     config = dict(data=str(path), reader=str(reader), retriever=args.first_retriever, student=args.encoder,
                   iterations=2 if args.quick else iterations, candidates=3 if args.quick else args.candidates,
-                  sample=2 if args.quick else args.sample, loss=args.loss, temperature=args.temperature,
+                  sample=2 if args.quick else args.sample, loss=args.loss, temperature=temperature,
                   passage_max_length=args.distill_passage_length, eval_fraction=args.eval_fraction,
                   dev_fraction=args.dev_fraction, ks=list(KS), scoring=score, max_questions=args.max_questions)
     folder = stage_dir(args, f"{name}-distill-{kind}", {k: str(v) for k, v in config.items()} | {
@@ -353,6 +366,28 @@ def read_rows(args, reader, data, questions, rankings: dict, k: int) -> dict:
 
     ranked = {q: [(d, 0.0) for d in r] for q, r in rankings.items()}
     return evaluate_fid(reader, reader_examples(questions, data.corpus, ranked, k), bf16=args.bf16)
+
+
+def read_rows_extractive(args, reader, data, questions, rankings: dict, k: int) -> dict:
+    """EM/F1 of the extractive reader: the best span over each question's top-k passages, each passage read alone
+    with the question (``"<title>: <text>"``, as in its training and as a teacher)."""
+    import torch
+
+    from reprlab.qa.squad import squad_metrics
+    from reprlab.qa.teachers import autocast, passage_context
+
+    t0 = time.perf_counter()
+    predictions = {}
+    for lo in range(0, len(questions), 8):
+        part = questions[lo: lo + 8]
+        contexts = [[passage_context(data.corpus[d]["title"], data.corpus[d]["text"]) for d in rankings[q.id][:k]]
+                    for q in part]
+        with torch.inference_mode(), autocast(reader.device, args.bf16):
+            answers = reader.answer_batch([q.question for q in part], contexts)
+        predictions.update({q.id: a[0].text if a else "" for q, a in zip(part, answers)})
+    metrics = squad_metrics({q.id: list(q.answers) for q in questions}, predictions)
+    metrics.update(n=len(questions), seconds_per_question=(time.perf_counter() - t0) / max(1, len(questions)))
+    return metrics
 
 
 def probe(args, reader, data, questions) -> dict:
@@ -412,14 +447,15 @@ def fid_variants(reader, questions, passages, bf16: bool) -> dict[str, list[np.n
     return out
 
 
-def teacher_table(args, files, fid_model: Path, ext_model: Path | None) -> dict:
+def teacher_table(args, files, fid_model: Path | None, ext_model: Path | None) -> dict:
     """On the dev slice: the gold recall@k, among the first retriever's candidates, of the ranking by every
-    teacher signal (FiD aggregations; the extractive reader's span and question-attention scores)."""
+    teacher signal (FiD aggregations, when there is a FiD reader; the extractive reader's span and
+    question-attention scores, when there is an extractive one)."""
     from reprlab.qa.fid import FidReader
     from reprlab.qa.open_qa import load_open_qa, mean_recall, rank_pool
     from reprlab.qa.teachers import ScoringConfig, load_teacher
 
-    reader = FidReader.from_pretrained(fid_model)
+    reader = FidReader.from_pretrained(fid_model) if fid_model is not None else None
     n = 3 if args.quick else args.candidates
     table = {}
     for name, path in files.items():
@@ -428,9 +464,11 @@ def teacher_table(args, files, fid_model: Path, ext_model: Path | None) -> dict:
         ranked = rank_pool(args.first_retriever, data.corpus, questions, n)
         ids = [[d for d, _ in ranked[q.id]] for q in questions]
         passages = [[(data.corpus[d]["title"], data.corpus[d]["text"]) for d in row] for row in ids]
-        t0 = time.time()
-        signals = fid_variants(reader, [q.question for q in questions], passages, args.bf16)
-        seconds = {"fid (all variants, one pass)": time.time() - t0}
+        signals, seconds = {}, {}
+        if reader is not None:
+            t0 = time.time()
+            signals = fid_variants(reader, [q.question for q in questions], passages, args.bf16)
+            seconds["fid (all variants, one pass)"] = time.time() - t0
         if ext_model is not None:
             for signal in ("span", "question-attention"):
                 t0 = time.time()
@@ -505,11 +543,14 @@ def row_key(item) -> tuple:
     return (ROW_ORDER.index(group) if group in ROW_ORDER else len(ROW_ORDER), item[0])
 
 
-def evaluate_dataset(args, name: str, path: Path, fid_model: Path | None, retrievers: dict, recorded: dict) -> dict:
+def evaluate_dataset(args, name: str, path: Path, fid_model: Path | None, ext_model: Path | None, retrievers: dict,
+                     recorded: dict) -> dict:
     """Recall of every retriever (``recorded``: rows the distillation recipe measured on the same questions, for
-    the intermediate iterations), the reader's EM/F1 with each retriever's passages, and the preliminary test."""
+    the intermediate iterations), paired differences against MiniLM (and, with both teachers, the extractive-
+    against the FiD-distilled retriever), the reader's EM/F1 with each retriever's passages, the preliminary test."""
     from reprlab.qa.fid import FidReader
     from reprlab.qa.open_qa import load_open_qa
+    from reprlab.qa.reader import load_reader
 
     data = load_open_qa(path)
     questions = data.split(args.eval_fraction, args.dev_fraction)[args.side]
@@ -518,15 +559,35 @@ def evaluate_dataset(args, name: str, path: Path, fid_model: Path | None, retrie
     out["recall"] = {**recall, **{k: v for k, v in recorded.items() if k not in recall}}
     out["recall"] = dict(sorted(out["recall"].items(), key=row_key))
     out["against_minilm"] = paired_differences(rankings, questions, ks=KS)
-    reader = FidReader.from_pretrained(fid_model) if fid_model and args.read_questions != 0 else None
-    if reader is not None:
-        k = 2 if args.quick else args.read_k
-        read = questions[: args.read_questions] if args.read_questions else questions
-        out["read_questions"] = len(read)
-        out["reader"] = {r: read_rows(args, reader, data, read, rankings[r], k) for r in rankings}
-        if "probe" in args.stages:
-            out["probe"] = probe(args, reader, data, read)
+    fid_rows = sorted(r for r in rankings if r.startswith("distill-fid"))
+    ext_rows = [r for r in rankings if r.startswith("distill-extractive")]
+    if fid_rows and ext_rows:
+        pair = {r: rankings[r] for r in (fid_rows[-1], *ext_rows)}
+        out["extractive_against_fid"] = paired_differences(pair, questions, base=fid_rows[-1], ks=KS)
+    k = 2 if args.quick else args.read_k
+    read = questions[: args.read_questions] if args.read_questions else questions
+    fid = FidReader.from_pretrained(fid_model) if fid_model and args.read_questions != 0 else None
+    if args.read_questions != 0 and (fid if args.read_with == "fid" else ext_model) is not None:
+        out["read_questions"], out["read_with"] = len(read), args.read_with
+        if args.read_with == "fid":
+            out["reader"] = {r: read_rows(args, fid, data, read, rankings[r], k) for r in rankings}
+        else:
+            extractive = load_reader(ext_model)
+            out["reader"] = {r: read_rows_extractive(args, extractive, data, read, rankings[r], k) for r in rankings}
+    if fid is not None and "probe" in args.stages:
+        out["probe"] = probe(args, fid, data, read)
     return out
+
+
+def needs_fid(args, stages: set) -> bool:
+    """Whether this run builds (trains, or imports with --fid-from) the FiD reader: see the module docstring."""
+    reads = "evaluate" in stages and args.read_questions != 0 and args.read_with == "fid"
+    return bool({"fid", "probe", "distill-fid"} & stages) or reads or ("teachers" in stages and args.fid_from is not None)
+
+
+def needs_extractive(args, stages: set) -> bool:
+    reads = "evaluate" in stages and args.read_questions != 0 and args.read_with == "extractive"
+    return bool({"extractive", "teachers", "distill-extractive"} & stages) or reads
 
 
 # ----------------------------------------------------------------------------- main
@@ -543,9 +604,8 @@ def main(argv=None) -> dict:
     files = data_files(args)
     t0 = time.time()
     stages = set(args.stages)
-    fid_model = train_fid_reader(args, files) if {"fid", "teachers", "probe", "distill-fid", "evaluate"} & stages \
-        else None
-    ext_model = train_extractive_reader(args, files) if {"extractive", "distill-extractive"} & stages else None
+    fid_model = train_fid_reader(args, files) if needs_fid(args, stages) else None
+    ext_model = train_extractive_reader(args, files) if needs_extractive(args, stages) else None
     record = {"settings": common.settings(args), "side": args.side, "datasets": {}, "distillation": {}}
     if getattr(args, "fid_info", None):
         record["fid_reader"] = args.fid_info
@@ -560,14 +620,15 @@ def main(argv=None) -> dict:
             done = sorted((k for k in info["recall"] if k != "iter-0"), key=lambda k: int(k.split("-")[1]))
             recorded.update({f"distill-fid-{it}": info["recall"][it][args.side] for it in done[:-1]})
             retrievers[f"distill-fid-{done[-1]}"] = Path(info["folder"]) / done[-1] / "retriever" / "model"
-        if "distill-extractive" in args.stages:
+        if "distill-extractive" in args.stages:  # every iteration's retriever is evaluated in full
             model, info = distill(args, name, path, ext_model, "extractive")
             record["distillation"][f"{name}-extractive"] = info
-            retrievers["distill-extractive"] = model
+            for it in sorted((k for k in info["recall"] if k != "iter-0"), key=lambda k: int(k.split("-")[1])):
+                retrievers[f"distill-extractive-{it}"] = Path(info["folder"]) / it / "retriever" / "model"
         if "dpr" in args.stages:
             retrievers["dpr"] = train_dpr(args, name, path)
         if "evaluate" in args.stages:
-            record["datasets"][name] = evaluate_dataset(args, name, path, fid_model, retrievers, recorded)
+            record["datasets"][name] = evaluate_dataset(args, name, path, fid_model, ext_model, retrievers, recorded)
         record["wall_seconds"] = time.time() - t0
         common.write_result(tag, record, args, argv)  # each dataset's rows as soon as they are done
     record["headline"] = headline(record) if record["datasets"] else {}

@@ -10,23 +10,31 @@ import numpy as np
 KS = (2, 5, 10)  # recall cut-offs of the tables and the plot
 
 def headline(result: dict) -> dict:
-    """Per dataset: recall@5 of the final FiD-distilled retriever, the best baseline, DPR, the gap closed."""
+    """Per dataset (``<name>``: the FiD teacher; ``<name>-extractive``: the extractive one): recall@5 of the final
+    distilled retriever, the best baseline, DPR, the gap closed."""
     out = {}
     for name, d in result["datasets"].items():
-        r = d["recall"]
-        distilled = [k for k in r if k.startswith("distill-fid")]
-        if not distilled:
-            continue
-        best = max(("bm25", "minilm"), key=lambda k: r[k]["recall@5"])
-        final = sorted(distilled)[-1]
-        out[name] = {"distilled": final, "recall@5": r[final]["recall@5"], "best_baseline": best,
-                     "baseline_recall@5": r[best]["recall@5"], "minilm_recall@5": r["minilm"]["recall@5"],
-                     "ratio_to_minilm": r[final]["recall@5"] / r["minilm"]["recall@5"] if r["minilm"]["recall@5"]
-                     else None}
-        if "dpr" in r:
-            gap = r["dpr"]["recall@5"] - r[best]["recall@5"]
-            out[name].update({"dpr_recall@5": r["dpr"]["recall@5"],
-                              "gap_closed": (r[final]["recall@5"] - r[best]["recall@5"]) / gap if gap > 0 else None})
+        for teacher, key in (("fid", name), ("extractive", f"{name}-extractive")):
+            row = _headline_row(d["recall"], f"distill-{teacher}")
+            if row:
+                out[key] = row
+    return out
+
+
+def _headline_row(r: dict, prefix: str) -> dict:
+    """The row of the last retriever named ``prefix...`` ({} when there is none)."""
+    distilled = [k for k in r if k.startswith(prefix)]
+    if not distilled:
+        return {}
+    best = max(("bm25", "minilm"), key=lambda k: r[k]["recall@5"])
+    final = sorted(distilled)[-1]
+    out = {"distilled": final, "recall@5": r[final]["recall@5"], "best_baseline": best,
+           "baseline_recall@5": r[best]["recall@5"], "minilm_recall@5": r["minilm"]["recall@5"],
+           "ratio_to_minilm": r[final]["recall@5"] / r["minilm"]["recall@5"] if r["minilm"]["recall@5"] else None}
+    if "dpr" in r:
+        gap = r["dpr"]["recall@5"] - r[best]["recall@5"]
+        out.update({"dpr_recall@5": r["dpr"]["recall@5"],
+                    "gap_closed": (r[final]["recall@5"] - r[best]["recall@5"]) / gap if gap > 0 else None})
     return out
 
 
@@ -53,17 +61,20 @@ def markdown(record: dict) -> str:
                          f"{'' if std is None else f'{std:.3g}'} | {'' if temp is None else f'{temp:.3g}'} |")
         lines.append("")
     for name, d in record["datasets"].items():
-        read = f"; the reader answers the first {d['read_questions']}" if d.get("read_questions") else ""
+        read = (f"; the {d.get('read_with', 'fid')} reader answers the first {d['read_questions']}"
+                if d.get("read_questions") else "")
         lines += [f"### {name} ({record['side']} side: {d['questions']} questions, pool {d['pool']} passages{read})",
                   "", "| retriever | R@2 | R@5 | R@10 | reader EM | reader F1 |", "|---|---|---|---|---|---|"]
         for r, m in d["recall"].items():
             em = d.get("reader", {}).get(r)
             read = f"{em['exact_match']:.1f} | {em['f1']:.1f}" if em else "– | –"
             lines.append(f"| {r} | {m['recall@2']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | {read} |")
-        if d.get("against_minilm"):
-            lines += ["", "| retriever minus MiniLM (same questions) | k | mean difference | 95% paired bootstrap | "
+        for key, base in (("against_minilm", "MiniLM"), ("extractive_against_fid", "the FiD-distilled retriever")):
+            if not d.get(key):
+                continue
+            lines += ["", f"| retriever minus {base} (same questions) | k | mean difference | 95% paired bootstrap | "
                       "won / lost |", "|---|---|---|---|---|"]
-            for r, by_k in d["against_minilm"].items():
+            for r, by_k in d[key].items():
                 for k, m in by_k.items():
                     lines.append(f"| {r} | {k.split('@')[1]} | {m['difference']:+.3f} | [{m['ci95'][0]:+.3f}, "
                                  f"{m['ci95'][1]:+.3f}] | {m['won']} / {m['lost']} |")

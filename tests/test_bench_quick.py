@@ -269,6 +269,18 @@ def check_reader_distill(r):
         assert isinstance(row, dict) and row, name
 
 
+def check_reader_distill_extractive(r):
+    """The extractive teacher alone: no FiD reader is built (no FiD row in the teacher table), the extractive
+    reader gives the EM/F1 rows, and the headline has the extractive-distilled retriever."""
+    assert set(r["headline"]) == {"xquad-extractive"} and r["headline"]["xquad-extractive"]["distilled"]
+    rows = r["teachers_on_dev"]["xquad"]["rows"]
+    assert {"extractive span", "extractive question-attention"} <= set(rows)
+    assert not any(k.startswith("fid") for k in rows) and "fid_reader" not in r
+    d = r["datasets"]["xquad"]
+    assert d["read_with"] == "extractive" and set(d["reader"]) == set(d["recall"])
+    assert all(0 <= m["f1"] <= 100 for m in d["reader"].values())
+
+
 def check_cka(r):
     assert r["models"] and r["peer"]["max_abs_diff"] < 1e-6  # our minibatch CKA = ckatorch's on the same batches
     assert unit(r["findings"]["pc1_share_inside_blocks"])
@@ -333,6 +345,9 @@ CASES = [
     Case("hashing", check_hashing),
     Case("multihop", check_multihop, data=("hotpotqa_dev500_ircot",)),
     Case("reader_distill", check_reader_distill, data=QA),
+    Case("reader_distill", check_reader_distill_extractive, data=QA, name="reader_distill-extractive",
+         args=("--datasets", "xquad", "--stages", "extractive", "teachers", "distill-extractive", "evaluate",
+               "--read-with", "extractive")),
     Case("scale", check_scale, packages=("ray", "pyarrow")),
     Case("natural_tasks", check_natural_tasks, data=("sst2", "agnews", "gutenberg_books10", "wikitext2_raw_valid_test"),
          packages=("sklearn",), args=("--jobs", "2")),
