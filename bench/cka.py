@@ -85,7 +85,10 @@ def grid(kind: str, quick: bool) -> tuple[list[Spec], dict]:
              Spec(44, 1, 1 / 16, 0, "depth"), Spec(44, 1, 1 / 16, 1, "depth"), Spec(8, 1, 1 / 16, 1, "width"),
              Spec(8, 0.5, 1 / 16, 0, "width")]
     later = [Spec(32, 1, 1 / 16, 0, "depth"), Spec(8, 2, 1.0, 0, "data"), Spec(8, 2, 1 / 4, 0, "data")]
-    return first + later, dict(steps=350, batch_size=128, pool_input=2, reference=(8, 1 / 16))
+    # added on 2026-12-05 (the first run cut them): the width axis to x4 and x8 with a second seed each, then depth 56
+    wide = [Spec(8, 4, 1 / 16, 0, "width"), Spec(8, 8, 1 / 16, 0, "width"), Spec(8, 8, 1 / 16, 1, "width"),
+            Spec(8, 4, 1 / 16, 1, "width"), Spec(56, 1, 1 / 16, 0, "depth")]
+    return first + later + wide, dict(steps=350, batch_size=128, pool_input=2, reference=(8, 1 / 16))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -100,6 +103,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--text", action=argparse.BooleanOptionalAction, default=True, help="the SciFact text part")
     p.add_argument("--text-models", nargs="*", default=[], help="fine-tuned text encoders compared with MiniLM")
     p.add_argument("--text-examples", type=int, default=1024, help="SciFact abstracts the text CKA reads")
+    p.add_argument("--text-dpr-epochs", type=float, default=1.0, help="also fine-tune MiniLM with `reprlab train dpr` "
+                   "on SciFact's train queries for this many epochs (in WORK_DIR/text; reused when done) and compare "
+                   "it with MiniLM (0: no fine-tune)")
     p.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True, help="time ckatorch on the same work")
     p.add_argument("--peer-model", default="r20-x1-f0.0625-s0", help="the model whose block outputs the ckatorch "
                    "comparison reads (default: R20 x1 of the CPU grid; the widest model when it is not in the grid)")
@@ -108,6 +114,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "training; a run without --shard reuses the trained models)")
     p.add_argument("--train-budget-min", type=float, default=None, help="start no new training after this many "
                    "minutes; the models left untrained are listed as cut in the result")
+    p.add_argument("--train-only", action="store_true", help="train (or reuse) the grid's models and, with --text, "
+                   "the DPR fine-tune, then stop: a later run reuses them (split a long run into shorter ones)")
+    p.add_argument("--checkpoint-minutes", type=float, default=2.0, help="minutes between checkpoints of a model "
+                   "being trained: a run stopped mid-model resumes it from there")
     args = common.parse(p, argv)
     if args.quick:
         args.cka_examples, args.cka_batch, args.text_examples = 256, 64, 128
@@ -131,7 +141,7 @@ def train_models(args, specs: list[Spec], settings: dict) -> dict[str, dict]:
                 output_dir=str(out), data=str(args.train_data), test_data=str(args.test_data), depth=spec.depth,
                 width=spec.width, pool_input=settings["pool_input"], train_fraction=spec.fraction, data_seed=0,
                 max_steps=settings["steps"], batch_size=settings["batch_size"], seed=spec.seed, device=args.device,
-                checkpoint_minutes=0.0, keep_checkpoints=1, resume=(out / "checkpoints").is_dir())
+                checkpoint_minutes=args.checkpoint_minutes, keep_checkpoints=1, resume=(out / "checkpoints").is_dir())
             t0 = time.time()
             run_image_classifier(config)
             results = json.loads(done.read_text())
@@ -154,9 +164,11 @@ def main(argv=None) -> dict:
     specs, settings = grid(args.grid, args.quick)
     if args.steps:
         settings["steps"] = args.steps
-    if args.shard:
-        i, n = (int(v) for v in args.shard.split("/"))
+    if args.shard or args.train_only:
+        i, n = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
         train_models(args, specs[i::n], settings)
+        if args.text and args.train_only:
+            parts.text_finetunes(args)
         return {}
     records = train_models(args, specs, settings)
     cut = [s.name for s in specs if s.name not in records]
