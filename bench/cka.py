@@ -18,19 +18,24 @@ same activations; values must agree and the time is compared (median of 3 passes
 
 The CPU grid (the recorded run; 2 cores) cuts the paper's: 14 x 14 inputs (``pool_input=2``), 1/16 of
 the training set for the width and depth axes, a fixed budget of 350 optimizer steps of 128, widths
-x0.5, x1, x2 at depth 8 (x4 and wider cut: R8 x4 alone is about 15 minutes here), depths 8, 20, 32, 44
-at width x1 (56 and deeper cut), data sizes full, 1/4, 1/16 at R8 x2 with the same steps (so the
-larger sets get fewer epochs), 2 seeds for R8 x1 and R44 x1 only, and CKA on 2,048 test images; the
-grid is in order of priority, and the recorded run's ``--train-budget-min`` cut its tail (the result
-lists the models cut). ``--grid gpu`` is closer to the paper's and meant for one
+x0.5 to x8 at depth 8, depths 8 to 56 at width x1, data sizes full, 1/4, 1/16 at R8 x2 with the same
+steps (so the larger sets get fewer epochs), 2 seeds for R8 x1, x4, x8 and R44 x1, and CKA on 2,048
+test images; the grid is in order of priority (a ``--train-budget-min`` cut drops its tail and the
+result lists the models cut). ``--text`` (on by default) analyses MiniLM on 1,024 SciFact abstracts
+and compares it with ``--text-models`` and with a DPR fine-tune of it on SciFact's train queries
+(``--text-dpr-epochs``, trained here). ``--grid gpu`` is closer to the paper's and meant for one
 GPU (not run so far): 28 x 28 inputs, 2,500 steps of 128; R26 at widths x1-x8 (2 seeds each); width
 x1 at depths 8-56; R26 x4 on full, 1/4 and 1/16 of the data. Both cut the paper's CIFAR-10, its widths
 to x10, depths to 110 and 300 epochs. ``--train-budget-min`` starts no new training after a time (the
 grid is in order of priority) and lists the models cut; ``--shard I/N`` trains a share of the grid
 (parallel processes) for a later run to reuse.
 
-    flock /tmp/reprlab-heavy.lock nice -n 5 python bench/cka.py --threads 2 --train-budget-min 6.5 \
-        --no-text                                                                  # the recorded CPU run
+    # the recorded CPU run (2026-12-05), split into lock holds of < 20 minutes; each run reuses the models
+    # the earlier ones finished in --work-dir, --train-only trains and stops
+    flock /tmp/reprlab-heavy.lock nice -n 5 python bench/cka.py --threads 2 --train-only --no-text
+    flock /tmp/reprlab-heavy.lock nice -n 5 python bench/cka.py --threads 2 --train-only
+    flock /tmp/reprlab-heavy.lock nice -n 5 python bench/cka.py --threads 2 --text-dpr-epochs 3 \
+        --text-models /tmp/reprlab-bench-cka/text/dpr-e1/model
     python bench/cka.py --quick                                                    # smoke run, about a minute
 """
 
