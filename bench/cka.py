@@ -18,19 +18,24 @@ same activations; values must agree and the time is compared (median of 3 passes
 
 The CPU grid (the recorded run; 2 cores) cuts the paper's: 14 x 14 inputs (``pool_input=2``), 1/16 of
 the training set for the width and depth axes, a fixed budget of 350 optimizer steps of 128, widths
-x0.5, x1, x2 at depth 8 (x4 and wider cut: R8 x4 alone is about 15 minutes here), depths 8, 20, 32, 44
-at width x1 (56 and deeper cut), data sizes full, 1/4, 1/16 at R8 x2 with the same steps (so the
-larger sets get fewer epochs), 2 seeds for R8 x1 and R44 x1 only, and CKA on 2,048 test images; the
-grid is in order of priority, and the recorded run's ``--train-budget-min`` cut its tail (the result
-lists the models cut). ``--grid gpu`` is closer to the paper's and meant for one
+x0.5 to x8 at depth 8, depths 8 to 56 at width x1, data sizes full, 1/4, 1/16 at R8 x2 with the same
+steps (so the larger sets get fewer epochs), 2 seeds for R8 x1, x4, x8 and R44 x1, and CKA on 2,048
+test images; the grid is in order of priority (a ``--train-budget-min`` cut drops its tail and the
+result lists the models cut). ``--text`` (on by default) analyses MiniLM on 1,024 SciFact abstracts
+and compares it with ``--text-models`` and with a DPR fine-tune of it on SciFact's train queries
+(``--text-dpr-epochs``, trained here). ``--grid gpu`` is closer to the paper's and meant for one
 GPU (not run so far): 28 x 28 inputs, 2,500 steps of 128; R26 at widths x1-x8 (2 seeds each); width
 x1 at depths 8-56; R26 x4 on full, 1/4 and 1/16 of the data. Both cut the paper's CIFAR-10, its widths
 to x10, depths to 110 and 300 epochs. ``--train-budget-min`` starts no new training after a time (the
 grid is in order of priority) and lists the models cut; ``--shard I/N`` trains a share of the grid
 (parallel processes) for a later run to reuse.
 
-    flock /tmp/reprlab-heavy.lock nice -n 5 python bench/cka.py --threads 2 --train-budget-min 6.5 \
-        --no-text                                                                  # the recorded CPU run
+    # the recorded CPU run (2026-12-05), split into lock holds of < 20 minutes; each run reuses the models
+    # the earlier ones finished in --work-dir, --train-only trains and stops
+    flock /tmp/reprlab-heavy.lock nice -n 5 python bench/cka.py --threads 2 --train-only --no-text
+    flock /tmp/reprlab-heavy.lock nice -n 5 python bench/cka.py --threads 2 --train-only
+    flock /tmp/reprlab-heavy.lock nice -n 5 python bench/cka.py --threads 2 --text-dpr-epochs 3 \
+        --text-models /tmp/reprlab-bench-cka/text/dpr-e1/model
     python bench/cka.py --quick                                                    # smoke run, about a minute
 """
 
@@ -85,7 +90,10 @@ def grid(kind: str, quick: bool) -> tuple[list[Spec], dict]:
              Spec(44, 1, 1 / 16, 0, "depth"), Spec(44, 1, 1 / 16, 1, "depth"), Spec(8, 1, 1 / 16, 1, "width"),
              Spec(8, 0.5, 1 / 16, 0, "width")]
     later = [Spec(32, 1, 1 / 16, 0, "depth"), Spec(8, 2, 1.0, 0, "data"), Spec(8, 2, 1 / 4, 0, "data")]
-    return first + later, dict(steps=350, batch_size=128, pool_input=2, reference=(8, 1 / 16))
+    # added on 2026-12-05 (the first run cut them): the width axis to x4 and x8 with a second seed each, then depth 56
+    wide = [Spec(8, 4, 1 / 16, 0, "width"), Spec(8, 8, 1 / 16, 0, "width"), Spec(8, 8, 1 / 16, 1, "width"),
+            Spec(8, 4, 1 / 16, 1, "width"), Spec(56, 1, 1 / 16, 0, "depth")]
+    return first + later + wide, dict(steps=350, batch_size=128, pool_input=2, reference=(8, 1 / 16))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -100,6 +108,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--text", action=argparse.BooleanOptionalAction, default=True, help="the SciFact text part")
     p.add_argument("--text-models", nargs="*", default=[], help="fine-tuned text encoders compared with MiniLM")
     p.add_argument("--text-examples", type=int, default=1024, help="SciFact abstracts the text CKA reads")
+    p.add_argument("--text-dpr-epochs", type=float, default=1.0, help="also fine-tune MiniLM with `reprlab train dpr` "
+                   "on SciFact's train queries for this many epochs (in WORK_DIR/text; reused when done) and compare "
+                   "it with MiniLM (0: no fine-tune)")
     p.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True, help="time ckatorch on the same work")
     p.add_argument("--peer-model", default="r20-x1-f0.0625-s0", help="the model whose block outputs the ckatorch "
                    "comparison reads (default: R20 x1 of the CPU grid; the widest model when it is not in the grid)")
@@ -108,6 +119,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "training; a run without --shard reuses the trained models)")
     p.add_argument("--train-budget-min", type=float, default=None, help="start no new training after this many "
                    "minutes; the models left untrained are listed as cut in the result")
+    p.add_argument("--train-only", action="store_true", help="train (or reuse) the grid's models and, with --text, "
+                   "the DPR fine-tune, then stop: a later run reuses them (split a long run into shorter ones)")
+    p.add_argument("--checkpoint-minutes", type=float, default=2.0, help="minutes between checkpoints of a model "
+                   "being trained: a run stopped mid-model resumes it from there")
     args = common.parse(p, argv)
     if args.quick:
         args.cka_examples, args.cka_batch, args.text_examples = 256, 64, 128
@@ -131,7 +146,7 @@ def train_models(args, specs: list[Spec], settings: dict) -> dict[str, dict]:
                 output_dir=str(out), data=str(args.train_data), test_data=str(args.test_data), depth=spec.depth,
                 width=spec.width, pool_input=settings["pool_input"], train_fraction=spec.fraction, data_seed=0,
                 max_steps=settings["steps"], batch_size=settings["batch_size"], seed=spec.seed, device=args.device,
-                checkpoint_minutes=0.0, keep_checkpoints=1, resume=(out / "checkpoints").is_dir())
+                checkpoint_minutes=args.checkpoint_minutes, keep_checkpoints=1, resume=(out / "checkpoints").is_dir())
             t0 = time.time()
             run_image_classifier(config)
             results = json.loads(done.read_text())
@@ -154,9 +169,11 @@ def main(argv=None) -> dict:
     specs, settings = grid(args.grid, args.quick)
     if args.steps:
         settings["steps"] = args.steps
-    if args.shard:
-        i, n = (int(v) for v in args.shard.split("/"))
+    if args.shard or args.train_only:
+        i, n = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
         train_models(args, specs[i::n], settings)
+        if args.text and args.train_only:
+            parts.text_finetunes(args)
         return {}
     records = train_models(args, specs, settings)
     cut = [s.name for s in specs if s.name not in records]

@@ -284,6 +284,32 @@ def check_reader_distill_extractive(r):
 def check_cka(r):
     assert r["models"] and r["peer"]["max_abs_diff"] < 1e-6  # our minibatch CKA = ckatorch's on the same batches
     assert unit(r["findings"]["pc1_share_inside_blocks"])
+    assert not r["errors"], r["errors"]
+    minilm, dpr = r["text"]  # MiniLM and its DPR fine-tune (2 steps in the quick run), compared layer by layer
+    assert minilm["model"] == "minilm" and dpr["training"]["steps"] == 2 and dpr["model"].endswith("dpr-e1/model")
+    assert len(dpr["diagonal_with_minilm"]) == len(minilm["layers"]) and all(unit(c) for c in dpr["diagonal_with_minilm"])
+    assert min(dpr["diagonal_with_minilm"]) < 1 - 1e-6  # the fine-tune changed the weights
+
+
+def test_cka_train_only_then_reuse(tmp_path, shared_data):
+    """--train-only trains the grid and stops; a later run reuses those models instead of training again."""
+    root = shared_data("fashion_mnist_train").parent
+    env = {**os.environ, "REPRLAB_SHARED_DATA": str(root)}
+    base = [sys.executable, "bench/cka.py", "--quick", "--threads", "1", "--no-text", "--work-dir", str(tmp_path / "w")]
+    first = tmp_path / "first.json"
+    proc = subprocess.run([*base, "--train-only", "--output", str(first)], cwd=REPO, capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = sorted((tmp_path / "w-quick" / "models").glob("*/results.json"))
+    assert len(done) == 4 and not first.exists()  # the 4 quick models trained, then it stopped: no analysis
+    trained = {p.parent.name: json.loads(p.read_text())["train_seconds"] for p in done}
+    out = tmp_path / "cka.json"
+    proc = subprocess.run([*base, "--no-peer", "--output", str(out)], cwd=REPO, capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert {m["name"]: m["train_seconds"] for m in record["models"]} == trained  # reused, not retrained
+    assert all("cka" in m for m in record["models"]) and not record["cut_for_time"]
 
 
 def check_curricula(r):
@@ -331,7 +357,7 @@ CASES = [
          args=("--speed-only",), name="architectures-speed"),
     Case("blockskim", check_blockskim, data=QA),
     Case("clusterformer", check_clusterformer, data=QA),
-    Case("cka", check_cka, data=("fashion_mnist_train", "fashion_mnist_test"), packages=("ckatorch",)),
+    Case("cka", check_cka, data=("fashion_mnist_train", "fashion_mnist_test", "scifact"), packages=("ckatorch",)),
     Case("curricula", check_curricula, data=("fashion_mnist_train", "fashion_mnist_test", "scifact")),
     Case("deep_retrieval", check_deep_retrieval, data=("movielens_100k",)),
     Case("deep_retrieval_diagnose", check_deep_retrieval_diagnose, data=("movielens_100k",)),
