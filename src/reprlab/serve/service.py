@@ -212,8 +212,9 @@ class Service:
 
 def default_workers(backend: str) -> int:
     """Encode workers when not set: 2 for the torch backend when torch has >= 2 threads (each worker then takes
-    half of them; on 2 cores, 2 single-thread workers answered 3-14% more queries/s at 8-32 users than one worker of
-    2 threads, and as fast at 1 user: BENCHMARKS.md, Serving), else 1 (ONNX Runtime threads its own session)."""
+    half of them; on 2 cores, 2 single-thread workers answered more queries/s at 8 and 32 users than one worker of
+    2 threads, while a lone request, now on 1 thread, took ~10% longer: BENCHMARKS.md, Serving), else 1 (ONNX
+    Runtime threads its own session)."""
     import torch
 
     return 2 if backend == "torch" and torch.get_num_threads() >= 2 else 1
