@@ -129,26 +129,7 @@ def test_search_outside_the_running_batcher_searches_alone():
 
 
 def test_two_workers_encode_two_batches_at_once():
-    import threading
-    import time
-
-    class Slow(Fake):
-        """Takes 0.2 s per batch and records how many batches were being encoded at once."""
-
-        def __init__(self, tag):
-            super().__init__(tag)
-            self.now, self.most, self.lock = 0, 0, threading.Lock()
-
-        def encode(self, texts, **kw):
-            with self.lock:
-                self.now += 1
-                self.most = max(self.most, self.now)
-            time.sleep(0.2)
-            with self.lock:
-                self.now -= 1
-            return super().encode(texts, **kw)
-
-    a = Slow(1.0)
+    a = _slow_counting(1.0)
 
     async def main():
         batcher = EncodeBatcher(max_batch=2, wait_ms=20, workers=2)
