@@ -131,15 +131,7 @@ def test_search_outside_the_running_batcher_searches_alone():
 def test_two_workers_encode_two_batches_at_once():
     a = _slow_counting(1.0)
 
-    async def main():
-        batcher = EncodeBatcher(max_batch=2, wait_ms=20, workers=2)
-        batcher.start()
-        try:
-            return await asyncio.gather(*(batcher.encode(a, [str(i) * (i + 1)]) for i in range(4)))
-        finally:
-            await batcher.close()
-
-    out = asyncio.run(main())
+    out = _encode_all(a, [[str(i) * (i + 1)] for i in range(4)], max_batch=2, workers=2)
     assert [int(v[0, 1]) for v in out] == [1, 2, 3, 4] and sorted(map(len, a.calls)) == [2, 2]
     assert a.most == 2  # the two batches were encoded at the same time
 
@@ -148,15 +140,7 @@ def test_a_batch_is_shared_among_the_free_workers():
     """All requests queued at once (32 closed-loop users right after an answer) go to both workers, not one."""
     a = _slow_counting(1.0)
 
-    async def main():
-        batcher = EncodeBatcher(max_batch=64, wait_ms=20, workers=2, min_split=4)
-        batcher.start()
-        try:
-            return await asyncio.gather(*(batcher.encode(a, [str(i % 10) * (i + 1)]) for i in range(12)))
-        finally:
-            await batcher.close()
-
-    out = asyncio.run(main())
+    out = _encode_all(a, [[str(i % 10) * (i + 1)] for i in range(12)], max_batch=64, workers=2, min_split=4)
     assert [int(v[0, 1]) for v in out] == list(range(1, 13))  # every request its own row
     assert sorted(map(len, a.calls)) == [6, 6] and a.most == 2  # two halves, encoded at the same time
 
@@ -164,15 +148,7 @@ def test_a_batch_is_shared_among_the_free_workers():
 def test_a_small_batch_is_not_split():
     a = _slow_counting(1.0)
 
-    async def main():
-        batcher = EncodeBatcher(max_batch=64, wait_ms=20, workers=2, min_split=4)
-        batcher.start()
-        try:
-            return await asyncio.gather(*(batcher.encode(a, ["x" * (i + 1)]) for i in range(7)))
-        finally:
-            await batcher.close()
-
-    asyncio.run(main())
+    _encode_all(a, [["x" * (i + 1)] for i in range(7)], max_batch=64, workers=2, min_split=4)
     assert [len(c) for c in a.calls] == [7]  # 7 texts cannot make two parts of >= 4
 
 
@@ -196,6 +172,20 @@ def test_split_batch(sizes, parts, least, want):
         loop.close()
     assert [sum(len(item.texts) for item in part) for part in got] == want
     assert [item for part in got for item in part] == batch  # every request once, in order
+
+
+def _encode_all(encoder, requests: list[list[str]], **batcher_options) -> list:
+    """Send every request at once to a running batcher (``wait_ms`` 20) and return their answers in order."""
+
+    async def main():
+        batcher = EncodeBatcher(wait_ms=20, **batcher_options)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.encode(encoder, texts) for texts in requests))
+        finally:
+            await batcher.close()
+
+    return asyncio.run(main())
 
 
 def _slow_counting(tag: float):
