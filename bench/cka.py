@@ -93,7 +93,9 @@ def grid(kind: str, quick: bool) -> tuple[list[Spec], dict]:
     # added on 2026-12-05 (the first run cut them): the width axis to x4 and x8 with a second seed each, then depth 56
     wide = [Spec(8, 4, 1 / 16, 0, "width"), Spec(8, 8, 1 / 16, 0, "width"), Spec(8, 8, 1 / 16, 1, "width"),
             Spec(8, 4, 1 / 16, 1, "width"), Spec(56, 1, 1 / 16, 0, "depth")]
-    return first + later + wide, dict(steps=350, batch_size=128, pool_input=2, reference=(8, 1 / 16))
+    # added later on 2026-12-05: a second seed for the deepest model, then the paper's deepest (110)
+    deep = [Spec(56, 1, 1 / 16, 1, "depth"), Spec(110, 1, 1 / 16, 0, "depth")]
+    return first + later + wide + deep, dict(steps=350, batch_size=128, pool_input=2, reference=(8, 1 / 16))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -111,6 +113,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--text-dpr-epochs", type=float, default=1.0, help="also fine-tune MiniLM with `reprlab train dpr` "
                    "on SciFact's train queries for this many epochs (in WORK_DIR/text; reused when done) and compare "
                    "it with MiniLM (0: no fine-tune)")
+    p.add_argument("--text-ance-epochs", type=float, default=0.0, help="also fine-tune MiniLM with `reprlab train "
+                   "ance` on SciFact's train queries for this many epochs (in WORK_DIR/text; reused when done) and "
+                   "compare it with MiniLM (0: none)")
     p.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True, help="time ckatorch on the same work")
     p.add_argument("--peer-model", default="r20-x1-f0.0625-s0", help="the model whose block outputs the ckatorch "
                    "comparison reads (default: R20 x1 of the CPU grid; the widest model when it is not in the grid)")

@@ -180,36 +180,55 @@ def _trained_info(path: str) -> dict:
     return json.loads(info.read_text()) if info.is_file() else {}
 
 
-def text_finetunes(args) -> list[tuple[str, dict]]:
-    """The fine-tuned encoders compared with MiniLM: (model folder, training info) for each of ``--text-models``
-    and, when ``--text-dpr-epochs`` > 0, a DPR fine-tune of MiniLM on SciFact's train queries (BM25 hard
-    negatives, passages cut to 128 tokens as the text CKA reads them, lr 5e-5, batch 32), trained here unless
-    WORK_DIR/text/dpr-e<epochs>/model exists."""
+def _finetune(args, name: str, epochs: float, run) -> tuple[str, dict]:
+    """Train ``WORK_DIR/text/<name>`` with ``run(out, loop)`` unless its model and trained.json exist."""
     from reprlab.io import atomic_write_json
-    from reprlab.retrieval.dpr import DprConfig, run_dpr
     from reprlab.train import TrainConfig
 
-    models = [(path, _trained_info(path)) for path in args.text_models]
-    if args.text_dpr_epochs <= 0:
-        return models
-    out = args.work_dir / "text" / f"dpr-e{args.text_dpr_epochs:g}"
+    out = args.work_dir / "text" / name
     info_path = out / "trained.json"
     if not (out / "model").is_dir() or not info_path.is_file():
-        # lr 5e-5 as in bench/train_retrieval.py's DPR; quick: 2 steps at a high rate, a change the test can see
+        # lr 5e-5 as in bench/train_retrieval.py; quick: 2 steps at a high rate, a change the test can see
         steps = dict(max_steps=2, batch_size=4, lr=1e-3) if args.quick else dict(lr=5e-5)
-        loop = TrainConfig(output_dir=str(out), epochs=args.text_dpr_epochs, warmup_ratio=0.1, seed=0,
-                           device=args.device, log_every=1, checkpoint_every=10, resume=True, **steps)
+        loop = TrainConfig(output_dir=str(out), epochs=epochs, warmup_ratio=0.1, seed=0, device=args.device,
+                           log_every=1, checkpoint_every=10, resume=True, **steps)
         t0 = time.time()
-        result = run_dpr(DprConfig(output_dir=str(out), data=str(common.data_path("scifact", "beir")), split="train",
-                                   model="minilm", passage_max_length=64 if args.quick else 128, train=loop))
+        result = run(out, loop)
         losses = [m["loss"] for m in result.metrics if "loss" in m]
         atomic_write_json(info_path, {
-            "recipe": "train dpr", "epochs": args.text_dpr_epochs, "steps": result.steps,
-            "examples": result.examples, "first_loss": losses[0] if losses else None,
-            "last_loss": losses[-1] if losses else None, "train_seconds": round(time.time() - t0, 1)})
+            "recipe": f"train {name.split('-e')[0]}", "epochs": epochs, "steps": result.steps,
+            "examples": getattr(result, "examples", None),
+            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+            "train_seconds": round(time.time() - t0, 1)})
     info = json.loads(info_path.read_text())
     print(f"text fine-tune {out / 'model'}: {info}", flush=True)
-    return models + [(str(out / "model"), info)]
+    return str(out / "model"), info
+
+
+def text_finetunes(args) -> list[tuple[str, dict]]:
+    """The fine-tuned encoders compared with MiniLM: (model folder, training info) for each of ``--text-models``,
+    then, when their epochs are > 0, fine-tunes of MiniLM on SciFact's train queries trained here (reused when
+    WORK_DIR/text/<name>/model exists), passages cut to the text CKA's length, lr 5e-5, batch 32:
+    ``train dpr`` (BM25 hard negatives) for ``--text-dpr-epochs`` and ``train ance`` (negatives from the
+    model's own index of the corpus, refreshed every 20 steps, in sync mode) for ``--text-ance-epochs``."""
+    from reprlab.retrieval.ance.recipe import AnceConfig, run_ance
+    from reprlab.retrieval.dpr import DprConfig, run_dpr
+
+    models = [(path, _trained_info(path)) for path in args.text_models]
+    data = common.data_path("scifact", "beir")
+    if args.quick:  # 60 training queries over 300 documents: an index the quick ANCE run can rebuild in seconds
+        data = common.write_subsample(data, args.work_dir / "scifact-quick", {"train": 60}, 300)
+    data, length = str(data), 64 if args.quick else 128
+    if args.text_dpr_epochs > 0:
+        models.append(_finetune(args, f"dpr-e{args.text_dpr_epochs:g}", args.text_dpr_epochs, lambda out, loop: run_dpr(
+            DprConfig(output_dir=str(out), data=data, split="train", model="minilm", passage_max_length=length,
+                      train=loop))))
+    if args.text_ance_epochs > 0:
+        models.append(_finetune(args, f"ance-e{args.text_ance_epochs:g}", args.text_ance_epochs, lambda out, loop: run_ance(
+            AnceConfig(output_dir=str(out), data=data, split="train", model="minilm", passage_max_length=length,
+                       refresh_every=2 if args.quick else 20, refresh_mode="sync",
+                       refresher_threads=torch.get_num_threads(), train=loop))))
+    return models
 
 
 def text_part(args) -> list[dict]:
@@ -230,10 +249,16 @@ def text_part(args) -> list[dict]:
         t0 = time.time()
         report = analyse(config, [load_model("minilm"), load_model(path)])
         m = report.models[1]
-        rows.append({"model": path, "layers": m["layers"], "cka": m["cka"], "pc1": m["pc1_fraction"],
-                     "blocks": m["blocks"], "cross_with_minilm": report.cross,
-                     "diagonal_with_minilm": [round(report.cross[i][i], 4) for i in range(len(report.cross))],
-                     "seconds": round(time.time() - t0, 1), "training": info})
+        cross = np.asarray(report.cross)  # (MiniLM layers, this model's layers)
+        row = {"model": path, "layers": m["layers"], "cka": m["cka"], "pc1": m["pc1_fraction"],
+               "blocks": m["blocks"], "cross_with_minilm": report.cross,
+               "seconds": round(time.time() - t0, 1), "training": info}
+        if cross.shape[0] == cross.shape[1]:  # a fine-tune: layer i against MiniLM's layer i
+            row["diagonal_with_minilm"] = [round(float(cross[i, i]), 4) for i in range(len(cross))]
+        else:  # a student of another depth: the MiniLM layer each of its layers is most like
+            row["closest_minilm_layer"] = [int(j) for j in cross.argmax(axis=0)]
+            row["closest_minilm_cka"] = [round(float(v), 4) for v in cross.max(axis=0)]
+        rows.append(row)
     return rows
 
 
@@ -432,7 +457,9 @@ def markdown(records, seeds, text, peer, found, settings, args) -> str:
                          f"{p['max_abs_diff_full_data']:.3f} |")
         lines.append("")
     for t in text:
-        extra = f", CKA with MiniLM layer by layer {t['diagonal_with_minilm']}" if "diagonal_with_minilm" in t else ""
+        extra = f", CKA with MiniLM layer by layer {t['diagonal_with_minilm']}" if "diagonal_with_minilm" in t else \
+            (f", closest MiniLM layer per layer {t['closest_minilm_layer']} (CKA {t['closest_minilm_cka']})"
+             if "closest_minilm_layer" in t else "")
         lines.append(f"Text: {text_label(t['model'])}: blocks {[(b['start'], b['end']) for b in t['blocks']]}, "
                      f"PC1 {[round(p, 3) for p in t['pc1']]}{extra}.")
     return "\n".join(lines)

@@ -44,7 +44,7 @@ import common
 ORDERINGS = ("standard", "curriculum", "anti-curriculum", "random")
 NOISE = (0.0, 0.2, 0.4, 0.6)
 BUDGETS = {"full": 1.0, "1/5": 0.2, "1/25": 0.04}
-PACINGS = (("linear", 0.8, 0.2), ("root", 0.4, 0.1))  # (function, a, b)
+PACINGS = (("linear", 0.8, 0.2), ("root", 0.4, 0.1), ("exp", 0.8, 0.2))  # (function, a, b)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -285,10 +285,13 @@ def check_cka(r):
     assert r["models"] and r["peer"]["max_abs_diff"] < 1e-6  # our minibatch CKA = ckatorch's on the same batches
     assert unit(r["findings"]["pc1_share_inside_blocks"])
     assert not r["errors"], r["errors"]
-    minilm, dpr = r["text"]  # MiniLM and its DPR fine-tune (2 steps in the quick run), compared layer by layer
-    assert minilm["model"] == "minilm" and dpr["training"]["steps"] == 2 and dpr["model"].endswith("dpr-e1/model")
-    assert len(dpr["diagonal_with_minilm"]) == len(minilm["layers"]) and all(unit(c) for c in dpr["diagonal_with_minilm"])
-    assert min(dpr["diagonal_with_minilm"]) < 1 - 1e-6  # the fine-tune changed the weights
+    minilm, dpr, ance = r["text"]  # MiniLM and its DPR and ANCE fine-tunes (2 steps each), layer by layer
+    assert minilm["model"] == "minilm" and dpr["model"].endswith("dpr-e1/model") and ance["model"].endswith("ance-e1/model")
+    for tuned in (dpr, ance):
+        assert tuned["training"]["steps"] == 2
+        assert len(tuned["diagonal_with_minilm"]) == len(minilm["layers"])
+        assert all(unit(c) for c in tuned["diagonal_with_minilm"])
+        assert min(tuned["diagonal_with_minilm"]) < 1 - 1e-6  # the fine-tune changed the weights
 
 
 def test_cka_train_only_then_reuse(tmp_path, shared_data):
@@ -357,7 +360,8 @@ CASES = [
          args=("--speed-only",), name="architectures-speed"),
     Case("blockskim", check_blockskim, data=QA),
     Case("clusterformer", check_clusterformer, data=QA),
-    Case("cka", check_cka, data=("fashion_mnist_train", "fashion_mnist_test", "scifact"), packages=("ckatorch",)),
+    Case("cka", check_cka, data=("fashion_mnist_train", "fashion_mnist_test", "scifact"), packages=("ckatorch",),
+         args=("--text-ance-epochs", "1")),
     Case("curricula", check_curricula, data=("fashion_mnist_train", "fashion_mnist_test", "scifact")),
     Case("deep_retrieval", check_deep_retrieval, data=("movielens_100k",)),
     Case("deep_retrieval_diagnose", check_deep_retrieval_diagnose, data=("movielens_100k",)),
