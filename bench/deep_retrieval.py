@@ -71,6 +71,9 @@ def options(argv=None) -> argparse.Namespace:
     g.add_argument("--dr-shapes", default="2:1,2:3,3:1,3:3", help="DR shapes D:J (K: the smallest with K^D >= N)")
     g.add_argument("--dr-alphas", default="0.001,0.01,0.1", help="size-penalty weights tried on validation (and 0)")
     g.add_argument("--beams", default="10,20,50", help="B values served")
+    g.add_argument("--item-budgets", default="", help="also serve under item budgets, as shares of the catalogue "
+                   "(comma-separated, e.g. 0.2): a beam of --budget-beam paths, taken best first while their items fit")
+    g.add_argument("--budget-beam", type=int, default=50, help="the beam the item budgets are served from")
     g.add_argument("--dr-em-stop", type=float, default=0.8,
                    help="share of DR's training steps after which the item->path mapping is frozen (the recipe's "
                         "--em-stop; 1: M-steps to the last step, as before 2026-12-04's round 4)")
@@ -95,6 +98,7 @@ def options(argv=None) -> argparse.Namespace:
         args.dr_alphas = [float(a) for a in args.dr_alphas.split(",")]
         args.scaling_alphas = [float(a) for a in args.scaling_alphas.split(",")]
         args.beams = [int(b) for b in args.beams.split(",")]
+        args.item_budgets = [float(m) for m in args.item_budgets.split(",") if m]
     except ValueError as exc:
         p.error(f"a grid option is malformed ({exc}); see --help for the format")
     return args
@@ -162,7 +166,7 @@ def quality(recommend, data, split: str) -> dict:
     return {k: round(r[k], 4) for k in ("recall@10", "recall@20", "recall@50", "ndcg@10", "items_scored")}
 
 
-def dr_recommender(model, beam: int, rerank: bool, prior=None):
+def dr_recommender(model, beam: int, rerank: bool, prior=None, budget: int | None = None):
     from reprlab.recsys.deep_retrieval import retrieve
     from reprlab.recsys.path_mapping import PathIndex, path_codes
 
@@ -172,7 +176,7 @@ def dr_recommender(model, beam: int, rerank: bool, prior=None):
         x = model.encode(batch)
         r = model.rerank_input(batch, x) if rerank and model.config.reranker else None
         return retrieve(model, index, x, beam=beam, k=50, seen=batch.get("seen"), rerank=rerank, prior=prior,
-                        rerank_x=r)
+                        rerank_x=r, budget=budget)
 
     return torch.no_grad()(recommend)
 
@@ -301,11 +305,14 @@ def movielens_dr(data, args, work: Path, chosen: dict, models: dict) -> list[dic
         chosen[f"dr_alpha_D{depth}_J{paths}"] = {"alpha": best, "val": {str(a): t[3] for a, t in trained.items()}}
         for alpha in (0.0, best):
             model, seconds, stats, _ = trained[alpha]
-            for beam in beams:
+            served = [(b, None) for b in beams] + [(args.budget_beam, round(m * n)) for m in args.item_budgets]
+            for beam, budget in served:
                 for rerank in (True, False):
-                    rec = dr_recommender(model, beam, rerank, prior=torch.from_numpy(data.popularity()).float())
+                    rec = dr_recommender(model, beam, rerank, prior=torch.from_numpy(data.popularity()).float(),
+                                         budget=budget)
                     rows.append({"method": "deep retrieval", "D": depth, "K": model.config.width, "J": paths,
-                                 "alpha": alpha, "B": beam, "reranker": rerank, "train_s": round(seconds, 1),
+                                 "alpha": alpha, "B": beam, "budget": budget, "reranker": rerank,
+                                 "train_s": round(seconds, 1),
                                  "path_max": stats["path_max"], "path_mean": round(stats["path_mean"], 2),
                                  "paths_empty": stats["paths_empty"], "val": quality(rec, data, "val"),
                                  **measure(rec, data, "test", args.passes)})
@@ -332,15 +339,16 @@ def headline(data, args, work: Path, chosen: dict, dr_rows: list[dict], tt0: Two
             config = DRModelConfig(num_items=n, depth=pick["D"], width=pick["K"], paths_per_item=pick["J"], seed=seed)
             model, _, _ = fit_dr(data, work / "dr", config, **base)
         print(f"headline seed {seed} trained", flush=True)
-        rec = dr_recommender(model, pick["B"], pick["reranker"], prior=torch.from_numpy(data.popularity()).float())
+        rec = dr_recommender(model, pick["B"], pick["reranker"], prior=torch.from_numpy(data.popularity()).float(),
+                             budget=pick.get("budget"))
         tt_hits.append(per_user_hits(brute(tt), data, "test"))
         dr_hits.append(per_user_hits(rec, data, "test"))
         tt_recall.append(float(tt_hits[-1].mean()))
         dr_recall.append(float(dr_hits[-1].mean()))
         scored.append(quality(rec, data, "test")["items_scored"])
     dr_mean, tt_mean = float(np.mean(dr_recall)), float(np.mean(tt_recall))
-    return {"setting": {**{k: pick[k] for k in ("D", "K", "J", "alpha", "B", "reranker")}, "em_stop": args.dr_em_stop,
-                        "rerank_tower": args.dr_rerank_tower},
+    return {"setting": {**{k: pick[k] for k in ("D", "K", "J", "alpha", "B", "reranker")},
+                        "budget": pick.get("budget"), "em_stop": args.dr_em_stop, "rerank_tower": args.dr_rerank_tower},
             "seeds": args.seeds,
             "dr_recall@20": [round(x, 4) for x in dr_recall], "two_tower_recall@20": [round(x, 4) for x in tt_recall],
             "dr_mean": round(dr_mean, 4), "two_tower_mean": round(tt_mean, 4), "ratio": round(dr_mean / tt_mean, 4),
@@ -469,7 +477,8 @@ def tables(record: dict) -> str:
                 out.append(f"| {r['method']} | {r['setting']} | | | | | | | |")
                 continue
             if r["method"] == "deep retrieval":
-                setting = (f"D={r['D']} K={r['K']} J={r['J']} alpha={r['alpha']:g} B={r['B']} "
+                budget = f" M={r['budget']}" if r.get("budget") else ""
+                setting = (f"D={r['D']} K={r['K']} J={r['J']} alpha={r['alpha']:g} B={r['B']}{budget} "
                            f"{'reranker' if r['reranker'] else 'path probability'}")
                 out.append(f"| DR | {setting} | {_cells(r, n)} | {r['path_max']} |")
             else:

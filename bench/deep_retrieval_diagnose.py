@@ -49,6 +49,9 @@ def options(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=float, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--beams", default="10,20")
+    p.add_argument("--budgets", default="", help="item budgets (items per user, comma-separated) served from a beam "
+                   "of --budget-beam paths: paths best first while their items fit (reported as 'B<beam>/M<budget>')")
+    p.add_argument("--budget-beam", type=int, default=50)
     p.add_argument("--variants", default='{"baseline": {}}',
                    help="JSON object: variant name -> DeepRetrievalConfig overrides (e.g. {\"em_stop\": 0.8})")
     args = common.parse(p, argv)
@@ -56,6 +59,7 @@ def options(argv=None) -> argparse.Namespace:
         args.epochs = 1
     args.variants = json.loads(args.variants)
     args.beams = [int(b) for b in args.beams.split(",")]
+    args.budgets = [int(m) for m in args.budgets.split(",") if m]
     return args
 
 
@@ -68,7 +72,7 @@ def _ranks(scores: torch.Tensor, targets: torch.Tensor, allowed: torch.Tensor) -
 
 
 @torch.no_grad()
-def diagnose(dr, tt, data, beams: list[int]) -> dict:
+def diagnose(dr, tt, data, beams: list[int], budgets: list[int] = (), budget_beam: int = 50) -> dict:
     examples = data.examples("val")
     batch = data.batch(examples, range(len(examples)), HISTORY)
     n, targets = data.num_items, batch["targets"]
@@ -83,8 +87,9 @@ def diagnose(dr, tt, data, beams: list[int]) -> dict:
     out = {"reranker_all": float(((everything[0] > 0) & (everything[0] <= 20)).float().mean()),
            "two_tower_all": float(((everything[1] > 0) & (everything[1] <= 20)).float().mean()), "beams": {}}
     index = PathIndex(path_codes(dr.item_paths, dr.config.width), dr.config.num_paths)
-    for beam in beams:
-        cand, _, counts = beam_candidates(dr, index, x, beam)  # (U, M)
+    served = [(str(b), b, None) for b in beams] + [(f"B{budget_beam}/M{m}", budget_beam, m) for m in budgets]
+    for key, beam, budget in served:
+        cand, _, counts = beam_candidates(dr, index, x, beam, budget)  # (U, M)
         on_beam = torch.zeros(u, n + 1, dtype=torch.bool)
         on_beam.scatter_(1, cand + 1, True)  # -1 padding lands in column 0
         allowed = on_beam[:, 1:] & unseen
@@ -93,7 +98,7 @@ def diagnose(dr, tt, data, beams: list[int]) -> dict:
         hit_dr, hit_tt = (r_dr > 0) & (r_dr <= 20), (r_tt > 0) & (r_tt <= 20)
         top_m = everything[1]  # the two-tower's rank over all unseen items, against M = allowed items
         m = allowed.sum(1)
-        out["beams"][str(beam)] = {
+        out["beams"][key] = {
             "items_scored": float(counts.float().mean()), "share_scored": float(counts.float().mean()) / n,
             "coverage": float(covered.float().mean()), "dr": float(hit_dr.float().mean()),
             "two_tower_on_beam": float(hit_tt.float().mean()),
@@ -120,7 +125,7 @@ def main(argv=None) -> None:
                                seed=args.seed)
         dr, seconds, stats = fit_dr(data, work / "dr", config, **{**base, **overrides})
         m_steps = [r for r in read_metrics(work / "dr") if "paths_changed" in r]
-        result = diagnose(dr, tt, data, args.beams)
+        result = diagnose(dr, tt, data, args.beams, args.budgets, args.budget_beam)
         result.update(overrides=overrides, train_s=round(seconds, 1), path_stats=stats,
                       final_paths=path_statistics(path_codes(dr.item_paths, width), width ** depth),
                       m_steps=[{"step": r.get("step"), "paths_changed": round(r["paths_changed"], 4),

@@ -343,6 +343,8 @@ def check_natural_tasks(r):
 def check_deep_retrieval_diagnose(r):
     v = r["variants"]["baseline"]
     assert r["setting"]["D"] >= 2 and v["total_steps"] > 0 and v["final_paths"] and "m_steps" in v
+    capped, free = v["beams"]["B20/M100"], v["beams"]["20"]  # the same beam under an item budget: fewer items
+    assert capped["items_scored"] <= free["items_scored"] and capped["coverage"] <= free["coverage"]
 
 
 def check_deep_retrieval_serving(r):
@@ -364,7 +366,8 @@ CASES = [
          args=("--text-ance-epochs", "1")),
     Case("curricula", check_curricula, data=("fashion_mnist_train", "fashion_mnist_test", "scifact")),
     Case("deep_retrieval", check_deep_retrieval, data=("movielens_100k",)),
-    Case("deep_retrieval_diagnose", check_deep_retrieval_diagnose, data=("movielens_100k",)),
+    Case("deep_retrieval_diagnose", check_deep_retrieval_diagnose, data=("movielens_100k",),
+         args=("--budgets", "100", "--budget-beam", "20")),
     Case("deep_retrieval_serving", check_deep_retrieval_serving, data=("movielens_100k",), work_dir=False),
     Case("distill", check_distill, data=BEIR3),
     Case("distill_dev", check_distill_dev, slow=False),

@@ -15,6 +15,7 @@ from reprlab.recsys.deep_retrieval import (
     exhaustive_search,
     retrieve,
     retrieve_reference,
+    within_budget,
 )
 from reprlab.recsys.path_mapping import PathIndex, path_codes
 
@@ -156,6 +157,45 @@ def test_batched_retrieval_equals_the_loop_reference(paths, rerank, tower):
     for row, s in zip(top.tolist(), seen.tolist()):
         assert not {i for i in row if i >= 0} & {v - 1 for v in s if v > 0}
         assert sum(i >= 0 for i in row) == 40 - sum(v > 0 for v in s)
+
+
+@pytest.mark.parametrize("paths", [1, 2])
+@pytest.mark.parametrize("rerank", [True, False])
+def test_retrieval_under_an_item_budget_equals_the_loop_reference(paths, rerank):
+    model = model_of(2, 4, items=40, paths=paths)
+    x = users(model, 8)
+    codes = path_codes(model.item_paths, 4)
+    index = PathIndex(codes, 16)
+    prior = torch.arange(40).flip(0).float()
+    for budget in (1, 5, 12, 100):
+        top, counts = retrieve(model, index, x, beam=16, k=12, rerank=rerank, prior=prior, budget=budget)
+        ref_top, ref_counts = retrieve_reference(model, codes, x, beam=16, k=12, rerank=rerank, prior=prior,
+                                                 budget=budget)
+        assert torch.equal(counts, ref_counts) and torch.equal(top, ref_top), budget
+    # a budget as large as the catalogue serves every path: the same as no budget
+    assert torch.equal(retrieve(model, index, x, beam=16, k=40, budget=40 * paths)[0],
+                       retrieve(model, index, x, beam=16, k=40)[0])
+
+
+def test_the_budget_takes_paths_best_first_while_their_items_fit():
+    # 4 paths holding 3, 1, 4 and 2 items (item i on path codes[i])
+    codes = torch.tensor([[0], [0], [0], [1], [2], [2], [2], [2], [3], [3]])
+    index = PathIndex(codes, 4)
+    beams = torch.tensor([[2, 1, 3, 0], [1, 3, 0, 2], [0, 2, 1, 3]])  # each user's paths, best first
+    keep = within_budget(index, beams, 5)
+    # user 0: 4 + 1 = 5 fits, + 2 does not (and nothing after it is taken); user 1: 1 + 2 = 3, + 3 = 6 does not;
+    # user 2: 3 fits, + 4 does not; the best path is always served
+    assert keep.tolist() == [[True, True, False, False], [True, True, False, False], [True, False, False, False]]
+    assert within_budget(index, beams, 2)[0].tolist() == [True, False, False, False]  # 4 > 2: the best path alone
+    # served through retrieval: no user gets more items than the budget (J = 1, every path within it)
+    model = model_of(2, 4, items=40, paths=1)
+    x = users(model, 8)
+    big = PathIndex(path_codes(model.item_paths, 4), 16)
+    sizes = big.ptr[1:] - big.ptr[:-1]
+    budget = int(sizes.max())
+    _, counts = retrieve(model, big, x, beam=16, k=10, budget=budget)
+    _, unlimited = retrieve(model, big, x, beam=16, k=10)
+    assert (counts <= budget).all() and (counts < unlimited).any()
 
 
 def test_retrieval_returns_only_items_on_the_beams_paths():

@@ -306,15 +306,29 @@ def _order(scores: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
     return first.gather(1, torch.argsort(scores.gather(1, first), dim=1, descending=True, stable=True))
 
 
+def within_budget(index: PathIndex, codes: torch.Tensor, budget: int) -> torch.Tensor:
+    """Which of each user's paths (U, b) (codes, best first) are served under an item budget: paths are taken
+    best first while the items on the paths taken so far fit in ``budget``; the best path always is. An item on
+    two taken paths (J > 1) counts twice, so the distinct items never exceed the budget (but the best path's)."""
+    sizes = index.ptr[codes + 1] - index.ptr[codes]  # (U, b) items on each path
+    keep = torch.cumsum(sizes, dim=1) <= budget
+    keep[:, 0] = True
+    return keep
+
+
 @torch.no_grad()
-def beam_candidates(model: DeepRetrieval, index: PathIndex, x: torch.Tensor,
-                    beam: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The items on the ``beam`` paths found for users x (U, dim): candidates (U, M) (each user's distinct items
-    in item order, -1 = padding), the summed probability of the retrieved paths each lies on (U, M), and the
-    number of candidates per user (U,)."""
+def beam_candidates(model: DeepRetrieval, index: PathIndex, x: torch.Tensor, beam: int,
+                    budget: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The items on the ``beam`` paths found for users x (U, dim) (with ``budget``: only the paths
+    :func:`within_budget` keeps): candidates (U, M) (each user's distinct items in item order, -1 = padding),
+    the summed probability of the retrieved paths each lies on (U, M), and the number of candidates (U,)."""
     u, n = x.shape[0], model.config.num_items
     paths, log_p = beam_search(model, x, beam)  # (U, b, D), (U, b)
-    row, slot, items = index.gather(path_codes(paths, model.config.width))  # (T,) each
+    codes = path_codes(paths, model.config.width).cpu()  # (U, b)
+    row, slot, items = index.gather(codes)  # (T,) each
+    if budget is not None:
+        taken = within_budget(index, codes, budget)[row, slot]  # (T,)
+        row, slot, items = row[taken], slot[taken], items[taken]
     key = row * n + items
     unique_keys, where = torch.unique(key, return_inverse=True)  # grouped by row, then item
     prob = torch.zeros(len(unique_keys), dtype=log_p.dtype).index_add_(0, where, log_p.exp().cpu()[row, slot])
@@ -332,14 +346,14 @@ def beam_candidates(model: DeepRetrieval, index: PathIndex, x: torch.Tensor,
 @torch.no_grad()
 def retrieve(model: DeepRetrieval, index: PathIndex, x: torch.Tensor, *, beam: int, k: int,
              seen: torch.Tensor | None = None, rerank: bool = True, prior: torch.Tensor | None = None,
-             rerank_x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k items for users x (U, dim): beam search, the items on the final paths (:func:`beam_candidates`), then
-    the reranker (or the paths' summed probability). ``seen`` (U, L) (item + 1, 0 = pad) are excluded; ``prior``
-    (N,) breaks ties without the reranker; ``rerank_x`` (U, dim): the reranker's input
-    (:meth:`DeepRetrieval.rerank_input`; required when the reranker has its own tower, else x). Returns
-    (items (U, k), -1 where fewer were found; items scored (U,))."""
+             rerank_x: torch.Tensor | None = None, budget: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k items for users x (U, dim): beam search, the items on the final paths (:func:`beam_candidates`;
+    ``budget``: at most that many items per user, :func:`within_budget`), then the reranker (or the paths'
+    summed probability). ``seen`` (U, L) (item + 1, 0 = pad) are excluded; ``prior`` (N,) breaks ties without
+    the reranker; ``rerank_x`` (U, dim): the reranker's input (:meth:`DeepRetrieval.rerank_input`; required when
+    the reranker has its own tower, else x). Returns (items (U, k), -1 where fewer were found; items scored (U,))."""
     u = x.shape[0]
-    cand, path_prob, counts = beam_candidates(model, index, x, beam)  # (U, M), (U, M), (U,)
+    cand, path_prob, counts = beam_candidates(model, index, x, beam, budget)  # (U, M), (U, M), (U,)
     if rerank and model.config.reranker:
         r = _reranker_input(model, x, rerank_x)  # (U, dim)
         scores = model.rerank_scores(r, cand.clamp(min=0).to(r.device)).cpu()  # (U, M)
@@ -361,7 +375,7 @@ def retrieve(model: DeepRetrieval, index: PathIndex, x: torch.Tensor, *, beam: i
 @torch.no_grad()
 def retrieve_reference(model: DeepRetrieval, codes: torch.Tensor, x: torch.Tensor, *, beam: int, k: int,
                        seen: torch.Tensor | None = None, rerank: bool = True, prior: torch.Tensor | None = None,
-                       rerank_x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       rerank_x: torch.Tensor | None = None, budget: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`retrieve` one user at a time with Python dicts, from the mapping as codes (N, J)."""
     if rerank and model.config.reranker:
         rerank_x = _reranker_input(model, x, rerank_x)  # (U, dim)
@@ -373,8 +387,12 @@ def retrieve_reference(model: DeepRetrieval, codes: torch.Tensor, x: torch.Tenso
     for u in range(x.shape[0]):
         paths, log_p = beam_search_reference(model, x[u:u + 1], beam)
         prob: dict[int, torch.Tensor] = {}  # summed in the model's precision, in beam order, as retrieve does
-        for path, lp in zip(paths[0].tolist(), log_p[0]):
+        taken = 0  # items on the paths taken so far, with repeats (the budget's count)
+        for j, (path, lp) in enumerate(zip(paths[0].tolist(), log_p[0])):
             c = sum(node * model.config.width ** (len(path) - 1 - i) for i, node in enumerate(path))
+            taken += len(on_path.get(c, []))
+            if budget is not None and j > 0 and taken > budget:
+                continue
             for item in on_path.get(c, []):
                 prob[item] = prob.get(item, torch.zeros((), dtype=log_p.dtype)) + lp.exp()
         counts.append(len(prob))
