@@ -93,8 +93,10 @@ def grid(kind: str, quick: bool) -> tuple[list[Spec], dict]:
     # added on 2026-12-05 (the first run cut them): the width axis to x4 and x8 with a second seed each, then depth 56
     wide = [Spec(8, 4, 1 / 16, 0, "width"), Spec(8, 8, 1 / 16, 0, "width"), Spec(8, 8, 1 / 16, 1, "width"),
             Spec(8, 4, 1 / 16, 1, "width"), Spec(56, 1, 1 / 16, 0, "depth")]
-    # added later on 2026-12-05: a second seed for the deepest model, then the paper's deepest (110)
-    deep = [Spec(56, 1, 1 / 16, 1, "depth"), Spec(110, 1, 1 / 16, 0, "depth")]
+    # added later on 2026-12-05: a second seed for R56, a wide net deeper than R8 (R20 x4, 2 seeds; its width axis
+    # is R20 x1 of the depth axis and R20 x4), then the paper's deepest (110)
+    deep = [Spec(56, 1, 1 / 16, 1, "depth"), Spec(20, 4, 1 / 16, 0, "wide-deep"), Spec(20, 4, 1 / 16, 1, "wide-deep"),
+            Spec(110, 1, 1 / 16, 0, "depth")]
     return first + later + wide + deep, dict(steps=350, batch_size=128, pool_input=2, reference=(8, 1 / 16))
 
 
@@ -187,7 +189,7 @@ def main(argv=None) -> dict:
     test_x, test_y = load_fashion_mnist(args.test_data, "test")
     train_x, train_y = load_fashion_mnist(args.train_data, "train")
     seeds = parts.analyse_models(records, test_x[: args.cka_examples], args)
-    largest = [n for n in (parts.largest(records, "width"), parts.largest(records, "depth")) if n]
+    largest = [n for n in (parts.largest(records, axis) for axis in ("width", "depth", "wide-deep")) if n]
     errors = {}
     for name in largest:
         records[name]["probes"] = parts.guarded(errors, f"probes {name}", parts.layer_probes, records[name], train_x,

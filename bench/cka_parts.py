@@ -357,7 +357,10 @@ def plots(records: dict, seeds: list[dict], text: list[dict], args, settings: di
     rows = [("width", sorted((r for r in seed0 if r["depth"] == depth0 and r["fraction"] == fraction0
                               and r["axis"] in ("width", "depth")), key=lambda r: r["width"])),
             ("depth", sorted((r for r in seed0 if r["width"] == 1 and r["fraction"] == fraction0), key=lambda r: r["depth"])),
-            ("data", sorted((r for r in seed0 if dw and (r["depth"], r["width"]) == dw), key=lambda r: -r["fraction"]))]
+            ("data", sorted((r for r in seed0 if dw and (r["depth"], r["width"]) == dw), key=lambda r: -r["fraction"])),
+            ("wide-deep", sorted((r for r in seed0 if r["axis"] == "wide-deep" or (
+                r["axis"] == "depth" and any(w["axis"] == "wide-deep" and w["depth"] == r["depth"] for w in seed0))),
+                key=lambda r: r["width"]))]
     rows = [(axis, rs) for axis, rs in rows if rs]
     if not rows:
         return written
