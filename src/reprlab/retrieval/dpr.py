@@ -125,7 +125,7 @@ def run_dpr(config: DprConfig, callbacks: Sequence = (), stop_after: int | None 
                   sampler=sampler)
     if difficulty is not None and state.rank == 0:  # what the pairs were ordered by (a score file for a rerun)
         atomic_write_json(Path(config.output_dir) / "scores.json", {"scores": difficulty.tolist(), "higher": "harder",
-                                                                    "source": c.scores or "BM25 rank of the positive"})
+                          "source": c.scores or "BM25 rank of the positive"}, indent=None)
     out = model_dir(config.output_dir) if finished(state) else None
     if out is not None and state.rank == 0:
         model.save_pretrained(out)
