@@ -33,7 +33,7 @@ def ranks():
     corpus = load_beir(demo_data_path(), split="test").corpus
     _, found = bm25_for_corpus(corpus).search([ex.query for ex in examples], k=len(corpus))
     out = {}
-    for ex, ids, in zip(examples, found):
+    for ex, ids in zip(examples, found):
         for p in ex.positives:
             out[(ex.query, ((p.title or "") + " " + (p.text or "")).strip())] = list(ids).index(p.id) + 1
     assert len(out) == len(pairs_from_examples(examples)) == 20 and len(set(out.values())) > 2  # not all tied
