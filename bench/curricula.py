@@ -14,9 +14,9 @@ curricula help under short budgets and noisy labels.
 Part ``dpr`` (beyond the paper): ``train dpr``'s dual encoder (MiniLM, BM25 hard negatives) on
 SciFact's training queries minus a dev slice, standard vs easy-to-hard by the BM25 rank of the
 positive (curriculum), its reverse and random with the same pacing; nDCG@10 on the dev slice only
-(SciFact's test qrels are not used). The curriculum plugs into the loop as a sampler from here: the
-DPR recipe has no curriculum option, because ``retrieval.dpr`` may not import another method module
-(``train.curriculum``) under the architecture rules.
+(SciFact's test qrels are not used). Each run is ``reprlab train dpr --curriculum-ordering ...``
+(``--curriculum-pacing linear --curriculum-pacing-a 0.8 --curriculum-pacing-b 0.2``): the recipe scores
+the pairs by BM25 itself and writes the ranks to ``OUT/scores.json``.
 
 ``--budget-min`` starts no new image run after a time; the seeds are the outer loop, so a cut costs the
 last seeds' runs, and the result counts the runs done against ``runs_planned``.
@@ -29,7 +29,6 @@ last seeds' runs, and the result counts the runs done against ``runs_planned``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import statistics
@@ -241,14 +240,15 @@ def plot_images(table: list[dict], path: Path) -> None:
 
 
 def dpr_part(args) -> dict:
-    """DPR on SciFact with and without a curriculum by the BM25 rank of the positive; dev nDCG@10."""
-    from reprlab.retrieval.dpr import DprConfig, dpr_loss
+    """DPR on SciFact with and without a curriculum by the BM25 rank of the positive; dev nDCG@10.
+
+    Each run is ``reprlab train dpr`` (``run_dpr``) with ``--curriculum-ordering``: what a user runs."""
+    from reprlab.encoder import SentenceEncoder
+    from reprlab.retrieval.dpr import DprConfig, run_dpr
     from reprlab.retrieval.dual_encoder import DualEncoder
-    from reprlab.retrieval.pairs import PairCollate, dev_queries, load_training_examples, pairs_from_examples
-    from reprlab.retrieval.pipeline import bm25_for_corpus
+    from reprlab.retrieval.pairs import dev_queries
     from reprlab.text.beir import BeirDataset, load_beir
-    from reprlab.train.curriculum import CurriculumConfig, build_sampler
-    from reprlab.train.loop import train
+    from reprlab.train.curriculum import CurriculumConfig
 
     folder = common.require(args.scifact, "SciFact (BEIR layout)")
     if args.quick:
@@ -256,46 +256,36 @@ def dpr_part(args) -> dict:
     data = load_beir(folder, split="train")
     dev = dev_queries(data, 0.2)
     dev_data = BeirDataset(data.corpus, {q: data.queries[q] for q in dev}, {q: data.qrels[q] for q in dev})
-    base = DprConfig(data=str(folder), output_dir="-", dev_fraction=0.2, num_negatives=1, mine_depth=30,
-                     query_max_length=32, passage_max_length=args.dpr_passage_length, epochs=args.dpr_epochs,
-                     batch_size=16 if args.quick else 32, lr=2e-5, device=args.device, checkpoint_minutes=0.0)
-    examples = load_training_examples(base)
-    pairs = pairs_from_examples(examples)
-    bm25 = bm25_for_corpus(data.corpus)
-    depth = min(1000, len(data.corpus))
-    _, found = bm25.search([ex.query for ex in examples], k=depth)
-    difficulty = []  # pairs_from_examples' order: every example's positives in turn
-    for ex, ids in zip(examples, found):
-        rank = {d: i + 1 for i, d in enumerate(ids) if d is not None}
-        difficulty += [rank.get(p.id, depth + 1) for p in ex.positives]
-    assert len(difficulty) == len(pairs)
     zero_shot = DualEncoder.from_pretrained("minilm").query_encoder
     zero_shot.max_length = args.dpr_passage_length
     rows = [{"ordering": "zero-shot minilm", "seed": None,
              "ndcg_cut_10": round(common.evaluate_dense(zero_shot, dev_data)["ndcg_cut_10"], 4)}]
-    steps = max(1, int(args.dpr_epochs * (len(pairs) // base.train.batch_size)))
+    steps, difficulty = None, None
     for ordering in ORDERINGS:
         for seed in args.dpr_seeds:
             out = args.work_dir / "dpr" / f"{ordering}-s{seed}"
             shutil.rmtree(out, ignore_errors=True)
-            curriculum = CurriculumConfig(ordering=ordering, pacing="linear", pacing_a=0.8, pacing_b=0.2,
-                                          balance=False)
-            sampler = build_sampler(curriculum, difficulty, steps, base.train.batch_size, seed, n=len(pairs))
-            torch.manual_seed(seed)
-            model = DualEncoder.from_pretrained("minilm", shared=True)
-            run = dataclasses.replace(base.loop_config("dpr"), output_dir=str(out), seed=seed)
+            config = DprConfig(
+                data=str(folder), output_dir=str(out), dev_fraction=0.2, num_negatives=1, mine_depth=30,
+                query_max_length=32, passage_max_length=args.dpr_passage_length, epochs=args.dpr_epochs,
+                batch_size=16 if args.quick else 32, lr=2e-5, device=args.device, checkpoint_minutes=0.0, seed=seed,
+                curriculum=CurriculumConfig(ordering=ordering, pacing="linear", pacing_a=0.8, pacing_b=0.2))
             t0 = time.time()
-            train(model, pairs, PairCollate(model.query_encoder.tokenizer, 1, 32, args.dpr_passage_length),
-                  dpr_loss(base.scale), run, sampler=sampler)
+            result = run_dpr(config)
             seconds = time.time() - t0
-            model.save_pretrained(out / "model")
+            train_seconds = result.metrics[-1]["elapsed"]  # the loop's own clock, without data loading and mining
+            steps = result.steps
+            if (out / "scores.json").is_file():  # the BM25 rank of each pair's positive (curriculum, anti)
+                difficulty = json.loads((out / "scores.json").read_text())["scores"]
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
-            model.query_encoder.max_length = args.dpr_passage_length  # as trained (and as zero-shot below)
-            score = common.evaluate_dense(model.query_encoder, dev_data)["ndcg_cut_10"]
+            model = SentenceEncoder.from_pretrained(result.model_dir)
+            model.max_length = args.dpr_passage_length  # as trained (and as zero-shot above)
+            score = common.evaluate_dense(model, dev_data)["ndcg_cut_10"]
             rows.append({"ordering": ordering, "seed": seed, "ndcg_cut_10": round(score, 4),
-                         "train_seconds": round(seconds, 1), "model": str(out / "model")})
-            print(f"dpr {ordering} s{seed}: dev nDCG@10 {score:.4f} ({seconds:.0f} s)", flush=True)
-    return {"pairs": len(pairs), "dev_queries": len(dev), "steps": steps, "rows": rows,
+                         "train_seconds": round(train_seconds, 1), "run_seconds": round(seconds, 1),
+                         "model": str(result.model_dir)})
+            print(f"dpr {ordering} s{seed}: dev nDCG@10 {score:.4f} ({train_seconds:.0f} s training)", flush=True)
+    return {"pairs": len(difficulty), "dev_queries": len(dev), "steps": steps, "rows": rows,
             "median_bm25_rank_of_positive": float(np.median(difficulty))}
 
 

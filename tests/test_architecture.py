@@ -49,8 +49,7 @@ METHODS = {
     "reprlab.distill.approx", "reprlab.retrieval.dpr", "reprlab.retrieval.ance", "reprlab.retrieval.hashing",
     "reprlab.retrieval.mdr", "reprlab.retrieval.reader_distill", "reprlab.qa.block_skim", "reprlab.qa.long_reader",
     "reprlab.qa.fid", "reprlab.recsys.deep_retrieval", "reprlab.analysis.cka", "reprlab.analysis.natural_tasks",
-    "reprlab.train.curriculum",
-}
+}  # not train.curriculum: it is the training loop's sampler service (train floor), which any recipe may use
 # recipes that compose methods: the distillation recipe trains KD, CKD or SEED
 COMPOSERS = {"reprlab.distill.recipe": {"reprlab.distill.kd", "reprlab.distill.ckd", "reprlab.distill.seed"},
              "reprlab.pretrain.mlm": {"reprlab.pretrain.pmi"},  # MLM with any masking scheme, PMI's included

@@ -211,6 +211,12 @@ def _call(callbacks: Sequence[Any], hook: str, *args) -> None:
             getattr(cb, hook)(*args)
 
 
+def planned_steps(config: TrainConfig, n: int) -> int:
+    """The optimizer steps a run of ``config`` on ``n`` examples takes: ``max_steps``, or ``epochs`` x the
+    full batches per epoch (at least one); what a recipe paces a curriculum over."""
+    return config.max_steps or max(1, int(config.epochs * (n // config.batch_size)))
+
+
 def _plan(config: TrainConfig, n: int, world: int) -> tuple[int, int, int]:
     """(examples per rank and micro-step, total optimizer steps, warm-up steps), or a ConfigError."""
     local_batch, rem = divmod(config.batch_size // config.grad_accum, world)
@@ -221,7 +227,7 @@ def _plan(config: TrainConfig, n: int, world: int) -> tuple[int, int, int]:
     if steps_per_epoch < 1:
         raise ConfigError(f"the dataset has {n} examples, fewer than one batch of {config.batch_size}",
                           field="batch_size")
-    total = config.max_steps or max(1, int(config.epochs * steps_per_epoch))
+    total = planned_steps(config, n)
     warmup = config.warmup_steps if config.warmup_steps is not None else int(config.warmup_ratio * total)
     return local_batch, total, warmup
 
