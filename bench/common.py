@@ -269,12 +269,14 @@ def evaluate_dense(model, data, batch_size: int = 64, metrics: Sequence[str] = (
 def distill_config(method: str, student: str, output_dir: str | os.PathLike, corpus: str | os.PathLike, *,
                    steps: int, teacher: str = "minilm", batch_size: int = 32, lr: float = 1e-4,
                    max_length: int = 128, device: str = "cpu", seed: int = 0, max_texts: int | None = None,
-                   ckd_weights: Sequence[float] = (100, 10, 100, 10), layer_map: list | None = None):
+                   ckd_weights: Sequence[float] = (100, 10, 100, 10), layer_map: list | None = None,
+                   dev_fraction: float = 0.0):
     """The distillation recipe of ``distill.py``, ``distill_dev.py`` and ``distill_gpu.py``, so that the
     three train alike: unlabelled texts of ``corpus`` (a BEIR folder: corpus + queries, no qrels),
     warm-up 10%; KD = embedding cosine 1 + in-batch score KL 1 (scale 20); CKD = KD + relation terms
     ``ckd_weights`` (wr_pair, wr_triplet, ltr_pair, ltr_triplet), window 21, ``layer_map`` (None = the
-    default map); SEED = queue 2048, temperatures 0.2 (student) / 0.01 (teacher)."""
+    default map); SEED = queue 2048, temperatures 0.2 (student) / 0.01 (teacher). ``dev_fraction`` leaves the
+    text of that hash dev slice of the queries out (``distill_dev.py`` scores on it)."""
     from reprlab.distill.ckd import CKDConfig
     from reprlab.distill.kd import KDConfig
     from reprlab.distill.recipe import DistillConfig
@@ -284,7 +286,7 @@ def distill_config(method: str, student: str, output_dir: str | os.PathLike, cor
     return DistillConfig(
         method=method, corpus=[str(corpus)], output_dir=str(output_dir), teacher=teacher, student=student,
         max_length=max_length, max_steps=steps, batch_size=batch_size, lr=lr, warmup_ratio=0.1, device=device,
-        seed=seed, max_texts=max_texts,
+        seed=seed, max_texts=max_texts, dev_fraction=dev_fraction,
         kd=KDConfig(embedding="cosine", embedding_weight=1.0, score_weight=1.0, scale=20.0),
         ckd=CKDConfig(wr_pair=w[0], wr_triplet=w[1], ltr_pair=w[2], ltr_triplet=w[3], window=21, layer_map=layer_map),
         seed_method=SEEDConfig(queue_size=2048, student_temperature=0.2, teacher_temperature=0.01))

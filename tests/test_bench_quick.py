@@ -132,7 +132,8 @@ def check_distill(r):
 
 
 def check_distill_dev(r):
-    assert r["name"] == "ckd" and r["dev_queries"] == 20 and unit(r["ndcg@10_dev"])
+    assert r["name"] == "ckd" and r["dev_queries"] == len(r["dev_query_ids"]) == 20 and unit(r["ndcg@10_dev"])
+    assert r["dev_fraction"] == 0.2 and r["dev_text_excluded"] is True and r["dev_texts_in_training"] == 0
     assert r["ckd"]["window"] == 21 and r["args"]["steps"] == 3
 
 
@@ -439,4 +440,5 @@ def test_distill_dev_trains_in_one_process_and_scores_in_another(tmp_path, share
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(out.read_text())
     assert record["train_s"] == trained["train_s"] and record["ckd"] == trained["ckd"]
+    assert trained["dev_fraction"] == 0.2 and record["dev_text_excluded"] is True
     assert 0.0 <= record["ndcg@10_dev"] <= 1.0

@@ -97,3 +97,37 @@ def test_auto_student_picks_layers_on_the_training_texts(corpus, tiny_teacher_di
         assert torch.equal(student.encoder.layers[j].ffn.up.weight, teacher.encoder.layers[i].ffn.up.weight)
     with pytest.raises(ConfigError, match="auto"):
         load_student(teacher, "auto:x", texts)
+
+
+def test_dev_fraction_keeps_the_dev_queries_text_out_of_training(corpus, tiny_teacher_dir, tmp_path, monkeypatch):
+    """--dev-fraction: the hash dev slice of the train-split queries (the slice DPR/ANCE hold out) is never
+    a training text, the other train-split queries still are, and nothing else changes."""
+    import reprlab.distill.recipe as recipe
+    from reprlab.retrieval.pairs import dev_queries
+    from reprlab.text.beir import load_beir, read_queries
+
+    (corpus / "qrels").mkdir()
+    (corpus / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(6)))
+    queries = read_queries(corpus / "queries.jsonl")
+    dev = dev_queries(load_beir(corpus, split="train"), 0.2)
+    assert dev == ["q4", "q5"], "hash fractions 0.067 and 0.152; q0 (0.204) and q7 (0.046, not judged) are not"
+    seen = []
+    real_train = recipe.train
+    monkeypatch.setattr(recipe, "train", lambda model, data, *a, **kw: seen.append(list(data)) or real_train(
+        model, data, *a, **kw))
+    result = run_distillation(config("kd", corpus, tiny_teacher_dir, tmp_path / "dev", dev_fraction=0.2, max_steps=1))
+    trained_on = set(seen[0])
+    assert not trained_on & {queries[q] for q in dev}, "a dev query's text reached the training texts"
+    assert {queries[q] for q in ("q0", "q1", "q2", "q3")} <= trained_on
+    assert result.texts == len(seen[0]) == 44
+    seen.clear()
+    run_distillation(config("kd", corpus, tiny_teacher_dir, tmp_path / "all", max_steps=1))
+    assert {queries[q] for q in dev} <= set(seen[0]), "without dev_fraction every train-split query is read"
+    everything = read_texts(corpus, TextOptions(unit="line", queries="all", dev_fraction=0.2))
+    assert len(everything) == 45 and queries["q7"] not in everything  # 'all': the dev slice of every query
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ConfigError, match="dev_fraction"):
+            DistillConfig(method="kd", corpus=["x"], output_dir="o", dev_fraction=bad)
+        with pytest.raises(ConfigError, match="must be in"):
+            TextOptions(dev_fraction=bad)

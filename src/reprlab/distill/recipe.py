@@ -3,9 +3,9 @@
 The recipe behind ``reprlab distill kd|ckd|seed``. The teacher (``minilm`` or a model folder) is
 frozen; the student is built from it by a spec (``layers:0,2,4``, ``every:2``, ``config:...``; see
 ``students.py``) or loaded from a folder; the texts come from BEIR folders (documents, and the
-queries of the qrels splits ``queries`` names), JSONL files (``text``, with ``title`` when present) or
-plain text files (one text per non-empty line), read by :func:`reprlab.text.corpus.read_texts`. No
-labels are read. The methods:
+queries of the qrels splits ``queries`` names, less the ``dev_fraction`` hash dev slice of them),
+JSONL files (``text``, with ``title`` when present) or plain text files (one text per non-empty
+line), read by :func:`reprlab.text.corpus.read_texts`. No labels are read. The methods:
 
 * ``kd``: embedding regression + in-batch score KL (:mod:`reprlab.distill.kd`);
 * ``ckd``: the same plus CKD's word-relation and layer-transforming-relation terms
@@ -142,6 +142,10 @@ class DistillConfig(RecipeConfig):
     queries: str | tuple[str, ...] | None = option(
         ("train",), parse=_queries, help="BEIR folders: add the queries judged in these qrels splits "
                                          "(comma-separated), 'all' or 'none'; never a split you report on")
+    dev_fraction: float = option(
+        0.0, help="BEIR folders: leave out the text of the queries whose id falls in this hash dev slice "
+                  "(reprlab.text.splits, the slice DPR/ANCE's --dev-fraction holds out), so they can be a "
+                  "dev set the student never read; 0 = hold none out")
     kd: KDConfig = option(default_factory=KDConfig, prefix="kd", help="plain KD terms")
     ckd: CKDConfig = option(default_factory=CKDConfig, prefix="ckd", help="CKD relation terms")
     seed_method: SEEDConfig = option(default_factory=SEEDConfig, prefix="seed", help="SEED queue")
@@ -157,9 +161,10 @@ class DistillConfig(RecipeConfig):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, cls(**getattr(self, name)))
         check(self.max_length >= 3, "max_length", f"must be at least 3, got {self.max_length}")
+        check(0.0 <= self.dev_fraction < 1.0, "dev_fraction", f"must be in [0, 1), got {self.dev_fraction}")
 
     def text_options(self) -> TextOptions:
-        return TextOptions(unit="line", queries=self.queries, max_texts=self.max_texts)
+        return TextOptions(unit="line", queries=self.queries, max_texts=self.max_texts, dev_fraction=self.dev_fraction)
 
 
 @dataclass

@@ -15,8 +15,10 @@ What a file gives, by kind (:class:`TextOptions` chooses where there is a choice
 * a plain text file: ``unit="paragraph"`` (default), paragraphs separated by blank lines with their
   line breaks joined, or ``unit="line"``, one text per non-empty line.
 * a folder: a BEIR folder gives its ``corpus.jsonl``, plus its queries when ``queries`` asks
-  (``"all"``, or the qrels splits whose judged queries to add, e.g. ``("train",)``); any other folder
-  gives every ``*.jsonl`` and ``*.txt`` inside, sorted.
+  (``"all"``, or the qrels splits whose judged queries to add, e.g. ``("train",)``), less the queries
+  whose id falls in the ``dev_fraction`` dev slice of :mod:`reprlab.text.splits` (the slice DPR/ANCE's
+  ``dev_fraction`` holds out, so a dev study can score on queries whose text was never read); any
+  other folder gives every ``*.jsonl`` and ``*.txt`` inside, sorted.
 
 >>> read_texts("scifact/beir", TextOptions(queries=("train",)))           # doctest: +SKIP
 """
@@ -32,6 +34,7 @@ from typing import Iterator, Sequence
 
 from reprlab.errors import ConfigError, DataFormatError, ReprlabError
 from reprlab.text import beir, msmarco
+from reprlab.text.splits import side
 
 logger = logging.getLogger("reprlab")
 SENTENCE_FIELDS = ("sentences", "abstract")
@@ -48,10 +51,13 @@ class TextOptions:
     unit: str = "paragraph"  # plain text files: "paragraph" (blank-line separated) or "line"
     queries: str | tuple[str, ...] | None = None  # BEIR folders: None, "all", or qrels split names
     max_texts: int | None = None
+    dev_fraction: float = 0.0  # BEIR folders: leave out the queries in this hash dev slice (by query id)
 
     def __post_init__(self):
         if self.unit not in UNITS:
             raise ConfigError(f"unknown text unit {self.unit!r}; choose one of: {', '.join(UNITS)}", field="unit")
+        if not 0.0 <= self.dev_fraction < 1.0:  # also refuses nan
+            raise ConfigError(f"must be in [0, 1), got {self.dev_fraction}", field="dev_fraction")
         if self.max_texts is not None and self.max_texts < 1:
             raise ConfigError(f"must be at least 1, got {self.max_texts}", field="max_texts")
 
@@ -138,10 +144,17 @@ def _units(path: Path, unit: str) -> list[str]:
     return [" ".join(p.split()) for p in re.split(r"\n\s*\n", raw) if p.strip()]
 
 
-def _beir_queries(folder: Path, queries: str | tuple[str, ...]) -> list[str]:
+def held_out(query_id: str, dev_fraction: float) -> bool:
+    """Whether a query is in the dev slice that ``dev_fraction`` holds out (the rule of
+    :func:`reprlab.text.splits.split` by query id, as ``reprlab.retrieval.pairs.dev_queries`` uses)."""
+    return dev_fraction > 0 and side(query_id, dev_fraction=dev_fraction) == "dev"
+
+
+def _beir_queries(folder: Path, queries: str | tuple[str, ...], dev_fraction: float = 0.0) -> list[str]:
     if not (folder / "queries.jsonl").is_file():
         return []
-    texts = beir.read_queries(folder / "queries.jsonl")
+    texts = {qid: t for qid, t in beir.read_queries(folder / "queries.jsonl").items()
+             if not held_out(qid, dev_fraction)}
     if queries == "all":
         return list(texts.values())
     names = (queries,) if isinstance(queries, str) else tuple(queries)
@@ -166,7 +179,8 @@ def read_texts(paths: Paths, options: TextOptions | None = None, **kwargs) -> li
         if path.suffix == ".jsonl":
             texts.extend(t for n, obj in jsonl_records(path) if (t := _record_text(obj, path, n)))
             if path.name == "corpus.jsonl" and options.queries:
-                texts.extend(t for t in _beir_queries(path.parent, options.queries) if t.strip())
+                texts.extend(t for t in _beir_queries(path.parent, options.queries, options.dev_fraction)
+                             if t.strip())
         else:
             texts.extend(_units(path, options.unit))
         if options.max_texts is not None and len(texts) >= options.max_texts:
