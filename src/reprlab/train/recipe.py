@@ -184,11 +184,17 @@ def recipe_config(cls):
         else set()
     init = cls.__init__
 
+    nested: dict[str, type] = {}  # field -> its config class (the loop's TrainConfig, a curriculum, ...), on first use
+
     @functools.wraps(init)
     def __init__(self, *args, **kwargs):
         flat = {k: kwargs.pop(k) for k in list(kwargs) if k in flat_names}
-        if isinstance(kwargs.get("train"), dict):
-            kwargs["train"] = from_dict(TrainConfig, kwargs["train"], "train.")
+        if not nested:
+            hints = typing.get_type_hints(cls)
+            nested.update((f.name, sub) for f in dataclasses.fields(cls) if (sub := config_class_of(hints[f.name])))
+        for key, sub in nested.items():  # nested configs given as dicts (e.g. from to_dict) are built here
+            if isinstance(kwargs.get(key), dict):
+                kwargs[key] = from_dict(sub, kwargs[key], f"{key}.")
         init(self, *args, **kwargs)
         if flat:
             self.train = dataclasses.replace(self.train, **flat)
