@@ -40,7 +40,7 @@ from reprlab.nn.resnet import ResNet, ResNetConfig
 from reprlab.text.images import load_fashion_mnist
 from reprlab.text.splits import hash_fraction
 from reprlab.train.curriculum import CurriculumConfig, build_sampler, learned_epoch, loss_cscore, read_scores
-from reprlab.train.loop import TrainConfig, train
+from reprlab.train.loop import TrainConfig, planned_steps, train
 from reprlab.train.recipe import (RecipeConfig, RecipeResult, check, finished, loop, option, read_metrics,
                                   recipe_config, register)
 
@@ -242,7 +242,7 @@ def run_image_classifier(config: ImageClassifierConfig, callbacks: Sequence = ()
     model_config = ResNetConfig(depth=config.depth, width=config.width, pool_input=config.pool_input,
                                 num_classes=max(classes, 2))
     run = config.loop_config("image-classifier", examples=len(data.x))
-    total = run.max_steps or max(1, int(run.epochs * (len(data.x) // run.batch_size)))
+    total = planned_steps(run, len(data.x))
     sampler = None
     if config.curriculum.active:
         scores = None if config.curriculum.ordering == "random" else difficulty(config, data, model_config, total)
