@@ -51,6 +51,8 @@ import torch
 
 import blockskim_transfer
 import common
+from blockskim_report import (EVAL_SETS, VARIANTS, append_section, choose_threshold, plot,
+                              predictor_table, table, tuning_table, variant_label)
 from reprlab.io import atomic_write_json
 from reprlab.qa.block_skim import BlockSkimConfig, BlockSkimReader
 from reprlab.qa.reader import Reader, ReaderConfig
@@ -60,29 +62,14 @@ from reprlab.text.splits import split
 from reprlab.train.recipe import run_differences
 
 
-def split_examples(examples, eval_fraction: float):
-    """(train, eval) examples by the one hash rule of their group (article title or question id)."""
-    parts = split(examples, key=lambda e: e.group, eval_fraction=eval_fraction)
+def split_examples(examples, eval_fraction: float, dev_fraction: float = 0.0):
+    """(train, eval) examples by the one hash rule of their group (article title or question id); the
+    ``dev_fraction`` dev side is in neither (:func:`dev_examples`)."""
+    parts = split(examples, key=lambda e: e.group, eval_fraction=eval_fraction, dev_fraction=dev_fraction)
     return parts.train, parts.eval
 
 SQUAD = common.data_path("squad_v1.1_dev_xquad_en", "xquad.en.json", check=False)
 HOTPOT = common.data_path("hotpotqa_dev500_ircot", "dev_subsampled.jsonl", check=False)
-EVAL_SETS = {"xquad": "XQuAD-en eval split (SQuAD v1.1 dev subset)",
-             "hotpotqa-all": "HotpotQA eval split, all ~10 paragraphs per question"}
-
-
-# variant -> (predictor input, reader frozen while the predictors train, run folder)
-VARIANTS = {
-    "diagonal": ("diagonal", False, "blockskim-diagonal"),
-    "diagonal+question": ("diagonal+question", False, "blockskim-question"),
-    "frozen-diagonal": ("diagonal", True, "blockskim-diagonal-frozen"),
-    "frozen-diagonal+question": ("diagonal+question", True, "blockskim-question-frozen"),
-}
-
-
-def variant_label(variant: str) -> str:
-    features, frozen, _ = VARIANTS[variant]
-    return f"Block Skim ({features}{', reader frozen' if frozen else ''})"
 
 
 def _train_one(name: str, cfg: ReaderTrainingConfig, skim: BlockSkimConfig | None, threads: int) -> float:
@@ -106,7 +93,8 @@ def train_models(args, work: Path, reader_cfg: ReaderConfig) -> dict[str, float]
     Joint variants train from MiniLM alongside the plain reader; "frozen" variants then train only
     their predictors on the saved plain reader, for ``--frozen-epochs``."""
     data = [str(SQUAD)] + ([str(HOTPOT)] if args.hotpotqa else [])
-    shared = dict(data=data, eval_fraction=args.eval_fraction, hotpotqa_contexts=args.hotpotqa_contexts,
+    shared = dict(data=data, eval_fraction=args.eval_fraction, dev_fraction=args.dev_fraction,
+                  hotpotqa_contexts=args.hotpotqa_contexts,
                   reader=reader_cfg, max_steps=args.max_steps,
                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, evaluate=False,
                   checkpoint_every=args.checkpoint_every)
@@ -206,6 +194,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="xquad: the XQuAD-en article split; hotpotqa-all: HotpotQA eval questions over all "
                              "their paragraphs")
     parser.add_argument("--eval-fraction", type=float, default=0.3)
+    parser.add_argument("--dev-fraction", type=float, default=0.15,
+                        help="the hash rule's dev side: held out of training; each skim-layer set's threshold is "
+                             "chosen on it (the fewest slots within 1 F1 of the plain reader); 0 = no choice")
+    parser.add_argument("--report", choices=("grid", "chosen"), default="grid",
+                        help="time every threshold on the eval side, or only the plain reader, threshold 0 and "
+                             "the thresholds chosen on dev")
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -260,18 +254,45 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def eval_examples(args) -> tuple[list, dict]:
-    """The eval questions (never trained on) and the training question counts {squad, hotpotqa}."""
-    squad_train, squad_eval = split_examples(load_squad(SQUAD), args.eval_fraction)
-    hotpot_train = split_examples(load_hotpotqa_answers(HOTPOT, args.hotpotqa_contexts),
-                                  args.eval_fraction)[0] if args.hotpotqa else []
-    if args.eval_set == "xquad":
-        examples = squad_eval
-    else:
-        examples = split_examples(load_hotpotqa_answers(HOTPOT, contexts="all"), args.eval_fraction)[1]
+def eval_examples(args) -> tuple[list, list, dict]:
+    """The eval questions (never trained on, reported), the dev questions of the same set (never trained on,
+    only for choosing thresholds) and the training question counts {squad, hotpotqa}."""
+    fractions = dict(eval_fraction=args.eval_fraction, dev_fraction=args.dev_fraction)
+    squad_parts = split(load_squad(SQUAD), key=lambda e: e.group, **fractions)
+    hotpot_train = split(load_hotpotqa_answers(HOTPOT, args.hotpotqa_contexts), key=lambda e: e.group,
+                         **fractions).train if args.hotpotqa else []
+    parts = squad_parts if args.eval_set == "xquad" else split(
+        load_hotpotqa_answers(HOTPOT, contexts="all"), key=lambda e: e.group, **fractions)
+    examples, dev = parts.eval, parts.dev
     examples = examples[: args.eval_limit] if args.eval_limit else examples
-    assert not {e.group for e in examples} & {e.group for e in squad_train + hotpot_train}  # never trained on
-    return examples, {"squad": len(squad_train), "hotpotqa": len(hotpot_train)}
+    dev = dev[: args.eval_limit] if args.eval_limit else dev
+    trained = {e.group for e in squad_parts.train + hotpot_train}
+    assert not {e.group for e in examples + dev} & trained  # never trained on
+    return examples, dev, {"squad": len(squad_parts.train), "hotpotqa": len(hotpot_train)}
+
+
+def tune_thresholds(args, dev: list, plain, skimmers: dict) -> dict:
+    """Each skim-layer set's threshold, chosen on the dev questions by :func:`choose_threshold` (EM/F1 and slots
+    of one untimed pass per threshold); ``{}`` when there is no dev side."""
+    if not dev:
+        return {}
+    with torch.inference_mode():
+        plain_f1 = evaluate_examples(dev, plain.predict(dev))["f1"]
+        rows, chosen = [], {}
+        for (variant, layers), model in skimmers.items():
+            mine = []
+            for t in sorted(t for t in args.thresholds if t > 0):
+                model.skim_config.threshold, stats = t, {}
+                m = evaluate_examples(dev, model.predict(dev, stats=stats))
+                slots = stats.get("layer_slots")
+                mine.append({"reader": variant_label(variant), "skim_layers": list(layers), "threshold": t,
+                             "exact_match": round(m["exact_match"], 2), "f1": round(m["f1"], 2),
+                             "slots": round(sum(slots) / (len(slots) * slots[0]), 3) if slots else 1.0})
+                print(f"  dev {variant} {layers} t={t} F1 {mine[-1]['f1']:.2f} slots {mine[-1]['slots']:.2f}",
+                      flush=True)
+            chosen[f"{variant_label(variant)} @ {','.join(map(str, layers))}"] = choose_threshold(plain_f1, mine)
+            rows += mine
+    return {"questions": len(dev), "plain_f1": round(plain_f1, 2), "rows": rows, "chosen": chosen}
 
 
 def diagnostics(args, examples) -> list[dict]:
@@ -385,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, seconds in train_times.items():  # reused readers report their saved time (nan if none)
             print(f"{name}: {seconds / 60:.1f} min of training")
         return
-    examples, train_questions = eval_examples(args)
+    examples, dev, train_questions = eval_examples(args)
     if args.diagnose_only:
         if not out.is_file():
             sys.exit(f"--diagnose-only adds to an earlier run's result, and there is none at {out}")
@@ -394,9 +415,17 @@ def main(argv: list[str] | None = None) -> None:
         result = common.write_result("blockskim", result, args, argv)  # keeps the measuring run's command
     else:
         plain, skimmers, configs = load_readers(args, torch.device(args.device))
+        tuning = tune_thresholds(args, dev, plain, skimmers)
+        if args.report == "chosen":
+            configs = [c for c in configs if c[0] == "plain" or c[2] == 0
+                       or tuning["chosen"][f"{variant_label(c[0])} @ {','.join(map(str, c[1]))}"] == c[2]]
         rows = time_readers(args, examples, plain, skimmers, configs)
         plain_f1 = rows[0]["f1"]
+        chosen = [r for r in rows[1:] if tuning and r["threshold"] > 0
+                  and tuning["chosen"][f"{r['reader']} @ {','.join(map(str, r['skim_layers']))}"] == r["threshold"]]
         result = common.write_result("blockskim", {
+            "tuning": tuning, "chosen_rows": chosen,
+            "goal_met_at_chosen": [r for r in chosen if r["speedup"] >= 1.5 and r["f1"] >= plain_f1 - 1.0],
             "device": args.device, "readers": reader_provenance(args),
             "timing": f"median of {args.repeats} interleaved passes; min-max spread, per-pass speedup range and "
                       "fastest pass beside it; every pass in passes_s / cpu_passes_s (seconds, all questions)",
@@ -411,149 +440,12 @@ def main(argv: list[str] | None = None) -> None:
             "goal_met_by_cpu_time": [r for r in rows[1:] if r["cpu_speedup"] >= 1.5 and r["f1"] >= plain_f1 - 1.0],
             "predictors": diagnostics(args, examples)}, args, argv)
         print(table(result))
+        if tuning:
+            print(tuning_table(tuning))
         plot(result, out.with_suffix(".png"))
     print(predictor_table(result))
     if args.append:
         append_section(result, out.with_suffix(".png"))
-
-
-HEADER = ("| reader | skim layers | threshold | EM | F1 | wall ms / q (median) | min-max "
-          "| speedup (wall; per-pass range) | CPU ms / q (median) | speedup (CPU; per-pass range) "
-          "| fastest wall ms / q | slots run |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|")
-
-
-def table(result: dict) -> str:
-    lines = [HEADER]
-    for r in result["rows"]:
-        layers = ",".join(map(str, r["skim_layers"])) if r["skim_layers"] else "-"
-        threshold = "-" if r["threshold"] is None else f"{r['threshold']:g}"
-        lines.append(f"| {r['reader']} | {layers} | {threshold} | {r['exact_match']:.2f} | {r['f1']:.2f} | "
-                     f"{r['ms_per_question']:.1f} | {r['ms_min']:.1f}-{r['ms_max']:.1f} | {r['speedup']:.2f}x "
-                     f"({r['speedup_min']:.2f}-{r['speedup_max']:.2f}) | {r['cpu_ms_per_question']:.1f} | "
-                     f"{r['cpu_speedup']:.2f}x ({r['cpu_speedup_min']:.2f}-{r['cpu_speedup_max']:.2f}) | "
-                     f"{r['fastest_ms_per_question']:.1f} | {r['slots']:.2f} |")
-    return "\n".join(lines)
-
-
-def predictor_table(result: dict) -> str:
-    lines = ["| predictor | after layer | AUC (answer blocks vs others) | mean P(keep): answer / other | "
-             "answer blocks |", "|---|---|---|---|---|"]
-    for r in result.get("predictors", []):
-        lines.append(f"| {r['reader']} | {r['layer']} | {r['auc']:.3f} | {r['p_keep_answer']:.3f} / "
-                     f"{r['p_keep_other']:.3f} | {r['answer_share']:.0%} of {r['blocks']} |")
-    return "\n".join(lines)
-
-
-def plot(result: dict, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
-        print("matplotlib is not installed: no plot (pip install 'reprlab[plot]')")
-        return
-    rows = result["rows"]
-    plain = rows[0]
-    fig, ax = plt.subplots(figsize=(7, 6))
-    groups: dict[str, list] = {}
-    for r in rows[1:]:
-        if r["threshold"] > 0:
-            no_skip = [x for x in rows[1:] if x["threshold"] == 0 and x["reader"] == r["reader"]]
-            key = f"{r['reader']}, skim after layer {','.join(map(str, r['skim_layers']))}"
-            groups.setdefault(key, list(no_skip)).append(r)
-    for label, rs in groups.items():
-        ax.plot([r["cpu_speedup"] for r in rs], [r["f1"] for r in rs], "o-", label=label)
-        for r in rs:
-            ax.annotate(f"{r['threshold']:g}", (r["cpu_speedup"], r["f1"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7)
-    ax.plot([1.0], [plain["f1"]], "k*", markersize=12, label="plain reader")
-    ax.axhline(plain["f1"] - 1.0, color="grey", linestyle=":", label="plain F1 - 1")
-    ax.axvline(1.5, color="grey", linestyle="--", label="1.5x")
-    ax.set_xlabel("speedup over the plain reader (CPU time per question, 1 thread)")
-    ax.set_ylabel(f"F1 ({EVAL_SETS[result.get('eval_set', 'xquad')]})")
-    ax.set_title(f"MiniLM-L6 reader, {result['eval_questions']} questions, "
-                 f"{sum(result['train_questions'].values())} training questions")
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1)  # below: the points stay visible
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    print(f"wrote {path}")
-
-
-def goal(rows: list[dict], key: str) -> str:
-    if not rows:
-        return "not met in this run"
-    return "met by " + ", ".join(f"{r['reader']} after layer {','.join(map(str, r['skim_layers']))} "
-                                 f"t={r['threshold']:g} ({r[key]:.2f}x, F1 {r['f1']:.2f})" for r in rows)
-
-
-def imported_note(result: dict) -> str:
-    """A sentence for readers trained elsewhere (bench/blockskim_transfer.py's imported.json), or ""."""
-    carried = {k: r["imported"] for k, r in result.get("readers", {}).items() if "imported" in r}
-    if not carried:
-        return ""
-    record = next(iter(carried.values()))
-    first = record["trained_on"]
-    note = (f" The readers ({', '.join(carried)}) were trained with the same recipe on device {first['device']} "
-            f"({first['gpu'] or first['machine']}) and carried here as a float16 copy cast back to float32: every "
-            "reader shares the exact same rounded weights.")
-    if not record.get("start_model", {}).get("same", True):
-        note += (" They started from that machine's all-MiniLM-L6-v2, whose weights are not byte-identical to the "
-                 "shipped package's here (a stand-in; both sha256 in the JSON's readers).")
-    return note
-
-
-def append_section(result: dict, png: Path) -> None:
-    s = result["settings"]
-    tq = result["train_questions"]
-    eval_set = result.get("eval_set", "xquad")
-    if eval_set == "xquad":
-        held_out = (f"{result['eval_questions']} questions of {result['eval_articles']} held-out articles "
-                    "(sha256 article-title rule")
-    else:
-        held_out = (f"{result['eval_questions']} held-out HotpotQA questions, each over all its paragraphs "
-                    f"({result['eval_tokens_per_question']:.0f} context tokens on average; sha256 question-id rule")
-    hotpot = ("HotpotQA questions over all their paragraphs" if s.get("hotpotqa_contexts") == "all"
-              else "HotpotQA answers in supporting paragraphs")
-    lines = [
-        "",
-        f"## Block Skim: plain MiniLM reader vs Block Skim ({EVAL_SETS[eval_set]})",
-        "",
-        f"Command: `flock /tmp/reprlab-heavy.lock {result['command']}` (from the repo root). "
-        f"Machine: {result['machine']}. Date: {result['date']}. Total {result['total_minutes']:.0f} min "
-        "(training wall minutes: " + ", ".join(f"{k} {v}" for k, v in result["train_minutes"].items())
-        + ")." + imported_note(result),
-        "",
-        f"**Little training data**: {tq['squad']} SQuAD questions (train side of the article split) + "
-        f"{tq['hotpotqa']} {hotpot}, about 1% of SQuAD's training set, so "
-        "the absolute EM/F1 are far below a SQuAD-trained MiniLM's; the comparison is between readers "
-        "trained alike from all-MiniLM-L6-v2 "
-        f"({s['epochs']:g} epochs, batch {s['batch_size']}, lr {s['lr']:g}). Eval: "
-        f"{held_out}, eval fraction {s['eval_fraction']}), one question at a time, max_length "
-        f"{s['max_length']}, stride {s['stride']}; wall time = tokenization + model + decoding, median of "
-        f"{s['repeats']} interleaved passes (min-max and the per-pass speedup range beside it; every pass in the "
-        "JSON). Block Skim: blocks of {s['block_size']} context tokens, predictors "
-        f"trained after layers {s['train_layers']} (keep weight {s['keep_weight']:g}, predictor lr x"
-        f"{s['predictor_lr_scale']:g}), skipping after the "
-        "layers shown; threshold = skip a block when P(keep) < threshold (0 keeps all). slots run = "
-        "token x layer slots computed / those of the full sequence."
-        + (f" \"Reader frozen\": the predictors alone trained for {s['frozen_epochs']:g} epochs on the plain reader "
-           "(same data, batch and lr x scale; the reader's weights unchanged)."
-           if any(VARIANTS[v][1] for v in s["variants"]) else ""),
-        "",
-        table(result),
-        "",
-        "Goal (>= 1.5x at <= 1 F1 below the plain reader), by wall time: " + goal(result["goal_met_by"], "speedup")
-        + "; by CPU time: " + goal(result["goal_met_by_cpu_time"], "cpu_speedup") + ".",
-        "",
-        f"![speed vs F1]({common.repo_relative(png)})",
-        "",
-    ]
-    if result.get("predictors"):
-        lines += ["How well the trained predictors separate the blocks that hold the answer from the others, "
-                  "on the same eval questions (every block seen, threshold 0):", "", predictor_table(result), ""]
-    common.append_benchmarks("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))  # the bench scripts import their sibling `common`
 transfer = importlib.import_module("blockskim_transfer")
 blockskim = importlib.import_module("blockskim")
+report = importlib.import_module("blockskim_report")
 common = importlib.import_module("common")
 
 
@@ -161,3 +162,16 @@ def test_timing_columns_give_median_spread_fastest_and_every_pass():
     line = blockskim.table({"rows": [{"reader": "plain", "skim_layers": None, "threshold": None, "exact_match": 1.0,
                                       "f1": 2.0, "slots": 1.0, **base}]}).splitlines()[-1]
     assert "| 1100.0 | 1000.0-1500.0 | 1.00x (1.00-1.00) |" in line
+
+
+def test_the_dev_rule_picks_the_fewest_slots_within_one_f1_of_the_plain_reader():
+    rows = [{"threshold": 0.1, "f1": 10.2, "slots": 0.9}, {"threshold": 0.3, "f1": 9.5, "slots": 0.6},
+            {"threshold": 0.5, "f1": 8.9, "slots": 0.4}, {"threshold": 0.7, "f1": 9.2, "slots": 0.3}]
+    assert report.choose_threshold(10.0, rows) == 0.7  # 0.5 is 1.1 below; 0.7 is within 1 and skips the most
+    assert report.choose_threshold(10.3, rows) == 0.3
+    assert report.choose_threshold(12.0, rows) == 0.0  # none within 1 F1: skip nothing
+    assert report.choose_threshold(12.0, rows, slack=3.0) == 0.7
+    tuning = {"questions": 4, "plain_f1": 10.0, "chosen": {"Block Skim (x) @ 1": 0.7},
+              "rows": [{"reader": "Block Skim (x)", "skim_layers": [1], "exact_match": 0.0, **r} for r in rows]}
+    marked = [line for line in report.tuning_table(tuning).splitlines() if "**yes**" in line]
+    assert len(marked) == 1 and "| 0.7 |" in marked[0]

@@ -86,6 +86,10 @@ def check_blockskim(r):
         "Block Skim (diagonal+question, reader frozen)"}
     assert {x["threshold"] for x in rows[1:]} == {0.0, 0.5} and all(0 < x["slots"] <= 1 for x in rows)
     assert r["eval_questions"] == 8 and len(r["predictors"]) == 4 * 3
+    tuning = r["tuning"]  # thresholds chosen on the dev side, which no reader trained on
+    assert tuning["questions"] == 8 and len(tuning["chosen"]) == 4 * 3 and set(tuning["chosen"].values()) <= {0.0, 0.5}
+    assert all(x["threshold"] == tuning["chosen"][f"{x['reader']} @ {','.join(map(str, x['skim_layers']))}"]
+               for x in r["chosen_rows"])
     assert all(unit(p["auc"]) for p in r["predictors"])
 
 

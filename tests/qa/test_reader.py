@@ -245,6 +245,34 @@ def test_recipe_evaluates_on_the_held_out_articles_only(tiny_encoder_dir, tmp_pa
     assert result.eval_metrics[files[int(held_title[1])]]["n"] == 4
 
 
+
+def test_the_dev_side_is_neither_trained_on_nor_evaluated(tiny_encoder_dir, tmp_path, monkeypatch):
+    # four one-article files: the lowest hash is held out for eval, the next for dev (tuning), two train
+    from reprlab.qa import recipe as qa_recipe
+    from reprlab.text.splits import hash_fraction
+
+    titles = ("T0", "T1", "T2", "T3")
+    files = [str(write_squad(tmp_path / f"{t}.json", title=t)) for t in titles]
+    fractions = sorted((hash_fraction(t), t) for t in titles)
+    eval_fraction = (fractions[0][0] + fractions[1][0]) / 2
+    dev_fraction = (fractions[1][0] + fractions[2][0]) / 2 - eval_fraction
+    seen: list[str] = []
+    original = Reader.training_features
+    monkeypatch.setattr(Reader, "training_features",
+                        lambda self, examples: seen.extend(e.group for e in examples) or original(self, examples))
+    cfg = ReaderTrainingConfig(
+        output_dir=str(tmp_path / "run"), data=files, model=str(tiny_encoder_dir), eval_fraction=eval_fraction,
+        dev_fraction=dev_fraction, reader=ReaderConfig(max_length=64, stride=16, max_question_length=16),
+        max_steps=1, batch_size=4, device="cpu")
+    result = qa_recipe.run_reader_training(cfg)
+    assert result.train_examples == 8 and set(seen) == {fractions[2][1], fractions[3][1]}
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["dev_fraction"] == dev_fraction and sum(split["eval_examples"].values()) == 4
+    assert [f.endswith(f"{fractions[0][1]}.json") for f in result.eval_metrics] == [True]
+    with pytest.raises(ConfigError) as err:
+        ReaderTrainingConfig(output_dir="o", data=files, eval_fraction=0.5, dev_fraction=0.6)
+    assert err.value.field == "dev_fraction"
+
 def test_recipe_reads_hotpotqa_over_all_paragraphs(tiny_encoder_dir, tmp_path):
     filler = " ".join(f"word{i}" for i in range(60))
     records = [{"question_id": f"q{n}", "question_text": f"Where did person {n} live?",

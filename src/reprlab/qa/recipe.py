@@ -62,6 +62,8 @@ class ReaderTrainingConfig(RecipeConfig):
     model: str = option("minilm", help="encoder or reader folder to start from, or 'minilm'")
     eval_fraction: float = option(0.25, help="share of each file's articles (SQuAD) / questions (HotpotQA) held out "
                                              "and evaluated at the end")
+    dev_fraction: float = option(0.0, help="share of each file's articles / questions held out for tuning (the hash "
+                                           "rule's dev side): never trained on, not evaluated here")
     evaluate: bool = option(True, help="evaluate EM/F1 on the held-out side of each file at the end")
     group_by_length: bool = option(True, help="batches of windows of similar length (less padding), in a random "
                                               "order")
@@ -81,7 +83,7 @@ class ReaderTrainingConfig(RecipeConfig):
         self.data = [str(self.data)] if isinstance(self.data, (str, Path)) else [str(d) for d in self.data]
         check(len(self.data) > 0, "data", "no training data: give at least one SQuAD .json or HotpotQA .jsonl file")
         check_choice(self.hotpotqa_contexts, HOTPOTQA_CONTEXTS, "hotpotqa_contexts")
-        check_fractions(self.eval_fraction)
+        check_fractions(self.eval_fraction, self.dev_fraction)
         if not self.block_skim:
             default = BlockSkimConfig()
             changed = [f.name for f in dataclasses.fields(BlockSkimConfig)
@@ -105,9 +107,10 @@ class ReaderTrainingResult(RecipeResult):
 
 
 def load_split(files: Sequence[str], eval_fraction: float, hotpotqa_contexts: str = "supporting",
-               skipped: dict[str, dict[str, int]] | None = None
+               skipped: dict[str, dict[str, int]] | None = None, dev_fraction: float = 0.0
                ) -> tuple[list[QAExample], dict[str, list[QAExample]]]:
-    """(train examples of all files, {file: eval examples}) by the split rule on each example's group.
+    """(train examples of all files, {file: eval examples}) by the split rule on each example's group;
+    the ``dev_fraction`` dev side is in neither (it is kept for tuning).
 
     ``skipped``, when given, receives ``{HotpotQA file: questions left out, by reason}``."""
     train_all: list[QAExample] = []
@@ -115,7 +118,7 @@ def load_split(files: Sequence[str], eval_fraction: float, hotpotqa_contexts: st
     for path in files:
         left_out: dict[str, int] = {}
         parts = split(load_qa_file(path, hotpotqa_contexts, skipped=left_out), key=lambda ex: ex.group,
-                      eval_fraction=eval_fraction)
+                      eval_fraction=eval_fraction, dev_fraction=dev_fraction)
         train_all.extend(parts.train)
         held[str(path)] = parts.eval
         if skipped is not None and left_out:
@@ -138,7 +141,8 @@ def _train(config: ReaderTrainingConfig, model: Reader | None, callbacks: Sequen
     """Fine-tune ``model`` (default: :func:`build_reader`) on the train side with the loss its ``forward``
     returns (span loss, plus Block Skim's), save it to ``<output_dir>/model`` and evaluate it on the eval side."""
     skipped: dict[str, dict[str, int]] = {}
-    train_ex, held = load_split(config.data, config.eval_fraction, config.hotpotqa_contexts, skipped)
+    train_ex, held = load_split(config.data, config.eval_fraction, config.hotpotqa_contexts, skipped,
+                                config.dev_fraction)
     check(len(train_ex) > 0, "eval_fraction",
           f"the train side of {', '.join(config.data)} is empty (eval_fraction {config.eval_fraction})")
     model = build_reader(config) if model is None else model
@@ -167,7 +171,7 @@ def _train(config: ReaderTrainingConfig, model: Reader | None, callbacks: Sequen
         model.save_pretrained(model_dir)
         atomic_write_json(out / "split.json", {
             "rule": f"{RULE}; key = the example's group: SQuAD article title / HotpotQA question id",
-            "eval_fraction": config.eval_fraction, "train_examples": len(train_ex), "train_windows": len(features),
+            "eval_fraction": config.eval_fraction, "dev_fraction": config.dev_fraction, "train_examples": len(train_ex), "train_windows": len(features),
             "eval_examples": {f: len(ev) for f, ev in held.items()}, "skipped": skipped,
         })
         if config.evaluate and any(held.values()):
