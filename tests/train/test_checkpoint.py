@@ -361,6 +361,48 @@ def test_epoch_order():
     assert not torch.equal(_epoch_order(50, 7, 3, shuffle=True), expected)  # a new order each epoch
 
 
+
+def test_a_field_added_since_the_run_started_is_no_change_at_its_default(tmp_path):
+    """A run checkpointed before the code gained a field resumes when the field keeps its default (the behaviour
+    the code had), and is refused when it does not; the recipe's own fields reach the loop as config_defaults."""
+    stored = {"lr": 1.0, "extra": {"config": {"scale": 1.0}}}
+    grown = {"lr": 1.0, "new_loop": 0, "extra": {"config": {"scale": 1.0, "dev": 0.0}}}
+    defaults = {"new_loop": 0, "extra.config.dev": 0.0}
+    assert config_changes(stored, grown) == ["extra.config.dev", "new_loop"]  # no defaults given: both changed
+    assert config_changes(stored, grown, defaults=defaults) == []
+    moved = {"lr": 1.0, "new_loop": 1, "extra": {"config": {"scale": 1.0, "dev": 0.2}}}
+    assert config_changes(stored, moved, defaults=defaults) == ["extra.config.dev", "new_loop"]
+    assert config_changes({**stored, "new_loop": 1}, {**stored, "new_loop": 0}, defaults=defaults) == ["new_loop"]
+    # the loop: a checkpoint whose recorded recipe config lacks "dev"
+    out = tmp_path / "run"
+    train(Model(), DATA, collate, loss_fn, cfg(out, extra={"config": {"scale": 1.0}}), stop_after=3)
+    later = {"config": {"scale": 1.0, "dev": 0.0}, "config_defaults": {"dev": 0.0}}
+    with pytest.raises(ConfigError, match=r"other settings \(dev\)"):
+        train(Model(), DATA, collate, loss_fn,
+              cfg(out, resume=True, extra={**later, "config": {"scale": 1.0, "dev": 0.2}}))
+    assert train(Model(), DATA, collate, loss_fn, cfg(out, resume=True, extra=later)).step == 6
+
+
+def test_field_defaults_flatten_a_config_class_and_reuse_accepts_a_new_field_at_its_default(tmp_path):
+    from reprlab.qa.recipe import ReaderTrainingConfig
+    from reprlab.train.checkpoint import field_defaults
+    from reprlab.train.recipe import run_differences
+
+    d = field_defaults(ReaderTrainingConfig)
+    assert d["dev_fraction"] == 0.0 and d["eval_fraction"] == 0.25 and d["reader.max_length"] == 384
+    assert d["train.lr"] == 1e-4 and "output_dir" not in d and "data" not in d  # no default: not listed
+    assert field_defaults(TrainConfig)["lr"] == 2e-5
+    config = ReaderTrainingConfig(output_dir=str(tmp_path), data=["x.json"])
+    old = config.to_dict()
+    del old["dev_fraction"]  # a run made before the field existed
+    (tmp_path / "train_config.json").write_text(json.dumps({"extra": {"config": old}}))
+    assert run_differences(config) == []
+    assert run_differences(ReaderTrainingConfig(output_dir=str(tmp_path), data=["x.json"], dev_fraction=0.1)) == [
+        "dev_fraction"]
+    assert run_differences(ReaderTrainingConfig(output_dir=str(tmp_path), data=["y.json"])) == ["data"]
+    carried = config.loop_config("reader").extra["config_defaults"]  # what the loop's resume check reads
+    assert carried["dev_fraction"] == 0.0 and not any(k.startswith("train.") for k in carried)
+
 def test_nested_settings_benign_leaves_and_the_refusal_names_them(tmp_path):
     """A benign setting nested in a recipe's config (``extra.config.output_dir``) may change on resume; a changed
     nested setting is named in the refusal with its leaf for --allow-config-change; the resume is logged."""

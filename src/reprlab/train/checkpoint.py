@@ -204,17 +204,38 @@ def comparable(config: dict) -> dict[str, Any]:
     keep = {}
     for path, value in flat.items():
         leaf = path.rsplit(".", 1)[-1]
-        if path.startswith("extra.config.train.") or leaf in BENIGN:
+        if path.startswith(("extra.config.train.", "extra.config_defaults.")) or leaf in BENIGN:
             continue
         keep[path] = value
     return keep
 
 
-def config_changes(stored: dict, current: dict, allowed: Sequence[str] = ()) -> list[str]:
+def field_defaults(cls: type) -> dict[str, Any]:
+    """``{dotted path: default}`` of a config dataclass's fields that have a default, as its JSON record writes
+    them (a nested config's fields under its name; tuples as lists, paths as strings)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        value = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        out.update(leaves(json.loads(json.dumps(value, default=str)), f.name))
+    return out
+
+
+def config_changes(stored: dict, current: dict, allowed: Sequence[str] = (),
+                   defaults: dict[str, Any] | None = None) -> list[str]:
     """The fields (dotted paths) whose value differs between a checkpoint's config and this run's, less
-    those ``allowed`` names (by path or by field name)."""
+    those ``allowed`` names (by path or by field name). A field the stored config lacks (one added to the
+    code after the run started) is no change when this run keeps it at its value in ``defaults``: a new
+    field's default is the behaviour the code had before it."""
     a, b = comparable(stored), comparable(current)
-    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    defaults = defaults or {}
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)
+                     and not (k not in a and k in defaults and b[k] == defaults[k]))
     return [k for k in changed if k not in allowed and k.rsplit(".", 1)[-1] not in allowed]
 
 

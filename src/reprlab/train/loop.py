@@ -52,6 +52,7 @@ from reprlab.io import atomic_write_json, remove_stale
 from reprlab.logs import progress
 from reprlab.train.checkpoint import (
     config_changes,
+    field_defaults,
     list_checkpoints,
     load_checkpoint,
     read_state,
@@ -244,7 +245,11 @@ def _start(config: TrainConfig, state: TrainState, model, optimizer, scheduler, 
                           "or choose a new output folder")
     if config.resume and existing:
         folder = existing[-1][1]
-        changed = config_changes(read_state(folder)["config"], dataclasses.asdict(config), config.allow_config_change)
+        # a field added to the code since the run started, kept at its default, is no change
+        defaults = {**field_defaults(TrainConfig), **{f"extra.config.{k}": v for k, v in
+                                                      config.extra.get("config_defaults", {}).items()}}
+        changed = config_changes(read_state(folder)["config"], dataclasses.asdict(config), config.allow_config_change,
+                                 defaults)
         if changed:
             names = [k.removeprefix("extra.config.") for k in changed]  # a recipe's own fields, as typed
             raise ConfigError(f"the run in {output_dir} was started with other settings ({', '.join(names)}); "

@@ -151,8 +151,12 @@ class RecipeConfig:
 
     def loop_config(self, recipe: str, **extra) -> TrainConfig:  # for recipes with a ``train`` field
         """``self.train`` with ``output_dir`` filled in and the whole config recorded with the run."""
+        from reprlab.train.checkpoint import field_defaults
+
+        defaults = {k: v for k, v in field_defaults(type(self)).items() if not k.startswith("train.")}
         return dataclasses.replace(self.train, output_dir=str(self.output_dir),
-                                   extra={**self.train.extra, "recipe": recipe, "config": self.to_dict(), **extra})
+                                   extra={**self.train.extra, "recipe": recipe, "config": self.to_dict(),
+                                          "config_defaults": defaults, **extra})
 
     def to_dict(self) -> dict:
         d = to_dict(self)
@@ -247,15 +251,16 @@ def run_differences(config: RecipeConfig, output_dir: str | Path | None = None,
     config that made it. Settings that do not change what is computed (``resume``, ``device``, logging and
     checkpoint cadence, ``output_dir``) are not compared. Raises ConfigError when the folder holds no
     readable ``train_config.json``."""
-    from reprlab.train.checkpoint import BENIGN, leaves
+    from reprlab.train.checkpoint import BENIGN, field_defaults, leaves
 
     record = Path(output_dir if output_dir is not None else config.output_dir) / "train_config.json"
     try:
         stored = json.loads(record.read_text(encoding="utf-8"))["extra"]["config"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{record}: no readable record of a recipe's run there ({exc})") from exc
-    a, b = leaves(stored), leaves(config.to_dict())
-    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k.rsplit(".", 1)[-1] not in BENIGN)
+    a, b, defaults = leaves(stored), leaves(config.to_dict()), field_defaults(type(config))
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k.rsplit(".", 1)[-1] not in BENIGN
+                     and not (k not in a and k in defaults and b[k] == defaults[k]))  # a field added since, at its default
     return [k for k in changed if k not in allowed and k.rsplit(".", 1)[-1] not in allowed]
 
 
