@@ -174,6 +174,23 @@ class TablePredictor(torch.nn.Module):
 
 
 @pytest.mark.parametrize("features", FEATURES)
+def test_a_context_of_one_block_is_skimmed_too(tokenizer, features):
+    reader = make_reader(tokenizer, skim_layers=(0,), threshold=0.5, features=features)
+    batch = reader.featurize(["Who has marbles?"], ["Tom has red marbles."])
+    context = batch.sequence_ids == 1
+    assert batch.input_ids.shape[0] == 1 and context_blocks(context, 8)[1].shape[1] == 1, "one window, one block"
+    T = batch.input_ids.shape[1]
+    question = int(((batch.sequence_ids[0] != 1) & batch.attention_mask[0].bool()).sum())
+    reader.predictors["0"] = TablePredictor(torch.full((1, 1), -50.0))  # P(keep) ~ 0: skip the block
+    fast, ref = run(reader, batch), run(reader, batch, physical=False)
+    assert fast.layer_lengths[:2] == [T, question], "the only block was removed after layer 0"
+    assert torch.isinf(fast.start_logits[context]).all() and torch.isfinite(fast.start_logits[~context & (
+        batch.attention_mask == 1)]).all()
+    assert torch.equal(torch.isfinite(fast.start_logits), torch.isfinite(ref.start_logits))
+    reader.predictors["0"].table = torch.full((1, 1), 50.0)  # P(keep) ~ 1: nothing removed
+    assert run(reader, batch).layer_lengths[1] == T
+
+@pytest.mark.parametrize("features", FEATURES)
 def test_physical_removal_equals_the_masked_reference(tokenizer, features):
     reader = make_reader(tokenizer, skim_layers=(0, 1), threshold=0.5, features=features)
     batch = windows(reader)
