@@ -189,6 +189,8 @@ def test_a_context_of_one_block_is_skimmed_too(tokenizer, features):
     assert torch.equal(torch.isfinite(fast.start_logits), torch.isfinite(ref.start_logits))
     reader.predictors["0"].table = torch.full((1, 1), 50.0)  # P(keep) ~ 1: nothing removed
     assert run(reader, batch).layer_lengths[1] == T
+    reader.predictors["0"].table = torch.zeros(1, 1)  # P(keep) = 0.5 exactly, the threshold: kept ("skip when <")
+    assert run(reader, batch).layer_lengths[1] == T
 
 @pytest.mark.parametrize("features", FEATURES)
 def test_physical_removal_equals_the_masked_reference(tokenizer, features):
