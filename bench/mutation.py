@@ -75,7 +75,7 @@ MODULES = {
                       ["tests/train/test_loop.py", "tests/train/test_checkpoint.py"],
                       ["_epoch_order", "_start", "_checkpoint_due", "flatten", "unflatten", "rng_state",
                        "set_rng_state", "list_checkpoints", "save_checkpoint", "read_state", "load_checkpoint",
-                       "leaves", "comparable", "config_changes", "trim_metrics"]),
+                       "leaves", "comparable", "field_defaults", "config_changes", "trim_metrics"]),
 }
 NO_MUTATE = "# pragma: no mutate block"
 
