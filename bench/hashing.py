@@ -89,9 +89,37 @@ def ms_per_query(search, n_queries: int, repeats: int) -> dict:
 
 
 def metrics(index, queries: np.ndarray, qids: list[str], qrels: dict, k: int = 100) -> dict:
+    """Mean nDCG@10 and Recall@100, and each query's nDCG@10 (``per_query``, for the paired comparison)."""
     scores, ids = index.search(queries, k)
-    m = evaluate(qrels, to_run(qids, scores, ids), metrics=("ndcg_cut_10", "recall_100"))
-    return {"ndcg@10": round(m["ndcg_cut_10"], 4), "recall@100": round(m["recall_100"], 4)}
+    per = evaluate(qrels, to_run(qids, scores, ids), metrics=("ndcg_cut_10", "recall_100"), per_query=True)
+    mean = lambda m: float(np.mean([v[m] for v in per.values()]))  # noqa: E731
+    return {"ndcg@10": round(mean("ndcg_cut_10"), 4), "recall@100": round(mean("recall_100"), 4),
+            "per_query": {q: round(v["ndcg_cut_10"], 6) for q, v in sorted(per.items())}}
+
+
+# each pair (a, b): a - b per query; the fine-tunes against MiniLM, and the angular loss against its cosine control
+PAIRS = (("MiniLM + angular loss", "MiniLM"), ("MiniLM + DPR cosine loss", "MiniLM"),
+         ("MiniLM + angular loss", "MiniLM + DPR cosine loss"))
+
+
+def paired(rows: list[dict], resamples: int = 2000) -> list[dict]:
+    """For the float index and each code length searched exactly: the mean per-query nDCG@10 difference of each
+    pair in :data:`PAIRS` (both models present), its 95% paired-bootstrap interval (queries resampled, seed 0) and
+    the queries won / lost. One trained model per row: the spread over queries, not over training seeds."""
+    by = {(r["model"], r["bits"]): r["per_query"] for r in rows if "per_query" in r}
+    out = []
+    for a, b in PAIRS:
+        for bits in sorted({bits for model, bits in by if model == a}):
+            if (b, bits) not in by:
+                continue
+            qids = sorted(by[(a, bits)])
+            diff = np.array([by[(a, bits)][q] - by[(b, bits)][q] for q in qids])
+            draws = np.random.default_rng(0).integers(0, len(diff), size=(resamples, len(diff)))
+            means = diff[draws].mean(axis=1)
+            out.append({"a": a, "b": b, "bits": bits, "difference": round(float(diff.mean()), 4),
+                        "ci95": [round(float(np.quantile(means, 0.025)), 4), round(float(np.quantile(means, 0.975)), 4)],
+                        "won": int((diff > 0).sum()), "lost": int((diff < 0).sum())})
+    return out
 
 
 def tune_hash(vec: dict, train_q: dict, bits: int, args) -> tuple[dict, list[dict]]:
@@ -140,13 +168,17 @@ def rows_for(name: str, vec: dict, test: dict, train_q: dict, args) -> list[dict
         hashed.add(vec["doc_ids"], vec["docs"])
         rows.append({"model": name, "index": "binary, hash tables", "bits": bits,
                      "params": f"{chosen['hash_bits']} x {chosen['tables']}, nflip {chosen['nflip']}",
-                     **metrics(hashed, test["queries"], test["qids"], test["qrels"]),
+                     **without_per_query(metrics(hashed, test["queries"], test["qids"], test["qrels"])),
                      "code_bytes": bits // 8, "index_bytes": round(hashed.memory_bytes() / n, 1),
                      "candidates": round(hashed.search_stats(test["queries"])["candidates"], 1),
                      **ms_per_query(lambda: hashed.search(test["queries"], 100), nq, args.repeats),
                      "tuning": grid})
         print(row_md(rows[-1]), flush=True)
     return rows
+
+
+def without_per_query(m: dict) -> dict:
+    return {k: v for k, v in m.items() if k != "per_query"}
 
 
 def row_md(r: dict) -> str:
@@ -308,8 +340,9 @@ def main(argv: list[str] | None = None) -> None:
     result = common.write_result("hashing", {
         "faiss": faiss.__version__, "faiss_threads": 1, "docs": len(corpus), "test_queries": len(test_qids),
         "train_queries": len(train_qids), "settings": common.settings(args), "vectors": source,
-        "timings": timings, "rows": rows}, args, argv)
+        "timings": timings, "rows": rows, "paired": paired(rows)}, args, argv)
     print(f"timings: {json.dumps(timings)}")
+    print(paired_md(result["paired"]))
     if args.append:
         common.append_benchmarks(section(result))
 
@@ -334,7 +367,19 @@ def section(result: dict) -> str:
         HEADER,
         *map(row_md, result["rows"]),
         "",
+        paired_md(result.get("paired", [])),
+        "",
     ])
+
+
+def paired_md(pairs: list[dict]) -> str:
+    lines = ["| difference (same 300 queries) | bits | nDCG@10 difference | 95% paired bootstrap | won / lost |",
+             "|---|---|---|---|---|"]
+    for p in pairs:
+        bits = "float" if p["bits"] > 4096 else p["bits"]
+        lines.append(f"| {p['a']} - {p['b']} | {bits} | {p['difference']:+.4f} | [{p['ci95'][0]:+.4f}, "
+                     f"{p['ci95'][1]:+.4f}] | {p['won']} / {p['lost']} |")
+    return "\n".join(lines)
 
 
 def vectors_where(result: dict) -> str:

@@ -184,6 +184,11 @@ def check_hashing(r):
             assert x["candidates"] == r["docs"] and x["code_bytes"] == x["bits"] // 8
         if x["index"] == "binary, hash tables":
             assert x["candidates"] <= r["docs"]
+    ndcg = {(x["model"], x["bits"]): x["ndcg@10"] for x in rows if x["index"] != "binary, hash tables"}
+    assert [(p["a"], p["b"]) for p in r["paired"]] == [("MiniLM + angular loss", "MiniLM")] * 4  # float + 3 lengths
+    for p in r["paired"]:  # the mean of the per-query differences is the difference of the means
+        assert p["difference"] == pytest.approx(ndcg[(p["a"], p["bits"])] - ndcg[(p["b"], p["bits"])], abs=2e-4)
+        assert p["ci95"][0] <= p["difference"] <= p["ci95"][1] and p["won"] + p["lost"] <= r["test_queries"]
 
 
 def check_multihop(r):
