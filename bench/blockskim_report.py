@@ -41,7 +41,8 @@ def tuning_table(tuning: dict) -> str:
     lines = [f"Dev side ({tuning['questions']} questions, never trained on): plain reader F1 {tuning['plain_f1']:.2f}; "
              f"each skim-layer set's threshold is the one with the fewest slots whose F1 is >= "
              f"{tuning['plain_f1'] - F1_SLACK:.2f}.", "",
-             "| reader | skim layers | threshold | dev EM | dev F1 | dev slots run | chosen |", "|---|---|---|---|---|---|---|"]
+             "| reader | skim layers | threshold | dev EM | dev F1 | dev slots run | chosen |",
+             "|---|---|---|---|---|---|---|"]
     for r in tuning["rows"]:
         layers = ",".join(map(str, r["skim_layers"]))
         chosen = "**yes**" if tuning["chosen"].get(f"{r['reader']} @ {layers}") == r["threshold"] else ""

@@ -117,7 +117,7 @@ def paired(rows: list[dict], resamples: int = 2000) -> list[dict]:
             draws = np.random.default_rng(0).integers(0, len(diff), size=(resamples, len(diff)))
             means = diff[draws].mean(axis=1)
             out.append({"a": a, "b": b, "bits": bits, "difference": round(float(diff.mean()), 4),
-                        "ci95": [round(float(np.quantile(means, 0.025)), 4), round(float(np.quantile(means, 0.975)), 4)],
+                        "ci95": [round(float(np.quantile(means, q)), 4) for q in (0.025, 0.975)],
                         "won": int((diff > 0).sum()), "lost": int((diff < 0).sum())})
     return out
 

@@ -171,7 +171,8 @@ def _train(config: ReaderTrainingConfig, model: Reader | None, callbacks: Sequen
         model.save_pretrained(model_dir)
         atomic_write_json(out / "split.json", {
             "rule": f"{RULE}; key = the example's group: SQuAD article title / HotpotQA question id",
-            "eval_fraction": config.eval_fraction, "dev_fraction": config.dev_fraction, "train_examples": len(train_ex), "train_windows": len(features),
+            "eval_fraction": config.eval_fraction, "dev_fraction": config.dev_fraction,
+            "train_examples": len(train_ex), "train_windows": len(features),
             "eval_examples": {f: len(ev) for f, ev in held.items()}, "skipped": skipped,
         })
         if config.evaluate and any(held.values()):

@@ -259,8 +259,9 @@ def run_differences(config: RecipeConfig, output_dir: str | Path | None = None,
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{record}: no readable record of a recipe's run there ({exc})") from exc
     a, b, defaults = leaves(stored), leaves(config.to_dict()), field_defaults(type(config))
+    # a field added to the code since the run was made, kept at its default, is no change
     changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k.rsplit(".", 1)[-1] not in BENIGN
-                     and not (k not in a and k in defaults and b[k] == defaults[k]))  # a field added since, at its default
+                     and not (k not in a and k in defaults and b[k] == defaults[k]))
     return [k for k in changed if k not in allowed and k.rsplit(".", 1)[-1] not in allowed]
 
 
