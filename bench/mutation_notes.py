@@ -17,6 +17,7 @@ _PAD_OBJECT = "np.full with a None fill value makes an object array anyway: the 
 _MASK = "reprlab.pretrain.masking."
 _KD = "reprlab.distill.kd."
 _BS = "reprlab.qa.block_skim."
+_CKD = "reprlab.distill.ckd.x_"
 _SEED = "reprlab.distill.seed."
 _CK = "reprlab.train.checkpoint.x_"
 _LOOP = "reprlab.train.loop.x_"
@@ -36,6 +37,17 @@ _STABLE = ("a non-stable argsort of the keep mask: positions travel with their c
 _NB = ("block_pos is (B, blocks, block size), so shape[2] is the block size, >= 1 (and >= 0 is always true): nb is only "
        "compared with 0, so this differs only for a batch without any context block")
 EQUIVALENT: dict[str, str] = {
+    _CKD + "_masked_mse__mutmut_17": "with no valid entry every masked difference is 0, so diff.sum() is 0 with no "
+                                      "gradient: x 1.0 is x 0.0",
+    _CKD + "_pair_kl__mutmut_52": "with no row of >= 2 valid entries every KL term is exactly 0 (one valid entry has "
+                                   "probability 1 under both softmaxes and no gradient through it; the rest are masked to "
+                                   "0): x 1.0 is x 0.0, gradient included",
+    _CKD + "_pair_kl__mutmut_45": "both callers' valid masks are symmetric in their last two dims (token pairs, layer "
+                                   "pairs), so counting a row's valid entries along -2 or -1 gives the same counts",
+    _CKD + "_pair_kl__mutmut_41": "summing the KL terms along -2 instead of -1: every valid row of a sequence (or "
+                                   "token) is selected together with all its columns (the masks are symmetric and rows "
+                                   "of one group have the same count), so the mean over the selected rows adds the same "
+                                   "terms once each: the same value and gradient",
     _MDR + "95": _PAD, _MDR + "96": _PAD + " (a float64 s2 holds the float32 scores exactly)", _MDR + "99": _PAD
     + " (a float64 s2 holds the float32 scores exactly)", _MDR + "100": _PAD, _MDR + "103": _PAD_OBJECT,
     _MDR + "106": _PAD_OBJECT,
@@ -124,6 +136,10 @@ _MASK_RETRY = ("the bound on random retries before the fallback: changing it cha
                "and a test could see it only by pinning the random stream")
 _DEVICE = "the device of an arange: on CPU (where the tests run) None is the same device; only a CUDA run can tell"
 LEFT: dict[str, str] = {
+    **{_CKD + f"{fn}__mutmut_{i}": _DEVICE.replace("an arange", "a mask or index tensor")
+       for fn, ids in (("layer_pair_loss", (11, 14)), ("layer_triplet_loss", (8, 11)), ("window_angles", (11, 13, 18, 21)),
+                       ("word_pair_loss", (12, 15)), ("word_triplet_loss", (32, 34, 37, 40, 53, 56, 65, 68)))
+       for i in ids},
     **{_LOSSES + f"contrastive_loss__mutmut_{i}": _DEVICE for i in (44, 46)},
     **{_CK + f"load_checkpoint__mutmut_{i}": "load_model's device: without it (or None) the weights load on the CPU, "
        "where the tests' models live; only a model on a GPU can tell" for i in (9, 12)},
