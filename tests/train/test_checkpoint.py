@@ -1,8 +1,10 @@
 """Checkpoints without pickles: the flattened state by hand, RNG round trips, folders, damage, config changes, metrics
 trimming, and the loop's resume rules (refusals, allowed changes, kept checkpoints, time-based saving)."""
 
+import dataclasses
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +30,15 @@ from reprlab.train.loop import default_optimizer
 
 # ----------------------------------------------------------------------------- the state as JSON + tensors
 
+
+
+def test_tensors_in_lists_and_tuples_get_keys_of_their_own():
+    a, b, c = torch.zeros(2), torch.ones(2), torch.full((2,), 2.0)
+    tensors = {}
+    flat = flatten({"xs": [a, b], "pair": (c, a)}, tensors)
+    assert flat == {"xs": [{"__tensor__": "xs.0"}, {"__tensor__": "xs.1"}],
+                    "pair": {"__tuple__": [{"__tensor__": "pair.0"}, {"__tensor__": "pair.1"}]}}
+    assert torch.equal(tensors["xs.1"], b) and torch.equal(tensors["pair.0"], c)
 
 def test_flatten_by_hand_and_back():
     t, a = torch.arange(3.0), np.array([[1, 2], [3, 4]], dtype=np.int32)
@@ -392,6 +403,11 @@ def test_field_defaults_flatten_a_config_class_and_reuse_accepts_a_new_field_at_
     assert d["dev_fraction"] == 0.0 and d["eval_fraction"] == 0.25 and d["reader.max_length"] == 384
     assert d["train.lr"] == 1e-4 and "output_dir" not in d and "data" not in d  # no default: not listed
     assert field_defaults(TrainConfig)["lr"] == 2e-5
+
+    @dataclasses.dataclass
+    class WithPath:
+        where: Path = Path("runs/x")  # not JSON: written as its string, as to_dict writes it
+    assert field_defaults(WithPath) == {"where": "runs/x"}
     config = ReaderTrainingConfig(output_dir=str(tmp_path), data=["x.json"])
     old = config.to_dict()
     del old["dev_fraction"]  # a run made before the field existed
