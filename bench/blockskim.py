@@ -51,7 +51,7 @@ import torch
 
 import blockskim_transfer
 import common
-from blockskim_report import (EVAL_SETS, VARIANTS, append_section, choose_threshold, plot,
+from blockskim_report import (EVAL_SETS, VARIANTS, append_section, choose_threshold, chosen_key, plot,
                               predictor_table, table, tuning_table, variant_label)
 from reprlab.io import atomic_write_json
 from reprlab.qa.block_skim import BlockSkimConfig, BlockSkimReader
@@ -290,7 +290,7 @@ def tune_thresholds(args, dev: list, plain, skimmers: dict) -> dict:
                              "slots": round(sum(slots) / (len(slots) * slots[0]), 3) if slots else 1.0})
                 print(f"  dev {variant} {layers} t={t} F1 {mine[-1]['f1']:.2f} slots {mine[-1]['slots']:.2f}",
                       flush=True)
-            chosen[f"{variant_label(variant)} @ {','.join(map(str, layers))}"] = choose_threshold(plain_f1, mine)
+            chosen[chosen_key(variant_label(variant), layers)] = choose_threshold(plain_f1, mine)
             rows += mine
     return {"questions": len(dev), "plain_f1": round(plain_f1, 2), "rows": rows, "chosen": chosen}
 
@@ -418,11 +418,11 @@ def main(argv: list[str] | None = None) -> None:
         tuning = tune_thresholds(args, dev, plain, skimmers)
         if args.report == "chosen":
             configs = [c for c in configs if c[0] == "plain" or c[2] == 0
-                       or tuning["chosen"][f"{variant_label(c[0])} @ {','.join(map(str, c[1]))}"] == c[2]]
+                       or tuning["chosen"][chosen_key(variant_label(c[0]), c[1])] == c[2]]
         rows = time_readers(args, examples, plain, skimmers, configs)
         plain_f1 = rows[0]["f1"]
         chosen = [r for r in rows[1:] if tuning and r["threshold"] > 0
-                  and tuning["chosen"][f"{r['reader']} @ {','.join(map(str, r['skim_layers']))}"] == r["threshold"]]
+                  and tuning["chosen"][chosen_key(r["reader"], r["skim_layers"])] == r["threshold"]]
         result = common.write_result("blockskim", {
             "tuning": tuning, "chosen_rows": chosen,
             "goal_met_at_chosen": [r for r in chosen if r["speedup"] >= 1.5 and r["f1"] >= plain_f1 - 1.0],

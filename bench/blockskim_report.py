@@ -29,6 +29,11 @@ def variant_label(variant: str) -> str:
     return f"Block Skim ({features}{', reader frozen' if frozen else ''})"
 
 
+def chosen_key(reader: str, layers) -> str:
+    """The key of one (reader label, skim layers) in a run's ``tuning["chosen"]``: "Block Skim (...) @ 1,2"."""
+    return f"{reader} @ {','.join(map(str, layers))}"
+
+
 def choose_threshold(plain_f1: float, rows: list[dict], slack: float = F1_SLACK) -> float:
     """The threshold of ``rows`` (one skim-layer set's dev rows: ``threshold``, ``f1``, ``slots``) that runs the
     fewest slots while its F1 is at most ``slack`` below ``plain_f1``; 0 (skip nothing) when none is."""
@@ -45,7 +50,7 @@ def tuning_table(tuning: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in tuning["rows"]:
         layers = ",".join(map(str, r["skim_layers"]))
-        chosen = "**yes**" if tuning["chosen"].get(f"{r['reader']} @ {layers}") == r["threshold"] else ""
+        chosen = "**yes**" if tuning["chosen"].get(chosen_key(r["reader"], r["skim_layers"])) == r["threshold"] else ""
         lines.append(f"| {r['reader']} | {layers} | {r['threshold']:g} | {r['exact_match']:.2f} | {r['f1']:.2f} | "
                      f"{r['slots']:.2f} | {chosen} |")
     return "\n".join(lines)
