@@ -10,25 +10,38 @@ import numpy as np
 KS = (2, 5, 10)  # recall cut-offs of the tables and the plot
 
 def headline(result: dict) -> dict:
-    """Per dataset (``<name>``: the FiD teacher; ``<name>-extractive``: the extractive one): recall@5 of the final
-    distilled retriever, the best baseline, DPR, the gap closed."""
+    """Per dataset (``<name>``: the FiD teacher; ``<name>-extractive``: the extractive one): recall@5 of the distilled
+    retriever of the iteration chosen on dev (:func:`dev_choice`), the best baseline, DPR, the gap closed."""
     out = {}
     for name, d in result["datasets"].items():
         for teacher, key in (("fid", name), ("extractive", f"{name}-extractive")):
-            row = _headline_row(d["recall"], f"distill-{teacher}")
+            info = result.get("distillation", {}).get(f"{name}-{teacher}", {})
+            row = _headline_row(d["recall"], f"distill-{teacher}", dev_choice(info.get("recall", {})))
             if row:
                 out[key] = row
     return out
 
 
-def _headline_row(r: dict, prefix: str) -> dict:
-    """The row of the last retriever named ``prefix...`` ({} when there is none)."""
+def dev_choice(recall: dict) -> str | None:
+    """The distillation iteration (``iter-k``, k >= 1) with the highest dev recall@5, the earlier one on a tie;
+    None when the run recorded no dev recall (then the headline takes the last iteration)."""
+    its = sorted((k for k in recall if k != "iter-0" and recall[k].get("dev")), key=lambda k: int(k.split("-")[1]))
+    if not its:
+        return None
+    return max(its, key=lambda k: (recall[k]["dev"]["recall@5"], -int(k.split("-")[1])))
+
+
+def _headline_row(r: dict, prefix: str, chosen: str | None = None) -> dict:
+    """The row of the retriever ``prefix-chosen`` (the last one named ``prefix...`` when ``chosen`` is None or was
+    not evaluated; {} when there is none)."""
     distilled = [k for k in r if k.startswith(prefix)]
     if not distilled:
         return {}
     best = max(("bm25", "minilm"), key=lambda k: r[k]["recall@5"])
-    final = sorted(distilled)[-1]
-    out = {"distilled": final, "recall@5": r[final]["recall@5"], "best_baseline": best,
+    final = f"{prefix}-{chosen}" if chosen and f"{prefix}-{chosen}" in r else \
+        sorted(distilled, key=lambda k: int(k.rsplit("-", 1)[1]))[-1]
+    out = {"distilled": final, "chosen_on": "dev recall@5" if chosen and final.endswith(chosen) else "last iteration",
+           "recall@5": r[final]["recall@5"], "best_baseline": best,
            "baseline_recall@5": r[best]["recall@5"], "minilm_recall@5": r["minilm"]["recall@5"],
            "ratio_to_minilm": r[final]["recall@5"] / r["minilm"]["recall@5"] if r["minilm"]["recall@5"] else None}
     if "dpr" in r:

@@ -59,3 +59,27 @@ def test_fid_from_a_checkpoint_is_its_weights_and_another_split_is_refused(bench
 
 def args_with(args, **changes):
     return argparse.Namespace(**{**vars(args), **changes})
+
+
+def test_the_headline_takes_the_iteration_chosen_on_dev(bench):
+    """The headline row is the distilled iteration with the best dev recall@5 (the earlier on a tie), not the last
+    one, and says so; without dev recall it falls back to the last iteration (numerically: iter-10 after iter-2)."""
+    report = importlib.import_module("reader_distill_report")
+
+    def rec(r5):
+        return {"recall@2": r5 / 2, "recall@5": r5, "recall@10": r5}
+
+    recall = {"bm25": rec(0.5), "minilm": rec(0.6), "dpr": rec(0.8), "distill-extractive-iter-1": rec(0.7),
+              "distill-extractive-iter-2": rec(0.65), "distill-extractive-iter-3": rec(0.75)}
+    dev = {"iter-0": {"dev": rec(0.5)}, "iter-1": {"dev": rec(0.9)}, "iter-2": {"dev": rec(0.4)},
+           "iter-3": {"dev": rec(0.9)}}
+    record = {"datasets": {"x": {"recall": recall}}, "distillation": {"x-extractive": {"recall": dev}}}
+    row = report.headline(record)["x-extractive"]
+    assert row["distilled"] == "distill-extractive-iter-1" and row["chosen_on"] == "dev recall@5"
+    assert row["recall@5"] == 0.7 and row["best_baseline"] == "minilm"
+    assert row["gap_closed"] == pytest.approx((0.7 - 0.6) / (0.8 - 0.6))
+    dev["iter-2"]["dev"] = rec(0.95)
+    assert report.headline(record)["x-extractive"]["distilled"] == "distill-extractive-iter-2"
+    no_dev = {"datasets": {"x": {"recall": {**recall, "distill-extractive-iter-10": rec(0.1)}}}}
+    row = report.headline(no_dev)["x-extractive"]
+    assert row["distilled"] == "distill-extractive-iter-10" and row["chosen_on"] == "last iteration"
