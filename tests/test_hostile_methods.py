@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 from reprlab.cli import main
 from reprlab.demo import demo_data_path
 
-from hostile_methods_cases import CASES, DR_SMALL, FID, IC_SMALL, RDI  # tests/ has no __init__.py: pytest puts it on sys.path
+# tests/ has no __init__.py, so pytest puts it on sys.path
+from hostile_methods_cases import CASES, DR_SMALL, FID, IC_SMALL, RDI
 
 DATA = Path(__file__).resolve().parent / "data"  # tiny_ratings/, tiny_hotpot.jsonl: shared with test_recipes.py
 TINY_KG = DATA / "tiny_kg"  # a 15-entity KG in the WN18RR layout
