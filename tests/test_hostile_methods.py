@@ -77,9 +77,18 @@ def _has(module: str) -> bool:
 def world(tmp_path_factory, tiny_model_dir):
     """Good inputs (a tiny model, an index, a Deep Retrieval model, a FiD reader, a ResNet, a KG, vector shards)
     and damaged copies of them under ``bad/``."""
+    root = tmp_path_factory.mktemp("hostile-methods")
+    _good_inputs(root, tiny_model_dir)
+    bad = root / "bad"
+    bad.mkdir()
+    _damaged_files(root, bad)
+    _damaged_runs_and_indexes(root, bad)
+    return root
+
+
+def _good_inputs(root: Path, tiny_model_dir: Path) -> None:
     from reprlab.qa.fid import FidConfig, FidReader
 
-    root = tmp_path_factory.mktemp("hostile-methods")
     model = root / "model"
     shutil.copytree(tiny_model_dir, model)
     beir = root / "beir"
@@ -99,8 +108,9 @@ def world(tmp_path_factory, tiny_model_dir):
     assert main([*q, "train", "image-classifier", "--data", str(root / "images"), "--out", str(root / "ic"),
                  *IC_SMALL]) == 0
 
-    bad = root / "bad"
-    bad.mkdir()
+
+def _damaged_files(root: Path, bad: Path) -> None:
+    """Damaged data files and model folders, by command."""
     (bad / "empty.txt").write_text("")
     (bad / "empty.jsonl").write_text("")
     (bad / "binary.jsonl").write_bytes(BINARY)
@@ -169,7 +179,11 @@ def world(tmp_path_factory, tiny_model_dir):
     _damaged_copy(root / "ic" / "model", bad / "ic-w", "model.safetensors")
     _damaged_copy(root / "ic" / "model", bad / "ic-cfg", "config.json")
     (bad / "scores-bad.json").write_text("{not json")
-    # runs with damaged checkpoints and stage manifests (--resume)
+
+
+def _damaged_runs_and_indexes(root: Path, bad: Path) -> None:
+    """Runs with damaged checkpoints and stage manifests (--resume), damaged indexes, vector shards and ONNX graphs."""
+    q, model, beir = ["-q"], root / "model", root / "beir"
     assert main([*q, *fill(RDI, root), "--data", str(root / "hotpot.jsonl"), "--out", str(root / "rd")]) == 0
     _damaged_copy(root / "rd", bad / "rdrun-manifest", "iter-1/manifest.json")
     for run in ("dr", "ic"):
@@ -196,7 +210,6 @@ def world(tmp_path_factory, tiny_model_dir):
         shutil.copytree(root / "onnx", bad / "onnx-trunc")
         graph = bad / "onnx-trunc" / "model.onnx"
         graph.write_bytes(graph.read_bytes()[:1000])
-    return root
 
 
 def fill(argv: list[str], root: Path) -> list[str]:
