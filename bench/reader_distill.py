@@ -103,7 +103,10 @@ def options() -> argparse.ArgumentParser:
     g.add_argument("--tokens", choices=("first", "all"), default="first")
     g.add_argument("--ext-epochs", type=float, default=2.0)
     g.add_argument("--ext-iterations", type=int, default=1)
-    g.add_argument("--ext-signal", choices=("span", "question-attention"), default="span")
+    g.add_argument("--ext-negatives", type=int, default=0,
+                   help="the extractive reader also trains on up to this many of each question's top passages "
+                        "without an answer, as unanswerable (SQuAD 2.0) examples (default 0: answers only)")
+    g.add_argument("--ext-signal", choices=("span", "question-attention", "span-null"), default="span")
     g.add_argument("--ext-temperature", type=float, default=None,
                    help="the extractive teacher's temperature (default: --temperature); the teacher table's "
                    "'matching T' on the dev slice gives its scores the untrained student's spread")
@@ -248,21 +251,30 @@ def train_fid_reader(args, files) -> Path:
     return folder / "model"
 
 
-def distant_examples(data, questions, ranked, k: int) -> list[dict]:
-    """SQuAD paragraphs: each question with every one of its top-k passages that holds a gold answer (whole word)."""
+def distant_examples(data, questions, ranked, k: int, negatives: int = 0) -> list[dict]:
+    """SQuAD paragraphs: each question with every one of its top-k passages that holds a gold answer (whole word),
+    and (``negatives``) up to that many of its top-k passages that hold none, highest-ranked first, as SQuAD 2.0
+    unanswerable questions (the reader learns to point them at [CLS]). Questions whose answers are all yes/no give
+    neither."""
     from reprlab.qa.teachers import passage_context
 
     paragraphs = []
     for q in questions:
         answers = [a for a in q.answers if a.strip().lower() not in ("yes", "no")]
+        if not answers:
+            continue
+        left = negatives
         for d, _ in ranked[q.id][:k]:
             context = passage_context(data.corpus[d]["title"], data.corpus[d]["text"])
-            for a in answers:
-                m = re.search(r"(?<!\w)" + re.escape(a) + r"(?!\w)", context, re.IGNORECASE)
-                if m:
-                    paragraphs.append({"context": context, "qas": [{"id": f"{q.id}|{d}", "question": q.question,
-                                       "answers": [{"text": context[m.start(): m.end()], "answer_start": m.start()}]}]})
-                    break
+            found = (re.search(r"(?<!\w)" + re.escape(a) + r"(?!\w)", context, re.IGNORECASE) for a in answers)
+            m = next((m for m in found if m), None)
+            if m:
+                paragraphs.append({"context": context, "qas": [{"id": f"{q.id}|{d}", "question": q.question,
+                                   "answers": [{"text": context[m.start(): m.end()], "answer_start": m.start()}]}]})
+            elif left > 0:
+                left -= 1
+                paragraphs.append({"context": context, "qas": [{"id": f"{q.id}|{d}", "question": q.question,
+                                                                "answers": [], "is_impossible": True}]})
     return paragraphs
 
 
@@ -273,7 +285,7 @@ def train_extractive_reader(args, files) -> Path:
 
     settings = dict(files=sorted(map(str, files.values())), passages=args.fid_passages, epochs=args.ext_epochs,
                     eval=args.eval_fraction, dev=args.dev_fraction, quick=args.quick, encoder=args.encoder,
-                    bf16=args.bf16)
+                    bf16=args.bf16, **({"negatives": args.ext_negatives} if args.ext_negatives else {}))
     folder = stage_dir(args, "extractive", settings)
     if (folder / "model").is_dir():
         return folder / "model"
@@ -282,9 +294,10 @@ def train_extractive_reader(args, files) -> Path:
         data = load_open_qa(path)
         train_q = data.split(args.eval_fraction, args.dev_fraction).train
         ranked = rank_pool("bm25", data.corpus, train_q, args.fid_passages)
-        articles.append({"title": name, "paragraphs": distant_examples(data, train_q, ranked, args.fid_passages)})
+        articles.append({"title": name, "paragraphs": distant_examples(data, train_q, ranked, args.fid_passages,
+                                                                       args.ext_negatives)})
     squad = folder / "distant.json"
-    squad.write_text(json.dumps({"version": "1.1", "data": articles}))
+    squad.write_text(json.dumps({"version": "2.0" if args.ext_negatives else "1.1", "data": articles}))
     reader = ReaderConfig(max_length=256, stride=64, max_question_length=48)
     run_reader(ReaderTrainingConfig(output_dir=str(folder), data=[str(squad)], model=args.encoder, eval_fraction=0.0,
                                     evaluate=False, reader=reader,

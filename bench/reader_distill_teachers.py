@@ -71,7 +71,7 @@ def teacher_table(args, files, fid_model: Path | None, ext_model: Path | None) -
             signals = fid_variants(reader, [q.question for q in questions], passages, args.bf16)
             seconds["fid (all variants, one pass)"] = time.time() - t0
         if ext_model is not None:
-            for signal in ("span", "question-attention"):
+            for signal in ("span", "question-attention", "span-null"):
                 t0 = time.time()
                 teacher = load_teacher(ext_model, ScoringConfig(signal=signal, bf16=args.bf16))
                 signals[f"extractive {signal}"] = teacher.score_passages([q.question for q in questions], passages)

@@ -2,6 +2,7 @@
 checkpoint's weights, and one trained on another split is refused (no reported question may have been trained on)."""
 
 import argparse
+import json
 import importlib.util
 import sys
 from pathlib import Path
@@ -83,3 +84,29 @@ def test_the_headline_takes_the_iteration_chosen_on_dev(bench):
     no_dev = {"datasets": {"x": {"recall": {**recall, "distill-extractive-iter-10": rec(0.1)}}}}
     row = report.headline(no_dev)["x-extractive"]
     assert row["distilled"] == "distill-extractive-iter-10" and row["chosen_on"] == "last iteration"
+
+
+def test_distant_examples_take_answer_passages_and_the_top_negatives(bench, tmp_path):
+    """Every top-k passage holding an answer (whole word) is a positive; with negatives=n, the n highest-ranked
+    passages without one become unanswerable (SQuAD 2.0) examples, which the reader's loader reads as such."""
+    from types import SimpleNamespace
+
+    from reprlab.qa.squad import load_squad
+
+    corpus = {d: {"title": d, "text": t} for d, t in (("p1", "Paris is in France."), ("n1", "Lyon is big."),
+                                                       ("n2", "Nice is sunny."), ("p2", "The capital: Paris."),
+                                                       ("n3", "Parisian food."))}
+    q = SimpleNamespace(id="q", question="Capital?", answers=["Paris"])
+    yes_no = SimpleNamespace(id="y", question="Is it?", answers=["yes"])
+    ranked = {"q": [(d, 0.0) for d in ("n1", "p1", "n3", "n2", "p2")], "y": [("p1", 0.0)]}
+    data = SimpleNamespace(corpus=corpus)
+    plain = bench.distant_examples(data, [q, yes_no], ranked, k=5)
+    assert [p["qas"][0]["id"] for p in plain] == ["q|p1", "q|p2"]
+    mixed = bench.distant_examples(data, [q, yes_no], ranked, k=5, negatives=2)
+    assert [p["qas"][0]["id"] for p in mixed] == ["q|n1", "q|p1", "q|n3", "q|p2"]  # "Parisian" is no whole word
+    assert [bool(p["qas"][0].get("is_impossible")) for p in mixed] == [True, False, True, False]
+    assert bench.distant_examples(data, [q], ranked, k=2, negatives=5) == mixed[:2]  # only the top k
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"version": "2.0", "data": [{"title": "t", "paragraphs": mixed}]}))
+    assert [(ex.id, ex.answers) for ex in load_squad(path)] == [("q|n1", []), ("q|p1", ["Paris"]), ("q|n3", []),
+                                                               ("q|p2", ["Paris"])]

@@ -143,6 +143,21 @@ def test_training_labels_point_at_the_answer(tiny_reader, tmp_path):
     assert batch["input_ids"].shape == batch["attention_mask"].shape == batch["context_mask"].shape
 
 
+def test_an_unanswerable_question_points_every_window_at_cls(tiny_reader, tmp_path):
+    """SQuAD 2.0's unanswerable questions: every window of the example targets [CLS] (0, 0); the same context with
+    an answer targets it in the window that holds it."""
+    from reprlab.qa.squad import QAExample
+
+    answer = "99 kilograms"
+    at = LONG_CONTEXT.index(answer)
+    yes = QAExample("y", "How heavy is item33?", LONG_CONTEXT, [answer], [(at, at + len(answer))], group="g")
+    no = QAExample("n", "How heavy is item33?", LONG_CONTEXT, [], [], group="g")
+    with_answer, without = tiny_reader.training_features([yes]), tiny_reader.training_features([no])
+    assert len(without) == len(with_answer) > 1
+    assert all(it["start_positions"] == it["end_positions"] == 0 for it in without)
+    assert any(it["start_positions"] > 0 for it in with_answer)
+
+
 def test_save_load_round_trip_and_transformers_layout(tiny_reader, tmp_path):
     with torch.no_grad():
         tiny_reader.qa_outputs.bias.copy_(torch.tensor([0.3, -0.2]))

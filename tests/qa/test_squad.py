@@ -101,6 +101,38 @@ def test_load_squad_and_bad_inputs(tmp_path):
         load_qa_file(tmp_path / "x.txt")
 
 
+def test_squad2_unanswerable_questions_are_read_and_scored_by_the_official_rule(tmp_path):
+    qas = [{"id": "a", "question": "Who won?", "answers": [{"text": "Denver Broncos", "answer_start": 0}]},
+           {"id": "n", "question": "Who lost?", "answers": [], "is_impossible": True,
+            "plausible_answers": [{"text": "Broncos", "answer_start": 7}]}]
+    a, n = load_squad(_squad_file(tmp_path, qas))
+    assert a.answers == ["Denver Broncos"] and n.answers == [] and n.spans == [] and n.context == a.context
+    m = squad_metrics({"a": a.answers, "n": n.answers}, {"a": "Denver Broncos", "n": ""})
+    assert m == {"exact_match": 100.0, "f1": 100.0}
+    m = squad_metrics({"a": a.answers, "n": n.answers}, {"a": "Denver Broncos", "n": "the Broncos"})
+    assert m == {"exact_match": 50.0, "f1": 50.0}
+    assert squad_metrics({"n": []}, {"n": "The"}) == {"exact_match": 100.0, "f1": 100.0}  # normalised to nothing
+    for bad, match in (([{**qas[1], "is_impossible": "yes"}], r"qas\[0\].is_impossible: expected true or false"),
+                       ([{**qas[0], "is_impossible": True}], "is_impossible is true but it has 1 answers"),
+                       ([{**qas[1], "is_impossible": False}], r"question n\): no answers.*is_impossible")):
+        with pytest.raises(DataFormatError, match=match):
+            load_squad(_squad_file(tmp_path, bad))
+
+
+def test_open_qa_keeps_the_paragraph_of_an_unanswerable_question_but_not_the_question(tmp_path):
+    from reprlab.qa.open_qa import load_open_qa
+
+    path = tmp_path / "two.json"
+    path.write_text(json.dumps({"version": "2.0", "data": [{"title": "T", "paragraphs": [
+        {"context": "Denver Broncos won.", "qas": [{"id": "a", "question": "Who won?",
+                                                   "answers": [{"text": "Denver Broncos", "answer_start": 0}]}]},
+        {"context": "It rained.", "qas": [{"id": "n", "question": "Who lost?", "answers": [],
+                                          "is_impossible": True}]}]}]}))
+    data = load_open_qa(path)
+    assert [q.id for q in data.questions] == ["a"] and data.questions[0].gold == ["T#0"]
+    assert sorted(data.corpus) == ["T#0", "T#1"]
+
+
 def hotpot_record(qid, answer, paragraphs):
     """One IRCoT HotpotQA line: ``paragraphs`` are (text, is_supporting) pairs titled t0, t1, ..."""
     return json.dumps({"question_id": qid, "question_text": f"q {qid}?", "answers_objects": [{"spans": [answer]}],

@@ -216,6 +216,32 @@ def test_the_extractive_teacher_signals_equal_their_definitions(tiny_model_dir):
         ExtractiveTeacher(reader, ScoringConfig(signal="cross-attention"))
 
 
+def test_the_span_null_signal_is_the_best_span_over_its_windows_null(tiny_model_dir):
+    """span-null = max over a passage's windows of (best valid span's start + end logit - the window's [CLS]
+    start + end logit), against a plain loop over every (i, j) of every window."""
+    torch.manual_seed(0)
+    reader = Reader.from_pretrained(tiny_model_dir, ReaderConfig(max_length=48, stride=8, max_question_length=12,
+                                                                 max_answer_length=5)).eval()
+    passages = [("Broncos", "Denver Broncos defeated the Carolina Panthers 24-10 to earn a title."),
+                ("Stadium", "The game was played at Levi's Stadium in Santa Clara, California, on a sunny day "
+                            "with many fans and very loud music all afternoon and evening long. " * 3)]
+    got = ExtractiveTeacher(reader, ScoringConfig(signal="span-null")).score_passages(["Who won?"], [passages])[0]
+    span = ExtractiveTeacher(reader, ScoringConfig(signal="span")).score_passages(["Who won?"], [passages])[0]
+    for p, (title, text) in enumerate(passages):
+        batch = reader.featurize(["Who won?"], [passage_context(title, text)])
+        start, end, _ = reader.window_logits(batch)
+        best = -np.inf
+        for w in range(start.shape[0]):
+            ctx = [i for i in range(start.shape[1]) if batch.sequence_ids[w, i] == 1 and batch.attention_mask[w, i]]
+            null = float(start[w, 0] + end[w, 0])
+            for i in ctx:
+                for j in ctx:
+                    if i <= j < i + 5:
+                        best = max(best, float(start[w, i] + end[w, j]) - null)
+        assert got[p] == pytest.approx(best, abs=1e-4)
+    assert not np.allclose(got, span, atol=1e-3), "the null is subtracted"
+
+
 # ------------------------------------------------------------------------------------------------ the loop
 
 
@@ -342,6 +368,7 @@ def test_the_bench_quick_run_writes_every_table(tmp_path, shared_data):
     record = json.loads(out.read_text())
     for name in ("hotpotqa", "xquad"):
         rows = record["datasets"][name]["recall"]
-        assert {"bm25", "minilm", "distill-fid-iter-1", "distill-fid-iter-2", "distill-extractive", "dpr"} <= set(rows)
+        assert {"bm25", "minilm", "distill-fid-iter-1", "distill-fid-iter-2", "distill-extractive-iter-1",
+                "dpr"} <= set(rows)
         assert set(record["datasets"][name]["probe"]) == {f"{how}@{k}" for how in ("retriever", "attention")
                                                           for k in (1, 2, 5)}

@@ -77,7 +77,8 @@ def _squad_open(path: Path) -> OpenQAData:
             per_title[ex.title] = k + 1
             ids[key] = f"{ex.title}#{k}"
             corpus[ids[key]] = {"title": ex.title.replace("_", " "), "text": ex.context}
-        questions.append(OpenQuestion(ex.id, ex.question, list(ex.answers), [ids[key]]))
+        if ex.answers:  # an unanswerable question (SQuAD 2.0) has no gold passage: its paragraph stays in the pool
+            questions.append(OpenQuestion(ex.id, ex.question, list(ex.answers), [ids[key]]))
     return OpenQAData(questions, corpus, str(path))
 
 

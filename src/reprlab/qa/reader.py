@@ -347,8 +347,9 @@ class Reader(nn.Module):
     def training_features(self, examples: Sequence[QAExample]) -> list[dict[str, Any]]:
         """One training item per window: token ids, context mask and the answer's token span.
 
-        The target is the first gold span; a window that does not hold all of it points at the
-        [CLS] token (position 0), as in BERT's SQuAD recipe.
+        The target is the first gold span; a window that does not hold all of it, and every window of
+        an example without answers (SQuAD 2.0's unanswerable), points at the [CLS] token (position 0),
+        as in BERT's SQuAD recipe.
         """
         self._ensure_window_length()
         items: list[dict[str, Any]] = []
@@ -361,10 +362,10 @@ class Reader(nn.Module):
                 n = int(batch.attention_mask[w].sum())
                 ctx = (batch.sequence_ids[w, :n] == 1).numpy()
                 offsets = batch.offsets[w, :n].numpy()
-                a, b = ex.spans[0]
+                a, b = ex.spans[0] if ex.spans else (-1, -1)  # no answer (SQuAD 2.0): every window at [CLS]
                 start = end = 0
                 idx = np.nonzero(ctx)[0]
-                if len(idx) and offsets[idx[0], 0] <= a and offsets[idx[-1], 1] >= b:
+                if ex.spans and len(idx) and offsets[idx[0], 0] <= a and offsets[idx[-1], 1] >= b:
                     start = int(idx[offsets[idx, 0] <= a][-1])
                     end = int(idx[offsets[idx, 1] >= b][0])
                     if end < start:  # an answer inside one token

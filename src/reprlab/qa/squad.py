@@ -105,13 +105,18 @@ def max_over_ground_truths(metric, prediction: str, ground_truths: Sequence[str]
 def squad_metrics(gold: Mapping[str, Sequence[str]], predictions: Mapping[str, str]) -> dict[str, float]:
     """``{"exact_match", "f1"}`` in percent over every question of ``gold`` ({id: [answers]}).
 
-    A question without a prediction scores 0, as in the official script.
+    A question without a prediction scores 0, as in the official script; a question without gold answers
+    (SQuAD 2.0's unanswerable) scores 1 for an empty prediction and 0 otherwise.
     """
     if not gold:
         raise ConfigError("no questions to evaluate")
     em = f1 = 0.0
     for qid, answers in gold.items():
         if qid not in predictions:
+            continue
+        if not answers:  # SQuAD 2.0's unanswerable question: right only when nothing is predicted
+            right = float(not normalize_answer(predictions[qid]))
+            em, f1 = em + right, f1 + right
             continue
         em += max_over_ground_truths(exact_match_score, predictions[qid], answers)
         f1 += max_over_ground_truths(f1_score, predictions[qid], answers)
@@ -139,6 +144,10 @@ def _need(obj, key: str, kind, path, where: str):
 def load_squad(path: str | Path, check_spans: bool = True) -> list[QAExample]:
     """Examples of a SQuAD v1.1 JSON file, one per question, in file order; grouped by article title.
 
+    SQuAD 2.0's unanswerable questions (``"is_impossible": true``, no answers) are read too: an example
+    without answers, which a reader learns to point at [CLS] and which scores EM/F1 1 only for an
+    empty prediction (the official 2.0 rule).
+
     ``check_spans`` verifies that every ``answer_start`` points at its answer text in the context;
     a mismatch is a :class:`DataFormatError` naming the question.
     """
@@ -165,6 +174,10 @@ def load_squad(path: str | Path, check_spans: bool = True) -> list[QAExample]:
                 if qid in seen:
                     raise DataFormatError(f"{where_q}: duplicate question id {qid!r}", str(path))
                 seen.add(qid)
+                impossible = qa.get("is_impossible", False)
+                if not isinstance(impossible, bool):
+                    raise DataFormatError(f"{where_q}.is_impossible: expected true or false, got {impossible!r}",
+                                          str(path))
                 texts, spans = [], []
                 for k, ans in enumerate(_need(qa, "answers", list, path, where_q)):
                     where_k = f"{where_q}.answers[{k}]"
@@ -176,9 +189,12 @@ def load_squad(path: str | Path, check_spans: bool = True) -> list[QAExample]:
                             f"in the context (found {context[start:start + len(text)]!r})", str(path))
                     texts.append(text)
                     spans.append((start, start + len(text)))
-                if not texts:
-                    raise DataFormatError(f"{where_q} (question {qid}): no answers; SQuAD v1.1 questions "
-                                          "are all answerable", str(path))
+                if impossible and texts:
+                    raise DataFormatError(f"{where_q} (question {qid}): is_impossible is true but it has "
+                                          f"{len(texts)} answers", str(path))
+                if not texts and not impossible:
+                    raise DataFormatError(f"{where_q} (question {qid}): no answers; mark a question without an "
+                                          'answer "is_impossible": true (SQuAD 2.0)', str(path))
                 examples.append(QAExample(qid, question, context, texts, spans, group=title, title=title))
     return examples
 

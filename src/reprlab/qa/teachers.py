@@ -19,6 +19,10 @@ The extractive reader reads each passage alone with the question (``[CLS] q [SEP
 
 * ``span``: the best answer span's score (start + end logit) in the passage (max over windows), the
   passage score of extractive open-domain readers;
+* ``span-null``: the best span's score minus the window's null score (the start + end logit of
+  [CLS], where a reader points when a window holds no answer), max over windows: SQuAD 2.0's
+  answerability margin (Devlin et al. 2019), comparable across passages because each window's
+  logits are measured against their own null;
 * ``question-attention``: its encoder's attention from the question's tokens to the passage's, with
   the options of the FiD signal: pre- or post-softmax scores (``softmax``), averaged over heads,
   ``layers`` and question tokens, and over (``reduce="mean"``) or summed over the passage's tokens
@@ -177,24 +181,28 @@ class ExtractiveTeacher:
         if pair_q:
             self.reader._ensure_window_length()
             batch = self.reader.featurize(pair_q, pair_c)
+            spans = self.signal.startswith("span")
             with autocast(self.reader.device, self.scoring.bf16):
-                per_window = self._span_scores(batch) if self.signal == "span" else self._attention_scores(batch)
+                per_window = self._span_scores(batch, minus_null=self.signal == "span-null") if spans \
+                    else self._attention_scores(batch)
             owner = batch.overflow_to_sample.numpy()
             for i in range(len(pair_q)):
                 values = per_window[owner == i]
-                flat[i] = values.max() if self.signal == "span" else values.mean()
+                flat[i] = values.max() if spans else values.mean()
         out, at = [], 0
         for ps in passages:
             out.append(flat[at: at + len(ps)])
             at += len(ps)
         return out
 
-    def _span_scores(self, batch) -> np.ndarray:
-        """The best valid span's score in each window (-1e4 when a window has none)."""
+    def _span_scores(self, batch, minus_null: bool = False) -> np.ndarray:
+        """The best valid span's score in each window (-1e4 when a window has none), less the window's null score
+        (start + end logit at [CLS], position 0) when ``minus_null``."""
         start, end, _ = self.reader.window_logits(batch)
         context_mask = (batch.sequence_ids == 1) & batch.attention_mask.bool()
         spans = best_spans(start, end, context_mask, self.reader.config.max_answer_length, 1)
-        return np.array([s[0][0] if s else -1e4 for s in spans], dtype=np.float32)
+        best = np.array([s[0][0] if s else -1e4 for s in spans], dtype=np.float32)
+        return best - (start[:, 0] + end[:, 0]).float().numpy() if minus_null else best
 
     @torch.inference_mode()
     def _attention_scores(self, batch) -> np.ndarray:
@@ -242,7 +250,7 @@ def question_passage_attention(encoder, input_ids, attention_mask, token_type_id
     return (total / count).cpu().numpy().astype(np.float32)
 
 
-EXTRACTIVE_SIGNALS = ("span", "question-attention")
+EXTRACTIVE_SIGNALS = ("span", "question-attention", "span-null")
 
 register_teacher_kind(TeacherKind(
     name="extractive", marker=READER_CONFIG_FILE, signals=EXTRACTIVE_SIGNALS,
