@@ -36,6 +36,11 @@ _STABLE = ("a non-stable argsort of the keep mask: positions travel with their c
            "attention's sums could change (and CPU torch sorts this stably anyway)")
 _NB = ("block_pos is (B, blocks, block size), so shape[2] is the block size, >= 1 (and >= 0 is always true): nb is only "
        "compared with 0, so this differs only for a batch without any context block")
+_POS1 = ("a context token is never at position 0 ([CLS] is), so block_pos holds positions >= 1 or -1: >= 0, > 0 "
+         "and >= 1 select the same entries")
+_SPARE = "one more spare column, cut off by [:, :T] before anything reads it"
+_COL0 = ("a context token is never in column 0 ([CLS] stays first through every compaction), so index is -1 or >= 1: "
+         "clamp(min=1), > 0 and >= 1 act as clamp(min=0) and >= 0 (the -1 entries are zeroed by the mask)")
 EQUIVALENT: dict[str, str] = {
     **{"reprlab.retrieval.hashing.x_angular_similarity__mutmut_" + str(i): "F.normalize's default dim is 1, which is "
        "-1 of the 2-D (A, H) / (N, H) inputs" for i in (11, 12, 17, 18)},
@@ -135,6 +140,31 @@ EQUIVALENT: dict[str, str] = {
        "queue_contents returns only the slots enqueue has filled (normalize's default dim is 1 anyway)" for i in (83, 85)},
     **{_SEED + f"x\u01c1SEED\u01c1embed_student__mutmut_{i}": "normalize over dim 1 (its default, or +1) of the 2-D (B, D) "
        "student vectors is dim -1" for i in (12, 13)},
+    **{_BS + f"x_block_labels__mutmut_{i}": _POS1 for i in (3, 4, 15, 16)},
+    **{_BS + f"x\u01c1BlockSkimReader\u01c1_block_logits__mutmut_{i}": _POS1 for i in (47, 48)},
+    _BS + "x_block_labels__mutmut_30": "a window whose target is [CLS] has start = end = 0 and every block starts at a "
+                                        "position >= 1 > end, so the overlap is false without the s > 0 term",
+    _BS + "x_block_labels__mutmut_31": "an answer's start is a context token, after [CLS], a question token and [SEP] "
+                                        "(so >= 3), or 0 ([CLS]: no answer in the window); never 1, so s > 1 is s > 0",
+    **{_BS + f"x_context_blocks__mutmut_{i}": "torch.where promotes the bool zeros to the argmax's int64: the same "
+       "first positions" for i in (16, 18)},
+    _BS + "x_context_blocks__mutmut_4": "any() over the whole mask: a row without context has argmax 0, the zeros' "
+                                         "value, and has.any() is the same, so first and nb are the same",
+    _BS + "x_context_blocks__mutmut_44": "with no context in any row block_of is all -1, so block_of.max() + 1 is 0 too",
+    **{_BS + f"x\u01c1BlockSkimReader\u01c1_block_logits__mutmut_{i}": "torch.full with an integer fill value and "
+       "no dtype is int64: the same tensor" for i in (5, 9)},
+    _BS + "x\u01c1BlockSkimReader\u01c1_block_logits__mutmut_12": _SPARE,
+    _BS + "x\u01c1BlockSkimReader\u01c1skim_forward__mutmut_119": _SPARE,
+    **{_BS + f"x\u01c1BlockSkimReader\u01c1_block_logits__mutmut_{i}": "every reader of index tests index >= 0 or "
+       "clamps it at 0, so -2 marks an absent token as -1 does" for i in (14, 69)},
+    _BS + "x\u01c1BlockSkimReader\u01c1_block_logits__mutmut_65": "clamp(min=1) changes only the -1 entries of "
+                                                                    "block_pos, whose gathered value torch.where replaces "
+                                                                    "by -1 anyway",
+    **{_BS + f"x\u01c1BlockSkimReader\u01c1_block_logits__mutmut_{i}": _COL0 for i in (120, 145, 146)},
+    _BS + "x\u01c1BlockSkimReader\u01c1_block_logits__mutmut_144": "multiplying by the bool mask promotes it to the "
+                                                                     "features' dtype: the same values",
+    **{_BS + f"x\u01c1BlockSkimReader\u01c1skim_forward__mutmut_{i}": "float('-INF') is float('-inf'): the parse "
+       "ignores case" for i in (122, 137)},
 }
 # Survivors that are not equivalent but are left, with the reason (e.g. a retry bound no test input reaches).
 _MASK_RETRY = ("the bound on random retries before the fallback: changing it changes only which random spans are drawn "
@@ -168,6 +198,13 @@ LEFT: dict[str, str] = {
     _BS + "x__compact__mutmut_48": _DEVICE, _BS + "x__compact__mutmut_50": _DEVICE,
     _BS + "x\u01c1BlockSkimReader\u01c1skim_forward__mutmut_23": _DEVICE,
     _BS + "x\u01c1BlockSkimReader\u01c1skim_forward__mutmut_25": _DEVICE,
+    **{_BS + f"x_context_blocks__mutmut_{i}": _DEVICE for i in (2, 22, 24, 55, 57, 59, 61)},
+    **{_BS + f"x_diagonal_blocks__mutmut_{i}": _DEVICE for i in (8, 10)},
+    **{_BS + f"x\u01c1BlockSkimReader\u01c1_block_logits__mutmut_{i}": _DEVICE for i in (6, 10, 21, 23)},
+    _BS + "x\u01c1BlockSkimReader\u01c1_block_logits__mutmut_71": "the key counts as int64: times the float32 "
+                                                                    "attention they promote to the same values (the "
+                                                                    "tests); under bf16 autocast the original rounds "
+                                                                    "counts above 256 to bf16 and the mutant does not",
     _BS + "x\u01c1BlockSkimReader\u01c1skim_forward__mutmut_16": _NB, _BS + "x\u01c1BlockSkimReader\u01c1skim_forward__mutmut_39": _NB,
 }
 
@@ -209,6 +246,10 @@ KILLED_AFTER: dict[str, str] = {
        for i in (12, 20)},
     **{_BS + f"x\u01c1BlockSkimReader\u01c1skim_forward__mutmut_{i}": "tests/qa/test_block_skim.py::test_a_context_of_"
        "one_block_is_skimmed_too" for i in (40, 71, 90)},
+    **{_BS + f"x_context_blocks__mutmut_{i}": "tests/qa/test_block_skim.py::test_context_blocks_at_the_edges"
+       for i in (49, 63, 82)},
+    **{_BS + f"x\u01c1BlockSkimReader\u01c1_block_logits__mutmut_{i}": "tests/qa/test_block_skim.py::test_the_"
+       "predictor_input_is_the_attention_definition_after_removal" for i in (13, 75, 91, 92)},
     **{_CK + f"field_defaults__mutmut_{i}": _T_CK + "test_field_defaults_flatten_a_config_class_and_reuse_accepts_a_new_"
        "field_at_its_default" for i in (20, 22)},
     **{_CK + f"flatten__mutmut_{i}": _T_CK + "test_tensors_in_lists_and_tuples_get_keys_of_their_own"

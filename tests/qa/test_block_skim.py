@@ -77,6 +77,57 @@ def test_context_blocks_and_labels_by_hand():
     assert labels.tolist() == [[1, 0, 0], [1, -100, -100]]
 
 
+def test_context_blocks_at_the_edges():
+    """A context that runs to the last column with a partial last block; one that stops before a non-context last
+    column; no context at all (no blocks)."""
+    ctx = torch.tensor([[0, 1, 1, 1], [0, 1, 1, 0]], dtype=torch.bool)
+    block_of, block_pos = context_blocks(ctx, 2)
+    assert block_of.tolist() == [[-1, 0, 0, 1], [-1, 0, 0, -1]]
+    assert block_pos.tolist() == [[[1, 2], [3, -1]], [[1, 2], [-1, -1]]]
+    _, block_pos = context_blocks(torch.tensor([[0, 1, 1, 1, 0]], dtype=torch.bool), 2)
+    assert block_pos.tolist() == [[[1, 2], [3, -1]]]
+    block_of, block_pos = context_blocks(torch.zeros(2, 5, dtype=torch.bool), 4)
+    assert block_pos.shape == (2, 0, 4) and (block_of == -1).all()
+
+
+def test_the_predictor_input_is_the_attention_definition_after_removal(tokenizer):
+    """What each skim predictor reads: for every block, the (heads, bs, bs) attention among its tokens times the
+    number of real keys, and (diagonal+question) the question features of its tokens; a block whose tokens an
+    earlier layer removed reads zeros. Checked against a plain loop, before and after removing block 0."""
+    reader = make_reader(tokenizer, skim_layers=(0,), features="diagonal+question")
+    seen = []
+
+    class Capture(torch.nn.Module):
+        def forward(self, blocks, question=None):
+            seen.append((blocks, question))
+            return blocks.new_zeros(blocks.shape[0], 2)
+
+    reader.predictors["0"] = Capture()
+    T, bs, g = 20, 8, torch.Generator().manual_seed(0)
+    ctx = torch.zeros(1, T, dtype=torch.bool)
+    ctx[0, 3:19] = True  # two blocks of 8: positions 3..10 and 11..18
+    block_of, block_pos = context_blocks(ctx, bs)
+    for pos in (torch.arange(T)[None], torch.tensor([[0, 1, 2, *range(11, 20)]])):  # all columns; block 0 removed
+        Tc = pos.shape[1]
+        weights = torch.rand(1, 2, Tc, Tc, generator=g).softmax(-1)  # (B, nh, Tc, Tc)
+        mask = torch.ones(1, Tc, dtype=torch.bool)
+        seen.clear()
+        reader._block_logits(0, weights, pos, mask, block_of, block_pos, T)
+        (blocks, question), = seen  # blocks (nb, nh, bs, bs), question (nb, nh, 2, bs)
+        column = {int(p): c for c, p in enumerate(pos[0])}
+        is_question = torch.tensor([[int(p) not in range(3, 19) for p in pos[0]]])
+        feats = question_attention(weights, is_question, torch.tensor([float(Tc)]))[0]  # (nh, 2, Tc)
+        for b in range(2):
+            cols = [column.get(int(p)) for p in block_pos[0, b]]
+            for i, ci in enumerate(cols):
+                want_q = feats[:, :, ci] if ci is not None else torch.zeros(2, 2)
+                torch.testing.assert_close(question[b, :, :, i], want_q)
+                for j, cj in enumerate(cols):
+                    want = weights[0, :, ci, cj] * Tc if ci is not None and cj is not None else torch.zeros(2)
+                    torch.testing.assert_close(blocks[b, :, i, j], want)
+        assert (blocks[0] == 0).all() == (Tc < T), "the removed block reads zeros"
+
+
 def test_diagonal_blocks_equal_a_loop():
     g = torch.Generator().manual_seed(0)
     B, nh, T, bs = 2, 3, 11, 4
