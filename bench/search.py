@@ -2,8 +2,8 @@
 
 (a) Dense: seeded random float32 vectors (dim 384; 5,183 docs like SciFact and a 100k case, 300
     queries). Our ``Index.search`` (string ids, padding, deterministic ties) against ``faiss`` search
-    on the very same FAISS object, so the ratio is the wrapper's overhead. Fastest of interleaved
-    repeats, for Flat, HNSW32 (efSearch=128) and a 4-shard Flat ``ShardedIndex``.
+    on the very same FAISS object, so the ratio is the wrapper's overhead. Medians (and spreads) of
+    interleaved repeats, for Flat, HNSW32 (efSearch=128) and a 4-shard Flat ``ShardedIndex``.
 (b) BM25 on BEIR folders (SciFact by default): ``BM25Index`` (bm25s, Anserini settings) against
     ``rank_bm25.BM25Okapi`` given the very same tokens and k1/b, timing indexing and the 300-query
     search (tokenization included for both), and nDCG@10 / Recall@100 of both.
@@ -30,8 +30,8 @@ from reprlab.retrieval.metrics import evaluate, to_run
 def paired_times(ours, raw, repeats: int) -> tuple[common.Timing, common.Timing]:
     """Timings of ``ours()`` and ``raw()`` over interleaved repeats (after one warm-up each).
 
-    The machine is shared, so other processes add noise: the ratio is taken on the fastest run of each
-    (as ``timeit`` advises), and the medians are kept in the JSON.
+    The ratio is taken on the medians (run it under the shared lock, nothing else heavy running); the spread
+    ((max - min) / median) and the fastest pass of each side are kept in the JSON.
     """
     t = common.timed_interleaved({"ours": ours, "raw": raw}, repeats, warmup=1)
     return t["ours"], t["raw"]
@@ -82,10 +82,10 @@ def bench_dense(n_docs: int, n_queries: int, dim: int, ks: list[int], repeats: i
             rows.append({
                 "docs": n_docs, "queries": n_queries, "dim": dim, "index": factory, "k": k,
                 "build_s": round(build["median"], 3), "build_spread": round(build["spread"], 3),
-                "ours_ms": round(1000 * t_ours["min"], 2), "raw_faiss_ms": round(1000 * t_raw["min"], 2),
-                "ratio": round(t_ours["min"] / t_raw["min"], 3),
-                "ours_median_ms": round(1000 * t_ours["median"], 2),
-                "raw_faiss_median_ms": round(1000 * t_raw["median"], 2),
+                "ours_ms": round(1000 * t_ours["median"], 2), "raw_faiss_ms": round(1000 * t_raw["median"], 2),
+                "ratio": round(t_ours["median"] / t_raw["median"], 3),
+                "ours_fastest_ms": round(1000 * t_ours["min"], 2),
+                "raw_faiss_fastest_ms": round(1000 * t_raw["min"], 2),
                 "ours_spread": round(t_ours["spread"], 3), "raw_faiss_spread": round(t_raw["spread"], 3),
                 "repeats": repeats, "recall_vs_flat": round(recall_at(found, truth[k]), 4),
             })
@@ -95,13 +95,14 @@ def bench_dense(n_docs: int, n_queries: int, dim: int, ks: list[int], repeats: i
 
 def dense_row(r: dict) -> str:
     return (
-        f"| {r['docs']:,} x {r['dim']} | {r['index']} | {r['k']} | {r['ours_ms']:.2f} | {r['raw_faiss_ms']:.2f} "
-        f"| {r['ratio']:.3f} | {r['recall_vs_flat']:.3f} |"
+        f"| {r['docs']:,} x {r['dim']} | {r['index']} | {r['k']} | {r['ours_ms']:.2f} ({r['ours_spread']:.2f}) "
+        f"| {r['raw_faiss_ms']:.2f} ({r['raw_faiss_spread']:.2f}) | {r['ratio']:.3f} | {r['recall_vs_flat']:.3f} |"
     )
 
 
 DENSE_HEADER = (
-    "| docs x dim | index | k | reprlab ms / 300 q | raw FAISS ms / 300 q | ratio | recall@k vs Flat |\n"
+    "| docs x dim | index | k | reprlab ms / 300 q, median (spread) | raw FAISS ms / 300 q, median (spread) | "
+    "ratio of medians | recall@k vs Flat |\n"
     "|---|---|---|---|---|---|---|"
 )
 
@@ -111,7 +112,7 @@ DENSE_HEADER = (
 
 
 def bench_bm25(data, name: str, repeats: int, k: int = 100) -> list[dict]:
-    """reprlab's BM25Index and rank_bm25 on one BEIR dataset: index and query seconds (fastest of
+    """reprlab's BM25Index and rank_bm25 on one BEIR dataset: index and query seconds (median and spread of
     ``repeats``, tokenization included), nDCG@10 and Recall@100."""
     from rank_bm25 import BM25Okapi
 
@@ -148,12 +149,10 @@ def bench_bm25(data, name: str, repeats: int, k: int = 100) -> list[dict]:
     okapi = t_peer_index.result
     t_peer_query = common.timed(search_peer, repeats)
     peer = evaluate(qrels, t_peer_query.result, metrics=("ndcg@10", "recall@100"))
-    ours_index, ours_query, peer_index, peer_query = (t["min"] for t in (t_index, t_query, t_peer_index, t_peer_query))
-
     rows = []
     for system, t_index, t_query, quality in (
-        ("reprlab BM25Index (bm25s)", ours_index, ours_query, ours),
-        ("rank_bm25 BM25Okapi, same tokens", peer_index, peer_query, peer),
+        ("reprlab BM25Index (bm25s)", t_index, t_query, ours),
+        ("rank_bm25 BM25Okapi, same tokens", t_peer_index, t_peer_query, peer),
     ):
         rows.append(
             {
@@ -161,14 +160,19 @@ def bench_bm25(data, name: str, repeats: int, k: int = 100) -> list[dict]:
                 "docs": len(doc_ids),
                 "queries": len(qids),
                 "system": system,
-                "index_s": round(t_index, 3),
-                "query_s": round(t_query, 3),
+                "index_s": round(t_index["median"], 3),
+                "query_s": round(t_query["median"], 3),
+                "index_spread": round(t_index["spread"], 3),
+                "query_spread": round(t_query["spread"], 3),
+                "index_fastest_s": round(t_index["min"], 3),
+                "query_fastest_s": round(t_query["min"], 3),
+                "repeats": repeats,
                 "ndcg@10": round(quality["ndcg@10"], 4),
                 "recall@100": round(quality["recall@100"], 4),
             }
         )
-    rows[1]["index_ratio_vs_ours"] = round(peer_index / ours_index, 2)
-    rows[1]["query_ratio_vs_ours"] = round(peer_query / ours_query, 2)
+    rows[1]["index_ratio_vs_ours"] = round(t_peer_index["median"] / t_index["median"], 2)  # ratios of medians
+    rows[1]["query_ratio_vs_ours"] = round(t_peer_query["median"] / t_query["median"], 2)
     for row in rows:
         print(bm25_row(row), flush=True)
     return rows
@@ -178,13 +182,15 @@ def bm25_row(r: dict) -> str:
     ratios = f" ({r['index_ratio_vs_ours']}x)" if "index_ratio_vs_ours" in r else ""
     qratio = f" ({r['query_ratio_vs_ours']}x)" if "query_ratio_vs_ours" in r else ""
     return (
-        f"| {r['data']} ({r['docs']:,} docs, {r['queries']} q) | {r['system']} | {r['index_s']:.2f}{ratios} "
-        f"| {r['query_s']:.2f}{qratio} | {r['ndcg@10']:.4f} | {r['recall@100']:.4f} |"
+        f"| {r['data']} ({r['docs']:,} docs, {r['queries']} q) | {r['system']} | {r['index_s']:.3f} "
+        f"({r['index_spread']:.2f}){ratios} | {r['query_s']:.3f} ({r['query_spread']:.2f}){qratio} | {r['ndcg@10']:.4f} "
+        f"| {r['recall@100']:.4f} |"
     )
 
 
 BM25_HEADER = (
-    "| data | system | index s | query s (all queries, k=100) | nDCG@10 | R@100 |\n|---|---|---|---|---|---|"
+    "| data | system | index s, median (spread) | query s, all queries, k=100, median (spread) | nDCG@10 | R@100 |\n"
+    "|---|---|---|---|---|---|"
 )
 
 
@@ -200,8 +206,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--k", nargs="+", type=int, default=[10, 100])
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--bm25-repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timed passes of each dense search (>= 3)")
+    parser.add_argument("--bm25-repeats", type=int, default=3, help="timed passes of each BM25 index and query (>= 3)")
     parser.add_argument("--threads", type=int, default=0,
                         help="FAISS OpenMP threads (0 = FAISS default; 1 = stable timings on a busy machine)")
     parser.add_argument("--skip-dense", action="store_true")
@@ -251,9 +257,10 @@ def section(result: dict) -> str:
     ]
     if result["dense"]:
         lines += [
-            "Dense search, seeded random unit vectors, 300 queries, inner product; fastest of interleaved "
-            "repeats (medians in the JSON) on the same FAISS object (the shard row compares with one raw "
-            "flat index over the same vectors). ratio = reprlab / raw FAISS.",
+            "Dense search, seeded random unit vectors, 300 queries, inner product; median and spread "
+            "((max - min) / median) of interleaved repeats (the fastest in the JSON) on the same FAISS object "
+            "(the shard row compares with one raw flat index over the same vectors). ratio = reprlab / raw "
+            "FAISS, of the medians.",
             "",
             DENSE_HEADER,
             *map(dense_row, result["dense"]),
@@ -263,7 +270,8 @@ def section(result: dict) -> str:
         lines += [
             "BM25: reprlab `BM25Index()` = bm25s, k1=0.9, b=0.4, Lucene idf, Snowball English stemmer, "
             "Lucene's 33 stopwords, title + text. rank_bm25 gets the same tokens and k1/b "
-            "(its idf differs); times include tokenization, fastest of 3; (Nx) = rank_bm25 time / ours.",
+            "(its idf differs); times include tokenization, median (spread) of --bm25-repeats passes; "
+            "(Nx) = rank_bm25 time / ours, of the medians.",
             "",
             BM25_HEADER,
             *map(bm25_row, result["bm25"]),

@@ -220,10 +220,12 @@ def check_search(r):
     dense = {x["index"]: x for x in r["dense"]}
     assert list(dense) == ["Flat", "HNSW32", "Flat x4 shards"]
     assert dense["Flat x4 shards"]["recall_vs_flat"] == 1.0  # sharded search equals flat search
-    assert all(x["ours_median_ms"] >= x["ours_ms"] > 0 for x in dense.values())
+    assert all(x["ours_ms"] >= x["ours_fastest_ms"] > 0 and x["ours_spread"] >= 0 for x in dense.values())
+    assert all(abs(x["ratio"] - x["ours_ms"] / x["raw_faiss_ms"]) < 0.01 for x in dense.values())  # of the medians
     ours, peer = r["bm25"]
     assert ours["system"].startswith("reprlab") and peer["system"].startswith("rank_bm25")
     assert abs(ours["ndcg@10"] - peer["ndcg@10"]) < 0.05  # same tokens and k1/b: close scores
+    assert ours["query_s"] >= ours["query_fastest_s"] > 0 and ours["repeats"] >= 3
 
 
 def check_seed_images(r):
