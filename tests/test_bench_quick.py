@@ -56,6 +56,7 @@ def check_approx(r):
     assert base["speedup"] == 1.0 and all(unit(x["ndcg@10"]) for x in r["rows"])
     assert all(x["candidates_tried"] > 0 and x["params_m"] <= base["params_m"] for x in pruned)
     assert len(base["encode_timing"]["passes"]) == 3
+    assert all(x["encode_s"] == round(x["encode_timing"]["median"], 2) for x in r["rows"])  # medians, not the fastest
 
 
 def check_architectures(r):
