@@ -150,7 +150,7 @@ def bench_bm25(data, name: str, repeats: int, k: int = 100) -> list[dict]:
     t_peer_query = common.timed(search_peer, repeats)
     peer = evaluate(qrels, t_peer_query.result, metrics=("ndcg@10", "recall@100"))
     rows = []
-    for system, t_index, t_query, quality in (
+    for system, index_t, query_t, quality in (
         ("reprlab BM25Index (bm25s)", t_index, t_query, ours),
         ("rank_bm25 BM25Okapi, same tokens", t_peer_index, t_peer_query, peer),
     ):
@@ -160,12 +160,12 @@ def bench_bm25(data, name: str, repeats: int, k: int = 100) -> list[dict]:
                 "docs": len(doc_ids),
                 "queries": len(qids),
                 "system": system,
-                "index_s": round(t_index["median"], 3),
-                "query_s": round(t_query["median"], 3),
-                "index_spread": round(t_index["spread"], 3),
-                "query_spread": round(t_query["spread"], 3),
-                "index_fastest_s": round(t_index["min"], 3),
-                "query_fastest_s": round(t_query["min"], 3),
+                "index_s": round(index_t["median"], 3),
+                "query_s": round(query_t["median"], 3),
+                "index_spread": round(index_t["spread"], 3),
+                "query_spread": round(query_t["spread"], 3),
+                "index_fastest_s": round(index_t["min"], 3),
+                "query_fastest_s": round(query_t["min"], 3),
                 "repeats": repeats,
                 "ndcg@10": round(quality["ndcg@10"], 4),
                 "recall@100": round(quality["recall@100"], 4),
