@@ -38,9 +38,9 @@ def _headline_row(r: dict, prefix: str, chosen: str | None = None) -> dict:
     if not distilled:
         return {}
     best = max(("bm25", "minilm"), key=lambda k: r[k]["recall@5"])
-    final = f"{prefix}-{chosen}" if chosen and f"{prefix}-{chosen}" in r else \
-        sorted(distilled, key=lambda k: int(k.rsplit("-", 1)[1]))[-1]
-    out = {"distilled": final, "chosen_on": "dev recall@5" if chosen and final.endswith(chosen) else "last iteration",
+    on_dev = bool(chosen) and f"{prefix}-{chosen}" in r
+    final = f"{prefix}-{chosen}" if on_dev else sorted(distilled, key=lambda k: int(k.rsplit("-", 1)[1]))[-1]
+    out = {"distilled": final, "chosen_on": "dev recall@5" if on_dev else "last iteration",
            "recall@5": r[final]["recall@5"], "best_baseline": best,
            "baseline_recall@5": r[best]["recall@5"], "minilm_recall@5": r["minilm"]["recall@5"],
            "ratio_to_minilm": r[final]["recall@5"] / r["minilm"]["recall@5"] if r["minilm"]["recall@5"] else None}

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -215,6 +216,12 @@ def check_scifact_blocks(r):
                                                 "collaborative D~=96"]
     assert all(x["steps"] == 2 and unit(x["ndcg_cut_10"]) for x in r["tuned"])
     assert r["speed"][0]["speed_vs_minilm"] == 1.0 and len(r["speed"]) == 2
+    # the rate is the median pass's (never above the fastest pass's), and the ratio is of the medians
+    assert all(x["passes"] == len(x["pass_docs_per_s"]) >= 3 and 0 < x["docs_per_s"] <= x["fastest_docs_per_s"]
+               and x["docs_per_s"] == pytest.approx(statistics.median(x["pass_docs_per_s"]), abs=0.06)
+               for x in r["speed"])
+    base, other = r["speed"]
+    assert other["speed_vs_minilm"] == pytest.approx(other["docs_per_s"] / base["docs_per_s"], rel=0.05)
 
 
 def check_search(r):
