@@ -80,7 +80,16 @@ def options(argv=None) -> argparse.Namespace:
     g.add_argument("--dr-rerank-tower", choices=("shared", "own", "both"), default="own",
                    help="DR's reranker has its own user tower ('own', the recipe's default) or reads the structure "
                         "model's ('shared', the only kind before 2026-12-05)")
-    g.add_argument("--scaling-examples", type=int, default=300_000, help="synthetic training examples per size")
+    g.add_argument("--dr-em-explore", type=float, default=0.0,
+                   help="DR's M-step also offers each item the least-used path at this share of its best score "
+                        "(the recipe's --em-explore; 0: the paper's M-step, as before 2026-12-05's round 6)")
+    g.add_argument("--scaling-examples", default="300000",
+                   help="synthetic training examples: one number for every size, or one per size (comma-separated)")
+    g.add_argument("--scaling-m-steps", type=int, default=0,
+                   help="M-steps of DR's EM before --dr-em-stop on the synthetic catalogues (0: once per epoch, "
+                        "which with 2 epochs and em_stop 0.8 is one M-step)")
+    g.add_argument("--scaling-explores", default="0",
+                   help="--em-explore values tried on validation at the smallest synthetic size (with the alphas)")
     g.add_argument("--scaling-epochs", type=float, default=2, help="epochs on the synthetic examples")
     g.add_argument("--scaling-alphas", default="0.001,0.01,0.1",
                    help="size-penalty weights tried on validation at the smallest synthetic size")
@@ -90,13 +99,19 @@ def options(argv=None) -> argparse.Namespace:
     if args.quick:
         args.seeds, args.sizes = 1, "2000,8000"
         args.tt_grid, args.dr_schedules, args.dr_shapes, args.dr_alphas = "0.003:1:256", "0.003:1", "2:1", "0.01"
-        args.beams, args.scaling_examples, args.scaling_epochs, args.scaling_alphas = "10,20", 20_000, 1, "0"
+        args.beams, args.scaling_examples, args.scaling_epochs, args.scaling_alphas = "10,20", "20000", 1, "0"
     try:
         args.tt_grid = [(float(a), float(e), int(n)) for a, e, n in _triples(args.tt_grid, 3)]
         args.dr_schedules = [(float(a), float(e)) for a, e in _triples(args.dr_schedules, 2)]
         args.dr_shapes = [(int(d), int(j)) for d, j in _triples(args.dr_shapes, 2)]
         args.dr_alphas = [float(a) for a in args.dr_alphas.split(",")]
         args.scaling_alphas = [float(a) for a in args.scaling_alphas.split(",")]
+        args.scaling_explores = [float(e) for e in args.scaling_explores.split(",")]
+        sizes = args.sizes.split(",")
+        examples = [int(e) for e in args.scaling_examples.split(",")]
+        if len(examples) not in (1, len(sizes)):
+            raise ValueError(f"--scaling-examples: give one number or one per size ({len(sizes)}), got {len(examples)}")
+        args.scaling_examples = examples * len(sizes) if len(examples) == 1 else examples
         args.beams = [int(b) for b in args.beams.split(",")]
         args.item_budgets = [float(m) for m in args.item_budgets.split(",") if m]
     except ValueError as exc:
@@ -272,7 +287,7 @@ def movielens_dr(data, args, work: Path, chosen: dict, models: dict) -> list[dic
     shapes, alphas, schedules, beams = dr_grid(args)
     n = data.num_items
     base = dict(negatives=256, batch_size=256, weight_decay=0.0, warmup_ratio=0.0, max_grad_norm=None,
-                em_stop=args.dr_em_stop, rerank_tower=args.dr_rerank_tower)
+                em_stop=args.dr_em_stop, rerank_tower=args.dr_rerank_tower, em_explore=args.dr_em_explore)
 
     def model_config(depth, paths, seed=0):
         width = max(2, math.ceil(n ** (1.0 / depth) - 1e-9))
@@ -328,7 +343,7 @@ def headline(data, args, work: Path, chosen: dict, dr_rows: list[dict], tt0: Two
     tt_setting = chosen["two_tower"]
     base = dict(negatives=256, batch_size=256, weight_decay=0.0, warmup_ratio=0.0, max_grad_norm=None,
                 em_stop=args.dr_em_stop, lr=chosen["dr_schedule"]["lr"], epochs=chosen["dr_schedule"]["epochs"],
-                alpha=pick["alpha"], rerank_tower=args.dr_rerank_tower)
+                alpha=pick["alpha"], rerank_tower=args.dr_rerank_tower, em_explore=args.dr_em_explore)
     dr_hits, tt_hits, dr_recall, tt_recall, scored = [], [], [], [], []
     for seed in range(args.seeds):
         if seed == 0:
@@ -348,7 +363,8 @@ def headline(data, args, work: Path, chosen: dict, dr_rows: list[dict], tt0: Two
         scored.append(quality(rec, data, "test")["items_scored"])
     dr_mean, tt_mean = float(np.mean(dr_recall)), float(np.mean(tt_recall))
     return {"setting": {**{k: pick[k] for k in ("D", "K", "J", "alpha", "B", "reranker")},
-                        "budget": pick.get("budget"), "em_stop": args.dr_em_stop, "rerank_tower": args.dr_rerank_tower},
+                        "budget": pick.get("budget"), "em_stop": args.dr_em_stop, "rerank_tower": args.dr_rerank_tower,
+                        "em_explore": args.dr_em_explore},
             "seeds": args.seeds,
             "dr_recall@20": [round(x, 4) for x in dr_recall], "two_tower_recall@20": [round(x, 4) for x in tt_recall],
             "dr_mean": round(dr_mean, 4), "two_tower_mean": round(tt_mean, 4), "ratio": round(dr_mean / tt_mean, 4),
@@ -372,14 +388,15 @@ def part_movielens(args) -> dict:
 
 
 def part_scaling(args, save=None) -> dict:
-    """The scaling points; ``save(part)`` is called after each size (the record so far)."""
+    """The scaling points; ``save(part)`` is called after each size (the record so far). The size penalty alpha and
+    ``em_explore`` are chosen together on validation at the smallest size and kept for the larger ones."""
     sizes = [int(x) for x in args.sizes.split(",")]
-    examples, epochs = args.scaling_examples, args.scaling_epochs
+    epochs = args.scaling_epochs
     settings = dict(lr=3e-3, epochs=epochs, batch_size=1024, negatives=1024, weight_decay=0.0, warmup_ratio=0.0,
                     max_grad_norm=None, em_stop=args.dr_em_stop, rerank_tower=args.dr_rerank_tower)
-    alphas = args.scaling_alphas
-    points, alpha, alpha_val = [], None, {}
-    for n in sizes:
+    grid = [(a, e) for a in args.scaling_alphas for e in args.scaling_explores]
+    points, chosen, grid_val = [], None, {}
+    for n, examples in zip(sizes, args.scaling_examples):
         cat = SyntheticCatalogue(num_items=n, train_examples=examples, eval_examples=1000 if args.quick else 2000,
                                  seed=0)
         work = args.work_dir / f"synthetic-{n}"
@@ -392,24 +409,28 @@ def part_scaling(args, save=None) -> dict:
         width = max(2, math.ceil(n ** (1.0 / depth) - 1e-9))
         config = DRModelConfig(num_items=n, depth=depth, width=width, paths_per_item=1, user_input="features",
                                feature_dim=cat.feature_dim, dim=32, hidden=128, node_dim=16)
-        if alpha is None:  # the penalty, on validation, at the smallest size; kept for the larger ones
+        if args.scaling_m_steps:  # spread over the steps before the mapping freezes
+            steps = math.ceil(examples / settings["batch_size"]) * epochs
+            settings["em_every"] = max(1, int(steps * args.dr_em_stop / args.scaling_m_steps))
+        if chosen is None:  # on validation, at the smallest size
             val, fitted = {}, {}
-            for a in alphas:
-                fitted[a] = fit_dr(cat, work / "dr", config, alpha=a, **settings)
-                val[a] = quality(dr_recommender(fitted[a][0], 50, True), cat, "val")
-                print(f"synthetic {n}: alpha {a}: val {val[a]} paths {fitted[a][2]}", flush=True)
-            alpha = max(val, key=lambda a: val[a]["recall@20"])
-            alpha_val = {str(a): v for a, v in val.items()}
-            dr, dr_seconds, stats = fitted.pop(alpha)
+            for a, e in grid:
+                fitted[a, e] = fit_dr(cat, work / "dr", config, alpha=a, em_explore=e, **settings)
+                val[a, e] = quality(dr_recommender(fitted[a, e][0], 50, True), cat, "val")
+                print(f"synthetic {n}: alpha {a} explore {e}: val {val[a, e]} paths {fitted[a, e][2]}", flush=True)
+            chosen = max(val, key=lambda k: val[k]["recall@20"])
+            grid_val = {f"alpha={a} explore={e}": {**v, "paths": fitted[a, e][2]} for (a, e), v in val.items()}
+            dr, dr_seconds, stats = fitted.pop(chosen)
             fitted.clear()
         else:
-            dr, dr_seconds, stats = fit_dr(cat, work / "dr", config, alpha=alpha, **settings)
+            dr, dr_seconds, stats = fit_dr(cat, work / "dr", config, alpha=chosen[0], em_explore=chosen[1], **settings)
         nlist = int(math.sqrt(n))  # k-means on 256 x nlist vectors: minutes at 1M items on one core
         ivf = IVFTwoTower(tt, nlist=nlist)
         nprobe = max(1, round(nlist / 50))  # about 2% of the lists
         users = 1000
         point = {"items": n, "topics": cat.num_topics, "train_examples": examples, "oracle_recall@20": round(ceiling, 4),
-                 "dr_setting": {"D": depth, "K": width, "J": 1, "B": 50, "alpha": alpha, "reranker": True},
+                 "dr_setting": {"D": depth, "K": width, "J": 1, "B": 50, "alpha": chosen[0], "em_explore": chosen[1],
+                                "em_every": settings.get("em_every", 0), "reranker": True},
                  "dr_paths": stats, "train_s": {"two_tower": round(tt_seconds, 1), "dr": round(dr_seconds, 1)},
                  "brute_force": measure(brute(tt), cat, "test", args.passes, users),
                  "ivf": {"nlist": nlist, "nprobe": nprobe,
@@ -422,9 +443,10 @@ def part_scaling(args, save=None) -> dict:
         print(f"synthetic {n}: {point}", flush=True)
         points.append(point)
         shutil.rmtree(work, ignore_errors=True)
+        part = {"points": points, "chosen_on_validation_at": sizes[0], "grid_val": grid_val}
         if save is not None:
-            save({"points": points, "alpha_chosen_on_validation_at": sizes[0], "alpha_val": alpha_val})
-    return {"points": points, "alpha_chosen_on_validation_at": sizes[0], "alpha_val": alpha_val}
+            save(part)
+    return part
 
 
 def plot(scaling: dict, path: Path) -> None:
@@ -490,15 +512,18 @@ def tables(record: dict) -> str:
                 f"{h['items_scored']:.0f} ({100 * h['items_scored_share']:.1f}%); goal met: {h['goal_met']}", ""]
     sc = record.get("scaling")
     if sc:
-        out += ["| items | method | recall@20 | oracle recall@20 | items scored / user | ms per 1,000 users (spread) |",
-                "|---|---|---|---|---|---|"]
+        out += ["| items | training examples | method | recall@20 | oracle recall@20 | items scored / user | ms per 1,000 "
+                "users (spread) | largest path |", "|---|---|---|---|---|---|---|---|"]
         for p in sc["points"]:
             for key, label in (("brute_force", "two-tower brute force"),
                                ("ivf", f"FAISS IVF nlist {p['ivf']['nlist']} nprobe {p['ivf']['nprobe']}"),
-                               ("dr", "DR D={D} K={K} B={B} alpha={alpha:g}".format(**p["dr_setting"]))):
+                               ("dr", "DR D={D} K={K} B={B} alpha={alpha:g} explore={explore:g}".format(
+                                   explore=p["dr_setting"].get("em_explore", 0.0), **p["dr_setting"]))):
                 r = p[key]
-                out.append(f"| {p['items']:,} | {label} | {r['recall@20_all']:.4f} | {p['oracle_recall@20']:.4f} | "
-                           f"{r['items_scored']:.0f} | {1000 * r['seconds_per_1000']:.0f} ({r['spread']:.2f}) |")
+                largest = p["dr_paths"]["path_max"] if key == "dr" else ""
+                out.append(f"| {p['items']:,} | {p['train_examples']:,} | {label} | {r['recall@20_all']:.4f} | "
+                           f"{p['oracle_recall@20']:.4f} | {r['items_scored']:.0f} | {1000 * r['seconds_per_1000']:.0f} "
+                           f"({r['spread']:.2f}) | {largest} |")
     return "\n".join(out) + "\n"
 
 

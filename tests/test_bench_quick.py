@@ -126,6 +126,8 @@ def check_deep_retrieval(r):
     assert [p["items"] for p in points] == [2000, 8000]
     assert all(p["brute_force"]["items_scored"] == p["items"] and p["dr"]["items_scored"] < p["items"] for p in points)
     assert all(unit(p["oracle_recall@20"]) and p["dr"]["recall@20_all"] <= 1 for p in points)
+    assert all(p["dr_setting"]["em_explore"] == 0.0 and p["train_examples"] == 20_000 for p in points)
+    assert list(r["scaling"]["grid_val"]) == ["alpha=0.0 explore=0.0"]
 
 
 def check_distill(r):

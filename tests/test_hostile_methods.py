@@ -333,7 +333,8 @@ NUMBER = st.one_of(st.integers(-10**7, 10**7), st.floats(allow_nan=True, allow_i
 @given(values=st.fixed_dictionaries({}, optional={
     "depth": st.integers(-2, 10), "width": st.integers(-2, 10**7), "paths_per_item": st.integers(-2, 50),
     "negatives": st.integers(-3, 10**6), "alpha": NUMBER, "em_decay": NUMBER, "rerank_weight": NUMBER,
-    "min_rating": NUMBER, "beam": st.integers(-2, 10**9), "em_candidates": st.integers(-2, 60)}))
+    "min_rating": NUMBER, "beam": st.integers(-2, 10**9), "em_candidates": st.integers(-2, 60),
+    "em_explore": NUMBER}))
 def test_any_deep_retrieval_setting_is_accepted_or_refused_by_name(values):
     import math
 
@@ -347,7 +348,7 @@ def test_any_deep_retrieval_setting_is_accepted_or_refused_by_name(values):
         return
     assert 1 <= config.depth <= 6 and config.width ** config.depth <= MAX_PATHS
     assert math.isfinite(config.alpha) and config.alpha >= 0 and 0 < config.em_decay <= 1
-    assert math.isfinite(config.min_rating) and config.beam >= 1
+    assert math.isfinite(config.min_rating) and config.beam >= 1 and 0 <= config.em_explore < 1
 
 
 @settings(max_examples=80, deadline=None)

@@ -119,3 +119,38 @@ def test_items_without_enough_candidates_fill_up_with_the_least_used_paths():
     # a second sweep takes item 0 off its paths first: path 2 now holds item 2, so the empty path 4 is the least used
     two = assign_paths(codes, scores, current, num_paths=5, alpha=0.0, iterations=2)
     assert two.tolist() == [[1, 4], [0, 3], [1, 2]]
+
+
+def test_explore_offers_the_least_used_path_and_the_penalty_moves_items_off_a_crowded_one():
+    """Five items whose only candidate is path 0 (score 1). Without ``explore`` no penalty can move them: path 0
+    ends with all five. With ``explore = e`` each item may take the least-used other path at score e, and leaves
+    path 0 exactly when alpha * (f(|c| + 1) - f(|c|)) > -log(e) + alpha * (f(1) - f(0)). With alpha 1 and e 0.01
+    (-log e = 4.61): the second item pays f(2) - f(1) = 3.75 < 4.86 and stays, the third would pay 16.25 and goes
+    to an empty path, as do the rest: sizes [2, 1, 1, 1] over paths 0..3 and the spare path 4 empty."""
+    codes = torch.tensor([[0, -1]] * 5)
+    scores = torch.tensor([[1.0, 0.0]] * 5, dtype=torch.float64)
+    current = torch.zeros(5, 1, dtype=torch.long)
+    crowded = assign_paths(codes, scores, current, 5, alpha=1.0, iterations=2)
+    assert path_sizes(crowded, 5).tolist() == [5, 0, 0, 0, 0]  # the paper's M-step: candidates only
+    spread = assign_paths(codes, scores, current, 5, alpha=1.0, iterations=2, explore=0.01)
+    assert spread.reshape(-1).tolist() == [0, 0, 1, 2, 3]  # the empty paths in code order
+    assert path_sizes(spread, 5).tolist() == [2, 1, 1, 1, 0]
+    # the same boundary from the other side: e large enough that the second item leaves too (4.61 -> 3.0 < 3.75)
+    wide = assign_paths(codes, scores, current, 5, alpha=1.0, iterations=2, explore=math.exp(-3.0))
+    assert path_sizes(wide, 5).tolist() == [1, 1, 1, 1, 1]
+    # without a penalty exploring changes nothing: a candidate scores above the free path
+    assert assign_paths(codes, scores, current, 5, alpha=0.0, explore=0.5).reshape(-1).tolist() == [0] * 5
+
+
+def test_explore_never_offers_a_path_that_is_already_a_candidate_or_chosen():
+    """Item 1's candidates are paths 0 and 1; the only paths outside them (2) is taken by the pinned item 0 and
+    still the least used: it is offered. With every path a candidate nothing extra is offered (no error)."""
+    codes = torch.tensor([[-1, -1, -1], [0, 1, -1], [0, 1, 2]])
+    scores = torch.tensor([[0, 0, 0], [1.0, 0.9, 0], [1.0, 0.9, 0.8]], dtype=torch.float64)
+    current = torch.tensor([[2], [0], [0]])
+    new = assign_paths(codes, scores, current, 3, alpha=0.0, explore=0.5)
+    assert new.reshape(-1).tolist() == [2, 0, 0]
+    pinned = assign_paths(codes, scores, current, 3, alpha=100.0, explore=0.5)
+    # item 1: path 0 and 1 are empty when it comes (item 0 pinned to 2): gain log(1) - 25 vs the free path 2
+    # (size 1): log(0.5) - 100 * 3.75; it takes 0. Item 2: 0 is full (size 1), 1 and 2 cost the same: 1 (0.9 > 0.8)
+    assert pinned.reshape(-1).tolist() == [2, 0, 1]

@@ -19,6 +19,13 @@ module holds the discrete part of what is learned:
   that first take the item off its paths. ``alpha = 0`` gives each item its J highest-scoring paths;
   a large ``alpha`` evens the path sizes out. Items with no candidates (never seen in training) keep
   the paths they have; an item with fewer than J candidates takes the least-used paths for the rest.
+* ``explore`` (beyond the paper; 0 = the paper's M-step): the least-used path outside the item's
+  candidates joins them with the score ``explore * max_c s[v, c]``. Without it the penalty can only
+  choose among the paths the users' beams already visit, and when those are all crowded (every item of
+  a popular region shares them) it cannot spread anything: on a synthetic 10k-item catalogue with
+  alpha 0.1 the largest path held 163 items while 97% of the paths stayed empty. With it an item leaves
+  a path once ``alpha * (f(|c|+1) - f(|c|))`` exceeds ``-log(explore)`` plus the free path's own
+  penalty; the structure model then learns the new path from the item's training pairs.
 """
 
 from __future__ import annotations
@@ -174,7 +181,7 @@ class _Smallest:
     def changed(self, code: int) -> None:
         heapq.heappush(self.heap, (self.sizes[code], code))
 
-    def pop_not_in(self, taken: list[int]) -> int:
+    def pop_not_in(self, taken) -> int:
         held = []
         while True:
             size, code = heapq.heappop(self.heap)
@@ -190,9 +197,10 @@ class _Smallest:
 
 
 def assign_paths(codes: torch.Tensor, scores: torch.Tensor, current: torch.Tensor, num_paths: int,
-                 alpha: float = 0.0, iterations: int = 1) -> torch.Tensor:
+                 alpha: float = 0.0, iterations: int = 1, explore: float = 0.0) -> torch.Tensor:
     """The M-step (see the module docstring): candidate ``codes`` / ``scores`` (N, S), the ``current``
-    mapping as codes (N, J) -> the new mapping as codes (N, J)."""
+    mapping as codes (N, J) -> the new mapping as codes (N, J). ``explore`` > 0 adds the least-used path
+    outside the candidates, scored ``explore`` times the item's best candidate score."""
     n, paths_per_item = current.shape
     codes_np, scores_np = codes.cpu().numpy(), scores.cpu().numpy()
     assigned = current.cpu().numpy().copy()
@@ -210,6 +218,7 @@ def assign_paths(codes: torch.Tensor, scores: torch.Tensor, current: torch.Tenso
                     sizes[c] -= 1
                     smallest.changed(c)
             cand = [(c, s) for c, s in zip(codes_np[v].tolist(), scores_np[v].tolist()) if c >= 0]
+            free_score = explore * max(s for _, s in cand)
             chosen: list[int] = []
             s_sum = 0.0
             for _ in range(paths_per_item):
@@ -222,6 +231,12 @@ def assign_paths(codes: torch.Tensor, scores: torch.Tensor, current: torch.Tenso
                         gain -= alpha * penalty_gain(sizes[c])
                     if gain > best_gain:
                         best, best_gain, best_score = c, gain, s
+                taken = set(chosen).union(c for c, _ in cand) if free_score > 0 else ()
+                if free_score > 0 and len(taken) < num_paths:  # the least-used other path, at the explore score
+                    free = smallest.pop_not_in(taken)
+                    gain = math.log(s_sum + free_score) - alpha * penalty_gain(sizes[free])
+                    if gain > best_gain:
+                        best, best_gain, best_score = free, gain, free_score
                 if best < 0:
                     best, best_score = smallest.pop_not_in(chosen), 0.0
                 chosen.append(best)

@@ -107,6 +107,10 @@ class DeepRetrievalConfig(RecipeConfig):
     em_candidates: int = option(16, help="candidate paths kept per item")
     em_decay: float = option(0.999, help="decay of the path scores per step (streaming training)")
     em_iterations: int = option(2, help="coordinate-descent sweeps of each M-step")
+    em_explore: float = option(0.0, help="beyond the paper: the least-used path outside an item's candidates joins "
+                                         "them in the M-step, scored this share of the item's best candidate "
+                                         "score, so the size penalty can move items off crowded paths (0: the "
+                                         "paper's M-step, candidates only)")
     em_stop: float = option(0.8, help="share of the training steps after which the mapping is frozen (no more "
                                       "M-steps), so that the last steps train the model on the mapping it serves "
                                       "(1: M-steps to the end, the last one after the last training step)")
@@ -130,6 +134,7 @@ class DeepRetrievalConfig(RecipeConfig):
               f"must be >= 0, got {self.rerank_weight}")
         check(0 < self.em_decay <= 1, "em_decay", f"must be in (0, 1], got {self.em_decay}")
         check(0 <= self.em_stop <= 1, "em_stop", f"must be in [0, 1], got {self.em_stop}")
+        check(0 <= self.em_explore < 1, "em_explore", f"must be in [0, 1), got {self.em_explore}")
         check(self.em_candidates >= self.paths_per_item, "em_candidates",
               f"must be at least paths_per_item ({self.paths_per_item}), got {self.em_candidates}")
         check(self.width ** self.depth <= MAX_PATHS, "width",
@@ -150,9 +155,10 @@ class PathLearner:
     """The EM step as a loop callback (see the module docstring). ``collect`` is called by the loss function."""
 
     def __init__(self, model: DeepRetrieval, every: int, beam: int, candidates: int, decay: float, alpha: float,
-                 iterations: int, stop: float = 1.0):
+                 iterations: int, stop: float = 1.0, explore: float = 0.0):
         c = model.config
         self.model, self.every, self.beam, self.alpha, self.iterations = model, every, beam, alpha, iterations
+        self.explore = explore  # score share of the least-used path offered to every item in the M-step
         self.stop = stop  # share of the training steps after which no M-step runs
         self.total = 0  # the run's training steps (set at the start)
         self.scores = PathScores(c.num_items, c.num_paths, candidates, decay)
@@ -177,7 +183,7 @@ class PathLearner:
         c = self.model.config
         codes, scores = self.scores.current(self.step)
         current = path_codes(self.model.item_paths, c.width).cpu()  # (N, J)
-        new = assign_paths(codes, scores, current, c.num_paths, self.alpha, self.iterations)
+        new = assign_paths(codes, scores, current, c.num_paths, self.alpha, self.iterations, self.explore)
         self.model.item_paths.copy_(code_paths(new, c.depth, c.width).to(self.model.item_paths.device))
         stats = path_statistics(new, c.num_paths)
         stats["paths_changed"] = float((new != current).any(1).float().mean())
@@ -240,7 +246,7 @@ def fit(model: DeepRetrieval, data, config: DeepRetrievalConfig, callbacks: Sequ
     collate = ExampleCollate(data, "train", config.history_length, negatives)
     every = config.em_every or max(1, len(collate) // config.train.batch_size)
     learner = PathLearner(model, every, config.em_beam, config.em_candidates, config.em_decay, config.alpha,
-                          config.em_iterations, config.em_stop)
+                          config.em_iterations, config.em_stop, config.em_explore)
 
     def loss_fn(m, batch):
         loss, metrics, x = m(batch, config.rerank_weight)
