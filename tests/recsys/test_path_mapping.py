@@ -154,3 +154,18 @@ def test_explore_never_offers_a_path_that_is_already_a_candidate_or_chosen():
     # item 1: path 0 and 1 are empty when it comes (item 0 pinned to 2): gain log(1) - 25 vs the free path 2
     # (size 1): log(0.5) - 100 * 3.75; it takes 0. Item 2: 0 is full (size 1), 1 and 2 cost the same: 1 (0.9 > 0.8)
     assert pinned.reshape(-1).tolist() == [2, 0, 1]
+
+
+def test_explore_keeps_an_item_on_its_current_path_before_a_fresh_empty_one():
+    """Item 2's only candidate, path 0, is crowded by two pinned items; its current path 3 is no candidate (no beam
+    has reached it yet). Both path 3 and the least-used path 1 are empty and offered at the explore score: the tie
+    keeps path 3, where the structure model has been trained to put the item. Once path 3 is crowded too, it goes
+    to the least-used path."""
+    codes = torch.tensor([[-1], [-1], [0]])
+    scores = torch.tensor([[0.0], [0.0], [1.0]], dtype=torch.float64)
+    new = assign_paths(codes, scores, torch.tensor([[0], [0], [3]]), 4, alpha=1.0, iterations=2, explore=0.01)
+    assert new.reshape(-1).tolist() == [0, 0, 3]
+    codes = torch.tensor([[-1], [-1], [-1], [-1], [0]])
+    scores = torch.tensor([[0.0]] * 4 + [[1.0]], dtype=torch.float64)
+    crowded = assign_paths(codes, scores, torch.tensor([[0], [0], [3], [3], [3]]), 4, alpha=1.0, explore=0.01)
+    assert crowded.reshape(-1).tolist() == [0, 0, 3, 3, 1]
