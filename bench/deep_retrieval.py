@@ -88,6 +88,8 @@ def options(argv=None) -> argparse.Namespace:
     g.add_argument("--scaling-m-steps", type=int, default=0,
                    help="M-steps of DR's EM before --dr-em-stop on the synthetic catalogues (0: once per epoch, "
                         "which with 2 epochs and em_stop 0.8 is one M-step)")
+    g.add_argument("--scaling-beams", default="50",
+                   help="beams B served on the synthetic catalogues (the first one also chooses the setting)")
     g.add_argument("--scaling-explores", default="0",
                    help="--em-explore values tried on validation at the smallest synthetic size (with the alphas)")
     g.add_argument("--scaling-epochs", type=float, default=2, help="epochs on the synthetic examples")
@@ -99,7 +101,8 @@ def options(argv=None) -> argparse.Namespace:
     if args.quick:
         args.seeds, args.sizes = 1, "2000,8000"
         args.tt_grid, args.dr_schedules, args.dr_shapes, args.dr_alphas = "0.003:1:256", "0.003:1", "2:1", "0.01"
-        args.beams, args.scaling_examples, args.scaling_epochs, args.scaling_alphas = "10,20", "20000", 1, "0"
+        args.beams, args.scaling_examples, args.scaling_epochs, args.scaling_alphas = "10,20", "20000", 1, "0.01"
+        args.scaling_explores, args.scaling_beams, args.scaling_m_steps = "0,0.01", "10,20", 2
     try:
         args.tt_grid = [(float(a), float(e), int(n)) for a, e, n in _triples(args.tt_grid, 3)]
         args.dr_schedules = [(float(a), float(e)) for a, e in _triples(args.dr_schedules, 2)]
@@ -107,6 +110,7 @@ def options(argv=None) -> argparse.Namespace:
         args.dr_alphas = [float(a) for a in args.dr_alphas.split(",")]
         args.scaling_alphas = [float(a) for a in args.scaling_alphas.split(",")]
         args.scaling_explores = [float(e) for e in args.scaling_explores.split(",")]
+        args.scaling_beams = [int(b) for b in args.scaling_beams.split(",")]
         sizes = args.sizes.split(",")
         examples = [int(e) for e in args.scaling_examples.split(",")]
         if len(examples) not in (1, len(sizes)):
@@ -398,6 +402,7 @@ def part_scaling(args, save=None) -> dict:
                     max_grad_norm=None, em_stop=args.dr_em_stop, rerank_tower=args.dr_rerank_tower)
     grid = [(a, e) for a in args.scaling_alphas for e in args.scaling_explores]
     points, chosen, grid_val = [], None, {}
+    beam, *more_beams = args.scaling_beams
     for n, examples in zip(sizes, args.scaling_examples):
         cat = SyntheticCatalogue(num_items=n, train_examples=examples, eval_examples=1000 if args.quick else 2000,
                                  seed=0)
@@ -418,7 +423,7 @@ def part_scaling(args, save=None) -> dict:
             val, fitted = {}, {}
             for a, e in grid:
                 fitted[a, e] = fit_dr(cat, work / "dr", config, alpha=a, em_explore=e, **settings)
-                val[a, e] = quality(dr_recommender(fitted[a, e][0], 50, True), cat, "val")
+                val[a, e] = quality(dr_recommender(fitted[a, e][0], beam, True), cat, "val")
                 print(f"synthetic {n}: alpha {a} explore {e}: val {val[a, e]} paths {fitted[a, e][2]}", flush=True)
             eligible = [k for k in val if val[k]["items_scored"] <= 0.2 * n]  # MovieLens's budget, as a share
             chosen = max(eligible or val, key=lambda k: val[k]["recall@20"])
@@ -432,17 +437,21 @@ def part_scaling(args, save=None) -> dict:
         nprobe = max(1, round(nlist / 50))  # about 2% of the lists
         users = 1000
         point = {"items": n, "topics": cat.num_topics, "train_examples": examples, "oracle_recall@20": round(ceiling, 4),
-                 "dr_setting": {"D": depth, "K": width, "J": 1, "B": 50, "alpha": chosen[0], "em_explore": chosen[1],
+                 "dr_setting": {"D": depth, "K": width, "J": 1, "B": beam, "alpha": chosen[0], "em_explore": chosen[1],
                                 "em_every": settings.get("em_every", 0), "reranker": True},
                  "dr_paths": stats, "train_s": {"two_tower": round(tt_seconds, 1), "dr": round(dr_seconds, 1)},
                  "brute_force": measure(brute(tt), cat, "test", args.passes, users),
                  "ivf": {"nlist": nlist, "nprobe": nprobe,
                          **measure(lambda b: ivf.topk(b, 50, nprobe), cat, "test", args.passes, users)},
-                 "dr": measure(dr_recommender(dr, 50, True), cat, "test", args.passes, users)}
+                 "dr": measure(dr_recommender(dr, beam, True), cat, "test", args.passes, users),
+                 "dr_beams": {str(b): measure(dr_recommender(dr, b, True), cat, "test", args.passes, users)
+                              for b in more_beams}}
         for key in ("brute_force", "ivf", "dr"):  # recall on all test examples (timing used the first 1,000)
             fn = {"brute_force": brute(tt), "ivf": lambda b: ivf.topk(b, 50, nprobe),
-                  "dr": dr_recommender(dr, 50, True)}[key]
+                  "dr": dr_recommender(dr, beam, True)}[key]
             point[key]["recall@20_all"] = quality(fn, cat, "test")["recall@20"]
+        for b in more_beams:
+            point["dr_beams"][str(b)]["recall@20_all"] = quality(dr_recommender(dr, b, True), cat, "test")["recall@20"]
         print(f"synthetic {n}: {point}", flush=True)
         points.append(point)
         shutil.rmtree(work, ignore_errors=True)
@@ -462,10 +471,14 @@ def plot(scaling: dict, path: Path) -> None:
     n = [p["items"] for p in pts]
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2))
     for key, label in (("brute_force", "two-tower, brute force"), ("ivf", "two-tower, FAISS IVF (~2% of the lists)"),
-                       ("dr", "Deep Retrieval (D=3, B=50, reranker)")):
+                       ("dr", f"Deep Retrieval (D=3, B={pts[0]['dr_setting']['B']}, reranker)")):
         a.plot(n, [p[key]["seconds_per_1000"] for p in pts], "o-", label=label)
         b.plot(n, [p[key]["items_scored"] for p in pts], "o-", label=label)
         c.plot(n, [p[key]["recall@20_all"] for p in pts], "o-", label=label)
+    for key in pts[0].get("dr_beams", {}):  # the other beams served
+        rows, label = [p["dr_beams"][key] for p in pts], f"Deep Retrieval, B={key}"
+        for ax, field in ((a, "seconds_per_1000"), (b, "items_scored"), (c, "recall@20_all")):
+            ax.plot(n, [r[field] for r in rows], "o:", label=label)
     c.plot(n, [p["oracle_recall@20"] for p in pts], "k--", label="oracle (true model)")
     for ax, title in ((a, "seconds per 1,000 users (1 thread)"), (b, "items scored per user"),
                       (c, "recall@20 (test)")):
@@ -527,6 +540,10 @@ def tables(record: dict) -> str:
                 out.append(f"| {p['items']:,} | {p['train_examples']:,} | {label} | {r['recall@20_all']:.4f} | "
                            f"{p['oracle_recall@20']:.4f} | {r['items_scored']:.0f} | {1000 * r['seconds_per_1000']:.0f} "
                            f"({r['spread']:.2f}) | {largest} |")
+            for key, r in p.get("dr_beams", {}).items():
+                out.append(f"| {p['items']:,} | {p['train_examples']:,} | the same DR model, B={key} | "
+                           f"{r['recall@20_all']:.4f} | {p['oracle_recall@20']:.4f} | {r['items_scored']:.0f} | "
+                           f"{1000 * r['seconds_per_1000']:.0f} ({r['spread']:.2f}) | |")
     return "\n".join(out) + "\n"
 
 

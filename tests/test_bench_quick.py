@@ -126,8 +126,16 @@ def check_deep_retrieval(r):
     assert [p["items"] for p in points] == [2000, 8000]
     assert all(p["brute_force"]["items_scored"] == p["items"] and p["dr"]["items_scored"] < p["items"] for p in points)
     assert all(unit(p["oracle_recall@20"]) and p["dr"]["recall@20_all"] <= 1 for p in points)
-    assert all(p["dr_setting"]["em_explore"] == 0.0 and p["train_examples"] == 20_000 for p in points)
-    assert list(r["scaling"]["grid_val"]) == ["alpha=0.0 explore=0.0"]
+    grid = r["scaling"]["grid_val"]
+    assert list(grid) == ["alpha=0.01 explore=0.0", "alpha=0.01 explore=0.01"]
+    # the setting: the best validation recall@20 among those scoring <= 20% of the items (all if none does)
+    eligible = {k: v for k, v in grid.items() if v["items_scored"] <= 0.2 * 2000} or grid
+    best = max(eligible, key=lambda k: eligible[k]["recall@20"])
+    assert all(f"alpha={p['dr_setting']['alpha']} explore={p['dr_setting']['em_explore']}" == best for p in points)
+    assert all(p["train_examples"] == 20_000 and p["dr_setting"]["B"] == 10 and p["dr_setting"]["em_every"] > 0
+               for p in points)
+    # the same model served with a wider beam scores at least as many items
+    assert all(p["dr_beams"]["20"]["items_scored"] >= p["dr"]["items_scored"] for p in points)
 
 
 def check_distill(r):
