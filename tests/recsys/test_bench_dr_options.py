@@ -41,7 +41,8 @@ def test_a_cut_grid_is_parsed_and_quick_overrides_it(bench):
     per_size = bench.options(["--sizes", "10,20", "--scaling-examples", "5,7", "--scaling-explores", "0,0.01"])
     assert per_size.scaling_examples == [5, 7] and per_size.scaling_explores == [0.0, 0.01]
     quick = bench.options(["--quick", "--dr-shapes", "3:3"])
-    assert quick.dr_shapes == [(2, 1)] and quick.seeds == 1 and quick.scaling_alphas == [0.0]
+    assert quick.dr_shapes == [(2, 1)] and quick.seeds == 1 and quick.scaling_alphas == [0.01]
+    assert quick.scaling_explores == [0.0, 0.01] and quick.scaling_beams == [10, 20]
 
 
 @pytest.mark.parametrize("argv", [["--tt-grid", "0.003:20"], ["--dr-shapes", "2"], ["--dr-schedules", "a:b"],
