@@ -110,8 +110,8 @@ class DeepRetrievalConfig(RecipeConfig):
     em_explore: float = option(0.0, help="beyond the paper: in the M-step the item's current paths and the least-used "
                                          "other path join its candidates, scored this share of its best candidate "
                                          "score, so the size penalty can move items off crowded paths (0: the "
-                                         "paper's M-step, candidates only; 0.01 keeps the synthetic catalogues' "
-                                         "largest path at 8 items)")
+                                         "paper's M-step, candidates only; with alpha 0.01, 0.01 held the synthetic "
+                                         "catalogues' largest path to 8 items)")
     em_stop: float = option(0.8, help="share of the training steps after which the mapping is frozen (no more "
                                       "M-steps), so that the last steps train the model on the mapping it serves "
                                       "(1: M-steps to the end, the last one after the last training step)")
