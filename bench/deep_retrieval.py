@@ -528,8 +528,8 @@ def tables(record: dict) -> str:
                 f"{h['items_scored']:.0f} ({100 * h['items_scored_share']:.1f}%); goal met: {h['goal_met']}", ""]
     sc = record.get("scaling")
     if sc:
-        out += ["| items | training examples | method | recall@20 | oracle recall@20 | items scored / user | ms per 1,000 "
-                "users (spread) | largest path |", "|---|---|---|---|---|---|---|---|"]
+        out += ["| items | training examples | method | recall@20 | oracle recall@20 | items scored / user | "
+                "ms per 1,000 users (spread) | largest path |", "|---|---|---|---|---|---|---|---|"]
         for p in sc["points"]:
             for key, label in (("brute_force", "two-tower brute force"),
                                ("ivf", f"FAISS IVF nlist {p['ivf']['nlist']} nprobe {p['ivf']['nprobe']}"),
@@ -538,8 +538,8 @@ def tables(record: dict) -> str:
                 r = p[key]
                 largest = p["dr_paths"]["path_max"] if key == "dr" else ""
                 out.append(f"| {p['items']:,} | {p['train_examples']:,} | {label} | {r['recall@20_all']:.4f} | "
-                           f"{p['oracle_recall@20']:.4f} | {r['items_scored']:.0f} | {1000 * r['seconds_per_1000']:.0f} "
-                           f"({r['spread']:.2f}) | {largest} |")
+                           f"{p['oracle_recall@20']:.4f} | {r['items_scored']:.0f} | "
+                           f"{1000 * r['seconds_per_1000']:.0f} ({r['spread']:.2f}) | {largest} |")
             for key, r in p.get("dr_beams", {}).items():
                 out.append(f"| {p['items']:,} | {p['train_examples']:,} | the same DR model, B={key} | "
                            f"{r['recall@20_all']:.4f} | {p['oracle_recall@20']:.4f} | {r['items_scored']:.0f} | "
