@@ -169,3 +169,24 @@ def test_explore_keeps_an_item_on_its_current_path_before_a_fresh_empty_one():
     scores = torch.tensor([[0.0]] * 4 + [[1.0]], dtype=torch.float64)
     crowded = assign_paths(codes, scores, torch.tensor([[0], [0], [3], [3], [3]]), 4, alpha=1.0, explore=0.01)
     assert crowded.reshape(-1).tolist() == [0, 0, 3, 3, 1]
+
+
+def test_explore_with_a_width_spills_to_the_siblings_of_the_best_candidate_first():
+    """D=2, K=3 (9 paths; the siblings of path 0 are 0, 1, 2). Five items whose only candidate is path 0, alpha 1,
+    explore 0.01: the first two share path 0 (f(2) - f(1) = 3.75 < 4.61), then the empty siblings 1 and 2 are
+    offered at 0.01 (gain -4.86) and the far least-used path at 0.01^2 (-9.46): items 2 and 3 go to 1 and 2. The
+    fifth item pays -4.61 - 3.75 = -8.36 on a sibling holding one item, still above a far empty path: sibling 1.
+    Without the width every spill goes to the least-used path of all, in code order."""
+    codes = torch.tensor([[0, -1]] * 5)
+    scores = torch.tensor([[1.0, 0.0]] * 5, dtype=torch.float64)
+    current = torch.zeros(5, 1, dtype=torch.long)
+    near = assign_paths(codes, scores, current, 9, alpha=1.0, iterations=2, explore=0.01, width=3)
+    assert near.reshape(-1).tolist() == [0, 0, 1, 2, 1]
+    far = assign_paths(codes, scores, current, 9, alpha=1.0, iterations=2, explore=0.01)
+    assert far.reshape(-1).tolist() == [0, 0, 1, 2, 3]
+    # a 20-item pile on path 0: every path is used, none past 3 items, and the near paths are at least as full as
+    # every far one (a far path only wins once the siblings are crowded)
+    pile = assign_paths(torch.tensor([[0, -1]] * 20), torch.tensor([[1.0, 0.0]] * 20, dtype=torch.float64),
+                        torch.zeros(20, 1, dtype=torch.long), 9, alpha=1.0, iterations=2, explore=0.01, width=3)
+    sizes = path_sizes(pile, 9).tolist()
+    assert sum(sizes) == 20 and min(sizes) >= 1 and max(sizes) <= 3 and min(sizes[:3]) >= max(sizes[3:])

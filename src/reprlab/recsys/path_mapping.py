@@ -20,8 +20,10 @@ module holds the discrete part of what is learned:
   a large ``alpha`` evens the path sizes out. Items with no candidates (never seen in training) keep
   the paths they have; an item with fewer than J candidates takes the least-used paths for the rest.
 * ``explore`` (beyond the paper; 0 = the paper's M-step): the item's current paths and the least-used
-  path outside its candidates join them with the score ``explore * max_c s[v, c]`` (a tie keeps the
-  current path: the structure model has been trained on it). Without it the penalty can only
+  sibling of its best candidate (the same first D-1 nodes, so the beams that reach the crowded path
+  reach it too) join its candidates with the score ``e = explore * max_c s[v, c]`` (a tie keeps the
+  current path: the structure model has been trained on it), and the least-used path of all with
+  ``e * explore`` (:func:`_free_paths`; without a width, at ``e`` and no sibling). Without it the penalty can only
   choose among the paths the users' beams already visit, and when those are all crowded (every item of
   a popular region shares them) it cannot spread anything: on a synthetic 10k-item catalogue with
   alpha 0.1 the largest path held 163 items while 97% of the paths stayed empty. With it an item leaves
@@ -199,11 +201,34 @@ class _Smallest:
             return code
 
 
+def _free_paths(cand: list, chosen: list[int], current: list[int], sizes: list[int], smallest: _Smallest,
+                score: float, width: int, explore: float) -> list[tuple[int, float]]:
+    """What ``explore`` offers an item beside its candidates ``cand`` [(code, score)], as [(code, score)]: its
+    ``current`` paths and, with ``width`` > 0, the least-used sibling of its best candidate (same first D-1
+    nodes; skipped when that sibling is a candidate or chosen already) at ``score``; the least-used path of all at
+    ``score`` (``width`` 0) or ``score * explore`` (``width`` > 0: a far path only wins when the near ones are
+    crowded too)."""
+    taken = set(chosen).union(c for c, _ in cand)
+    extra = [(c, score) for c in current if c not in taken]
+    far = score
+    if width:
+        base = max(cand, key=lambda cs: cs[1])[0] // width * width  # the best candidate's first sibling
+        segment = sizes[base:base + width]
+        sibling = base + segment.index(min(segment))
+        if sibling not in taken and all(sibling != c for c, _ in extra):
+            extra.append((sibling, score))
+        far = score * explore
+    taken.update(c for c, _ in extra)
+    if len(taken) < len(sizes):
+        extra.append((smallest.pop_not_in(taken), far))
+    return extra
+
+
 def assign_paths(codes: torch.Tensor, scores: torch.Tensor, current: torch.Tensor, num_paths: int,
-                 alpha: float = 0.0, iterations: int = 1, explore: float = 0.0) -> torch.Tensor:
+                 alpha: float = 0.0, iterations: int = 1, explore: float = 0.0, width: int = 0) -> torch.Tensor:
     """The M-step (see the module docstring): candidate ``codes`` / ``scores`` (N, S), the ``current``
-    mapping as codes (N, J) -> the new mapping as codes (N, J). ``explore`` > 0 adds the item's current paths and
-    the least-used other path, scored ``explore`` times the item's best candidate score."""
+    mapping as codes (N, J) -> the new mapping as codes (N, J). ``explore`` > 0 adds the item's current paths, the
+    least-used sibling of its best candidate (``width`` K > 0) and the least-used path (:func:`_free_paths`)."""
     n, paths_per_item = current.shape
     codes_np, scores_np = codes.cpu().numpy(), scores.cpu().numpy()
     assigned = current.cpu().numpy().copy()
@@ -235,15 +260,11 @@ def assign_paths(codes: torch.Tensor, scores: torch.Tensor, current: torch.Tenso
                         gain -= alpha * penalty_gain(sizes[c])
                     if gain > best_gain:
                         best, best_gain, best_score = c, gain, s
-                if free_score > 0:  # the item's current paths, then the least-used other path, at the explore score
-                    taken = set(chosen).union(c for c, _ in cand)
-                    extra = [c for c in current_np[v] if c not in taken]
-                    if len(taken) + len(extra) < num_paths:
-                        extra.append(smallest.pop_not_in(taken.union(extra)))
-                    for c in extra:  # in this order: a tie keeps the current path
-                        gain = math.log(s_sum + free_score) - alpha * penalty_gain(sizes[c])
+                if free_score > 0:  # the paths outside the candidates (in this order: a tie keeps the current one)
+                    for c, s in _free_paths(cand, chosen, current_np[v], sizes, smallest, free_score, width, explore):
+                        gain = math.log(s_sum + s) - alpha * penalty_gain(sizes[c])
                         if gain > best_gain:
-                            best, best_gain, best_score = c, gain, free_score
+                            best, best_gain, best_score = c, gain, s
                 if best < 0:
                     best, best_score = smallest.pop_not_in(chosen), 0.0
                 chosen.append(best)

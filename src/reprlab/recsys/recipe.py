@@ -184,7 +184,8 @@ class PathLearner:
         c = self.model.config
         codes, scores = self.scores.current(self.step)
         current = path_codes(self.model.item_paths, c.width).cpu()  # (N, J)
-        new = assign_paths(codes, scores, current, c.num_paths, self.alpha, self.iterations, self.explore)
+        new = assign_paths(codes, scores, current, c.num_paths, self.alpha, self.iterations, self.explore,
+                           c.width)
         self.model.item_paths.copy_(code_paths(new, c.depth, c.width).to(self.model.item_paths.device))
         stats = path_statistics(new, c.num_paths)
         stats["paths_changed"] = float((new != current).any(1).float().mean())
