@@ -93,6 +93,9 @@ def options(argv=None) -> argparse.Namespace:
     g.add_argument("--scaling-explores", default="0",
                    help="--em-explore values tried on validation at the smallest synthetic size (with the alphas)")
     g.add_argument("--scaling-epochs", type=float, default=2, help="epochs on the synthetic examples")
+    g.add_argument("--scaling-batch-size", type=int, default=1024,
+                   help="batch size of both models on the synthetic catalogues (the dense optimiser step over the "
+                        "item tables dominates at 1M items: fewer, larger batches)")
     g.add_argument("--scaling-alphas", default="0.001,0.01,0.1",
                    help="size-penalty weights tried on validation at the smallest synthetic size")
     args = common.parse(p, argv)
@@ -398,7 +401,8 @@ def part_scaling(args, save=None) -> dict:
     ones."""
     sizes = [int(x) for x in args.sizes.split(",")]
     epochs = args.scaling_epochs
-    settings = dict(lr=3e-3, epochs=epochs, batch_size=1024, negatives=1024, weight_decay=0.0, warmup_ratio=0.0,
+    batch = args.scaling_batch_size
+    settings = dict(lr=3e-3, epochs=epochs, batch_size=batch, negatives=1024, weight_decay=0.0, warmup_ratio=0.0,
                     max_grad_norm=None, em_stop=args.dr_em_stop, rerank_tower=args.dr_rerank_tower)
     grid = [(a, e) for a in args.scaling_alphas for e in args.scaling_explores]
     points, chosen, grid_val = [], None, {}
@@ -410,7 +414,7 @@ def part_scaling(args, save=None) -> dict:
         oracle = cat.oracle_topk("test", 20)
         ceiling = float((oracle == cat.examples("test").targets[:, None]).any(1).mean())
         tt, tt_seconds = fit_two_tower(cat, work / "two-tower", lr=3e-3, epochs=epochs, seed=0, dim=32, hidden=128,
-                                       negatives=1024, batch_size=1024, user_input="features",
+                                       negatives=1024, batch_size=batch, user_input="features",
                                        feature_dim=cat.feature_dim)
         depth = 3
         width = max(2, math.ceil(n ** (1.0 / depth) - 1e-9))
@@ -436,7 +440,8 @@ def part_scaling(args, save=None) -> dict:
         ivf = IVFTwoTower(tt, nlist=nlist)
         nprobe = max(1, round(nlist / 50))  # about 2% of the lists
         users = 1000
-        point = {"items": n, "topics": cat.num_topics, "train_examples": examples, "oracle_recall@20": round(ceiling, 4),
+        point = {"items": n, "topics": cat.num_topics, "train_examples": examples, "epochs": epochs, "batch_size": batch,
+                 "oracle_recall@20": round(ceiling, 4),
                  "dr_setting": {"D": depth, "K": width, "J": 1, "B": beam, "alpha": chosen[0], "em_explore": chosen[1],
                                 "em_every": settings.get("em_every", 0), "reranker": True},
                  "dr_paths": stats, "train_s": {"two_tower": round(tt_seconds, 1), "dr": round(dr_seconds, 1)},

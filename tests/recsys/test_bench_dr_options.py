@@ -30,6 +30,7 @@ def test_defaults_are_the_full_grid(bench):
     assert args.beams == [10, 20, 50] and args.seeds == 3 and args.sizes == "10000,100000,1000000"
     assert (args.scaling_examples, args.scaling_epochs) == ([300_000] * 3, 2)
     assert args.dr_em_stop == 0.8 and args.dr_em_explore == 0.0 and args.scaling_explores == [0.0]
+    assert args.scaling_batch_size == 1024 and args.scaling_m_steps == 0 and args.scaling_beams == [50]
 
 
 def test_a_cut_grid_is_parsed_and_quick_overrides_it(bench):
