@@ -107,11 +107,12 @@ class DeepRetrievalConfig(RecipeConfig):
     em_candidates: int = option(16, help="candidate paths kept per item")
     em_decay: float = option(0.999, help="decay of the path scores per step (streaming training)")
     em_iterations: int = option(2, help="coordinate-descent sweeps of each M-step")
-    em_explore: float = option(0.0, help="beyond the paper: in the M-step the item's current paths and the least-used "
-                                         "other path join its candidates, scored this share of its best candidate "
-                                         "score, so the size penalty can move items off crowded paths (0: the "
-                                         "paper's M-step, candidates only; with alpha 0.01, 0.01 held the synthetic "
-                                         "catalogues' largest path to 8 items)")
+    em_explore: float = option(0.0, help="beyond the paper: in the M-step an item may also take its current paths or "
+                                         "the least-used sibling of its best candidate, scored this share of its "
+                                         "best candidate score, or the least-used path of all at the square of it, "
+                                         "so the size penalty can move items off crowded paths (0: the paper's "
+                                         "M-step, candidates only; with alpha 0.01, 0.01 held the synthetic "
+                                         "catalogues' largest path to 9-10 items)")
     em_stop: float = option(0.8, help="share of the training steps after which the mapping is frozen (no more "
                                       "M-steps), so that the last steps train the model on the mapping it serves "
                                       "(1: M-steps to the end, the last one after the last training step)")
@@ -159,7 +160,7 @@ class PathLearner:
                  iterations: int, stop: float = 1.0, explore: float = 0.0):
         c = model.config
         self.model, self.every, self.beam, self.alpha, self.iterations = model, every, beam, alpha, iterations
-        self.explore = explore  # score share of the least-used path offered to every item in the M-step
+        self.explore = explore  # score share of the paths outside its candidates offered to each item
         self.stop = stop  # share of the training steps after which no M-step runs
         self.total = 0  # the run's training steps (set at the start)
         self.scores = PathScores(c.num_items, c.num_paths, candidates, decay)
