@@ -215,12 +215,24 @@ def test_a_model_folder_saved_before_rerank_tower_loads_as_shared(tmp_path):
     assert rec.model.config.rerank_tower == "shared" and 1 <= len(rec.recommend(1, k=3)) <= 3
 
 
-def test_em_explore_reaches_the_m_step_and_spreads_the_items(tmp_path):
+def test_em_explore_reaches_the_m_step_and_spreads_the_items(tmp_path, monkeypatch):
     """``--em-explore``: with a heavy penalty the M-step may move items to paths no beam visited; the paper's M-step
-    (0) keeps them on their candidates. The largest path shrinks and more paths are used."""
+    (0) keeps them on their candidates. The largest path shrinks and more paths are used; the M-step gets the
+    share and the width K (for the siblings)."""
+    import reprlab.recsys.recipe as recipe
+
+    calls = []
+
+    def spy(*args):
+        calls.append(args[5:])  # (iterations, explore, width)
+        return assign(*args)
+
+    assign = recipe.assign_paths
+    monkeypatch.setattr(recipe, "assign_paths", spy)
     kw = dict(max_steps=6, alpha=10.0, paths_per_item=1, evaluate=False)
     paper = run_deep_retrieval(config(tmp_path, "paper", **kw))
     explore = run_deep_retrieval(config(tmp_path, "explore", em_explore=0.01, **kw))
+    assert calls and calls[-1][1:] == (0.01, 3) and calls[0][1:] == (0.0, 3)
     assert explore.path_stats["path_max"] < paper.path_stats["path_max"]
     assert explore.path_stats["paths_empty"] < paper.path_stats["paths_empty"]
     with pytest.raises(ConfigError, match="em_explore"):
