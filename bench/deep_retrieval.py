@@ -81,8 +81,9 @@ def options(argv=None) -> argparse.Namespace:
                    help="DR's reranker has its own user tower ('own', the recipe's default) or reads the structure "
                         "model's ('shared', the only kind before 2026-12-05)")
     g.add_argument("--dr-em-explore", type=float, default=0.0,
-                   help="DR's M-step also offers each item the least-used path at this share of its best score "
-                        "(the recipe's --em-explore; 0: the paper's M-step, as before 2026-12-05's round 6)")
+                   help="the recipe's --em-explore for the MovieLens DR rows: the M-step also offers each item its "
+                        "current paths, the least-used sibling of its best candidate and a far path (0: the paper's "
+                        "M-step, the default; a tie on MovieLens validation, so not used for the headline)")
     g.add_argument("--scaling-examples", default="300000",
                    help="synthetic training examples: one number for every size, or one per size (comma-separated)")
     g.add_argument("--scaling-m-steps", type=int, default=0,

@@ -143,8 +143,9 @@ def test_explore_offers_the_least_used_path_and_the_penalty_moves_items_off_a_cr
 
 
 def test_explore_never_offers_a_path_that_is_already_a_candidate_or_chosen():
-    """Item 1's candidates are paths 0 and 1; the only paths outside them (2) is taken by the pinned item 0 and
-    still the least used: it is offered. With every path a candidate nothing extra is offered (no error)."""
+    """Item 1's candidates are paths 0 and 1; the only path outside them (2) holds the pinned item 0 and is offered
+    at the explore score, losing to the candidates. Item 2 has every path as a candidate: nothing extra is offered
+    (and no error is raised for want of a free path)."""
     codes = torch.tensor([[-1, -1, -1], [0, 1, -1], [0, 1, 2]])
     scores = torch.tensor([[0, 0, 0], [1.0, 0.9, 0], [1.0, 0.9, 0.8]], dtype=torch.float64)
     current = torch.tensor([[2], [0], [0]])
